@@ -1,0 +1,23 @@
+//! twill-api: the shared vocabulary of Twill.
+//!
+//! * [`resources`]: the CRDs (IPPool, IPAMBlock, BGPConfiguration, BGPPeer,
+//!   GlobalNetworkPolicy, NodeStatus) with their validation;
+//! * [`kinds`]: the registry of every kind the datastore holds, native ones too;
+//! * [`selector`]: the label selector language;
+//! * [`store`]: the datastore trait and its Kubernetes and embedded backends;
+//! * [`manifest`]: multi-document YAML in and out; [`crds`]: generated CRDs.
+
+pub mod crds;
+pub mod kinds;
+pub mod manifest;
+pub mod native;
+pub mod resources;
+pub mod selector;
+pub mod store;
+pub mod validate;
+
+pub use k8s_openapi;
+pub use kinds::{Kind, Object};
+pub use selector::Selector;
+pub use store::{Listing, ObjectKey, Store, StoreError, WatchEvent};
+pub use validate::{FieldError, ValidationError};

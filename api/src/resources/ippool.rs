@@ -1,0 +1,162 @@
+//! `IPPool`: a range of pod addresses, split into blocks that nodes claim.
+
+use std::collections::BTreeMap;
+
+use ipnetwork::IpNetwork;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::validate::{Errors, ValidationError, overlaps, parse_cidr};
+
+/// Default block prefix length for IPv4 pools.
+pub const DEFAULT_BLOCK_SIZE_V4: u8 = 26;
+/// Default block prefix length for IPv6 pools.
+pub const DEFAULT_BLOCK_SIZE_V6: u8 = 122;
+
+/// A pool of pod addresses.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "twill.dev",
+    version = "v1",
+    kind = "IPPool",
+    plural = "ippools",
+    shortname = "pool",
+    category = "twill",
+    doc = "A pool of pod addresses, split into blocks of blockSize that nodes claim",
+    printcolumn(name = "CIDR", type_ = "string", json_path = ".spec.cidr"),
+    printcolumn(name = "Block", type_ = "integer", json_path = ".spec.blockSize"),
+    printcolumn(name = "NAT", type_ = "boolean", json_path = ".spec.natOutgoing"),
+    printcolumn(name = "Disabled", type_ = "boolean", json_path = ".spec.disabled"),
+    printcolumn(
+        name = "Selector",
+        type_ = "string",
+        json_path = ".spec.nodeSelector",
+        priority = 1
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct IPPoolSpec {
+    /// The pool's addresses, e.g. 10.244.0.0/16 or fd00:10:244::/48.
+    pub cidr: String,
+    /// Prefix length of the blocks nodes claim (IPv4 20..=32, default 26; IPv6 116..=128, default 122).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<u8>,
+    /// Masquerade traffic from the pool to destinations outside every pool.
+    #[serde(default)]
+    pub nat_outgoing: bool,
+    /// Which nodes may take addresses from this pool (selector on Node labels; default all()).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<String>,
+    /// A disabled pool hands out no new addresses; existing ones stay.
+    #[serde(default)]
+    pub disabled: bool,
+    /// Do not announce this pool's blocks over BGP.
+    #[serde(default, rename = "disableBGPExport")]
+    pub disable_bgp_export: bool,
+    /// What addresses from this pool are for (default: Workload).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_uses: Vec<AllowedUse>,
+    /// Never borrow single addresses from another node's block.
+    #[serde(default)]
+    pub strict_affinity: bool,
+}
+
+/// A use an IPPool may serve.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum AllowedUse {
+    /// Pod addresses.
+    Workload,
+    /// Addresses for tunnel devices (reserved; Twill routes without tunnels).
+    Tunnel,
+}
+
+impl IPPoolSpec {
+    /// The parsed CIDR (validated objects always parse).
+    pub fn network(&self) -> Option<IpNetwork> {
+        parse_cidr(&self.cidr).ok()
+    }
+
+    /// The block prefix length, with the family default applied.
+    pub fn effective_block_size(&self) -> u8 {
+        match (self.block_size, self.network()) {
+            (Some(b), _) => b,
+            (None, Some(IpNetwork::V6(_))) => DEFAULT_BLOCK_SIZE_V6,
+            (None, _) => DEFAULT_BLOCK_SIZE_V4,
+        }
+    }
+
+    /// Whether pods may get addresses from this pool.
+    pub fn allows_workloads(&self) -> bool {
+        self.allowed_uses.is_empty() || self.allowed_uses.contains(&AllowedUse::Workload)
+    }
+}
+
+impl IPPool {
+    /// Validates the pool alone.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        self.validate_against(&[])
+    }
+
+    /// Validates the pool and checks it does not overlap any other pool.
+    pub fn validate_against(&self, others: &[IPPool]) -> Result<(), ValidationError> {
+        let name = self.metadata.name.clone().unwrap_or_default();
+        let mut e = Errors::default();
+        let s = &self.spec;
+        let net = e.cidr("spec.cidr", &s.cidr);
+        if let Some(net) = net {
+            let (lo, hi) = if net.is_ipv4() { (20, 32) } else { (116, 128) };
+            let block = s.effective_block_size();
+            if !(lo..=hi).contains(&block) {
+                e.push(
+                    "spec.blockSize",
+                    block,
+                    format!(
+                        "out of range: must be {lo}..={hi} for an IPv{} pool",
+                        if net.is_ipv4() { 4 } else { 6 }
+                    ),
+                );
+            } else if block < net.prefix() {
+                e.push(
+                    "spec.blockSize",
+                    block,
+                    format!("blocks must fit inside the pool: blockSize must be at least the pool's prefix length {}", net.prefix()),
+                );
+            }
+            for other in others {
+                if other.metadata.name.as_deref() == Some(name.as_str()) {
+                    continue;
+                }
+                if let Some(o) = other.spec.network()
+                    && overlaps(&net, &o)
+                {
+                    e.push(
+                        "spec.cidr",
+                        &s.cidr,
+                        format!(
+                            "overlaps IPPool {:?} ({}); pools must not share addresses",
+                            other.metadata.name.as_deref().unwrap_or(""),
+                            other.spec.cidr
+                        ),
+                    );
+                }
+            }
+        } else if let Some(b) = s.block_size
+            && !(20..=32).contains(&b)
+            && !(116..=128).contains(&b)
+        {
+            e.push(
+                "spec.blockSize",
+                b,
+                "out of range: must be 20..=32 (IPv4) or 116..=128 (IPv6)",
+            );
+        }
+        if let Some(sel) = &s.node_selector {
+            e.selector("spec.nodeSelector", sel);
+        }
+        e.finish("IPPool", &name)
+    }
+}
+
+/// Labels type shared by selectors.
+pub type Labels = BTreeMap<String, String>;

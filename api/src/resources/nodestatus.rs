@@ -1,0 +1,113 @@
+//! `NodeStatus`: what one twill-node reports about itself (BGP sessions,
+//! programmed routes, endpoints), so `twillctl node status` works from any
+//! machine that reaches the datastore. Written only by the node it names.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::validate::{Errors, ValidationError, check_name};
+
+/// A node agent's report. The object's name is the node's name.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "twill.dev",
+    version = "v1",
+    kind = "NodeStatus",
+    plural = "nodestatuses",
+    shortname = "tns",
+    category = "twill",
+    status = "NodeStatusReport",
+    doc = "The state a twill-node reports about itself",
+    printcolumn(name = "Ready", type_ = "boolean", json_path = ".status.ready"),
+    printcolumn(name = "Address", type_ = "string", json_path = ".status.address"),
+    printcolumn(name = "Endpoints", type_ = "integer", json_path = ".status.endpoints"),
+    printcolumn(name = "Updated", type_ = "date", json_path = ".status.updated")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatusSpec {
+    /// How often the node refreshes the report, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_interval: Option<u32>,
+}
+
+/// The report itself.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatusReport {
+    /// When the report was written (RFC 3339).
+    #[serde(default)]
+    pub updated: String,
+    /// twill-node version.
+    #[serde(default)]
+    pub agent_version: String,
+    /// The address the node peers from.
+    #[serde(default)]
+    pub address: String,
+    /// AS number in use.
+    #[serde(default)]
+    pub as_number: u32,
+    /// Datastore synced, sessions configured are up, dataplane programmed.
+    #[serde(default)]
+    pub ready: bool,
+    /// BGP sessions.
+    #[serde(default)]
+    pub bgp_peers: Vec<PeerStatus>,
+    /// Routes felix programmed, by kind.
+    #[serde(default)]
+    pub routes: Vec<RouteStatus>,
+    /// Local pod endpoints.
+    #[serde(default)]
+    pub endpoints: u32,
+    /// Blocks affine to this node.
+    #[serde(default)]
+    pub blocks: Vec<String>,
+}
+
+/// One BGP session.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerStatus {
+    pub address: String,
+    pub as_number: u32,
+    /// Where the peer comes from: mesh, global (BGPPeer), node (BGPPeer for this node), reflector.
+    #[serde(default)]
+    pub source: String,
+    /// RFC 4271 state: Idle, Connect, Active, OpenSent, OpenConfirm, Established.
+    pub state: String,
+    /// When the session entered its current state (RFC 3339).
+    #[serde(default)]
+    pub since: String,
+    #[serde(default)]
+    pub prefixes_received: u64,
+    #[serde(default)]
+    pub prefixes_accepted: u64,
+    #[serde(default)]
+    pub prefixes_advertised: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// A programmed route.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteStatus {
+    pub destination: String,
+    /// local (a pod's veth), blackhole (an owned block), bgp (learned).
+    pub kind: String,
+    /// Interface or next hops.
+    #[serde(default)]
+    pub via: Vec<String>,
+}
+
+impl NodeStatus {
+    /// The name must be a node name.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        let name = self.metadata.name.clone().unwrap_or_default();
+        let mut e = Errors::default();
+        if let Err(r) = check_name(&name) {
+            e.push("metadata.name", &name, r);
+        }
+        e.finish("NodeStatus", &name)
+    }
+}

@@ -1,0 +1,1 @@
+//! The twill-cni plugin. Built by the pod networking issue. It must never depend on tokio or kube.

@@ -1,0 +1,175 @@
+//! The command-line grammar (clap derive). Kept apart from what the
+//! commands do so `twillctl completion` can generate completions from it.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use twill_api::Store;
+use twill_api::store::embedded::{DEFAULT_PATH, EmbeddedStore};
+use twill_api::store::kubernetes::KubeStore;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "twillctl",
+    version,
+    about = "Manage a Twill network fabric: resources, CRDs, IPAM, nodes and the lab",
+    after_help = "Without a cluster, twillctl uses the embedded store at /var/lib/twill/twill.db.\nExit codes: 0 ok, 1 failed, 2 usage error."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Which datastore to talk to.
+#[derive(Args, Debug, Clone)]
+pub struct StoreArgs {
+    /// Datastore backend.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "TWILL_DATASTORE",
+        default_value = "embedded"
+    )]
+    pub datastore: Backend,
+    /// Embedded store file.
+    #[arg(long, global = true, env = "TWILL_DATASTORE_PATH", default_value = DEFAULT_PATH)]
+    pub path: PathBuf,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The Kubernetes API (KUBECONFIG, ~/.kube/config, or in-cluster).
+    Kubernetes,
+    /// One SQLite file on this machine.
+    Embedded,
+}
+
+impl StoreArgs {
+    pub async fn open(&self) -> anyhow::Result<Store> {
+        Ok(match self.datastore {
+            Backend::Embedded => {
+                Store::new(EmbeddedStore::open(&self.path).with_context(|| {
+                    format!("opening the embedded store {}", self.path.display())
+                })?)
+            }
+            Backend::Kubernetes => Store::new(KubeStore::connect().await?),
+        })
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List or show resources.
+    Get(GetArgs),
+    /// Create or update resources from files (declarative).
+    Apply(FileArgs),
+    /// Create resources from files; fails if one exists.
+    Create(FileArgs),
+    /// Replace existing resources from files; fails if one is missing.
+    Replace(FileArgs),
+    /// Delete resources by kind and name, or those in files.
+    Delete(DeleteArgs),
+    /// Change a resource with a JSON merge patch (RFC 7386).
+    Patch(PatchArgs),
+    /// Add, change or remove labels.
+    Label(LabelArgs),
+    /// Print or write the CustomResourceDefinitions generated from the types.
+    Crds(CrdArgs),
+    /// Print shell completions.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OutputFormat {
+    #[default]
+    Table,
+    Wide,
+    Yaml,
+    Json,
+    Name,
+}
+
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    /// Kind: ippools, ipamblocks, bgpconfigurations, bgppeers, globalnetworkpolicies,
+    /// nodestatuses, nodes, namespaces, pods, networkpolicies, secrets (or a short name).
+    pub kind: String,
+    /// Names to show (all when none).
+    pub names: Vec<String>,
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: OutputFormat,
+    /// Namespace, for namespaced kinds.
+    #[arg(short, long, default_value = "default")]
+    pub namespace: String,
+    /// All namespaces.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct FileArgs {
+    /// Files or directories of YAML/JSON manifests; `-` reads standard input.
+    #[arg(short, long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Namespace for namespaced objects that do not name one.
+    #[arg(short, long, default_value = "default")]
+    pub namespace: String,
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: OutputFormat,
+}
+
+#[derive(Args, Debug)]
+pub struct DeleteArgs {
+    /// Kind (omit with -f).
+    pub kind: Option<String>,
+    pub names: Vec<String>,
+    #[arg(short, long = "filename")]
+    pub files: Vec<PathBuf>,
+    #[arg(short, long, default_value = "default")]
+    pub namespace: String,
+    /// Succeed when the object does not exist.
+    #[arg(long)]
+    pub ignore_not_found: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PatchArgs {
+    pub kind: String,
+    pub name: String,
+    /// The merge patch, as JSON or YAML, e.g. '{"spec":{"disabled":true}}'.
+    #[arg(short, long)]
+    pub patch: String,
+    #[arg(short, long, default_value = "default")]
+    pub namespace: String,
+}
+
+#[derive(Args, Debug)]
+pub struct LabelArgs {
+    pub kind: String,
+    pub name: String,
+    /// `key=value` to set, `key-` to remove.
+    #[arg(required = true)]
+    pub labels: Vec<String>,
+    /// Allow changing a label that already has another value.
+    #[arg(long)]
+    pub overwrite: bool,
+    #[arg(short, long, default_value = "default")]
+    pub namespace: String,
+}
+
+#[derive(Args, Debug)]
+pub struct CrdArgs {
+    /// Write one file per CRD into this directory instead of printing.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Compare the files in this directory with the generated ones; exit 1 on any difference.
+    #[arg(long, conflicts_with = "out")]
+    pub check: Option<PathBuf>,
+}

@@ -1,0 +1,1 @@
+//! Policy model and nftables rendering. Built by the policy issue.

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs the whole test suite, exactly as CI does (.ci/run calls this).
+# Run as root on a fresh Debian/Ubuntu machine: it installs the system
+# packages it needs (idempotent), then checks formatting and lints, then
+# runs every test, including those that build network namespaces and start
+# real BIRD, FRR and GoBGP peers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "scripts/test.sh: run as root (sudo): the tests create network namespaces, veth links and nftables tables" >&2
+  exit 1
+fi
+./scripts/deps.sh
+
+export CARGO_TERM_COLOR=never
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked --no-fail-fast

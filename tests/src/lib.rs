@@ -1,1 +1,15 @@
-//! Shared helpers for the integration tests (network namespaces, real peers, guards).
+//! The harness every kernel-facing test shares: network namespaces, veth
+//! links and child processes wrapped in guards that clean up on drop — also
+//! when the test fails — by the name or PID they recorded (never by process
+//! name), plus `require` checks that fail a test with the reason when a
+//! prerequisite (root, a binary) is missing instead of skipping it.
+
+pub mod netns;
+pub mod process;
+pub mod require;
+pub mod wait;
+
+pub use netns::{Netns, unique_name, veth_between};
+pub use process::Daemon;
+pub use require::{require_binary, require_root};
+pub use wait::wait_until;

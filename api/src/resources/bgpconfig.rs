@@ -21,6 +21,7 @@ pub const DEFAULT_NAME: &str = "default";
     plural = "bgpconfigurations",
     shortname = "bgpconfig",
     category = "twill",
+    derive = "PartialEq",
     doc = "BGP settings: `default` for the cluster, `node.<name>` for one node",
     printcolumn(name = "AS", type_ = "integer", json_path = ".spec.asNumber"),
     printcolumn(

@@ -21,6 +21,7 @@ use crate::validate::{Errors, ValidationError};
     plural = "bgppeers",
     shortname = "peer",
     category = "twill",
+    derive = "PartialEq",
     doc = "A BGP peer: a router by peerIP, or other Twill nodes by peerSelector",
     printcolumn(name = "Peer", type_ = "string", json_path = ".spec.peerIP"),
     printcolumn(name = "AS", type_ = "integer", json_path = ".spec.asNumber"),

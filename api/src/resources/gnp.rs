@@ -18,6 +18,7 @@ use crate::validate::{Errors, ValidationError, parse_net_or_addr};
     plural = "globalnetworkpolicies",
     shortname = "gnp",
     category = "twill",
+    derive = "PartialEq",
     doc = "Cluster-wide ordered network policy with Allow, Deny, Pass and Log",
     printcolumn(name = "Order", type_ = "number", json_path = ".spec.order"),
     printcolumn(name = "Selector", type_ = "string", json_path = ".spec.selector"),

@@ -19,6 +19,7 @@ use crate::validate::{Errors, ValidationError};
     plural = "ipamblocks",
     shortname = "block",
     category = "twill",
+    derive = "PartialEq",
     doc = "A block of pod addresses: its CIDR, the node it is affine to and its allocations",
     printcolumn(name = "CIDR", type_ = "string", json_path = ".spec.cidr"),
     printcolumn(name = "Affinity", type_ = "string", json_path = ".spec.affinity"),
@@ -45,6 +46,10 @@ pub struct IPAMBlockSpec {
     /// Allocated addresses, sorted by ordinal.
     #[serde(default)]
     pub allocations: Vec<Allocation>,
+    /// The ordinal handed out most recently: the next allocation starts
+    /// after it, so released addresses are reused as late as possible.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ordinal: Option<u32>,
     /// When the block became empty (RFC 3339); it returns to the pool after a grace period.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub empty_since: Option<String>,

@@ -23,6 +23,7 @@ pub const DEFAULT_BLOCK_SIZE_V6: u8 = 122;
     plural = "ippools",
     shortname = "pool",
     category = "twill",
+    derive = "PartialEq",
     doc = "A pool of pod addresses, split into blocks of blockSize that nodes claim",
     printcolumn(name = "CIDR", type_ = "string", json_path = ".spec.cidr"),
     printcolumn(name = "Block", type_ = "integer", json_path = ".spec.blockSize"),

@@ -17,6 +17,7 @@ use crate::validate::{Errors, ValidationError, check_name};
     plural = "nodestatuses",
     shortname = "tns",
     category = "twill",
+    derive = "PartialEq",
     status = "NodeStatusReport",
     doc = "The state a twill-node reports about itself",
     printcolumn(name = "Ready", type_ = "boolean", json_path = ".status.ready"),
@@ -59,6 +60,10 @@ pub struct NodeStatusReport {
     /// Local pod endpoints.
     #[serde(default)]
     pub endpoints: u32,
+    /// IPAM handles (container IDs) of the local endpoints when the report
+    /// was written: `twillctl ipam check` uses them to find leaked addresses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoint_handles: Vec<String>,
     /// Blocks affine to this node.
     #[serde(default)]
     pub blocks: Vec<String>,

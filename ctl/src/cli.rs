@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use twill_api::Store;
-use twill_api::store::embedded::{DEFAULT_PATH, EmbeddedStore};
-use twill_api::store::kubernetes::KubeStore;
+use twill_api::store::embedded::DEFAULT_PATH;
+use twill_api::store::{BackendKind, connect};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -50,14 +50,13 @@ pub enum Backend {
 
 impl StoreArgs {
     pub async fn open(&self) -> anyhow::Result<Store> {
-        Ok(match self.datastore {
-            Backend::Embedded => {
-                Store::new(EmbeddedStore::open(&self.path).with_context(|| {
-                    format!("opening the embedded store {}", self.path.display())
-                })?)
-            }
-            Backend::Kubernetes => Store::new(KubeStore::connect().await?),
-        })
+        let kind = match self.datastore {
+            Backend::Embedded => BackendKind::Embedded,
+            Backend::Kubernetes => BackendKind::Kubernetes,
+        };
+        connect(kind, &self.path)
+            .await
+            .with_context(|| format!("opening the {kind} datastore"))
     }
 }
 
@@ -77,6 +76,8 @@ pub enum Command {
     Patch(PatchArgs),
     /// Add, change or remove labels.
     Label(LabelArgs),
+    /// Pod address management: usage, who holds an address, consistency.
+    Ipam(IpamArgs),
     /// Print or write the CustomResourceDefinitions generated from the types.
     Crds(CrdArgs),
     /// Print shell completions.
@@ -172,4 +173,30 @@ pub struct CrdArgs {
     /// Compare the files in this directory with the generated ones; exit 1 on any difference.
     #[arg(long, conflicts_with = "out")]
     pub check: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct IpamArgs {
+    #[command(subcommand)]
+    pub command: IpamCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IpamCommand {
+    /// Pools and blocks with their usage; with --ip, who holds that address.
+    Show {
+        #[arg(long, value_parser = crate::ipam::parse_ip)]
+        ip: Option<std::net::IpAddr>,
+    },
+    /// Find allocations whose holder is gone and blocks whose node is gone.
+    Check {
+        /// Release what the check finds (each change is printed first).
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Release one address (printed with its holder first).
+    Release {
+        #[arg(long, value_parser = crate::ipam::parse_ip)]
+        ip: std::net::IpAddr,
+    },
 }

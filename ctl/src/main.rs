@@ -6,6 +6,7 @@
 
 mod cli;
 mod crds;
+mod ipam;
 mod output;
 mod resources;
 
@@ -76,5 +77,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Delete(args) => resources::delete(&cli.store, args).await,
         Command::Patch(args) => resources::patch(&cli.store, args).await,
         Command::Label(args) => resources::label(&cli.store, args).await,
+        Command::Ipam(args) => ipam::run(&cli.store, args).await,
     }
 }

@@ -44,6 +44,8 @@ pub struct AssignRequest {
     pub requested: Vec<IpAddr>,
     /// Recorded with the allocation: namespace, pod, interface.
     pub attributes: BTreeMap<String, String>,
+    /// Only these pools (by name); empty means every pool that selects the node.
+    pub pools: Vec<String>,
 }
 
 /// One address handed out.
@@ -119,7 +121,23 @@ impl Ipam {
     /// handle already holds. If a later family fails, the earlier ones are
     /// released again: all or nothing.
     pub async fn assign(&self, req: &AssignRequest) -> Result<Vec<Assigned>, IpamError> {
-        let pools = self.store.list::<IPPool>().await?.items;
+        let mut pools = self.store.list::<IPPool>().await?.items;
+        if !req.pools.is_empty() {
+            for name in &req.pools {
+                if !pools
+                    .iter()
+                    .any(|p| p.metadata.name.as_deref() == Some(name.as_str()))
+                {
+                    return Err(PlanError::UnknownPool { name: name.clone() }.into());
+                }
+            }
+            pools.retain(|p| {
+                p.metadata
+                    .name
+                    .as_ref()
+                    .is_some_and(|n| req.pools.contains(n))
+            });
+        }
         let labels = self.node_labels().await?;
         let mut families: Vec<Family> = [Family::V4, Family::V6]
             .into_iter()

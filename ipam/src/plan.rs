@@ -61,6 +61,8 @@ pub enum PlanError {
     },
     #[error("requested address {addr} is not available: {reason}")]
     Unavailable { addr: IpAddr, reason: String },
+    #[error("IPPool {name:?} does not exist")]
+    UnknownPool { name: String },
 }
 
 /// The one write that satisfies a request.

@@ -4,12 +4,16 @@
 //! name), plus `require` checks that fail a test with the reason when a
 //! prerequisite (root, a binary) is missing instead of skipping it.
 
+pub mod bins;
+pub mod cni;
 pub mod netns;
+pub mod node;
 pub mod process;
 pub mod require;
 pub mod wait;
 
 pub use netns::{Netns, unique_name, veth_between};
+pub use node::TestNode;
 pub use process::Daemon;
 pub use require::{require_binary, require_root};
 pub use wait::wait_until;

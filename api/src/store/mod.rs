@@ -327,3 +327,42 @@ pub fn revision_of(obj: &Value) -> Option<&str> {
     obj.pointer("/metadata/resourceVersion")
         .and_then(Value::as_str)
 }
+
+/// Which backend to open, as people write it (`kubernetes` or `embedded`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    Kubernetes,
+    Embedded,
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "kubernetes" | "k8s" => Ok(BackendKind::Kubernetes),
+            "embedded" => Ok(BackendKind::Embedded),
+            other => Err(format!(
+                "unknown datastore {other:?}: use kubernetes or embedded"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Kubernetes => "kubernetes",
+            BackendKind::Embedded => "embedded",
+        })
+    }
+}
+
+/// Opens a datastore: the embedded file at `path`, or the cluster from
+/// KUBECONFIG / the in-cluster service account. twillctl and twill-node
+/// both open their store here.
+pub async fn connect(kind: BackendKind, path: &std::path::Path) -> Result<Store, StoreError> {
+    Ok(match kind {
+        BackendKind::Embedded => Store::new(embedded::EmbeddedStore::open(path)?),
+        BackendKind::Kubernetes => Store::new(kubernetes::KubeStore::connect().await?),
+    })
+}

@@ -1,0 +1,225 @@
+//! `twillctl ipam`: pool and block usage, who holds an address, and the
+//! consistency check with its repair. Every change is printed with its
+//! reason before it is made, and releases are guarded by the holder and
+//! sequence number that were printed, so a reused address is never freed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use k8s_openapi::api::core::v1::Node;
+use twill_api::resources::{IPAMBlock, IPPool, NodeStatus};
+use twill_ipam::Ipam;
+use twill_ipam::report::{self, Finding, LiveEndpoints};
+
+use crate::cli::{IpamArgs, IpamCommand, StoreArgs};
+use crate::output::align;
+
+pub async fn run(store_args: &StoreArgs, args: IpamArgs) -> anyhow::Result<ExitCode> {
+    let store = store_args.open().await?;
+    let pools = store.list::<IPPool>().await?.items;
+    let blocks = store.list::<IPAMBlock>().await?.items;
+    match args.command {
+        IpamCommand::Show { ip: Some(ip) } => {
+            let info = report::find_address(&pools, &blocks, ip);
+            print!("{}", describe(&info));
+            Ok(ExitCode::SUCCESS)
+        }
+        IpamCommand::Show { ip: None } => {
+            let mut rows = vec![
+                vec!["POOL", "CIDR", "BLOCKS", "ALLOCATED", "CAPACITY", "USAGE"]
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
+            ];
+            for u in report::pool_usage(&pools, &blocks) {
+                rows.push(vec![
+                    u.name.clone() + if u.disabled { " (disabled)" } else { "" },
+                    u.cidr.clone(),
+                    u.blocks.to_string(),
+                    u.allocated.to_string(),
+                    if u.capacity == u128::MAX {
+                        "huge".into()
+                    } else {
+                        u.capacity.to_string()
+                    },
+                    format!("{:.2}%", u.percent()),
+                ]);
+            }
+            print!("{}", align(&rows));
+            println!();
+            let mut rows = vec![
+                vec!["BLOCK", "AFFINITY", "POOL", "ALLOCATED", "SIZE", "USAGE"]
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
+            ];
+            for b in report::block_usage(&blocks) {
+                rows.push(vec![
+                    b.cidr.clone(),
+                    b.affinity.clone().unwrap_or_else(|| "-".into()),
+                    b.pool.clone(),
+                    b.allocated.to_string(),
+                    b.size.to_string(),
+                    format!("{:.1}%", b.percent()),
+                ]);
+            }
+            print!("{}", align(&rows));
+            Ok(ExitCode::SUCCESS)
+        }
+        IpamCommand::Release { ip } => {
+            let info = report::find_address(&pools, &blocks, ip);
+            let Some(a) = &info.allocation else {
+                anyhow::bail!("{ip} is not allocated; nothing to release");
+            };
+            println!(
+                "releasing {ip} (block {}, held by {:?}, sequence {}): requested with --ip",
+                info.block.as_ref().map(|b| b.1.as_str()).unwrap_or("?"),
+                a.handle,
+                a.sequence
+            );
+            let ipam = Ipam::new(store.clone(), "twillctl");
+            match ipam
+                .release_address(ip, Some((&a.handle, a.sequence)))
+                .await?
+            {
+                Some(_) => println!("released {ip}"),
+                None => println!("{ip} changed hands meanwhile; left as it is"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        IpamCommand::Check { repair } => {
+            let mut nodes: BTreeSet<String> = store
+                .list::<Node>()
+                .await?
+                .items
+                .into_iter()
+                .filter_map(|n| n.metadata.name)
+                .collect();
+            let mut live = BTreeMap::new();
+            for s in store.list::<NodeStatus>().await?.items {
+                let Some(name) = s.metadata.name.clone() else {
+                    continue;
+                };
+                nodes.insert(name.clone());
+                if let Some(r) = s.status {
+                    live.insert(
+                        name,
+                        LiveEndpoints {
+                            handles: r.endpoint_handles.into_iter().collect(),
+                            as_of: r.updated,
+                        },
+                    );
+                }
+            }
+            let findings = report::check(&blocks, &nodes, &live);
+            if findings.is_empty() {
+                println!(
+                    "IPAM is consistent: {} blocks, {} nodes",
+                    blocks.len(),
+                    nodes.len()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            for f in &findings {
+                println!("{f}");
+            }
+            if !repair {
+                println!(
+                    "{} problem(s); run `twillctl ipam check --repair` to fix them",
+                    findings.len()
+                );
+                return Ok(ExitCode::from(1));
+            }
+            repair_findings(&store, &findings).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn repair_findings(store: &twill_api::Store, findings: &[Finding]) -> anyhow::Result<()> {
+    let ipam = Ipam::new(store.clone(), "twillctl");
+    for f in findings {
+        match f {
+            Finding::Leaked {
+                addr, allocation, ..
+            }
+            | Finding::NodeGone {
+                addr, allocation, ..
+            } => {
+                println!("releasing {addr} held by {:?}", allocation.handle);
+                match ipam
+                    .release_address(*addr, Some((&allocation.handle, allocation.sequence)))
+                    .await?
+                {
+                    Some(_) => println!("released {addr}"),
+                    None => println!("{addr} changed hands meanwhile; left as it is"),
+                }
+            }
+            Finding::OrphanBlock { block, cidr, .. } => {
+                let current = store.get::<IPAMBlock>(None, block).await?;
+                match current {
+                    Some(b) if b.spec.allocations.is_empty() => {
+                        println!("returning empty block {cidr} to the pool");
+                        store
+                            .delete::<IPAMBlock>(
+                                None,
+                                block,
+                                b.metadata.resource_version.as_deref(),
+                            )
+                            .await
+                            .with_context(|| format!("deleting block {block}"))?;
+                    }
+                    Some(b) => println!(
+                        "block {cidr} still holds {} address(es); it returns to the pool once they are released",
+                        b.spec.allocations.len()
+                    ),
+                    None => {}
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn describe(info: &report::AddressInfo) -> String {
+    let mut s = format!("{}:", info.addr);
+    match &info.pool {
+        Some(p) => s.push_str(&format!(" pool {p}")),
+        None => s.push_str(" in no pool"),
+    }
+    match &info.block {
+        Some((_, cidr, aff)) => s.push_str(&format!(
+            ", block {cidr} ({})",
+            aff.as_deref()
+                .map(|a| format!("affine to {a}"))
+                .unwrap_or_else(|| "no affinity".into())
+        )),
+        None => s.push_str(", in no block (not allocated)"),
+    }
+    s.push('\n');
+    match &info.allocation {
+        Some(a) => {
+            let attr = |k: &str| a.attributes.get(k).cloned().unwrap_or_else(|| "-".into());
+            s.push_str(&format!(
+                "held by {:?} (sequence {}), node {}, pod {}/{}, interface {}, since {}\n",
+                a.handle,
+                a.sequence,
+                attr(twill_ipam::ATTR_NODE),
+                attr(twill_ipam::ATTR_NAMESPACE),
+                attr(twill_ipam::ATTR_POD),
+                attr(twill_ipam::ATTR_IFNAME),
+                attr(twill_ipam::ATTR_CREATED)
+            ));
+        }
+        None if info.block.is_some() => s.push_str("free\n"),
+        None => {}
+    }
+    s
+}
+
+/// Parses an address argument.
+pub fn parse_ip(s: &str) -> Result<IpAddr, String> {
+    s.parse().map_err(|_| format!("{s:?} is not an IP address"))
+}

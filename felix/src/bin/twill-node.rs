@@ -1,0 +1,97 @@
+//! twill-node: the per-node agent (see `twill_felix::agent`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use twill_api::store::{BackendKind, connect};
+use twill_felix::agent::{AgentConfig, run};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "twill-node",
+    version,
+    about = "Twill's node agent: pod endpoints, IPAM, routes, policy, BGP"
+)]
+struct Args {
+    /// This node's name (as in its Node object).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Datastore backend: kubernetes or embedded.
+    #[arg(long, env = "TWILL_DATASTORE", default_value = "embedded")]
+    datastore: BackendKind,
+    /// Embedded store file.
+    #[arg(long, env = "TWILL_DATASTORE_PATH", default_value = twill_api::store::embedded::DEFAULT_PATH)]
+    path: PathBuf,
+    /// The unix socket twill-cni talks to.
+    #[arg(long, env = "TWILL_CNI_SOCKET", default_value = twill_cni::spec::DEFAULT_SOCKET)]
+    cni_socket: PathBuf,
+    /// Where endpoint records are kept.
+    #[arg(long, env = "TWILL_STATE_DIR", default_value = "/var/lib/twill/node")]
+    state_dir: PathBuf,
+    /// MTU of pod interfaces (default: the uplink's).
+    #[arg(long, env = "TWILL_MTU")]
+    mtu: Option<u32>,
+    /// Register the Node object with these labels if it does not exist
+    /// (embedded store: there is no kubelet). `k=v,k2=v2`.
+    #[arg(long, env = "TWILL_NODE_LABELS")]
+    node_labels: Option<String>,
+    /// Seconds between NodeStatus reports.
+    #[arg(long, default_value = "10")]
+    status_interval: u64,
+    /// Seconds a block stays empty before it returns to the pool.
+    #[arg(long, default_value = "300")]
+    block_grace: u64,
+}
+
+fn parse_labels(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    s.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .with_context(|| format!("--node-labels: {p:?} is not key=value"))
+        })
+        .collect()
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TWILL_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let node_name = match args.node_name {
+        Some(n) => n,
+        None => nix::unistd::gethostname()
+            .context("--node-name not given and the hostname is unreadable")?
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let register = match (&args.datastore, &args.node_labels) {
+        (BackendKind::Embedded, Some(l)) => Some(parse_labels(l)?),
+        (BackendKind::Embedded, None) => Some(BTreeMap::new()),
+        (BackendKind::Kubernetes, _) => None,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let store = connect(args.datastore, &args.path).await?;
+        run(AgentConfig {
+            node_name,
+            store,
+            cni_socket: args.cni_socket,
+            state_dir: args.state_dir,
+            mtu: args.mtu,
+            register_node: register,
+            status_interval: Duration::from_secs(args.status_interval),
+            block_grace: Duration::from_secs(args.block_grace),
+        })
+        .await
+    })
+}

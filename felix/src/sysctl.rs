@@ -1,0 +1,46 @@
+//! Reading and writing sysctls through /proc/sys. Network sysctls belong to
+//! the network namespace of the calling thread, so these apply where the
+//! caller runs (twill-node's node namespace, or a pod namespace from a
+//! [`crate::netns::in_netns`] worker).
+
+use std::path::PathBuf;
+
+fn path(key: &str) -> PathBuf {
+    PathBuf::from("/proc/sys").join(key.replace('.', "/"))
+}
+
+/// Writes `value` to the sysctl `key` (dotted form, e.g. `net.ipv4.ip_forward`).
+pub fn write(key: &str, value: &str) -> std::io::Result<()> {
+    std::fs::write(path(key), value)
+}
+
+/// Reads the sysctl `key`, trimmed.
+pub fn read(key: &str) -> std::io::Result<String> {
+    Ok(std::fs::read_to_string(path(key))?.trim().to_string())
+}
+
+/// The per-interface key, e.g. `net.ipv4.conf.<if>.proxy_arp`. Interface
+/// names can contain dots, so the path is built segment by segment.
+pub fn write_if(family: &str, ifname: &str, key: &str, value: &str) -> std::io::Result<()> {
+    std::fs::write(
+        PathBuf::from("/proc/sys/net")
+            .join(family)
+            .join("conf")
+            .join(ifname)
+            .join(key),
+        value,
+    )
+}
+
+/// Reads a per-interface sysctl.
+pub fn read_if(family: &str, ifname: &str, key: &str) -> std::io::Result<String> {
+    Ok(std::fs::read_to_string(
+        PathBuf::from("/proc/sys/net")
+            .join(family)
+            .join("conf")
+            .join(ifname)
+            .join(key),
+    )?
+    .trim()
+    .to_string())
+}

@@ -5,6 +5,13 @@
 //! processes, two nodes, or a process killed between any two writes can never
 //! give one address to two holders: the worst a crash leaves is an allocation
 //! whose holder never got it, which reconcile frees by handle.
+//!
+//! Within one process, operations take turns (one async lock) and plan
+//! against a cache of the blocks that their own writes keep current. Without
+//! it, every concurrent pod on a node would race its neighbours for the same
+//! block and lose most rounds. The cache is only a guess: correctness still
+//! comes from the compare-and-swap, and any conflict (another node wrote)
+//! drops the cache and re-reads.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -74,6 +81,42 @@ pub struct Released {
 pub struct Ipam {
     store: Store,
     node: String,
+    cache: std::sync::Arc<tokio::sync::Mutex<BlockCache>>,
+}
+
+/// The blocks as this process last saw or wrote them; `None` when unknown.
+#[derive(Debug, Default)]
+struct BlockCache {
+    blocks: Option<BTreeMap<String, IPAMBlock>>,
+}
+
+impl BlockCache {
+    async fn get(&mut self, store: &Store) -> Result<Vec<IPAMBlock>, StoreError> {
+        if self.blocks.is_none() {
+            let listed = store.list::<IPAMBlock>().await?.items;
+            self.blocks = Some(
+                listed
+                    .into_iter()
+                    .map(|b| (b.metadata.name.clone().unwrap_or_default(), b))
+                    .collect(),
+            );
+        }
+        Ok(self
+            .blocks
+            .as_ref()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    fn put(&mut self, b: IPAMBlock) {
+        if let Some(m) = &mut self.blocks {
+            m.insert(b.metadata.name.clone().unwrap_or_default(), b);
+        }
+    }
+
+    fn forget(&mut self) {
+        self.blocks = None;
+    }
 }
 
 fn now() -> String {
@@ -85,6 +128,7 @@ impl Ipam {
         Ipam {
             store,
             node: node.into(),
+            cache: Default::default(),
         }
     }
 
@@ -187,8 +231,9 @@ impl Ipam {
         family: Family,
         requested: Option<IpAddr>,
     ) -> Result<Assigned, IpamError> {
+        let mut cache = self.cache.lock().await;
         for _ in 0..MAX_ATTEMPTS {
-            let blocks = self.store.list::<IPAMBlock>().await?.items;
+            let blocks = cache.get(&self.store).await?;
             let step = plan::plan(pools, &blocks, &self.node, &req.handle, family, requested)?;
             let mut attributes = req.attributes.clone();
             attributes.insert(ATTR_NODE.into(), self.node.clone());
@@ -199,22 +244,30 @@ impl Ipam {
                     block,
                     sequence,
                 } => {
-                    let b = blocks
-                        .iter()
-                        .find(|b| b.metadata.name.as_deref() == Some(block.as_str()))
-                        .and_then(block_net)
-                        .ok_or(IpamError::NotAllocated(addr))?;
+                    // Confirm against the store: the cache may be behind a release.
+                    let Some(b) = self.store.get::<IPAMBlock>(None, &block).await? else {
+                        cache.forget();
+                        continue;
+                    };
+                    let net = block_net(&b).ok_or(IpamError::NotAllocated(addr))?;
+                    let still = ordinal_of(&net, addr).is_some_and(|o| {
+                        b.spec
+                            .allocations
+                            .iter()
+                            .any(|a| a.ordinal == o && a.handle == req.handle)
+                    });
+                    if !still {
+                        cache.forget();
+                        continue;
+                    }
+                    let borrowed = b.spec.affinity.as_deref() != Some(self.node.as_str());
+                    cache.put(b);
                     return Ok(Assigned {
                         addr,
-                        borrowed: blocks
-                            .iter()
-                            .find(|x| x.metadata.name.as_deref() == Some(block.as_str()))
-                            .is_some_and(|x| {
-                                x.spec.affinity.as_deref() != Some(self.node.as_str())
-                            }),
-                        block: b,
+                        block: net,
                         block_name: block,
                         sequence,
+                        borrowed,
                     });
                 }
                 Step::Allocate {
@@ -225,7 +278,10 @@ impl Ipam {
                     let (b, seq) = plan::with_allocation(&block, ordinal, &req.handle, attributes);
                     match self.store.update(&b).await {
                         Ok(w) => (w, ordinal, seq, borrowed),
-                        Err(e) if e.is_conflict() || e.is_not_found() => continue,
+                        Err(e) if e.is_conflict() || e.is_not_found() => {
+                            cache.forget();
+                            continue;
+                        }
                         Err(e) => return Err(e.into()),
                     }
                 }
@@ -236,17 +292,22 @@ impl Ipam {
                             tracing::info!(node = %self.node, block = %w.spec.cidr, "claimed block");
                             (w, ordinal, seq, false)
                         }
-                        Err(e) if e.is_already_exists() => continue,
+                        Err(e) if e.is_already_exists() => {
+                            cache.forget();
+                            continue;
+                        }
                         Err(e) => return Err(e.into()),
                     }
                 }
             };
             let net = block_net(&written).ok_or(IpamError::Contended)?;
             let addr = addr_at(&net, ordinal).ok_or(IpamError::Contended)?;
+            let block_name = written.metadata.name.clone().unwrap_or_default();
+            cache.put(written);
             return Ok(Assigned {
                 addr,
                 block: net,
-                block_name: written.metadata.name.clone().unwrap_or_default(),
+                block_name,
                 sequence,
                 borrowed,
             });
@@ -293,8 +354,9 @@ impl Ipam {
         pick: impl Fn(&IPAMBlock) -> Option<Release<'a>>,
     ) -> Result<Vec<Released>, IpamError> {
         let mut out = Vec::new();
+        let mut cache = self.cache.lock().await;
         'attempt: for _ in 0..MAX_ATTEMPTS {
-            let blocks = self.store.list::<IPAMBlock>().await?.items;
+            let blocks = cache.get(&self.store).await?;
             for b in &blocks {
                 let Some(release) = pick(b) else { continue };
                 let (next, gone) = plan::without(b, release, &now());
@@ -302,7 +364,8 @@ impl Ipam {
                     continue;
                 }
                 match self.store.update(&next).await {
-                    Ok(_) => {
+                    Ok(written) => {
+                        cache.put(written);
                         let net = block_net(b);
                         for a in gone {
                             if let Some(addr) = net.and_then(|n| addr_at(&n, a.ordinal)) {
@@ -315,7 +378,10 @@ impl Ipam {
                         }
                     }
                     // Someone changed the block: read everything again.
-                    Err(e) if e.is_conflict() || e.is_not_found() => continue 'attempt,
+                    Err(e) if e.is_conflict() || e.is_not_found() => {
+                        cache.forget();
+                        continue 'attempt;
+                    }
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -362,6 +428,7 @@ impl Ipam {
                 .await
             {
                 Ok(()) => {
+                    self.cache.lock().await.forget();
                     tracing::info!(node = %self.node, block = %b.spec.cidr, "released empty block to the pool");
                     released.push(b.spec.cidr.clone());
                 }

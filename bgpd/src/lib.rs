@@ -1,1 +1,10 @@
-//! The BGP speaker. Built by the bgpd issue; this crate holds its place in the workspace.
+//! Twill's embedded BGP-4 speaker.
+//!
+//! Layout: `types` (the shared vocabulary: prefixes, AS paths, attributes),
+//! `wire` (a strict validator in front of the codec: bytes from a peer never
+//! reach a decoder unchecked), `rib` (Adj-RIB-In, Loc-RIB with the decision
+//! process, Adj-RIB-Out; pure), `policy` (import/export filters; pure),
+//! `session` (per-peer FSM on tokio, sockets with TCP MD5 and GTSM), `speaker`
+//! (peers + RIB + the channel felix reads best routes from).
+
+pub mod types;

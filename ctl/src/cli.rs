@@ -78,6 +78,10 @@ pub enum Command {
     Label(LabelArgs),
     /// Pod address management: usage, who holds an address, consistency.
     Ipam(IpamArgs),
+    /// What nodes report: BGP sessions, routes, endpoints.
+    Node(NodeArgs),
+    /// A whole cluster with a ToR router in network namespaces on this machine.
+    Lab(crate::lab::LabArgs),
     /// Print or write the CustomResourceDefinitions generated from the types.
     Crds(CrdArgs),
     /// Print shell completions.
@@ -173,6 +177,23 @@ pub struct CrdArgs {
     /// Compare the files in this directory with the generated ones; exit 1 on any difference.
     #[arg(long, conflicts_with = "out")]
     pub check: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct NodeArgs {
+    #[command(subcommand)]
+    pub command: NodeCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCommand {
+    /// BGP peers with state, uptime and prefixes, and programmed routes, of one node or all.
+    Status {
+        node: Option<String>,
+        /// table, wide (every route) or json.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
 }
 
 #[derive(Args, Debug)]

@@ -7,6 +7,8 @@
 mod cli;
 mod crds;
 mod ipam;
+mod lab;
+mod node;
 mod output;
 mod resources;
 
@@ -78,5 +80,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Patch(args) => resources::patch(&cli.store, args).await,
         Command::Label(args) => resources::label(&cli.store, args).await,
         Command::Ipam(args) => ipam::run(&cli.store, args).await,
+        Command::Node(args) => node::run(&cli.store, args).await,
+        Command::Lab(args) => lab::run(args).await,
     }
 }

@@ -1,0 +1,953 @@
+//! `twillctl lab up|status|exec|down`: a whole Twill cluster on one Linux
+//! machine. A network namespace per node, a ToR namespace running BIRD, FRR
+//! or GoBGP (or nothing), a link from each node to the ToR's bridge,
+//! twill-node in every node namespace on one embedded store in the lab's
+//! directory, and a few pods created through twill-cni exactly as a container
+//! runtime calls it.
+//!
+//! Everything the lab creates is written to `DIR/lab.json` the moment it
+//! exists (namespaces by name, processes by PID and command line), so `lab
+//! down` removes exactly that — also after an `up` that failed half-way — and
+//! never kills a process whose PID was reused. The plan itself is pure, in
+//! `plan`.
+
+pub mod plan;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use serde::{Deserialize, Serialize};
+use twill_api::resources::NodeStatus;
+
+use crate::UsageError;
+use crate::cli::{Backend, FileArgs, OutputFormat, StoreArgs};
+use plan::{Plan, Tor};
+
+#[derive(Args, Debug)]
+pub struct LabArgs {
+    #[command(subcommand)]
+    pub command: LabCommand,
+    /// The lab's directory: its store, configs, logs and lab.json.
+    #[arg(
+        long,
+        global = true,
+        env = "TWILL_LAB_DIR",
+        default_value = "/var/lib/twill/lab"
+    )]
+    pub dir: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LabCommand {
+    /// Build the cluster, create example pods, print node status and a connectivity matrix.
+    Up {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        #[arg(long, value_enum, default_value = "bird")]
+        tor: Tor,
+        /// YAML: nodes (name, labels), tor, podsPerNode, pool, blockSize, nodeAs, torAs.
+        #[arg(long)]
+        topology: Option<PathBuf>,
+        #[arg(long, default_value_t = 2)]
+        pods_per_node: usize,
+    },
+    /// What is running, node status, pods and the ToR's routes.
+    Status,
+    /// Run a command in a node's, a pod's or the ToR's namespace (`tor`).
+    Exec {
+        target: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Remove every namespace and process the lab made.
+    Down,
+}
+
+/// What the lab made, recorded as it is made.
+#[derive(Debug, Serialize, Deserialize)]
+struct State {
+    plan: Plan,
+    namespaces: Vec<String>,
+    processes: Vec<Proc>,
+    pod_ips: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Proc {
+    what: String,
+    pid: i32,
+    /// A word the process's command line must contain before we signal it.
+    marker: String,
+}
+
+pub async fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        LabCommand::Up {
+            nodes,
+            tor,
+            topology,
+            pods_per_node,
+        } => up(&args.dir, nodes, tor, topology, pods_per_node).await,
+        LabCommand::Status => status(&args.dir).await,
+        LabCommand::Exec { target, command } => exec(&args.dir, &target, &command),
+        LabCommand::Down => down(&args.dir),
+    }
+}
+
+fn state_path(dir: &Path) -> PathBuf {
+    dir.join("lab.json")
+}
+
+fn load(dir: &Path) -> anyhow::Result<State> {
+    let p = state_path(dir);
+    let text = match std::fs::read_to_string(&p) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!(
+                "no lab is up in {} (start one with `twillctl lab up`)",
+                dir.display()
+            )
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
+    };
+    serde_json::from_str(&text).with_context(|| format!("{} is not a lab record", p.display()))
+}
+
+impl State {
+    fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        let p = state_path(dir);
+        let tmp = dir.join("lab.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &p).with_context(|| format!("writing {}", p.display()))?;
+        Ok(())
+    }
+
+    fn add_ns(&mut self, dir: &Path, ns: &str) -> anyhow::Result<()> {
+        run_cmd("ip", &["netns", "add", ns])?;
+        self.namespaces.push(ns.to_string());
+        self.save(dir)?;
+        run_cmd("ip", &["-n", ns, "link", "set", "lo", "up"])
+    }
+
+    fn add_proc(&mut self, dir: &Path, what: &str, pid: i32, marker: &str) -> anyhow::Result<()> {
+        self.processes.push(Proc {
+            what: what.into(),
+            pid,
+            marker: marker.into(),
+        });
+        self.save(dir)
+    }
+
+    fn ns_of(&self, target: &str) -> Option<String> {
+        if target == "tor" {
+            return Some(self.plan.tor_ns.clone());
+        }
+        self.plan
+            .nodes
+            .iter()
+            .find(|n| n.name == target)
+            .map(|n| n.ns.clone())
+            .or_else(|| {
+                self.plan
+                    .pods
+                    .iter()
+                    .find(|p| p.name == target)
+                    .map(|p| p.ns.clone())
+            })
+    }
+}
+
+/// Runs a command to completion; its stderr becomes the error.
+fn run_cmd(prog: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| {
+            format!("running {prog}: is it installed? (scripts/deps.sh installs it)")
+        })?;
+    if !out.status.success() {
+        bail!(
+            "`{prog} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn output_of(prog: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {prog}"))?;
+    if !out.status.success() {
+        bail!(
+            "`{prog} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A Twill binary next to twillctl (the build puts them together), else on PATH.
+fn sibling(name: &str) -> PathBuf {
+    if let Ok(me) = std::env::current_exe()
+        && let Some(d) = me.parent()
+    {
+        let p = d.join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    PathBuf::from(name)
+}
+
+fn need(prog: &str) -> anyhow::Result<()> {
+    let found = if prog.contains('/') {
+        Path::new(prog).is_file()
+    } else {
+        std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
+            .unwrap_or(false)
+    };
+    if !found {
+        bail!(
+            "{prog} is not installed: run scripts/deps.sh (or apt-get install the package that has it)"
+        );
+    }
+    Ok(())
+}
+
+/// Starts a long-running process in a namespace, detached from our session,
+/// output to `log`; returns its PID (`ip netns exec` execs, so the PID is the program's).
+fn spawn_in(ns: &str, prog: &Path, args: &[String], log: &Path) -> anyhow::Result<i32> {
+    let f = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns])
+        .arg(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(f.try_clone()?)
+        .stderr(f)
+        .env(
+            "TWILL_LOG",
+            std::env::var("TWILL_LOG").unwrap_or_else(|_| "info".into()),
+        );
+    // SAFETY: setsid is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", prog.display()))?;
+    Ok(child.id() as i32)
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("{what} did not happen within {}s", timeout.as_secs())
+}
+
+fn read_pid(file: &Path) -> Option<i32> {
+    std::fs::read_to_string(file).ok()?.trim().parse().ok()
+}
+
+async fn up(
+    dir: &Path,
+    nodes: usize,
+    tor: Tor,
+    topology: Option<PathBuf>,
+    pods_per_node: usize,
+) -> anyhow::Result<ExitCode> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("twillctl lab needs root: it creates network namespaces");
+    }
+    if state_path(dir).exists() {
+        bail!(
+            "a lab is already up in {} — `twillctl lab status` shows it, `twillctl lab down` removes it",
+            dir.display()
+        );
+    }
+    let file = match &topology {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            Some(
+                serde_saphyr::from_str(&text)
+                    .map_err(|e| UsageError(format!("{}: {e}", p.display())))?,
+            )
+        }
+        None => None,
+    };
+    let plan =
+        plan::plan(nodes, tor, pods_per_node, file).map_err(|e| UsageError(e.to_string()))?;
+    let node_bin = sibling("twill-node");
+    let cni_bin = sibling("twill-cni");
+    for p in ["ip", "ping"] {
+        need(p)?;
+    }
+    need(&node_bin.to_string_lossy())?;
+    need(&cni_bin.to_string_lossy())?;
+    match plan.tor {
+        Tor::Bird => need("bird")?,
+        Tor::Frr => need("/usr/lib/frr/bgpd")?,
+        Tor::Gobgp => need("gobgpd")?,
+        Tor::None => {}
+    }
+    for n in &plan.nodes {
+        if Path::new("/run/netns").join(&n.ns).exists() {
+            bail!(
+                "namespace {} already exists but no lab is recorded in {}: remove it with `ip netns del {}`",
+                n.ns,
+                dir.display(),
+                n.ns
+            );
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut st = State {
+        plan: plan.clone(),
+        namespaces: vec![],
+        processes: vec![],
+        pod_ips: BTreeMap::new(),
+    };
+    st.save(dir)?;
+    let result = build(dir, &mut st, &node_bin, &cni_bin).await;
+    if let Err(e) = result {
+        eprintln!(
+            "lab up failed: {e:#}\n(what was built is recorded; `twillctl lab down` removes it; logs are in {})",
+            dir.display()
+        );
+        return Ok(ExitCode::from(1));
+    }
+    println!(
+        "lab is up in {} ({} nodes, ToR: {:?})\n",
+        dir.display(),
+        plan.nodes.len(),
+        plan.tor
+    );
+    print_status(dir, &st).await?;
+    println!();
+    let ok = matrix(&st)?;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+async fn build(dir: &Path, st: &mut State, node_bin: &Path, cni_bin: &Path) -> anyhow::Result<()> {
+    let plan = st.plan.clone();
+    let tor_ns = plan.tor_ns.as_str();
+    let rack = format!("{}/{}", plan.tor_addr, plan.prefix_len);
+    st.add_ns(dir, tor_ns)?;
+    run_cmd(
+        "ip",
+        &["-n", tor_ns, "link", "add", "rack", "type", "bridge"],
+    )?;
+    run_cmd("ip", &["-n", tor_ns, "addr", "add", &rack, "dev", "rack"])?;
+    run_cmd("ip", &["-n", tor_ns, "link", "set", "rack", "up"])?;
+    run_cmd(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            tor_ns,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ],
+    )?;
+    for n in &plan.nodes {
+        st.add_ns(dir, &n.ns)?;
+        run_cmd(
+            "ip",
+            &[
+                "link",
+                "add",
+                &n.tor_port,
+                "netns",
+                tor_ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &n.ns,
+            ],
+        )?;
+        run_cmd(
+            "ip",
+            &[
+                "-n",
+                tor_ns,
+                "link",
+                "set",
+                &n.tor_port,
+                "master",
+                "rack",
+                "up",
+            ],
+        )?;
+        let addr = format!("{}/{}", n.addr, plan.prefix_len);
+        run_cmd("ip", &["-n", &n.ns, "addr", "add", &addr, "dev", "eth0"])?;
+        run_cmd("ip", &["-n", &n.ns, "link", "set", "eth0", "up"])?;
+        run_cmd(
+            "ip",
+            &[
+                "-n",
+                &n.ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                &plan.tor_addr.to_string(),
+            ],
+        )?;
+        run_cmd(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &n.ns,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ],
+        )?;
+    }
+    // The store and the resources.
+    let db = dir.join("twill.db");
+    let res = dir.join("resources.yaml");
+    std::fs::write(&res, plan.resources()).context("writing resources.yaml")?;
+    let store_args = StoreArgs {
+        datastore: Backend::Embedded,
+        path: db.clone(),
+    };
+    let code = crate::resources::apply(
+        &store_args,
+        FileArgs {
+            files: vec![res],
+            namespace: "default".into(),
+            output: OutputFormat::Name,
+        },
+        crate::resources::Mode::Apply,
+    )
+    .await?;
+    if code != ExitCode::SUCCESS {
+        bail!("applying the lab's resources failed");
+    }
+    // The ToR.
+    let tdir = dir.join("tor");
+    std::fs::create_dir_all(&tdir)?;
+    start_tor(dir, st, &tdir)?;
+    // The nodes.
+    for n in &plan.nodes {
+        let ndir = dir.join(&n.name);
+        std::fs::create_dir_all(&ndir)?;
+        let sock = ndir.join("cni.sock");
+        let mut args: Vec<String> = vec![
+            "--node-name".into(),
+            n.name.clone(),
+            "--path".into(),
+            db.display().to_string(),
+            "--cni-socket".into(),
+            sock.display().to_string(),
+            "--state-dir".into(),
+            ndir.join("state").display().to_string(),
+        ];
+        if !n.labels.is_empty() {
+            let l: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            args.push("--node-labels".into());
+            args.push(l.join(","));
+        }
+        args.extend(NODE_BGP_ARGS.iter().map(|s| s.to_string()));
+        let pid = spawn_in(&n.ns, node_bin, &args, &ndir.join("twill-node.log"))?;
+        st.add_proc(dir, &format!("twill-node {}", n.name), pid, "twill-node")?;
+    }
+    for n in &plan.nodes {
+        let sock = dir.join(&n.name).join("cni.sock");
+        wait_for(
+            &format!("twill-node {} opening its CNI socket", n.name),
+            Duration::from_secs(30),
+            || std::os::unix::net::UnixStream::connect(&sock).is_ok(),
+        )
+        .with_context(|| format!("see {}", dir.join(&n.name).join("twill-node.log").display()))?;
+    }
+    // The pods, through twill-cni as a runtime calls it.
+    for p in &plan.pods {
+        st.add_ns(dir, &p.ns)?;
+        let sock = dir.join(&p.node).join("cni.sock");
+        let ip = cni_add(cni_bin, &sock, p)?;
+        st.pod_ips.insert(p.name.clone(), ip);
+        st.save(dir)?;
+    }
+    Ok(())
+}
+
+/// Extra twill-node flags for the lab's BGP: the node address comes from eth0.
+const NODE_BGP_ARGS: &[&str] = &[];
+
+fn start_tor(dir: &Path, st: &mut State, tdir: &Path) -> anyhow::Result<()> {
+    let plan = st.plan.clone();
+    let ns = plan.tor_ns.as_str();
+    match plan.tor {
+        Tor::None => Ok(()),
+        Tor::Bird => {
+            let conf = tdir.join("bird.conf");
+            std::fs::write(&conf, plan.bird_conf())?;
+            let pidf = tdir.join("bird.pid");
+            let (c, s, p) = (
+                conf.display().to_string(),
+                tdir.join("bird.ctl").display().to_string(),
+                pidf.display().to_string(),
+            );
+            run_cmd(
+                "ip",
+                &["netns", "exec", ns, "bird", "-c", &c, "-s", &s, "-P", &p],
+            )?;
+            wait_for("BIRD writing its PID file", Duration::from_secs(10), || {
+                read_pid(&pidf).is_some()
+            })?;
+            let pid = read_pid(&pidf).unwrap_or_default();
+            st.add_proc(dir, "bird (ToR)", pid, "bird")
+        }
+        Tor::Frr => {
+            set_mode_777(tdir)?;
+            let conf = tdir.join("bgpd.conf");
+            std::fs::write(&conf, plan.frr_conf())?;
+            set_mode_666(&conf)?;
+            let zserv = tdir.join("zserv.api").display().to_string();
+            let td = tdir.display().to_string();
+            let zpid = tdir.join("zebra.pid");
+            run_cmd(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    ns,
+                    "/usr/lib/frr/zebra",
+                    "-d",
+                    "-z",
+                    &zserv,
+                    "-i",
+                    &zpid.display().to_string(),
+                    "--vty_socket",
+                    &td,
+                ],
+            )?;
+            wait_for(
+                "zebra writing its PID file",
+                Duration::from_secs(10),
+                || read_pid(&zpid).is_some(),
+            )?;
+            st.add_proc(
+                dir,
+                "zebra (ToR)",
+                read_pid(&zpid).unwrap_or_default(),
+                "zebra",
+            )?;
+            let bpid = tdir.join("bgpd.pid");
+            run_cmd(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    ns,
+                    "/usr/lib/frr/bgpd",
+                    "-d",
+                    "-S",
+                    "-z",
+                    &zserv,
+                    "-f",
+                    &conf.display().to_string(),
+                    "-i",
+                    &bpid.display().to_string(),
+                    "--vty_socket",
+                    &td,
+                    "-l",
+                    &plan.tor_addr.to_string(),
+                ],
+            )?;
+            wait_for(
+                "FRR bgpd writing its PID file",
+                Duration::from_secs(10),
+                || read_pid(&bpid).is_some(),
+            )?;
+            st.add_proc(
+                dir,
+                "bgpd (ToR)",
+                read_pid(&bpid).unwrap_or_default(),
+                "bgpd",
+            )
+        }
+        Tor::Gobgp => {
+            let conf = tdir.join("gobgp.toml");
+            std::fs::write(&conf, plan.gobgp_toml())?;
+            let pid = spawn_in(
+                ns,
+                Path::new("gobgpd"),
+                &[
+                    "-f".into(),
+                    conf.display().to_string(),
+                    "--api-hosts".into(),
+                    GOBGP_API.into(),
+                ],
+                &tdir.join("gobgpd.log"),
+            )?;
+            st.add_proc(dir, "gobgpd (ToR)", pid, "gobgpd")
+        }
+    }
+}
+
+const GOBGP_API: &str = "127.0.0.1:50051";
+
+fn set_mode_777(p: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777))
+        .with_context(|| format!("chmod {}", p.display()))
+}
+
+fn set_mode_666(p: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o666))
+        .with_context(|| format!("chmod {}", p.display()))
+}
+
+/// CNI ADD through the real twill-cni; returns the pod's IPv4 address.
+fn cni_add(cni_bin: &Path, sock: &Path, p: &plan::PodPlan) -> anyhow::Result<String> {
+    let conf = serde_json::json!({
+        "cniVersion": "1.1.0", "name": "twill", "type": "twill-cni", "socket": sock,
+    });
+    let mut child = Command::new(cni_bin)
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", &p.container_id)
+        .env("CNI_NETNS", format!("/run/netns/{}", p.ns))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", cni_bin.parent().unwrap_or(Path::new("/")))
+        .env(
+            "CNI_ARGS",
+            format!("K8S_POD_NAMESPACE=lab;K8S_POD_NAME={}", p.name),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {}", cni_bin.display()))?;
+    if let Some(mut i) = child.stdin.take() {
+        i.write_all(conf.to_string().as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "twill-cni printed no JSON for pod {}: {}",
+            p.name,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    if !out.status.success() {
+        bail!("CNI ADD for pod {} failed: {}", p.name, v);
+    }
+    v["ips"]
+        .as_array()
+        .and_then(|ips| {
+            ips.iter()
+                .filter_map(|i| i["address"].as_str())
+                .find(|a| !a.contains(':'))
+        })
+        .and_then(|a| a.split('/').next())
+        .map(String::from)
+        .with_context(|| format!("CNI ADD for pod {} returned no IPv4 address: {v}", p.name))
+}
+
+/// Pings every pod from every pod until all answer (or 40 s), then prints
+/// the matrix. True when every pair reaches.
+fn matrix(st: &State) -> anyhow::Result<bool> {
+    let pods: Vec<(String, String, String)> = st
+        .plan
+        .pods
+        .iter()
+        .filter_map(|p| {
+            st.pod_ips
+                .get(&p.name)
+                .map(|ip| (p.name.clone(), p.ns.clone(), ip.clone()))
+        })
+        .collect();
+    if pods.is_empty() {
+        println!("no pods: no connectivity matrix");
+        return Ok(true);
+    }
+    let start = Instant::now();
+    let mut result;
+    loop {
+        result = probe_all(&pods);
+        let all = result.values().all(|ok| *ok);
+        if all || start.elapsed() > Duration::from_secs(40) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let mut rows = vec![
+        std::iter::once("FROM \\ TO".to_string())
+            .chain(pods.iter().map(|p| p.0.clone()))
+            .collect::<Vec<_>>(),
+    ];
+    for (s, _, sip) in &pods {
+        let mut row = vec![format!("{s} ({sip})")];
+        for (d, _, _) in &pods {
+            row.push(
+                if result
+                    .get(&(s.clone(), d.clone()))
+                    .copied()
+                    .unwrap_or(false)
+                {
+                    "ok".into()
+                } else {
+                    "FAIL".into()
+                },
+            );
+        }
+        rows.push(row);
+    }
+    println!("pod-to-pod connectivity (ping):");
+    print!("{}", crate::output::align(&rows));
+    let failed = result.values().filter(|ok| !**ok).count();
+    if failed > 0 {
+        println!("{failed} of {} pairs do not reach each other", result.len());
+    }
+    Ok(failed == 0)
+}
+
+fn probe_all(pods: &[(String, String, String)]) -> BTreeMap<(String, String), bool> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = pods
+            .iter()
+            .flat_map(|(src, ns, _)| {
+                pods.iter().map(move |(dst, _, ip)| {
+                    s.spawn(move || {
+                        let ok = Command::new("ip")
+                            .args(["netns", "exec", ns, "ping", "-c1", "-W1", "-q", ip])
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null())
+                            .status()
+                            .map(|s| s.success())
+                            .unwrap_or(false);
+                        ((src.clone(), dst.clone()), ok)
+                    })
+                })
+            })
+            .collect();
+        handles.into_iter().filter_map(|h| h.join().ok()).collect()
+    })
+}
+
+fn alive(p: &Proc) -> bool {
+    std::fs::read(format!("/proc/{}/cmdline", p.pid))
+        .map(|c| String::from_utf8_lossy(&c).contains(&p.marker))
+        .unwrap_or(false)
+}
+
+async fn print_status(dir: &Path, st: &State) -> anyhow::Result<()> {
+    let store = StoreArgs {
+        datastore: Backend::Embedded,
+        path: dir.join("twill.db"),
+    }
+    .open()
+    .await?;
+    let now = jiff::Timestamp::now();
+    for n in &st.plan.nodes {
+        match store.get::<NodeStatus>(None, &n.name).await? {
+            Some(s) => match &s.status {
+                Some(r) => println!("{}", crate::node::render(&n.name, r, now, false)),
+                None => println!("node {}: no report yet\n", n.name),
+            },
+            None => println!("node {}: no NodeStatus yet\n", n.name),
+        }
+    }
+    Ok(())
+}
+
+async fn status(dir: &Path) -> anyhow::Result<ExitCode> {
+    let st = load(dir)?;
+    println!("lab in {} (ToR: {:?})", dir.display(), st.plan.tor);
+    let mut rows = vec![vec!["PROCESS".to_string(), "PID".into(), "STATE".into()]];
+    for p in &st.processes {
+        rows.push(vec![
+            p.what.clone(),
+            p.pid.to_string(),
+            if alive(p) {
+                "running".into()
+            } else {
+                "GONE".into()
+            },
+        ]);
+    }
+    print!("{}", crate::output::align(&rows));
+    let missing: Vec<&String> = st
+        .namespaces
+        .iter()
+        .filter(|n| !Path::new("/run/netns").join(n).exists())
+        .collect();
+    if !missing.is_empty() {
+        println!(
+            "missing namespaces: {}",
+            missing
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    println!();
+    let mut rows = vec![vec!["POD".to_string(), "NODE".into(), "IP".into()]];
+    for p in &st.plan.pods {
+        rows.push(vec![
+            p.name.clone(),
+            p.node.clone(),
+            st.pod_ips
+                .get(&p.name)
+                .cloned()
+                .unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    print!("{}", crate::output::align(&rows));
+    println!();
+    print_status(dir, &st).await?;
+    let tdir = dir.join("tor");
+    let tor_routes = match st.plan.tor {
+        Tor::Bird => output_of(
+            "birdc",
+            &[
+                "-s",
+                &tdir.join("bird.ctl").display().to_string(),
+                "show",
+                "route",
+            ],
+        ),
+        Tor::Frr => output_of(
+            "vtysh",
+            &[
+                "--vty_socket",
+                &tdir.display().to_string(),
+                "-c",
+                "show ip route bgp",
+            ],
+        ),
+        Tor::Gobgp => output_of(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &st.plan.tor_ns,
+                "gobgp",
+                "--target",
+                GOBGP_API,
+                "global",
+                "rib",
+            ],
+        ),
+        Tor::None => Ok(String::new()),
+    };
+    match tor_routes {
+        Ok(t) if !t.is_empty() => println!("ToR routes:\n{t}"),
+        Ok(_) => {}
+        Err(e) => println!("ToR routes: {e:#}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn exec(dir: &Path, target: &str, command: &[String]) -> anyhow::Result<ExitCode> {
+    let st = load(dir)?;
+    let Some(ns) = st.ns_of(target) else {
+        let mut names: Vec<String> = vec!["tor".into()];
+        names.extend(st.plan.nodes.iter().map(|n| n.name.clone()));
+        names.extend(st.plan.pods.iter().map(|p| p.name.clone()));
+        return Err(UsageError(format!(
+            "no node or pod {target:?} in the lab; there are: {}",
+            names.join(", ")
+        ))
+        .into());
+    };
+    let status = Command::new("ip")
+        .args(["netns", "exec", &ns])
+        .args(command)
+        .status()
+        .context("running ip netns exec")?;
+    Ok(ExitCode::from(
+        status.code().unwrap_or(1).clamp(0, 255) as u8
+    ))
+}
+
+fn down(dir: &Path) -> anyhow::Result<ExitCode> {
+    let st = load(dir)?;
+    let mut problems = Vec::new();
+    // Processes first (newest first), by recorded PID, only if still ours.
+    for p in st.processes.iter().rev() {
+        if !alive(p) {
+            continue;
+        }
+        // SAFETY: kill(2) with a PID we started and just checked.
+        unsafe { libc::kill(p.pid, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for p in st.processes.iter().rev() {
+        while alive(p) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if alive(p) {
+            // SAFETY: as above.
+            unsafe { libc::kill(p.pid, libc::SIGKILL) };
+        }
+    }
+    for ns in st.namespaces.iter().rev() {
+        if Path::new("/run/netns").join(ns).exists()
+            && let Err(e) = run_cmd("ip", &["netns", "del", ns])
+        {
+            problems.push(format!("{e:#}"));
+        }
+    }
+    for p in &st.processes {
+        if alive(p) {
+            problems.push(format!("{} (PID {}) is still running", p.what, p.pid));
+        }
+    }
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("lab down: {p}");
+        }
+        eprintln!(
+            "lab down: {} kept so you can retry",
+            state_path(dir).display()
+        );
+        return Ok(ExitCode::from(1));
+    }
+    std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    println!(
+        "lab down: stopped {} processes, removed {} namespaces and {}",
+        st.processes.len(),
+        st.namespaces.len(),
+        dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

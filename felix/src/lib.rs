@@ -11,6 +11,7 @@
 //! [`RTPROT_TWILL`], and it never touches routes of another protocol.
 
 pub mod agent;
+pub mod bgp;
 pub mod cni_server;
 pub mod endpoint;
 pub mod names;

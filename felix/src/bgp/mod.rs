@@ -1,0 +1,4 @@
+//! twill-node's BGP side: which sessions to run ([`peers`], pure, from the
+//! datastore) and the node's own address.
+
+pub mod peers;

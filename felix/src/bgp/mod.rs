@@ -1,4 +1,5 @@
 //! twill-node's BGP side: which sessions to run ([`peers`], pure, from the
 //! datastore) and the node's own address.
 
+pub mod address;
 pub mod peers;

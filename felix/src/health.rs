@@ -344,7 +344,10 @@ async fn handle(
 ) -> std::io::Result<()> {
     let (reply, head_only) = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await
     {
-        Err(_) => (Reply::text(408, "request head not received in time\n"), false),
+        Err(_) => (
+            Reply::text(408, "request head not received in time\n"),
+            false,
+        ),
         Ok(Err(e)) => return Err(e),
         Ok(Ok(Err(bad))) => (Reply::text(bad.status(), format!("{bad}\n")), false),
         Ok(Ok(Ok(head))) => match parse_head(&head) {

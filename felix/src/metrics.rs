@@ -146,7 +146,11 @@ mod tests {
         m.set_endpoints(3);
         m.set_ipam(2, 5);
         let c: Counter = Counter::default();
-        m.register("bgp_updates_received", "UPDATE messages received", c.clone());
+        m.register(
+            "bgp_updates_received",
+            "UPDATE messages received",
+            c.clone(),
+        );
         c.inc_by(7);
         let text = m.encode();
         assert!(
@@ -169,7 +173,10 @@ mod tests {
         assert!(text.contains("twill_endpoints 3"), "{text}");
         assert!(text.contains("twill_ipam_blocks 2"), "{text}");
         assert!(text.contains("twill_ipam_addresses_used 5"), "{text}");
-        assert!(text.contains("twill_bgp_updates_received_total 7"), "{text}");
+        assert!(
+            text.contains("twill_bgp_updates_received_total 7"),
+            "{text}"
+        );
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

@@ -126,9 +126,8 @@ fn health_readiness_and_metrics_follow_the_node() {
         "metrics did not follow the pod:\n{metrics}"
     );
     assert!(
-        metrics.contains(
-            r#"twill_cni_request_duration_seconds_count{command="ADD",result="ok"} 1"#
-        ),
+        metrics
+            .contains(r#"twill_cni_request_duration_seconds_count{command="ADD",result="ok"} 1"#),
         "{metrics}"
     );
     assert!(metrics.contains("twill_ipam_blocks 1"), "{metrics}");
@@ -178,7 +177,11 @@ fn health_readiness_and_metrics_follow_the_node() {
         })
     };
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(get(&node.ns, "/healthz").0, 200, "served beside a slow client");
+    assert_eq!(
+        get(&node.ns, "/healthz").0,
+        200,
+        "served beside a slow client"
+    );
     let slow = slow.join().unwrap();
     assert!(slow.starts_with("HTTP/1.1 408"), "slow client: {slow:?}");
 

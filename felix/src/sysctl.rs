@@ -45,6 +45,19 @@ pub fn write_if(family: &str, ifname: &str, key: &str, value: &str) -> std::io::
     )
 }
 
+/// Writes a per-interface neighbour sysctl, e.g. `net.ipv4.neigh.<if>.proxy_delay`.
+pub fn write_neigh(family: &str, ifname: &str, key: &str, value: &str) -> std::io::Result<()> {
+    std::fs::write(
+        root()
+            .join("net")
+            .join(family)
+            .join("neigh")
+            .join(ifname)
+            .join(key),
+        value,
+    )
+}
+
 /// Reads a per-interface sysctl.
 pub fn read_if(family: &str, ifname: &str, key: &str) -> std::io::Result<String> {
     Ok(std::fs::read_to_string(

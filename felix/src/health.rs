@@ -323,6 +323,9 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<Result<Vec<u8>, Ba
     let mut chunk = [0u8; 1024];
     loop {
         if let Some(end) = head_end(&buf) {
+            if end > MAX_HEAD {
+                return Ok(Err(BadRequest::TooLarge));
+            }
             buf.truncate(end);
             return Ok(Ok(buf));
         }

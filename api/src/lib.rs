@@ -5,8 +5,10 @@
 //! * [`kinds`]: the registry of every kind the datastore holds, native ones too;
 //! * [`selector`]: the label selector language;
 //! * [`store`]: the datastore trait and its Kubernetes and embedded backends;
-//! * [`manifest`]: multi-document YAML in and out; [`crds`]: generated CRDs.
+//! * [`manifest`]: multi-document YAML in and out; [`crds`]: generated CRDs;
+//! * [`compat`]: what an object from another Twill version holds that this one does not understand.
 
+pub mod compat;
 pub mod crds;
 pub mod kinds;
 pub mod manifest;

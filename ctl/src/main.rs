@@ -3,6 +3,12 @@
 //! Exit codes: 0 success, 1 the operation failed (invalid object, conflict,
 //! datastore unreachable), 2 the command line makes no sense (unknown kind,
 //! bad flag). Every error says what to do next.
+//!
+//! Installed as `kubectl-twill` (a symlink on PATH) it is a kubectl plugin:
+//! `kubectl twill get ippools` is the same program, talking to the cluster
+//! by default. Objects written by another Twill version are read and shown
+//! as stored, with a warning naming what this version does not understand
+//! (`twill_api::compat`).
 
 mod cli;
 mod crds;
@@ -30,8 +36,33 @@ impl std::fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
+/// Whether twillctl was started as a kubectl plugin (`kubectl twill ...`
+/// runs the `kubectl-twill` found on PATH, usually a symlink to twillctl).
+fn is_kubectl_plugin(argv0: &std::ffi::OsStr) -> bool {
+    std::path::Path::new(argv0)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.ends_with("kubectl-twill"))
+}
+
+/// Parses the command line. As a kubectl plugin, twillctl is the same
+/// program, named `kubectl twill` in its help, and talks to the cluster by
+/// default (`--datastore` and TWILL_DATASTORE still choose).
+fn parse() -> Cli {
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if !is_kubectl_plugin(&argv0) {
+        return Cli::parse();
+    }
+    let cmd = <Cli as clap::CommandFactory>::command()
+        .name("kubectl-twill")
+        .bin_name("kubectl twill")
+        .mut_arg("datastore", |a| a.default_value("kubernetes"));
+    let matches = cmd.get_matches();
+    <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TWILL_LOG")
@@ -82,5 +113,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ipam(args) => ipam::run(&cli.store, args).await,
         Command::Node(args) => node::run(&cli.store, args).await,
         Command::Lab(args) => lab::run(args).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_kubectl_plugin;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn recognizes_the_plugin_name() {
+        assert!(is_kubectl_plugin(OsStr::new("kubectl-twill")));
+        assert!(is_kubectl_plugin(OsStr::new(
+            "/usr/local/bin/kubectl-twill"
+        )));
+        assert!(!is_kubectl_plugin(OsStr::new("/usr/local/bin/twillctl")));
+        assert!(!is_kubectl_plugin(OsStr::new("kubectl-twill-old")));
+        assert!(!is_kubectl_plugin(OsStr::new("")));
     }
 }

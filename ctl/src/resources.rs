@@ -58,6 +58,7 @@ pub async fn get(store: &StoreArgs, args: GetArgs) -> anyhow::Result<ExitCode> {
             bail!(missing.join("\n"));
         }
     }
+    warn_not_understood(kind, &items);
     if items.is_empty() && matches!(args.output, OutputFormat::Table | OutputFormat::Wide) {
         eprintln!("No {} found.", kind.plural());
         return Ok(ExitCode::SUCCESS);
@@ -65,6 +66,20 @@ pub async fn get(store: &StoreArgs, args: GetArgs) -> anyhow::Result<ExitCode> {
     let with_ns = kind.namespaced() && args.all_namespaces;
     print!("{}", render(kind, &items, args.output, with_ns)?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Objects from a cluster running another Twill version are shown as
+/// stored; what this version does not understand is said on stderr.
+fn warn_not_understood(kind: Kind, items: &[Value]) {
+    for v in items {
+        let name = v
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if let Some(w) = twill_api::compat::check(kind, v).warning(kind, name) {
+            eprintln!("warning: {w}");
+        }
+    }
 }
 
 /// A manifest document that parsed and names a known kind.
@@ -159,6 +174,19 @@ fn load(files: &[PathBuf], namespace: &str) -> anyhow::Result<Result<Vec<Loaded>
                     && let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut)
                 {
                     meta.insert("namespace".into(), Value::String(namespace.to_string()));
+                }
+                let u = twill_api::compat::check(kind, &value);
+                if !u.unknown_fields.is_empty() {
+                    eprintln!(
+                        "warning: {source}: document {} (line {}): {kind} {:?}: fields this twillctl does not know, which will not be stored: {}",
+                        doc.index,
+                        doc.line,
+                        value
+                            .pointer("/metadata/name")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default(),
+                        u.unknown_fields.join(", ")
+                    );
                 }
                 loaded.push(Loaded {
                     source: source.clone(),

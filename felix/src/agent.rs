@@ -18,7 +18,7 @@ use twill_api::Store;
 use twill_api::resources::{IPAMBlock, NodeStatusReport};
 
 use crate::endpoint::{EndpointGate, Endpoints, Open, StateDir};
-use crate::{cni_server, status, sysctl};
+use crate::{cni_server, health, metrics, status, sysctl};
 
 /// Everything twill-node needs to start.
 #[derive(Clone)]
@@ -132,6 +132,7 @@ impl Agent {
                 }
             }));
         }
+        health::global().set_ready(health::DATAPLANE);
         tasks.push(tokio::spawn(report_loop(cfg.clone(), endpoints.clone())));
         tasks.push(tokio::spawn(block_gc_loop(cfg.clone(), endpoints.clone())));
         Ok(Agent { endpoints, tasks })
@@ -154,12 +155,26 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
 async fn report_loop(cfg: AgentConfig, endpoints: Arc<Endpoints>) {
     loop {
         let eps = endpoints.current();
+        metrics::global().set_endpoints(eps.len());
         let blocks = match cfg.store.list::<IPAMBlock>().await {
-            Ok(l) => twill_ipam::owned_blocks(&l.items, &cfg.node_name)
-                .into_iter()
-                .map(|b| b.to_string())
-                .collect(),
-            Err(_) => Vec::new(),
+            Ok(l) => {
+                health::global().set_ready(health::DATASTORE);
+                let mine = l
+                    .items
+                    .iter()
+                    .filter(|b| b.spec.affinity.as_deref() == Some(cfg.node_name.as_str()));
+                let used = mine.clone().map(|b| b.spec.allocations.len()).sum();
+                metrics::global().set_ipam(mine.count(), used);
+                twill_ipam::owned_blocks(&l.items, &cfg.node_name)
+                    .into_iter()
+                    .map(|b| b.to_string())
+                    .collect()
+            }
+            Err(e) => {
+                health::global()
+                    .set_not_ready(health::DATASTORE, &format!("cannot read IPAM blocks: {e}"));
+                Vec::new()
+            }
         };
         let report = NodeStatusReport {
             updated: jiff::Timestamp::now().to_string(),

@@ -58,6 +58,11 @@ async fn handle(stream: UnixStream, endpoints: Arc<Endpoints>) -> std::io::Resul
         Ok(req) => {
             let cmd = req.command;
             let out = dispatch(&endpoints, &req).await;
+            crate::metrics::global().observe_cni(
+                &format!("{cmd:?}"),
+                matches!(out, Response::Ok(_)),
+                started.elapsed(),
+            );
             tracing::debug!(?cmd, container = %req.container_id, ms = started.elapsed().as_millis() as u64, ok = matches!(out, Response::Ok(_)), "CNI request");
             out
         }

@@ -5,6 +5,8 @@
 //! * [`cni_server`]: the unix socket twill-cni talks to;
 //! * [`agent`]: twill-node itself — wires the datastore, IPAM, endpoints and
 //!   the status report together;
+//! * [`health`], [`metrics`]: `/healthz`, `/readyz` (named readiness
+//!   conditions) and Prometheus `/metrics` on one port;
 //! * [`netns`], [`sysctl`], [`names`]: small kernel helpers.
 //!
 //! Only felix writes Twill's kernel objects: every route it writes carries
@@ -14,6 +16,8 @@ pub mod agent;
 pub mod bgp;
 pub mod cni_server;
 pub mod endpoint;
+pub mod health;
+pub mod metrics;
 pub mod names;
 pub mod netns;
 pub mod status;

@@ -2,11 +2,23 @@
 //! the network namespace of the calling thread, so these apply where the
 //! caller runs (twill-node's node namespace, or a pod namespace from a
 //! [`crate::netns::in_netns`] worker).
+//!
+//! The root is `/proc/sys`, or `$TWILL_PROC_SYS` when set: a container that
+//! is not privileged gets /proc/sys read-only, so the DaemonSet mounts the
+//! host's /proc/sys/net at /host/proc/sys/net and sets TWILL_PROC_SYS to
+//! /host/proc/sys (network sysctls still follow the opening thread's netns).
 
 use std::path::PathBuf;
 
+fn root() -> PathBuf {
+    std::env::var_os("TWILL_PROC_SYS")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/proc/sys"))
+}
+
 fn path(key: &str) -> PathBuf {
-    PathBuf::from("/proc/sys").join(key.replace('.', "/"))
+    root().join(key.replace('.', "/"))
 }
 
 /// Writes `value` to the sysctl `key` (dotted form, e.g. `net.ipv4.ip_forward`).
@@ -23,9 +35,23 @@ pub fn read(key: &str) -> std::io::Result<String> {
 /// names can contain dots, so the path is built segment by segment.
 pub fn write_if(family: &str, ifname: &str, key: &str, value: &str) -> std::io::Result<()> {
     std::fs::write(
-        PathBuf::from("/proc/sys/net")
+        root()
+            .join("net")
             .join(family)
             .join("conf")
+            .join(ifname)
+            .join(key),
+        value,
+    )
+}
+
+/// Writes a per-interface neighbour sysctl, e.g. `net.ipv4.neigh.<if>.proxy_delay`.
+pub fn write_neigh(family: &str, ifname: &str, key: &str, value: &str) -> std::io::Result<()> {
+    std::fs::write(
+        root()
+            .join("net")
+            .join(family)
+            .join("neigh")
             .join(ifname)
             .join(key),
         value,
@@ -35,7 +61,8 @@ pub fn write_if(family: &str, ifname: &str, key: &str, value: &str) -> std::io::
 /// Reads a per-interface sysctl.
 pub fn read_if(family: &str, ifname: &str, key: &str) -> std::io::Result<String> {
     Ok(std::fs::read_to_string(
-        PathBuf::from("/proc/sys/net")
+        root()
+            .join("net")
             .join(family)
             .join("conf")
             .join(ifname)

@@ -3,6 +3,7 @@
 //! when the test fails — by the name or PID they recorded (never by process
 //! name), plus `require` checks that fail a test with the reason when a
 //! prerequisite (root, a binary) is missing instead of skipping it.
+//! [`schema`] validates objects against a CRD's OpenAPI schema.
 
 pub mod bins;
 pub mod cni;
@@ -10,6 +11,7 @@ pub mod netns;
 pub mod node;
 pub mod process;
 pub mod require;
+pub mod schema;
 pub mod wait;
 
 pub use netns::{Netns, unique_name, veth_between};

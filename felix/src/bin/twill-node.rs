@@ -1,6 +1,7 @@
 //! twill-node: the per-node agent (see `twill_felix::agent`).
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use twill_api::store::{BackendKind, connect};
 use twill_felix::agent::{AgentConfig, run};
+use twill_felix::{health, metrics};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -44,6 +46,9 @@ struct Args {
     /// Seconds a block stays empty before it returns to the pool.
     #[arg(long, default_value = "300")]
     block_grace: u64,
+    /// Where /healthz, /readyz and /metrics are served.
+    #[arg(long, env = "TWILL_HEALTH_ADDR", default_value = "127.0.0.1:9099")]
+    health_addr: SocketAddr,
 }
 
 fn parse_labels(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
@@ -81,6 +86,26 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        // The health port opens first, so the kubelet sees a live process
+        // (and what it waits for) during a slow start-up.
+        let readiness = health::global().clone();
+        readiness.register(health::DATASTORE, "the datastore has not been read yet");
+        readiness.register(
+            health::DATAPLANE,
+            "endpoints are not reconciled yet (CNI socket closed)",
+        );
+        let listener = health::bind(args.health_addr).await.with_context(|| {
+            format!(
+                "cannot serve health and metrics on {} (another twill-node running? set --health-addr)",
+                args.health_addr
+            )
+        })?;
+        tracing::info!(addr = %args.health_addr, "serving /healthz, /readyz and /metrics");
+        tokio::spawn(async move {
+            if let Err(e) = health::serve(listener, readiness, metrics::global().clone()).await {
+                tracing::error!(error = %e, "the health endpoint failed");
+            }
+        });
         let store = connect(args.datastore, &args.path).await?;
         run(AgentConfig {
             node_name,

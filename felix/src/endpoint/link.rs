@@ -184,10 +184,7 @@ pub async fn configure_host_side(
     // Answer at once instead of after the default random delay.
     sys(
         "setting proxy_delay",
-        std::fs::write(
-            format!("/proc/sys/net/ipv4/neigh/{host_if}/proxy_delay"),
-            "0",
-        ),
+        sysctl::write_neigh("ipv4", host_if, "proxy_delay", "0"),
     )?;
     // The link-local gateway address must be usable the moment ADD returns:
     // skip duplicate address detection (it is derived from our own fixed MAC

@@ -1,0 +1,209 @@
+//! twill-node's health endpoint over loopback, against a real twill-node in
+//! a node namespace (as the kubelet's probes and Prometheus reach it): the
+//! answers, readiness turning on once the store is read and the endpoints
+//! reconciled, metrics that follow a real CNI ADD, and robustness against
+//! requests that are too large, malformed, slow or of the wrong method.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::time::Duration;
+
+use twill_tests::{Netns, TestNode, bins, require_root, wait_until};
+
+const ADDR: &str = "127.0.0.1:9099";
+
+/// Runs `f` on a thread inside `ns` (the thread is never reused).
+fn in_ns<R: Send + 'static>(ns: &Netns, f: impl FnOnce() -> R + Send + 'static) -> R {
+    let path = format!("/run/netns/{}", ns.name());
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("open netns");
+        // SAFETY: a valid namespace fd; only this thread changes namespace.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+/// Sends raw bytes to the health port in `ns`; returns the whole answer.
+fn raw(ns: &Netns, request: Vec<u8>) -> String {
+    in_ns(ns, move || {
+        let mut s = TcpStream::connect(ADDR).expect("connect to the health port");
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        // The server may answer (431) and close before reading everything.
+        let _ = s.write_all(&request);
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    })
+}
+
+fn get(ns: &Netns, path: &str) -> (u16, String) {
+    let text = raw(
+        ns,
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").into_bytes(),
+    );
+    status_and_body(&text)
+}
+
+fn status_and_body(text: &str) -> (u16, String) {
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn apply_pool(db: &Path) {
+    let mut child = std::process::Command::new(bins::binary("twillctl"))
+        .args(["apply", "-f", "-"])
+        .env("TWILL_DATASTORE_PATH", db)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("twillctl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"apiVersion: twill.dev/v1\nkind: IPPool\nmetadata:\n  name: p\nspec:\n  cidr: 10.62.0.0/24\n  blockSize: 28\n",
+        )
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "twillctl apply failed");
+}
+
+#[test]
+fn health_readiness_and_metrics_follow_the_node() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("store.db");
+    apply_pool(&db);
+    let node = TestNode::start(
+        "twh",
+        "h1",
+        &db,
+        dir.path(),
+        "10.96.62.1/32",
+        &["--health-addr", ADDR, "--status-interval", "1"],
+    );
+
+    let (code, body) = get(&node.ns, "/healthz");
+    assert_eq!((code, body.as_str()), (200, "ok\n"), "{}", node.log());
+
+    // Ready once the store has been read and the endpoints reconciled; the
+    // answer names each condition.
+    let mut last = (0, String::new());
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            last = get(&node.ns, "/readyz");
+            last.0 == 200
+        }),
+        "never ready: {last:?}\n{}",
+        node.log()
+    );
+    assert!(last.1.contains("[+]datastore ok"), "{}", last.1);
+    assert!(last.1.contains("[+]dataplane ok"), "{}", last.1);
+
+    // A pod: the CNI latency histogram counts the ADD, and the gauges
+    // follow the endpoint and its address once the status loop has run.
+    let pod = Netns::new("twh");
+    let out = node.add("health-pod", &pod);
+    assert!(out.success, "ADD: {}", out.json);
+    let mut metrics = String::new();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            metrics = get(&node.ns, "/metrics").1;
+            metrics.contains("twill_endpoints 1") && metrics.contains("twill_ipam_addresses_used 1")
+        }),
+        "metrics did not follow the pod:\n{metrics}"
+    );
+    assert!(
+        metrics
+            .contains(r#"twill_cni_request_duration_seconds_count{command="ADD",result="ok"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("twill_ipam_blocks 1"), "{metrics}");
+    assert!(metrics.ends_with("# EOF\n"), "{metrics}");
+
+    // Bad requests get an answer and do not hurt the server.
+    let huge = format!(
+        "GET /healthz HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    assert_eq!(status_and_body(&raw(&node.ns, huge.into_bytes())).0, 431);
+    assert_eq!(
+        status_and_body(&raw(&node.ns, b"\x16\x03\x01 hello\r\n\r\n".to_vec())).0,
+        400
+    );
+    assert_eq!(
+        status_and_body(&raw(
+            &node.ns,
+            b"POST /readyz HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc".to_vec()
+        ))
+        .0,
+        405
+    );
+    assert_eq!(get(&node.ns, "/nothing-here").0, 404);
+    let head = raw(&node.ns, b"HEAD /healthz HTTP/1.1\r\n\r\n".to_vec());
+    assert!(
+        head.starts_with("HTTP/1.1 200") && head.ends_with("\r\n\r\n"),
+        "HEAD: {head:?}"
+    );
+    // A client that sends half a request and waits is cut off after the
+    // read timeout, while others are still served.
+    let slow = {
+        let ns_path = format!("/run/netns/{}", node.ns.name());
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&ns_path).unwrap();
+            // SAFETY: as in `in_ns`.
+            assert_eq!(
+                unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
+                0
+            );
+            let mut s = TcpStream::connect(ADDR).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            out
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        get(&node.ns, "/healthz").0,
+        200,
+        "served beside a slow client"
+    );
+    let slow = slow.join().unwrap();
+    assert!(slow.starts_with("HTTP/1.1 408"), "slow client: {slow:?}");
+
+    // A second twill-node cannot take the port, and says why.
+    let out = node
+        .ns
+        .command(bins::binary("twill-node").to_str().unwrap())
+        .args(["--node-name", "h2", "--health-addr", ADDR])
+        .arg("--path")
+        .arg(&db)
+        .arg("--cni-socket")
+        .arg(dir.path().join("other.sock"))
+        .arg("--state-dir")
+        .arg(dir.path().join("other-state"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("cannot serve health and metrics on 127.0.0.1:9099"),
+        "{err}"
+    );
+    let del = node.del("health-pod", &pod);
+    assert!(del.success, "DEL: {}", del.json);
+}

@@ -106,6 +106,21 @@ pub async fn link_state(h: &Handle, name: &str) -> Result<Option<LinkState>, Lin
 }
 
 /// Deletes a link by name; returns whether it existed.
+/// A netlink connection of its own, in the calling thread's namespace.
+///
+/// The kernel runs a request inside the sender's `sendmsg`, and deleting a
+/// veth waits for an RCU grace period there: on one shared socket twenty
+/// concurrent DELs wait for twenty grace periods in a row. Each deletion on
+/// its own socket lets them overlap.
+pub fn own_connection() -> Result<Handle, LinkError> {
+    let (conn, h, _) = rtnetlink::new_connection().map_err(|e| LinkError {
+        what: format!("opening a netlink socket: {e}"),
+        source: rtnetlink::Error::RequestFailed,
+    })?;
+    tokio::spawn(conn);
+    Ok(h)
+}
+
 pub async fn delete_link(h: &Handle, name: &str) -> Result<bool, LinkError> {
     let Some(idx) = link_index(h, name).await? else {
         return Ok(false);

@@ -422,7 +422,8 @@ impl Endpoints {
         let lock = self.lock_for(&key);
         let _guard = lock.lock().await;
         let host_if = names::host_veth(&req.container_id, &req.ifname);
-        link::delete_link(&self.host, &host_if)
+        let own = link::own_connection();
+        link::delete_link(own.as_ref().unwrap_or(&self.host), &host_if)
             .await
             .map_err(|e| CniError::new(code::TRY_AGAIN_LATER, e.to_string()))?;
         self.ipam

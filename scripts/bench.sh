@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs the benchmarks (release build, as root): each compares Twill with a
+# real peer on this machine in the same run, prints a markdown table and
+# writes JSON + markdown under bench/results/.
+#   scripts/bench.sh                 # all of them
+#   scripts/bench.sh cni-latency     # one
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" -ne 0 ]; then
+  echo "scripts/bench.sh: run as root: benchmarks build network namespaces" >&2
+  exit 1
+fi
+./scripts/deps.sh
+cargo build --release --locked --workspace --bins
+all=(cni-latency)
+for b in "${@:-${all[@]}}"; do
+  echo "== $b"
+  "target/release/${b//-/_}"
+done

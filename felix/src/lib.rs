@@ -15,6 +15,7 @@ pub mod cni_server;
 pub mod endpoint;
 pub mod names;
 pub mod netns;
+pub mod routes;
 pub mod status;
 pub mod sysctl;
 

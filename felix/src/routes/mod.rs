@@ -294,10 +294,10 @@ impl Actor {
                     }
                 }
                 _ = tokio::time::sleep_until(due) => {
-                    if self.ready() {
-                        if let Err(e) = self.resync().await {
-                            tracing::warn!(error = %e, "route resync failed; retrying at the next one");
-                        }
+                    if self.ready()
+                        && let Err(e) = self.resync().await
+                    {
+                        tracing::warn!(error = %e, "route resync failed; retrying at the next one");
                     }
                     next_resync = Instant::now() + self.cfg.resync_interval;
                 }

@@ -97,7 +97,7 @@ fn answered(original: &[u8]) -> Option<(bool, IpNetwork, Option<u32>)> {
     const RTM_DELROUTE: u16 = 25;
     let ty = u16::from_ne_bytes([*original.get(4)?, *original.get(5)?]);
     let body = original.get(16..)?;
-    let m = RouteMessage::parse(&body).ok()?;
+    let m = RouteMessage::parse(body).ok()?;
     let r = parse(&m)?;
     let delete = ty == RTM_DELROUTE;
     let metric = if delete {

@@ -14,6 +14,7 @@ pub mod agent;
 pub mod cni_server;
 pub mod endpoint;
 pub mod names;
+pub mod nat;
 pub mod netns;
 pub mod routes;
 pub mod status;

@@ -183,7 +183,9 @@ pub fn ruleset(cfg: &NatConfig) -> Nftables<'static> {
         NfObject::CmdObject(NfCmd::Delete(NfListObject::Table(table()))),
     ];
     if !cfg.is_empty() {
-        objs.push(NfObject::CmdObject(NfCmd::Add(NfListObject::Table(table()))));
+        objs.push(NfObject::CmdObject(NfCmd::Add(
+            NfListObject::Table(table()),
+        )));
         for (name, v4, nat) in SETS {
             let src = if nat { &cfg.nat } else { &cfg.pools };
             let nets = src.iter().filter(|n| n.is_ipv4() == v4).collect();
@@ -331,7 +333,12 @@ mod tests {
         ]);
         assert_eq!(
             c.pools,
-            [net("10.244.0.0/16"), net("10.96.0.0/16"), net("fd00:10::/48")].into()
+            [
+                net("10.244.0.0/16"),
+                net("10.96.0.0/16"),
+                net("fd00:10::/48")
+            ]
+            .into()
         );
         assert_eq!(c.nat, [net("10.244.0.0/16"), net("fd00:10::/48")].into());
         assert!(nat_config(&[pool("10.96.0.0/16", false)]).is_empty());

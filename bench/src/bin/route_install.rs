@@ -145,7 +145,11 @@ fn main() {
     let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3).max(1);
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "needs root (network namespaces)");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "needs root (network namespaces)"
+    );
     let ns = Ns::new();
     let dir = tempfile::tempdir().expect("tempdir");
     let routes = prefixes(n);
@@ -180,7 +184,11 @@ fn main() {
     let rows = [
         ("install", rate(n, ti), rate(n, ii)),
         ("remove", rate(n, to), rate(n, io)),
-        ("install + remove", rate(2 * n, ti + to), rate(2 * n, ii + io)),
+        (
+            "install + remove",
+            rate(2 * n, ti + to),
+            rate(2 * n, ii + io),
+        ),
     ];
     let cpus = std::thread::available_parallelism().map_or(0, |p| p.get());
     println!(

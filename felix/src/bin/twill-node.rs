@@ -44,6 +44,10 @@ struct Args {
     /// Seconds a block stays empty before it returns to the pool.
     #[arg(long, default_value = "300")]
     block_grace: u64,
+    /// Seconds between full route resyncs (a route changed by hand is
+    /// repaired within this) and NAT table checks.
+    #[arg(long, env = "TWILL_ROUTE_RESYNC", default_value = "30")]
+    route_resync: u64,
 }
 
 fn parse_labels(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
@@ -91,6 +95,7 @@ fn main() -> anyhow::Result<()> {
             register_node: register,
             status_interval: Duration::from_secs(args.status_interval),
             block_grace: Duration::from_secs(args.block_grace),
+            route_resync: Duration::from_secs(args.route_resync.max(1)),
         })
         .await
     })

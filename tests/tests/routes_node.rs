@@ -61,21 +61,26 @@ fn node_programs_blackholes_and_pod_routes_and_repairs_them() {
     let addr = ipv4_of(&out);
     let pod_route = format!("{addr} dev tw");
     assert!(
-        wait_until(Duration::from_secs(5), || has(&node, "blackhole 10.71.0.0/26")
-            && has(&node, &pod_route)),
+        wait_until(Duration::from_secs(5), || has(
+            &node,
+            "blackhole 10.71.0.0/26"
+        ) && has(&node, &pod_route)),
         "routes: {:?}\nlog:\n{}",
         node.twill_routes(),
         node.log()
     );
 
     // Deleted by hand: back within the 1 s resync interval.
-    node.ns.ip(&["route", "del", &format!("{addr}/32"), "proto", "116"]);
+    node.ns
+        .ip(&["route", "del", &format!("{addr}/32"), "proto", "116"]);
     node.ns
         .ip(&["route", "del", "blackhole", "10.71.0.0/26", "proto", "116"]);
     assert!(!has(&node, &pod_route));
     assert!(
-        wait_until(Duration::from_secs(3), || has(&node, "blackhole 10.71.0.0/26")
-            && has(&node, &pod_route)),
+        wait_until(Duration::from_secs(3), || has(
+            &node,
+            "blackhole 10.71.0.0/26"
+        ) && has(&node, &pod_route)),
         "not repaired: {:?}",
         node.twill_routes()
     );

@@ -413,7 +413,7 @@ impl Actor {
         let links = &self.links;
         let ifindex = |n: &str| links.get(n).copied();
         let plan = diff_prefixes(&self.inputs, touched, &self.programmed, &ifindex);
-        self.execute(plan).await
+        self.execute(plan, true).await
     }
 
     /// Dump, diff against everything, apply.
@@ -440,11 +440,15 @@ impl Actor {
                 "route resync: repairing drift"
             );
         }
-        Ok(self.execute(plan).await)
+        Ok(self.execute(plan, false).await)
     }
 
-    /// Runs a plan and records what took effect.
-    async fn execute(&mut self, plan: Plan) -> ApplyReport {
+    /// Runs a plan and records what took effect. An increment's add that
+    /// finds its prefix taken (by an identical route someone else just
+    /// made, e.g. endpoint setup, or by a foreign route) asks for an early
+    /// resync, which sees the truth; a resync's own adds never do, so a
+    /// foreign route holding a prefix costs one attempt per interval.
+    async fn execute(&mut self, plan: Plan, increment: bool) -> ApplyReport {
         let mut report = ApplyReport::default();
         if plan.is_empty() {
             return report;
@@ -455,6 +459,7 @@ impl Actor {
             .apply(&ops, self.cfg.batch, self.cfg.in_flight)
             .await;
         let mut logged = 0;
+        let mut quiet = 0;
         for (op, r) in ops.into_iter().zip(results) {
             match r {
                 Ok(()) => match op {
@@ -475,8 +480,11 @@ impl Actor {
                 },
                 Err(errno) => {
                     report.failed += 1;
-                    if errno == libc::EEXIST {
+                    if errno == libc::EEXIST && increment {
                         self.resync_soon = true;
+                        tracing::debug!(dst = %op.dst(), "prefix already routed; checking at an early resync");
+                        quiet += 1;
+                        continue;
                     }
                     if logged < LOGGED_ERRORS {
                         logged += 1;
@@ -491,7 +499,7 @@ impl Actor {
                 }
             }
         }
-        if report.failed > logged {
+        if report.failed > logged + quiet {
             tracing::warn!(
                 failed = report.failed,
                 "route changes failed; retrying at the next resync"

@@ -89,7 +89,7 @@ fn ip_batch(ns: &Ns, dir: &std::path::Path, name: &str, lines: &str) -> Duration
 }
 
 /// Runs the programmer inside the namespace: install all, then remove all.
-fn twill_round(ns: &Ns, routes: &[IpNetwork]) -> (Duration, Duration) {
+fn twill_round(ns: &Ns, routes: &[IpNetwork]) -> (Duration, Duration, Duration) {
     let path = format!("/run/netns/{}", ns.0);
     let routes = routes.to_vec();
     std::thread::spawn(move || {
@@ -118,13 +118,18 @@ fn twill_round(ns: &Ns, routes: &[IpNetwork]) -> (Duration, Duration) {
             let install = t.elapsed();
             assert_eq!(rep.added, routes.len(), "install: {rep:?}");
             assert_eq!(rep.failed, 0, "install: {rep:?}");
+            // A periodic resync with everything in place: dump, diff, nothing to do.
+            let t = Instant::now();
+            let rep = p.resync().await.expect("resync");
+            let resync = t.elapsed();
+            assert_eq!(rep, Default::default(), "resync found drift: {rep:?}");
             let t = Instant::now();
             p.set_bgp_routes(Vec::new());
             let rep = p.sync().await.expect("sync");
             let remove = t.elapsed();
             assert_eq!(rep.deleted, routes.len(), "remove: {rep:?}");
             assert_eq!(rep.failed, 0, "remove: {rep:?}");
-            (install, remove)
+            (install, remove, resync)
         })
     })
     .join()
@@ -160,26 +165,30 @@ fn main() {
         let _ = writeln!(del, "route del {r} proto 116");
     }
     let (mut ip_in, mut ip_out, mut tw_in, mut tw_out) = (vec![], vec![], vec![], vec![]);
+    let mut tw_resync = vec![];
     for round in 0..rounds {
         let a = ip_batch(&ns, dir.path(), "add", &add);
         assert_eq!(ns.twill_routes(), n, "ip -batch installed every route");
         let d = ip_batch(&ns, dir.path(), "del", &del);
         assert_eq!(ns.twill_routes(), 0, "ip -batch removed every route");
-        let (ti, to) = twill_round(&ns, &routes);
+        let (ti, to, tr) = twill_round(&ns, &routes);
         assert_eq!(ns.twill_routes(), 0, "twill removed every route");
         eprintln!(
-            "round {}: ip -batch {:.3}s + {:.3}s, twill {:.3}s + {:.3}s",
+            "round {}: ip -batch {:.3}s + {:.3}s, twill {:.3}s + {:.3}s (no-op resync {:.3}s)",
             round + 1,
             a.as_secs_f64(),
             d.as_secs_f64(),
             ti.as_secs_f64(),
-            to.as_secs_f64()
+            to.as_secs_f64(),
+            tr.as_secs_f64()
         );
         ip_in.push(a);
         ip_out.push(d);
         tw_in.push(ti);
         tw_out.push(to);
+        tw_resync.push(tr);
     }
+    let resync = median(tw_resync);
     let (ii, io, ti, to) = (median(ip_in), median(ip_out), median(tw_in), median(tw_out));
     let rows = [
         ("install", rate(n, ti), rate(n, ii)),
@@ -199,6 +208,10 @@ fn main() {
     for (phase, t, i) in &rows {
         println!("| {phase} | {t:.0} | {i:.0} | {:.2} |", t / i);
     }
+    println!(
+        "\nA full resync with all {n} routes in place (dump of protocol 116, diff, nothing to apply): {:.0} ms\n",
+        resync.as_secs_f64() * 1000.0
+    );
     let json = serde_json::json!({
         "benchmark": "route_install",
         "routes": n,
@@ -214,6 +227,7 @@ fn main() {
         "seconds": {
             "twill_install": ti.as_secs_f64(), "twill_remove": to.as_secs_f64(),
             "ip_batch_install": ii.as_secs_f64(), "ip_batch_remove": io.as_secs_f64(),
+            "twill_noop_resync": resync.as_secs_f64(),
         },
     });
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results");

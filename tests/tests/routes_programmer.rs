@@ -369,3 +369,38 @@ fn nothing_is_deleted_before_every_source_has_spoken() {
         );
     });
 }
+
+#[test]
+fn a_route_the_kernel_rejects_fails_alone_and_is_retried_at_resync() {
+    require_root();
+    let ns = lab();
+    in_ns(&ns, || async move {
+        let ns = Here;
+        let p = RouteProgrammer::start(cfg(Duration::from_millis(500)))
+            .await
+            .unwrap();
+        // 10.254.0.2 is not on any connected network (yet): rejected.
+        p.set_bgp_routes(vec![
+            (net("10.244.2.0/26"), vec![ip("10.255.0.2")]),
+            (net("10.244.3.0/26"), vec![ip("10.254.0.2")]),
+            (net("10.244.4.0/26"), vec![ip("10.255.0.3")]),
+        ]);
+        let rep = p.sync().await.unwrap();
+        assert_eq!((rep.added, rep.failed), (2, 1), "{rep:?}");
+        let r = twill_routes(&ns);
+        assert!(
+            r.contains("10.244.2.0/26") && r.contains("10.244.4.0/26"),
+            "{r}"
+        );
+        assert!(!r.contains("10.244.3.0/26"), "{r}");
+        // The next hop becomes reachable: the next resync installs it.
+        ns.ip(&["addr", "add", "10.254.0.1/24", "dev", "up0"]);
+        assert!(
+            eventually(Duration::from_secs(2), || twill_routes(&ns)
+                .contains("10.244.3.0/26 via 10.254.0.2"))
+            .await,
+            "not retried: {}",
+            twill_routes(&ns)
+        );
+    });
+}

@@ -53,7 +53,14 @@ fn node_programs_blackholes_and_pod_routes_and_repairs_them() {
         &db,
         dir.path(),
         "10.96.71.1/32",
-        &["--route-resync", "1", "--block-grace", "2"],
+        &[
+            "--route-resync",
+            "1",
+            "--block-grace",
+            "2",
+            "--status-interval",
+            "1",
+        ],
     );
     let pod = Netns::new("twq");
     let out = node.add("c1", &pod);
@@ -68,6 +75,41 @@ fn node_programs_blackholes_and_pod_routes_and_repairs_them() {
         "routes: {:?}\nlog:\n{}",
         node.twill_routes(),
         node.log()
+    );
+
+    // The node's status report lists what it programmed.
+    let reported = || {
+        let out = std::process::Command::new(bins::binary("twillctl"))
+            .args(["get", "nodestatus", "rn1", "-o", "json"])
+            .env("TWILL_DATASTORE_PATH", &db)
+            .output()
+            .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        v["status"]["routes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} {}",
+                    r["kind"].as_str().unwrap_or(""),
+                    r["destination"].as_str().unwrap_or(""),
+                    r["via"]
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let r = reported();
+            r.iter().any(|l| l.starts_with("blackhole 10.71.0.0/26"))
+                && r.iter()
+                    .any(|l| l.starts_with(&format!("local {addr}/32 [\"tw")))
+        }),
+        "status routes: {:?}",
+        reported()
     );
 
     // Deleted by hand: back within the 1 s resync interval.

@@ -336,7 +336,9 @@ async fn follow_nat(cfg: AgentConfig) {
                     Err(e) => tracing::warn!(error = %e, "cannot program NAT outgoing; retrying"),
                 }
             }
-            let _ = tokio::time::timeout(every, rx.changed()).await;
+            if let Ok(Err(_)) = tokio::time::timeout(every, rx.changed()).await {
+                return; // the pool follower is gone
+            }
         }
     });
     follow::<IPPool>(cfg.store, move |pools| {

@@ -1,7 +1,9 @@
 //! twill-node: one agent per node. Start-up order matters and is fixed:
 //! datastore → node registration → kernel prerequisites (forwarding) →
-//! endpoint reconcile → CNI socket. The socket opens only after reconcile,
-//! so no ADD ever races with the repair of a previous run's leftovers.
+//! endpoint reconcile → route programmer and NAT → CNI socket. The socket
+//! opens only after reconcile, so no ADD ever races with the repair of a
+//! previous run's leftovers. Routes follow the endpoint set and the blocks
+//! this node owns (watched in the store); NAT follows the IPPools.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -15,10 +17,13 @@ use netlink_packet_route::link::LinkAttribute;
 use netlink_packet_route::route::RouteAttribute;
 use rtnetlink::RouteMessageBuilder;
 use twill_api::Store;
-use twill_api::resources::{IPAMBlock, NodeStatusReport};
+use twill_api::kinds::Object;
+use twill_api::resources::{IPAMBlock, IPPool, NodeStatusReport, RouteStatus};
+use twill_api::store::WatchEvent;
 
 use crate::endpoint::{EndpointGate, Endpoints, Open, StateDir};
-use crate::{cni_server, health, metrics, status, sysctl};
+use crate::routes::{RouteConfig, RouteProgrammer, Sources, Target};
+use crate::{cni_server, health, metrics, nat, status, sysctl};
 
 /// Everything twill-node needs to start.
 #[derive(Clone)]
@@ -34,6 +39,8 @@ pub struct AgentConfig {
     pub status_interval: Duration,
     /// How long a block stays empty before it returns to the pool.
     pub block_grace: Duration,
+    /// Time between full route resyncs (and NAT table checks).
+    pub route_resync: Duration,
 }
 
 /// The MTU of the interface the IPv4 default route leaves by, if any.
@@ -65,6 +72,8 @@ async fn uplink_mtu(h: &rtnetlink::Handle) -> Option<u32> {
 /// A started agent: its endpoints, and the tasks serving it.
 pub struct Agent {
     pub endpoints: Arc<Endpoints>,
+    /// Kernel routes; BGP routes go in through `set_bgp_routes` and friends.
+    pub routes: Arc<RouteProgrammer>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -104,7 +113,7 @@ impl Agent {
             &cfg.node_name,
             cfg.store.clone(),
             state,
-            host,
+            host.clone(),
             mtu,
             gate,
         ));
@@ -122,6 +131,27 @@ impl Agent {
             "node {} ready",
             cfg.node_name
         );
+        let routes = Arc::new(
+            RouteProgrammer::start(RouteConfig {
+                resync_interval: cfg.route_resync,
+                // No BGP routes are fed in yet: once bgpd is wired, wait
+                // for its first complete table too (bgp: true).
+                wait_for: Sources {
+                    endpoints: true,
+                    blocks: true,
+                    bgp: false,
+                },
+                ..RouteConfig::default()
+            })
+            .await
+            .context("starting the route programmer")?,
+        );
+        tasks.push(tokio::spawn(follow_endpoints(
+            endpoints.clone(),
+            routes.clone(),
+        )));
+        tasks.push(tokio::spawn(follow_blocks(cfg.clone(), routes.clone())));
+        tasks.push(tokio::spawn(follow_nat(cfg.clone())));
         let listener = cni_server::bind(&cfg.cni_socket)
             .with_context(|| format!("binding the CNI socket {}", cfg.cni_socket.display()))?;
         {
@@ -133,9 +163,18 @@ impl Agent {
             }));
         }
         health::global().set_ready(health::DATAPLANE);
-        tasks.push(tokio::spawn(report_loop(cfg.clone(), endpoints.clone())));
+        tasks.push(tokio::spawn(report_loop(
+            cfg.clone(),
+            endpoints.clone(),
+            routes.clone(),
+            host,
+        )));
         tasks.push(tokio::spawn(block_gc_loop(cfg.clone(), endpoints.clone())));
-        Ok(Agent { endpoints, tasks })
+        Ok(Agent {
+            endpoints,
+            routes,
+            tasks,
+        })
     }
 }
 
@@ -152,8 +191,46 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn report_loop(cfg: AgentConfig, endpoints: Arc<Endpoints>) {
+/// The status report's view of a programmed route.
+fn route_status(
+    dst: &ipnetwork::IpNetwork,
+    t: &Target,
+    names: &BTreeMap<u32, String>,
+) -> RouteStatus {
+    let (kind, via) = match t {
+        Target::Dev(i) => (
+            "local",
+            vec![names.get(i).cloned().unwrap_or_else(|| format!("#{i}"))],
+        ),
+        Target::Blackhole => ("blackhole", Vec::new()),
+        Target::Via(h) => ("bgp", h.iter().map(ToString::to_string).collect()),
+    };
+    RouteStatus {
+        destination: dst.to_string(),
+        kind: kind.into(),
+        via,
+    }
+}
+
+async fn report_loop(
+    cfg: AgentConfig,
+    endpoints: Arc<Endpoints>,
+    routes: Arc<RouteProgrammer>,
+    host: rtnetlink::Handle,
+) {
     loop {
+        // Interface names of the local endpoints, for the route listing.
+        let mut names = BTreeMap::new();
+        for e in endpoints.current().values() {
+            if let Ok(Some(i)) = crate::endpoint::link::link_index(&host, &e.host_ifname).await {
+                names.insert(i, e.host_ifname.clone());
+            }
+        }
+        let programmed: Vec<RouteStatus> = routes
+            .programmed()
+            .await
+            .map(|m| m.iter().map(|(d, t)| route_status(d, t, &names)).collect())
+            .unwrap_or_default();
         let eps = endpoints.current();
         metrics::global().set_endpoints(eps.len());
         let blocks = match cfg.store.list::<IPAMBlock>().await {
@@ -183,6 +260,7 @@ async fn report_loop(cfg: AgentConfig, endpoints: Arc<Endpoints>) {
             endpoints: eps.len() as u32,
             endpoint_handles: eps.values().map(|e| e.container_id.clone()).collect(),
             blocks,
+            routes: programmed,
             ..Default::default()
         };
         let secs = cfg.status_interval.as_secs().max(1) as u32;
@@ -201,4 +279,86 @@ async fn block_gc_loop(cfg: AgentConfig, endpoints: Arc<Endpoints>) {
             tracing::warn!(error = %e, "cannot release empty blocks");
         }
     }
+}
+
+/// Feeds the endpoint set to the route programmer, now and on every change.
+async fn follow_endpoints(endpoints: Arc<Endpoints>, routes: Arc<RouteProgrammer>) {
+    let mut rx = endpoints.subscribe();
+    loop {
+        let set = rx.borrow_and_update().clone();
+        routes.set_endpoints(set.values().flat_map(|e| {
+            e.addresses
+                .iter()
+                .map(|a| (a.addr, e.host_ifname.clone()))
+                .collect::<Vec<_>>()
+        }));
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Follows every object of a kind in the store, calling `changed` with the
+/// complete set after each burst of events; re-watches after an error.
+async fn follow<K: Object>(store: Store, mut changed: impl FnMut(Vec<K>) + Send) {
+    use futures::StreamExt;
+    loop {
+        let mut cache: BTreeMap<String, K> = BTreeMap::new();
+        let mut watch = store.watch::<K>(None);
+        let name = |k: &K| k.meta().name.clone().unwrap_or_default();
+        while let Some(ev) = watch.next().await {
+            match ev {
+                Ok(WatchEvent::Resync { items, .. }) => {
+                    cache = items.into_iter().map(|k| (name(&k), k)).collect();
+                }
+                Ok(WatchEvent::Applied(k)) => {
+                    cache.insert(name(&k), k);
+                }
+                Ok(WatchEvent::Deleted(k)) => {
+                    cache.remove(&name(&k));
+                }
+                Err(e) => {
+                    tracing::warn!(kind = ?K::KIND, error = %e, "watch failed; watching again");
+                    break;
+                }
+            }
+            changed(cache.values().cloned().collect());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// A blackhole route for every block this node owns.
+async fn follow_blocks(cfg: AgentConfig, routes: Arc<RouteProgrammer>) {
+    let node = cfg.node_name.clone();
+    follow::<IPAMBlock>(cfg.store, move |blocks| {
+        routes.set_blocks(twill_ipam::owned_blocks(&blocks, &node));
+    })
+    .await;
+}
+
+/// The NAT table follows the pools; a periodic check repairs drift.
+async fn follow_nat(cfg: AgentConfig) {
+    let (tx, mut rx) = tokio::sync::watch::channel(None::<nat::NatConfig>);
+    let every = cfg.route_resync;
+    let applier = tokio::spawn(async move {
+        loop {
+            let want = rx.borrow_and_update().clone();
+            if let Some(want) = want {
+                match nat::apply(&want).await {
+                    Ok(true) => tracing::info!(nat = ?want.nat, "NAT outgoing table written"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot program NAT outgoing; retrying"),
+                }
+            }
+            if let Ok(Err(_)) = tokio::time::timeout(every, rx.changed()).await {
+                return; // the pool follower is gone
+            }
+        }
+    });
+    follow::<IPPool>(cfg.store, move |pools| {
+        tx.send_replace(Some(nat::nat_config(&pools)));
+    })
+    .await;
+    applier.abort();
 }

@@ -19,7 +19,9 @@ pub mod endpoint;
 pub mod health;
 pub mod metrics;
 pub mod names;
+pub mod nat;
 pub mod netns;
+pub mod routes;
 pub mod status;
 pub mod sysctl;
 

@@ -49,6 +49,10 @@ struct Args {
     /// Where /healthz, /readyz and /metrics are served.
     #[arg(long, env = "TWILL_HEALTH_ADDR", default_value = "127.0.0.1:9099")]
     health_addr: SocketAddr,
+    /// Seconds between full route resyncs (a route changed by hand is
+    /// repaired within this) and NAT table checks.
+    #[arg(long, env = "TWILL_ROUTE_RESYNC", default_value = "30")]
+    route_resync: u64,
 }
 
 fn parse_labels(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
@@ -116,6 +120,7 @@ fn main() -> anyhow::Result<()> {
             register_node: register,
             status_interval: Duration::from_secs(args.status_interval),
             block_grace: Duration::from_secs(args.block_grace),
+            route_resync: Duration::from_secs(args.route_resync.max(1)),
         })
         .await
     })

@@ -1,0 +1,237 @@
+//! Route install benchmark: install, then remove, N routes (default
+//! 100 000 IPv4 /32s via a next hop on a veth, protocol 116) in a fresh
+//! network namespace, once with Twill's route programmer and once with
+//! `ip -batch` of the same routes, interleaved, in the same run. Prints a
+//! markdown table and writes bench/results/route_install.json.
+//!
+//! `route_install [N] [ROUNDS]` (root). Rates are routes per second over
+//! the whole install (or removal) as the caller sees it: for Twill from
+//! handing the complete set to the programmer until `sync()` returns, for
+//! ip from starting `ip -batch` until it exits. The median of ROUNDS
+//! (default 3) is reported.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ipnetwork::IpNetwork;
+use twill_felix::routes::{RouteConfig, RouteProgrammer};
+
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 255, 0, 2);
+
+struct Ns(String);
+
+impl Ns {
+    fn new() -> Ns {
+        let name = format!("twbench{}", std::process::id());
+        run("ip", &["netns", "add", &name]);
+        let ns = Ns(name);
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns.ip(&["link", "add", "bv0", "type", "veth", "peer", "name", "bv1"]);
+        ns.ip(&["addr", "add", "10.255.0.1/30", "dev", "bv0"]);
+        ns.ip(&["link", "set", "bv0", "up"]);
+        ns.ip(&["link", "set", "bv1", "up"]);
+        ns
+    }
+
+    fn ip(&self, args: &[&str]) -> String {
+        let mut a = vec!["-n", self.0.as_str()];
+        a.extend_from_slice(args);
+        run("ip", &a)
+    }
+
+    fn twill_routes(&self) -> usize {
+        self.ip(&["route", "show", "proto", "116"]).lines().count()
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn prefixes(n: usize) -> Vec<IpNetwork> {
+    (0..n)
+        .map(|i| {
+            let i = i as u32;
+            let a = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 0)) + i);
+            IpNetwork::new(IpAddr::V4(a), 32).expect("a /32")
+        })
+        .collect()
+}
+
+/// `ip -batch` of the lines; returns the elapsed time.
+fn ip_batch(ns: &Ns, dir: &std::path::Path, name: &str, lines: &str) -> Duration {
+    let path = dir.join(name);
+    std::fs::write(&path, lines).expect("write batch file");
+    let t = Instant::now();
+    ns.ip(&["-batch", path.to_str().expect("utf-8 path")]);
+    t.elapsed()
+}
+
+/// Runs the programmer inside the namespace: install all, then remove all.
+fn twill_round(ns: &Ns, routes: &[IpNetwork]) -> (Duration, Duration, Duration) {
+    let path = format!("/run/netns/{}", ns.0);
+    let routes = routes.to_vec();
+    std::thread::spawn(move || {
+        let f = File::open(&path).expect("open netns");
+        // SAFETY: moves only this fresh thread into the benchmark namespace.
+        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let cfg = RouteConfig {
+                resync_interval: Duration::from_secs(3600),
+                ..RouteConfig::default()
+            };
+            let p = RouteProgrammer::start(cfg).await.expect("start programmer");
+            p.resync().await.expect("initial resync");
+            let all: Vec<(IpNetwork, Vec<IpAddr>)> = routes
+                .iter()
+                .map(|r| (*r, vec![IpAddr::V4(GATEWAY)]))
+                .collect();
+            let t = Instant::now();
+            p.set_bgp_routes(all);
+            let rep = p.sync().await.expect("sync");
+            let install = t.elapsed();
+            assert_eq!(rep.added, routes.len(), "install: {rep:?}");
+            assert_eq!(rep.failed, 0, "install: {rep:?}");
+            // A periodic resync with everything in place: dump, diff, nothing to do.
+            let t = Instant::now();
+            let rep = p.resync().await.expect("resync");
+            let resync = t.elapsed();
+            assert_eq!(rep, Default::default(), "resync found drift: {rep:?}");
+            let t = Instant::now();
+            p.set_bgp_routes(Vec::new());
+            let rep = p.sync().await.expect("sync");
+            let remove = t.elapsed();
+            assert_eq!(rep.deleted, routes.len(), "remove: {rep:?}");
+            assert_eq!(rep.failed, 0, "remove: {rep:?}");
+            (install, remove, resync)
+        })
+    })
+    .join()
+    .expect("benchmark thread")
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
+    let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3).max(1);
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "needs root (network namespaces)"
+    );
+    let ns = Ns::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let routes = prefixes(n);
+    let mut add = String::new();
+    let mut del = String::new();
+    for r in &routes {
+        let _ = writeln!(add, "route add {r} via {GATEWAY} proto 116");
+        let _ = writeln!(del, "route del {r} proto 116");
+    }
+    let (mut ip_in, mut ip_out, mut tw_in, mut tw_out) = (vec![], vec![], vec![], vec![]);
+    let mut tw_resync = vec![];
+    for round in 0..rounds {
+        let a = ip_batch(&ns, dir.path(), "add", &add);
+        assert_eq!(ns.twill_routes(), n, "ip -batch installed every route");
+        let d = ip_batch(&ns, dir.path(), "del", &del);
+        assert_eq!(ns.twill_routes(), 0, "ip -batch removed every route");
+        let (ti, to, tr) = twill_round(&ns, &routes);
+        assert_eq!(ns.twill_routes(), 0, "twill removed every route");
+        eprintln!(
+            "round {}: ip -batch {:.3}s + {:.3}s, twill {:.3}s + {:.3}s (no-op resync {:.3}s)",
+            round + 1,
+            a.as_secs_f64(),
+            d.as_secs_f64(),
+            ti.as_secs_f64(),
+            to.as_secs_f64(),
+            tr.as_secs_f64()
+        );
+        ip_in.push(a);
+        ip_out.push(d);
+        tw_in.push(ti);
+        tw_out.push(to);
+        tw_resync.push(tr);
+    }
+    let resync = median(tw_resync);
+    let (ii, io, ti, to) = (median(ip_in), median(ip_out), median(tw_in), median(tw_out));
+    let rows = [
+        ("install", rate(n, ti), rate(n, ii)),
+        ("remove", rate(n, to), rate(n, io)),
+        (
+            "install + remove",
+            rate(2 * n, ti + to),
+            rate(2 * n, ii + io),
+        ),
+    ];
+    let cpus = std::thread::available_parallelism().map_or(0, |p| p.get());
+    println!(
+        "Route install, {n} IPv4 /32 routes via a veth next hop, fresh netns, median of {rounds} rounds ({cpus} CPUs)\n"
+    );
+    println!("| phase | twill routes/s | ip -batch routes/s | ratio |");
+    println!("|---|---:|---:|---:|");
+    for (phase, t, i) in &rows {
+        println!("| {phase} | {t:.0} | {i:.0} | {:.2} |", t / i);
+    }
+    println!(
+        "\nA full resync with all {n} routes in place (dump of protocol 116, diff, nothing to apply): {:.0} ms\n",
+        resync.as_secs_f64() * 1000.0
+    );
+    let json = serde_json::json!({
+        "benchmark": "route_install",
+        "routes": n,
+        "rounds": rounds,
+        "cpus": cpus,
+        "kernel": run("uname", &["-r"]).trim(),
+        "route": "IPv4 /32 via 10.255.0.2 (veth), proto 116, table main",
+        "target_ratio": 0.8,
+        "phases": rows.iter().map(|(p, t, i)| serde_json::json!({
+            "phase": p, "twill_routes_per_s": t.round(), "ip_batch_routes_per_s": i.round(),
+            "ratio": (t / i * 100.0).round() / 100.0,
+        })).collect::<Vec<_>>(),
+        "seconds": {
+            "twill_install": ti.as_secs_f64(), "twill_remove": to.as_secs_f64(),
+            "ip_batch_install": ii.as_secs_f64(), "ip_batch_remove": io.as_secs_f64(),
+            "twill_noop_resync": resync.as_secs_f64(),
+        },
+    });
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
+    std::fs::create_dir_all(&out).expect("results dir");
+    let mut f = File::create(out.join("route_install.json")).expect("results file");
+    writeln!(f, "{}", serde_json::to_string_pretty(&json).expect("json")).expect("write results");
+}

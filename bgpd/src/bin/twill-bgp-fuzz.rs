@@ -16,6 +16,10 @@
 //! growth). The parent process restarts the worker after the offending input
 //! and prints a summary. No libFuzzer/cargo-fuzz: no nightly toolchain here.
 //!
+//! The zettabgp targets need the `compare-zettabgp` feature:
+//! `cargo run --release -p twill-bgpd --features compare-zettabgp --bin
+//! twill-bgp-fuzz -- --target zetta --count 100000`.
+//!
 //! Usage: twill-bgp-fuzz [--target ours|zetta|zetta-validated] [--count N]
 //!        [--seed S] [--timeout-ms MS] [--mem-mb MB] [--feed-warned] [--show N]
 
@@ -192,6 +196,9 @@ fn parse() -> Result<Opts, String> {
             x => return Err(format!("unknown argument {x}")),
         }
     }
+    if o.target != Target::Ours && !cfg!(feature = "compare-zettabgp") {
+        return Err("the zetta targets need `--features compare-zettabgp`".into());
+    }
     if let (Some(s), Some(e)) = (start, end) {
         o.worker = Some((s, e));
     }
@@ -213,6 +220,7 @@ fn main() {
 }
 
 /// zettabgp 0.6 on one message, its own header check first.
+#[cfg(feature = "compare-zettabgp")]
 fn zetta(input: &[u8], ctx: &Ctx) -> fuzz::Outcome {
     use zettabgp::prelude::*;
     let mut params = BgpSessionParams::new(
@@ -244,6 +252,11 @@ fn zetta(input: &[u8], ctx: &Ctx) -> fuzz::Outcome {
         // zettabgp has no RFC 7606 outcomes: a decoder error is a rejection.
         Err(_) => fuzz::Outcome::Rejected,
     }
+}
+
+#[cfg(not(feature = "compare-zettabgp"))]
+fn zetta(_: &[u8], _: &Ctx) -> fuzz::Outcome {
+    fuzz::Outcome::Rejected
 }
 
 fn run_one(o: &Opts, input: &[u8], ctx: &Ctx) -> fuzz::Outcome {

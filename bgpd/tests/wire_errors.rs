@@ -518,3 +518,40 @@ fn route_refresh_for_a_family_we_do_not_carry_is_ignored() {
         })
     );
 }
+
+#[test]
+fn as4_path_confederation_segments_are_dropped_and_malformed_ones_discarded() {
+    // AS_PATH 65002 23456; AS4_PATH (65010) 4200000001: the confed segment
+    // in AS4_PATH is dropped (RFC 6793 6), the merge still happens.
+    let attrs = [
+        &ORIGIN[..],
+        &[0x40, 2, 6, 2, 2, 0xfd, 0xea, 0x5b, 0xa0],
+        &NEXT_HOP[..],
+        &[
+            0xc0, 17, 12, 3, 1, 0, 0, 0xfd, 0xf2, 2, 1, 0xfa, 0x56, 0xea, 0x01,
+        ],
+    ]
+    .concat();
+    let (u, w) = warned(&update(&[], &attrs, &NLRI), &TWO);
+    assert!(w.is_empty(), "{w:?}");
+    assert_eq!(
+        u.attrs.unwrap().as_path,
+        AsPath::from_sequence([65002, 4_200_000_001])
+    );
+    // A zero-count segment makes AS4_PATH malformed: attribute-discard, and
+    // the AS_PATH stands as received.
+    let attrs = [
+        &ORIGIN[..],
+        &[0x40, 2, 6, 2, 2, 0xfd, 0xea, 0x5b, 0xa0],
+        &NEXT_HOP[..],
+        &[0xc0, 17, 6, 2, 0, 0, 0, 0, 1],
+    ]
+    .concat();
+    let (u, w) = warned(&update(&[], &attrs, &NLRI), &TWO);
+    assert_eq!(w[0].action, Action::AttributeDiscard);
+    assert_eq!(w[0].attr, Some(attr::AS4_PATH));
+    assert_eq!(
+        u.attrs.unwrap().as_path,
+        AsPath::from_sequence([65002, 23456])
+    );
+}

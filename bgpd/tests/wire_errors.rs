@@ -555,3 +555,38 @@ fn as4_path_confederation_segments_are_dropped_and_malformed_ones_discarded() {
         AsPath::from_sequence([65002, 23456])
     );
 }
+
+#[test]
+fn open_round_trips_with_capability_helpers() {
+    use twill_bgpd::types::Afi;
+    use twill_bgpd::wire::{Capability, GracefulRestart, Open};
+    let open = Open {
+        version: 4,
+        asn: 4_200_000_000,
+        hold_time: 9,
+        router_id: Ipv4Addr::new(192, 0, 2, 1),
+        capabilities: vec![
+            Capability::Multiprotocol(Afi::Ipv6),
+            Capability::RouteRefresh,
+            Capability::FourOctetAs(4_200_000_000),
+            Capability::GracefulRestart(GracefulRestart {
+                restarting: true,
+                time: 120,
+                families: vec![(Afi::Ipv4, true)],
+            }),
+        ],
+    };
+    let bytes = encode(&Message::Open(open.clone()), &TWO);
+    // The 2-octet My AS field carries AS_TRANS (RFC 6793 4.1).
+    assert_eq!(&bytes[20..22], &23456u16.to_be_bytes());
+    let (m, _) = decode(&bytes, &TWO).unwrap();
+    assert_eq!((m.type_code(), m.type_name()), (1, "open"));
+    let Message::Open(back) = m else {
+        unreachable!()
+    };
+    assert_eq!(back, open);
+    assert_eq!(back.four_octet_as(), Some(4_200_000_000));
+    assert!(back.multiprotocol(Afi::Ipv6) && !back.multiprotocol(Afi::Ipv4));
+    assert!(back.route_refresh());
+    assert_eq!(back.graceful_restart().unwrap().time, 120);
+}

@@ -8,3 +8,4 @@
 //! (peers + RIB + the channel felix reads best routes from).
 
 pub mod types;
+pub mod wire;

@@ -249,6 +249,20 @@ impl Rib {
         }
     }
 
+    /// Replace a live peer's policies, keeping its Adj-RIB-Out: the next
+    /// [`Rib::full_export`] announces what now passes and withdraws what no
+    /// longer does. Routes already received keep their import result until
+    /// the peer re-sends them (route refresh). False for an unknown peer.
+    pub fn set_policies(&mut self, id: PeerId, import: Policy, export: Policy) -> bool {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return false;
+        };
+        p.import = Arc::new(import);
+        p.export = Arc::new(export);
+        p.over_limit = false;
+        true
+    }
+
     /// Session down without graceful restart: withdraw everything the peer
     /// sent and forget it.
     pub fn remove_peer(&mut self, id: PeerId) -> Changes {

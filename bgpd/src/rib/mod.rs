@@ -728,3 +728,16 @@ impl Rib {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rib_can_live_in_a_task_and_be_shared() {
+        fn is_send_sync<T: Send + Sync>() {}
+        is_send_sync::<Rib>();
+        is_send_sync::<Changes>();
+        is_send_sync::<Export>();
+    }
+}

@@ -159,7 +159,7 @@ impl PeerState {
 #[derive(Debug)]
 pub struct Rib {
     cfg: LocalConfig,
-    peers: HashMap<PeerId, PeerState>,
+    peers: FastMap<PeerId, PeerState>,
     loc: LocTable,
     interner: Interner,
 }
@@ -171,7 +171,7 @@ struct Chosen {
     attrs_ptr: *const PathAttrs,
 }
 
-fn choose(paths: &[Path], cfg: &LocalConfig, peers: &HashMap<PeerId, PeerState>) -> Option<Chosen> {
+fn choose(paths: &[Path], cfg: &LocalConfig, peers: &FastMap<PeerId, PeerState>) -> Option<Chosen> {
     let look = |id: PeerId| peers.get(&id).map(|p| &p.info);
     let sel = decision::select(paths, cfg, look)?;
     let b = paths.get(sel.best)?;
@@ -185,7 +185,7 @@ fn choose(paths: &[Path], cfg: &LocalConfig, peers: &HashMap<PeerId, PeerState>)
 fn best_path<'a>(
     paths: &'a [Path],
     cfg: &LocalConfig,
-    peers: &HashMap<PeerId, PeerState>,
+    peers: &FastMap<PeerId, PeerState>,
 ) -> Option<&'a Path> {
     let sel = decision::select(paths, cfg, |id| peers.get(&id).map(|p| &p.info))?;
     paths.get(sel.best)
@@ -195,7 +195,7 @@ impl Rib {
     pub fn new(cfg: LocalConfig) -> Rib {
         Rib {
             cfg,
-            peers: HashMap::new(),
+            peers: FastMap::default(),
             loc: LocTable::default(),
             interner: Interner::default(),
         }
@@ -279,6 +279,7 @@ impl Rib {
         for p in held {
             self.set_path(p, id, None, &mut ch);
         }
+        self.loc.shrink();
         if let Some(p) = self.peers.remove(&id) {
             for _ in 0..p.adj_out.len() {
                 self.interner.released();
@@ -322,6 +323,7 @@ impl Rib {
         for p in stale {
             self.set_path(p, id, None, &mut ch);
         }
+        self.loc.shrink();
         ch
     }
 
@@ -437,17 +439,18 @@ impl Rib {
         let Some(t) = self.peers.get_mut(&id) else {
             return Vec::new();
         };
-        let mut dirty: Vec<Prefix> = t.dirty.drain().collect();
+        let mut dirty: Vec<Prefix> = std::mem::take(&mut t.dirty).into_iter().collect();
         dirty.sort_unstable();
         let Some(t) = self.peers.get(&id) else {
             return Vec::new();
         };
         let mut new = Vec::with_capacity(dirty.len());
+        let mut cache = export::BuildCache::default();
         for p in dirty {
             let attrs = self.loc.get(&p).and_then(|paths| {
                 let b = best_path(paths.as_slice(), &self.cfg, &self.peers)?;
                 let src = self.peers.get(&b.peer).map(|s| &s.info);
-                export::export(&self.cfg, &mut self.interner, &p, b, src, &t.target())
+                cache.export(&self.cfg, &mut self.interner, &p, b, src, &t.target())
             });
             new.push((p, attrs));
         }
@@ -465,13 +468,13 @@ impl Rib {
             return Vec::new();
         };
         let mut new = Vec::new();
+        let mut cache = export::BuildCache::default();
         for (p, paths) in self.loc.iter(None) {
             let Some(b) = best_path(paths.as_slice(), &self.cfg, &self.peers) else {
                 continue;
             };
             let src = self.peers.get(&b.peer).map(|s| &s.info);
-            if let Some(a) = export::export(&self.cfg, &mut self.interner, &p, b, src, &t.target())
-            {
+            if let Some(a) = cache.export(&self.cfg, &mut self.interner, &p, b, src, &t.target()) {
                 new.push((p, Some(a)));
             }
         }

@@ -204,6 +204,18 @@ impl LocTable {
     pub fn len(&self) -> usize {
         self.v4.len() + self.v6.len()
     }
+
+    /// Give memory back after mass removal (session down, End-of-RIB): hash
+    /// tables never shrink by themselves.
+    pub fn shrink(&mut self) {
+        fn one<K: std::hash::Hash + Eq, V>(m: &mut FastMap<K, V>) {
+            if m.capacity() > 1024 && m.len() < m.capacity() / 4 {
+                m.shrink_to_fit();
+            }
+        }
+        one(&mut self.v4);
+        one(&mut self.v6);
+    }
 }
 
 #[cfg(test)]

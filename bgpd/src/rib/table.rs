@@ -197,8 +197,12 @@ impl LocTable {
         a.chain(b)
     }
 
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Paths> + '_ {
-        self.v4.values_mut().chain(self.v6.values_mut())
+    /// Run `f` on every path of one family.
+    pub fn for_each_path_mut(&mut self, afi: Afi, mut f: impl FnMut(&mut Path)) {
+        match afi {
+            Afi::Ipv4 => self.v4.values_mut().for_each(|p| p.for_each_mut(&mut f)),
+            Afi::Ipv6 => self.v6.values_mut().for_each(|p| p.for_each_mut(&mut f)),
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -8,7 +8,9 @@
 //! included). Bytes are counted by a global allocator that adds up what is
 //! requested (malloc's own overhead is not included); "retained" is what the
 //! RIB holds after loading, "peak" the high-water mark during the load (hash
-//! table growth, the Changes handed to felix). Run:
+//! table growth, the Changes handed to felix). Time is wall clock and this
+//! thread's CPU time (the machine is shared; CPU time is the comparable one).
+//! Run:
 //! `cargo run --release -p twill-bench --bin rib_memory`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -138,6 +140,23 @@ struct Row {
     retained: usize,
     peak: usize,
     took: Duration,
+    cpu: Option<Duration>,
+}
+
+/// CPU time this thread has run (the machine is shared: wall time alone
+/// says little).
+fn cpu_now() -> Option<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the pointer we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (rc == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+}
+
+fn cpu_since(start: Option<Duration>) -> Option<Duration> {
+    Some(cpu_now()?.saturating_sub(start?))
 }
 
 fn mark() -> usize {
@@ -165,6 +184,7 @@ fn full_table() -> (Row, Row) {
         .collect();
     let base = mark();
     let start = Instant::now();
+    let cpu = cpu_now();
     let mut rib = Rib::new(cfg(false));
     rib.add_peer(
         peer(1, 65100, PeerKind::External, false),
@@ -185,9 +205,11 @@ fn full_table() -> (Row, Row) {
         retained: CURRENT.load(Ordering::Relaxed) - base,
         peak: PEAK.load(Ordering::Relaxed) - base,
         took,
+        cpu: cpu_since(cpu),
     };
     assert_eq!(best_changes, N as usize);
     let start = Instant::now();
+    let cpu = cpu_now();
     let ch = rib.remove_peer(1);
     let took = start.elapsed();
     let withdrawn = ch.best.len();
@@ -200,6 +222,7 @@ fn full_table() -> (Row, Row) {
         retained: CURRENT.load(Ordering::Relaxed).saturating_sub(base),
         peak: PEAK.load(Ordering::Relaxed) - base,
         took,
+        cpu: cpu_since(cpu),
     };
     drop(rib);
     drop(updates);
@@ -229,6 +252,7 @@ fn mesh(reflector: bool) -> Row {
         .collect();
     let base = mark();
     let start = Instant::now();
+    let cpu = cpu_now();
     let mut rib = Rib::new(cfg(reflector));
     for id in 1..=PEERS {
         rib.add_peer(
@@ -266,6 +290,7 @@ fn mesh(reflector: bool) -> Row {
         retained: CURRENT.load(Ordering::Relaxed) - base,
         peak: PEAK.load(Ordering::Relaxed) - base,
         took,
+        cpu: cpu_since(cpu),
     }
 }
 
@@ -279,13 +304,13 @@ fn main() {
     let (load, gone) = full_table();
     let rows = [load, gone, mesh(false), mesh(true)];
     println!(
-        "| scenario | routes | attribute sets | retained bytes | bytes/route | peak bytes/route | time | ns/route |"
+        "| scenario | routes | attribute sets | retained bytes | bytes/route | peak bytes/route | wall | CPU | CPU ns/route |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         let n = r.routes.max(1) as f64;
         println!(
-            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1} ms | {:.0} |",
+            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1} ms | {} | {} |",
             r.name,
             r.routes,
             r.attr_sets,
@@ -293,7 +318,10 @@ fn main() {
             r.retained as f64 / n,
             r.peak as f64 / n,
             r.took.as_secs_f64() * 1e3,
-            r.took.as_nanos() as f64 / n,
+            r.cpu
+                .map_or("?".into(), |c| format!("{:.1} ms", c.as_secs_f64() * 1e3)),
+            r.cpu
+                .map_or("?".into(), |c| format!("{:.0}", c.as_nanos() as f64 / n)),
         );
     }
     if let Some(k) = rss_peak_kib() {

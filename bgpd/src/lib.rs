@@ -7,4 +7,5 @@
 //! `session` (per-peer FSM on tokio, sockets with TCP MD5 and GTSM), `speaker`
 //! (peers + RIB + the channel felix reads best routes from).
 
+pub mod session;
 pub mod types;

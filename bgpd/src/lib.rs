@@ -8,4 +8,6 @@
 //! (peers + RIB + the channel felix reads best routes from).
 
 pub mod session;
+pub mod transport;
 pub mod types;
+pub mod wire;

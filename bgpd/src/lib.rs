@@ -7,6 +7,8 @@
 //! `session` (per-peer FSM on tokio, sockets with TCP MD5 and GTSM), `speaker`
 //! (peers + RIB + the channel felix reads best routes from).
 
+pub mod policy;
+pub mod rib;
 pub mod session;
 pub mod transport;
 pub mod types;

@@ -7,9 +7,13 @@
 //! `session` (per-peer FSM on tokio, sockets with TCP MD5 and GTSM), `speaker`
 //! (peers + RIB + the channel felix reads best routes from).
 
+pub mod config;
+pub mod metrics;
 pub mod policy;
 pub mod rib;
 pub mod session;
+pub mod speaker;
+pub mod status;
 pub mod transport;
 pub mod types;
 pub mod wire;

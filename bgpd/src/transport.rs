@@ -168,10 +168,10 @@ pub fn listen(addr: SocketAddr) -> Result<TcpListener, TransportError> {
         TcpSocket::new_v4()
     }
     .map_err(io_err("create listening socket"))?;
-    sock.set_reuseaddr(true)
-        .map_err(io_err("SO_REUSEADDR"))?;
+    sock.set_reuseaddr(true).map_err(io_err("SO_REUSEADDR"))?;
     sock.bind(addr).map_err(io_err(format!("bind {addr}")))?;
-    sock.listen(128).map_err(io_err(format!("listen on {addr}")))
+    sock.listen(128)
+        .map_err(io_err(format!("listen on {addr}")))
 }
 
 /// Options of one outgoing connection.
@@ -239,6 +239,8 @@ mod tests {
         let l = listen("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = l.local_addr().unwrap();
         set_md5(l.as_raw_fd(), "127.0.0.1".parse().unwrap(), b"secret").unwrap();
+        // The SYN-ACK must also leave with TTL 255 to pass our GTSM check.
+        set_ttl(l.as_raw_fd(), false, 255).unwrap();
         let o = ConnectOpts {
             peer: addr,
             source: None,

@@ -8,6 +8,7 @@ pub mod bins;
 pub mod cni;
 pub mod netns;
 pub mod node;
+pub mod peers;
 pub mod process;
 pub mod require;
 pub mod wait;

@@ -342,7 +342,7 @@ impl Fsm {
                     out.push(A::SendNotification(Notif::new(6, 2)));
                 }
                 self.running = false;
-                self.to_idle(&mut out, DownReason::Stopped, None);
+                self.go_idle(&mut out, DownReason::Stopped, None);
             }
             (S::Connect | S::Active, Event::TcpConnected) => {
                 out.push(A::StopTimer(Timer::ConnectRetry));
@@ -396,7 +396,7 @@ impl Fsm {
                 Err(n) => {
                     out.push(A::Error(format!("sent {n}")));
                     out.push(A::SendNotification(n.clone()));
-                    self.to_idle(&mut out, DownReason::Sent(n), None);
+                    self.go_idle(&mut out, DownReason::Sent(n), None);
                 }
             },
             (S::OpenSent, Event::TcpClosed) => {
@@ -452,33 +452,33 @@ impl Fsm {
                 let n = Notif::new(4, 0);
                 out.push(A::Error(format!("sent {n}")));
                 out.push(A::SendNotification(n.clone()));
-                self.to_idle(&mut out, DownReason::Sent(n), None);
+                self.go_idle(&mut out, DownReason::Sent(n), None);
             }
             (S::OpenConfirm | S::Established, Event::TcpClosed) => {
                 out.push(A::Error("connection closed by peer".into()));
-                self.to_idle(&mut out, DownReason::ConnectionLost, None);
+                self.go_idle(&mut out, DownReason::ConnectionLost, None);
             }
             (_, Event::NotificationReceived(n)) => {
                 out.push(A::Error(format!("received {n}")));
-                self.to_idle(&mut out, DownReason::Received(n), None);
+                self.go_idle(&mut out, DownReason::Received(n), None);
             }
             (_, Event::DecodeError(n)) => {
                 out.push(A::Error(format!("sent {n}")));
                 out.push(A::SendNotification(n.clone()));
-                self.to_idle(&mut out, DownReason::Sent(n), None);
+                self.go_idle(&mut out, DownReason::Sent(n), None);
             }
             (S::Established, Event::MaxPrefixExceeded(wait)) => {
                 let n = Notif::new(6, 1);
                 out.push(A::Error(format!("sent {n}")));
                 out.push(A::SendNotification(n.clone()));
-                self.to_idle(&mut out, DownReason::Sent(n), Some(wait));
+                self.go_idle(&mut out, DownReason::Sent(n), Some(wait));
             }
             (S::OpenSent | S::OpenConfirm | S::Established, _) => {
                 // Anything else here is out of order (RFC 4271 §8.2.2, RFC 6608).
                 let n = self.fsm_error();
                 out.push(A::Error(format!("sent {n}")));
                 out.push(A::SendNotification(n.clone()));
-                self.to_idle(&mut out, DownReason::Sent(n), None);
+                self.go_idle(&mut out, DownReason::Sent(n), None);
             }
             (S::Connect | S::Active, _) => {}
         }
@@ -504,7 +504,7 @@ impl Fsm {
 
     /// Drop the connection and go Idle; come back after a backoff (or
     /// `wait`) unless stopped.
-    fn to_idle(&mut self, out: &mut Vec<Action>, reason: DownReason, wait: Option<Duration>) {
+    fn go_idle(&mut self, out: &mut Vec<Action>, reason: DownReason, wait: Option<Duration>) {
         out.push(Action::Disconnect);
         for t in [Timer::ConnectRetry, Timer::Hold, Timer::Keepalive] {
             out.push(Action::StopTimer(t));
@@ -705,7 +705,8 @@ mod tests {
 
     #[test]
     fn bad_open_is_refused_with_the_right_notification() {
-        let cases: Vec<(Box<dyn Fn(&mut PeerOpen)>, (u8, u8))> = vec![
+        type Change = Box<dyn Fn(&mut PeerOpen)>;
+        let cases: Vec<(Change, (u8, u8))> = vec![
             (Box::new(|o| o.version = 3), (2, 1)),
             (Box::new(|o| o.asn = 65099), (2, 2)),
             (Box::new(|o| o.hold_time = 2), (2, 6)),

@@ -323,3 +323,85 @@ impl TwillBgpd {
 pub fn add_v6(ns: &Netns, addr: &str, dev: &str) {
     ns.ip(&["addr", "add", addr, "dev", dev, "nodad"]);
 }
+
+/// A ToR namespace and a node namespace joined by a veth:
+/// tor0 10.96.0.1/30 + fd96::1/64 ↔ node0 10.96.0.2/30 + fd96::2/64.
+pub struct TorLink {
+    pub tmp: tempfile::TempDir,
+    pub tor: Netns,
+    pub node: Netns,
+}
+
+impl TorLink {
+    pub fn new(prefix: &str) -> TorLink {
+        crate::require_root();
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let tor = Netns::new(&format!("{prefix}T"));
+        let node = Netns::new(&format!("{prefix}N"));
+        crate::veth_between(&tor, "tor0", "10.96.0.1/30", &node, "node0", "10.96.0.2/30");
+        add_v6(&tor, "fd96::1/64", "tor0");
+        add_v6(&node, "fd96::2/64", "node0");
+        TorLink { tmp, tor, node }
+    }
+
+    pub fn dir(&self, name: &str) -> PathBuf {
+        let d = self.tmp.path().join(name);
+        std::fs::create_dir_all(&d).expect("dir");
+        d
+    }
+
+    /// BIRD on the ToR (AS 65000) with one IPv4 session `twill4` to
+    /// 10.96.0.2 AS 65001; `session_opts` go into that protocol block,
+    /// `statics` are IPv4 prefixes BIRD announces.
+    pub fn bird(&self, session_opts: &str, statics: &[&str]) -> Bird {
+        let dir = self.dir("bird");
+        let routes: String = statics
+            .iter()
+            .map(|p| format!("route {p} blackhole; "))
+            .collect();
+        let conf = format!(
+            r#"
+log "{dir}/bird.log" all;
+router id 10.96.0.1;
+protocol device {{ }}
+protocol static s4 {{ ipv4; {routes} }}
+protocol kernel k4 {{ ipv4 {{ export where source = RTS_BGP; }}; }}
+protocol bgp twill4 {{
+  local 10.96.0.1 as 65000;
+  neighbor 10.96.0.2 as 65001;
+  hold time 9;
+  connect retry time 2;
+  connect delay time 1;
+  error wait time 1, 3;
+  {session_opts}
+  ipv4 {{ import all; export all; }};
+}}
+"#,
+            dir = dir.display()
+        );
+        Bird::start(&self.tor, &dir, &conf)
+    }
+
+    /// twill-bgpd on the node (AS 65001, originating 10.1.0.0/24) with one
+    /// IPv4 neighbour 10.96.0.1 AS 65000; `neighbor_opts` are extra YAML
+    /// keys of that neighbour (flow style, e.g. `password: x`), `top` extra
+    /// top-level lines.
+    pub fn twill(&self, neighbor_opts: &str, top: &str) -> TwillBgpd {
+        let dir = self.dir("twill");
+        let yaml = format!(
+            r#"
+asn: 65001
+router_id: 10.96.0.2
+listen_address: 10.96.0.2
+status_socket: {sock}
+networks: [10.1.0.0/24]
+{top}
+neighbors:
+  - {{ address: 10.96.0.1, asn: 65000, hold_time: 9, connect_retry: 2, families: [ipv4] {sep} {neighbor_opts} }}
+"#,
+            sock = TwillBgpd::socket_for(&dir).display(),
+            sep = if neighbor_opts.is_empty() { "" } else { "," },
+        );
+        TwillBgpd::start(&self.node, &dir, &yaml)
+    }
+}

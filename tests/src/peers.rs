@@ -382,6 +382,11 @@ protocol bgp twill4 {{
         Bird::start(&self.tor, &dir, &conf)
     }
 
+    /// Starts BIRD again on the ToR with a given config (after a crash).
+    pub fn bird_restart(&self, conf: &str) -> Bird {
+        Bird::start(&self.tor, &self.dir("bird"), conf)
+    }
+
     /// twill-bgpd on the node (AS 65001, originating 10.1.0.0/24) with one
     /// IPv4 neighbour 10.96.0.1 AS 65000; `neighbor_opts` are extra YAML
     /// keys of that neighbour (flow style, e.g. `password: x`), `top` extra

@@ -340,7 +340,7 @@ impl Speaker {
         Ok(())
     }
 
-    /// Stops a peer (Cease/Peer De-configured when up), withdraws its routes.
+    /// Stops a peer (Cease/Administrative Shutdown when up), withdraws its routes.
     pub async fn remove_peer(&self, address: IpAddr) {
         let handle = self.shared.lock().peers.remove(&address);
         if let Some(h) = handle {

@@ -1,0 +1,150 @@
+//! Two speakers in one process over loopback (127.0.0.1 ↔ 127.0.0.2, no
+//! root needed): both open actively at the same moment, so connection
+//! collision resolution must leave exactly one session; routes originated
+//! through the library API reach the other side's best-route stream; 3 s /
+//! 1 s timers keep the session up; removing a peer withdraws its routes.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use twill_bgpd::session::fsm::State;
+use twill_bgpd::speaker::{PeerConfig, Speaker, SpeakerConfig};
+use twill_bgpd::types::{PathAttrs, Prefix};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn speaker(addr: &str, asn: u32, port: u16) -> Speaker {
+    Speaker::start(SpeakerConfig {
+        asn,
+        router_id: addr.parse().unwrap(),
+        listen: Some(SocketAddr::new(addr.parse().unwrap(), port)),
+        cluster_id: None,
+        multipath: false,
+        graceful_restart: None,
+    })
+    .await
+    .unwrap()
+}
+
+fn peer(addr: &str, asn: u32, port: u16, local: &str) -> PeerConfig {
+    let mut p = PeerConfig::new(addr.parse().unwrap(), asn);
+    p.port = port;
+    p.source_address = Some(local.parse().unwrap());
+    p.hold_time = 3;
+    p.keepalive = Some(1);
+    p.connect_retry = Duration::from_secs(1);
+    p.multihop = Some(2);
+    p
+}
+
+async fn wait(mut f: impl FnMut() -> bool, secs: u64) -> bool {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f()
+}
+
+fn state(s: &Speaker) -> State {
+    s.status().first().map(|p| p.state).unwrap_or(State::Idle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_open_collides_into_one_session_and_routes_flow() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = speaker("127.0.0.1", 65001, pa).await;
+    let b = speaker("127.0.0.2", 65002, pb).await;
+    let mut routes_b = b.subscribe();
+    let p: Prefix = "10.1.0.0/24".parse().unwrap();
+    a.originate(p, PathAttrs::default());
+    let t0 = Instant::now();
+    a.add_peer(peer("127.0.0.2", 65002, pb, "127.0.0.1"))
+        .unwrap();
+    b.add_peer(peer("127.0.0.1", 65001, pa, "127.0.0.2"))
+        .unwrap();
+    assert!(
+        wait(
+            || state(&a) == State::Established && state(&b) == State::Established,
+            10
+        )
+        .await,
+        "{:?} {:?}",
+        a.status(),
+        b.status()
+    );
+    eprintln!("session setup over loopback: {:?}", t0.elapsed());
+    // The route arrives on B's best-route stream with A as next hop.
+    let change = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let batch = routes_b.recv().await.unwrap();
+            if let Some(c) = batch.into_iter().find(|c| c.prefix == p) {
+                return c;
+            }
+        }
+    })
+    .await
+    .expect("route change on B");
+    let best = change.best.expect("a best route");
+    assert_eq!(best.next_hops, vec!["127.0.0.1".parse::<IpAddr>().unwrap()]);
+    assert_eq!(best.attrs.as_path.to_string(), "65001");
+    // 3 s hold / 1 s keepalive: still the same session after 5 s.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for s in [&a, &b] {
+        let st = &s.status()[0];
+        assert_eq!(st.state, State::Established, "{st:?}");
+        assert_eq!(
+            st.flaps, 0,
+            "collision or hold timer flapped the session: {st:?}"
+        );
+        assert_eq!(st.hold_time, Some(3));
+    }
+    assert_eq!(b.status()[0].accepted, 1);
+    assert_eq!(a.status()[0].advertised, 1);
+    // Withdraw through the API.
+    a.withdraw(p);
+    let gone = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let batch = routes_b.recv().await.unwrap();
+            if batch.iter().any(|c| c.prefix == p && c.best.is_none()) {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "withdrawal not seen on B");
+    // Removing the peer on A ends the session on B (Cease), not by hold timer.
+    a.remove_peer("127.0.0.2".parse().unwrap()).await;
+    assert!(wait(|| state(&b) != State::Established, 2).await);
+    let err = b.status()[0].last_error.clone().unwrap_or_default();
+    assert!(err.contains("Cease"), "{err}");
+    let m = b.metrics_text();
+    assert!(
+        m.contains("twill_bgp_flaps_total{peer=\"127.0.0.1\"} 1"),
+        "{m}"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn unresolved_secret_reference_is_refused() {
+    let a = speaker("127.0.0.1", 65001, free_port()).await;
+    let mut p = peer("127.0.0.9", 65009, 179, "127.0.0.1");
+    p.password = Some(twill_bgpd::speaker::PasswordSource::SecretRef {
+        namespace: "kube-system".into(),
+        name: "bgp".into(),
+        key: "password".into(),
+    });
+    let e = a.add_peer(p).unwrap_err();
+    assert!(e.to_string().contains("Secret"), "{e}");
+    a.shutdown().await;
+}

@@ -252,6 +252,11 @@ impl TwillBgpd {
         serde_json::from_str(&self.run(&["status", "-o", "json"])).unwrap_or_default()
     }
 
+    /// `twill-bgpd metrics` (Prometheus text).
+    pub fn metrics(&self) -> String {
+        self.run(&["metrics"])
+    }
+
     /// `twill-bgpd status` (the table).
     pub fn status_table(&self) -> String {
         self.run(&["status"])

@@ -141,6 +141,31 @@ fn bgp_bird_ebgp_tor_routes_both_ways_ipv4_and_ipv6() {
         "{table}"
     );
 
+    // BIRD asks for a route refresh: we answer with the full Adj-RIB-Out.
+    let updates_out = |m: &str| -> u64 {
+        m.lines()
+            .find(|l| {
+                l.starts_with("twill_bgp_messages_total")
+                    && l.contains("peer=\"10.96.0.1\"")
+                    && l.contains("direction=\"out\"")
+                    && l.contains("kind=\"update\"")
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let before = updates_out(&twill.metrics());
+    bird.birdc(&["reload", "in", "twill4"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let m = twill.metrics();
+            m.contains("kind=\"route_refresh\"") && updates_out(&m) > before
+        }),
+        "no answer to ROUTE-REFRESH:\n{}",
+        twill.metrics()
+    );
+    assert!(bird.established("twill4"), "route refresh reset the session");
+
     // A withdrawal on BIRD's side reaches us.
     bird.birdc(&["disable", "s4"]);
     assert!(

@@ -148,3 +148,97 @@ async fn unresolved_secret_reference_is_refused() {
     assert!(e.to_string().contains("Secret"), "{e}");
     a.shutdown().await;
 }
+
+/// A hand-made 2-octet peer (no 4-octet AS capability) on loopback: our
+/// 4-octet AS must reach it as AS_TRANS in AS_PATH plus the real path in
+/// AS4_PATH (RFC 6793 §4.2.2), and its OPEN must carry AS_TRANS.
+#[tokio::test]
+async fn two_octet_peer_gets_as_trans_and_as4_path() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let port = free_port();
+    let a = Speaker::start(SpeakerConfig {
+        asn: 4_200_000_001,
+        router_id: "127.0.0.1".parse().unwrap(),
+        listen: Some(SocketAddr::new("127.0.0.1".parse().unwrap(), port)),
+        cluster_id: None,
+        multipath: false,
+        graceful_restart: None,
+    })
+    .await
+    .unwrap();
+    a.originate("10.1.0.0/24".parse().unwrap(), PathAttrs::default());
+    let mut p = PeerConfig::new("127.0.0.3".parse().unwrap(), 65003);
+    p.passive = true;
+    p.families = vec![twill_bgpd::types::Afi::Ipv4];
+    a.add_peer(p).unwrap();
+
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+    let mut s = sock
+        .connect(SocketAddr::new("127.0.0.1".parse().unwrap(), port))
+        .await
+        .unwrap();
+    // OPEN: version 4, AS 65003, hold 90, id 127.0.0.3, no optional parameters.
+    let mut open = vec![0xffu8; 16];
+    open.extend_from_slice(&[0, 29, 1, 4, 0xfd, 0xeb, 0, 90, 127, 0, 0, 3, 0]);
+    s.write_all(&open).await.unwrap();
+    async fn read(s: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
+        let mut h = [0u8; 19];
+        s.read_exact(&mut h).await.unwrap();
+        let len = u16::from_be_bytes([h[16], h[17]]) as usize;
+        let mut b = vec![0u8; len - 19];
+        s.read_exact(&mut b).await.unwrap();
+        (h[18], b)
+    }
+    let (t, body) = read(&mut s).await;
+    assert_eq!(t, 1);
+    assert_eq!(
+        u16::from_be_bytes([body[1], body[2]]),
+        23456,
+        "OPEN must carry AS_TRANS"
+    );
+    let (t, _) = read(&mut s).await;
+    assert_eq!(t, 4);
+    let mut ka = vec![0xffu8; 16];
+    ka.extend_from_slice(&[0, 19, 4]);
+    s.write_all(&ka).await.unwrap();
+    let update = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let (t, b) = read(&mut s).await;
+            let announced = t == 2 && b.len() > 4 && u16::from_be_bytes([b[2], b[3]]) > 0;
+            if announced {
+                return b;
+            }
+        }
+    })
+    .await
+    .expect("an UPDATE with our route");
+    // Walk the attributes.
+    let wl = u16::from_be_bytes([update[0], update[1]]) as usize;
+    let al = u16::from_be_bytes([update[2 + wl], update[3 + wl]]) as usize;
+    let mut attrs = &update[4 + wl..4 + wl + al];
+    let (mut as_path, mut as4_path) = (None, None);
+    while attrs.len() >= 3 {
+        let flags = attrs[0];
+        let code = attrs[1];
+        let (len, hdr) = if flags & 0x10 != 0 {
+            (u16::from_be_bytes([attrs[2], attrs[3]]) as usize, 4)
+        } else {
+            (attrs[2] as usize, 3)
+        };
+        let v = attrs[hdr..hdr + len].to_vec();
+        match code {
+            2 => as_path = Some(v),
+            17 => as4_path = Some(v),
+            _ => {}
+        }
+        attrs = &attrs[hdr + len..];
+    }
+    // One SEQUENCE of one 2-octet AS: AS_TRANS.
+    assert_eq!(as_path, Some(vec![2, 1, 0x5b, 0xa0]));
+    // AS4_PATH: one SEQUENCE of one 4-octet AS: 4200000001.
+    let mut want = vec![2u8, 1];
+    want.extend_from_slice(&4_200_000_001u32.to_be_bytes());
+    assert_eq!(as4_path, Some(want));
+    a.shutdown().await;
+}

@@ -164,7 +164,10 @@ fn bgp_bird_ebgp_tor_routes_both_ways_ipv4_and_ipv6() {
         "no answer to ROUTE-REFRESH:\n{}",
         twill.metrics()
     );
-    assert!(bird.established("twill4"), "route refresh reset the session");
+    assert!(
+        bird.established("twill4"),
+        "route refresh reset the session"
+    );
 
     // A withdrawal on BIRD's side reaches us.
     bird.birdc(&["disable", "s4"]);

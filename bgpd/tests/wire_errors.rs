@@ -470,3 +470,51 @@ fn packing_keeps_every_update_within_4096_bytes() {
         assert_eq!(out.len(), 2 * (5 + 7), "{} messages", out.len());
     }
 }
+
+#[test]
+fn valid_but_unusual_messages_are_accepted() {
+    // MP_REACH_NLRI with a non-zero Reserved octet (RFC 4760: ignored on
+    // receipt; zettabgp reads it as an SNPA count and panics).
+    let mut mp = vec![0x80, 14, 0, 0, 2, 1, 16];
+    mp.extend_from_slice(&[0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    mp.extend_from_slice(&[7, 32, 0x20, 1, 0xd, 0xb8]);
+    mp[2] = (mp.len() - 3) as u8;
+    let attrs = [&mp[..], &ORIGIN[..], &AS_PATH4[..]].concat();
+    let (u, w) = warned(&update(&[], &attrs, &[]), &FOUR);
+    assert!(w.is_empty(), "{w:?}");
+    assert_eq!(u.announced, vec![pfx("2001:db8::/32")]);
+    // Confederation segments (RFC 5065) and the Partial bit on ORIGIN.
+    let attrs = [
+        &[0x60, 1, 1, 0][..],
+        &[0x40, 2, 12, 3, 1, 0, 0, 0xfd, 0xe8, 2, 1, 0, 0, 0xfd, 0xe9],
+        &NEXT_HOP[..],
+    ]
+    .concat();
+    let (u, w) = warned(&update(&[], &attrs, &NLRI), &FOUR);
+    assert!(w.is_empty(), "{w:?}");
+    let path = u.attrs.unwrap().as_path;
+    assert_eq!(path.to_string(), "(65000) 65001");
+    // A NOTIFICATION with an unassigned subcode is still a NOTIFICATION.
+    let (m, _) = decode(&msg(3, &[6, 200, 1, 2]), &FOUR).unwrap();
+    assert_eq!(
+        m,
+        Message::Notification(Notification::new(6, 200, vec![1, 2]))
+    );
+}
+
+#[test]
+fn route_refresh_for_a_family_we_do_not_carry_is_ignored() {
+    // AFI 25 (L2VPN): RFC 2918 4 says ignore it.
+    let (m, w) = decode(&msg(5, &[0, 25, 0, 65]), &FOUR).unwrap();
+    assert_eq!(m, Message::Keepalive);
+    assert_eq!(w[0].action, Action::Ignore);
+    let (m, w) = decode(&msg(5, &[0, 2, 0, 1]), &FOUR).unwrap();
+    assert!(w.is_empty());
+    assert_eq!(
+        m,
+        Message::RouteRefresh(twill_bgpd::wire::RouteRefresh {
+            afi: twill_bgpd::types::Afi::Ipv6,
+            subtype: 0
+        })
+    );
+}

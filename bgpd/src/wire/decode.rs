@@ -3,11 +3,8 @@
 //! prefix lengths) but still reads through `get`, so a validator bug becomes
 //! an error, never a panic.
 //!
-//! Hand-written rather than zettabgp 0.6: behind our validator zettabgp still
-//! has to be fed bytes it mishandles on its own (see `bin/twill-bgp-fuzz.rs`
-//! and the module doc of `wire`), its decoded form allocates per prefix and
-//! per attribute and would then be converted again into `types`, while the
-//! validator already walks every byte this decoder needs.
+//! Hand-written rather than zettabgp or netgauze-bgp-pkt: see the module doc
+//! of `wire` for the measurements behind that choice.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -139,9 +136,8 @@ fn capability(code: u8, value: &[u8]) -> Option<Capability> {
         cap::MULTIPROTOCOL => {
             // RFC 4760 8: AFI (2), reserved (1), SAFI (1).
             match Afi::from_code(be16(value, 0)?) {
-                Some(afi) if value.get(3) == Some(&SAFI_UNICAST) && value.get(2) == Some(&0) => {
-                    Capability::Multiprotocol(afi)
-                }
+                // The reserved octet is ignored on receipt (RFC 4760 8).
+                Some(afi) if value.get(3) == Some(&SAFI_UNICAST) => Capability::Multiprotocol(afi),
                 _ => unknown(),
             }
         }
@@ -207,7 +203,7 @@ fn update_msg(body: &[u8], plan: &UpdatePlan, ctx: &Ctx) -> Option<Update> {
     push_prefixes(body.get(plan.withdrawn.clone())?, Afi::Ipv4, &mut withdrawn)?;
     mp_prefixes(body, &plan.mp_unreach, &mut withdrawn)?;
     let classic = body.get(plan.nlri.clone())?;
-    let mut announced = Vec::new();
+    let mut announced = Vec::with_capacity(plan.nlri_count);
     push_prefixes(classic, Afi::Ipv4, &mut announced)?;
     mp_prefixes(body, &plan.mp_reach, &mut announced)?;
 

@@ -319,7 +319,9 @@ pub enum Outcome {
     Incomplete,
     /// Rejected with a NOTIFICATION.
     Rejected,
-    /// Decoded (possibly with RFC 7606 warnings).
+    /// Decoded with RFC 7606 warnings (treat-as-withdraw, attribute-discard).
+    Warned,
+    /// Decoded cleanly.
     Decoded,
 }
 
@@ -337,14 +339,18 @@ pub fn exercise(msg: &[u8], ctx: &Ctx) -> Outcome {
     };
     match super::decode(whole, ctx) {
         Err(_) => Outcome::Rejected,
-        Ok((m, _)) => {
+        Ok((m, warnings)) => {
             let again = encode(&m, ctx);
             if again.len() <= super::MAX_MESSAGE_LEN
                 && let Err(e) = super::decode(&again, ctx)
             {
                 panic!("re-encoded message rejected: {e}: {m:?}");
             }
-            Outcome::Decoded
+            if warnings.is_empty() {
+                Outcome::Decoded
+            } else {
+                Outcome::Warned
+            }
         }
     }
 }

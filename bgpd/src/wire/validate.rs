@@ -70,6 +70,8 @@ pub(crate) struct UpdatePlan {
     pub attrs: Vec<Span>,
     pub mp_reach: Option<MpSpan>,
     pub mp_unreach: Option<MpSpan>,
+    /// Prefixes announced (classic NLRI plus MP_REACH_NLRI), to size lists.
+    pub nlri_count: usize,
     /// How many attributes the message carried in all.
     pub attr_count: usize,
     /// RFC 7606 treat-as-withdraw applies.
@@ -335,6 +337,7 @@ fn check_update(body: &[u8], ctx: &Ctx) -> Result<UpdatePlan, Notification> {
     let mut plan = UpdatePlan {
         withdrawn,
         nlri,
+        nlri_count,
         ..UpdatePlan::default()
     };
     let mut seen = [false; 256];
@@ -638,9 +641,12 @@ fn mp_reach(plan: &mut UpdatePlan, at: Range<usize>, v: &[u8]) -> Option<Fault> 
     };
     let nlri_at = 4 + nh_len + 1;
     // RFC 7606 5.3: NLRI that cannot be parsed reset the session.
-    if !nh_ok || count_prefixes(v.get(nlri_at..).unwrap_or_default(), max_bits(afi)).is_none() {
+    let Some(n) =
+        count_prefixes(v.get(nlri_at..).unwrap_or_default(), max_bits(afi)).filter(|_| nh_ok)
+    else {
         return reset();
-    }
+    };
+    plan.nlri_count += n;
     plan.mp_reach = Some(MpSpan {
         afi,
         next_hop: at.start + 4..at.start + 4 + nh_len,

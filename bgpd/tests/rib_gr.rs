@@ -46,6 +46,19 @@ fn stale_routes_survive_the_restart_and_end_of_rib_drops_only_the_unrefreshed() 
 }
 
 #[test]
+fn families_without_preserved_forwarding_are_withdrawn_at_once() {
+    let mut rib = Rib::new(cfg());
+    add(&mut rib, peer(1, 65101, PeerKind::External));
+    let a = attrs(&[65101], "10.0.0.1");
+    rib.update(1, &[], Some(a), &[p("10.1.0.0/24"), p("2001:db8:1::/48")]);
+    let ch = rib.peer_stale_families(1, &[Afi::Ipv4]);
+    assert_eq!(ch.best, vec![(p("2001:db8:1::/48"), None)]);
+    assert!(rib.best_route(&p("10.1.0.0/24")).is_some());
+    let ch = rib.end_of_rib(1, Afi::Ipv4);
+    assert_eq!(ch.best, vec![(p("10.1.0.0/24"), None)]);
+}
+
+#[test]
 fn remove_peer_withdraws_everything_it_sent_and_falls_back() {
     let mut rib = Rib::new(cfg());
     add(&mut rib, peer(1, 65101, PeerKind::External));

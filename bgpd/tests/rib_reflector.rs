@@ -138,3 +138,28 @@ fn without_a_cluster_id_ibgp_routes_are_not_passed_on() {
         assert!(got[0].1.as_path.is_empty(), "no prepend towards iBGP");
     }
 }
+
+#[test]
+fn a_reflector_does_not_leak_tor_routes_to_clients_or_client_routes_to_the_tor() {
+    let mut rib = reflector();
+    add(&mut rib, peer(9, 65100, PeerKind::External));
+    rib.full_export(9);
+    for id in 1..=5 {
+        rib.take_exports(id);
+    }
+    announce(&mut rib, 9, attrs(&[65100], "10.0.0.9"), &["0.0.0.0/0"]);
+    assert!(rib.best_route(&p("0.0.0.0/0")).is_some());
+    for id in 1..=5 {
+        assert!(rib.take_exports(id).is_empty(), "peer {id}");
+    }
+    assert!(
+        rib.full_export(9).is_empty(),
+        "client routes are not ours to announce"
+    );
+    rib.originate(p("10.50.0.0/26"), Default::default());
+    let got = announced(&rib.take_exports(9));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].1.as_path.to_string(), "65000");
+    assert_eq!(got[0].1.originator_id, None);
+    assert!(got[0].1.cluster_list.is_empty());
+}

@@ -4,16 +4,20 @@
 
 use std::time::Duration;
 
-use twill_api::resources::bgpconfig::{Community as ApiCommunity, parse_community};
+use std::net::Ipv4Addr;
+
+use twill_api::resources::bgpconfig::{Community as ApiCommunity, DEFAULT_ASN, parse_community};
 use twill_api::resources::{
-    BGPPeerSpec, FilterAction, FilterRule, MaxPrefixAction as ApiAction, MaxPrefixes,
+    BGPConfigurationSpec, BGPPeerSpec, FilterAction, FilterRule, MaxPrefixAction as ApiAction,
+    MaxPrefixes,
 };
 
 use super::{
     DefaultAction, Match, MaxPrefix, MaxPrefixAction, Modify, Policy, PolicyError, PrefixList,
     PrefixRange, Term, Verdict,
 };
-use crate::types::{Community, LargeCommunity, Prefix, normalize};
+use crate::rib::{LocalConfig, PeerKind};
+use crate::types::{Community, LargeCommunity, PathAttrs, Prefix, normalize};
 
 /// Seconds to wait before reconnecting after a max-prefix tear-down when the
 /// resource does not say.
@@ -176,9 +180,132 @@ fn communities(
     Ok((std, large))
 }
 
+/// The RIB's settings from the effective BGPConfiguration (the node's
+/// `node.<name>` merged over `default` by the caller): AS (default 64512),
+/// route-reflector cluster ID.
+pub fn local_config(
+    spec: &BGPConfigurationSpec,
+    router_id: Ipv4Addr,
+    multipath: bool,
+) -> Result<LocalConfig, PolicyError> {
+    let cluster_id = spec
+        .route_reflector_cluster_id
+        .as_ref()
+        .map(|c| {
+            c.parse::<Ipv4Addr>().map_err(|_| {
+                field_err(
+                    "spec.routeReflectorClusterID".into(),
+                    format!("{c:?} is not an IPv4 address"),
+                )
+            })
+        })
+        .transpose()?;
+    Ok(LocalConfig {
+        asn: spec.as_number.unwrap_or(DEFAULT_ASN),
+        router_id,
+        cluster_id,
+        multipath,
+    })
+}
+
+/// What kind of peer a BGPPeer describes: other Twill nodes (peerSelector)
+/// or a router by address (peerIP).
+pub fn peer_kind(spec: &BGPPeerSpec) -> PeerKind {
+    if spec.peer_selector.is_some() {
+        PeerKind::Node
+    } else {
+        PeerKind::External
+    }
+}
+
+/// `spec.prefixAdvertisements`: communities attached to the prefixes this
+/// node originates, by CIDR.
+#[derive(Debug, Clone, Default)]
+pub struct Advertisements {
+    entries: Vec<(PrefixList, Vec<Community>, Vec<LargeCommunity>)>,
+}
+
+impl Advertisements {
+    pub fn from_api(spec: &BGPConfigurationSpec) -> Result<Advertisements, PolicyError> {
+        let mut entries = Vec::new();
+        for (i, a) in spec.prefix_advertisements.iter().enumerate() {
+            let at = format!("spec.prefixAdvertisements[{i}]");
+            let net: Prefix = a
+                .cidr
+                .parse()
+                .map_err(|e| field_err(format!("{at}.cidr"), format!("{:?}: {e}", a.cidr)))?;
+            let list = PrefixList::new([PrefixRange::orlonger(net)])
+                .map_err(|e| field_err(format!("{at}.cidr"), e.to_string()))?;
+            let (c, l) = communities(&a.communities, &format!("{at}.communities"))?;
+            entries.push((list, c, l));
+        }
+        Ok(Advertisements { entries })
+    }
+
+    /// The attributes to originate `prefix` with: every matching entry's
+    /// communities.
+    pub fn attrs_for(&self, prefix: &Prefix) -> PathAttrs {
+        let mut a = PathAttrs::default();
+        for (list, c, l) in &self.entries {
+            if list.matches(prefix) {
+                c.iter().for_each(|x| a.add_community(*x));
+                l.iter().for_each(|x| a.add_large_community(*x));
+            }
+        }
+        a
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bgp_configuration_gives_the_local_config_and_communities() {
+        use twill_api::resources::bgpconfig::PrefixAdvertisement;
+        let mut spec = BGPConfigurationSpec {
+            route_reflector_cluster_id: Some("224.0.0.1".into()),
+            prefix_advertisements: vec![
+                PrefixAdvertisement {
+                    cidr: "10.244.0.0/16".into(),
+                    communities: vec!["65000:100".into()],
+                },
+                PrefixAdvertisement {
+                    cidr: "10.244.1.0/24".into(),
+                    communities: vec!["65000:1:2".into(), "no-export".into()],
+                },
+            ],
+            ..Default::default()
+        };
+        let c = local_config(&spec, Ipv4Addr::new(192, 0, 2, 1), true).unwrap();
+        assert_eq!(c.asn, DEFAULT_ASN);
+        assert_eq!(c.cluster_id, Some(Ipv4Addr::new(224, 0, 0, 1)));
+        let adv = Advertisements::from_api(&spec).unwrap();
+        let a = adv.attrs_for(&"10.244.1.64/26".parse().unwrap());
+        assert_eq!(
+            a.communities,
+            vec![Community::new(65000, 100), Community::NO_EXPORT]
+        );
+        assert_eq!(a.large_communities.len(), 1);
+        assert!(
+            adv.attrs_for(&"10.9.0.0/26".parse().unwrap())
+                .communities
+                .is_empty()
+        );
+        spec.route_reflector_cluster_id = Some("x".into());
+        let e = local_config(&spec, Ipv4Addr::new(192, 0, 2, 1), true).unwrap_err();
+        assert!(
+            e.to_string().starts_with("spec.routeReflectorClusterID:"),
+            "{e}"
+        );
+        spec.prefix_advertisements[1].cidr = "10.244.1.0/33".into();
+        let e = Advertisements::from_api(&spec).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("spec.prefixAdvertisements[1].cidr:"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn errors_name_the_field() {

@@ -17,7 +17,10 @@ mod prefix_list;
 use std::net::IpAddr;
 use std::time::Duration;
 
-pub use from_api::{PeerPolicies, max_prefix_from_api, peer_policies, policy_from_rules};
+pub use from_api::{
+    Advertisements, DEFAULT_RESTART_AFTER, PeerPolicies, local_config, max_prefix_from_api,
+    peer_kind, peer_policies, policy_from_rules,
+};
 pub use prefix_list::{PrefixList, PrefixRange};
 
 use crate::rib::PeerKind;

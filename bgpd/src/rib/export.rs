@@ -53,20 +53,16 @@ pub fn may_export(cfg: &LocalConfig, src: Option<(PeerId, &PeerInfo)>, t: &Targe
     true
 }
 
-/// The attributes `t` is sent for `prefix` whose best path is `best`
-/// (None: not sent).
-pub fn export(
+/// Does `t` get `prefix` (best path `best`, learned from `src`, None when
+/// ours)? Some(term of its export policy that accepted it).
+pub fn passes(
     cfg: &LocalConfig,
-    interner: &mut Interner,
     prefix: &Prefix,
     best: &Path,
     src: Option<&PeerInfo>,
     t: &Target<'_>,
-) -> Option<Arc<PathAttrs>> {
-    if best.peer == t.id {
-        return None;
-    }
-    if best.peer != LOCAL_PEER && src.is_none() {
+) -> Option<Option<usize>> {
+    if best.peer == t.id || (best.peer != LOCAL_PEER && src.is_none()) {
         return None;
     }
     let a = &best.attrs;
@@ -79,31 +75,49 @@ pub fn export(
     if source == Source::External && t.info.kind == PeerKind::External {
         return None;
     }
-    let mut reflect = None;
     if let Some(s) = src
         && s.asn == cfg.asn
         && !t_ebgp
+        && (cfg.cluster_id.is_none() || !(s.rr_client || t.info.rr_client))
     {
-        let cluster = cfg.cluster_id?;
-        if !(s.rr_client || t.info.rr_client) {
-            return None;
-        }
-        reflect = Some((cluster, s.router_id));
+        return None;
     }
-    let ctx = EvalCtx {
+    match t.policy.decide(prefix, a, &ctx(cfg, source, t)) {
+        Decision::Reject => None,
+        Decision::Accept(term) => Some(term),
+    }
+}
+
+fn ctx(cfg: &LocalConfig, source: Source, t: &Target<'_>) -> EvalCtx {
+    EvalCtx {
         local_asn: cfg.asn,
         local_addr: Some(t.info.local_addr),
         source,
         target: Some(t.info.kind),
         reflector: cfg.cluster_id.is_some(),
-    };
-    let term = match t.policy.decide(prefix, a, &ctx) {
-        Decision::Reject => return None,
-        Decision::Accept(term) => term,
-    };
-    let mut out = PathAttrs::clone(a);
-    if let Some((cluster, rid)) = reflect {
-        out.originator_id.get_or_insert(rid);
+    }
+}
+
+/// The attributes `t` is sent for a route that [`passes`] by `term`. They
+/// depend on the path's attributes, where it came from, the term and the
+/// target only, so callers cache them per (attributes, source, term).
+pub fn build(
+    cfg: &LocalConfig,
+    interner: &mut Interner,
+    best: &Path,
+    src: Option<&PeerInfo>,
+    t: &Target<'_>,
+    term: Option<usize>,
+) -> Arc<PathAttrs> {
+    let t_ebgp = t.info.asn != cfg.asn;
+    let source = src.map_or(Source::Local, |s| Source::from(s.kind));
+    let mut out = PathAttrs::clone(&best.attrs);
+    if let Some(s) = src
+        && s.asn == cfg.asn
+        && !t_ebgp
+        && let Some(cluster) = cfg.cluster_id
+    {
+        out.originator_id.get_or_insert(s.router_id);
         out.cluster_list.insert(0, cluster);
     }
     if t_ebgp {
@@ -119,7 +133,7 @@ pub fn export(
     if src.is_none() && out.next_hop.is_none() {
         out.next_hop = Some(t.info.local_addr);
     }
-    if let Some(m) = t.policy.modify(term, &out, &ctx) {
+    if let Some(m) = t.policy.modify(term, &out, &ctx(cfg, source, t)) {
         out = m;
     }
     if t_ebgp {
@@ -127,5 +141,33 @@ pub fn export(
         out.next_hop = Some(t.info.local_addr);
         out.next_hop_link_local = None;
     }
-    Some(interner.intern(out))
+    interner.intern(out)
+}
+
+/// Per-call cache of [`build`] results: (attributes pointer, source, term).
+#[derive(Default)]
+pub struct BuildCache {
+    map: std::collections::HashMap<(usize, PeerId, Option<usize>), Arc<PathAttrs>>,
+}
+
+impl BuildCache {
+    /// The attributes `t` is sent for `prefix`, or None when it is not sent.
+    pub fn export(
+        &mut self,
+        cfg: &LocalConfig,
+        interner: &mut Interner,
+        prefix: &Prefix,
+        best: &Path,
+        src: Option<&PeerInfo>,
+        t: &Target<'_>,
+    ) -> Option<Arc<PathAttrs>> {
+        let term = passes(cfg, prefix, best, src, t)?;
+        let key = (Arc::as_ptr(&best.attrs) as usize, best.peer, term);
+        if let Some(a) = self.map.get(&key) {
+            return Some(Arc::clone(a));
+        }
+        let a = build(cfg, interner, best, src, t, term);
+        self.map.insert(key, Arc::clone(&a));
+        Some(a)
+    }
 }

@@ -159,7 +159,7 @@ impl PeerState {
 #[derive(Debug)]
 pub struct Rib {
     cfg: LocalConfig,
-    peers: HashMap<PeerId, PeerState>,
+    peers: FastMap<PeerId, PeerState>,
     loc: LocTable,
     interner: Interner,
 }
@@ -171,7 +171,7 @@ struct Chosen {
     attrs_ptr: *const PathAttrs,
 }
 
-fn choose(paths: &[Path], cfg: &LocalConfig, peers: &HashMap<PeerId, PeerState>) -> Option<Chosen> {
+fn choose(paths: &[Path], cfg: &LocalConfig, peers: &FastMap<PeerId, PeerState>) -> Option<Chosen> {
     let look = |id: PeerId| peers.get(&id).map(|p| &p.info);
     let sel = decision::select(paths, cfg, look)?;
     let b = paths.get(sel.best)?;
@@ -185,7 +185,7 @@ fn choose(paths: &[Path], cfg: &LocalConfig, peers: &HashMap<PeerId, PeerState>)
 fn best_path<'a>(
     paths: &'a [Path],
     cfg: &LocalConfig,
-    peers: &HashMap<PeerId, PeerState>,
+    peers: &FastMap<PeerId, PeerState>,
 ) -> Option<&'a Path> {
     let sel = decision::select(paths, cfg, |id| peers.get(&id).map(|p| &p.info))?;
     paths.get(sel.best)
@@ -195,7 +195,7 @@ impl Rib {
     pub fn new(cfg: LocalConfig) -> Rib {
         Rib {
             cfg,
-            peers: HashMap::new(),
+            peers: FastMap::default(),
             loc: LocTable::default(),
             interner: Interner::default(),
         }
@@ -279,6 +279,7 @@ impl Rib {
         for p in held {
             self.set_path(p, id, None, &mut ch);
         }
+        self.loc.shrink();
         if let Some(p) = self.peers.remove(&id) {
             for _ in 0..p.adj_out.len() {
                 self.interner.released();
@@ -288,10 +289,19 @@ impl Rib {
     }
 
     /// Graceful restart helper (RFC 4724): the session went down; keep the
-    /// peer's routes, marked stale, until [`Rib::end_of_rib`].
+    /// peer's routes of both families, marked stale, until
+    /// [`Rib::end_of_rib`] (or the stale timer: call `end_of_rib` then too).
     pub fn peer_stale(&mut self, id: PeerId) {
+        self.peer_stale_families(id, &[Afi::Ipv4, Afi::Ipv6]);
+    }
+
+    /// As [`Rib::peer_stale`], for the families the peer's GR capability
+    /// preserved forwarding for; its routes of other families are withdrawn
+    /// now (RFC 4724 4.2).
+    pub fn peer_stale_families(&mut self, id: PeerId, keep: &[Afi]) -> Changes {
+        let mut ch = Changes::default();
         let Some(p) = self.peers.get_mut(&id) else {
-            return;
+            return ch;
         };
         p.rejected.clear();
         p.dirty.clear();
@@ -301,13 +311,27 @@ impl Rib {
         for _ in 0..n {
             self.interner.released();
         }
-        for paths in self.loc.iter_mut() {
-            paths.for_each_mut(|path| {
-                if path.peer == id {
-                    path.stale = true;
+        for afi in [Afi::Ipv4, Afi::Ipv6] {
+            if keep.contains(&afi) {
+                self.loc.for_each_path_mut(afi, |path| {
+                    if path.peer == id {
+                        path.stale = true;
+                    }
+                });
+            } else {
+                let held: Vec<Prefix> = self
+                    .loc
+                    .iter(Some(afi))
+                    .filter(|(_, paths)| paths.get(id).is_some())
+                    .map(|(p, _)| p)
+                    .collect();
+                for p in held {
+                    self.set_path(p, id, None, &mut ch);
                 }
-            });
+            }
         }
+        self.loc.shrink();
+        ch
     }
 
     /// End-of-RIB for one family: drop what the peer has not refreshed.
@@ -322,6 +346,7 @@ impl Rib {
         for p in stale {
             self.set_path(p, id, None, &mut ch);
         }
+        self.loc.shrink();
         ch
     }
 
@@ -437,17 +462,18 @@ impl Rib {
         let Some(t) = self.peers.get_mut(&id) else {
             return Vec::new();
         };
-        let mut dirty: Vec<Prefix> = t.dirty.drain().collect();
+        let mut dirty: Vec<Prefix> = std::mem::take(&mut t.dirty).into_iter().collect();
         dirty.sort_unstable();
         let Some(t) = self.peers.get(&id) else {
             return Vec::new();
         };
         let mut new = Vec::with_capacity(dirty.len());
+        let mut cache = export::BuildCache::default();
         for p in dirty {
             let attrs = self.loc.get(&p).and_then(|paths| {
                 let b = best_path(paths.as_slice(), &self.cfg, &self.peers)?;
                 let src = self.peers.get(&b.peer).map(|s| &s.info);
-                export::export(&self.cfg, &mut self.interner, &p, b, src, &t.target())
+                cache.export(&self.cfg, &mut self.interner, &p, b, src, &t.target())
             });
             new.push((p, attrs));
         }
@@ -465,13 +491,13 @@ impl Rib {
             return Vec::new();
         };
         let mut new = Vec::new();
+        let mut cache = export::BuildCache::default();
         for (p, paths) in self.loc.iter(None) {
             let Some(b) = best_path(paths.as_slice(), &self.cfg, &self.peers) else {
                 continue;
             };
             let src = self.peers.get(&b.peer).map(|s| &s.info);
-            if let Some(a) = export::export(&self.cfg, &mut self.interner, &p, b, src, &t.target())
-            {
+            if let Some(a) = cache.export(&self.cfg, &mut self.interner, &p, b, src, &t.target()) {
                 new.push((p, Some(a)));
             }
         }
@@ -726,5 +752,18 @@ impl Rib {
                 t.dirty.insert(prefix);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rib_can_live_in_a_task_and_be_shared() {
+        fn is_send_sync<T: Send + Sync>() {}
+        is_send_sync::<Rib>();
+        is_send_sync::<Changes>();
+        is_send_sync::<Export>();
     }
 }

@@ -2,7 +2,8 @@
 //! path for it, so the Adj-RIBs-In are views of this table (the paths tagged
 //! with a peer) instead of copies. Keys are prefixes packed into integers
 //! (IPv4: 8 bytes), values hold one path inline, so a single-peer IPv4 table
-//! costs one hash-table slot of 32 bytes per prefix plus the shared attributes.
+//! costs one hash-table slot of 24 bytes (+1 control byte) per prefix plus
+//! the shared attributes.
 
 use std::collections::hash_map::Entry;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -23,22 +24,26 @@ pub struct Path {
     pub stale: bool,
 }
 
-/// The paths of one destination; one inline, more on the heap.
+/// The paths of one destination; one inline, more on the heap. The `Box`
+/// keeps this at 16 bytes (a `Vec` inline would make every entry 24).
 #[derive(Debug, Clone)]
+#[allow(clippy::box_collection)] // deliberate: see above
 pub enum Paths {
+    Empty,
     One(Path),
-    Many(Vec<Path>),
+    Many(Box<Vec<Path>>),
 }
 
 impl Paths {
     pub fn empty() -> Paths {
-        Paths::Many(Vec::new())
+        Paths::Empty
     }
 
     pub fn as_slice(&self) -> &[Path] {
         match self {
+            Paths::Empty => &[],
             Paths::One(p) => std::slice::from_ref(p),
-            Paths::Many(v) => v,
+            Paths::Many(v) => v.as_slice(),
         }
     }
 
@@ -53,10 +58,14 @@ impl Paths {
     /// Insert or replace the path of `p.peer`; the replaced path if any.
     pub fn upsert(&mut self, p: Path) -> Option<Path> {
         match self {
+            Paths::Empty => {
+                *self = Paths::One(p);
+                None
+            }
             Paths::One(old) if old.peer == p.peer => Some(std::mem::replace(old, p)),
             Paths::One(old) => {
                 let first = old.clone();
-                *self = Paths::Many(vec![first, p]);
+                *self = Paths::Many(Box::new(vec![first, p]));
                 None
             }
             Paths::Many(v) => {
@@ -78,16 +87,14 @@ impl Paths {
         match self {
             Paths::One(old) if old.peer == peer => match std::mem::replace(self, Paths::empty()) {
                 Paths::One(p) => Some(p),
-                Paths::Many(_) => None,
+                Paths::Empty | Paths::Many(_) => None,
             },
-            Paths::One(_) => None,
+            Paths::Empty | Paths::One(_) => None,
             Paths::Many(v) => {
                 let i = v.iter().position(|x| x.peer == peer)?;
                 let out = v.swap_remove(i);
-                if v.len() == 1
-                    && let Some(last) = v.pop()
-                {
-                    *self = Paths::One(last);
+                if v.len() <= 1 {
+                    *self = v.pop().map_or(Paths::Empty, Paths::One);
                 }
                 Some(out)
             }
@@ -96,6 +103,7 @@ impl Paths {
 
     pub fn for_each_mut(&mut self, mut f: impl FnMut(&mut Path)) {
         match self {
+            Paths::Empty => {}
             Paths::One(p) => f(p),
             Paths::Many(v) => v.iter_mut().for_each(f),
         }
@@ -189,12 +197,28 @@ impl LocTable {
         a.chain(b)
     }
 
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Paths> + '_ {
-        self.v4.values_mut().chain(self.v6.values_mut())
+    /// Run `f` on every path of one family.
+    pub fn for_each_path_mut(&mut self, afi: Afi, mut f: impl FnMut(&mut Path)) {
+        match afi {
+            Afi::Ipv4 => self.v4.values_mut().for_each(|p| p.for_each_mut(&mut f)),
+            Afi::Ipv6 => self.v6.values_mut().for_each(|p| p.for_each_mut(&mut f)),
+        }
     }
 
     pub fn len(&self) -> usize {
         self.v4.len() + self.v6.len()
+    }
+
+    /// Give memory back after mass removal (session down, End-of-RIB): hash
+    /// tables never shrink by themselves.
+    pub fn shrink(&mut self) {
+        fn one<K: std::hash::Hash + Eq, V>(m: &mut FastMap<K, V>) {
+            if m.capacity() > 1024 && m.len() < m.capacity() / 4 {
+                m.shrink_to_fit();
+            }
+        }
+        one(&mut self.v4);
+        one(&mut self.v6);
     }
 }
 
@@ -218,7 +242,7 @@ mod tests {
 
     #[test]
     fn one_path_is_stored_inline() {
-        assert!(std::mem::size_of::<Paths>() <= 24);
+        assert_eq!(std::mem::size_of::<Paths>(), 16);
         let a = Arc::new(PathAttrs::default());
         let path = |peer| Path {
             attrs: a.clone(),

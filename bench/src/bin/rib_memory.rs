@@ -1,0 +1,333 @@
+//! RIB memory and ingest speed, in process: no sockets, no codec.
+//!
+//! Loads 1M IPv4 /24s into the RIB from one eBGP peer in 20 000 UPDATEs of
+//! 50 prefixes that use 5 000 distinct attribute sets (AS paths of 2-6 ASes,
+//! some with communities and MED), the shape of a full table; then the node
+//! mesh shape, 100 peers x 10 prefixes, once as a plain node and once as a
+//! route reflector whose clients all get everyone else's routes (Adj-RIB-Out
+//! included). Bytes are counted by a global allocator that adds up what is
+//! requested (malloc's own overhead is not included); "retained" is what the
+//! RIB holds after loading, "peak" the high-water mark during the load (hash
+//! table growth, the Changes handed to felix). Time is wall clock and this
+//! thread's CPU time (the machine is shared; CPU time is the comparable one).
+//! Run:
+//! `cargo run --release -p twill-bench --bin rib_memory`.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use ipnetwork::{IpNetwork, Ipv4Network};
+use twill_bgpd::policy::Policy;
+use twill_bgpd::rib::{LocalConfig, PeerInfo, PeerKind, Rib};
+use twill_bgpd::types::{AsPath, Community, Origin, PathAttrs, Prefix};
+
+struct Counting;
+
+static CURRENT: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+fn grew(n: usize) {
+    let now = CURRENT.fetch_add(n, Ordering::Relaxed) + n;
+    PEAK.fetch_max(now, Ordering::Relaxed);
+}
+
+fn shrank(n: usize) {
+    CURRENT.fetch_sub(n, Ordering::Relaxed);
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the
+// wrapper only counts sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        // SAFETY: same contract as the caller's.
+        let p = unsafe { System.alloc(l) };
+        if !p.is_null() {
+            grew(l.size());
+        }
+        p
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        // SAFETY: same contract as the caller's.
+        let p = unsafe { System.alloc_zeroed(l) };
+        if !p.is_null() {
+            grew(l.size());
+        }
+        p
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(p, l) };
+        shrank(l.size());
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        // SAFETY: same contract as the caller's.
+        let q = unsafe { System.realloc(p, l, new) };
+        if !q.is_null() {
+            if new >= l.size() {
+                grew(new - l.size());
+            } else {
+                shrank(l.size() - new);
+            }
+        }
+        q
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+const LOCAL_AS: u32 = 65000;
+
+fn cfg(cluster: bool) -> LocalConfig {
+    LocalConfig {
+        asn: LOCAL_AS,
+        router_id: Ipv4Addr::new(192, 0, 2, 1),
+        cluster_id: cluster.then_some(Ipv4Addr::new(192, 0, 2, 1)),
+        multipath: true,
+    }
+}
+
+fn peer(id: u32, asn: u32, kind: PeerKind, rr_client: bool) -> PeerInfo {
+    let a = Ipv4Addr::from(0x0A00_0000u32 + id);
+    PeerInfo {
+        id,
+        addr: IpAddr::V4(a),
+        asn,
+        router_id: a,
+        local_addr: IpAddr::V4(Ipv4Addr::new(10, 255, 255, 254)),
+        rr_client,
+        kind,
+    }
+}
+
+/// Attribute set `i` of a full table seen from AS 65100.
+fn table_attrs(i: u32) -> PathAttrs {
+    let mut s = i.wrapping_mul(0x9E37_79B9) | 1;
+    let mut next = || {
+        s ^= s << 13;
+        s ^= s >> 17;
+        s ^= s << 5;
+        s
+    };
+    let len = 1 + next() % 5;
+    let mut path = vec![65100];
+    path.extend((0..len).map(|_| 1 + next() % 60000));
+    let mut a = PathAttrs {
+        origin: if next() % 10 == 0 {
+            Origin::Incomplete
+        } else {
+            Origin::Igp
+        },
+        as_path: AsPath::from_sequence(path),
+        next_hop: Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))),
+        ..Default::default()
+    };
+    if next() % 3 == 0 {
+        a.med = Some(next() % 1000);
+    }
+    for _ in 0..next() % 4 {
+        a.add_community(Community::new(65100, (next() % 500) as u16));
+    }
+    a
+}
+
+struct Row {
+    name: &'static str,
+    routes: usize,
+    attr_sets: usize,
+    retained: usize,
+    peak: usize,
+    took: Duration,
+    cpu: Option<Duration>,
+}
+
+/// CPU time this thread has run (the machine is shared: wall time alone
+/// says little).
+fn cpu_now() -> Option<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the pointer we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (rc == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+}
+
+fn cpu_since(start: Option<Duration>) -> Option<Duration> {
+    Some(cpu_now()?.saturating_sub(start?))
+}
+
+fn mark() -> usize {
+    let now = CURRENT.load(Ordering::Relaxed);
+    PEAK.store(now, Ordering::Relaxed);
+    now
+}
+
+fn full_table() -> (Row, Row) {
+    const N: u32 = 1_000_000;
+    const PER_UPDATE: u32 = 50;
+    const SETS: u32 = 5_000;
+    let updates: Vec<(PathAttrs, Vec<Prefix>)> = (0..N / PER_UPDATE)
+        .map(|u| {
+            let prefixes = (0..PER_UPDATE)
+                .map(|j| {
+                    let addr = Ipv4Addr::from(0x0100_0000u32 + ((u * PER_UPDATE + j) << 8));
+                    IpNetwork::V4(
+                        Ipv4Network::new(addr, 24).unwrap_or_else(|_| Ipv4Network::from(addr)),
+                    )
+                })
+                .collect();
+            (table_attrs(u.wrapping_mul(7919) % SETS), prefixes)
+        })
+        .collect();
+    let base = mark();
+    let start = Instant::now();
+    let cpu = cpu_now();
+    let mut rib = Rib::new(cfg(false));
+    rib.add_peer(
+        peer(1, 65100, PeerKind::External, false),
+        Policy::accept_all(),
+        Policy::originated_only(),
+    );
+    let mut best_changes = 0usize;
+    for (attrs, prefixes) in &updates {
+        let ch = rib.update(1, &[], Some(attrs.clone()), prefixes);
+        best_changes += ch.best.len();
+    }
+    let took = start.elapsed();
+    let attr_sets = rib.attribute_sets();
+    let load = Row {
+        name: "1M IPv4 /24s, 1 eBGP peer, 5k attribute sets",
+        routes: rib.len(),
+        attr_sets,
+        retained: CURRENT.load(Ordering::Relaxed) - base,
+        peak: PEAK.load(Ordering::Relaxed) - base,
+        took,
+        cpu: cpu_since(cpu),
+    };
+    assert_eq!(best_changes, N as usize);
+    let start = Instant::now();
+    let cpu = cpu_now();
+    let ch = rib.remove_peer(1);
+    let took = start.elapsed();
+    let withdrawn = ch.best.len();
+    drop(ch);
+    let left = rib.attribute_sets();
+    let gone = Row {
+        name: "  then session down (remove_peer)",
+        routes: withdrawn,
+        attr_sets: left,
+        retained: CURRENT.load(Ordering::Relaxed).saturating_sub(base),
+        peak: PEAK.load(Ordering::Relaxed) - base,
+        took,
+        cpu: cpu_since(cpu),
+    };
+    drop(rib);
+    drop(updates);
+    (load, gone)
+}
+
+fn mesh(reflector: bool) -> Row {
+    const PEERS: u32 = 100;
+    const EACH: u32 = 10;
+    let inputs: Vec<(u32, PathAttrs, Vec<Prefix>)> = (1..=PEERS)
+        .map(|id| {
+            let a = PathAttrs {
+                next_hop: Some(IpAddr::V4(Ipv4Addr::from(0x0A00_0000u32 + id))),
+                local_pref: Some(100),
+                ..Default::default()
+            };
+            let prefixes = (0..EACH)
+                .map(|j| {
+                    let addr = Ipv4Addr::from(0x0AF4_0000u32 + ((id * EACH + j) << 6));
+                    IpNetwork::V4(
+                        Ipv4Network::new(addr, 26).unwrap_or_else(|_| Ipv4Network::from(addr)),
+                    )
+                })
+                .collect();
+            (id, a, prefixes)
+        })
+        .collect();
+    let base = mark();
+    let start = Instant::now();
+    let cpu = cpu_now();
+    let mut rib = Rib::new(cfg(reflector));
+    for id in 1..=PEERS {
+        rib.add_peer(
+            peer(id, LOCAL_AS, PeerKind::Node, reflector),
+            Policy::accept_all(),
+            Policy::originated_only(),
+        );
+    }
+    for (id, a, prefixes) in &inputs {
+        rib.update(*id, &[], Some(a.clone()), prefixes);
+    }
+    let mut exported = 0usize;
+    for id in 1..=PEERS {
+        exported += rib
+            .take_exports(id)
+            .iter()
+            .map(|e| e.announced.len())
+            .sum::<usize>();
+    }
+    let took = start.elapsed();
+    if reflector {
+        assert_eq!(exported, (PEERS * (PEERS - 1) * EACH) as usize);
+    } else {
+        assert_eq!(exported, 0);
+    }
+    let attr_sets = rib.attribute_sets();
+    Row {
+        name: if reflector {
+            "100 RR clients x 10 /26s, reflected (99k Adj-RIB-Out entries)"
+        } else {
+            "100 node peers x 10 /26s (full mesh, nothing re-exported)"
+        },
+        routes: rib.len(),
+        attr_sets,
+        retained: CURRENT.load(Ordering::Relaxed) - base,
+        peak: PEAK.load(Ordering::Relaxed) - base,
+        took,
+        cpu: cpu_since(cpu),
+    }
+}
+
+fn rss_peak_kib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn main() {
+    let (load, gone) = full_table();
+    let rows = [load, gone, mesh(false), mesh(true)];
+    println!(
+        "| scenario | routes | attribute sets | retained bytes | bytes/route | peak bytes/route | wall | CPU | CPU ns/route |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        let n = r.routes.max(1) as f64;
+        println!(
+            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1} ms | {} | {} |",
+            r.name,
+            r.routes,
+            r.attr_sets,
+            r.retained,
+            r.retained as f64 / n,
+            r.peak as f64 / n,
+            r.took.as_secs_f64() * 1e3,
+            r.cpu
+                .map_or("?".into(), |c| format!("{:.1} ms", c.as_secs_f64() * 1e3)),
+            r.cpu
+                .map_or("?".into(), |c| format!("{:.0}", c.as_nanos() as f64 / n)),
+        );
+    }
+    if let Some(k) = rss_peak_kib() {
+        println!(
+            "\nprocess peak RSS (inputs included): {:.1} MiB",
+            k as f64 / 1024.0
+        );
+    }
+}

@@ -242,3 +242,57 @@ async fn two_octet_peer_gets_as_trans_and_as4_path() {
     assert_eq!(as4_path, Some(want));
     a.shutdown().await;
 }
+
+/// A peer that goes silent: with a 3 s hold time we send KEEPALIVEs about
+/// every second and, 3 s after the last message, NOTIFICATION Hold Timer
+/// Expired (4/0).
+#[tokio::test]
+async fn silent_peer_gets_hold_timer_expired() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let port = free_port();
+    let a = speaker("127.0.0.1", 65001, port).await;
+    let mut p = PeerConfig::new("127.0.0.4".parse().unwrap(), 65004);
+    p.passive = true;
+    p.hold_time = 3;
+    p.families = vec![twill_bgpd::types::Afi::Ipv4];
+    a.add_peer(p).unwrap();
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.4:0".parse().unwrap()).unwrap();
+    let mut s = sock
+        .connect(SocketAddr::new("127.0.0.1".parse().unwrap(), port))
+        .await
+        .unwrap();
+    // OPEN: AS 65004 (0xfdec), hold 3, id 127.0.0.4.
+    let mut open = vec![0xffu8; 16];
+    open.extend_from_slice(&[0, 29, 1, 4, 0xfd, 0xec, 0, 3, 127, 0, 0, 4, 0]);
+    s.write_all(&open).await.unwrap();
+    let mut ka = vec![0xffu8; 16];
+    ka.extend_from_slice(&[0, 19, 4]);
+    s.write_all(&ka).await.unwrap();
+    let start = Instant::now();
+    let mut keepalives = 0;
+    let notif = tokio::time::timeout(Duration::from_secs(8), async {
+        loop {
+            let mut h = [0u8; 19];
+            s.read_exact(&mut h).await.unwrap();
+            let len = u16::from_be_bytes([h[16], h[17]]) as usize;
+            let mut b = vec![0u8; len - 19];
+            s.read_exact(&mut b).await.unwrap();
+            match h[18] {
+                4 => keepalives += 1,
+                3 => return (b[0], b[1]),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("no NOTIFICATION from a hold timer");
+    let took = start.elapsed();
+    assert_eq!(notif, (4, 0));
+    assert!(keepalives >= 3, "only {keepalives} KEEPALIVEs in {took:?}");
+    assert!(
+        took >= Duration::from_millis(2900),
+        "hold timer fired early: {took:?}"
+    );
+    a.shutdown().await;
+}

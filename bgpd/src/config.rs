@@ -6,6 +6,7 @@
 //! router_id: 10.0.0.1
 //! listen_address: 10.96.0.2      # default 0.0.0.0; listen_port default 179
 //! status_socket: /run/twill-bgpd.sock
+//! metrics_address: 127.0.0.1:9179  # optional, GET /metrics
 //! graceful_restart: { restart_time: 120, state_file: /var/lib/twill-bgpd/running }
 //! networks: [10.1.0.0/24, "fd00:1::/64"]
 //! neighbors:
@@ -63,6 +64,9 @@ pub struct Config {
     pub no_listen: bool,
     #[serde(default = "default_status_socket")]
     pub status_socket: PathBuf,
+    /// Prometheus metrics over HTTP (`GET /metrics`), e.g. 127.0.0.1:9179.
+    #[serde(default)]
+    pub metrics_address: Option<SocketAddr>,
     #[serde(default)]
     pub cluster_id: Option<Ipv4Addr>,
     #[serde(default)]
@@ -238,6 +242,7 @@ pub struct Loaded {
     pub peers: Vec<PeerConfig>,
     pub networks: Vec<(Prefix, PathAttrs)>,
     pub status_socket: PathBuf,
+    pub metrics_address: Option<SocketAddr>,
 }
 
 impl Config {
@@ -380,6 +385,7 @@ impl Config {
             peers,
             networks,
             status_socket: self.status_socket.clone(),
+            metrics_address: self.metrics_address,
         })
     }
 }

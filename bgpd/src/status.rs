@@ -51,6 +51,38 @@ pub async fn serve(path: &Path, speaker: Speaker) -> std::io::Result<()> {
     }
 }
 
+/// Serves `GET /metrics` (Prometheus text format) over plain HTTP/1.0 on
+/// `addr`. Hand-written rather than pulling in an HTTP server: one fixed
+/// response per connection, the request is read (at most 8 KiB) and ignored
+/// beyond its first line.
+pub async fn serve_metrics(addr: std::net::SocketAddr, speaker: Speaker) -> std::io::Result<()> {
+    let l = tokio::net::TcpListener::bind(addr).await?;
+    loop {
+        let (s, _) = l.accept().await?;
+        let sp = speaker.clone();
+        tokio::spawn(async move {
+            let (rd, mut wr) = s.into_split();
+            let mut rd = BufReader::new(tokio::io::AsyncReadExt::take(rd, 8192));
+            let mut first = String::new();
+            if rd.read_line(&mut first).await.is_err() {
+                return;
+            }
+            let (status, body) = if first.starts_with("GET /metrics") {
+                ("200 OK", sp.metrics_text())
+            } else {
+                ("404 Not Found", "try /metrics\n".to_string())
+            };
+            let head = format!(
+                "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = wr.write_all(head.as_bytes()).await;
+            let _ = wr.write_all(body.as_bytes()).await;
+            let _ = wr.shutdown().await;
+        });
+    }
+}
+
 /// Sends one request and returns the answer (blocking; for the CLI).
 pub fn query(path: &Path, what: &str) -> std::io::Result<String> {
     use std::io::{Read, Write};

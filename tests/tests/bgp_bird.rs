@@ -47,6 +47,7 @@ asn: 65001
 router_id: 10.96.0.2
 listen_address: "::"
 status_socket: {sock}
+metrics_address: 127.0.0.1:9179
 networks: [10.1.0.0/24, "fd00:1::/64"]
 neighbors:
   - address: 10.96.0.1

@@ -119,6 +119,14 @@ async fn run(loaded: twill_bgpd::config::Loaded) -> anyhow::Result<()> {
             tracing::error!("status socket {}: {e}", sock.display());
         }
     });
+    let metrics_task = loaded.metrics_address.map(|addr| {
+        let sp = speaker.clone();
+        tokio::spawn(async move {
+            if let Err(e) = status::serve_metrics(addr, sp).await {
+                tracing::error!("metrics on {addr}: {e}");
+            }
+        })
+    });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
@@ -127,6 +135,9 @@ async fn run(loaded: twill_bgpd::config::Loaded) -> anyhow::Result<()> {
     tracing::info!("stopping");
     speaker.shutdown().await;
     status_task.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     let _ = std::fs::remove_file(&loaded.status_socket);
     Ok(())
 }

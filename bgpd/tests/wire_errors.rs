@@ -518,3 +518,75 @@ fn route_refresh_for_a_family_we_do_not_carry_is_ignored() {
         })
     );
 }
+
+#[test]
+fn as4_path_confederation_segments_are_dropped_and_malformed_ones_discarded() {
+    // AS_PATH 65002 23456; AS4_PATH (65010) 4200000001: the confed segment
+    // in AS4_PATH is dropped (RFC 6793 6), the merge still happens.
+    let attrs = [
+        &ORIGIN[..],
+        &[0x40, 2, 6, 2, 2, 0xfd, 0xea, 0x5b, 0xa0],
+        &NEXT_HOP[..],
+        &[
+            0xc0, 17, 12, 3, 1, 0, 0, 0xfd, 0xf2, 2, 1, 0xfa, 0x56, 0xea, 0x01,
+        ],
+    ]
+    .concat();
+    let (u, w) = warned(&update(&[], &attrs, &NLRI), &TWO);
+    assert!(w.is_empty(), "{w:?}");
+    assert_eq!(
+        u.attrs.unwrap().as_path,
+        AsPath::from_sequence([65002, 4_200_000_001])
+    );
+    // A zero-count segment makes AS4_PATH malformed: attribute-discard, and
+    // the AS_PATH stands as received.
+    let attrs = [
+        &ORIGIN[..],
+        &[0x40, 2, 6, 2, 2, 0xfd, 0xea, 0x5b, 0xa0],
+        &NEXT_HOP[..],
+        &[0xc0, 17, 6, 2, 0, 0, 0, 0, 1],
+    ]
+    .concat();
+    let (u, w) = warned(&update(&[], &attrs, &NLRI), &TWO);
+    assert_eq!(w[0].action, Action::AttributeDiscard);
+    assert_eq!(w[0].attr, Some(attr::AS4_PATH));
+    assert_eq!(
+        u.attrs.unwrap().as_path,
+        AsPath::from_sequence([65002, 23456])
+    );
+}
+
+#[test]
+fn open_round_trips_with_capability_helpers() {
+    use twill_bgpd::types::Afi;
+    use twill_bgpd::wire::{Capability, GracefulRestart, Open};
+    let open = Open {
+        version: 4,
+        asn: 4_200_000_000,
+        hold_time: 9,
+        router_id: Ipv4Addr::new(192, 0, 2, 1),
+        capabilities: vec![
+            Capability::Multiprotocol(Afi::Ipv6),
+            Capability::RouteRefresh,
+            Capability::FourOctetAs(4_200_000_000),
+            Capability::GracefulRestart(GracefulRestart {
+                restarting: true,
+                time: 120,
+                families: vec![(Afi::Ipv4, true)],
+            }),
+        ],
+    };
+    let bytes = encode(&Message::Open(open.clone()), &TWO);
+    // The 2-octet My AS field carries AS_TRANS (RFC 6793 4.1).
+    assert_eq!(&bytes[20..22], &23456u16.to_be_bytes());
+    let (m, _) = decode(&bytes, &TWO).unwrap();
+    assert_eq!((m.type_code(), m.type_name()), (1, "open"));
+    let Message::Open(back) = m else {
+        unreachable!()
+    };
+    assert_eq!(back, open);
+    assert_eq!(back.four_octet_as(), Some(4_200_000_000));
+    assert!(back.multiprotocol(Afi::Ipv6) && !back.multiprotocol(Afi::Ipv4));
+    assert!(back.route_refresh());
+    assert_eq!(back.graceful_restart().unwrap().time, 120);
+}

@@ -382,7 +382,10 @@ fn merge_as4(a: &mut PathAttrs, as4_path: Option<AsPath>, as4_aggregator: Option
     if let (Some((AS_TRANS, _)), Some(real)) = (a.aggregator, as4_aggregator) {
         a.aggregator = Some(real);
     }
-    let Some(as4) = as4_path else { return };
+    let Some(mut as4) = as4_path else { return };
+    // RFC 6793 6: confederation segments in AS4_PATH are discarded.
+    as4.segments
+        .retain(|s| matches!(s, AsSegment::Sequence(_) | AsSegment::Set(_)));
     // "If the number of AS numbers in the AS_PATH attribute is less than the
     // number of AS numbers in the AS4_PATH attribute, then the AS4_PATH
     // attribute SHALL be ignored" (counted as in RFC 4271 9.1.2.2).

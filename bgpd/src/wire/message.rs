@@ -18,6 +18,30 @@ pub enum Message {
     RouteRefresh(RouteRefresh),
 }
 
+impl Message {
+    /// The message type code (RFC 4271 4.1, RFC 2918).
+    pub fn type_code(&self) -> u8 {
+        match self {
+            Message::Open(_) => msg_type::OPEN,
+            Message::Update(_) => msg_type::UPDATE,
+            Message::Notification(_) => msg_type::NOTIFICATION,
+            Message::Keepalive => msg_type::KEEPALIVE,
+            Message::RouteRefresh(_) => msg_type::ROUTE_REFRESH,
+        }
+    }
+
+    /// Lower-case type name, for logs and metrics labels.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Message::Open(_) => "open",
+            Message::Update(_) => "update",
+            Message::Notification(_) => "notification",
+            Message::Keepalive => "keepalive",
+            Message::RouteRefresh(_) => "route_refresh",
+        }
+    }
+}
+
 /// OPEN (RFC 4271 4.2) with its capabilities (RFC 5492).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Open {
@@ -29,6 +53,34 @@ pub struct Open {
     pub hold_time: u16,
     pub router_id: Ipv4Addr,
     pub capabilities: Vec<Capability>,
+}
+
+impl Open {
+    /// The peer announced the 4-octet AS capability (RFC 6793).
+    pub fn four_octet_as(&self) -> Option<Asn> {
+        self.capabilities.iter().find_map(|c| match c {
+            Capability::FourOctetAs(a) => Some(*a),
+            _ => None,
+        })
+    }
+
+    /// The peer announced multiprotocol unicast for `afi` (RFC 4760 8).
+    pub fn multiprotocol(&self, afi: Afi) -> bool {
+        self.capabilities.contains(&Capability::Multiprotocol(afi))
+    }
+
+    /// The peer announced route refresh (RFC 2918).
+    pub fn route_refresh(&self) -> bool {
+        self.capabilities.contains(&Capability::RouteRefresh)
+    }
+
+    /// The peer's graceful restart capability (RFC 4724), if any.
+    pub fn graceful_restart(&self) -> Option<&GracefulRestart> {
+        self.capabilities.iter().find_map(|c| match c {
+            Capability::GracefulRestart(g) => Some(g),
+            _ => None,
+        })
+    }
 }
 
 /// A capability (RFC 5492). Multiprotocol for a SAFI other than unicast, or

@@ -566,8 +566,9 @@ fn check_known(plan: &mut UpdatePlan, body: &[u8], span: &Span, ctx: &Ctx) -> Op
             (!nonzero_multiple(4)).then(|| Fault::Withdraw(len_err()))
         }
         attr::LARGE_COMMUNITY => (!nonzero_multiple(12)).then(|| Fault::Withdraw(len_err())),
-        // RFC 6793 4.1: a NEW speaker discards AS4_PATH / AS4_AGGREGATOR from
-        // another NEW speaker; RFC 6793 6: malformed ones are discarded.
+        // RFC 6793 6: a NEW speaker discards AS4_PATH / AS4_AGGREGATOR from
+        // another NEW speaker, and malformed ones (an AS4_PATH shorter than
+        // one AS, or with bad segments) from an OLD one.
         attr::AS4_PATH => {
             if four {
                 Some(Fault::Discard(Notification::update(
@@ -575,7 +576,7 @@ fn check_known(plan: &mut UpdatePlan, body: &[u8], span: &Span, ctx: &Ctx) -> Op
                     Vec::new(),
                 )))
             } else {
-                (!as_path_ok(v, 4, false)).then(|| {
+                (v.len() < 6 || !as_path_ok(v, 4, true)).then(|| {
                     Fault::Discard(Notification::update(update::MALFORMED_AS_PATH, Vec::new()))
                 })
             }

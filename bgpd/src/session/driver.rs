@@ -461,6 +461,7 @@ impl Runner {
 
     fn message(&mut self, m: Message) {
         let established = self.fsm.state() == State::Established;
+        tracing::debug!(peer = %self.name, kind = kind_name(&m), state = self.fsm.state().name(), "received");
         match m {
             Message::Open(o) => {
                 self.count_in("open");

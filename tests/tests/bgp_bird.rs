@@ -169,6 +169,20 @@ fn bgp_bird_ebgp_tor_routes_both_ways_ipv4_and_ipv6() {
         bird.established("twill4"),
         "route refresh reset the session"
     );
+    // The same metrics over HTTP for Prometheus, inside the node namespace
+    // (bash's /dev/tcp: no HTTP client needed).
+    let scrape = node.exec_ok(
+        "bash",
+        &[
+            "-c",
+            "exec 3<>/dev/tcp/127.0.0.1/9179; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3",
+        ],
+    );
+    assert!(scrape.starts_with("HTTP/1.0 200 OK"), "{scrape}");
+    assert!(
+        scrape.contains("twill_bgp_peer_state{peer=\"10.96.0.1\"} 6"),
+        "{scrape}"
+    );
 
     // A withdrawal on BIRD's side reaches us.
     bird.birdc(&["disable", "s4"]);

@@ -9,6 +9,7 @@ pub mod bins;
 pub mod cni;
 pub mod netns;
 pub mod node;
+pub mod peers;
 pub mod process;
 pub mod require;
 pub mod schema;

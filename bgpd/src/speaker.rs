@@ -162,6 +162,8 @@ pub(crate) struct LiveStatus {
     pub last_error: Option<String>,
     pub graceful_restart: bool,
     pub hold_time: Option<u16>,
+    /// The first session's End-of-RIB arrived for every negotiated family.
+    pub initial_eor: bool,
 }
 
 pub(crate) struct PeerHandle {
@@ -206,6 +208,8 @@ pub(crate) struct Shared {
     pub restarting: bool,
     /// The listening socket's fd (for per-peer MD5 keys) and family.
     pub listener: Mutex<Option<(std::os::fd::RawFd, bool)>>,
+    /// True once the initial table is complete (see `Speaker::synced`).
+    pub synced: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -213,6 +217,26 @@ impl Shared {
         // A panic while holding the lock would be a bug in the pure RIB; keep
         // serving with the data as it is rather than poisoning every peer.
         self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Flips `synced` when there are peers and every one has sent its
+    /// initial End-of-RIB.
+    pub fn check_synced(&self) {
+        if *self.synced.borrow() {
+            return;
+        }
+        let core = self.lock();
+        // No peers yet: nothing learned, so not synced (the restart-time
+        // fallback still applies).
+        let all = !core.peers.is_empty()
+            && core
+                .peers
+                .values()
+                .all(|h| h.status.lock().map(|s| s.initial_eor).unwrap_or(false));
+        drop(core);
+        if all {
+            self.synced.send_replace(true);
+        }
     }
 }
 
@@ -257,7 +281,23 @@ impl Speaker {
             metrics: Metrics::new(),
             restarting,
             listener: Mutex::new(None),
+            synced: tokio::sync::watch::channel(false).0,
         });
+        // RFC 4724 §4.1 selection deferral, bounded: give up waiting for
+        // End-of-RIB after the restart time (120 s without GR).
+        {
+            let shared = Arc::clone(&shared);
+            let wait = shared
+                .cfg
+                .graceful_restart
+                .as_ref()
+                .map(|g| g.restart_time)
+                .unwrap_or(120);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(wait.into())).await;
+                shared.synced.send_replace(true);
+            });
+        }
         let mut accept = None;
         if let Some(addr) = listen {
             let l = transport::listen(addr)?;
@@ -369,6 +409,15 @@ impl Speaker {
         let mut core = self.shared.lock();
         let ch = core.rib.withdraw_local(crate::types::normalize(prefix));
         core.publish(ch.best);
+    }
+
+    /// Becomes true once every configured peer has sent End-of-RIB after
+    /// its first session (or the restart time passed): the moment a route
+    /// programmer that kept the kernel's routes across a restart may delete
+    /// the ones no longer in the table. Peers added later do not reset it.
+    pub fn synced(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.shared.check_synced();
+        self.shared.synced.subscribe()
     }
 
     /// Best-route changes, starting with the whole current table.

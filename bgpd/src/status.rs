@@ -1,7 +1,8 @@
 //! Status over a local unix socket. A client writes one line — `status`
 //! (JSON array of [`PeerStatus`]), `routes` (JSON best routes) or `metrics`
 //! (Prometheus text) — and reads the answer until EOF. `render_table` is
-//! the human form `twill-bgpd status` prints.
+//! the human form `twill-bgpd status` prints. `serve_metrics` answers
+//! Prometheus scrapes over HTTP.
 
 use std::path::Path;
 

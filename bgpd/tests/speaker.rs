@@ -64,6 +64,11 @@ async fn simultaneous_open_collides_into_one_session_and_routes_flow() {
     let a = speaker("127.0.0.1", 65001, pa).await;
     let b = speaker("127.0.0.2", 65002, pb).await;
     let mut routes_b = b.subscribe();
+    let mut synced_b = b.synced();
+    assert!(
+        !*synced_b.borrow(),
+        "synced before any peer sent End-of-RIB"
+    );
     let p: Prefix = "10.1.0.0/24".parse().unwrap();
     a.originate(p, PathAttrs::default());
     let t0 = Instant::now();
@@ -94,6 +99,11 @@ async fn simultaneous_open_collides_into_one_session_and_routes_flow() {
     .await
     .expect("route change on B");
     let best = change.best.expect("a best route");
+    // A's End-of-RIB after its initial table completes B's initial sync.
+    tokio::time::timeout(Duration::from_secs(5), synced_b.wait_for(|s| *s))
+        .await
+        .expect("B never synced")
+        .unwrap();
     assert_eq!(best.next_hops, vec!["127.0.0.1".parse::<IpAddr>().unwrap()]);
     assert_eq!(best.attrs.as_path.to_string(), "65001");
     // 3 s hold / 1 s keepalive: still the same session after 5 s.

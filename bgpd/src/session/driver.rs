@@ -194,6 +194,8 @@ struct Runner {
     stale_families: Vec<Afi>,
     /// The peer advertised GR in the session that last went down.
     peer_gr_time: Option<u16>,
+    /// Families whose End-of-RIB this session has not sent yet.
+    eor_waiting: Vec<Afi>,
     name: String,
     stopped: bool,
 }
@@ -231,6 +233,7 @@ pub(crate) async fn run(t: PeerTask) {
         stale_until: None,
         stale_families: Vec::new(),
         peer_gr_time: None,
+        eor_waiting: Vec::new(),
         name,
         stopped: false,
     };
@@ -497,9 +500,22 @@ impl Runner {
         if let Some(afi) = u.is_end_of_rib() {
             let ch = core.rib.end_of_rib(self.t.id, afi);
             core.publish(ch.best);
+            drop(core);
             self.stale_families.retain(|f| *f != afi);
             if self.stale_families.is_empty() {
                 self.stale_until = None;
+            }
+            self.eor_waiting.retain(|f| *f != afi);
+            if self.eor_waiting.is_empty() {
+                let first = self
+                    .t
+                    .status
+                    .lock()
+                    .map(|mut s| !std::mem::replace(&mut s.initial_eor, true))
+                    .unwrap_or(false);
+                if first {
+                    self.t.shared.check_synced();
+                }
             }
             return;
         }
@@ -653,6 +669,7 @@ impl Runner {
         self.ctx = Ctx {
             four_octet_as: n.four_octet,
         };
+        self.eor_waiting = n.families.clone();
         let local_addr: IpAddr = self
             .main
             .as_ref()

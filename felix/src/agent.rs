@@ -41,6 +41,10 @@ pub struct AgentConfig {
     pub block_grace: Duration,
     /// Time between full route resyncs (and NAT table checks).
     pub route_resync: Duration,
+    /// `--node-address`; else the BGPConfiguration's nodeAddress.
+    pub node_address: Option<crate::bgp::address::AddressSpec>,
+    /// Longest wait for a complete BGP table after a start.
+    pub bgp_settle: Duration,
 }
 
 /// The MTU of the interface the IPv4 default route leaves by, if any.
@@ -134,12 +138,12 @@ impl Agent {
         let routes = Arc::new(
             RouteProgrammer::start(RouteConfig {
                 resync_interval: cfg.route_resync,
-                // No BGP routes are fed in yet: once bgpd is wired, wait
-                // for its first complete table too (bgp: true).
+                // Nothing stale is removed before BGP has delivered a
+                // complete table (see bgp::run).
                 wait_for: Sources {
                     endpoints: true,
                     blocks: true,
-                    bgp: false,
+                    bgp: true,
                 },
                 ..RouteConfig::default()
             })
@@ -152,6 +156,18 @@ impl Agent {
         )));
         tasks.push(tokio::spawn(follow_blocks(cfg.clone(), routes.clone())));
         tasks.push(tokio::spawn(follow_nat(cfg.clone())));
+        let bgp_report = crate::bgp::run::SharedReport::default();
+        tasks.push(tokio::spawn(crate::bgp::run::run(
+            crate::bgp::run::BgpConfig {
+                node: cfg.node_name.clone(),
+                store: cfg.store.clone(),
+                address: cfg.node_address.clone(),
+                state_dir: cfg.state_dir.clone(),
+                settle_timeout: cfg.bgp_settle,
+            },
+            routes.clone(),
+            bgp_report.clone(),
+        )));
         let listener = cni_server::bind(&cfg.cni_socket)
             .with_context(|| format!("binding the CNI socket {}", cfg.cni_socket.display()))?;
         {
@@ -168,6 +184,7 @@ impl Agent {
             endpoints.clone(),
             routes.clone(),
             host,
+            bgp_report,
         )));
         tasks.push(tokio::spawn(block_gc_loop(cfg.clone(), endpoints.clone())));
         Ok(Agent {
@@ -217,6 +234,7 @@ async fn report_loop(
     endpoints: Arc<Endpoints>,
     routes: Arc<RouteProgrammer>,
     host: rtnetlink::Handle,
+    bgp: crate::bgp::run::SharedReport,
 ) {
     loop {
         // Interface names of the local endpoints, for the route listing.
@@ -253,15 +271,18 @@ async fn report_loop(
                 Vec::new()
             }
         };
+        let bgp = bgp.lock().map(|b| b.clone()).unwrap_or_default();
         let report = NodeStatusReport {
             updated: jiff::Timestamp::now().to_string(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
-            ready: true,
+            ready: health::global().is_ready(),
+            address: bgp.address,
+            as_number: bgp.asn,
+            bgp_peers: bgp.peers,
             endpoints: eps.len() as u32,
             endpoint_handles: eps.values().map(|e| e.container_id.clone()).collect(),
             blocks,
             routes: programmed,
-            ..Default::default()
         };
         let secs = cfg.status_interval.as_secs().max(1) as u32;
         if let Err(e) = status::write_report(&cfg.store, &cfg.node_name, secs, report).await {
@@ -300,7 +321,7 @@ async fn follow_endpoints(endpoints: Arc<Endpoints>, routes: Arc<RouteProgrammer
 
 /// Follows every object of a kind in the store, calling `changed` with the
 /// complete set after each burst of events; re-watches after an error.
-async fn follow<K: Object>(store: Store, mut changed: impl FnMut(Vec<K>) + Send) {
+pub(crate) async fn follow<K: Object>(store: Store, mut changed: impl FnMut(Vec<K>) + Send) {
     use futures::StreamExt;
     loop {
         let mut cache: BTreeMap<String, K> = BTreeMap::new();

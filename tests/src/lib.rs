@@ -7,6 +7,7 @@
 
 pub mod bins;
 pub mod cni;
+pub mod lab;
 pub mod netns;
 pub mod node;
 pub mod peers;

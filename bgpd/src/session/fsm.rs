@@ -211,14 +211,16 @@ pub enum DownReason {
 }
 
 impl DownReason {
-    /// RFC 4724 §4.2: a helper keeps the peer's routes (stale) when the
-    /// session ends without a NOTIFICATION; our hold timer expiring counts as
-    /// the peer disappearing (as BIRD, FRR and GoBGP do).
+    /// RFC 4724 §4.2: a helper keeps the peer's routes (stale) when the TCP
+    /// session ends without a NOTIFICATION — the peer's process restarted.
+    /// Our hold timer expiring is not that: the peer went silent (power
+    /// lost, link cut), we send a NOTIFICATION, and its routes go now, so a
+    /// dead node is withdrawn within the hold time instead of blackholing
+    /// traffic for the whole restart time.
     pub fn keeps_routes(&self) -> bool {
         match self {
             DownReason::ConnectionLost => true,
-            DownReason::Sent(n) => n.code == 4,
-            DownReason::Received(_) | DownReason::Stopped => false,
+            DownReason::Sent(_) | DownReason::Received(_) | DownReason::Stopped => false,
         }
     }
 }
@@ -729,7 +731,7 @@ mod tests {
     }
 
     #[test]
-    fn hold_expiry_sends_notification_and_keeps_routes() {
+    fn hold_expiry_sends_notification_and_drops_routes() {
         let mut f = established(params());
         let a = f.handle(Event::TimerExpired(Timer::Hold));
         assert!(a.contains(&Action::SendNotification(Notif::new(4, 0))));
@@ -740,7 +742,10 @@ mod tests {
                 _ => None,
             })
             .unwrap();
-        assert!(down.keeps_routes());
+        assert!(
+            !down.keeps_routes(),
+            "a silent peer's routes go at hold expiry"
+        );
         assert_eq!(f.state(), State::Idle);
         assert!(
             a.iter()

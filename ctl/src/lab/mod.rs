@@ -56,6 +56,17 @@ pub enum LabCommand {
         topology: Option<PathBuf>,
         #[arg(long, default_value_t = 2)]
         pods_per_node: usize,
+        /// Namespace name prefix (several labs can run side by side with
+        /// different prefixes and directories).
+        #[arg(long, default_value = plan::DEFAULT_PREFIX)]
+        name: String,
+    },
+    /// Restart a node's twill-node (SIGTERM, or SIGKILL with --kill) and
+    /// wait until it serves again: graceful restart in action.
+    Restart {
+        node: String,
+        #[arg(long)]
+        kill: bool,
     },
     /// What is running, node status, pods and the ToR's routes.
     Status,
@@ -76,6 +87,9 @@ struct State {
     namespaces: Vec<String>,
     processes: Vec<Proc>,
     pod_ips: BTreeMap<String, String>,
+    /// twill-node's command line per node, for `lab restart`.
+    #[serde(default)]
+    node_args: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,7 +107,9 @@ pub async fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
             tor,
             topology,
             pods_per_node,
-        } => up(&args.dir, nodes, tor, topology, pods_per_node).await,
+            name,
+        } => up(&args.dir, &name, nodes, tor, topology, pods_per_node).await,
+        LabCommand::Restart { node, kill } => restart(&args.dir, &node, kill),
         LabCommand::Status => status(&args.dir).await,
         LabCommand::Exec { target, command } => exec(&args.dir, &target, &command),
         LabCommand::Down => down(&args.dir),
@@ -273,6 +289,7 @@ fn read_pid(file: &Path) -> Option<i32> {
 
 async fn up(
     dir: &Path,
+    name: &str,
     nodes: usize,
     tor: Tor,
     topology: Option<PathBuf>,
@@ -300,7 +317,7 @@ async fn up(
         None => None,
     };
     let plan =
-        plan::plan(nodes, tor, pods_per_node, file).map_err(|e| UsageError(e.to_string()))?;
+        plan::plan(name, nodes, tor, pods_per_node, file).map_err(|e| UsageError(e.to_string()))?;
     let node_bin = sibling("twill-node");
     let cni_bin = sibling("twill-cni");
     for p in ["ip", "ping"] {
@@ -330,6 +347,7 @@ async fn up(
         namespaces: vec![],
         processes: vec![],
         pod_ips: BTreeMap::new(),
+        node_args: BTreeMap::new(),
     };
     st.save(dir)?;
     let result = build(dir, &mut st, &node_bin, &cni_bin).await;
@@ -346,9 +364,14 @@ async fn up(
         plan.nodes.len(),
         plan.tor
     );
-    print_status(dir, &st).await?;
-    println!();
     let ok = matrix(&st)?;
+    println!();
+    // Reports come every 2 s: show ones written after the matrix settled.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    print_status(dir, &st).await?;
+    println!(
+        "next: `twillctl lab status`, `twillctl lab exec n1-p1 -- ping IP`, `twillctl lab restart n1 --kill`, `twillctl lab down`"
+    );
     Ok(if ok {
         ExitCode::SUCCESS
     } else {
@@ -485,6 +508,8 @@ async fn build(dir: &Path, st: &mut State, node_bin: &Path, cni_bin: &Path) -> a
         args.extend(NODE_BGP_ARGS.iter().map(|s| s.to_string()));
         let pid = spawn_in(&n.ns, node_bin, &args, &ndir.join("twill-node.log"))?;
         st.add_proc(dir, &format!("twill-node {}", n.name), pid, "twill-node")?;
+        st.node_args.insert(n.name.clone(), args);
+        st.save(dir)?;
     }
     for n in &plan.nodes {
         let sock = dir.join(&n.name).join("cni.sock");
@@ -506,8 +531,16 @@ async fn build(dir: &Path, st: &mut State, node_bin: &Path, cni_bin: &Path) -> a
     Ok(())
 }
 
-/// Extra twill-node flags for the lab's BGP: the node address comes from eth0.
-const NODE_BGP_ARGS: &[&str] = &[];
+/// Extra twill-node flags in the lab: the node address comes from eth0,
+/// reports are frequent and empty blocks go back to the pool after 10 s.
+const NODE_BGP_ARGS: &[&str] = &[
+    "--node-address",
+    "eth0",
+    "--status-interval",
+    "2",
+    "--block-grace",
+    "10",
+];
 
 fn start_tor(dir: &Path, st: &mut State, tdir: &Path) -> anyhow::Result<()> {
     let plan = st.plan.clone();
@@ -874,6 +907,56 @@ async fn status(dir: &Path) -> anyhow::Result<ExitCode> {
         Ok(_) => {}
         Err(e) => println!("ToR routes: {e:#}"),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn restart(dir: &Path, node: &str, kill: bool) -> anyhow::Result<ExitCode> {
+    let mut st = load(dir)?;
+    let what = format!("twill-node {node}");
+    let (Some(n), Some(args)) = (
+        st.plan.nodes.iter().find(|n| n.name == node).cloned(),
+        st.node_args.get(node).cloned(),
+    ) else {
+        let names: Vec<&str> = st.plan.nodes.iter().map(|n| n.name.as_str()).collect();
+        return Err(UsageError(format!(
+            "no node {node:?} in the lab; there are: {}",
+            names.join(", ")
+        ))
+        .into());
+    };
+    if let Some(p) = st.processes.iter().find(|p| p.what == what).cloned() {
+        if alive(&p) {
+            let sig = if kill { libc::SIGKILL } else { libc::SIGTERM };
+            // SAFETY: kill(2) on the PID we recorded, checked to still be twill-node.
+            unsafe { libc::kill(p.pid, sig) };
+            wait_for(
+                &format!("{what} (PID {}) to exit", p.pid),
+                Duration::from_secs(10),
+                || !alive(&p),
+            )?;
+        }
+        st.processes.retain(|q| q.what != what);
+    }
+    let ndir = dir.join(&n.name);
+    let sock = ndir.join("cni.sock");
+    let started = Instant::now();
+    let pid = spawn_in(
+        &n.ns,
+        &sibling("twill-node"),
+        &args,
+        &ndir.join("twill-node.log"),
+    )?;
+    st.add_proc(dir, &what, pid, "twill-node")?;
+    wait_for(
+        &format!("{what} opening its CNI socket"),
+        Duration::from_secs(30),
+        || std::os::unix::net::UnixStream::connect(&sock).is_ok(),
+    )?;
+    println!(
+        "{what} restarted ({}; PID {pid}); serving again after {} ms",
+        if kill { "SIGKILL" } else { "SIGTERM" },
+        started.elapsed().as_millis()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -13,8 +13,8 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-/// Prefix of every namespace the lab makes (so they are easy to spot).
-pub const NS_PREFIX: &str = "twl-";
+/// Default prefix of every namespace the lab makes (so they are easy to spot).
+pub const DEFAULT_PREFIX: &str = "twl";
 
 /// The router daemon in the ToR namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -53,6 +53,8 @@ pub struct NodeSpec {
 /// Everything the lab builds.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Plan {
+    /// Namespace name prefix: `PREFIX-tor`, `PREFIX-n1`, `PREFIX-n1-p1`.
+    pub prefix: String,
     pub tor: Tor,
     pub tor_ns: String,
     pub tor_addr: Ipv4Addr,
@@ -97,16 +99,27 @@ pub enum PlanError {
     Pool(String, String),
     #[error("pods per node: 0 to 50, not {0}")]
     Pods(usize),
+    #[error("lab name {0:?}: use 1-12 lowercase letters or digits")]
+    Prefix(String),
 }
 
 /// Builds the plan from `--nodes`, `--tor` and an optional topology file
 /// (whose fields win over the flags' defaults when present).
 pub fn plan(
+    prefix: &str,
     nodes: usize,
     tor: Tor,
     pods_per_node: usize,
     file: Option<TopologyFile>,
 ) -> Result<Plan, PlanError> {
+    if prefix.is_empty()
+        || prefix.len() > 12
+        || !prefix
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    {
+        return Err(PlanError::Prefix(prefix.to_string()));
+    }
     let file = file.unwrap_or_default();
     let specs = match file.nodes {
         Some(n) => n,
@@ -166,14 +179,14 @@ pub fn plan(
         for p in 1..=pods_per_node {
             let name = format!("{}-p{p}", s.name);
             pods.push(PodPlan {
-                ns: format!("{NS_PREFIX}{name}"),
+                ns: format!("{prefix}-{name}"),
                 container_id: format!("lab-{name}"),
                 node: s.name.clone(),
                 name,
             });
         }
         out_nodes.push(NodePlan {
-            ns: format!("{NS_PREFIX}{}", s.name),
+            ns: format!("{prefix}-{}", s.name),
             tor_port: format!("tp-{}", s.name),
             addr,
             name: s.name,
@@ -181,8 +194,9 @@ pub fn plan(
         });
     }
     Ok(Plan {
+        prefix: prefix.to_string(),
         tor: file.tor.unwrap_or(tor),
-        tor_ns: format!("{NS_PREFIX}tor"),
+        tor_ns: format!("{prefix}-tor"),
         tor_addr: Ipv4Addr::new(172, 30, 0, 1),
         prefix_len: 24,
         tor_as: file.tor_as.unwrap_or(65000),
@@ -202,7 +216,7 @@ impl Plan {
             self.pool, self.block_size
         )];
         docs.push(format!(
-            "apiVersion: twill.dev/v1\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  asNumber: {}\n  nodeToNodeMeshEnabled: true\n  holdTime: 9\n  keepaliveTime: 3\n  gracefulRestart:\n    enabled: true\n    restartTime: 60\n",
+            "apiVersion: twill.dev/v1\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  asNumber: {}\n  nodeToNodeMeshEnabled: true\n  holdTime: 9\n  keepaliveTime: 3\n  gracefulRestart:\n    enabled: true\n    restartTime: 20\n",
             self.node_as
         ));
         if self.tor != Tor::None {
@@ -280,7 +294,7 @@ mod tests {
 
     #[test]
     fn three_nodes_get_names_addresses_and_pods() {
-        let p = plan(3, Tor::Bird, 2, None).unwrap();
+        let p = plan("twl", 3, Tor::Bird, 2, None).unwrap();
         assert_eq!(p.nodes.len(), 3);
         assert_eq!(p.nodes[0].ns, "twl-n1");
         assert_eq!(p.nodes[2].addr, Ipv4Addr::new(172, 30, 0, 13));
@@ -292,7 +306,14 @@ mod tests {
 
     #[test]
     fn bad_topologies_say_what_is_wrong() {
-        assert_eq!(plan(0, Tor::Bird, 1, None), Err(PlanError::NodeCount(0)));
+        assert_eq!(
+            plan("A-b", 1, Tor::Bird, 1, None),
+            Err(PlanError::Prefix("A-b".into()))
+        );
+        assert_eq!(
+            plan("twl", 0, Tor::Bird, 1, None),
+            Err(PlanError::NodeCount(0))
+        );
         let f = TopologyFile {
             nodes: Some(vec![NodeSpec {
                 name: "A_B".into(),
@@ -301,7 +322,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            plan(1, Tor::Bird, 1, Some(f)),
+            plan("twl", 1, Tor::Bird, 1, Some(f)),
             Err(PlanError::NodeName("A_B".into()))
         );
         let f = TopologyFile {
@@ -318,7 +339,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            plan(1, Tor::Bird, 1, Some(f)),
+            plan("twl", 1, Tor::Bird, 1, Some(f)),
             Err(PlanError::Duplicate("a".into()))
         );
         let f = TopologyFile {
@@ -326,14 +347,14 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(
-            plan(1, Tor::Bird, 1, Some(f)),
+            plan("twl", 1, Tor::Bird, 1, Some(f)),
             Err(PlanError::Pool(..))
         ));
     }
 
     #[test]
     fn tor_configs_name_every_node() {
-        let p = plan(2, Tor::Bird, 0, None).unwrap();
+        let p = plan("twl", 2, Tor::Bird, 0, None).unwrap();
         let b = p.bird_conf();
         assert!(b.contains("neighbor 172.30.0.11 as 64512"));
         assert!(b.contains("neighbor 172.30.0.12 as 64512"));
@@ -345,7 +366,7 @@ mod tests {
         assert!(g.contains("neighbor-address = \"172.30.0.11\""));
         let r = p.resources();
         assert!(r.contains("kind: BGPPeer") && r.contains("peerIP: 172.30.0.1"));
-        let none = plan(2, Tor::None, 0, None).unwrap();
+        let none = plan("twl", 2, Tor::None, 0, None).unwrap();
         assert!(!none.resources().contains("BGPPeer"));
     }
 
@@ -355,7 +376,7 @@ mod tests {
             "nodes:\n  - name: rr1\n    labels: {route-reflector: \"true\"}\n  - name: w1\ntor: frr\npodsPerNode: 1\n",
         )
         .unwrap();
-        let p = plan(9, Tor::Bird, 3, Some(f)).unwrap();
+        let p = plan("twl", 9, Tor::Bird, 3, Some(f)).unwrap();
         assert_eq!(p.tor, Tor::Frr);
         assert_eq!(p.nodes.len(), 2);
         assert_eq!(p.pods.len(), 2);

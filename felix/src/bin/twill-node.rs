@@ -53,6 +53,15 @@ struct Args {
     /// repaired within this) and NAT table checks.
     #[arg(long, env = "TWILL_ROUTE_RESYNC", default_value = "30")]
     route_resync: u64,
+    /// The address this node peers from: an interface (`eth0`) or a CIDR
+    /// (`172.30.0.0/24`) holding exactly one of the node's addresses. Wins
+    /// over the BGPConfiguration's nodeAddress; without either, BGP is off.
+    #[arg(long, env = "TWILL_NODE_ADDRESS")]
+    node_address: Option<twill_felix::bgp::address::AddressSpec>,
+    /// Longest wait, after a start, for BGP to deliver a complete table
+    /// before stale BGP routes may be removed from the kernel.
+    #[arg(long, default_value = "60")]
+    bgp_settle: u64,
 }
 
 fn parse_labels(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
@@ -121,6 +130,8 @@ fn main() -> anyhow::Result<()> {
             status_interval: Duration::from_secs(args.status_interval),
             block_grace: Duration::from_secs(args.block_grace),
             route_resync: Duration::from_secs(args.route_resync.max(1)),
+            node_address: args.node_address,
+            bgp_settle: Duration::from_secs(args.bgp_settle.max(1)),
         })
         .await
     })

@@ -1,0 +1,514 @@
+//! twill-node's BGP controller: runs the embedded speaker (`twill-bgpd`'s
+//! library) and keeps it in line with the datastore.
+//!
+//! * The node address is resolved once from `--node-address` or the
+//!   BGPConfiguration's `nodeAddress` (retried until it resolves; never
+//!   guessed) and published on the Node object for the other nodes' mesh.
+//! * Sessions follow BGPConfiguration, BGPPeer and Node objects
+//!   ([`super::peers`]); a changed session is replaced, others stay up.
+//! * Originated routes follow the IPAM blocks: every block this node owns,
+//!   and every address it borrowed from another node's block as a /32.
+//! * Best routes from peers go to the route programmer. The programmer only
+//!   deletes stale Twill routes after BGP has delivered a complete table
+//!   (all sessions up and quiet, or a timeout), so a restart — SIGKILL
+//!   included — never withdraws a route from the kernel that peers still
+//!   announce. On SIGTERM the speaker is not shut down: peers see the TCP
+//!   session drop and keep our routes as stale (graceful restart).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ipnetwork::IpNetwork;
+use k8s_openapi::api::core::v1::{Node, Secret};
+use twill_api::Store;
+use twill_api::resources::{BGPConfiguration, BGPPeer, IPAMBlock, IPPool, PeerStatus};
+use twill_bgpd::policy::{Advertisements, peer_policies};
+use twill_bgpd::rib::PeerKind;
+use twill_bgpd::speaker::{
+    GracefulRestartConfig, PasswordSource, PeerConfig, Speaker, SpeakerConfig,
+};
+use twill_bgpd::types::{Origin, PathAttrs};
+
+use super::address::{self, AddressSpec};
+use super::peers::{self, ANN_ADDRESS, DesiredPeer};
+use crate::health;
+use crate::routes::RouteProgrammer;
+
+/// Settings from twill-node's command line.
+#[derive(Clone, Debug)]
+pub struct BgpConfig {
+    pub node: String,
+    pub store: Store,
+    /// `--node-address`: wins over the BGPConfiguration's nodeAddress.
+    pub address: Option<AddressSpec>,
+    /// Where the graceful-restart marker lives (the node's state directory).
+    pub state_dir: PathBuf,
+    /// Longest wait for a complete table after a start before the route
+    /// programmer may remove stale BGP routes.
+    pub settle_timeout: Duration,
+}
+
+/// What the status report shows about BGP.
+#[derive(Clone, Debug, Default)]
+pub struct BgpReport {
+    pub address: String,
+    pub asn: u32,
+    pub peers: Vec<PeerStatus>,
+    /// Why BGP is not running, when it is not.
+    pub problem: Option<String>,
+}
+
+pub type SharedReport = Arc<Mutex<BgpReport>>;
+
+fn set_problem(report: &SharedReport, p: String) {
+    if let Ok(mut r) = report.lock() {
+        r.problem = Some(p);
+    }
+}
+
+/// Runs forever. `routes` receives BGP routes; `report` is kept current.
+pub async fn run(cfg: BgpConfig, routes: Arc<RouteProgrammer>, report: SharedReport) {
+    let (conn, host, _) = match rtnetlink::new_connection() {
+        Ok(c) => c,
+        Err(e) => {
+            set_problem(&report, format!("cannot open netlink: {e}"));
+            routes.set_bgp_routes(Vec::new());
+            return;
+        }
+    };
+    tokio::spawn(conn);
+    // 1. The node address: never guessed, retried until it resolves.
+    let mut first_failure = true;
+    let (addr, local) = loop {
+        let configs = cfg
+            .store
+            .list::<BGPConfiguration>()
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        let me = cfg.store.get::<Node>(None, &cfg.node).await.ok().flatten();
+        let local = peers::local_bgp(&cfg.node, me.as_ref(), &configs);
+        let spec = match (&cfg.address, &local.node_address) {
+            (Some(s), _) => Ok(s.clone()),
+            (None, Some(a)) => AddressSpec::try_from(a),
+            (None, None) => Err("no node address configured: start twill-node with --node-address IFACE|CIDR or set nodeAddress in the BGPConfiguration; BGP is off".to_string()),
+        };
+        let resolved = match spec {
+            Ok(s) => address::resolve(&host, &s)
+                .await
+                .map_err(|e| format!("node address: {e}; BGP waits for it")),
+            Err(e) => Err(e),
+        };
+        match resolved {
+            Ok(a) => break (a, local),
+            Err(e) => {
+                if first_failure {
+                    tracing::error!("{e}");
+                    // Nothing to wait for: let the route programmer clean up.
+                    routes.set_bgp_routes(Vec::new());
+                    health::global().remove(health::BGP);
+                    first_failure = false;
+                }
+                set_problem(&report, e);
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    };
+    let IpAddr::V4(router_id) = addr.ip() else {
+        set_problem(
+            &report,
+            format!("node address {addr} is not IPv4: the router ID needs one"),
+        );
+        return;
+    };
+    if let Err(e) = publish_address(&cfg.store, &cfg.node, &addr).await {
+        tracing::warn!(error = %e, "cannot publish the node address on the Node object; other nodes will not find this one");
+    }
+    let speaker = match Speaker::start(SpeakerConfig {
+        asn: local.asn,
+        router_id,
+        listen: Some(SocketAddr::new(addr.ip(), local.listen_port)),
+        cluster_id: local.cluster_id,
+        multipath: true,
+        graceful_restart: local.graceful_restart.then(|| GracefulRestartConfig {
+            restart_time: local.restart_time.min(4095),
+            state_file: Some(cfg.state_dir.join("bgp-running")),
+        }),
+    })
+    .await
+    {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            set_problem(&report, format!("cannot start BGP on {addr}: {e}"));
+            tracing::error!(error = %e, "cannot start BGP");
+            routes.set_bgp_routes(Vec::new());
+            return;
+        }
+    };
+    tracing::info!(address = %addr, asn = local.asn, restarting = speaker.restarting(), "BGP speaker started");
+    if let Ok(mut r) = report.lock() {
+        r.address = addr.to_string();
+        r.asn = local.asn;
+        r.problem = None;
+    }
+    let sources: Arc<Mutex<BTreeMap<IpAddr, DesiredPeer>>> = Default::default();
+    tokio::spawn(forward_routes(
+        speaker.clone(),
+        routes.clone(),
+        sources.clone(),
+        cfg.settle_timeout,
+    ));
+    tokio::spawn(status_loop(
+        speaker.clone(),
+        report.clone(),
+        sources.clone(),
+    ));
+    tokio::spawn(follow_origination(cfg.clone(), speaker.clone(), addr.ip()));
+    follow_peers(cfg, speaker, addr.ip(), sources).await;
+}
+
+/// Writes the node address into the Node's annotations (creating the Node
+/// in the embedded store if no kubelet did).
+async fn publish_address(
+    store: &Store,
+    node: &str,
+    addr: &IpNetwork,
+) -> Result<(), twill_api::StoreError> {
+    for _ in 0..10 {
+        let mut n = match store.get::<Node>(None, node).await? {
+            Some(n) => n,
+            None => {
+                let mut n = Node::default();
+                n.metadata.name = Some(node.to_string());
+                match store.create(&n).await {
+                    Ok(n) => n,
+                    Err(e) if e.is_already_exists() => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        let ann = n.metadata.annotations.get_or_insert_default();
+        if ann.get(ANN_ADDRESS).map(String::as_str) == Some(addr.to_string().as_str()) {
+            return Ok(());
+        }
+        ann.insert(ANN_ADDRESS.into(), addr.to_string());
+        match store.update(&n).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_conflict() => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Best-route changes → kernel routes. Until the table is complete, changes
+/// are only added; then the full set is declared, which lets the programmer
+/// remove what no peer announces any more.
+async fn forward_routes(
+    speaker: Arc<Speaker>,
+    routes: Arc<RouteProgrammer>,
+    sources: Arc<Mutex<BTreeMap<IpAddr, DesiredPeer>>>,
+    settle_timeout: Duration,
+) {
+    let mut rx = speaker.subscribe();
+    let start = Instant::now();
+    let mut complete = false;
+    let mut last_change = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            batch = rx.recv() => {
+                let Some(batch) = batch else { return };
+                last_change = Instant::now();
+                for ch in batch {
+                    match ch.best {
+                        Some(b) if !b.local => routes.set_bgp_route(ch.prefix, b.next_hops.clone()),
+                        _ => routes.remove_bgp_route(ch.prefix),
+                    }
+                }
+            }
+            _ = tick.tick(), if !complete => {
+                let want = sources.lock().map(|s| s.len()).unwrap_or(0);
+                let status = speaker.status();
+                let up = status.iter().filter(|p| p.state.name() == "Established").count();
+                let settled = up >= want && last_change.elapsed() > Duration::from_secs(2)
+                    && status.iter().all(|p| p.uptime_secs >= 2 || p.state.name() != "Established");
+                if (settled && start.elapsed() > Duration::from_secs(2)) || start.elapsed() > settle_timeout {
+                    complete = true;
+                    let all: Vec<(IpNetwork, Vec<IpAddr>)> = speaker
+                        .best_routes()
+                        .into_iter()
+                        .filter(|(_, b)| !b.local)
+                        .map(|(p, b)| (p, b.next_hops.clone()))
+                        .collect();
+                    tracing::info!(routes = all.len(), sessions_up = up, "BGP table complete; stale routes may now go");
+                    routes.set_bgp_routes(all);
+                }
+            }
+        }
+    }
+}
+
+async fn status_loop(
+    speaker: Arc<Speaker>,
+    report: SharedReport,
+    sources: Arc<Mutex<BTreeMap<IpAddr, DesiredPeer>>>,
+) {
+    loop {
+        let now = jiff::Timestamp::now();
+        let src = sources.lock().map(|s| s.clone()).unwrap_or_default();
+        let peers: Vec<PeerStatus> = speaker
+            .status()
+            .into_iter()
+            .map(|p| PeerStatus {
+                address: p.address.to_string(),
+                as_number: p.asn,
+                source: src
+                    .get(&p.address)
+                    .map(|d| d.source.as_str().to_string())
+                    .unwrap_or_default(),
+                state: p.state.name().to_string(),
+                since: now
+                    .checked_sub(jiff::SignedDuration::from_secs(p.uptime_secs as i64))
+                    .map(|t| {
+                        if p.uptime_secs > 0 {
+                            t.to_string()
+                        } else {
+                            String::new()
+                        }
+                    })
+                    .unwrap_or_default(),
+                prefixes_received: p.received as u64,
+                prefixes_accepted: p.accepted as u64,
+                prefixes_advertised: p.advertised as u64,
+                last_error: p.last_error,
+            })
+            .collect();
+        let up = peers.iter().any(|p| p.state == "Established");
+        if peers.is_empty() {
+            health::global().remove(health::BGP);
+        } else if up {
+            health::global().set_ready(health::BGP);
+        } else {
+            health::global().set_not_ready(health::BGP, "no BGP session is established");
+        }
+        if let Ok(mut r) = report.lock() {
+            r.peers = peers;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Originates owned blocks and borrowed /32s, following the IPAM blocks.
+async fn follow_origination(cfg: BgpConfig, speaker: Arc<Speaker>, next_hop: IpAddr) {
+    let store = cfg.store.clone();
+    let node = cfg.node.clone();
+    let mut originated: BTreeSet<IpNetwork> = BTreeSet::new();
+    let (tx, mut rx) = tokio::sync::watch::channel(());
+    tokio::spawn(crate::agent::follow::<IPAMBlock>(
+        store.clone(),
+        move |_| {
+            tx.send_replace(());
+        },
+    ));
+    loop {
+        let blocks = store.list::<IPAMBlock>().await.map(|l| l.items);
+        let pools = store.list::<IPPool>().await.map(|l| l.items);
+        let configs = store.list::<BGPConfiguration>().await.map(|l| l.items);
+        if let (Ok(blocks), Ok(pools), Ok(configs)) = (blocks, pools, configs) {
+            let adv = configs
+                .iter()
+                .find(|c| c.metadata.name.as_deref() == Some("default"))
+                .map(|c| Advertisements::from_api(&c.spec))
+                .transpose()
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "BGPConfiguration prefixAdvertisements ignored");
+                    None
+                })
+                .unwrap_or_default();
+            let no_export: Vec<IpNetwork> = pools
+                .iter()
+                .filter(|p| p.spec.disable_bgp_export)
+                .filter_map(|p| p.spec.cidr.parse().ok())
+                .collect();
+            let mut want: BTreeSet<IpNetwork> = twill_ipam::owned_blocks(&blocks, &node)
+                .into_iter()
+                .collect();
+            want.extend(
+                twill_ipam::borrowed_addresses(&blocks, &node)
+                    .into_iter()
+                    .filter_map(|a| IpNetwork::new(a, if a.is_ipv4() { 32 } else { 128 }).ok()),
+            );
+            want.retain(|p| !no_export.iter().any(|n| n.contains(p.ip())));
+            for p in originated.difference(&want) {
+                tracing::info!(prefix = %p, "withdrawing");
+                speaker.withdraw(*p);
+            }
+            for p in want.difference(&originated) {
+                tracing::info!(prefix = %p, "announcing");
+                let mut attrs: PathAttrs = adv.attrs_for(p);
+                attrs.origin = Origin::Igp;
+                attrs.next_hop = Some(next_hop);
+                speaker.originate(*p, attrs);
+            }
+            originated = want;
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Sessions follow the datastore: recomputed whenever BGPConfiguration,
+/// BGPPeer, Node or Secret objects change, and every 30 s.
+async fn follow_peers(
+    cfg: BgpConfig,
+    speaker: Arc<Speaker>,
+    my_addr: IpAddr,
+    sources: Arc<Mutex<BTreeMap<IpAddr, DesiredPeer>>>,
+) {
+    let (tx, mut rx) = tokio::sync::watch::channel(());
+    let (t1, t2, t3) = (tx.clone(), tx.clone(), tx);
+    tokio::spawn(crate::agent::follow::<BGPConfiguration>(
+        cfg.store.clone(),
+        move |_| {
+            t1.send_replace(());
+        },
+    ));
+    tokio::spawn(crate::agent::follow::<BGPPeer>(
+        cfg.store.clone(),
+        move |_| {
+            t2.send_replace(());
+        },
+    ));
+    tokio::spawn(crate::agent::follow::<Node>(cfg.store.clone(), move |_| {
+        t3.send_replace(());
+    }));
+    let mut running: BTreeMap<IpAddr, String> = BTreeMap::new();
+    loop {
+        let lists = (
+            cfg.store.list::<Node>().await,
+            cfg.store.list::<BGPConfiguration>().await,
+            cfg.store.list::<BGPPeer>().await,
+        );
+        if let (Ok(nodes), Ok(configs), Ok(bgp_peers)) = lists {
+            let (mut desired, problems) =
+                peers::desired_peers(&cfg.node, &nodes.items, &configs.items, &bgp_peers.items);
+            for p in problems {
+                tracing::warn!("{p}");
+            }
+            desired.retain(|p| p.address != my_addr);
+            let mut want: BTreeMap<IpAddr, (PeerConfig, String)> = BTreeMap::new();
+            for d in &desired {
+                match peer_config(&cfg.store, d, my_addr).await {
+                    Ok(pc) => {
+                        let fp = format!("{d:?}");
+                        want.insert(d.address, (pc, fp));
+                    }
+                    Err(e) => tracing::warn!(peer = %d.address, "session not configured: {e}"),
+                }
+            }
+            let gone: Vec<IpAddr> = running
+                .keys()
+                .filter(|a| !want.contains_key(a))
+                .copied()
+                .collect();
+            for a in gone {
+                tracing::info!(peer = %a, "removing BGP session");
+                speaker.remove_peer(a).await;
+                running.remove(&a);
+            }
+            for (a, (pc, fp)) in want {
+                if running.get(&a) == Some(&fp) {
+                    continue;
+                }
+                if running.contains_key(&a) {
+                    tracing::info!(peer = %a, "BGP session settings changed; replacing it");
+                    speaker.remove_peer(a).await;
+                }
+                match speaker.add_peer(pc) {
+                    Ok(()) => {
+                        tracing::info!(peer = %a, "BGP session configured");
+                        running.insert(a, fp);
+                    }
+                    Err(e) => tracing::warn!(peer = %a, error = %e, "cannot add BGP session"),
+                }
+            }
+            if let Ok(mut s) = sources.lock() {
+                *s = desired.into_iter().map(|d| (d.address, d)).collect();
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), rx.changed()).await;
+        // Let a burst of changes settle into one recomputation.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The speaker's configuration for one desired session.
+async fn peer_config(
+    store: &Store,
+    d: &DesiredPeer,
+    my_addr: IpAddr,
+) -> Result<PeerConfig, String> {
+    let mut pc = PeerConfig::new(d.address, d.asn);
+    pc.port = d.port;
+    pc.hold_time = d.hold_time;
+    pc.keepalive = Some(d.keepalive_time);
+    pc.multihop = d.ebgp_multihop;
+    pc.ttl_security = d.ttl_security.is_some();
+    pc.graceful_restart = d.graceful_restart;
+    pc.route_reflector_client = d.rr_client;
+    pc.kind = if d.is_node {
+        PeerKind::Node
+    } else {
+        PeerKind::External
+    };
+    pc.connect_retry = Duration::from_secs(2);
+    if my_addr.is_ipv4() == d.address.is_ipv4() {
+        pc.source_address = Some(my_addr);
+    }
+    if let Some(spec) = &d.spec {
+        let pol = peer_policies(spec)
+            .map_err(|e| format!("BGPPeer {}: {e}", d.from.clone().unwrap_or_default()))?;
+        pc.import = pol.import;
+        pc.export = pol.export;
+        match spec.source_address.as_deref() {
+            Some("None") => pc.source_address = None,
+            Some("UseNodeIP") | None => {}
+            Some(ip) => {
+                pc.source_address = Some(
+                    ip.parse()
+                        .map_err(|_| format!("sourceAddress {ip:?} is not an address"))?,
+                )
+            }
+        }
+    }
+    if let Some(r) = &d.password {
+        let ns = r.namespace.clone().unwrap_or_else(|| "twill-system".into());
+        let secret = store
+            .get::<Secret>(Some(&ns), &r.name)
+            .await
+            .map_err(|e| format!("reading Secret {ns}/{}: {e}", r.name))?
+            .ok_or_else(|| format!("Secret {ns}/{} does not exist", r.name))?;
+        let value = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(&r.key))
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            .or_else(|| {
+                secret
+                    .string_data
+                    .as_ref()
+                    .and_then(|d| d.get(&r.key))
+                    .cloned()
+            })
+            .ok_or_else(|| format!("Secret {ns}/{} has no key {:?}", r.name, r.key))?;
+        pc.password = Some(PasswordSource::Literal(
+            value.trim_end_matches('\n').to_string(),
+        ));
+    }
+    Ok(pc)
+}

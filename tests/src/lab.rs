@@ -1,0 +1,224 @@
+//! A `twillctl lab` for tests: `Lab::up` runs the real `twillctl lab up` in
+//! a directory and with a namespace prefix of its own (so labs in parallel
+//! tests do not meet), and dropping it runs `lab down` — and, if that fails,
+//! removes by hand exactly what `lab.json` recorded (namespaces by name,
+//! processes by PID after checking their command line).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+use crate::{bins, unique_name};
+
+pub struct Lab {
+    pub dir: PathBuf,
+    pub name: String,
+    /// `lab up`'s standard output (status and the connectivity matrix).
+    pub up_output: String,
+    pub up_ok: bool,
+    _tmp: tempfile::TempDir,
+}
+
+fn twillctl() -> Command {
+    Command::new(bins::binary("twillctl"))
+}
+
+impl Lab {
+    /// `twillctl lab up` with these extra arguments (e.g. `--nodes 3 --tor bird`).
+    /// Panics when it cannot even start; `up_ok` says whether every pod reached every pod.
+    pub fn up(args: &[&str]) -> Lab {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().join("lab");
+        let name = unique_name("t");
+        let out = twillctl()
+            .args(["lab", "up", "--dir"])
+            .arg(&dir)
+            .args(["--name", &name])
+            .args(args)
+            .output()
+            .expect("run twillctl lab up");
+        let lab = Lab {
+            dir,
+            name,
+            up_output: String::from_utf8_lossy(&out.stdout).into_owned(),
+            up_ok: out.status.success(),
+            _tmp: tmp,
+        };
+        assert!(
+            lab.dir.join("lab.json").exists() && lab.state()["pod_ips"].is_object(),
+            "lab up failed before recording anything:\n{}\n{}",
+            lab.up_output,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !lab.up_ok {
+            eprintln!(
+                "lab up said:\n{}\n{}",
+                lab.up_output,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        lab
+    }
+
+    /// The lab's record (`lab.json`).
+    pub fn state(&self) -> Value {
+        std::fs::read(self.dir.join("lab.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null)
+    }
+
+    pub fn pod_ip(&self, pod: &str) -> String {
+        self.state()["pod_ips"][pod]
+            .as_str()
+            .unwrap_or_else(|| panic!("no pod {pod} in the lab"))
+            .to_string()
+    }
+
+    /// The namespace of a node, pod or `tor`.
+    pub fn ns(&self, target: &str) -> String {
+        if target == "tor" {
+            format!("{}-tor", self.name)
+        } else {
+            format!("{}-{target}", self.name)
+        }
+    }
+
+    /// Runs a command in a node's, pod's or the ToR's namespace.
+    pub fn exec(&self, target: &str, cmd: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns(target)])
+            .args(cmd)
+            .stdin(Stdio::null())
+            .output()
+            .expect("ip netns exec")
+    }
+
+    /// stdout of a command that must succeed.
+    pub fn sh(&self, target: &str, cmd: &[&str]) -> String {
+        let o = self.exec(target, cmd);
+        assert!(
+            o.status.success(),
+            "{cmd:?} in {target} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Does `from` (a pod) answer ping to `ip` within a second?
+    pub fn ping(&self, from: &str, ip: &str) -> bool {
+        self.exec(from, &["ping", "-c1", "-W1", "-q", ip])
+            .status
+            .success()
+    }
+
+    /// Routes with Twill's protocol number in a node's namespace.
+    pub fn twill_routes(&self, node: &str) -> String {
+        self.sh(node, &["ip", "route", "show", "proto", "116"])
+    }
+
+    /// BIRD's table in the ToR (the lab's BIRD control socket).
+    pub fn bird_routes(&self) -> String {
+        let out = Command::new("birdc")
+            .arg("-s")
+            .arg(self.dir.join("tor").join("bird.ctl"))
+            .args(["show", "route"])
+            .output()
+            .expect("birdc");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Any twillctl command against the lab's store.
+    pub fn twillctl(&self, args: &[&str]) -> Output {
+        twillctl()
+            .arg("--path")
+            .arg(self.dir.join("twill.db"))
+            .args(args)
+            .output()
+            .expect("run twillctl")
+    }
+
+    /// `twillctl lab restart NODE [--kill]`.
+    pub fn restart(&self, node: &str, kill: bool) -> Output {
+        let mut c = twillctl();
+        c.args(["lab", "restart", node, "--dir"]).arg(&self.dir);
+        if kill {
+            c.arg("--kill");
+        }
+        c.output().expect("run twillctl lab restart")
+    }
+
+    /// CNI `command` for a pod namespace through the node's twill-node,
+    /// as a runtime calls twill-cni. Returns the parsed stdout and success.
+    pub fn cni(&self, node: &str, command: &str, container_id: &str, netns: &str) -> (bool, Value) {
+        use std::io::Write;
+        let conf = serde_json::json!({
+            "cniVersion": "1.1.0", "name": "twill", "type": "twill-cni",
+            "socket": self.dir.join(node).join("cni.sock"),
+        });
+        let mut child = Command::new(bins::binary("twill-cni"))
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", container_id)
+            .env("CNI_NETNS", format!("/run/netns/{netns}"))
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/usr/lib/cni")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run twill-cni");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(conf.to_string().as_bytes())
+            .expect("write config");
+        let out = child.wait_with_output().expect("twill-cni");
+        let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (out.status.success(), v)
+    }
+}
+
+fn alive(pid: i64, marker: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains(marker))
+        .unwrap_or(false)
+}
+
+fn force_down(dir: &Path) {
+    let Some(st) = std::fs::read(dir.join("lab.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+    else {
+        return;
+    };
+    for p in st["processes"].as_array().into_iter().flatten() {
+        let (Some(pid), Some(marker)) = (p["pid"].as_i64(), p["marker"].as_str()) else {
+            continue;
+        };
+        if alive(pid, marker) {
+            // SAFETY: a PID the lab recorded, checked to still be that program.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+    for ns in st["namespaces"].as_array().into_iter().flatten().rev() {
+        if let Some(ns) = ns.as_str() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let ok = twillctl()
+            .args(["lab", "down", "--dir"])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            force_down(&self.dir);
+        }
+    }
+}

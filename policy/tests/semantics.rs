@@ -267,7 +267,7 @@ fn global_policy_order_deny_and_pass() {
         "only-y",
         json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]}),
     );
-    let m = model(&[iso.clone()], &[deny_z.clone(), allow_zb.clone()]);
+    let m = model(&[iso], &[deny_z, allow_zb]);
     assert_eq!(
         v(&m, ("z", "b"), ("x", "a"), 80),
         Allow,

@@ -5,6 +5,8 @@
 //! * [`cni_server`]: the unix socket twill-cni talks to;
 //! * [`agent`]: twill-node itself — wires the datastore, IPAM, endpoints and
 //!   the status report together;
+//! * [`nft`]: Twill's nftables table — applying it, reading it back, and
+//!   the policy engine that renders it from the datastore;
 //! * [`netns`], [`sysctl`], [`names`]: small kernel helpers.
 //!
 //! Only felix writes Twill's kernel objects: every route it writes carries
@@ -15,6 +17,7 @@ pub mod cni_server;
 pub mod endpoint;
 pub mod names;
 pub mod netns;
+pub mod nft;
 pub mod status;
 pub mod sysctl;
 

@@ -1,6 +1,7 @@
 //! twill-policy: Kubernetes NetworkPolicy and Twill GlobalNetworkPolicy,
 //! pure and without I/O.
 //!
+//! * [`cluster`]: datastore objects → model (twill-node and twillctl share it);
 //! * [`model`]: endpoints, namespaces and both policy kinds compiled into
 //!   one shape ([`model::Policy`]);
 //! * [`explain`]: the reference semantics — the verdict for a packet and
@@ -13,6 +14,7 @@
 //!
 //! Label selectors are the API crate's ([`twill_api::selector`]).
 
+pub mod cluster;
 pub mod diff;
 pub mod explain;
 pub mod interp;

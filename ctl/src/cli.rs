@@ -78,6 +78,8 @@ pub enum Command {
     Label(LabelArgs),
     /// Pod address management: usage, who holds an address, consistency.
     Ipam(IpamArgs),
+    /// Network policy: explain a verdict, show a node's rules.
+    Policy(PolicyArgs),
     /// Print or write the CustomResourceDefinitions generated from the types.
     Crds(CrdArgs),
     /// Print shell completions.
@@ -173,6 +175,34 @@ pub struct CrdArgs {
     /// Compare the files in this directory with the generated ones; exit 1 on any difference.
     #[arg(long, conflicts_with = "out")]
     pub check: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct PolicyArgs {
+    #[command(subcommand)]
+    pub command: PolicyCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Which policies select each side, which rule decides, and the verdict.
+    Explain {
+        /// Source: NAMESPACE/POD or an IP address.
+        src: String,
+        /// Destination: NAMESPACE/POD or an IP address.
+        dst: String,
+        /// PORT[/PROTO] (TCP by default), or `icmp`; repeatable. Default: ICMP echo.
+        #[arg(long, value_parser = crate::policy::parse_port)]
+        port: Vec<crate::policy::PortProto>,
+        /// Print JSON.
+        #[arg(long = "json")]
+        output_json: bool,
+    },
+    /// Print the nftables table (nft script) a node renders.
+    Show {
+        /// The node's name.
+        node: String,
+    },
 }
 
 #[derive(Args, Debug)]

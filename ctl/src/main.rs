@@ -8,6 +8,7 @@ mod cli;
 mod crds;
 mod ipam;
 mod output;
+mod policy;
 mod resources;
 
 use std::process::ExitCode;
@@ -78,5 +79,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Patch(args) => resources::patch(&cli.store, args).await,
         Command::Label(args) => resources::label(&cli.store, args).await,
         Command::Ipam(args) => ipam::run(&cli.store, args).await,
+        Command::Policy(args) => policy::run(&cli.store, args).await,
     }
 }

@@ -667,6 +667,7 @@ fn drift_is_repaired_and_restart_keeps_enforcing() {
     c.wait_programmed(&["np.x.deny-in"], &[]);
     let xa = c.ips[c.index("x", "a")];
     let ya_ns = c.netns[c.index("y", "a")].name().to_string();
+    let ya = c.ips[c.index("y", "a")];
     let from_y = |port: u16| {
         let ns = ya_ns.clone();
         std::thread::scope(|s| {
@@ -726,6 +727,48 @@ fn drift_is_repaired_and_restart_keeps_enforcing() {
         "stopping twill-node removed policy enforcement"
     );
     node.launch();
+    // A pod added after the restart is isolated the moment its ADD returns:
+    // the very first packet after ADD is already subject to its policy.
+    apply(
+        &c.db,
+        &[json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "d", "namespace": "x", "labels": {"pod": "d"}},
+        "spec": {"nodeName": "pol", "containers": [{"name": "srv", "image": "none"}]}})],
+    );
+    let d_ns = Netns::new("twq");
+    serve(d_ns.name());
+    let out = node.cni(
+        "ADD",
+        "cid-x-d",
+        &d_ns,
+        "K8S_POD_NAMESPACE=x;K8S_POD_NAME=d",
+    );
+    assert!(out.success, "ADD x/d: {}\n{}", out.json, node.log());
+    let xd: IpAddr = out.addresses()[0]
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let probe_from = |ns: &str, dst: IpAddr| {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                in_netns(ns, || {
+                    probe_here(dst, 80, "TCP", Duration::from_millis(700))
+                })
+            })
+            .join()
+            .unwrap()
+        })
+    };
+    assert!(
+        !probe_from(&ya_ns, xd),
+        "the first packet to a new pod got through: ADD returned before its policy was programmed"
+    );
+    assert!(
+        probe_from(d_ns.name(), ya),
+        "x/d cannot reach y/a, though neither x/d's egress nor y/a's ingress is isolated"
+    );
     assert!(
         node.ns
             .exec("nft", &["list", "chain", "inet", "other", "keep"])

@@ -88,7 +88,7 @@ pub struct PolicyEngine {
     rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
     programmed: watch::Sender<Programmed>,
     /// How long an ADD waits for its policy.
-    pub gate_timeout: Duration,
+    gate_timeout: Duration,
 }
 
 /// Caches of everything the model is built from.
@@ -106,6 +106,15 @@ const KINDS: [&str; 5] = ["pods", "namespaces", "policies", "globals", "blocks"]
 
 impl PolicyEngine {
     pub fn new(node: &str, store: Store) -> Arc<PolicyEngine> {
+        Self::with_gate_timeout(node, store, Duration::from_secs(20))
+    }
+
+    /// Like [`PolicyEngine::new`], with how long an ADD waits for its policy.
+    pub fn with_gate_timeout(
+        node: &str,
+        store: Store,
+        gate_timeout: Duration,
+    ) -> Arc<PolicyEngine> {
         let (tx, rx) = mpsc::unbounded_channel();
         let (programmed, _) = watch::channel(Programmed::default());
         Arc::new(PolicyEngine {
@@ -114,7 +123,7 @@ impl PolicyEngine {
             tx,
             rx: std::sync::Mutex::new(Some(rx)),
             programmed,
-            gate_timeout: Duration::from_secs(20),
+            gate_timeout,
         })
     }
 
@@ -405,5 +414,39 @@ impl EndpointGate for PolicyGate {
                 self.engine.gate_timeout
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn add_is_held_until_the_policy_is_programmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(
+            twill_api::store::embedded::EmbeddedStore::open(dir.path().join("s.db")).unwrap(),
+        );
+        // The engine is not running, so nothing is ever programmed: the
+        // gate must hold the ADD and then fail it, never wave it through.
+        let engine = PolicyEngine::with_gate_timeout("n", store, Duration::from_millis(300));
+        let gate = engine.gate();
+        let rec = EndpointRecord {
+            container_id: "c".into(),
+            ifname: "eth0".into(),
+            netns: "/run/netns/none".into(),
+            host_ifname: "twc".into(),
+            mac: String::new(),
+            mtu: 1500,
+            addresses: Vec::new(),
+            namespace: None,
+            pod: None,
+            labels: Default::default(),
+            created: String::new(),
+        };
+        let started = Instant::now();
+        let err = gate.ready(&rec).await.unwrap_err();
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert!(err.contains("not programmed"), "{err}");
     }
 }

@@ -232,3 +232,90 @@ pub fn read_table() -> Result<Option<Fingerprint>, NftError> {
 pub fn delete_table() -> Result<(), NftError> {
     apply_script("add table inet twill\ndelete table inet twill\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+    use twill_policy::ir::{Chain, NamedSet, NftRule, SetKind, Verdict};
+
+    fn table() -> Table {
+        let mut t = Table::default();
+        t.sets.insert(
+            "port-http-4".into(),
+            NamedSet {
+                kind: SetKind::AddrProtoPort(twill_policy::ir::Fam::V4),
+                elements: BTreeSet::from([Element::AddrProtoPort(
+                    "10.0.0.1".parse().unwrap(),
+                    6,
+                    8080,
+                )]),
+                comment: String::new(),
+            },
+        );
+        t.sets.insert(
+            "sel-1-4".into(),
+            NamedSet {
+                kind: SetKind::Addr(twill_policy::ir::Fam::V4),
+                elements: BTreeSet::from([Element::Addr("10.0.0.2".parse().unwrap())]),
+                comment: String::new(),
+            },
+        );
+        t.chains.insert(
+            "ep-in-twa".into(),
+            Chain {
+                hook: None,
+                rules: vec![NftRule::new(Vec::new(), Verdict::Accept)],
+            },
+        );
+        t.maps.insert(
+            "endpoint-ingress".into(),
+            BTreeMap::from([("twa".to_string(), "ep-in-twa".to_string())]),
+        );
+        t
+    }
+
+    /// What `nft -j list table inet twill` prints for [`table`] (nft 1.0.6).
+    fn kernel_json() -> Value {
+        serde_json::json!({"nftables": [
+            {"metainfo": {"version": "1.0.6"}},
+            {"table": {"family": "inet", "name": "twill", "handle": 1}},
+            {"set": {"family": "inet", "name": "port-http-4", "table": "twill",
+                "type": ["ipv4_addr", "inet_proto", "inet_service"],
+                "elem": [{"concat": ["10.0.0.1", "tcp", 8080]}]}},
+            {"set": {"family": "inet", "name": "sel-1-4", "table": "twill", "type": "ipv4_addr",
+                "elem": ["10.0.0.2"]}},
+            {"map": {"family": "inet", "name": "endpoint-ingress", "table": "twill", "type": "ifname",
+                "map": "verdict", "elem": [["twa", {"jump": {"target": "ep-in-twa"}}]]}},
+            {"chain": {"family": "inet", "table": "twill", "name": "ep-in-twa", "handle": 2}},
+            {"rule": {"family": "inet", "table": "twill", "chain": "ep-in-twa", "handle": 3,
+                "expr": [{"accept": null}]}}
+        ]})
+    }
+
+    #[test]
+    fn the_kernel_listing_matches_the_rendered_table() {
+        let want = Fingerprint::of(&table());
+        let got = Fingerprint::from_json(&kernel_json()).unwrap();
+        assert_eq!(want.differences(&got), Vec::<String>::new());
+    }
+
+    #[test]
+    fn drift_is_named() {
+        let want = Fingerprint::of(&table());
+        let mut j = kernel_json();
+        let items = j["nftables"].as_array_mut().unwrap();
+        items.pop(); // a rule flushed
+        items[3]["set"]["elem"] = serde_json::json!([]); // an element gone
+        items[4]["map"]["elem"] = serde_json::json!([]); // dispatch gone
+        let got = Fingerprint::from_json(&j).unwrap();
+        assert_eq!(
+            want.differences(&got),
+            [
+                "chain ep-in-twa has 0 rules, not 1",
+                "set sel-1-4 has 1 elements that differ (1 expected)",
+                "map endpoint-ingress differs"
+            ]
+        );
+    }
+}

@@ -2,7 +2,7 @@
 //!
 //! Layout (`nft list table inet twill` shows the same):
 //! * base chain `egress` (forward, priority -1) and `egress-host` (input,
-//!   priority -1): established/related accepted, invalid dropped, then
+//!   priority -1): established/related accepted, then
 //!   `iifname vmap @endpoint-egress` jumps to the sending pod's chain;
 //! * base chain `ingress` (forward, priority 0): established/related
 //!   accepted, then `oifname vmap @endpoint-ingress` jumps to the receiving
@@ -345,12 +345,11 @@ impl Renderer<'_> {
         name
     }
 
-    fn endpoint(&mut self, ep: &Endpoint, iface: &str, d: Direction) {
-        let selecting: Vec<&crate::model::Policy> = self
-            .model
-            .policies
+    fn endpoint(&mut self, ep: &Endpoint, iface: &str, d: Direction, selected: &[usize]) {
+        let selecting: Vec<&crate::model::Policy> = selected
             .iter()
-            .filter(|p| p.rules(d).is_some() && self.model.selects(&p.scope, ep))
+            .filter_map(|i| self.model.policies.get(*i))
+            .filter(|p| p.rules(d).is_some())
             .collect();
         let name = endpoint_chain(iface, d);
         let global: Vec<_> = selecting
@@ -380,7 +379,13 @@ impl Renderer<'_> {
             format!("{}: isolated {}, nothing allowed", d, ep.id())
         });
         k8s_rules.push(last);
+        // Pods with policy drop packets conntrack cannot place (as Calico
+        // does); everything else on the node is left alone.
+        let invalid = NftRule::new(vec![Atom::CtInvalid], Verdict::Drop);
         if global.is_empty() {
+            if !k8s.is_empty() {
+                k8s_rules.insert(0, invalid);
+            }
             self.table.chains.insert(
                 name,
                 Chain {
@@ -393,7 +398,7 @@ impl Renderer<'_> {
         let k8s_name = format!("{name}-k8s");
         let mut clear = NftRule::new(Vec::new(), Verdict::Continue);
         clear.clear_mark = Some(PASS_MARK);
-        let mut rules = vec![clear];
+        let mut rules = vec![invalid, clear];
         for p in &global {
             let c = self.policy_chain(p, d);
             rules.push(NftRule::new(Vec::new(), Verdict::Jump(c)));
@@ -418,7 +423,6 @@ impl Renderer<'_> {
     fn base_chains(&mut self) {
         let mut est = NftRule::new(vec![Atom::CtEstablished], Verdict::Accept);
         est.comment = Some("replies and related flows".into());
-        let inv = NftRule::new(vec![Atom::CtInvalid], Verdict::Drop);
         let dispatch = |by_oif: bool, map: &str| {
             NftRule::new(
                 Vec::new(),
@@ -432,21 +436,21 @@ impl Renderer<'_> {
             "egress".into(),
             Chain {
                 hook: Some((Hook::Forward, -1)),
-                rules: vec![est.clone(), inv.clone(), dispatch(false, MAP_EGRESS)],
+                rules: vec![est.clone(), dispatch(false, MAP_EGRESS)],
             },
         );
         self.table.chains.insert(
             "egress-host".into(),
             Chain {
                 hook: Some((Hook::Input, -1)),
-                rules: vec![est.clone(), inv.clone(), dispatch(false, MAP_EGRESS)],
+                rules: vec![est.clone(), dispatch(false, MAP_EGRESS)],
             },
         );
         self.table.chains.insert(
             "ingress".into(),
             Chain {
                 hook: Some((Hook::Forward, 0)),
-                rules: vec![est, inv, dispatch(true, MAP_INGRESS)],
+                rules: vec![est, dispatch(true, MAP_INGRESS)],
             },
         );
     }
@@ -508,14 +512,42 @@ pub fn render(model: &Model, node: &str) -> Table {
         port_sets: BTreeSet::new(),
     };
     r.base_chains();
+    // Which policies select each local endpoint, in evaluation order. Local
+    // endpoints are indexed by namespace so a namespaced policy only looks
+    // at its own namespace's pods (this is most of the render time).
+    let locals: Vec<(&Endpoint, &str)> = model
+        .endpoints
+        .iter()
+        .filter_map(|e| local_iface(e, node).map(|i| (e, i)))
+        .collect();
+    let mut by_ns: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, (e, _)) in locals.iter().enumerate() {
+        by_ns.entry(e.namespace.as_str()).or_default().push(i);
+    }
+    let all: Vec<usize> = (0..locals.len()).collect();
+    let mut selected: Vec<Vec<usize>> = vec![Vec::new(); locals.len()];
+    for (pi, p) in model.policies.iter().enumerate() {
+        let candidates = match &p.scope.ns {
+            crate::model::NsMatch::Exact(n) => {
+                by_ns.get(n.as_str()).map(Vec::as_slice).unwrap_or_default()
+            }
+            _ => all.as_slice(),
+        };
+        for li in candidates {
+            if let Some((e, _)) = locals.get(*li)
+                && model.selects(&p.scope, e)
+                && let Some(v) = selected.get_mut(*li)
+            {
+                v.push(pi);
+            }
+        }
+    }
     let mut egress_map = BTreeMap::new();
     let mut ingress_map = BTreeMap::new();
-    for ep in &model.endpoints {
-        let Some(iface) = local_iface(ep, node) else {
-            continue;
-        };
+    for ((ep, iface), sel) in locals.iter().zip(&selected) {
+        let (ep, iface) = (*ep, *iface);
         for d in [Direction::Egress, Direction::Ingress] {
-            r.endpoint(ep, iface, d);
+            r.endpoint(ep, iface, d, sel);
         }
         egress_map.insert(iface.to_string(), endpoint_chain(iface, Direction::Egress));
         ingress_map.insert(iface.to_string(), endpoint_chain(iface, Direction::Ingress));

@@ -8,11 +8,11 @@
 //!
 //! Topology: a node namespace with two pod namespaces on veths, routed
 //! (/30 per pod), as on a Twill node. Each rule is one NetworkPolicy
-//! selecting one pod of the node (the other pods are interface names that
-//! exist only in the dispatch map) and allowing TCP 80 from one set of
-//! clients; the measured server's policy is the last one, so the linear
-//! chain walks every rule for each new connection while Twill's dispatch
-//! goes straight to the server's chain.
+//! allowing TCP 80 and 5201 from one set of clients to one of the node's
+//! pods: 200 other pods (interface names that exist only in the dispatch
+//! map) share all policies but the last, which selects the measured server.
+//! The linear chain walks every rule for each new connection to the server;
+//! Twill's dispatch goes straight to the server's chain.
 //!
 //! Run as root: `cargo run --release -p twill-bench --bin policy_dataplane [-- --quick]`.
 
@@ -29,6 +29,18 @@ use twill_tests::{Netns, require_binary, require_root};
 
 const CLIENT_IP: &str = "10.80.1.2";
 const SERVER_IP: &str = "10.80.2.2";
+/// Other pods on the node (a node runs at most a few hundred pods).
+const FAKE_PODS: usize = 200;
+
+/// The client address policy `i` allows.
+fn client_of(i: usize) -> IpAddr {
+    IpAddr::from([
+        10,
+        82 + (i / 62500) as u8,
+        (i / 250 % 250) as u8,
+        (i % 250 + 1) as u8,
+    ])
+}
 
 fn in_netns<R>(name: &str, f: impl FnOnce() -> R) -> R {
     let file = std::fs::File::open(format!("/run/netns/{name}")).expect("open netns");
@@ -84,33 +96,40 @@ fn twill_table(n: usize) -> twill_policy::ir::Table {
         },
     ];
     let mut policies = Vec::new();
+    // The node's other pods: FAKE_PODS interfaces, each selected by every
+    // FAKE_PODS-th policy. The server is selected by the last policy only.
+    for k in 0..FAKE_PODS.min(n.saturating_sub(1)) {
+        endpoints.push(Endpoint {
+            namespace: "bench".into(),
+            name: format!("pod{k}"),
+            labels: [("app".to_string(), format!("svc{k}"))].into(),
+            ips: vec![IpAddr::from([10, 81, (k / 250) as u8, (k % 250 + 1) as u8])],
+            ports: Vec::new(),
+            node: "node".into(),
+            iface: Some(format!("f{k}")),
+        });
+    }
     for i in 0..n {
-        if i + 1 < n {
-            // Another pod of the node, selected by policy i, and a client of it.
-            let a = IpAddr::from([10, 81, (i / 250) as u8, (i % 250 + 1) as u8]);
-            let b = IpAddr::from([10, 82, (i / 250) as u8, (i % 250 + 1) as u8]);
-            endpoints.push(Endpoint {
-                namespace: "bench".into(),
-                name: format!("pod{i}"),
-                labels: [("app".to_string(), format!("svc{i}"))].into(),
-                ips: vec![a],
-                ports: Vec::new(),
-                node: "node".into(),
-                iface: Some(format!("f{i}")),
-            });
+        let last = i + 1 == n;
+        if !last {
             endpoints.push(Endpoint {
                 namespace: "bench".into(),
                 name: format!("client{i}"),
                 labels: [("role".to_string(), format!("client{i}"))].into(),
-                ips: vec![b],
+                ips: vec![client_of(i)],
                 ports: Vec::new(),
                 node: "other".into(),
                 iface: None,
             });
         }
+        let app = if last {
+            format!("svc{i}")
+        } else {
+            format!("svc{}", i % FAKE_PODS)
+        };
         let np: k8s_openapi::api::networking::v1::NetworkPolicy = serde_json::from_value(json!({
             "metadata": {"name": format!("np{i}"), "namespace": "bench"},
-            "spec": {"podSelector": {"matchLabels": {"app": format!("svc{i}")}},
+            "spec": {"podSelector": {"matchLabels": {"app": app}},
                 "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": format!("client{i}")}}}],
                     "ports": [{"port": 5201}, {"port": 80}]}]}
         }))
@@ -128,9 +147,10 @@ fn iptables_rules(n: usize) -> (String, String) {
     ipset.push_str("create twb-isolated hash:ip\n");
     for i in 0..n {
         let (dst, src) = if i + 1 < n {
+            let k = i % FAKE_PODS;
             (
-                IpAddr::from([10, 81, (i / 250) as u8, (i % 250 + 1) as u8]),
-                IpAddr::from([10, 82, (i / 250) as u8, (i % 250 + 1) as u8]),
+                IpAddr::from([10, 81, (k / 250) as u8, (k % 250 + 1) as u8]),
+                client_of(i),
             )
         } else {
             (SERVER_IP.parse().unwrap(), CLIENT_IP.parse().unwrap())
@@ -292,7 +312,7 @@ fn main() {
     for n in [1000usize, 10_000] {
         let t = Instant::now();
         let (ipset, ipt) = iptables_rules(n);
-        run_stdin(&node, "ipset", &["restore"], &ipset);
+        run_stdin(&node, "ipset", &["-exist", "restore"], &ipset);
         run_stdin(&node, iptables, &[], &ipt);
         measure("iptables", n, t.elapsed(), &mut rows);
         run_stdin(&node, iptables, &[], "*filter\n-F\n-X\nCOMMIT\n");

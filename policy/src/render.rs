@@ -331,7 +331,9 @@ impl Renderer<'_> {
                         nr.verdict = Verdict::Return;
                     }
                     Action::Log => {
-                        nr.log = Some(format!("twill {here} "));
+                        // nft caps log prefixes at 127 bytes.
+                        let prefix: String = format!("twill {here}").chars().take(100).collect();
+                        nr.log = Some(format!("{prefix} "));
                         nr.verdict = Verdict::Continue;
                     }
                 }

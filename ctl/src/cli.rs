@@ -82,6 +82,8 @@ pub enum Command {
     Node(NodeArgs),
     /// A whole cluster with a ToR router in network namespaces on this machine.
     Lab(crate::lab::LabArgs),
+    /// Network policy: explain a verdict, show a node's rules.
+    Policy(PolicyArgs),
     /// Print or write the CustomResourceDefinitions generated from the types.
     Crds(CrdArgs),
     /// Print shell completions.
@@ -193,6 +195,34 @@ pub enum NodeCommand {
         /// table, wide (every route) or json.
         #[arg(short, long, value_enum, default_value = "table")]
         output: OutputFormat,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct PolicyArgs {
+    #[command(subcommand)]
+    pub command: PolicyCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Which policies select each side, which rule decides, and the verdict.
+    Explain {
+        /// Source: NAMESPACE/POD or an IP address.
+        src: String,
+        /// Destination: NAMESPACE/POD or an IP address.
+        dst: String,
+        /// PORT[/PROTO] (TCP by default), or `icmp`; repeatable. Default: ICMP echo.
+        #[arg(long, value_parser = crate::policy::parse_port)]
+        port: Vec<crate::policy::PortProto>,
+        /// Print JSON.
+        #[arg(long = "json")]
+        output_json: bool,
+    },
+    /// Print the nftables table (nft script) a node renders.
+    Show {
+        /// The node's name.
+        node: String,
     },
 }
 

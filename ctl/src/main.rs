@@ -16,6 +16,7 @@ mod ipam;
 mod lab;
 mod node;
 mod output;
+mod policy;
 mod resources;
 
 use std::process::ExitCode;
@@ -111,6 +112,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Patch(args) => resources::patch(&cli.store, args).await,
         Command::Label(args) => resources::label(&cli.store, args).await,
         Command::Ipam(args) => ipam::run(&cli.store, args).await,
+        Command::Policy(args) => policy::run(&cli.store, args).await,
         Command::Node(args) => node::run(&cli.store, args).await,
         Command::Lab(args) => lab::run(args).await,
     }

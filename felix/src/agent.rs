@@ -21,7 +21,8 @@ use twill_api::kinds::Object;
 use twill_api::resources::{IPAMBlock, IPPool, NodeStatusReport, RouteStatus};
 use twill_api::store::WatchEvent;
 
-use crate::endpoint::{EndpointGate, Endpoints, Open, StateDir};
+use crate::endpoint::{EndpointGate, Endpoints, StateDir};
+use crate::nft::engine::PolicyEngine;
 use crate::routes::{RouteConfig, RouteProgrammer, Sources, Target};
 use crate::{cni_server, health, metrics, nat, status, sysctl};
 
@@ -195,16 +196,34 @@ impl Agent {
     }
 }
 
-/// Runs twill-node until SIGTERM or SIGINT.
+/// How often the policy table is read back and compared with what it should
+/// be (seconds; `TWILL_POLICY_RESYNC_SECS`, default 10).
+fn policy_resync() -> Duration {
+    std::env::var("TWILL_POLICY_RESYNC_SECS")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map(Duration::from_secs_f64)
+        .unwrap_or(Duration::from_secs(10))
+}
+
+/// Runs twill-node until SIGTERM or SIGINT. Network policy is enforced:
+/// the policy engine follows the datastore and the endpoints, and a CNI ADD
+/// returns only once its endpoint's policy is in the kernel.
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
-    let _agent = Agent::start(cfg, Arc::new(Open)).await?;
+    let engine = PolicyEngine::new(&cfg.node_name, cfg.store.clone());
+    let agent = Agent::start(cfg, engine.gate()).await?;
+    let policy_tasks = engine.run(agent.endpoints.subscribe(), policy_resync());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
     // Kernel state stays as it is: a restart must not disturb running pods.
-    tracing::info!("stopping; endpoints and routes stay in place");
+    for t in policy_tasks {
+        t.abort();
+    }
+    tracing::info!("stopping; endpoints, routes and policy rules stay in place");
     Ok(())
 }
 

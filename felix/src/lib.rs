@@ -7,6 +7,8 @@
 //!   the status report together;
 //! * [`health`], [`metrics`]: `/healthz`, `/readyz` (named readiness
 //!   conditions) and Prometheus `/metrics` on one port;
+//! * [`nft`]: Twill's nftables table — applying it, reading it back, and
+//!   the policy engine that renders it from the datastore;
 //! * [`netns`], [`sysctl`], [`names`]: small kernel helpers.
 //!
 //! Only felix writes Twill's kernel objects: every route it writes carries
@@ -21,6 +23,7 @@ pub mod metrics;
 pub mod names;
 pub mod nat;
 pub mod netns;
+pub mod nft;
 pub mod routes;
 pub mod status;
 pub mod sysctl;

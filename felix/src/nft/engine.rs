@@ -1,0 +1,452 @@
+//! The policy engine in twill-node: follows Pods, Namespaces,
+//! NetworkPolicies, GlobalNetworkPolicies and IPAM blocks in the datastore
+//! plus the node's own endpoints, renders Twill's table on every change and
+//! applies it.
+//!
+//! * Nothing is applied until every watched kind has delivered its first
+//!   full listing: a restarted agent keeps the previous run's table in the
+//!   kernel until it knows the whole picture, then replaces it atomically.
+//! * The first apply, and any apply after a failure or detected drift,
+//!   replaces the whole table in one transaction; every other change is an
+//!   incremental update (set elements, changed chains only).
+//! * Every `drift_every` the table is read back and compared; a difference
+//!   is logged and repaired with a full replacement.
+//! * [`PolicyGate`] makes a CNI ADD wait until the new endpoint's chains and
+//!   dispatch entries are in the kernel, with its Pod object's labels and
+//!   named ports taken into account.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use tokio::sync::{mpsc, oneshot, watch};
+use twill_api::resources::{GlobalNetworkPolicy, IPAMBlock};
+use twill_api::{Object, Store, WatchEvent};
+use twill_policy::cluster::{LocalEndpoint, Objects};
+use twill_policy::ir::{MAP_INGRESS, Table};
+
+use crate::endpoint::{EndpointGate, EndpointRecord, EndpointSet};
+use crate::names;
+use crate::nft::{Fingerprint, apply_script, read_table};
+
+/// What the kernel has now.
+#[derive(Debug, Clone, Default)]
+pub struct Programmed {
+    /// Increases with every successful apply.
+    pub generation: u64,
+    pub table: Arc<Table>,
+}
+
+// Watch events are large and short-lived; boxing them buys nothing.
+#[allow(clippy::large_enum_variant)]
+enum Event {
+    Pods(WatchEvent<Pod>),
+    Namespaces(WatchEvent<Namespace>),
+    Policies(WatchEvent<NetworkPolicy>),
+    Globals(WatchEvent<GlobalNetworkPolicy>),
+    Blocks(WatchEvent<IPAMBlock>),
+    /// A CNI ADD waiting for its endpoint (with its Pod object, if any).
+    Ensure {
+        iface: String,
+        pod: Option<Box<Pod>>,
+        reply: oneshot::Sender<()>,
+    },
+}
+
+fn obj_key<K: kube::Resource>(o: &K) -> (String, String) {
+    (
+        o.meta().namespace.clone().unwrap_or_default(),
+        o.meta().name.clone().unwrap_or_default(),
+    )
+}
+
+fn apply_event<K: kube::Resource + Clone>(
+    cache: &mut BTreeMap<(String, String), K>,
+    ev: WatchEvent<K>,
+) {
+    match ev {
+        WatchEvent::Resync { items, .. } => {
+            *cache = items.into_iter().map(|o| (obj_key(&o), o)).collect();
+        }
+        WatchEvent::Applied(o) => {
+            cache.insert(obj_key(&o), o);
+        }
+        WatchEvent::Deleted(o) => {
+            cache.remove(&obj_key(&o));
+        }
+    }
+}
+
+/// Handle to the running engine.
+pub struct PolicyEngine {
+    node: String,
+    store: Store,
+    tx: mpsc::UnboundedSender<Event>,
+    rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
+    programmed: watch::Sender<Programmed>,
+    /// How long an ADD waits for its policy.
+    gate_timeout: Duration,
+}
+
+/// Caches of everything the model is built from.
+#[derive(Default)]
+struct State {
+    pods: BTreeMap<(String, String), Pod>,
+    namespaces: BTreeMap<(String, String), Namespace>,
+    policies: BTreeMap<(String, String), NetworkPolicy>,
+    globals: BTreeMap<(String, String), GlobalNetworkPolicy>,
+    blocks: BTreeMap<(String, String), IPAMBlock>,
+    synced: BTreeSet<&'static str>,
+}
+
+const KINDS: [&str; 5] = ["pods", "namespaces", "policies", "globals", "blocks"];
+
+impl PolicyEngine {
+    pub fn new(node: &str, store: Store) -> Arc<PolicyEngine> {
+        Self::with_gate_timeout(node, store, Duration::from_secs(20))
+    }
+
+    /// Like [`PolicyEngine::new`], with how long an ADD waits for its policy.
+    pub fn with_gate_timeout(
+        node: &str,
+        store: Store,
+        gate_timeout: Duration,
+    ) -> Arc<PolicyEngine> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (programmed, _) = watch::channel(Programmed::default());
+        Arc::new(PolicyEngine {
+            node: node.to_string(),
+            store,
+            tx,
+            rx: std::sync::Mutex::new(Some(rx)),
+            programmed,
+            gate_timeout,
+        })
+    }
+
+    /// Follows what is programmed.
+    pub fn subscribe(&self) -> watch::Receiver<Programmed> {
+        self.programmed.subscribe()
+    }
+
+    /// The gate CNI ADD waits on.
+    pub fn gate(self: &Arc<Self>) -> Arc<dyn EndpointGate> {
+        Arc::new(PolicyGate {
+            engine: self.clone(),
+        })
+    }
+
+    fn watch_kind<K: Object>(
+        &self,
+        wrap: fn(WatchEvent<K>) -> Event,
+    ) -> tokio::task::JoinHandle<()> {
+        let store = self.store.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            loop {
+                let mut s = store.watch::<K>(None);
+                while let Some(ev) = s.next().await {
+                    match ev {
+                        Ok(ev) => {
+                            if tx.send(wrap(ev)).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(kind = %K::KIND, error = %e, "policy watch failed; restarting it");
+                            break;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    }
+
+    /// Starts the watches and the loop. `drift_every`: how often the kernel
+    /// table is read back and compared.
+    pub fn run(
+        self: &Arc<Self>,
+        endpoints: watch::Receiver<EndpointSet>,
+        drift_every: Duration,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = vec![
+            self.watch_kind::<Pod>(Event::Pods),
+            self.watch_kind::<Namespace>(Event::Namespaces),
+            self.watch_kind::<NetworkPolicy>(Event::Policies),
+            self.watch_kind::<GlobalNetworkPolicy>(Event::Globals),
+            self.watch_kind::<IPAMBlock>(Event::Blocks),
+        ];
+        let rx = self.rx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(rx) = rx {
+            let me = self.clone();
+            tasks.push(tokio::spawn(async move {
+                me.main_loop(rx, endpoints, drift_every).await;
+            }));
+        }
+        tasks
+    }
+
+    async fn main_loop(
+        self: Arc<Self>,
+        mut rx: mpsc::UnboundedReceiver<Event>,
+        mut endpoints: watch::Receiver<EndpointSet>,
+        drift_every: Duration,
+    ) {
+        let mut st = State::default();
+        let mut waiting: Vec<(String, oneshot::Sender<()>)> = Vec::new();
+        let mut applied: Option<Table> = None;
+        let mut dirty = true;
+        let mut drift = tokio::time::interval(drift_every);
+        drift.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut check_drift = false;
+        let mut retry_at: Option<Instant> = None;
+        loop {
+            let retry = async {
+                match retry_at {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                ev = rx.recv() => {
+                    let Some(ev) = ev else { return };
+                    self.handle(&mut st, &mut waiting, ev);
+                    while let Ok(ev) = rx.try_recv() {
+                        self.handle(&mut st, &mut waiting, ev);
+                    }
+                    dirty = true;
+                }
+                r = endpoints.changed() => {
+                    if r.is_err() { return }
+                    dirty = true;
+                }
+                _ = drift.tick() => check_drift = true,
+                _ = retry => { retry_at = None; dirty = true; }
+            }
+            if st.synced.len() < KINDS.len() {
+                continue;
+            }
+            if check_drift && let Some(t) = &applied {
+                check_drift = false;
+                match tokio::task::spawn_blocking(read_table).await {
+                    Ok(Ok(kernel)) => {
+                        let want = Fingerprint::of(t);
+                        let diffs = match &kernel {
+                            Some(k) => want.differences(k),
+                            None => vec!["the table is missing".to_string()],
+                        };
+                        if !diffs.is_empty() {
+                            tracing::warn!(drift = ?diffs, "the kernel's policy table drifted; replacing it");
+                            applied = None;
+                            dirty = true;
+                        }
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the policy table back"),
+                    Err(e) => tracing::warn!(error = %e, "drift check task failed"),
+                }
+            }
+            if !dirty {
+                continue;
+            }
+            dirty = false;
+            let eps = endpoints.borrow_and_update().clone();
+            let table = self.render(&st, &eps);
+            let (script, full) = match &applied {
+                None => (Some(table.script()), true),
+                Some(old) => (twill_policy::diff::diff(old, &table).map(|(s, _)| s), false),
+            };
+            if let Some(script) = script {
+                let started = Instant::now();
+                let r = tokio::task::spawn_blocking(move || apply_script(&script)).await;
+                match r {
+                    Ok(Ok(())) => {
+                        tracing::debug!(full, took = ?started.elapsed(), rules = table.rule_count(), "policy table applied");
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, full, "applying the policy table failed; replacing it next");
+                        applied = None;
+                        if full {
+                            retry_at = Some(Instant::now() + Duration::from_secs(1));
+                        } else {
+                            dirty = true;
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "policy apply task failed");
+                        applied = None;
+                        retry_at = Some(Instant::now() + Duration::from_secs(1));
+                        continue;
+                    }
+                }
+            }
+            let table = Arc::new(table);
+            applied = Some((*table).clone());
+            self.programmed.send_modify(|p| {
+                p.generation += 1;
+                p.table = table.clone();
+            });
+            let ready: BTreeSet<String> = table
+                .maps
+                .get(MAP_INGRESS)
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default();
+            let (done, still): (Vec<_>, Vec<_>) = waiting
+                .into_iter()
+                .partition(|(iface, _)| ready.contains(iface));
+            for (_, reply) in done {
+                let _ = reply.send(());
+            }
+            waiting = still;
+        }
+    }
+
+    fn handle(&self, st: &mut State, waiting: &mut Vec<(String, oneshot::Sender<()>)>, ev: Event) {
+        let resync = matches!(
+            &ev,
+            Event::Pods(WatchEvent::Resync { .. })
+                | Event::Namespaces(WatchEvent::Resync { .. })
+                | Event::Policies(WatchEvent::Resync { .. })
+                | Event::Globals(WatchEvent::Resync { .. })
+                | Event::Blocks(WatchEvent::Resync { .. })
+        );
+        let kind = match ev {
+            Event::Pods(e) => {
+                apply_event(&mut st.pods, e);
+                "pods"
+            }
+            Event::Namespaces(e) => {
+                apply_event(&mut st.namespaces, e);
+                "namespaces"
+            }
+            Event::Policies(e) => {
+                apply_event(&mut st.policies, e);
+                "policies"
+            }
+            Event::Globals(e) => {
+                apply_event(&mut st.globals, e);
+                "globals"
+            }
+            Event::Blocks(e) => {
+                apply_event(&mut st.blocks, e);
+                "blocks"
+            }
+            Event::Ensure { iface, pod, reply } => {
+                if let Some(p) = pod {
+                    st.pods.insert(obj_key(&*p), *p);
+                }
+                waiting.push((iface, reply));
+                return;
+            }
+        };
+        if resync {
+            st.synced.insert(kind);
+        }
+    }
+
+    fn render(&self, st: &State, eps: &EndpointSet) -> Table {
+        let locals: Vec<LocalEndpoint> = eps.values().map(local_endpoint).collect();
+        let objs = Objects {
+            pods: st.pods.values().cloned().collect(),
+            namespaces: st.namespaces.values().cloned().collect(),
+            network_policies: st.policies.values().cloned().collect(),
+            global_policies: st.globals.values().cloned().collect(),
+            blocks: st.blocks.values().cloned().collect(),
+        };
+        let (model, errors) =
+            twill_policy::cluster::build(&objs, &self.node, Some(&locals), &names::host_veth);
+        for e in errors {
+            tracing::warn!(error = %e, "policy left out: it does not compile");
+        }
+        twill_policy::render(&model, &self.node)
+    }
+}
+
+fn local_endpoint(r: &EndpointRecord) -> LocalEndpoint {
+    LocalEndpoint {
+        namespace: r.namespace.clone(),
+        pod: r.pod.clone(),
+        labels: r.labels.clone(),
+        ips: r.addresses.iter().map(|a| a.ip()).collect(),
+        iface: r.host_ifname.clone(),
+        container_id: r.container_id.clone(),
+    }
+}
+
+/// Holds a CNI ADD until the endpoint's policy is in the kernel.
+pub struct PolicyGate {
+    engine: Arc<PolicyEngine>,
+}
+
+#[async_trait::async_trait]
+impl EndpointGate for PolicyGate {
+    async fn ready(&self, ep: &EndpointRecord) -> Result<(), String> {
+        // Read the Pod now: the watch may not have delivered it yet, and its
+        // labels and named ports decide what the endpoint's rules are.
+        let pod = match (&ep.namespace, &ep.pod) {
+            (Some(ns), Some(name)) => self
+                .engine
+                .store
+                .get::<Pod>(Some(ns), name)
+                .await
+                .map_err(|e| format!("reading pod {ns}/{name}: {e}"))?
+                .map(Box::new),
+            _ => None,
+        };
+        let (reply, done) = oneshot::channel();
+        self.engine
+            .tx
+            .send(Event::Ensure {
+                iface: ep.host_ifname.clone(),
+                pod,
+                reply,
+            })
+            .map_err(|_| "the policy engine is not running".to_string())?;
+        match tokio::time::timeout(self.engine.gate_timeout, done).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err("the policy engine stopped".into()),
+            Err(_) => Err(format!(
+                "not programmed within {:?} (is nft installed? see the twill-node log)",
+                self.engine.gate_timeout
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn add_is_held_until_the_policy_is_programmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(
+            twill_api::store::embedded::EmbeddedStore::open(dir.path().join("s.db")).unwrap(),
+        );
+        // The engine is not running, so nothing is ever programmed: the
+        // gate must hold the ADD and then fail it, never wave it through.
+        let engine = PolicyEngine::with_gate_timeout("n", store, Duration::from_millis(300));
+        let gate = engine.gate();
+        let rec = EndpointRecord {
+            container_id: "c".into(),
+            ifname: "eth0".into(),
+            netns: "/run/netns/none".into(),
+            host_ifname: "twc".into(),
+            mac: String::new(),
+            mtu: 1500,
+            addresses: Vec::new(),
+            namespace: None,
+            pod: None,
+            labels: Default::default(),
+            created: String::new(),
+        };
+        let started = Instant::now();
+        let err = gate.ready(&rec).await.unwrap_err();
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert!(err.contains("not programmed"), "{err}");
+    }
+}

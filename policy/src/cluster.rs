@@ -1,0 +1,318 @@
+//! From datastore objects to the [`Model`]: the one place that decides which
+//! pods exist for policy, with which addresses, labels and named ports, so
+//! twill-node (rendering) and twillctl (explain, show) see the same thing.
+//!
+//! A pod's addresses come, in order of preference, from the node's own
+//! endpoint records (twill-node only), from IPAM allocations carrying the
+//! pod's namespace and name, or from the Pod's `status.podIPs`. Pods on the
+//! host network are not endpoints.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use twill_api::resources::{GlobalNetworkPolicy, IPAMBlock};
+
+use crate::model::{
+    CompileError, Endpoint, Labels, Model, NamedPort, compile_global_policy,
+    compile_network_policy, proto,
+};
+
+/// IPAM allocation attributes (the IPAM crate's names).
+const ATTR_NODE: &str = "node";
+const ATTR_NAMESPACE: &str = "namespace";
+const ATTR_POD: &str = "pod";
+const ATTR_IFNAME: &str = "ifname";
+
+/// An endpoint the rendering node set up itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalEndpoint {
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    /// Labels recorded at ADD (used when the Pod object is unknown).
+    pub labels: Labels,
+    pub ips: Vec<IpAddr>,
+    pub iface: String,
+    pub container_id: String,
+}
+
+/// Everything read from the datastore.
+#[derive(Debug, Clone, Default)]
+pub struct Objects {
+    pub pods: Vec<Pod>,
+    pub namespaces: Vec<Namespace>,
+    pub network_policies: Vec<NetworkPolicy>,
+    pub global_policies: Vec<GlobalNetworkPolicy>,
+    pub blocks: Vec<IPAMBlock>,
+}
+
+/// A pod's named container ports.
+pub fn named_ports(pod: &Pod) -> Vec<NamedPort> {
+    let mut out = Vec::new();
+    for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
+        for p in c.ports.iter().flatten() {
+            let (Some(name), Ok(port)) = (&p.name, u16::try_from(p.container_port)) else {
+                continue;
+            };
+            let proto = match p.protocol.as_deref().unwrap_or("TCP") {
+                "UDP" => proto::UDP,
+                "SCTP" => proto::SCTP,
+                _ => proto::TCP,
+            };
+            out.push(NamedPort {
+                name: name.clone(),
+                proto,
+                port,
+            });
+        }
+    }
+    out
+}
+
+/// The address at `ordinal` in a block.
+fn addr_at(cidr: &str, ordinal: u32) -> Option<IpAddr> {
+    let net: IpNetwork = cidr.parse().ok()?;
+    match net {
+        IpNetwork::V4(n) => {
+            let base = u32::from(n.network());
+            Some(IpAddr::V4(base.checked_add(ordinal)?.into()))
+        }
+        IpNetwork::V6(n) => {
+            let base = u128::from(n.network());
+            Some(IpAddr::V6(base.checked_add(u128::from(ordinal))?.into()))
+        }
+    }
+}
+
+/// A pod's allocations: node, addresses, host interface.
+type Allocated = (String, Vec<IpAddr>, Option<String>);
+
+fn key(ns: &str, name: &str) -> (String, String) {
+    (ns.to_string(), name.to_string())
+}
+
+/// Builds the model as seen by `node` (`locals`: its endpoint records;
+/// empty for tools, which derive interface names with `iface_of(container
+/// ID, interface)` from IPAM allocations instead). Policies that do not
+/// compile are left out and returned with the reason.
+pub fn build(
+    objs: &Objects,
+    node: &str,
+    locals: Option<&[LocalEndpoint]>,
+    iface_of: &dyn Fn(&str, &str) -> String,
+) -> (Model, Vec<CompileError>) {
+    let pods: BTreeMap<(String, String), &Pod> = objs
+        .pods
+        .iter()
+        .filter_map(|p| {
+            Some((
+                key(
+                    p.metadata.namespace.as_deref()?,
+                    p.metadata.name.as_deref()?,
+                ),
+                p,
+            ))
+        })
+        .collect();
+    let host_network = |k: &(String, String)| {
+        pods.get(k)
+            .and_then(|p| p.spec.as_ref())
+            .and_then(|s| s.host_network)
+            .unwrap_or(false)
+    };
+    let mut endpoints = Vec::new();
+    let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
+    let pod_labels = |k: &(String, String)| -> Option<Labels> {
+        pods.get(k)
+            .map(|p| p.metadata.labels.clone().unwrap_or_default())
+    };
+    let pod_ports = |k: &(String, String)| pods.get(k).map(|p| named_ports(p)).unwrap_or_default();
+    for l in locals.unwrap_or_default() {
+        let ns = l.namespace.clone().unwrap_or_default();
+        let name = l.pod.clone().unwrap_or_else(|| l.container_id.clone());
+        let k = key(&ns, &name);
+        seen.insert(k.clone());
+        endpoints.push(Endpoint {
+            labels: pod_labels(&k).unwrap_or_else(|| l.labels.clone()),
+            ports: pod_ports(&k),
+            namespace: ns,
+            name,
+            ips: l.ips.clone(),
+            node: node.to_string(),
+            iface: Some(l.iface.clone()),
+        });
+    }
+    // IPAM allocations: (namespace, pod) → (node, ips, iface).
+    let mut allocated: BTreeMap<(String, String), Allocated> = BTreeMap::new();
+    for b in &objs.blocks {
+        for a in &b.spec.allocations {
+            let (Some(ns), Some(pod)) =
+                (a.attributes.get(ATTR_NAMESPACE), a.attributes.get(ATTR_POD))
+            else {
+                continue;
+            };
+            let Some(ip) = addr_at(&b.spec.cidr, a.ordinal) else {
+                continue;
+            };
+            let n = a.attributes.get(ATTR_NODE).cloned().unwrap_or_default();
+            let iface = a
+                .attributes
+                .get(ATTR_IFNAME)
+                .map(|ifn| iface_of(&a.handle, ifn));
+            let e = allocated
+                .entry(key(ns, pod))
+                .or_insert_with(|| (n, Vec::new(), iface));
+            e.1.push(ip);
+        }
+    }
+    for (k, (n, mut ips, iface)) in allocated {
+        if seen.contains(&k) || host_network(&k) {
+            continue;
+        }
+        // twill-node knows its own endpoints from its records: an allocation
+        // on this node without one is not (or no longer) a live endpoint.
+        if locals.is_some() && n == node {
+            continue;
+        }
+        ips.sort();
+        seen.insert(k.clone());
+        endpoints.push(Endpoint {
+            labels: pod_labels(&k).unwrap_or_default(),
+            ports: pod_ports(&k),
+            namespace: k.0.clone(),
+            name: k.1.clone(),
+            ips,
+            iface: if locals.is_none() { iface } else { None },
+            node: n,
+        });
+    }
+    for (k, p) in &pods {
+        if seen.contains(k) || host_network(k) {
+            continue;
+        }
+        let ips: Vec<IpAddr> = p
+            .status
+            .iter()
+            .flat_map(|s| s.pod_ips.iter().flatten())
+            .filter_map(|i| i.ip.parse().ok())
+            .collect();
+        if ips.is_empty() {
+            continue;
+        }
+        endpoints.push(Endpoint {
+            labels: p.metadata.labels.clone().unwrap_or_default(),
+            ports: named_ports(p),
+            namespace: k.0.clone(),
+            name: k.1.clone(),
+            ips,
+            node: p
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default(),
+            iface: None,
+        });
+    }
+    let namespaces = objs
+        .namespaces
+        .iter()
+        .filter_map(|n| {
+            Some((
+                n.metadata.name.clone()?,
+                n.metadata.labels.clone().unwrap_or_default(),
+            ))
+        })
+        .collect();
+    let mut errors = Vec::new();
+    let mut policies = Vec::new();
+    for np in &objs.network_policies {
+        match compile_network_policy(np) {
+            Ok(p) => policies.push(p),
+            Err(e) => errors.push(e),
+        }
+    }
+    for g in &objs.global_policies {
+        match compile_global_policy(g) {
+            Ok(p) => policies.push(p),
+            Err(e) => errors.push(e),
+        }
+    }
+    (Model::new(endpoints, namespaces, policies), errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn pods_get_addresses_from_records_then_ipam_then_status() {
+        let pod = |ns: &str, name: &str, extra: serde_json::Value| -> Pod {
+            let mut v = json!({"metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
+                "spec": {"containers": [{"name": "c", "ports": [{"name": "web", "containerPort": 8080}]}]}});
+            if let Some(o) = extra.as_object() {
+                for (k, x) in o {
+                    v[k] = x.clone();
+                }
+            }
+            serde_json::from_value(v).unwrap()
+        };
+        let block: IPAMBlock = serde_json::from_value(json!({"metadata": {"name": "b"}, "spec": {
+            "cidr": "10.1.0.0/26", "pool": "p", "sequence": 1, "allocations": [
+                {"ordinal": 3, "handle": "cid-b", "sequence": 1, "attributes": {"node": "n2", "namespace": "x", "pod": "b", "ifname": "eth0"}},
+                {"ordinal": 4, "handle": "cid-a", "sequence": 2, "attributes": {"node": "n1", "namespace": "x", "pod": "a", "ifname": "eth0"}}]}}))
+        .unwrap();
+        let objs = Objects {
+            pods: vec![
+                pod("x", "a", json!({})),
+                pod("x", "b", json!({})),
+                pod(
+                    "x",
+                    "c",
+                    json!({"status": {"podIPs": [{"ip": "10.9.0.1"}]}}),
+                ),
+                pod(
+                    "x",
+                    "h",
+                    json!({"spec": {"hostNetwork": true, "containers": []}, "status": {"podIPs": [{"ip": "192.0.2.1"}]}}),
+                ),
+            ],
+            blocks: vec![block],
+            ..Default::default()
+        };
+        let local = LocalEndpoint {
+            namespace: Some("x".into()),
+            pod: Some("a".into()),
+            labels: Labels::new(),
+            ips: vec!["10.1.0.4".parse().unwrap()],
+            iface: "twlocal".into(),
+            container_id: "cid-a".into(),
+        };
+        let (m, errs) = build(&objs, "n1", Some(&[local]), &|c, i| format!("if-{c}-{i}"));
+        assert!(errs.is_empty());
+        let by: BTreeMap<String, &Endpoint> =
+            m.endpoints.iter().map(|e| (e.name.clone(), e)).collect();
+        assert_eq!(by["a"].iface.as_deref(), Some("twlocal"));
+        assert_eq!(
+            by["a"].labels["app"], "a",
+            "labels come from the Pod object"
+        );
+        assert_eq!(by["a"].ports[0].port, 8080);
+        assert_eq!(by["b"].ips, ["10.1.0.3".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            (by["b"].node.as_str(), by["b"].iface.as_deref()),
+            ("n2", None)
+        );
+        assert_eq!(by["c"].ips, ["10.9.0.1".parse::<IpAddr>().unwrap()]);
+        assert!(!by.contains_key("h"), "host-network pods are not endpoints");
+        // A tool without records derives interfaces from the allocations.
+        let (m, _) = build(&objs, "n1", None, &|c, i| format!("if-{c}-{i}"));
+        let a = m.endpoints.iter().find(|e| e.name == "a").unwrap();
+        assert_eq!(
+            (a.node.as_str(), a.iface.as_deref()),
+            ("n1", Some("if-cid-a-eth0"))
+        );
+    }
+}

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # The main job on one machine: installs what is missing, builds Twill, and
-# runs it against the embedded store (no Kubernetes needed): applies the
-# examples and lists what was stored.
+# brings up a lab cluster — a ToR router (BIRD) and three nodes, each running
+# twill-node in its own network namespace, with pods created through
+# twill-cni — then prints node status and a pod-to-pod connectivity matrix.
+#   scripts/lab.sh                       # 3 nodes, BIRD ToR
+#   scripts/lab.sh --nodes 5 --tor frr   # any `twillctl lab up` flags
+# Afterwards: target/release/twillctl lab status | exec | restart | down
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,14 +14,11 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 ./scripts/deps.sh
-cargo build --release --locked -p twillctl
+cargo build --release --locked -p twillctl -p twill-felix -p twill-cni --bins
 TWILLCTL=target/release/twillctl
-export TWILL_DATASTORE_PATH="${TWILL_DATASTORE_PATH:-/var/lib/twill/lab/twill.db}"
-
-$TWILLCTL apply -f examples/
-for kind in ippools bgpconfigurations bgppeers globalnetworkpolicies; do
-  echo
-  $TWILLCTL get "$kind" -o wide
-done
-echo
-$TWILLCTL get networkpolicies -A
+DIR="${TWILL_LAB_DIR:-/var/lib/twill/lab}"
+if [ -f "$DIR/lab.json" ]; then
+  echo "A lab is already up in $DIR; taking it down first."
+  $TWILLCTL lab down --dir "$DIR"
+fi
+$TWILLCTL lab up --dir "$DIR" "$@"

@@ -26,9 +26,14 @@ fn cni_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 15))
 }
 
+type TextSource = Box<dyn Fn() -> String + Send + Sync>;
+
 /// twill-node's metrics and the registry they are exposed from.
 pub struct Metrics {
     registry: Mutex<Registry>,
+    /// Other components that render their own OpenMetrics text (the BGP
+    /// speaker keeps its own registry); appended to ours.
+    sources: Mutex<Vec<TextSource>>,
     cni_requests: Family<CniLabels, Histogram, fn() -> Histogram>,
     endpoints: Gauge,
     ipam_blocks: Gauge,
@@ -52,6 +57,7 @@ impl Metrics {
     pub fn new() -> Metrics {
         let m = Metrics {
             registry: Mutex::new(Registry::with_prefix("twill")),
+            sources: Mutex::new(Vec::new()),
             cni_requests: Family::new_with_constructor(cni_histogram),
             endpoints: Gauge::default(),
             ipam_blocks: Gauge::default(),
@@ -113,15 +119,42 @@ impl Metrics {
             .set(i64::try_from(addresses).unwrap_or(i64::MAX));
     }
 
-    /// Everything, in the OpenMetrics text format.
+    /// Adds a component that renders its own OpenMetrics text.
+    pub fn add_text_source(&self, source: impl Fn() -> String + Send + Sync + 'static) {
+        self.sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Box::new(source));
+    }
+
+    /// Everything, in the OpenMetrics text format (one `# EOF` at the end).
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        let reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
-        if encode(&mut out, &reg).is_err() {
-            // Only a formatter error can get here; writing to a String
-            // does not fail, so this is a metric's own encoding refusing.
-            out = "# EOF\n".to_string();
+        {
+            let reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+            if encode(&mut out, &reg).is_err() {
+                // Only a formatter error can get here; writing to a String
+                // does not fail, so this is a metric's own encoding refusing.
+                out.clear();
+            }
         }
+        let strip = |t: &mut String| {
+            if let Some(i) = t.rfind("# EOF") {
+                t.truncate(i);
+            }
+        };
+        strip(&mut out);
+        for src in self
+            .sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let mut t = src();
+            strip(&mut t);
+            out.push_str(&t);
+        }
+        out.push_str("# EOF\n");
         out
     }
 }
@@ -136,6 +169,24 @@ pub fn global() -> &'static Arc<Metrics> {
 mod tests {
     use super::*;
     use prometheus_client::metrics::counter::Counter;
+
+    #[test]
+    fn text_sources_are_appended_with_one_eof() {
+        let m = Metrics::new();
+        m.set_endpoints(1);
+        m.add_text_source(|| {
+            "# TYPE twill_bgp_peer_state gauge\ntwill_bgp_peer_state{peer=\"10.0.0.1\"} 6\n# EOF\n"
+                .into()
+        });
+        let text = m.encode();
+        assert!(text.contains("twill_endpoints 1"), "{text}");
+        assert!(
+            text.contains(r#"twill_bgp_peer_state{peer="10.0.0.1"} 6"#),
+            "{text}"
+        );
+        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
 
     #[test]
     fn exposes_own_and_registered_metrics() {

@@ -131,6 +131,19 @@ fn three_nodes_and_a_bird_tor_every_pod_reaches_every_pod() {
         .unwrap_or_default();
     assert_eq!(peers.len(), 3, "two mesh peers and the ToR: {v}");
     assert!(peers.iter().all(|p| p["state"] == "Established"), "{v}");
+
+    // twill-node's /metrics carries the speaker's per-peer metrics too.
+    let metrics = lab.sh(
+        "n1",
+        &[
+            "bash",
+            "-c",
+            "exec 3<>/dev/tcp/127.0.0.1/9099; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3",
+        ],
+    );
+    assert!(metrics.contains("twill_endpoints 2"), "{metrics}");
+    assert!(metrics.contains("twill_bgp_peer_state"), "{metrics}");
+    assert_eq!(metrics.matches("# EOF").count(), 1, "{metrics}");
 }
 
 #[test]

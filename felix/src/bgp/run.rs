@@ -149,6 +149,10 @@ pub async fn run(cfg: BgpConfig, routes: Arc<RouteProgrammer>, report: SharedRep
         }
     };
     tracing::info!(address = %addr, asn = local.asn, restarting = speaker.restarting(), "BGP speaker started");
+    {
+        let s = speaker.clone();
+        crate::metrics::global().add_text_source(move || s.metrics_text());
+    }
     if let Ok(mut r) = report.lock() {
         r.address = addr.to_string();
         r.asn = local.asn;

@@ -2,7 +2,7 @@
 //! reconcile that runs when twill-node starts.
 //!
 //! ADD is all or nothing: addresses from IPAM, then the plumbing
-//! ([`link`]), then the record ([`record`]), then the policy gate; a failure
+//! ([`link`]), then the policy gate, then the record ([`record`]); a failure
 //! at any step undoes every earlier one before the error is returned. The
 //! record is written last, so after a crash "no record" means "never handed
 //! to the runtime" and reconcile may remove whatever such an attempt left
@@ -345,16 +345,20 @@ impl Endpoints {
         };
         let outcome = async {
             rec.mac = self.plumb(&rec).await?;
-            self.state
-                .save(&rec)
-                .map_err(|e| setup_error(format!("saving the endpoint record: {e}")))?;
+            // The policy engine and the route programmer follow the published
+            // set; the record is written only once policy is in place, right
+            // before the reply, so a crash while waiting leaves no record and
+            // reconcile removes what this attempt made.
             self.publish_add(&rec);
             self.gate.ready(&rec).await.map_err(|e| {
                 CniError::new(
                     code::POLICY_NOT_READY,
                     format!("policy for the pod was not programmed: {e}"),
                 )
-            })
+            })?;
+            self.state
+                .save(&rec)
+                .map_err(|e| setup_error(format!("saving the endpoint record: {e}")))
         }
         .await;
         match outcome {

@@ -82,6 +82,8 @@ pub async fn run(cfg: BgpConfig, routes: Arc<RouteProgrammer>, report: SharedRep
     tokio::spawn(conn);
     // 1. The node address: never guessed, retried until it resolves.
     let mut first_failure = true;
+    let mut declared_empty = false;
+    let started = Instant::now();
     let (addr, local) = loop {
         let configs = cfg
             .store
@@ -96,6 +98,7 @@ pub async fn run(cfg: BgpConfig, routes: Arc<RouteProgrammer>, report: SharedRep
             (None, Some(a)) => AddressSpec::try_from(a),
             (None, None) => Err("no node address configured: start twill-node with --node-address IFACE|CIDR or set nodeAddress in the BGPConfiguration; BGP is off".to_string()),
         };
+        let configured = spec.is_ok();
         let resolved = match spec {
             Ok(s) => address::resolve(&host, &s)
                 .await
@@ -107,10 +110,15 @@ pub async fn run(cfg: BgpConfig, routes: Arc<RouteProgrammer>, report: SharedRep
             Err(e) => {
                 if first_failure {
                     tracing::error!("{e}");
-                    // Nothing to wait for: let the route programmer clean up.
-                    routes.set_bgp_routes(Vec::new());
                     health::global().remove(health::BGP);
                     first_failure = false;
+                }
+                // BGP routes a previous run programmed stay while a configured
+                // address may still appear (an interface coming up); with no
+                // address configured there is nothing to wait for.
+                if !declared_empty && (!configured || started.elapsed() > cfg.settle_timeout) {
+                    routes.set_bgp_routes(Vec::new());
+                    declared_empty = true;
                 }
                 set_problem(&report, e);
                 tokio::time::sleep(Duration::from_secs(5)).await;

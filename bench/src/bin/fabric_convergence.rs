@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use twill_bench::{percentile_ms, table, write_results};
+use twill_bench::{machine, percentile_ms, table};
 use twill_tests::lab::Lab;
 use twill_tests::{Netns, bins, require_binary, require_root};
 
@@ -427,6 +427,27 @@ fn row(what: &str, s: &[Duration]) -> Vec<String> {
     ]
 }
 
+/// Writes `name.json` and `name.md` under this binary's own bench/results/.
+/// (Not `twill_bench::write_results`: its path is fixed when the library is
+/// compiled, and a target directory shared between worktrees may hold a
+/// library built from another checkout.)
+fn write_here(name: &str, mut doc: Value, md: &str) -> anyhow::Result<()> {
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/results"));
+    std::fs::create_dir_all(&dir)?;
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()?;
+    doc["recorded"] = Value::String(String::from_utf8_lossy(&date.stdout).trim().to_string());
+    doc["machine"] = Value::String(machine());
+    std::fs::write(
+        dir.join(format!("{name}.json")),
+        serde_json::to_string_pretty(&doc)?,
+    )?;
+    std::fs::write(dir.join(format!("{name}.md")), md)?;
+    println!("results: {}", dir.display());
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     require_root();
     require_binary("bird", "bird2");
@@ -491,7 +512,7 @@ fn main() -> anyhow::Result<()> {
     );
     println!("{md}");
     let ms = |s: &[Duration], p: f64| percentile_ms(s, p);
-    write_results(
+    write_here(
         "fabric_convergence",
         json!({
             "convergence": {

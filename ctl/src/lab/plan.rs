@@ -40,6 +40,10 @@ pub struct TopologyFile {
     pub block_size: Option<u8>,
     pub node_as: Option<u32>,
     pub tor_as: Option<u32>,
+    /// Nodes that become route reflectors (cluster ID 1.1.1.1, label
+    /// `route-reflector`); with any, the node-to-node mesh is off and every
+    /// other node peers with the reflectors only.
+    pub route_reflectors: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -65,6 +69,9 @@ pub struct Plan {
     pub block_size: u8,
     pub nodes: Vec<NodePlan>,
     pub pods: Vec<PodPlan>,
+    /// Route reflector node names (empty: full mesh).
+    #[serde(default)]
+    pub route_reflectors: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -101,6 +108,8 @@ pub enum PlanError {
     Pods(usize),
     #[error("lab name {0:?}: use 1-12 lowercase letters or digits")]
     Prefix(String),
+    #[error("route reflector {0:?} is not a node of the lab")]
+    Reflector(String),
 }
 
 /// Builds the plan from `--nodes`, `--tor` and an optional topology file
@@ -158,10 +167,21 @@ pub fn plan(
             "overlaps the lab's rack segment 172.30.0.0/24".into(),
         ));
     }
+    let reflectors = file.route_reflectors.unwrap_or_default();
+    if let Some(r) = reflectors
+        .iter()
+        .find(|r| !specs.iter().any(|s| &s.name == *r))
+    {
+        return Err(PlanError::Reflector(r.clone()));
+    }
     let mut seen = std::collections::BTreeSet::new();
     let mut out_nodes = Vec::new();
     let mut pods = Vec::new();
-    for (i, s) in specs.into_iter().enumerate() {
+    for (i, mut s) in specs.into_iter().enumerate() {
+        if reflectors.contains(&s.name) {
+            s.labels
+                .insert(REFLECTOR_LABEL.to_string(), "true".to_string());
+        }
         let ok = !s.name.is_empty()
             && s.name.len() <= 10
             && s.name
@@ -205,8 +225,12 @@ pub fn plan(
         block_size: file.block_size.unwrap_or(26),
         nodes: out_nodes,
         pods,
+        route_reflectors: reflectors,
     })
 }
+
+/// The label the lab puts on route reflector nodes (BGPPeers select by it).
+pub const REFLECTOR_LABEL: &str = "route-reflector";
 
 impl Plan {
     /// The Twill resources the lab applies to its store.
@@ -216,9 +240,25 @@ impl Plan {
             self.pool, self.block_size
         )];
         docs.push(format!(
-            "apiVersion: twill.dev/v1\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  asNumber: {}\n  nodeToNodeMeshEnabled: true\n  holdTime: 9\n  keepaliveTime: 3\n  gracefulRestart:\n    enabled: true\n    restartTime: 20\n",
-            self.node_as
+            "apiVersion: twill.dev/v1\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  asNumber: {}\n  nodeToNodeMeshEnabled: {}\n  holdTime: 9\n  keepaliveTime: 3\n  gracefulRestart:\n    enabled: true\n    restartTime: 20\n",
+            self.node_as,
+            self.route_reflectors.is_empty()
         ));
+        // Reflectors: a cluster ID each, clients peer with every reflector
+        // and the reflectors with each other (sessions are symmetric).
+        for r in &self.route_reflectors {
+            docs.push(format!(
+                "apiVersion: twill.dev/v1\nkind: BGPConfiguration\nmetadata:\n  name: node.{r}\nspec:\n  routeReflectorClusterId: 1.1.1.1\n"
+            ));
+        }
+        if !self.route_reflectors.is_empty() {
+            docs.push(format!(
+                "apiVersion: twill.dev/v1\nkind: BGPPeer\nmetadata:\n  name: rr-clients\nspec:\n  nodeSelector: \"!has({REFLECTOR_LABEL})\"\n  peerSelector: has({REFLECTOR_LABEL})\n"
+            ));
+            docs.push(format!(
+                "apiVersion: twill.dev/v1\nkind: BGPPeer\nmetadata:\n  name: rr-mesh\nspec:\n  nodeSelector: has({REFLECTOR_LABEL})\n  peerSelector: has({REFLECTOR_LABEL})\n"
+            ));
+        }
         if self.tor != Tor::None {
             docs.push(format!(
                 "apiVersion: twill.dev/v1\nkind: BGPPeer\nmetadata:\n  name: rack-tor\nspec:\n  peerIP: {}\n  asNumber: {}\n  nodeSelector: all()\n",
@@ -368,6 +408,36 @@ mod tests {
         assert!(r.contains("kind: BGPPeer") && r.contains("peerIP: 172.30.0.1"));
         let none = plan("twl", 2, Tor::None, 0, None).unwrap();
         assert!(!none.resources().contains("BGPPeer"));
+    }
+
+    #[test]
+    fn route_reflectors_turn_the_mesh_off_and_get_peers() {
+        let f: TopologyFile = serde_saphyr::from_str("routeReflectors: [n1, n2]\n").unwrap();
+        let p = plan("twl", 4, Tor::Bird, 0, Some(f)).unwrap();
+        assert_eq!(p.route_reflectors, vec!["n1", "n2"]);
+        assert_eq!(
+            p.nodes[0].labels.get(REFLECTOR_LABEL).map(String::as_str),
+            Some("true")
+        );
+        assert!(p.nodes[2].labels.is_empty());
+        let r = p.resources();
+        assert!(r.contains("nodeToNodeMeshEnabled: false"));
+        assert!(r.contains("name: node.n1\nspec:\n  routeReflectorClusterId: 1.1.1.1"));
+        assert!(r.contains("name: node.n2\n"));
+        assert!(r.contains("nodeSelector: \"!has(route-reflector)\""));
+        assert!(r.contains("name: rr-mesh"));
+        // Every document parses as YAML.
+        for doc in r.split("---\n") {
+            let _: serde_json::Value = serde_saphyr::from_str(doc).unwrap();
+        }
+        let mesh = plan("twl", 4, Tor::Bird, 0, None).unwrap();
+        assert!(mesh.resources().contains("nodeToNodeMeshEnabled: true"));
+        assert!(!mesh.resources().contains("rr-clients"));
+        let f: TopologyFile = serde_saphyr::from_str("routeReflectors: [zz]\n").unwrap();
+        assert_eq!(
+            plan("twl", 2, Tor::Bird, 0, Some(f)),
+            Err(PlanError::Reflector("zz".into()))
+        );
     }
 
     #[test]

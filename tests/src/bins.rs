@@ -26,3 +26,30 @@ pub fn binary(name: &str) -> PathBuf {
     );
     p
 }
+
+/// Applies manifests (multi-document YAML) to the embedded store at `db`
+/// with the real `twillctl apply -f -`; panics with the manifest and
+/// twillctl's error when it fails.
+pub fn twillctl_apply(db: &std::path::Path, yaml: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(binary("twillctl"))
+        .args(["apply", "-f", "-"])
+        .env("TWILL_DATASTORE_PATH", db)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run twillctl");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(yaml.as_bytes())
+        .expect("write manifest");
+    let out = child.wait_with_output().expect("twillctl");
+    assert!(
+        out.status.success(),
+        "twillctl apply failed: {}\n{yaml}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -11,26 +11,8 @@ use serde_json::{Value, json};
 use twill_tests::cni::{Attachment, chain};
 use twill_tests::{Netns, TestNode, bins, require_binary, require_root};
 
-/// Applies manifests to the embedded store at `db` with twillctl.
 fn apply(db: &Path, yaml: &str) {
-    let mut child = std::process::Command::new(bins::binary("twillctl"))
-        .args(["apply", "-f", "-"])
-        .env("TWILL_DATASTORE_PATH", db)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("twillctl");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(yaml.as_bytes())
-        .expect("write manifest");
-    assert!(
-        child.wait().expect("twillctl").success(),
-        "twillctl apply failed:\n{yaml}"
-    );
+    bins::twillctl_apply(db, yaml);
 }
 
 fn pool(name: &str, cidr: &str, block: u8) -> String {

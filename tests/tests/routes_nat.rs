@@ -14,20 +14,7 @@ use std::time::{Duration, Instant};
 use twill_tests::{Netns, TestNode, bins, require_binary, require_root, veth_between, wait_until};
 
 fn apply(db: &Path, yaml: &str) {
-    let mut child = std::process::Command::new(bins::binary("twillctl"))
-        .args(["apply", "-f", "-"])
-        .env("TWILL_DATASTORE_PATH", db)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "twillctl apply:\n{yaml}");
+    bins::twillctl_apply(db, yaml);
 }
 
 fn pool(nat: bool) -> String {

@@ -9,21 +9,7 @@ use std::time::Duration;
 use twill_tests::{Netns, TestNode, bins, require_root, wait_until};
 
 fn apply(db: &Path, yaml: &str) {
-    let mut child = std::process::Command::new(bins::binary("twillctl"))
-        .args(["apply", "-f", "-"])
-        .env("TWILL_DATASTORE_PATH", db)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "twillctl apply:\n{yaml}");
+    bins::twillctl_apply(db, yaml);
 }
 
 fn ipv4_of(out: &twill_tests::cni::CniOutput) -> String {

@@ -317,21 +317,42 @@ async fn status_loop(
 /// Originates owned blocks and borrowed /32s, following the IPAM blocks.
 async fn follow_origination(cfg: BgpConfig, speaker: Arc<Speaker>, next_hop: IpAddr) {
     let store = cfg.store.clone();
-    let node = cfg.node.clone();
     let mut originated: BTreeSet<IpNetwork> = BTreeSet::new();
-    let (tx, mut rx) = tokio::sync::watch::channel(());
+    // The follower turns every block change into the set of prefixes this
+    // node should announce, and wakes the loop only when that set changes:
+    // a pod ADD or DEL that only touches allocations costs nothing here.
+    let (tx, mut rx) = tokio::sync::watch::channel(None::<BTreeSet<IpNetwork>>);
+    let node = cfg.node.clone();
     tokio::spawn(crate::agent::follow::<IPAMBlock>(
         store.clone(),
-        move |_| {
-            tx.send_replace(());
+        move |blocks| {
+            let mut want: BTreeSet<IpNetwork> = twill_ipam::owned_blocks(&blocks, &node)
+                .into_iter()
+                .collect();
+            want.extend(
+                twill_ipam::borrowed_addresses(&blocks, &node)
+                    .into_iter()
+                    .filter_map(|a| IpNetwork::new(a, if a.is_ipv4() { 32 } else { 128 }).ok()),
+            );
+            tx.send_if_modified(|cur| {
+                if cur.as_ref() == Some(&want) {
+                    false
+                } else {
+                    *cur = Some(want);
+                    true
+                }
+            });
         },
     ));
     loop {
-        let blocks = store.list::<IPAMBlock>().await.map(|l| l.items);
-        let pools = store.list::<IPPool>().await.map(|l| l.items);
-        let configs = store.list::<BGPConfiguration>().await.map(|l| l.items);
-        if let (Ok(blocks), Ok(pools), Ok(configs)) = (blocks, pools, configs) {
+        let wanted = rx.borrow_and_update().clone();
+        let lists = (
+            store.list::<IPPool>().await,
+            store.list::<BGPConfiguration>().await,
+        );
+        if let (Some(mut want), (Ok(pools), Ok(configs))) = (wanted, lists) {
             let adv = configs
+                .items
                 .iter()
                 .find(|c| c.metadata.name.as_deref() == Some("default"))
                 .map(|c| Advertisements::from_api(&c.spec))
@@ -342,18 +363,11 @@ async fn follow_origination(cfg: BgpConfig, speaker: Arc<Speaker>, next_hop: IpA
                 })
                 .unwrap_or_default();
             let no_export: Vec<IpNetwork> = pools
+                .items
                 .iter()
                 .filter(|p| p.spec.disable_bgp_export)
                 .filter_map(|p| p.spec.cidr.parse().ok())
                 .collect();
-            let mut want: BTreeSet<IpNetwork> = twill_ipam::owned_blocks(&blocks, &node)
-                .into_iter()
-                .collect();
-            want.extend(
-                twill_ipam::borrowed_addresses(&blocks, &node)
-                    .into_iter()
-                    .filter_map(|a| IpNetwork::new(a, if a.is_ipv4() { 32 } else { 128 }).ok()),
-            );
             want.retain(|p| !no_export.iter().any(|n| n.contains(p.ip())));
             for p in originated.difference(&want) {
                 tracing::info!(prefix = %p, "withdrawing");
@@ -368,7 +382,8 @@ async fn follow_origination(cfg: BgpConfig, speaker: Arc<Speaker>, next_hop: IpA
             }
             originated = want;
         }
-        if rx.changed().await.is_err() {
+        // Pools (disableBGPExport) and communities are re-read every 30 s.
+        if let Ok(Err(_)) = tokio::time::timeout(Duration::from_secs(30), rx.changed()).await {
             return;
         }
     }

@@ -12,7 +12,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 ./scripts/deps.sh
 cargo build --release --locked --workspace --bins
-all=(cni-latency)
+all=(cni-latency bgp-ingest)
 for b in "${@:-${all[@]}}"; do
   echo "== $b"
   "target/release/${b//-/_}"

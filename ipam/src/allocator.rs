@@ -117,6 +117,10 @@ impl BlockCache {
     fn forget(&mut self) {
         self.blocks = None;
     }
+
+    fn is_known(&self) -> bool {
+        self.blocks.is_some()
+    }
 }
 
 fn now() -> String {
@@ -233,8 +237,19 @@ impl Ipam {
     ) -> Result<Assigned, IpamError> {
         let mut cache = self.cache.lock().await;
         for _ in 0..MAX_ATTEMPTS {
+            let fresh = !cache.is_known();
             let blocks = cache.get(&self.store).await?;
-            let step = plan::plan(pools, &blocks, &self.node, &req.handle, family, requested)?;
+            let step = match plan::plan(pools, &blocks, &self.node, &req.handle, family, requested)
+            {
+                Ok(s) => s,
+                // Another process may have freed addresses or blocks since
+                // the cache was filled: a refusal counts only on fresh data.
+                Err(_) if !fresh => {
+                    cache.forget();
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             let mut attributes = req.attributes.clone();
             attributes.insert(ATTR_NODE.into(), self.node.clone());
             attributes.insert(ATTR_CREATED.into(), now());

@@ -11,16 +11,11 @@
 //! what this node originates; reflect node routes between nodes when this
 //! node is a route reflector). The max-prefix limit rides on the import policy.
 
-mod from_api;
 mod prefix_list;
 
 use std::net::IpAddr;
 use std::time::Duration;
 
-pub use from_api::{
-    Advertisements, DEFAULT_RESTART_AFTER, PeerPolicies, local_config, max_prefix_from_api,
-    peer_kind, peer_policies, policy_from_rules,
-};
 pub use prefix_list::{PrefixList, PrefixRange};
 
 use crate::rib::PeerKind;

@@ -2,5 +2,6 @@
 //! datastore) and the node's own address.
 
 pub mod address;
+pub mod from_api;
 pub mod peers;
 pub mod run;

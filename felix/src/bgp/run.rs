@@ -21,11 +21,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::from_api::{Advertisements, peer_policies};
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::{Node, Secret};
 use twill_api::Store;
 use twill_api::resources::{BGPConfiguration, BGPPeer, IPAMBlock, IPPool, PeerStatus};
-use twill_bgpd::policy::{Advertisements, peer_policies};
 use twill_bgpd::rib::PeerKind;
 use twill_bgpd::speaker::{
     GracefulRestartConfig, PasswordSource, PeerConfig, Speaker, SpeakerConfig,

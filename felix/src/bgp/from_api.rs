@@ -1,6 +1,8 @@
-//! Building policies from a `BGPPeer` resource (`importFilters`,
-//! `exportFilters`, `maxPrefixes`, `nextHopSelf`). Errors name the field, as
-//! `spec.importFilters[2].cidr`, so they can be shown next to the resource.
+//! Building BGP policies from a `BGPPeer` resource (`importFilters`,
+//! `exportFilters`, `maxPrefixes`, `nextHopSelf`) and the BGPConfiguration.
+//! Errors name the field, as `spec.importFilters[2].cidr`, so they can be
+//! shown next to the resource. It lives here, not in bgpd, so the speaker
+//! does not depend on the Kubernetes types (and builds in parallel with them).
 
 use std::time::Duration;
 
@@ -12,12 +14,12 @@ use twill_api::resources::{
     MaxPrefixes,
 };
 
-use super::{
+use twill_bgpd::policy::{
     DefaultAction, Match, MaxPrefix, MaxPrefixAction, Modify, Policy, PolicyError, PrefixList,
     PrefixRange, Term, Verdict,
 };
-use crate::rib::{LocalConfig, PeerKind};
-use crate::types::{Community, LargeCommunity, PathAttrs, Prefix, normalize};
+use twill_bgpd::rib::{LocalConfig, PeerKind};
+use twill_bgpd::types::{Community, LargeCommunity, PathAttrs, Prefix, normalize};
 
 /// Seconds to wait before reconnecting after a max-prefix tear-down when the
 /// resource does not say.

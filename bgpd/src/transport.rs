@@ -160,6 +160,39 @@ impl TtlPolicy {
     }
 }
 
+/// Linux `TCP_SAVE_SYN` / `TCP_SAVED_SYN` (include/uapi/linux/tcp.h).
+const TCP_SAVE_SYN: i32 = 27;
+const TCP_SAVED_SYN: i32 = 28;
+
+/// The TTL (IPv6: hop limit) of the SYN that opened an accepted connection,
+/// from the headers the listener saved (`TCP_SAVE_SYN`). GTSM needs it: the
+/// minimum TTL can only be set on an accepted socket after the handshake,
+/// too late for what the peer sent meanwhile. Readable once per socket.
+pub fn syn_ttl(fd: RawFd) -> Option<u8> {
+    let mut buf = [0u8; 512];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: buf and len are live and len holds buf's size; the kernel
+    // writes at most len bytes and stores the written length in len.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            TCP_SAVED_SYN,
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    let len = usize::try_from(len).ok()?;
+    if rc != 0 || len < 20 {
+        return None;
+    }
+    match buf.first()? >> 4 {
+        4 => buf.get(8).copied(),
+        6 if len >= 40 => buf.get(7).copied(),
+        _ => None,
+    }
+}
+
 /// A bound, listening BGP socket.
 pub fn listen(addr: SocketAddr) -> Result<TcpListener, TransportError> {
     let sock = if addr.is_ipv6() {
@@ -169,6 +202,8 @@ pub fn listen(addr: SocketAddr) -> Result<TcpListener, TransportError> {
     }
     .map_err(io_err("create listening socket"))?;
     sock.set_reuseaddr(true).map_err(io_err("SO_REUSEADDR"))?;
+    setsockopt(sock.as_raw_fd(), libc::IPPROTO_TCP, TCP_SAVE_SYN, &1i32)
+        .map_err(io_err("TCP_SAVE_SYN"))?;
     sock.bind(addr).map_err(io_err(format!("bind {addr}")))?;
     sock.listen(128)
         .map_err(io_err(format!("listen on {addr}")))

@@ -353,6 +353,21 @@ impl Runner {
     fn incoming(&mut self, stream: TcpStream) {
         let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
         let v6 = stream.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
+        // GTSM (RFC 5082): the peer's SYN must have arrived with the
+        // minimum TTL too, not only what comes after the socket option.
+        if let Some(min) = self.ttl_policy().min_ttl {
+            match transport::syn_ttl(fd) {
+                Some(ttl) if ttl >= min => {}
+                seen => {
+                    let seen =
+                        seen.map_or_else(|| "an unknown TTL".to_string(), |t| format!("TTL {t}"));
+                    self.set_error(&format!(
+                        "GTSM: refused a connection whose SYN arrived with {seen} (needs {min} or more)"
+                    ));
+                    return;
+                }
+            }
+        }
         if let Err(e) = self.ttl_policy().apply(fd, v6) {
             self.set_error(&e.to_string());
             return;

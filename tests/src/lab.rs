@@ -208,17 +208,23 @@ fn force_down(dir: &Path) {
     }
 }
 
+/// `twillctl lab down --dir DIR`, and when that fails, removal by hand of
+/// exactly what `lab.json` recorded. For any lab a test or benchmark started.
+pub fn down(dir: &Path) {
+    let ok = twillctl()
+        .args(["lab", "down", "--dir"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        force_down(dir);
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
-        let ok = twillctl()
-            .args(["lab", "down", "--dir"])
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !ok {
-            force_down(&self.dir);
-        }
+        down(&self.dir);
     }
 }

@@ -249,19 +249,7 @@ impl Drop for LabGuard {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let ok = Command::new(bins::binary("twillctl"))
-            .args(["lab", "down", "--dir"])
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !ok {
-            eprintln!(
-                "lab down failed: see {}/lab.json for what is left",
-                self.dir.display()
-            );
-        }
+        twill_tests::lab::down(&self.dir);
     }
 }
 

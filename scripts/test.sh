@@ -16,4 +16,8 @@ fi
 export CARGO_TERM_COLOR=never
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The namespace tests run the workspace's binaries (twill-node, twill-cni,
+# twillctl, ...); `cargo test` only builds a package's binaries for that
+# package's own integration tests, so build them all first.
+cargo build --workspace --bins --locked
 cargo test --workspace --locked --no-fail-fast

@@ -1,6 +1,7 @@
-//! Finding the workspace's binaries from inside a test. `cargo test
-//! --workspace` (what scripts/test.sh runs) builds every binary before any
-//! test runs; they sit next to the test executable's `deps/` directory.
+//! Finding the workspace's binaries from inside a test. scripts/test.sh runs
+//! `cargo build --workspace --bins` before `cargo test` (cargo test alone
+//! builds only the binaries of the package whose tests run); they sit next
+//! to the test executable's `deps/` directory.
 
 use std::path::PathBuf;
 
@@ -21,7 +22,7 @@ pub fn binary(name: &str) -> PathBuf {
     let p = dir.join(name);
     assert!(
         p.is_file(),
-        "{} is not built: run the tests with `cargo test --workspace` (scripts/test.sh does), or `cargo build --workspace --bins` first",
+        "{} is not built: run `cargo build --workspace --bins` first (scripts/test.sh does)",
         p.display()
     );
     p

@@ -2,7 +2,9 @@
 //!
 //! One [`Metrics`] per process ([`global`]): the metrics twill-node itself
 //! keeps — CNI request latency by command and result, endpoints, IPAM blocks
-//! owned and addresses used — and a registry other modules add theirs to
+//! owned and addresses used, kernel routes programmed by kind and route
+//! changes the kernel refused, nft apply latency by full / incremental and
+//! result — and a registry other modules add theirs to
 //! with [`Metrics::register`] (names get the `twill_` prefix). It is
 //! process-wide so the CNI server, the agent and later bgpd and the nft
 //! driver can record without a handle threaded through every constructor.
@@ -12,6 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -26,6 +29,18 @@ fn cni_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 15))
 }
 
+/// Labels of the nft apply histogram: `full` / `incremental`, `ok` / `error`.
+type NftLabels = Vec<(&'static str, &'static str)>;
+
+fn nft_histogram() -> Histogram {
+    // 0.5 ms .. ~16 s: an incremental update is milliseconds, a full table
+    // at 10k pods is most of a second, a stuck kernel shows at the top.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// Labels of the routes gauge: the route's kind.
+type RouteLabels = Vec<(&'static str, &'static str)>;
+
 type TextSource = Box<dyn Fn() -> String + Send + Sync>;
 
 /// twill-node's metrics and the registry they are exposed from.
@@ -38,6 +53,9 @@ pub struct Metrics {
     endpoints: Gauge,
     ipam_blocks: Gauge,
     ipam_addresses: Gauge,
+    nft_apply: Family<NftLabels, Histogram, fn() -> Histogram>,
+    routes: Family<RouteLabels, Gauge>,
+    route_failures: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -62,6 +80,9 @@ impl Metrics {
             endpoints: Gauge::default(),
             ipam_blocks: Gauge::default(),
             ipam_addresses: Gauge::default(),
+            nft_apply: Family::new_with_constructor(nft_histogram),
+            routes: Family::default(),
+            route_failures: Counter::default(),
         };
         m.register(
             "cni_request_duration_seconds",
@@ -83,7 +104,48 @@ impl Metrics {
             "Addresses allocated in the IPAM blocks affine to this node",
             m.ipam_addresses.clone(),
         );
+        m.register(
+            "nft_apply_duration_seconds",
+            "Time to apply the policy table to the kernel (one nft transaction), by kind (full, incremental) and result",
+            m.nft_apply.clone(),
+        );
+        m.register(
+            "routes_programmed",
+            "Kernel routes Twill has programmed, by kind (local: a pod's /32; blackhole: an owned block; bgp: learned from a peer)",
+            m.routes.clone(),
+        );
+        m.register(
+            "route_changes_failed",
+            "Route adds, replaces and deletes the kernel refused (retried at the next resync)",
+            m.route_failures.clone(),
+        );
         m
+    }
+
+    /// Records one nft transaction: a whole-table replacement or an
+    /// incremental update, and whether the kernel took it.
+    pub fn observe_nft_apply(&self, full: bool, ok: bool, took: Duration) {
+        let labels = vec![
+            ("kind", if full { "full" } else { "incremental" }),
+            ("result", if ok { "ok" } else { "error" }),
+        ];
+        self.nft_apply
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+
+    /// Sets the programmed-routes gauges.
+    pub fn set_routes(&self, local: usize, blackhole: usize, bgp: usize) {
+        for (kind, n) in [("local", local), ("blackhole", blackhole), ("bgp", bgp)] {
+            self.routes
+                .get_or_create(&vec![("kind", kind)])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Counts route changes the kernel refused.
+    pub fn add_route_failures(&self, n: usize) {
+        self.route_failures.inc_by(n as u64);
     }
 
     /// Adds a metric (any prometheus-client metric; keep a clone to update
@@ -168,7 +230,6 @@ pub fn global() -> &'static Arc<Metrics> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prometheus_client::metrics::counter::Counter;
 
     #[test]
     fn text_sources_are_appended_with_one_eof() {
@@ -229,5 +290,28 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn routes_and_nft_applies_are_exposed() {
+        let m = Metrics::new();
+        m.set_routes(3, 1, 40);
+        m.add_route_failures(2);
+        m.observe_nft_apply(true, true, Duration::from_millis(300));
+        m.observe_nft_apply(false, true, Duration::from_millis(4));
+        m.observe_nft_apply(false, true, Duration::from_millis(6));
+        m.observe_nft_apply(false, false, Duration::from_millis(1));
+        let text = m.encode();
+        for want in [
+            r#"twill_routes_programmed{kind="local"} 3"#,
+            r#"twill_routes_programmed{kind="blackhole"} 1"#,
+            r#"twill_routes_programmed{kind="bgp"} 40"#,
+            "twill_route_changes_failed_total 2",
+            r#"twill_nft_apply_duration_seconds_count{kind="full",result="ok"} 1"#,
+            r#"twill_nft_apply_duration_seconds_count{kind="incremental",result="ok"} 2"#,
+            r#"twill_nft_apply_duration_seconds_count{kind="incremental",result="error"} 1"#,
+        ] {
+            assert!(text.contains(want), "missing {want}:\n{text}");
+        }
     }
 }

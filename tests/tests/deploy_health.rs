@@ -113,7 +113,7 @@ fn health_readiness_and_metrics_follow_the_node() {
     assert!(last.1.contains("[+]dataplane ok"), "{}", last.1);
 
     // A pod: the CNI latency histogram counts the ADD, and the gauges
-    // follow the endpoint and its address once the status loop has run.
+    // follow the endpoint, its address, its /32 and its block's blackhole.
     let pod = Netns::new("twh");
     let out = node.add("health-pod", &pod);
     assert!(out.success, "ADD: {}", out.json);
@@ -121,7 +121,10 @@ fn health_readiness_and_metrics_follow_the_node() {
     assert!(
         wait_until(Duration::from_secs(10), || {
             metrics = get(&node.ns, "/metrics").1;
-            metrics.contains("twill_endpoints 1") && metrics.contains("twill_ipam_addresses_used 1")
+            metrics.contains("twill_endpoints 1")
+                && metrics.contains("twill_ipam_addresses_used 1")
+                && metrics.contains(r#"twill_routes_programmed{kind="local"} 1"#)
+                && metrics.contains(r#"twill_routes_programmed{kind="blackhole"} 1"#)
         }),
         "metrics did not follow the pod:\n{metrics}"
     );

@@ -443,6 +443,22 @@ impl Actor {
         Ok(self.execute(plan, false).await)
     }
 
+    /// Updates the routes-programmed gauges from what the kernel holds of
+    /// ours, and counts refused changes.
+    fn publish_metrics(&self, failed: usize) {
+        let (mut local, mut blackhole, mut bgp) = (0, 0, 0);
+        for t in self.programmed.values() {
+            match t {
+                Target::Dev(_) => local += 1,
+                Target::Blackhole => blackhole += 1,
+                Target::Via(_) => bgp += 1,
+            }
+        }
+        let m = crate::metrics::global();
+        m.set_routes(local, blackhole, bgp);
+        m.add_route_failures(failed);
+    }
+
     /// Runs a plan and records what took effect. An increment's add that
     /// finds its prefix taken (by an identical route someone else just
     /// made, e.g. endpoint setup, or by a foreign route) asks for an early
@@ -451,6 +467,7 @@ impl Actor {
     async fn execute(&mut self, plan: Plan, increment: bool) -> ApplyReport {
         let mut report = ApplyReport::default();
         if plan.is_empty() {
+            self.publish_metrics(0);
             return report;
         }
         let ops = Op::from_plan(plan);
@@ -499,6 +516,7 @@ impl Actor {
                 }
             }
         }
+        self.publish_metrics(report.failed);
         if report.failed > logged + quiet {
             tracing::warn!(
                 failed = report.failed,

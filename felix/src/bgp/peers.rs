@@ -236,6 +236,11 @@ pub fn desired_peers(
         let Some(node_sel) = parse(&pname, &s.node_selector, &mut problems) else {
             continue;
         };
+        if s.bfd.as_ref().is_some_and(|b| b.enabled) {
+            problems.push(format!(
+                "BGPPeer {pname}: bfd is not implemented yet; its sessions detect failures by the hold timer only"
+            ));
+        }
         let Some(peer_sel) = parse(&pname, &s.peer_selector, &mut problems) else {
             continue;
         };
@@ -497,6 +502,30 @@ mod tests {
                 .any(|m| m.contains("broken") && m.contains("asNumber"))
         );
         assert!(problems.iter().any(|m| m.contains("badsel")));
+    }
+
+    #[test]
+    fn bfd_is_reported_as_not_implemented_and_the_session_still_runs() {
+        let tor = peer(
+            "tor",
+            BGPPeerSpec {
+                peer_ip: Some("10.96.1.1".into()),
+                as_number: Some(65001),
+                bfd: Some(twill_api::resources::bgppeer::Bfd {
+                    enabled: true,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        );
+        let (p, problems) = desired_peers("n1", &nodes3(), &[], &[tor]);
+        assert!(p.iter().any(|p| p.address.to_string() == "10.96.1.1"));
+        assert!(
+            problems
+                .iter()
+                .any(|m| m.contains("tor") && m.contains("bfd is not implemented")),
+            "{problems:?}"
+        );
     }
 
     #[test]

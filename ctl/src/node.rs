@@ -154,10 +154,19 @@ pub fn render(name: &str, r: &NodeStatusReport, now: jiff::Timestamp, wide: bool
         out += &align(&rows);
     }
     out += "\n";
-    let mut kinds: std::collections::BTreeMap<&str, usize> = Default::default();
-    for rt in &r.routes {
-        *kinds.entry(rt.kind.as_str()).or_default() += 1;
+    let mut kinds: std::collections::BTreeMap<&str, u64> = Default::default();
+    if r.route_counts.is_empty() {
+        for rt in &r.routes {
+            *kinds.entry(rt.kind.as_str()).or_default() += 1;
+        }
+    } else {
+        kinds = r
+            .route_counts
+            .iter()
+            .map(|(k, n)| (k.as_str(), *n))
+            .collect();
     }
+    let total: u64 = kinds.values().sum();
     let summary: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
     out += &format!(
         "routes: {}\n",
@@ -178,6 +187,12 @@ pub fn render(name: &str, r: &NodeStatusReport, now: jiff::Timestamp, wide: bool
         }
         if rows.len() > 1 {
             out += &align(&rows);
+        }
+        if total > r.routes.len() as u64 {
+            out += &format!(
+                "({} of {total} listed: the report carries the node's own routes and the first learned ones)\n",
+                r.routes.len()
+            );
         }
     } else {
         out += "(-o wide lists them)\n";
@@ -226,6 +241,26 @@ mod tests {
         assert!(t.contains("Established"), "{t}");
         assert!(t.contains("3m0s"), "{t}");
         assert!(t.contains("routes: 1 blackhole"), "{t}");
+    }
+
+    #[test]
+    fn a_capped_report_shows_the_full_counts_and_says_what_is_listed() {
+        let now: jiff::Timestamp = "2026-01-01T00:10:00Z".parse().unwrap();
+        let r = NodeStatusReport {
+            updated: "2026-01-01T00:09:55Z".into(),
+            routes: vec![RouteStatus {
+                destination: "10.244.0.0/26".into(),
+                kind: "blackhole".into(),
+                via: vec![],
+            }],
+            route_counts: [("blackhole".to_string(), 1), ("bgp".to_string(), 20_000)]
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        };
+        let t = render("n1", &r, now, true);
+        assert!(t.contains("routes: 20000 bgp, 1 blackhole"), "{t}");
+        assert!(t.contains("(1 of 20001 listed"), "{t}");
     }
 
     #[test]

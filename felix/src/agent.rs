@@ -268,6 +268,7 @@ async fn report_loop(
             .await
             .map(|m| m.iter().map(|(d, t)| route_status(d, t, &names)).collect())
             .unwrap_or_default();
+        let (listed_routes, route_counts) = status::listed_routes(programmed);
         let eps = endpoints.current();
         metrics::global().set_endpoints(eps.len());
         let blocks = match cfg.store.list::<IPAMBlock>().await {
@@ -301,7 +302,8 @@ async fn report_loop(
             endpoints: eps.len() as u32,
             endpoint_handles: eps.values().map(|e| e.container_id.clone()).collect(),
             blocks,
-            routes: programmed,
+            routes: listed_routes,
+            route_counts,
         };
         let secs = cfg.status_interval.as_secs().max(1) as u32;
         if let Err(e) = status::write_report(&cfg.store, &cfg.node_name, secs, report).await {

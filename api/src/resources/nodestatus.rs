@@ -2,11 +2,16 @@
 //! programmed routes, endpoints), so `twillctl node status` works from any
 //! machine that reaches the datastore. Written only by the node it names.
 
+use std::collections::BTreeMap;
+
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::validate::{Errors, ValidationError, check_name};
+
+/// The most routes a report lists; `route_counts` counts all of them.
+pub const MAX_LISTED_ROUTES: usize = 500;
 
 /// A node agent's report. The object's name is the node's name.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -54,9 +59,15 @@ pub struct NodeStatusReport {
     /// BGP sessions.
     #[serde(default)]
     pub bgp_peers: Vec<PeerStatus>,
-    /// Routes felix programmed, by kind.
+    /// Routes felix programmed: the node's own (local, blackhole) first,
+    /// then learned ones, at most [`MAX_LISTED_ROUTES`] (the object must stay
+    /// far below the API server's size limit on nodes with large tables).
     #[serde(default)]
     pub routes: Vec<RouteStatus>,
+    /// How many routes of each kind are programmed, listed or not (empty
+    /// from agents that predate it: count `routes` then).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub route_counts: BTreeMap<String, u64>,
     /// Local pod endpoints.
     #[serde(default)]
     pub endpoints: u32,

@@ -1,7 +1,7 @@
 //! "AS per rack" through `twillctl lab` with `torReflector: true`: the nodes
 //! and the ToR share one AS, the node-to-node mesh is off, and the ToR (BIRD
-//! or FRR, configured as the README documents) reflects each node's blocks to
-//! the others with the originating node as next hop.
+//! or FRR, configured as the README documents, or GoBGP) reflects each node's
+//! blocks to the others with the originating node as next hop.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -14,7 +14,22 @@ use twill_tests::{require_binary, require_root, wait_until};
 enum Tor {
     Bird,
     Frr,
+    /// The lab's GoBGP has no kernel FIB: it reflects, it does not forward.
+    Gobgp,
 }
+
+impl Tor {
+    fn name(self) -> &'static str {
+        match self {
+            Tor::Bird => "bird",
+            Tor::Frr => "frr",
+            Tor::Gobgp => "gobgp",
+        }
+    }
+}
+
+/// The lab's GoBGP API address (in the ToR namespace).
+const GOBGP_API: &str = "127.0.0.1:50051";
 
 fn prerequisites(tor: Tor) {
     require_root();
@@ -28,6 +43,10 @@ fn prerequisites(tor: Tor) {
             require_binary("/usr/lib/frr/bgpd", "frr");
             require_binary("/usr/lib/frr/zebra", "frr");
             require_binary("vtysh", "frr");
+        }
+        Tor::Gobgp => {
+            require_binary("gobgpd", "gobgpd");
+            require_binary("gobgp", "gobgpd");
         }
     }
 }
@@ -127,6 +146,29 @@ fn tor_bgp_table(lab: &Lab, tor: Tor) -> BTreeSet<(String, String)> {
             }
             out
         }
+        // `{"10.244.0.0/26":[{"best":true,"attrs":[...,{"type":3,"nexthop":"172.30.0.11"}]}]}`
+        Tor::Gobgp => {
+            let text = String::from_utf8_lossy(
+                &lab.exec(
+                    "tor",
+                    &["gobgp", "--target", GOBGP_API, "global", "rib", "-j"],
+                )
+                .stdout,
+            )
+            .into_owned();
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            let mut out = BTreeSet::new();
+            for (prefix, paths) in v.as_object().into_iter().flatten() {
+                for p in paths.as_array().into_iter().flatten() {
+                    for a in p["attrs"].as_array().into_iter().flatten() {
+                        if let Some(nh) = a["nexthop"].as_str() {
+                            out.insert((prefix.clone(), nh.to_string()));
+                        }
+                    }
+                }
+            }
+            out
+        }
     }
 }
 
@@ -134,6 +176,11 @@ fn tor_bgp_table(lab: &Lab, tor: Tor) -> BTreeSet<(String, String)> {
 fn tor_table_text(lab: &Lab, tor: Tor) -> String {
     match tor {
         Tor::Bird => lab.bird_routes(),
+        Tor::Gobgp => String::from_utf8_lossy(
+            &lab.exec("tor", &["gobgp", "--target", GOBGP_API, "global", "rib"])
+                .stdout,
+        )
+        .into_owned(),
         Tor::Frr => {
             run(
                 "vtysh",
@@ -158,7 +205,7 @@ fn check_tor_reflector(tor: Tor) {
         "--nodes",
         "3",
         "--tor",
-        if tor == Tor::Bird { "bird" } else { "frr" },
+        tor.name(),
         "--pods-per-node",
         "2",
         "--topology",
@@ -178,6 +225,14 @@ fn check_tor_reflector(tor: Tor) {
                 "--dryrun",
                 "-f",
                 tdir.join("bgpd.conf").to_str().expect("utf-8"),
+            ],
+        ),
+        Tor::Gobgp => run(
+            "gobgpd",
+            &[
+                "--dry-run",
+                "-f",
+                tdir.join("gobgp.toml").to_str().expect("utf-8"),
             ],
         ),
     };
@@ -253,13 +308,17 @@ fn check_tor_reflector(tor: Tor) {
     }
 
     // The ToR holds every block via its node, usable: in its BGP table with
-    // a resolved next hop, in its kernel, and it reaches every pod.
+    // a resolved next hop, in its kernel, and it reaches every pod (the
+    // lab's GoBGP has no kernel side: its table only).
     assert!(
         wait_until(Duration::from_secs(10), || tor_bgp_table(&lab, tor) == want),
         "the ToR's BGP table has {:?} (usable routes only), want {want:?}\n{}",
         tor_bgp_table(&lab, tor),
         tor_table_text(&lab, tor)
     );
+    if tor == Tor::Gobgp {
+        return;
+    }
     let kernel = lab.sh("tor", &["ip", "route", "show"]);
     for (block, addr) in &want {
         assert!(
@@ -292,4 +351,9 @@ fn tor_reflector_carries_routes_between_nodes_with_the_mesh_off() {
 #[test]
 fn frr_tor_reflector_carries_routes_between_nodes_with_the_mesh_off() {
     check_tor_reflector(Tor::Frr);
+}
+
+#[test]
+fn gobgp_tor_reflector_carries_routes_between_nodes_with_the_mesh_off() {
+    check_tor_reflector(Tor::Gobgp);
 }

@@ -2,8 +2,9 @@
 //! machine. A network namespace per node, a ToR namespace running BIRD, FRR
 //! or GoBGP (or nothing), a link from each node to the ToR's bridge,
 //! twill-node in every node namespace on one embedded store in the lab's
-//! directory, and a few pods created through twill-cni exactly as a container
-//! runtime calls it.
+//! directory (the ToR only learns, or with `torReflector` reflects the
+//! nodes' routes to each other), and a few pods created through twill-cni
+//! exactly as a container runtime calls it.
 //!
 //! Everything the lab creates is written to `DIR/lab.json` the moment it
 //! exists (namespaces by name, processes by PID and command line), so `lab
@@ -51,7 +52,9 @@ pub enum LabCommand {
         nodes: usize,
         #[arg(long, value_enum, default_value = "bird")]
         tor: Tor,
-        /// YAML: nodes (name, labels), tor, podsPerNode, pool, blockSize, nodeAs, torAs.
+        /// YAML: nodes (name, labels), tor, podsPerNode, pool, blockSize, nodeAs, torAs,
+        /// routeReflectors (node names), torReflector (true: the ToR is the rack's
+        /// route reflector, one AS, no mesh).
         #[arg(long)]
         topology: Option<PathBuf>,
         #[arg(long, default_value_t = 2)]
@@ -359,10 +362,15 @@ async fn up(
         return Ok(ExitCode::from(1));
     }
     println!(
-        "lab is up in {} ({} nodes, ToR: {:?})\n",
+        "lab is up in {} ({} nodes, ToR: {:?}{})\n",
         dir.display(),
         plan.nodes.len(),
-        plan.tor
+        plan.tor,
+        if plan.tor_reflector {
+            ", the rack's route reflector"
+        } else {
+            ""
+        }
     );
     let ok = matrix(&st)?;
     println!();

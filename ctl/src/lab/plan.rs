@@ -7,6 +7,13 @@
 //! iBGP with each other (the mesh, direct next hops on the segment) and eBGP
 //! with the ToR, which learns every block but sends nothing back (a ToR gives
 //! nodes a default route, not each other's blocks).
+//!
+//! With `torReflector: true` the rack is one AS instead ("AS per rack"): the
+//! mesh is off, every node peers iBGP with the ToR only, and the ToR is a
+//! route reflector whose clients are the nodes (dynamic neighbors over the
+//! rack subnet), so each node learns the others' blocks from the ToR with the
+//! originating node as next hop. The ToR configs then have the shape the
+//! README documents for real ToRs.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -44,6 +51,9 @@ pub struct TopologyFile {
     /// `route-reflector`); with any, the node-to-node mesh is off and every
     /// other node peers with the reflectors only.
     pub route_reflectors: Option<Vec<String>>,
+    /// The ToR is the rack's route reflector: one AS for the nodes and the
+    /// ToR (iBGP), the mesh off, the nodes the ToR's RR clients.
+    pub tor_reflector: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -72,6 +82,10 @@ pub struct Plan {
     /// Route reflector node names (empty: full mesh).
     #[serde(default)]
     pub route_reflectors: Vec<String>,
+    /// The ToR reflects the nodes' routes to each other (`tor_as == node_as`,
+    /// no mesh).
+    #[serde(default)]
+    pub tor_reflector: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -110,6 +124,8 @@ pub enum PlanError {
     Prefix(String),
     #[error("route reflector {0:?} is not a node of the lab")]
     Reflector(String),
+    #[error("torReflector: {0}")]
+    TorReflector(String),
 }
 
 /// Builds the plan from `--nodes`, `--tor` and an optional topology file
@@ -174,6 +190,36 @@ pub fn plan(
     {
         return Err(PlanError::Reflector(r.clone()));
     }
+    let tor = file.tor.unwrap_or(tor);
+    let tor_reflector = file.tor_reflector.unwrap_or(false);
+    let (node_as, tor_as) = if tor_reflector {
+        if tor == Tor::None {
+            return Err(PlanError::TorReflector(
+                "the ToR runs no BGP (tor: none); choose bird, frr or gobgp".into(),
+            ));
+        }
+        if !reflectors.is_empty() {
+            return Err(PlanError::TorReflector(
+                "the ToR is the reflector, so routeReflectors (node reflectors) cannot be set too"
+                    .into(),
+            ));
+        }
+        // One AS for the rack: iBGP between the nodes and the ToR.
+        match (file.node_as, file.tor_as) {
+            (Some(n), Some(t)) if n != t => {
+                return Err(PlanError::TorReflector(format!(
+                    "the nodes and the ToR share one AS (iBGP), but nodeAs is {n} and torAs is {t}; set one of them or both the same"
+                )));
+            }
+            (Some(a), _) | (None, Some(a)) => (a, a),
+            (None, None) => (DEFAULT_NODE_AS, DEFAULT_NODE_AS),
+        }
+    } else {
+        (
+            file.node_as.unwrap_or(DEFAULT_NODE_AS),
+            file.tor_as.unwrap_or(DEFAULT_TOR_AS),
+        )
+    };
     let mut seen = std::collections::BTreeSet::new();
     let mut out_nodes = Vec::new();
     let mut pods = Vec::new();
@@ -215,19 +261,25 @@ pub fn plan(
     }
     Ok(Plan {
         prefix: prefix.to_string(),
-        tor: file.tor.unwrap_or(tor),
+        tor,
         tor_ns: format!("{prefix}-tor"),
         tor_addr: Ipv4Addr::new(172, 30, 0, 1),
         prefix_len: 24,
-        tor_as: file.tor_as.unwrap_or(65000),
-        node_as: file.node_as.unwrap_or(64512),
+        tor_as,
+        node_as,
         pool,
         block_size: file.block_size.unwrap_or(26),
         nodes: out_nodes,
         pods,
         route_reflectors: reflectors,
+        tor_reflector,
     })
 }
+
+/// The nodes' AS unless the topology says (Twill's default asNumber).
+const DEFAULT_NODE_AS: u32 = 64512;
+/// The ToR's AS in the default (eBGP) lab.
+const DEFAULT_TOR_AS: u32 = 65000;
 
 /// The label the lab puts on route reflector nodes (BGPPeers select by it).
 pub const REFLECTOR_LABEL: &str = "route-reflector";
@@ -242,7 +294,7 @@ impl Plan {
         docs.push(format!(
             "apiVersion: twill.dev/v1\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  asNumber: {}\n  nodeToNodeMeshEnabled: {}\n  holdTime: 9\n  keepaliveTime: 3\n  gracefulRestart:\n    enabled: true\n    restartTime: 20\n",
             self.node_as,
-            self.route_reflectors.is_empty()
+            self.route_reflectors.is_empty() && !self.tor_reflector
         ));
         // Reflectors: a cluster ID each, clients peer with every reflector
         // and the reflectors with each other (sessions are symmetric).
@@ -268,9 +320,20 @@ impl Plan {
         docs.join("---\n")
     }
 
+    /// The rack's subnet (the nodes' and the ToR's addresses), e.g. 172.30.0.0/24.
+    pub fn rack_subnet(&self) -> String {
+        let net = ipnetwork::Ipv4Network::new(self.tor_addr, self.prefix_len)
+            .map(|n| n.network())
+            .unwrap_or(self.tor_addr);
+        format!("{net}/{}", self.prefix_len)
+    }
+
     /// BIRD 2 configuration for the ToR: learn every node's routes into the
-    /// kernel, send nothing back.
+    /// kernel, send nothing back — or, as the rack's reflector, reflect them.
     pub fn bird_conf(&self) -> String {
+        if self.tor_reflector {
+            return self.bird_reflector_conf();
+        }
         let mut s = format!(
             "router id {tor};\nprotocol device {{}}\nprotocol direct {{ ipv4; interface \"rack\"; }}\nprotocol kernel {{ ipv4 {{ export where source = RTS_BGP; }}; merge paths on; }}\n\
              template bgp node {{\n  local {tor} as {tas};\n  hold time 9;\n  graceful restart on;\n  ipv4 {{ import all; export none; }};\n}}\n",
@@ -288,8 +351,63 @@ impl Plan {
         s
     }
 
+    /// BIRD 2 as the rack's route reflector, in the shape the README
+    /// documents: nodes as dynamic iBGP neighbors over the rack subnet, RR
+    /// clients, only the pool's blocks and /32s in and out, learned routes
+    /// (several nodes per prefix merged) into the kernel. `direct` matters:
+    /// without it BIRD resolves iBGP next hops recursively and, with no IGP,
+    /// installs the pod routes as unreachable (reflection still works, but
+    /// the ToR itself drops traffic to pods).
+    fn bird_reflector_conf(&self) -> String {
+        format!(
+            r#"router id {tor};
+
+protocol device {{}}
+
+protocol kernel {{
+  ipv4 {{ export where source = RTS_BGP; }};
+  merge paths on;
+}}
+
+filter twill_pods {{
+  if net ~ [ {pool}{{{bs},32}} ] then accept;
+  reject;
+}}
+
+protocol bgp twill_nodes {{
+  local {tor} as {asn};
+  neighbor range {rack} as {asn};
+  dynamic name "node_";
+  # The nodes are on this subnet: resolve their next hops on it. iBGP is
+  # multihop by default, whose next hops resolve recursively through an IGP;
+  # with none, BIRD marks the pod routes unreachable and installs them so.
+  direct;
+  rr client;
+  rr cluster id {tor};
+  hold time 9;
+  keepalive time 3;
+  graceful restart on;
+  graceful restart time 120;
+  ipv4 {{
+    import filter twill_pods;
+    import limit 10000 action restart;
+    export filter twill_pods;
+  }};
+}}
+"#,
+            tor = self.tor_addr,
+            asn = self.tor_as,
+            rack = self.rack_subnet(),
+            pool = self.pool,
+            bs = self.block_size,
+        )
+    }
+
     /// FRR bgpd configuration for the ToR (with zebra for kernel routes).
     pub fn frr_conf(&self) -> String {
+        if self.tor_reflector {
+            return self.frr_reflector_conf();
+        }
         let mut s = format!(
             "hostname lab-tor\nrouter bgp {}\n bgp router-id {}\n no bgp ebgp-requires-policy\n no bgp default ipv4-unicast\n",
             self.tor_as, self.tor_addr
@@ -311,9 +429,71 @@ impl Plan {
         s
     }
 
+    /// The prefix-list range of the pool's blocks and /32s: `ge` only when
+    /// blocks are longer than the pool (FRR wants ge > the prefix length).
+    fn pods_range_frr(&self) -> String {
+        let pool_len = self
+            .pool
+            .split('/')
+            .nth(1)
+            .and_then(|l| l.parse::<u8>().ok())
+            .unwrap_or(0);
+        if self.block_size > pool_len {
+            format!("{} ge {} le 32", self.pool, self.block_size)
+        } else {
+            format!("{} le 32", self.pool)
+        }
+    }
+
+    /// FRR as the rack's route reflector, in the shape the README documents:
+    /// a peer group for the rack subnet (`bgp listen range`), RR clients,
+    /// the pool's blocks and /32s in and out, iBGP multipath into the kernel.
+    fn frr_reflector_conf(&self) -> String {
+        let limit = if self.nodes.len() > 100 {
+            format!(" bgp listen limit {}\n", self.nodes.len())
+        } else {
+            String::new()
+        };
+        format!(
+            r#"frr defaults datacenter
+hostname lab-tor
+!
+ip prefix-list twill-pods seq 10 permit {range}
+!
+router bgp {asn}
+ bgp router-id {tor}
+ bgp cluster-id {tor}
+ bgp graceful-restart
+ neighbor twill peer-group
+ neighbor twill remote-as internal
+ neighbor twill timers 3 9
+ bgp listen range {rack} peer-group twill
+{limit} !
+ address-family ipv4 unicast
+  maximum-paths ibgp 64
+  neighbor twill activate
+  neighbor twill route-reflector-client
+  neighbor twill prefix-list twill-pods in
+  neighbor twill prefix-list twill-pods out
+  neighbor twill maximum-prefix 10000 restart 1
+ exit-address-family
+!
+"#,
+            range = self.pods_range_frr(),
+            asn = self.tor_as,
+            tor = self.tor_addr,
+            rack = self.rack_subnet(),
+        )
+    }
+
     /// GoBGP configuration for the ToR (TOML). GoBGP has no kernel FIB of
     /// its own here, so this ToR learns routes but does not forward to pods.
+    /// As the rack's reflector, every node is an RR client (next hops stay
+    /// the nodes', so pods reach each other without the ToR forwarding).
     pub fn gobgp_toml(&self) -> String {
+        if self.tor_reflector {
+            return self.gobgp_reflector_toml();
+        }
         let mut s = format!(
             "[global.config]\n  as = {}\n  router-id = \"{}\"\n  local-address-list = [\"{}\"]\n",
             self.tor_as, self.tor_addr, self.tor_addr
@@ -322,6 +502,23 @@ impl Plan {
             s += &format!(
                 "\n[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{}\"\n    peer-as = {}\n  [neighbors.timers.config]\n    hold-time = 9\n    keepalive-interval = 3\n  [neighbors.apply-policy.config]\n    default-export-policy = \"reject-route\"\n",
                 n.addr, self.node_as
+            );
+        }
+        s
+    }
+
+    fn gobgp_reflector_toml(&self) -> String {
+        let mut s = format!(
+            "[global.config]\n  as = {asn}\n  router-id = \"{tor}\"\n  local-address-list = [\"{tor}\"]\n",
+            asn = self.tor_as,
+            tor = self.tor_addr
+        );
+        for n in &self.nodes {
+            s += &format!(
+                "\n[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{addr}\"\n    peer-as = {asn}\n  [neighbors.timers.config]\n    hold-time = 9\n    keepalive-interval = 3\n  [neighbors.route-reflector.config]\n    route-reflector-client = true\n    route-reflector-cluster-id = \"{tor}\"\n",
+                addr = n.addr,
+                asn = self.tor_as,
+                tor = self.tor_addr
             );
         }
         s
@@ -454,5 +651,107 @@ mod tests {
             p.nodes[0].labels.get("route-reflector").map(String::as_str),
             Some("true")
         );
+    }
+
+    #[test]
+    fn a_tor_reflector_makes_the_rack_one_as_without_the_mesh() {
+        let f: TopologyFile = serde_saphyr::from_str("torReflector: true\n").unwrap();
+        let p = plan("twl", 3, Tor::Bird, 0, Some(f)).unwrap();
+        assert!(p.tor_reflector);
+        assert_eq!((p.node_as, p.tor_as), (64512, 64512));
+        let r = p.resources();
+        assert!(r.contains("asNumber: 64512\n  nodeToNodeMeshEnabled: false"));
+        assert!(r.contains("peerIP: 172.30.0.1\n  asNumber: 64512\n  nodeSelector: all()"));
+        assert!(!r.contains("rr-clients"));
+        for doc in r.split("---\n") {
+            let _: serde_json::Value = serde_saphyr::from_str(doc).unwrap();
+        }
+        // One AS given is the rack's AS; two that differ are refused.
+        let f: TopologyFile = serde_saphyr::from_str("torReflector: true\ntorAs: 65001\n").unwrap();
+        let p = plan("twl", 2, Tor::Frr, 0, Some(f)).unwrap();
+        assert_eq!((p.node_as, p.tor_as), (65001, 65001));
+        let f: TopologyFile =
+            serde_saphyr::from_str("torReflector: true\nnodeAs: 65001\ntorAs: 65002\n").unwrap();
+        let e = plan("twl", 2, Tor::Bird, 0, Some(f)).unwrap_err();
+        assert!(matches!(e, PlanError::TorReflector(_)));
+        assert!(
+            e.to_string().contains("nodeAs is 65001 and torAs is 65002"),
+            "{e}"
+        );
+        let f: TopologyFile = serde_saphyr::from_str("torReflector: true\n").unwrap();
+        assert!(matches!(
+            plan("twl", 2, Tor::None, 0, Some(f)),
+            Err(PlanError::TorReflector(_))
+        ));
+        let f: TopologyFile =
+            serde_saphyr::from_str("torReflector: true\nrouteReflectors: [n1]\n").unwrap();
+        assert!(matches!(
+            plan("twl", 2, Tor::Bird, 0, Some(f)),
+            Err(PlanError::TorReflector(_))
+        ));
+        // The default lab is unchanged: eBGP to the ToR, mesh on.
+        let d = plan("twl", 2, Tor::Bird, 0, None).unwrap();
+        assert!(!d.tor_reflector);
+        assert_eq!((d.node_as, d.tor_as), (64512, 65000));
+        assert!(d.bird_conf().contains("export none"));
+    }
+
+    #[test]
+    fn the_reflector_tor_configs_have_the_documented_shape() {
+        let f: TopologyFile =
+            serde_saphyr::from_str("torReflector: true\npool: 10.246.0.0/16\nblockSize: 28\n")
+                .unwrap();
+        let p = plan("twl", 3, Tor::Bird, 0, Some(f)).unwrap();
+        assert_eq!(p.rack_subnet(), "172.30.0.0/24");
+        let b = p.bird_conf();
+        for want in [
+            "router id 172.30.0.1;",
+            "merge paths on;",
+            "if net ~ [ 10.246.0.0/16{28,32} ] then accept;",
+            "local 172.30.0.1 as 64512;",
+            "neighbor range 172.30.0.0/24 as 64512;",
+            "direct;",
+            "rr client;",
+            "rr cluster id 172.30.0.1;",
+            "graceful restart on;",
+            "import filter twill_pods;",
+            "export filter twill_pods;",
+        ] {
+            assert!(b.contains(want), "BIRD config lacks {want:?}:\n{b}");
+        }
+        // Dynamic neighbors: no node is named, and the lab sets no password.
+        assert!(!b.contains("172.30.0.11"), "{b}");
+        assert!(!b.contains("password"), "{b}");
+        let f = p.frr_conf();
+        for want in [
+            "ip prefix-list twill-pods seq 10 permit 10.246.0.0/16 ge 28 le 32",
+            "router bgp 64512\n",
+            " bgp cluster-id 172.30.0.1\n",
+            " bgp graceful-restart\n",
+            " neighbor twill remote-as internal\n",
+            " bgp listen range 172.30.0.0/24 peer-group twill\n",
+            "  maximum-paths ibgp 64\n",
+            "  neighbor twill route-reflector-client\n",
+            "  neighbor twill prefix-list twill-pods in\n",
+            "  neighbor twill prefix-list twill-pods out\n",
+        ] {
+            assert!(f.contains(want), "FRR config lacks {want:?}:\n{f}");
+        }
+        assert!(!f.contains("172.30.0.11") && !f.contains("password"), "{f}");
+        assert!(!f.contains("bgp listen limit"), "{f}");
+        let g = p.gobgp_toml();
+        assert_eq!(g.matches("route-reflector-client = true").count(), 3, "{g}");
+        assert!(g.contains("neighbor-address = \"172.30.0.13\"\n    peer-as = 64512"));
+        assert!(!g.contains("reject-route"), "{g}");
+        // A pool whose blocks are as long as the pool: no `ge` (FRR wants ge > len).
+        let f: TopologyFile =
+            serde_saphyr::from_str("torReflector: true\npool: 10.246.0.0/26\nblockSize: 26\n")
+                .unwrap();
+        let p = plan("twl", 1, Tor::Frr, 0, Some(f)).unwrap();
+        assert!(p.frr_conf().contains("permit 10.246.0.0/26 le 32\n"));
+        // Past FRR's default of 100 dynamic neighbors, the limit is raised.
+        let f: TopologyFile = serde_saphyr::from_str("torReflector: true\n").unwrap();
+        let p = plan("twl", 150, Tor::Frr, 0, Some(f)).unwrap();
+        assert!(p.frr_conf().contains(" bgp listen limit 150\n"));
     }
 }

@@ -12,7 +12,8 @@
 //! What a user would notice is asserted: the CNI socket opens only after
 //! the datastore answered; CNI STATUS says an IPPool selects the node; the
 //! agent read every kind it needs; it published its BGP address on its Node
-//! (leaving the kubelet's labels alone); its NodeStatus tells the truth; a
+//! (leaving the kubelet's labels and fields, even ones this build's types do
+//! not know, alone); its NodeStatus tells the truth; a
 //! CNI ADD claims a block for the node with a compare-and-swap POST; and the
 //! agent never needed a permission the manifests do not grant.
 
@@ -619,6 +620,13 @@ fn twill_node_starts_against_the_kubernetes_api() {
         assert_eq!(ann["node.alpha.kubernetes.io/ttl"], "0", "{node}");
         assert_eq!(node["metadata"]["labels"]["rack"], "a", "{node}");
         assert_eq!(node["spec"]["podCIDR"], "10.200.1.0/24", "{node}");
+        // A field a newer Kubernetes set, unknown to this build's types,
+        // survives the write (version skew must not wipe kubelet state).
+        assert_eq!(
+            node["spec"]["aFieldFromANewerKubernetes"],
+            json!({"enabled": true}),
+            "{node}"
+        );
         let put = api
             .calls
             .iter()

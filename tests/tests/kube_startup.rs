@@ -14,8 +14,9 @@
 //! agent read every kind it needs; it published its BGP address on its Node
 //! (leaving the kubelet's labels and fields, even ones this build's types do
 //! not know, alone); its NodeStatus tells the truth; a
-//! CNI ADD claims a block for the node with a compare-and-swap POST; and the
-//! agent never needed a permission the manifests do not grant.
+//! CNI ADD claims a block for the node with a compare-and-swap POST; a
+//! deleted BGPPeer (a watch event) ends its session and the node reports
+//! ready; and the agent never needed a permission the manifests do not grant.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
@@ -94,8 +95,8 @@ struct Api {
     rules: Vec<Rule>,
     /// Answers are held while false (a slow API server).
     answering: bool,
-    /// Watches kept open: answered only when the test ends.
-    watches: Vec<mock::SendResponse<Response<Body>>>,
+    /// Watches kept open (by resource) until an event is delivered on them.
+    watches: Vec<(String, mock::SendResponse<Response<Body>>)>,
 }
 
 /// Kinds with a status subresource: the main resource's writes keep the
@@ -210,6 +211,36 @@ impl Api {
             .iter()
             .find(|((r, _, n), _)| r == resource && n == name)
             .map(|(_, v)| v)
+    }
+
+    /// Deletes an object as `kubectl delete` would: the open watches on its
+    /// resource get the DELETED event, and their response ends there (the
+    /// watcher then watches again from that revision).
+    fn delete_and_notify(&mut self, resource: &str, name: &str) {
+        let key = self
+            .objects
+            .keys()
+            .find(|(r, _, n)| r == resource && n == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {resource} {name}"));
+        let mut obj = self.objects.remove(&key).unwrap();
+        self.next_revision(&mut obj);
+        let mut line = serde_json::to_vec(&json!({"type": "DELETED", "object": obj})).unwrap();
+        line.push(b'\n');
+        let (notify, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.watches)
+            .into_iter()
+            .partition(|(r, _)| r == resource);
+        self.watches = keep;
+        assert!(!notify.is_empty(), "nobody watches {resource}");
+        for (_, send) in notify {
+            send.send_response(
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", "application/json")
+                    .body(Body::from(line.clone()))
+                    .unwrap(),
+            );
+        }
     }
 
     fn next_revision(&mut self, obj: &mut Value) {
@@ -396,6 +427,7 @@ async fn serve(api: Arc<Mutex<Api>>, mut handle: Handle) {
             }
             let mut api = api.lock().unwrap();
             let (verb, resource, name, reply) = api.answer(&parts.method, &parts.uri, body.clone());
+            let resource_of_call = resource.clone();
             api.calls.push(Call {
                 verb,
                 resource,
@@ -406,7 +438,7 @@ async fn serve(api: Arc<Mutex<Api>>, mut handle: Handle) {
             });
             match reply {
                 Some((status, v)) => send.send_response(respond(status, &v)),
-                None => api.watches.push(send),
+                None => api.watches.push((resource_of_call, send)),
             }
         });
     }
@@ -748,7 +780,23 @@ fn twill_node_starts_against_the_kubernetes_api() {
         report(&api.lock().unwrap())
     );
 
-    // 7. Nothing needed a permission the manifests do not grant, and no
+    // 7. The BGPPeer is deleted (kubectl delete bgppeer rack-a-tor): the
+    //    watch delivers it, the session goes, and with no BGP session
+    //    expected the node reports itself ready.
+    api.lock()
+        .unwrap()
+        .delete_and_notify("bgppeers", "rack-a-tor");
+    assert!(
+        wait_until(Duration::from_secs(60), || report(&api.lock().unwrap())
+            .is_some_and(|r| r["bgpPeers"]
+                .as_array()
+                .is_some_and(Vec::is_empty)
+                && r["ready"] == true)),
+        "the NodeStatus still lists the deleted peer or is not ready: {:?}",
+        report(&api.lock().unwrap())
+    );
+
+    // 8. Nothing needed a permission the manifests do not grant, and no
     //    request was one the fake does not understand.
     {
         let api = api.lock().unwrap();

@@ -4,7 +4,8 @@
 //! it — large managedFields, several containers with images, env and
 //! resources, conditions, container statuses. A consumer keeps a cache the
 //! way twill-node's policy engine does. At the end the cache holds exactly
-//! the live pods, and each carries only what Twill reads.
+//! the live pods, and each carries only what Twill reads. A get, unlike a
+//! list or watch, returns the object whole.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -265,4 +266,45 @@ async fn a_pod_churn_leaves_only_live_pods_holding_only_what_twill_reads() {
         cached_bytes / cache.len() * 5 < full,
         "a cached pod should be a small fraction of what the API server sends"
     );
+}
+
+/// A get returns the whole object, as the API server sent it: twillctl
+/// `label` and `patch` write back what they read, and a trimmed Pod or
+/// Namespace written back would lose everything trimmed. Lists are trimmed.
+#[tokio::test]
+async fn get_returns_the_whole_object_and_list_the_trimmed_one() {
+    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let store = Store::new(KubeStore::new(kube::Client::new(service, "default")));
+    let sent = fat_pod("web-1", 42);
+    let server = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            let (req, send) = handle.next_request().await.expect("get");
+            assert_eq!(req.uri().path(), "/api/v1/namespaces/churn/pods/web-1");
+            send.send_response(respond(serde_json::to_vec(&sent).unwrap()));
+            let (req, send) = handle.next_request().await.expect("list");
+            assert_eq!(req.uri().path(), "/api/v1/pods");
+            let list = json!({"apiVersion": "v1", "kind": "PodList",
+                "metadata": {"resourceVersion": "42"}, "items": [sent]});
+            send.send_response(respond(serde_json::to_vec(&list).unwrap()));
+        })
+    };
+    let key = twill_api::ObjectKey::new(Some("churn"), "web-1");
+    let got = store
+        .backend()
+        .get(twill_api::Kind::Pod, &key)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, sent, "a get returns the object untouched");
+    let listed = store.list::<Pod>().await.unwrap();
+    let pod = &listed.items[0];
+    assert!(pod.metadata.managed_fields.is_none());
+    assert!(pod.metadata.owner_references.is_none());
+    assert!(pod.spec.as_ref().unwrap().containers[0].image.is_none());
+    assert_eq!(
+        pod.spec.as_ref().unwrap().node_name.as_deref(),
+        Some("node-a")
+    );
+    server.await.unwrap();
 }

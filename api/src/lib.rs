@@ -6,6 +6,7 @@
 //! * [`selector`]: the label selector language;
 //! * [`store`]: the datastore trait and its Kubernetes and embedded backends;
 //! * [`manifest`]: multi-document YAML in and out; [`crds`]: generated CRDs;
+//! * [`trim`]: what the Kubernetes backend keeps of listed and watched objects;
 //! * [`compat`]: what an object from another Twill version holds that this one does not understand.
 
 pub mod compat;
@@ -16,6 +17,7 @@ pub mod native;
 pub mod resources;
 pub mod selector;
 pub mod store;
+pub mod trim;
 pub mod validate;
 
 pub use k8s_openapi;

@@ -207,22 +207,43 @@ fn policy_resync() -> Duration {
         .unwrap_or(Duration::from_secs(10))
 }
 
-/// Runs twill-node until SIGTERM or SIGINT. Network policy is enforced:
-/// the policy engine follows the datastore and the endpoints, and a CNI ADD
-/// returns only once its endpoint's policy is in the kernel.
-pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+/// twill-node as [`run`] starts it: the agent with network policy enforced.
+/// Dropping it stops every task; kernel state stays as it is.
+pub struct EnforcingAgent {
+    pub agent: Agent,
+    policy: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for EnforcingAgent {
+    fn drop(&mut self) {
+        for t in &self.policy {
+            t.abort();
+        }
+    }
+}
+
+/// Starts the agent with network policy enforced: the policy engine follows
+/// the datastore and the endpoints, and a CNI ADD returns only once its
+/// endpoint's policy is in the kernel. Returns once the CNI socket accepts
+/// requests. The store may be any backend (`twill-node` connects it; tests
+/// pass a Kubernetes backend on a mock API server).
+pub async fn start_enforcing(cfg: AgentConfig) -> anyhow::Result<EnforcingAgent> {
     let engine = PolicyEngine::new(&cfg.node_name, cfg.store.clone());
     let agent = Agent::start(cfg, engine.gate()).await?;
-    let policy_tasks = engine.run(agent.endpoints.subscribe(), policy_resync());
+    let policy = engine.run(agent.endpoints.subscribe(), policy_resync());
+    Ok(EnforcingAgent { agent, policy })
+}
+
+/// Runs twill-node ([`start_enforcing`]) until SIGTERM or SIGINT.
+pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    let node = start_enforcing(cfg).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
     // Kernel state stays as it is: a restart must not disturb running pods.
-    for t in policy_tasks {
-        t.abort();
-    }
+    drop(node);
     tracing::info!("stopping; endpoints, routes and policy rules stay in place");
     Ok(())
 }

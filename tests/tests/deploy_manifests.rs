@@ -321,6 +321,8 @@ fn rbac_is_least_privilege_and_sufficient() {
     for v in ["create", "update", "patch", "delete"] {
         needed.push(("twill.dev", "ipamblocks", v));
     }
+    // The node address annotation on the node's own Node.
+    needed.push(("", "nodes", "update"));
     needed.push(("twill.dev", "nodestatuses", "create"));
     needed.push(("twill.dev", "nodestatuses", "update"));
     needed.push(("twill.dev", "nodestatuses/status", "update"));

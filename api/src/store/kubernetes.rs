@@ -105,6 +105,13 @@ fn to_value(kind: Kind, mut obj: DynamicObject) -> Result<Value, StoreError> {
     })
 }
 
+/// A listed or watched object, trimmed to what Twill reads.
+fn to_trimmed(kind: Kind, obj: DynamicObject) -> Result<Value, StoreError> {
+    let mut v = to_value(kind, obj)?;
+    crate::trim::trim(kind, &mut v);
+    Ok(v)
+}
+
 fn from_value(kind: Kind, v: Value) -> Result<DynamicObject, StoreError> {
     serde_json::from_value(v).map_err(|e| StoreError::Malformed {
         kind,
@@ -145,7 +152,7 @@ impl Backend for KubeStore {
             items: list
                 .items
                 .into_iter()
-                .map(|o| to_value(kind, o))
+                .map(|o| to_trimmed(kind, o))
                 .collect::<Result<_, _>>()?,
         })
     }
@@ -234,7 +241,7 @@ impl Backend for KubeStore {
                         buffer.clear();
                         None
                     }
-                    Ok(watcher::Event::InitApply(o)) => match to_value(kind, o) {
+                    Ok(watcher::Event::InitApply(o)) => match to_trimmed(kind, o) {
                         Ok(v) => {
                             buffer.push(v);
                             None
@@ -252,10 +259,10 @@ impl Backend for KubeStore {
                         Some(Ok(WatchEvent::Resync { items, revision }))
                     }
                     Ok(watcher::Event::Apply(o)) => {
-                        Some(to_value(kind, o).map(WatchEvent::Applied))
+                        Some(to_trimmed(kind, o).map(WatchEvent::Applied))
                     }
                     Ok(watcher::Event::Delete(o)) => {
-                        Some(to_value(kind, o).map(WatchEvent::Deleted))
+                        Some(to_trimmed(kind, o).map(WatchEvent::Deleted))
                     }
                     Err(e) => Some(Err(StoreError::Backend {
                         backend: "kubernetes",

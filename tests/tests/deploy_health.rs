@@ -63,21 +63,10 @@ fn status_and_body(text: &str) -> (u16, String) {
 }
 
 fn apply_pool(db: &Path) {
-    let mut child = std::process::Command::new(bins::binary("twillctl"))
-        .args(["apply", "-f", "-"])
-        .env("TWILL_DATASTORE_PATH", db)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("twillctl");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(
-            b"apiVersion: twill.dev/v1\nkind: IPPool\nmetadata:\n  name: p\nspec:\n  cidr: 10.62.0.0/24\n  blockSize: 28\n",
-        )
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "twillctl apply failed");
+    bins::twillctl_apply(
+        db,
+        "apiVersion: twill.dev/v1\nkind: IPPool\nmetadata:\n  name: p\nspec:\n  cidr: 10.62.0.0/24\n  blockSize: 28\n",
+    );
 }
 
 #[test]
@@ -209,4 +198,52 @@ fn health_readiness_and_metrics_follow_the_node() {
     );
     let del = node.del("health-pod", &pod);
     assert!(del.success, "DEL: {}", del.json);
+}
+
+#[test]
+fn logs_are_json_lines_when_asked() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("store.db");
+    apply_pool(&db);
+    let ns = Netns::new("twj");
+    let socket = dir.path().join("cni.sock");
+    let log = dir.path().join("twill-node.log");
+    let mut cmd = ns.command(bins::binary("twill-node").to_str().unwrap());
+    cmd.args(["--node-name", "j1"])
+        .arg("--path")
+        .arg(&db)
+        .arg("--cni-socket")
+        .arg(&socket)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env("TWILL_LOG", "info")
+        .env("TWILL_LOG_FORMAT", "json");
+    let _daemon = twill_tests::Daemon::spawn("twill-node j1", &mut cmd, Some(&log));
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        }),
+        "twill-node did not start:\n{}",
+        read()
+    );
+    let text = read();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "nothing logged");
+    for l in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}"));
+        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{l}");
+    }
+    assert!(
+        lines.iter().any(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("serving /healthz"))
+                && v["fields"]["addr"] == "127.0.0.1:9099"
+        }),
+        "no structured start-up line:\n{text}"
+    );
 }

@@ -76,12 +76,20 @@ fn parse_labels(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TWILL_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    // TWILL_LOG: the level / filter (`info`, `twill_felix=debug,info`);
+    // TWILL_LOG_FORMAT=json: one JSON object per line, for log collectors.
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("TWILL_LOG").unwrap_or_else(|_| "info".into());
+    let json = std::env::var("TWILL_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    if json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_current_span(false)
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
     let args = Args::parse();
     let node_name = match args.node_name {
         Some(n) => n,

@@ -16,7 +16,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use twill_api::resources::{GlobalNetworkPolicy, IPAMBlock};
 
 use crate::model::{
-    CompileError, Endpoint, Labels, Model, NamedPort, compile_global_policy,
+    CompileError, Endpoint, Labels, Model, NamedPort, Policy, compile_global_policy,
     compile_network_policy, proto,
 };
 
@@ -93,6 +93,256 @@ fn key(ns: &str, name: &str) -> (String, String) {
     (ns.to_string(), name.to_string())
 }
 
+/// What policy needs from a Pod object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodInfo {
+    pub labels: Labels,
+    pub ports: Vec<NamedPort>,
+    pub host_network: bool,
+    /// `spec.nodeName`.
+    pub node: String,
+    /// `status.podIPs`.
+    pub ips: Vec<IpAddr>,
+}
+
+impl PodInfo {
+    /// The pod's (namespace, name) and what policy needs from it.
+    pub fn of(p: &Pod) -> Option<((String, String), PodInfo)> {
+        let k = key(
+            p.metadata.namespace.as_deref()?,
+            p.metadata.name.as_deref()?,
+        );
+        Some((
+            k,
+            PodInfo {
+                labels: p.metadata.labels.clone().unwrap_or_default(),
+                ports: named_ports(p),
+                host_network: p
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.host_network)
+                    .unwrap_or(false),
+                node: p
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .unwrap_or_default(),
+                ips: p
+                    .status
+                    .iter()
+                    .flat_map(|s| s.pod_ips.iter().flatten())
+                    .filter_map(|i| i.ip.parse().ok())
+                    .collect(),
+            },
+        ))
+    }
+}
+
+/// An IPAM allocation made for a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocation {
+    pub namespace: String,
+    pub pod: String,
+    pub node: String,
+    pub ip: IpAddr,
+    /// The allocation handle (the container ID) and interface, if recorded.
+    pub handle: String,
+    pub ifname: Option<String>,
+}
+
+/// A block's allocations that carry a pod's namespace and name.
+pub fn allocations(b: &IPAMBlock) -> Vec<Allocation> {
+    let mut out = Vec::new();
+    for a in &b.spec.allocations {
+        let (Some(ns), Some(pod)) = (a.attributes.get(ATTR_NAMESPACE), a.attributes.get(ATTR_POD))
+        else {
+            continue;
+        };
+        let Some(ip) = addr_at(&b.spec.cidr, a.ordinal) else {
+            continue;
+        };
+        out.push(Allocation {
+            namespace: ns.clone(),
+            pod: pod.clone(),
+            node: a.attributes.get(ATTR_NODE).cloned().unwrap_or_default(),
+            ip,
+            handle: a.handle.clone(),
+            ifname: a.attributes.get(ATTR_IFNAME).cloned(),
+        });
+    }
+    out
+}
+
+/// Datastore objects reduced to what policy needs (twill-node keeps this
+/// up to date from its watches instead of keeping whole objects).
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    /// (namespace, name) → pod.
+    pub pods: BTreeMap<(String, String), PodInfo>,
+    /// Namespace → labels.
+    pub namespaces: BTreeMap<String, Labels>,
+    /// Block name → its pods' allocations.
+    pub blocks: BTreeMap<String, Vec<Allocation>>,
+    /// (namespace, name) → compiled NetworkPolicy.
+    pub network_policies: BTreeMap<(String, String), Policy>,
+    /// name → compiled GlobalNetworkPolicy.
+    pub global_policies: BTreeMap<String, Policy>,
+}
+
+impl Inputs {
+    /// Reduces objects; policies that do not compile are left out and
+    /// returned with the reason.
+    pub fn of(objs: &Objects) -> (Inputs, Vec<CompileError>) {
+        let mut errors = Vec::new();
+        let mut i = Inputs {
+            pods: objs.pods.iter().filter_map(PodInfo::of).collect(),
+            namespaces: objs
+                .namespaces
+                .iter()
+                .filter_map(|n| {
+                    Some((
+                        n.metadata.name.clone()?,
+                        n.metadata.labels.clone().unwrap_or_default(),
+                    ))
+                })
+                .collect(),
+            blocks: objs
+                .blocks
+                .iter()
+                .map(|b| (b.metadata.name.clone().unwrap_or_default(), allocations(b)))
+                .collect(),
+            ..Default::default()
+        };
+        for np in &objs.network_policies {
+            if let Err(e) = i.apply_network_policy(np) {
+                errors.push(e);
+            }
+        }
+        for g in &objs.global_policies {
+            if let Err(e) = i.apply_global_policy(g) {
+                errors.push(e);
+            }
+        }
+        (i, errors)
+    }
+
+    /// Records a NetworkPolicy; one that does not compile is left out.
+    pub fn apply_network_policy(&mut self, np: &NetworkPolicy) -> Result<(), CompileError> {
+        let k = key(
+            np.metadata.namespace.as_deref().unwrap_or_default(),
+            np.metadata.name.as_deref().unwrap_or_default(),
+        );
+        match compile_network_policy(np) {
+            Ok(p) => {
+                self.network_policies.insert(k, p);
+                Ok(())
+            }
+            Err(e) => {
+                self.network_policies.remove(&k);
+                Err(e)
+            }
+        }
+    }
+
+    /// Records a GlobalNetworkPolicy; one that does not compile is left out.
+    pub fn apply_global_policy(&mut self, g: &GlobalNetworkPolicy) -> Result<(), CompileError> {
+        let k = g.metadata.name.clone().unwrap_or_default();
+        match compile_global_policy(g) {
+            Ok(p) => {
+                self.global_policies.insert(k, p);
+                Ok(())
+            }
+            Err(e) => {
+                self.global_policies.remove(&k);
+                Err(e)
+            }
+        }
+    }
+
+    /// Every compiled policy.
+    pub fn policies(&self) -> impl Iterator<Item = &Policy> {
+        self.network_policies
+            .values()
+            .chain(self.global_policies.values())
+    }
+
+    /// The endpoints as seen by `node` (see [`build`]).
+    pub fn endpoints(
+        &self,
+        node: &str,
+        locals: Option<&[LocalEndpoint]>,
+        iface_of: &dyn Fn(&str, &str) -> String,
+    ) -> Vec<Endpoint> {
+        let pods = &self.pods;
+        let host_network = |k: &(String, String)| pods.get(k).is_some_and(|p| p.host_network);
+        let mut endpoints = Vec::new();
+        let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
+        for l in locals.unwrap_or_default() {
+            let ns = l.namespace.clone().unwrap_or_default();
+            let name = l.pod.clone().unwrap_or_else(|| l.container_id.clone());
+            let k = key(&ns, &name);
+            let pod = pods.get(&k);
+            seen.insert(k);
+            endpoints.push(Endpoint {
+                labels: pod.map_or_else(|| l.labels.clone(), |p| p.labels.clone()),
+                ports: pod.map(|p| p.ports.clone()).unwrap_or_default(),
+                namespace: ns,
+                name,
+                ips: l.ips.clone(),
+                node: node.to_string(),
+                iface: Some(l.iface.clone()),
+            });
+        }
+        // IPAM allocations: (namespace, pod) → (node, ips, iface).
+        let mut allocated: BTreeMap<(String, String), Allocated> = BTreeMap::new();
+        for a in self.blocks.values().flatten() {
+            let iface = a.ifname.as_ref().map(|ifn| iface_of(&a.handle, ifn));
+            let e = allocated
+                .entry(key(&a.namespace, &a.pod))
+                .or_insert_with(|| (a.node.clone(), Vec::new(), iface));
+            e.1.push(a.ip);
+        }
+        for (k, (n, mut ips, iface)) in allocated {
+            if seen.contains(&k) || host_network(&k) {
+                continue;
+            }
+            // twill-node knows its own endpoints from its records: an
+            // allocation on this node without one is not (or no longer) a
+            // live endpoint.
+            if locals.is_some() && n == node {
+                continue;
+            }
+            ips.sort();
+            let pod = pods.get(&k);
+            seen.insert(k.clone());
+            endpoints.push(Endpoint {
+                labels: pod.map(|p| p.labels.clone()).unwrap_or_default(),
+                ports: pod.map(|p| p.ports.clone()).unwrap_or_default(),
+                namespace: k.0,
+                name: k.1,
+                ips,
+                iface: if locals.is_none() { iface } else { None },
+                node: n,
+            });
+        }
+        for (k, p) in pods {
+            if seen.contains(k) || p.host_network || p.ips.is_empty() {
+                continue;
+            }
+            endpoints.push(Endpoint {
+                labels: p.labels.clone(),
+                ports: p.ports.clone(),
+                namespace: k.0.clone(),
+                name: k.1.clone(),
+                ips: p.ips.clone(),
+                node: p.node.clone(),
+                iface: None,
+            });
+        }
+        endpoints
+    }
+}
+
 /// Builds the model as seen by `node` (`locals`: its endpoint records;
 /// empty for tools, which derive interface names with `iface_of(container
 /// ID, interface)` from IPAM allocations instead). Policies that do not
@@ -103,143 +353,10 @@ pub fn build(
     locals: Option<&[LocalEndpoint]>,
     iface_of: &dyn Fn(&str, &str) -> String,
 ) -> (Model, Vec<CompileError>) {
-    let pods: BTreeMap<(String, String), &Pod> = objs
-        .pods
-        .iter()
-        .filter_map(|p| {
-            Some((
-                key(
-                    p.metadata.namespace.as_deref()?,
-                    p.metadata.name.as_deref()?,
-                ),
-                p,
-            ))
-        })
-        .collect();
-    let host_network = |k: &(String, String)| {
-        pods.get(k)
-            .and_then(|p| p.spec.as_ref())
-            .and_then(|s| s.host_network)
-            .unwrap_or(false)
-    };
-    let mut endpoints = Vec::new();
-    let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
-    let pod_labels = |k: &(String, String)| -> Option<Labels> {
-        pods.get(k)
-            .map(|p| p.metadata.labels.clone().unwrap_or_default())
-    };
-    let pod_ports = |k: &(String, String)| pods.get(k).map(|p| named_ports(p)).unwrap_or_default();
-    for l in locals.unwrap_or_default() {
-        let ns = l.namespace.clone().unwrap_or_default();
-        let name = l.pod.clone().unwrap_or_else(|| l.container_id.clone());
-        let k = key(&ns, &name);
-        seen.insert(k.clone());
-        endpoints.push(Endpoint {
-            labels: pod_labels(&k).unwrap_or_else(|| l.labels.clone()),
-            ports: pod_ports(&k),
-            namespace: ns,
-            name,
-            ips: l.ips.clone(),
-            node: node.to_string(),
-            iface: Some(l.iface.clone()),
-        });
-    }
-    // IPAM allocations: (namespace, pod) → (node, ips, iface).
-    let mut allocated: BTreeMap<(String, String), Allocated> = BTreeMap::new();
-    for b in &objs.blocks {
-        for a in &b.spec.allocations {
-            let (Some(ns), Some(pod)) =
-                (a.attributes.get(ATTR_NAMESPACE), a.attributes.get(ATTR_POD))
-            else {
-                continue;
-            };
-            let Some(ip) = addr_at(&b.spec.cidr, a.ordinal) else {
-                continue;
-            };
-            let n = a.attributes.get(ATTR_NODE).cloned().unwrap_or_default();
-            let iface = a
-                .attributes
-                .get(ATTR_IFNAME)
-                .map(|ifn| iface_of(&a.handle, ifn));
-            let e = allocated
-                .entry(key(ns, pod))
-                .or_insert_with(|| (n, Vec::new(), iface));
-            e.1.push(ip);
-        }
-    }
-    for (k, (n, mut ips, iface)) in allocated {
-        if seen.contains(&k) || host_network(&k) {
-            continue;
-        }
-        // twill-node knows its own endpoints from its records: an allocation
-        // on this node without one is not (or no longer) a live endpoint.
-        if locals.is_some() && n == node {
-            continue;
-        }
-        ips.sort();
-        seen.insert(k.clone());
-        endpoints.push(Endpoint {
-            labels: pod_labels(&k).unwrap_or_default(),
-            ports: pod_ports(&k),
-            namespace: k.0.clone(),
-            name: k.1.clone(),
-            ips,
-            iface: if locals.is_none() { iface } else { None },
-            node: n,
-        });
-    }
-    for (k, p) in &pods {
-        if seen.contains(k) || host_network(k) {
-            continue;
-        }
-        let ips: Vec<IpAddr> = p
-            .status
-            .iter()
-            .flat_map(|s| s.pod_ips.iter().flatten())
-            .filter_map(|i| i.ip.parse().ok())
-            .collect();
-        if ips.is_empty() {
-            continue;
-        }
-        endpoints.push(Endpoint {
-            labels: p.metadata.labels.clone().unwrap_or_default(),
-            ports: named_ports(p),
-            namespace: k.0.clone(),
-            name: k.1.clone(),
-            ips,
-            node: p
-                .spec
-                .as_ref()
-                .and_then(|s| s.node_name.clone())
-                .unwrap_or_default(),
-            iface: None,
-        });
-    }
-    let namespaces = objs
-        .namespaces
-        .iter()
-        .filter_map(|n| {
-            Some((
-                n.metadata.name.clone()?,
-                n.metadata.labels.clone().unwrap_or_default(),
-            ))
-        })
-        .collect();
-    let mut errors = Vec::new();
-    let mut policies = Vec::new();
-    for np in &objs.network_policies {
-        match compile_network_policy(np) {
-            Ok(p) => policies.push(p),
-            Err(e) => errors.push(e),
-        }
-    }
-    for g in &objs.global_policies {
-        match compile_global_policy(g) {
-            Ok(p) => policies.push(p),
-            Err(e) => errors.push(e),
-        }
-    }
-    (Model::new(endpoints, namespaces, policies), errors)
+    let (inputs, errors) = Inputs::of(objs);
+    let endpoints = inputs.endpoints(node, locals, iface_of);
+    let policies = inputs.policies().cloned().collect();
+    (Model::new(endpoints, inputs.namespaces, policies), errors)
 }
 
 #[cfg(test)]

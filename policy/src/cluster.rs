@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -183,10 +184,11 @@ pub struct Inputs {
     pub namespaces: BTreeMap<String, Labels>,
     /// Block name → its pods' allocations.
     pub blocks: BTreeMap<String, Vec<Allocation>>,
-    /// (namespace, name) → compiled NetworkPolicy.
-    pub network_policies: BTreeMap<(String, String), Policy>,
+    /// (namespace, name) → compiled NetworkPolicy (shared, so a consumer
+    /// can tell an unchanged policy by pointer).
+    pub network_policies: BTreeMap<(String, String), Arc<Policy>>,
     /// name → compiled GlobalNetworkPolicy.
-    pub global_policies: BTreeMap<String, Policy>,
+    pub global_policies: BTreeMap<String, Arc<Policy>>,
 }
 
 impl Inputs {
@@ -234,7 +236,7 @@ impl Inputs {
         );
         match compile_network_policy(np) {
             Ok(p) => {
-                self.network_policies.insert(k, p);
+                self.network_policies.insert(k, Arc::new(p));
                 Ok(())
             }
             Err(e) => {
@@ -249,7 +251,7 @@ impl Inputs {
         let k = g.metadata.name.clone().unwrap_or_default();
         match compile_global_policy(g) {
             Ok(p) => {
-                self.global_policies.insert(k, p);
+                self.global_policies.insert(k, Arc::new(p));
                 Ok(())
             }
             Err(e) => {
@@ -260,7 +262,7 @@ impl Inputs {
     }
 
     /// Every compiled policy.
-    pub fn policies(&self) -> impl Iterator<Item = &Policy> {
+    pub fn policies(&self) -> impl Iterator<Item = &Arc<Policy>> {
         self.network_policies
             .values()
             .chain(self.global_policies.values())
@@ -355,7 +357,7 @@ pub fn build(
 ) -> (Model, Vec<CompileError>) {
     let (inputs, errors) = Inputs::of(objs);
     let endpoints = inputs.endpoints(node, locals, iface_of);
-    let policies = inputs.policies().cloned().collect();
+    let policies = inputs.policies().map(|p| Policy::clone(p)).collect();
     (Model::new(endpoints, inputs.namespaces, policies), errors)
 }
 

@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::ir::{Chain, Element, Fam, MAP_EGRESS, MAP_INGRESS, NamedSet, Table};
 use crate::model::{
@@ -86,7 +87,7 @@ pub struct Incremental {
     ns_labels: BTreeMap<String, Labels>,
     endpoints: BTreeMap<EpKey, Endpoint>,
     by_ip: BTreeMap<IpAddr, BTreeSet<EpKey>>,
-    policies: BTreeMap<String, Policy>,
+    policies: BTreeMap<String, Arc<Policy>>,
     locals: BTreeMap<EpKey, Local>,
     /// Policy id → local endpoints its scope selects.
     users: BTreeMap<String, BTreeSet<EpKey>>,
@@ -126,12 +127,13 @@ impl Incremental {
     }
 
     /// Brings the inputs to these endpoints, namespace labels and policies
-    /// (what [`crate::Model::new`] takes), touching only what differs.
+    /// (what [`crate::Model::new`] takes), touching only what differs. A
+    /// policy that is the same `Arc` as last time is not compared.
     pub fn sync<'a>(
         &mut self,
         endpoints: Vec<Endpoint>,
         namespaces: &BTreeMap<String, Labels>,
-        policies: impl IntoIterator<Item = &'a Policy>,
+        policies: impl IntoIterator<Item = &'a Arc<Policy>>,
     ) {
         if *namespaces != self.namespaces {
             self.namespaces = namespaces.clone();
@@ -143,7 +145,7 @@ impl Incremental {
             self.rebuild();
             return;
         }
-        let want: BTreeMap<&str, &Policy> =
+        let want: BTreeMap<&str, &Arc<Policy>> =
             policies.into_iter().map(|p| (p.id.as_str(), p)).collect();
         let gone: Vec<String> = self
             .policies
@@ -155,7 +157,11 @@ impl Incremental {
             self.set_policy(&id, None);
         }
         for (id, p) in want {
-            if self.policies.get(id) != Some(p) {
+            let same = self
+                .policies
+                .get(id)
+                .is_some_and(|o| Arc::ptr_eq(o, p) || o == p);
+            if !same {
                 self.set_policy(id, Some(p.clone()));
             }
         }
@@ -301,7 +307,7 @@ impl Incremental {
 
     // Inputs.
 
-    fn set_policy(&mut self, id: &str, new: Option<Policy>) {
+    fn set_policy(&mut self, id: &str, new: Option<Arc<Policy>>) {
         let old = match new {
             Some(p) => self.policies.insert(id.to_string(), p),
             None => self.policies.remove(id),
@@ -705,7 +711,7 @@ impl Incremental {
             let mut pols: Vec<&Policy> = l
                 .selecting
                 .iter()
-                .filter_map(|id| self.policies.get(id))
+                .filter_map(|id| self.policies.get(id).map(|p| &**p))
                 .collect();
             pols.sort_by(|a, b| evaluation_order(a, b));
             let id = ep.id();

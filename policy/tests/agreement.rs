@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -514,7 +515,8 @@ proptest! {
         states.push(c);
         for st in &states {
             let (eps, ns, pols) = inputs_of(st);
-            inc.sync(eps.clone(), &ns, pols.iter());
+            let shared: Vec<Arc<Policy>> = pols.iter().cloned().map(Arc::new).collect();
+            inc.sync(eps.clone(), &ns, shared.iter());
             let script = inc.commit();
             let want = render(&Model::new(eps, ns, pols), "n1");
             prop_assert_eq!(inc.table(), &want, "state {:?}", st);

@@ -145,6 +145,32 @@ impl Incremental {
             self.rebuild();
             return;
         }
+        self.set_policies(policies);
+        let mut pods: BTreeMap<(String, String), Vec<Endpoint>> = BTreeMap::new();
+        for k in self.endpoints.keys() {
+            pods.entry((k.0.clone(), k.1.clone())).or_default();
+        }
+        for e in endpoints {
+            pods.entry((e.namespace.clone(), e.name.clone()))
+                .or_default()
+                .push(e);
+        }
+        for ((ns, name), eps) in pods {
+            self.set_pod_endpoints(&ns, &name, eps);
+        }
+    }
+
+    /// Sets the namespace labels; a change rebuilds everything.
+    pub fn set_namespaces(&mut self, namespaces: &BTreeMap<String, Labels>) {
+        if *namespaces != self.namespaces {
+            self.namespaces = namespaces.clone();
+            self.rebuild();
+        }
+    }
+
+    /// Sets the policies. A policy that is the same `Arc` as last time is
+    /// not compared.
+    pub fn set_policies<'a>(&mut self, policies: impl IntoIterator<Item = &'a Arc<Policy>>) {
         let want: BTreeMap<&str, &Arc<Policy>> =
             policies.into_iter().map(|p| (p.id.as_str(), p)).collect();
         let gone: Vec<String> = self
@@ -165,18 +191,23 @@ impl Incremental {
                 self.set_policy(id, Some(p.clone()));
             }
         }
-        let mut want: BTreeMap<EpKey, Endpoint> = BTreeMap::new();
-        for e in endpoints {
-            want.insert(ep_key(&e), e);
-        }
-        let gone: Vec<EpKey> = self
+    }
+
+    /// Sets the endpoints of one pod (namespace, name): none, one, or one
+    /// per interface; every endpoint given must carry that namespace and name.
+    pub fn set_pod_endpoints(&mut self, ns: &str, name: &str, endpoints: Vec<Endpoint>) {
+        let want: BTreeMap<EpKey, Endpoint> =
+            endpoints.into_iter().map(|e| (ep_key(&e), e)).collect();
+        let have: Vec<EpKey> = self
             .endpoints
-            .keys()
-            .filter(|k| !want.contains_key(*k))
-            .cloned()
+            .range((ns.to_string(), name.to_string(), None)..)
+            .take_while(|(k, _)| k.0 == ns && k.1 == name)
+            .map(|(k, _)| k.clone())
             .collect();
-        for k in gone {
-            self.set_endpoint(k, None);
+        for k in have {
+            if !want.contains_key(&k) {
+                self.set_endpoint(k, None);
+            }
         }
         for (k, e) in want {
             if self.endpoints.get(&k) != Some(&e) {

@@ -117,29 +117,26 @@ fn inputs(total: usize, local: usize, pols: usize) -> (Inputs, Vec<LocalEndpoint
             Labels::from([("team".to_string(), format!("t{}", n % 5))]),
         );
     }
-    for p in 0..total {
-        add_pod(&mut i, p, p < local);
-    }
+    // As the engine's first full listing delivers them.
+    i.replace_pods(
+        (0..total)
+            .filter_map(|p| PodInfo::of(&pod(p, p < local)))
+            .collect(),
+    );
     for j in 0..pols {
         i.apply_network_policy(&policy(j, 80)).expect("compile");
     }
     (i, (0..local).map(record).collect())
 }
 
-fn add_pod(i: &mut Inputs, p: usize, local: bool) {
-    let (k, info) = PodInfo::of(&pod(p, local)).expect("pod key");
-    i.pods.insert(k, info);
-}
-
 /// What the engine does after handling events: endpoints, sync, script.
 fn update(
     inc: &mut Incremental,
-    i: &Inputs,
+    i: &mut Inputs,
     locals: &[LocalEndpoint],
     full: bool,
 ) -> Option<String> {
-    let eps = i.endpoints(NODE, Some(locals), &|c, f| format!("{c}-{f}"));
-    inc.sync(eps, &i.namespaces, i.policies());
+    twill_felix::nft::engine::update(inc, i, locals, NODE);
     if full {
         Some(inc.full_script())
     } else {
@@ -184,16 +181,16 @@ fn main() {
     let ns = Netns::new("twc");
 
     // 1. Full render + apply from nothing: 10k pods, 250 local, 1k policies.
-    let (big, big_locals) = inputs(10_000, 250, 1000);
     let mut full = Vec::new();
     let mut render_only = Vec::new();
     let mut rules = 0;
     let mut elements = 0;
     for _ in 0..if quick { 2 } else { 5 } {
         nft(&ns, "add table inet twill\ndelete table inet twill\n");
+        let (mut big, big_locals) = inputs(10_000, 250, 1000);
         let t = Instant::now();
         let mut inc = Incremental::new(NODE);
-        let script = update(&mut inc, &big, &big_locals, true).expect("script");
+        let script = update(&mut inc, &mut big, &big_locals, true).expect("script");
         render_only.push(t.elapsed());
         nft(&ns, &script);
         full.push(t.elapsed());
@@ -214,7 +211,7 @@ fn main() {
     let mut inc = Incremental::new(NODE);
     nft(
         &ns,
-        &update(&mut inc, &mid, &mid_locals, true).expect("script"),
+        &update(&mut inc, &mut mid, &mid_locals, true).expect("script"),
     );
     let mut lat = Vec::new();
     let mut lat_render = Vec::new();
@@ -224,7 +221,7 @@ fn main() {
         let np = policy(j, 8000 + k as u16);
         let t = Instant::now();
         mid.apply_network_policy(&np).expect("compile");
-        let script = update(&mut inc, &mid, &mid_locals, false);
+        let script = update(&mut inc, &mut mid, &mid_locals, false);
         lat_render.push(t.elapsed());
         if let Some(script) = script {
             nft(&ns, &script);
@@ -242,11 +239,11 @@ fn main() {
     );
 
     // 3. CPU per pod add / delete on this node: 10k pods, 1k policies.
-    let (mut big, mut big_locals) = (big, big_locals);
+    let (mut big, mut big_locals) = inputs(10_000, 250, 1000);
     let mut inc = Incremental::new(NODE);
     nft(
         &ns,
-        &update(&mut inc, &big, &big_locals, true).expect("script"),
+        &update(&mut inc, &mut big, &big_locals, true).expect("script"),
     );
     let ops = if quick { 10 } else { 40 };
     // Per operation: [engine CPU, nft CPU, wall] for adds and deletes.
@@ -262,13 +259,12 @@ fn main() {
                 // CNI ADD: the record, and the Pod object the gate reads.
                 big_locals.push(record(p));
                 let (key, info) = PodInfo::of(&obj).expect("pod key");
-                big.pods.insert(key, info);
+                big.apply_pod(key, info);
             } else {
                 big_locals.pop();
-                big.pods
-                    .remove(&(format!("ns{}", p % NAMESPACES), format!("pod{p}")));
+                big.remove_pod(&(format!("ns{}", p % NAMESPACES), format!("pod{p}")));
             }
-            if let Some(script) = update(&mut inc, &big, &big_locals, false) {
+            if let Some(script) = update(&mut inc, &mut big, &big_locals, false) {
                 nft(&ns, &script);
             }
             let (own, nft_cpu) = cpu_time();

@@ -36,7 +36,6 @@ use twill_policy::incremental::Incremental;
 use twill_policy::ir::MAP_INGRESS;
 
 use crate::endpoint::{EndpointGate, EndpointRecord, EndpointSet};
-use crate::names;
 use crate::nft::{Fingerprint, apply_script, read_table};
 
 // Watch events are large and short-lived; boxing them buys nothing.
@@ -230,10 +229,7 @@ impl PolicyEngine {
                 .values()
                 .map(local_endpoint)
                 .collect();
-            let eps = st
-                .inputs
-                .endpoints(&self.node, Some(&locals), &names::host_veth);
-            inc.sync(eps, &st.inputs.namespaces, st.inputs.policies());
+            update(&mut inc, &mut st.inputs, &locals, &self.node);
             let full = !in_kernel;
             let script = if full {
                 Some(inc.full_script())
@@ -294,15 +290,15 @@ impl PolicyEngine {
             Event::Pods(e) => {
                 match e {
                     WatchEvent::Resync { items, .. } => {
-                        inputs.pods = items.iter().filter_map(PodInfo::of).collect();
+                        inputs.replace_pods(items.iter().filter_map(PodInfo::of).collect());
                     }
                     WatchEvent::Applied(o) => {
                         if let Some((k, p)) = PodInfo::of(&o) {
-                            inputs.pods.insert(k, p);
+                            inputs.apply_pod(k, p);
                         }
                     }
                     WatchEvent::Deleted(o) => {
-                        inputs.pods.remove(&obj_key(&o));
+                        inputs.remove_pod(&obj_key(&o));
                     }
                 }
                 "pods"
@@ -360,23 +356,25 @@ impl PolicyEngine {
             Event::Blocks(e) => {
                 match e {
                     WatchEvent::Resync { items, .. } => {
-                        inputs.blocks = items
-                            .iter()
-                            .map(|b| (obj_key(b).1, allocations(b)))
-                            .collect();
+                        inputs.replace_blocks(
+                            items
+                                .iter()
+                                .map(|b| (obj_key(b).1, allocations(b)))
+                                .collect(),
+                        );
                     }
                     WatchEvent::Applied(o) => {
-                        inputs.blocks.insert(obj_key(&o).1, allocations(&o));
+                        inputs.apply_block(&obj_key(&o).1, allocations(&o));
                     }
                     WatchEvent::Deleted(o) => {
-                        inputs.blocks.remove(&obj_key(&o).1);
+                        inputs.remove_block(&obj_key(&o).1);
                     }
                 }
                 "blocks"
             }
             Event::Ensure { iface, pod, reply } => {
                 if let Some((k, p)) = pod.as_deref().and_then(PodInfo::of) {
-                    inputs.pods.insert(k, p);
+                    inputs.apply_pod(k, p);
                 }
                 waiting.push((iface, reply));
                 return;
@@ -387,6 +385,27 @@ impl PolicyEngine {
         }
     }
 }
+/// Brings the renderer up to date with the inputs: only the pods whose
+/// endpoints may have changed are derived again (all of them after a full
+/// listing).
+pub fn update(inc: &mut Incremental, inputs: &mut Inputs, locals: &[LocalEndpoint], node: &str) {
+    inputs.set_locals(locals);
+    match inputs.take_changed() {
+        None => inc.sync(
+            inputs.node_endpoints(node),
+            &inputs.namespaces,
+            inputs.policies(),
+        ),
+        Some(pods) => {
+            inc.set_namespaces(&inputs.namespaces);
+            inc.set_policies(inputs.policies());
+            for k in pods {
+                inc.set_pod_endpoints(&k.0, &k.1, inputs.pod_endpoints(&k, node));
+            }
+        }
+    }
+}
+
 fn local_endpoint(r: &EndpointRecord) -> LocalEndpoint {
     LocalEndpoint {
         namespace: r.namespace.clone(),

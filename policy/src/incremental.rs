@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::cluster::{Inputs, LocalEndpoint};
 use crate::ir::{Chain, Element, Fam, MAP_EGRESS, MAP_INGRESS, NamedSet, Table};
 use crate::model::{
     Direction, Endpoint, Labels, NAMESPACE_NAME_LABEL, NsMatch, PodSel, Policy, evaluation_order,
@@ -157,6 +158,28 @@ impl Incremental {
         }
         for ((ns, name), eps) in pods {
             self.set_pod_endpoints(&ns, &name, eps);
+        }
+    }
+
+    /// Brings the table up to date with twill-node's inputs and endpoint
+    /// records: only the pods whose endpoints may have changed are derived
+    /// again (every pod after a full listing).
+    pub fn follow(&mut self, inputs: &mut Inputs, locals: &[LocalEndpoint]) {
+        inputs.set_locals(locals);
+        match inputs.take_changed() {
+            None => self.sync(
+                inputs.node_endpoints(&self.node),
+                &inputs.namespaces,
+                inputs.policies(),
+            ),
+            Some(pods) => {
+                self.set_namespaces(&inputs.namespaces);
+                self.set_policies(inputs.policies());
+                for k in pods {
+                    let eps = inputs.pod_endpoints(&k, &self.node);
+                    self.set_pod_endpoints(&k.0, &k.1, eps);
+                }
+            }
         }
     }
 

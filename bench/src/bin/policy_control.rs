@@ -1,7 +1,7 @@
 //! Control-plane cost of network policy, measured on what twill-node's
 //! policy engine does for every change — reduce the changed object to what
-//! policy needs (`cluster::Inputs`), derive the endpoints, bring the
-//! incremental renderer up to date (`incremental::Incremental`), and apply
+//! policy needs (`cluster::Inputs`), bring the incremental renderer up to
+//! date with it (`Incremental::follow`, the engine's own call), and apply
 //! its script with `nft -f` — in a network namespace of its own (datastore
 //! watch delivery is not included):
 //!
@@ -136,7 +136,7 @@ fn update(
     locals: &[LocalEndpoint],
     full: bool,
 ) -> Option<String> {
-    twill_felix::nft::engine::update(inc, i, locals, NODE);
+    inc.follow(i, locals);
     if full {
         Some(inc.full_script())
     } else {

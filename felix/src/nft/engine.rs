@@ -229,7 +229,7 @@ impl PolicyEngine {
                 .values()
                 .map(local_endpoint)
                 .collect();
-            update(&mut inc, &mut st.inputs, &locals, &self.node);
+            inc.follow(&mut st.inputs, &locals);
             let full = !in_kernel;
             let script = if full {
                 Some(inc.full_script())
@@ -385,27 +385,6 @@ impl PolicyEngine {
         }
     }
 }
-/// Brings the renderer up to date with the inputs: only the pods whose
-/// endpoints may have changed are derived again (all of them after a full
-/// listing).
-pub fn update(inc: &mut Incremental, inputs: &mut Inputs, locals: &[LocalEndpoint], node: &str) {
-    inputs.set_locals(locals);
-    match inputs.take_changed() {
-        None => inc.sync(
-            inputs.node_endpoints(node),
-            &inputs.namespaces,
-            inputs.policies(),
-        ),
-        Some(pods) => {
-            inc.set_namespaces(&inputs.namespaces);
-            inc.set_policies(inputs.policies());
-            for k in pods {
-                inc.set_pod_endpoints(&k.0, &k.1, inputs.pod_endpoints(&k, node));
-            }
-        }
-    }
-}
-
 fn local_endpoint(r: &EndpointRecord) -> LocalEndpoint {
     LocalEndpoint {
         namespace: r.namespace.clone(),

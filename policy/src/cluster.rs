@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -16,7 +17,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use twill_api::resources::{GlobalNetworkPolicy, IPAMBlock};
 
 use crate::model::{
-    CompileError, Endpoint, Labels, Model, NamedPort, compile_global_policy,
+    CompileError, Endpoint, Labels, Model, NamedPort, Policy, compile_global_policy,
     compile_network_policy, proto,
 };
 
@@ -93,6 +94,443 @@ fn key(ns: &str, name: &str) -> (String, String) {
     (ns.to_string(), name.to_string())
 }
 
+/// The pod an endpoint record belongs to (its container ID when unknown).
+fn local_key(l: &LocalEndpoint) -> PodKey {
+    (
+        l.namespace.clone().unwrap_or_default(),
+        l.pod.clone().unwrap_or_else(|| l.container_id.clone()),
+    )
+}
+
+/// What policy needs from a Pod object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodInfo {
+    pub labels: Labels,
+    pub ports: Vec<NamedPort>,
+    pub host_network: bool,
+    /// `spec.nodeName`.
+    pub node: String,
+    /// `status.podIPs`.
+    pub ips: Vec<IpAddr>,
+}
+
+impl PodInfo {
+    /// The pod's (namespace, name) and what policy needs from it.
+    pub fn of(p: &Pod) -> Option<((String, String), PodInfo)> {
+        let k = key(
+            p.metadata.namespace.as_deref()?,
+            p.metadata.name.as_deref()?,
+        );
+        Some((
+            k,
+            PodInfo {
+                labels: p.metadata.labels.clone().unwrap_or_default(),
+                ports: named_ports(p),
+                host_network: p
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.host_network)
+                    .unwrap_or(false),
+                node: p
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .unwrap_or_default(),
+                ips: p
+                    .status
+                    .iter()
+                    .flat_map(|s| s.pod_ips.iter().flatten())
+                    .filter_map(|i| i.ip.parse().ok())
+                    .collect(),
+            },
+        ))
+    }
+}
+
+/// An IPAM allocation made for a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocation {
+    pub namespace: String,
+    pub pod: String,
+    pub node: String,
+    pub ip: IpAddr,
+    /// The allocation handle (the container ID) and interface, if recorded.
+    pub handle: String,
+    pub ifname: Option<String>,
+}
+
+/// A block's allocations that carry a pod's namespace and name.
+pub fn allocations(b: &IPAMBlock) -> Vec<Allocation> {
+    let mut out = Vec::new();
+    for a in &b.spec.allocations {
+        let (Some(ns), Some(pod)) = (a.attributes.get(ATTR_NAMESPACE), a.attributes.get(ATTR_POD))
+        else {
+            continue;
+        };
+        let Some(ip) = addr_at(&b.spec.cidr, a.ordinal) else {
+            continue;
+        };
+        out.push(Allocation {
+            namespace: ns.clone(),
+            pod: pod.clone(),
+            node: a.attributes.get(ATTR_NODE).cloned().unwrap_or_default(),
+            ip,
+            handle: a.handle.clone(),
+            ifname: a.attributes.get(ATTR_IFNAME).cloned(),
+        });
+    }
+    out
+}
+
+/// A pod's (namespace, name).
+pub type PodKey = (String, String);
+
+/// Datastore objects reduced to what policy needs (twill-node keeps this
+/// up to date from its watches instead of keeping whole objects). Pods,
+/// blocks and the node's endpoint records change through methods that note
+/// which pods' endpoints may have changed ([`Inputs::take_changed`]).
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    /// (namespace, name) → pod.
+    pods: BTreeMap<PodKey, PodInfo>,
+    /// Namespace → labels.
+    pub namespaces: BTreeMap<String, Labels>,
+    /// Block name → its pods' allocations.
+    blocks: BTreeMap<String, Vec<Allocation>>,
+    /// Pod → blocks holding allocations for it.
+    allocated_in: BTreeMap<PodKey, BTreeSet<String>>,
+    /// The node's endpoint records by pod (see [`Inputs::set_locals`]).
+    locals: BTreeMap<PodKey, Vec<LocalEndpoint>>,
+    /// Pods whose endpoints may have changed since the last take.
+    changed: BTreeSet<PodKey>,
+    /// Everything may have changed.
+    all_changed: bool,
+    /// (namespace, name) → compiled NetworkPolicy (shared, so a consumer
+    /// can tell an unchanged policy by pointer).
+    pub network_policies: BTreeMap<(String, String), Arc<Policy>>,
+    /// name → compiled GlobalNetworkPolicy.
+    pub global_policies: BTreeMap<String, Arc<Policy>>,
+}
+
+impl Inputs {
+    /// Reduces objects; policies that do not compile are left out and
+    /// returned with the reason.
+    pub fn of(objs: &Objects) -> (Inputs, Vec<CompileError>) {
+        let mut errors = Vec::new();
+        let mut i = Inputs {
+            namespaces: objs
+                .namespaces
+                .iter()
+                .filter_map(|n| {
+                    Some((
+                        n.metadata.name.clone()?,
+                        n.metadata.labels.clone().unwrap_or_default(),
+                    ))
+                })
+                .collect(),
+            ..Default::default()
+        };
+        i.replace_pods(objs.pods.iter().filter_map(PodInfo::of).collect());
+        i.replace_blocks(
+            objs.blocks
+                .iter()
+                .map(|b| (b.metadata.name.clone().unwrap_or_default(), allocations(b)))
+                .collect(),
+        );
+        for np in &objs.network_policies {
+            if let Err(e) = i.apply_network_policy(np) {
+                errors.push(e);
+            }
+        }
+        for g in &objs.global_policies {
+            if let Err(e) = i.apply_global_policy(g) {
+                errors.push(e);
+            }
+        }
+        (i, errors)
+    }
+
+    /// Records a NetworkPolicy; one that does not compile is left out.
+    pub fn apply_network_policy(&mut self, np: &NetworkPolicy) -> Result<(), CompileError> {
+        let k = key(
+            np.metadata.namespace.as_deref().unwrap_or_default(),
+            np.metadata.name.as_deref().unwrap_or_default(),
+        );
+        match compile_network_policy(np) {
+            Ok(p) => {
+                self.network_policies.insert(k, Arc::new(p));
+                Ok(())
+            }
+            Err(e) => {
+                self.network_policies.remove(&k);
+                Err(e)
+            }
+        }
+    }
+
+    /// Records a GlobalNetworkPolicy; one that does not compile is left out.
+    pub fn apply_global_policy(&mut self, g: &GlobalNetworkPolicy) -> Result<(), CompileError> {
+        let k = g.metadata.name.clone().unwrap_or_default();
+        match compile_global_policy(g) {
+            Ok(p) => {
+                self.global_policies.insert(k, Arc::new(p));
+                Ok(())
+            }
+            Err(e) => {
+                self.global_policies.remove(&k);
+                Err(e)
+            }
+        }
+    }
+
+    /// Records a pod.
+    pub fn apply_pod(&mut self, key: PodKey, pod: PodInfo) {
+        if self.pods.get(&key) != Some(&pod) {
+            self.changed.insert(key.clone());
+            self.pods.insert(key, pod);
+        }
+    }
+
+    /// Forgets a pod.
+    pub fn remove_pod(&mut self, key: &PodKey) {
+        if self.pods.remove(key).is_some() {
+            self.changed.insert(key.clone());
+        }
+    }
+
+    /// Replaces every pod (a full listing).
+    pub fn replace_pods(&mut self, pods: BTreeMap<PodKey, PodInfo>) {
+        self.pods = pods;
+        self.all_changed = true;
+    }
+
+    /// The pods.
+    pub fn pods(&self) -> &BTreeMap<PodKey, PodInfo> {
+        &self.pods
+    }
+
+    /// Records a block's allocations.
+    pub fn apply_block(&mut self, name: &str, allocs: Vec<Allocation>) {
+        self.remove_block(name);
+        for a in &allocs {
+            let k = key(&a.namespace, &a.pod);
+            self.allocated_in
+                .entry(k.clone())
+                .or_default()
+                .insert(name.to_string());
+            self.changed.insert(k);
+        }
+        self.blocks.insert(name.to_string(), allocs);
+    }
+
+    /// Forgets a block.
+    pub fn remove_block(&mut self, name: &str) {
+        for a in self.blocks.remove(name).unwrap_or_default() {
+            let k = key(&a.namespace, &a.pod);
+            if let Some(b) = self.allocated_in.get_mut(&k) {
+                b.remove(name);
+                if b.is_empty() {
+                    self.allocated_in.remove(&k);
+                }
+            }
+            self.changed.insert(k);
+        }
+    }
+
+    /// Replaces every block (a full listing).
+    pub fn replace_blocks(&mut self, blocks: BTreeMap<String, Vec<Allocation>>) {
+        self.allocated_in.clear();
+        for (name, allocs) in &blocks {
+            for a in allocs {
+                self.allocated_in
+                    .entry(key(&a.namespace, &a.pod))
+                    .or_default()
+                    .insert(name.clone());
+            }
+        }
+        self.blocks = blocks;
+        self.all_changed = true;
+    }
+
+    /// Sets the node's endpoint records (twill-node's view: with records,
+    /// this node's allocations without one are not endpoints).
+    pub fn set_locals(&mut self, locals: &[LocalEndpoint]) {
+        let mut by_pod: BTreeMap<PodKey, Vec<LocalEndpoint>> = BTreeMap::new();
+        for l in locals {
+            by_pod.entry(local_key(l)).or_default().push(l.clone());
+        }
+        for k in self.locals.keys().chain(by_pod.keys()) {
+            if self.locals.get(k) != by_pod.get(k) {
+                self.changed.insert(k.clone());
+            }
+        }
+        self.locals = by_pod;
+    }
+
+    /// The pods whose endpoints may have changed since the last call, or
+    /// None when everything may have.
+    pub fn take_changed(&mut self) -> Option<BTreeSet<PodKey>> {
+        let changed = std::mem::take(&mut self.changed);
+        if std::mem::take(&mut self.all_changed) {
+            None
+        } else {
+            Some(changed)
+        }
+    }
+
+    /// Every endpoint as seen by `node` with the recorded endpoint records
+    /// ([`Inputs::set_locals`]).
+    pub fn node_endpoints(&self, node: &str) -> Vec<Endpoint> {
+        let locals: Vec<LocalEndpoint> = self.locals.values().flatten().cloned().collect();
+        // With records, interface names come from them only.
+        self.endpoints(node, Some(&locals), &|_, _| String::new())
+    }
+
+    /// The endpoints of one pod as seen by `node` with the recorded
+    /// endpoint records: what [`Inputs::node_endpoints`] yields for it.
+    pub fn pod_endpoints(&self, k: &PodKey, node: &str) -> Vec<Endpoint> {
+        let pod = self.pods.get(k);
+        if let Some(ls) = self.locals.get(k) {
+            return ls
+                .iter()
+                .map(|l| Endpoint {
+                    labels: pod.map_or_else(|| l.labels.clone(), |p| p.labels.clone()),
+                    ports: pod.map(|p| p.ports.clone()).unwrap_or_default(),
+                    namespace: k.0.clone(),
+                    name: k.1.clone(),
+                    ips: l.ips.clone(),
+                    node: node.to_string(),
+                    iface: Some(l.iface.clone()),
+                })
+                .collect();
+        }
+        if pod.is_some_and(|p| p.host_network) {
+            return Vec::new();
+        }
+        let mut alloc: Option<(String, Vec<IpAddr>)> = None;
+        for b in self.allocated_in.get(k).into_iter().flatten() {
+            for a in self.blocks.get(b).into_iter().flatten() {
+                if a.namespace == k.0 && a.pod == k.1 {
+                    alloc
+                        .get_or_insert_with(|| (a.node.clone(), Vec::new()))
+                        .1
+                        .push(a.ip);
+                }
+            }
+        }
+        // An allocation on this node without a record is not (or no longer)
+        // a live endpoint; the Pod's own addresses may still make one.
+        if let Some((n, mut ips)) = alloc
+            && n != node
+        {
+            ips.sort();
+            return vec![Endpoint {
+                labels: pod.map(|p| p.labels.clone()).unwrap_or_default(),
+                ports: pod.map(|p| p.ports.clone()).unwrap_or_default(),
+                namespace: k.0.clone(),
+                name: k.1.clone(),
+                ips,
+                iface: None,
+                node: n,
+            }];
+        }
+        match pod {
+            Some(p) if !p.ips.is_empty() => vec![Endpoint {
+                labels: p.labels.clone(),
+                ports: p.ports.clone(),
+                namespace: k.0.clone(),
+                name: k.1.clone(),
+                ips: p.ips.clone(),
+                node: p.node.clone(),
+                iface: None,
+            }],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Every compiled policy.
+    pub fn policies(&self) -> impl Iterator<Item = &Arc<Policy>> {
+        self.network_policies
+            .values()
+            .chain(self.global_policies.values())
+    }
+
+    /// The endpoints as seen by `node` (see [`build`]).
+    pub fn endpoints(
+        &self,
+        node: &str,
+        locals: Option<&[LocalEndpoint]>,
+        iface_of: &dyn Fn(&str, &str) -> String,
+    ) -> Vec<Endpoint> {
+        let pods = &self.pods;
+        let host_network = |k: &(String, String)| pods.get(k).is_some_and(|p| p.host_network);
+        let mut endpoints = Vec::new();
+        let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
+        for l in locals.unwrap_or_default() {
+            let k = local_key(l);
+            let (ns, name) = k.clone();
+            let pod = pods.get(&k);
+            seen.insert(k);
+            endpoints.push(Endpoint {
+                labels: pod.map_or_else(|| l.labels.clone(), |p| p.labels.clone()),
+                ports: pod.map(|p| p.ports.clone()).unwrap_or_default(),
+                namespace: ns,
+                name,
+                ips: l.ips.clone(),
+                node: node.to_string(),
+                iface: Some(l.iface.clone()),
+            });
+        }
+        // IPAM allocations: (namespace, pod) → (node, ips, iface).
+        let mut allocated: BTreeMap<(String, String), Allocated> = BTreeMap::new();
+        for a in self.blocks.values().flatten() {
+            let iface = a.ifname.as_ref().map(|ifn| iface_of(&a.handle, ifn));
+            let e = allocated
+                .entry(key(&a.namespace, &a.pod))
+                .or_insert_with(|| (a.node.clone(), Vec::new(), iface));
+            e.1.push(a.ip);
+        }
+        for (k, (n, mut ips, iface)) in allocated {
+            if seen.contains(&k) || host_network(&k) {
+                continue;
+            }
+            // twill-node knows its own endpoints from its records: an
+            // allocation on this node without one is not (or no longer) a
+            // live endpoint.
+            if locals.is_some() && n == node {
+                continue;
+            }
+            ips.sort();
+            let pod = pods.get(&k);
+            seen.insert(k.clone());
+            endpoints.push(Endpoint {
+                labels: pod.map(|p| p.labels.clone()).unwrap_or_default(),
+                ports: pod.map(|p| p.ports.clone()).unwrap_or_default(),
+                namespace: k.0,
+                name: k.1,
+                ips,
+                iface: if locals.is_none() { iface } else { None },
+                node: n,
+            });
+        }
+        for (k, p) in pods {
+            if seen.contains(k) || p.host_network || p.ips.is_empty() {
+                continue;
+            }
+            endpoints.push(Endpoint {
+                labels: p.labels.clone(),
+                ports: p.ports.clone(),
+                namespace: k.0.clone(),
+                name: k.1.clone(),
+                ips: p.ips.clone(),
+                node: p.node.clone(),
+                iface: None,
+            });
+        }
+        endpoints
+    }
+}
+
 /// Builds the model as seen by `node` (`locals`: its endpoint records;
 /// empty for tools, which derive interface names with `iface_of(container
 /// ID, interface)` from IPAM allocations instead). Policies that do not
@@ -103,143 +541,10 @@ pub fn build(
     locals: Option<&[LocalEndpoint]>,
     iface_of: &dyn Fn(&str, &str) -> String,
 ) -> (Model, Vec<CompileError>) {
-    let pods: BTreeMap<(String, String), &Pod> = objs
-        .pods
-        .iter()
-        .filter_map(|p| {
-            Some((
-                key(
-                    p.metadata.namespace.as_deref()?,
-                    p.metadata.name.as_deref()?,
-                ),
-                p,
-            ))
-        })
-        .collect();
-    let host_network = |k: &(String, String)| {
-        pods.get(k)
-            .and_then(|p| p.spec.as_ref())
-            .and_then(|s| s.host_network)
-            .unwrap_or(false)
-    };
-    let mut endpoints = Vec::new();
-    let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
-    let pod_labels = |k: &(String, String)| -> Option<Labels> {
-        pods.get(k)
-            .map(|p| p.metadata.labels.clone().unwrap_or_default())
-    };
-    let pod_ports = |k: &(String, String)| pods.get(k).map(|p| named_ports(p)).unwrap_or_default();
-    for l in locals.unwrap_or_default() {
-        let ns = l.namespace.clone().unwrap_or_default();
-        let name = l.pod.clone().unwrap_or_else(|| l.container_id.clone());
-        let k = key(&ns, &name);
-        seen.insert(k.clone());
-        endpoints.push(Endpoint {
-            labels: pod_labels(&k).unwrap_or_else(|| l.labels.clone()),
-            ports: pod_ports(&k),
-            namespace: ns,
-            name,
-            ips: l.ips.clone(),
-            node: node.to_string(),
-            iface: Some(l.iface.clone()),
-        });
-    }
-    // IPAM allocations: (namespace, pod) → (node, ips, iface).
-    let mut allocated: BTreeMap<(String, String), Allocated> = BTreeMap::new();
-    for b in &objs.blocks {
-        for a in &b.spec.allocations {
-            let (Some(ns), Some(pod)) =
-                (a.attributes.get(ATTR_NAMESPACE), a.attributes.get(ATTR_POD))
-            else {
-                continue;
-            };
-            let Some(ip) = addr_at(&b.spec.cidr, a.ordinal) else {
-                continue;
-            };
-            let n = a.attributes.get(ATTR_NODE).cloned().unwrap_or_default();
-            let iface = a
-                .attributes
-                .get(ATTR_IFNAME)
-                .map(|ifn| iface_of(&a.handle, ifn));
-            let e = allocated
-                .entry(key(ns, pod))
-                .or_insert_with(|| (n, Vec::new(), iface));
-            e.1.push(ip);
-        }
-    }
-    for (k, (n, mut ips, iface)) in allocated {
-        if seen.contains(&k) || host_network(&k) {
-            continue;
-        }
-        // twill-node knows its own endpoints from its records: an allocation
-        // on this node without one is not (or no longer) a live endpoint.
-        if locals.is_some() && n == node {
-            continue;
-        }
-        ips.sort();
-        seen.insert(k.clone());
-        endpoints.push(Endpoint {
-            labels: pod_labels(&k).unwrap_or_default(),
-            ports: pod_ports(&k),
-            namespace: k.0.clone(),
-            name: k.1.clone(),
-            ips,
-            iface: if locals.is_none() { iface } else { None },
-            node: n,
-        });
-    }
-    for (k, p) in &pods {
-        if seen.contains(k) || host_network(k) {
-            continue;
-        }
-        let ips: Vec<IpAddr> = p
-            .status
-            .iter()
-            .flat_map(|s| s.pod_ips.iter().flatten())
-            .filter_map(|i| i.ip.parse().ok())
-            .collect();
-        if ips.is_empty() {
-            continue;
-        }
-        endpoints.push(Endpoint {
-            labels: p.metadata.labels.clone().unwrap_or_default(),
-            ports: named_ports(p),
-            namespace: k.0.clone(),
-            name: k.1.clone(),
-            ips,
-            node: p
-                .spec
-                .as_ref()
-                .and_then(|s| s.node_name.clone())
-                .unwrap_or_default(),
-            iface: None,
-        });
-    }
-    let namespaces = objs
-        .namespaces
-        .iter()
-        .filter_map(|n| {
-            Some((
-                n.metadata.name.clone()?,
-                n.metadata.labels.clone().unwrap_or_default(),
-            ))
-        })
-        .collect();
-    let mut errors = Vec::new();
-    let mut policies = Vec::new();
-    for np in &objs.network_policies {
-        match compile_network_policy(np) {
-            Ok(p) => policies.push(p),
-            Err(e) => errors.push(e),
-        }
-    }
-    for g in &objs.global_policies {
-        match compile_global_policy(g) {
-            Ok(p) => policies.push(p),
-            Err(e) => errors.push(e),
-        }
-    }
-    (Model::new(endpoints, namespaces, policies), errors)
+    let (inputs, errors) = Inputs::of(objs);
+    let endpoints = inputs.endpoints(node, locals, iface_of);
+    let policies = inputs.policies().map(|p| Policy::clone(p)).collect();
+    (Model::new(endpoints, inputs.namespaces, policies), errors)
 }
 
 #[cfg(test)]
@@ -290,7 +595,9 @@ mod tests {
             iface: "twlocal".into(),
             container_id: "cid-a".into(),
         };
-        let (m, errs) = build(&objs, "n1", Some(&[local]), &|c, i| format!("if-{c}-{i}"));
+        let (m, errs) = build(&objs, "n1", Some(std::slice::from_ref(&local)), &|c, i| {
+            format!("if-{c}-{i}")
+        });
         assert!(errs.is_empty());
         let by: BTreeMap<String, &Endpoint> =
             m.endpoints.iter().map(|e| (e.name.clone(), e)).collect();
@@ -307,6 +614,22 @@ mod tests {
         );
         assert_eq!(by["c"].ips, ["10.9.0.1".parse::<IpAddr>().unwrap()]);
         assert!(!by.contains_key("h"), "host-network pods are not endpoints");
+        // twill-node's per-pod derivation yields the same endpoints.
+        let (mut inputs, _) = Inputs::of(&objs);
+        inputs.set_locals(std::slice::from_ref(&local));
+        let mut keys: BTreeSet<PodKey> = inputs.pods().keys().cloned().collect();
+        keys.insert(key("x", "a"));
+        keys.insert(key("x", "gone"));
+        let mut per_pod: Vec<Endpoint> = keys
+            .iter()
+            .flat_map(|k| inputs.pod_endpoints(k, "n1"))
+            .collect();
+        let mut all = inputs.node_endpoints("n1");
+        let by_id = |a: &Endpoint, b: &Endpoint| a.id().cmp(&b.id());
+        per_pod.sort_by(by_id);
+        all.sort_by(by_id);
+        assert_eq!(per_pod, all);
+        assert_eq!(per_pod.len(), 3, "a (record), b (IPAM), c (status)");
         // A tool without records derives interfaces from the allocations.
         let (m, _) = build(&objs, "n1", None, &|c, i| format!("if-{c}-{i}"));
         let a = m.endpoints.iter().find(|e| e.name == "a").unwrap();

@@ -8,6 +8,8 @@
 //!   why (`twillctl policy explain`);
 //! * [`render`]: the model as Twill's nftables table for one node, as data
 //!   ([`ir`]) printable as an nft script;
+//! * [`incremental`]: the rendered table kept up to date change by change,
+//!   re-rendering only what a change touches;
 //! * [`diff`]: the incremental update between two rendered tables;
 //! * [`interp`]: an interpreter of the rendered table, so tests can check
 //!   that rules and model agree.
@@ -17,6 +19,7 @@
 pub mod cluster;
 pub mod diff;
 pub mod explain;
+pub mod incremental;
 pub mod interp;
 pub mod ir;
 pub mod model;

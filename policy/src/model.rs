@@ -234,6 +234,19 @@ impl Policy {
     }
 }
 
+/// Evaluation order: global policies by (order, name), then Kubernetes
+/// policies by name.
+pub fn evaluation_order(a: &Policy, b: &Policy) -> std::cmp::Ordering {
+    a.tier
+        .cmp(&b.tier)
+        .then_with(|| {
+            let oa = a.order.unwrap_or(f64::INFINITY);
+            let ob = b.order.unwrap_or(f64::INFINITY);
+            oa.total_cmp(&ob)
+        })
+        .then_with(|| a.id.cmp(&b.id))
+}
+
 /// Everything evaluation and rendering look at.
 #[derive(Debug, Clone, Default)]
 pub struct Model {
@@ -260,16 +273,7 @@ impl Model {
         for (name, labels) in namespaces.iter_mut() {
             labels.insert(NAMESPACE_NAME_LABEL.to_string(), name.clone());
         }
-        policies.sort_by(|a, b| {
-            a.tier
-                .cmp(&b.tier)
-                .then_with(|| {
-                    let oa = a.order.unwrap_or(f64::INFINITY);
-                    let ob = b.order.unwrap_or(f64::INFINITY);
-                    oa.total_cmp(&ob)
-                })
-                .then_with(|| a.id.cmp(&b.id))
-        });
+        policies.sort_by(evaluation_order);
         let mut by_ip: BTreeMap<IpAddr, Vec<usize>> = BTreeMap::new();
         for (i, ep) in endpoints.iter().enumerate() {
             for ip in &ep.ips {

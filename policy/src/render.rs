@@ -84,6 +84,14 @@ struct Renderer<'a> {
     port_sets: BTreeSet<String>,
 }
 
+/// Expands model rules into nft atoms, collecting the selections and named
+/// ports whose sets the atoms refer to.
+#[derive(Default)]
+struct Expander {
+    sel_sets: BTreeSet<PodSel>,
+    port_sets: BTreeSet<String>,
+}
+
 /// Alternatives for one part of a rule in one family: None = impossible.
 type Alts = Option<Vec<Vec<Atom>>>;
 
@@ -106,7 +114,7 @@ fn fam_nets(v: &[ipnetwork::IpNetwork], fam: Fam) -> Vec<ipnetwork::IpNetwork> {
         .collect()
 }
 
-impl Renderer<'_> {
+impl Expander {
     fn sel_target(&mut self, sel: &PodSel, fam: Fam) -> AddrTarget {
         self.sel_sets.insert(sel.clone());
         AddrTarget::Set(format!("{}-{}", selection_set(sel), fam.digit()))
@@ -312,39 +320,168 @@ impl Renderer<'_> {
         }
         out
     }
+}
 
-    fn policy_chain(&mut self, p: &crate::model::Policy, d: Direction) -> String {
+/// A policy's chain for a direction (empty when it does not govern it),
+/// with the selections and named ports its rules refer to.
+pub(crate) fn policy_chain_rules(
+    p: &crate::model::Policy,
+    d: Direction,
+) -> (Chain, BTreeSet<PodSel>, BTreeSet<String>) {
+    let mut x = Expander::default();
+    let mut rules = Vec::new();
+    for r in p.rules(d).unwrap_or_default() {
+        let here = format!("{} {}", p.id, r.origin);
+        for atoms in x.expand(r) {
+            let mut nr = NftRule::new(atoms, Verdict::Accept);
+            match r.action {
+                Action::Allow => {}
+                Action::Deny => nr.verdict = Verdict::Drop,
+                Action::Pass => {
+                    nr.set_mark = Some(PASS_MARK);
+                    nr.verdict = Verdict::Return;
+                }
+                Action::Log => {
+                    // nft caps log prefixes at 127 bytes.
+                    let prefix: String = format!("twill {here}").chars().take(100).collect();
+                    nr.log = Some(format!("{prefix} "));
+                    nr.verdict = Verdict::Continue;
+                }
+            }
+            nr.comment = Some(here.clone());
+            rules.push(nr);
+        }
+    }
+    (Chain { hook: None, rules }, x.sel_sets, x.port_sets)
+}
+
+/// The chains of a local endpoint for a direction: `selecting` are the
+/// policies selecting it that govern `d`, in evaluation order.
+pub(crate) fn endpoint_chains(
+    ep_id: &str,
+    iface: &str,
+    d: Direction,
+    selecting: &[&crate::model::Policy],
+) -> Vec<(String, Chain)> {
+    let name = endpoint_chain(iface, d);
+    let global: Vec<_> = selecting
+        .iter()
+        .filter(|p| p.tier == Tier::Global)
+        .collect();
+    let k8s: Vec<_> = selecting
+        .iter()
+        .filter(|p| p.tier == Tier::Kubernetes)
+        .collect();
+    let mut k8s_rules = Vec::new();
+    for p in &k8s {
+        k8s_rules.push(NftRule::new(
+            Vec::new(),
+            Verdict::Jump(policy_chain(&p.id, d)),
+        ));
+    }
+    let mut last = NftRule::new(
+        Vec::new(),
+        if k8s.is_empty() {
+            Verdict::Accept
+        } else {
+            Verdict::Drop
+        },
+    );
+    last.comment = Some(if k8s.is_empty() {
+        format!("{d}: no NetworkPolicy isolates {ep_id}")
+    } else {
+        format!("{d}: isolated {ep_id}, nothing allowed")
+    });
+    k8s_rules.push(last);
+    // Pods with policy drop packets conntrack cannot place (as Calico
+    // does); everything else on the node is left alone.
+    let invalid = NftRule::new(vec![Atom::CtInvalid], Verdict::Drop);
+    if global.is_empty() {
+        if !k8s.is_empty() {
+            k8s_rules.insert(0, invalid);
+        }
+        return vec![(
+            name,
+            Chain {
+                hook: None,
+                rules: k8s_rules,
+            },
+        )];
+    }
+    let k8s_name = format!("{name}-k8s");
+    let mut clear = NftRule::new(Vec::new(), Verdict::Continue);
+    clear.clear_mark = Some(PASS_MARK);
+    let mut rules = vec![invalid, clear];
+    for p in &global {
+        rules.push(NftRule::new(
+            Vec::new(),
+            Verdict::Jump(policy_chain(&p.id, d)),
+        ));
+        rules.push(NftRule::new(
+            vec![Atom::MarkSet(PASS_MARK)],
+            Verdict::Goto(k8s_name.clone()),
+        ));
+    }
+    let mut eot = NftRule::new(Vec::new(), Verdict::Drop);
+    eot.comment = Some("end of the global tier".into());
+    rules.push(eot);
+    vec![
+        (name, Chain { hook: None, rules }),
+        (
+            k8s_name,
+            Chain {
+                hook: None,
+                rules: k8s_rules,
+            },
+        ),
+    ]
+}
+
+/// The two sets (IPv4, IPv6) of a selection with its members' addresses.
+pub(crate) fn selection_sets(sel: &PodSel, members: &BTreeSet<IpAddr>) -> [(String, NamedSet); 2] {
+    [Fam::V4, Fam::V6].map(|fam| {
+        (
+            format!("{}-{}", selection_set(sel), fam.digit()),
+            NamedSet {
+                kind: SetKind::Addr(fam),
+                elements: members
+                    .iter()
+                    .filter(|a| Fam::of(**a) == fam)
+                    .map(|a| Element::Addr(*a))
+                    .collect(),
+                comment: sel.to_string(),
+            },
+        )
+    })
+}
+
+/// The two sets (IPv4, IPv6) of a named port with their elements.
+pub(crate) fn named_port_sets(
+    name: &str,
+    mut els: BTreeMap<Fam, BTreeSet<Element>>,
+) -> [(String, NamedSet); 2] {
+    [Fam::V4, Fam::V6].map(|fam| {
+        (
+            port_set(name, fam),
+            NamedSet {
+                kind: SetKind::AddrProtoPort(fam),
+                elements: els.remove(&fam).unwrap_or_default(),
+                comment: format!("pods with a port named {name}"),
+            },
+        )
+    })
+}
+
+impl Renderer<'_> {
+    fn policy_chain(&mut self, p: &crate::model::Policy, d: Direction) {
         let name = policy_chain(&p.id, d);
         if self.table.chains.contains_key(&name) {
-            return name;
+            return;
         }
-        let mut rules = Vec::new();
-        for r in p.rules(d).unwrap_or_default() {
-            let here = format!("{} {}", p.id, r.origin);
-            for atoms in self.expand(r) {
-                let mut nr = NftRule::new(atoms, Verdict::Accept);
-                match r.action {
-                    Action::Allow => {}
-                    Action::Deny => nr.verdict = Verdict::Drop,
-                    Action::Pass => {
-                        nr.set_mark = Some(PASS_MARK);
-                        nr.verdict = Verdict::Return;
-                    }
-                    Action::Log => {
-                        // nft caps log prefixes at 127 bytes.
-                        let prefix: String = format!("twill {here}").chars().take(100).collect();
-                        nr.log = Some(format!("{prefix} "));
-                        nr.verdict = Verdict::Continue;
-                    }
-                }
-                nr.comment = Some(here.clone());
-                rules.push(nr);
-            }
-        }
-        self.table
-            .chains
-            .insert(name.clone(), Chain { hook: None, rules });
-        name
+        let (chain, sels, ports) = policy_chain_rules(p, d);
+        self.sel_sets.extend(sels);
+        self.port_sets.extend(ports);
+        self.table.chains.insert(name, chain);
     }
 
     fn endpoint(&mut self, ep: &Endpoint, iface: &str, d: Direction, selected: &[usize]) {
@@ -353,73 +490,12 @@ impl Renderer<'_> {
             .filter_map(|i| self.model.policies.get(*i))
             .filter(|p| p.rules(d).is_some())
             .collect();
-        let name = endpoint_chain(iface, d);
-        let global: Vec<_> = selecting
-            .iter()
-            .filter(|p| p.tier == Tier::Global)
-            .collect();
-        let k8s: Vec<_> = selecting
-            .iter()
-            .filter(|p| p.tier == Tier::Kubernetes)
-            .collect();
-        let mut k8s_rules = Vec::new();
-        for p in &k8s {
-            let c = self.policy_chain(p, d);
-            k8s_rules.push(NftRule::new(Vec::new(), Verdict::Jump(c)));
+        for p in &selecting {
+            self.policy_chain(p, d);
         }
-        let mut last = NftRule::new(
-            Vec::new(),
-            if k8s.is_empty() {
-                Verdict::Accept
-            } else {
-                Verdict::Drop
-            },
-        );
-        last.comment = Some(if k8s.is_empty() {
-            format!("{}: no NetworkPolicy isolates {}", d, ep.id())
-        } else {
-            format!("{}: isolated {}, nothing allowed", d, ep.id())
-        });
-        k8s_rules.push(last);
-        // Pods with policy drop packets conntrack cannot place (as Calico
-        // does); everything else on the node is left alone.
-        let invalid = NftRule::new(vec![Atom::CtInvalid], Verdict::Drop);
-        if global.is_empty() {
-            if !k8s.is_empty() {
-                k8s_rules.insert(0, invalid);
-            }
-            self.table.chains.insert(
-                name,
-                Chain {
-                    hook: None,
-                    rules: k8s_rules,
-                },
-            );
-            return;
+        for (name, chain) in endpoint_chains(&ep.id(), iface, d, &selecting) {
+            self.table.chains.insert(name, chain);
         }
-        let k8s_name = format!("{name}-k8s");
-        let mut clear = NftRule::new(Vec::new(), Verdict::Continue);
-        clear.clear_mark = Some(PASS_MARK);
-        let mut rules = vec![invalid, clear];
-        for p in &global {
-            let c = self.policy_chain(p, d);
-            rules.push(NftRule::new(Vec::new(), Verdict::Jump(c)));
-            rules.push(NftRule::new(
-                vec![Atom::MarkSet(PASS_MARK)],
-                Verdict::Goto(k8s_name.clone()),
-            ));
-        }
-        let mut eot = NftRule::new(Vec::new(), Verdict::Drop);
-        eot.comment = Some("end of the global tier".into());
-        rules.push(eot);
-        self.table.chains.insert(name, Chain { hook: None, rules });
-        self.table.chains.insert(
-            k8s_name,
-            Chain {
-                hook: None,
-                rules: k8s_rules,
-            },
-        );
     }
 
     fn base_chains(&mut self) {
@@ -459,21 +535,8 @@ impl Renderer<'_> {
 
     fn sets(&mut self) {
         for sel in std::mem::take(&mut self.sel_sets) {
-            let members = self.model.members(&sel);
-            for fam in [Fam::V4, Fam::V6] {
-                self.table.sets.insert(
-                    format!("{}-{}", selection_set(&sel), fam.digit()),
-                    NamedSet {
-                        kind: SetKind::Addr(fam),
-                        elements: members
-                            .iter()
-                            .filter(|a| Fam::of(**a) == fam)
-                            .map(|a| Element::Addr(*a))
-                            .collect(),
-                        comment: sel.to_string(),
-                    },
-                );
-            }
+            let members: BTreeSet<IpAddr> = self.model.members(&sel).into_iter().collect();
+            self.table.sets.extend(selection_sets(&sel, &members));
         }
         for name in std::mem::take(&mut self.port_sets) {
             let mut els: BTreeMap<Fam, BTreeSet<Element>> = BTreeMap::new();
@@ -486,16 +549,7 @@ impl Renderer<'_> {
                     }
                 }
             }
-            for fam in [Fam::V4, Fam::V6] {
-                self.table.sets.insert(
-                    port_set(&name, fam),
-                    NamedSet {
-                        kind: SetKind::AddrProtoPort(fam),
-                        elements: els.remove(&fam).unwrap_or_default(),
-                        comment: format!("pods with a port named {name}"),
-                    },
-                );
-            }
+            self.table.sets.extend(named_port_sets(&name, els));
         }
     }
 }
@@ -503,6 +557,22 @@ impl Renderer<'_> {
 /// Whether an endpoint is on `node` with a known interface.
 pub fn local_iface<'a>(ep: &'a Endpoint, node: &str) -> Option<&'a str> {
     ep.iface.as_deref().filter(|_| ep.node == node)
+}
+
+/// The table with only its base chains and (empty) dispatch maps.
+pub(crate) fn base_table() -> Table {
+    let empty = Model::default();
+    let mut r = Renderer {
+        model: &empty,
+        table: Table::default(),
+        sel_sets: BTreeSet::new(),
+        port_sets: BTreeSet::new(),
+    };
+    r.base_chains();
+    for m in [MAP_EGRESS, MAP_INGRESS] {
+        r.table.maps.insert(m.into(), BTreeMap::new());
+    }
+    r.table
 }
 
 /// Renders the table for `node`.

@@ -7,12 +7,14 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use proptest::prelude::*;
 use serde_json::{Value, json};
+use twill_policy::incremental::Incremental;
 use twill_policy::interp::{Path, passes};
 use twill_policy::ir::Hook;
-use twill_policy::model::{Endpoint, Labels, Model, NamedPort, proto};
+use twill_policy::model::{Endpoint, Labels, Model, NamedPort, Policy, proto};
 use twill_policy::{
     Packet, Verdict, compile_global_policy, compile_network_policy, explain, render,
 };
@@ -319,7 +321,8 @@ fn case() -> impl Strategy<Value = Case> {
         })
 }
 
-fn model_of(c: &Case) -> Model {
+/// What `Model::new` takes for a case: endpoints, namespace labels, policies.
+fn inputs_of(c: &Case) -> (Vec<Endpoint>, BTreeMap<String, Labels>, Vec<Policy>) {
     let mut policies = Vec::new();
     for np in &c.nps {
         let np: k8s_openapi::api::networking::v1::NetworkPolicy =
@@ -343,7 +346,44 @@ fn model_of(c: &Case) -> Model {
         }
         namespaces.insert(ns.to_string(), l);
     }
-    Model::new(c.endpoints.clone(), namespaces, policies)
+    (c.endpoints.clone(), namespaces, policies)
+}
+
+fn model_of(c: &Case) -> Model {
+    let (endpoints, namespaces, policies) = inputs_of(c);
+    Model::new(endpoints, namespaces, policies)
+}
+
+/// The states from `a` to `b` one change at a time: each endpoint in turn,
+/// then the policies, then the namespace labels.
+fn steps(a: &Case, b: &Case) -> Vec<Case> {
+    let mut out = vec![a.clone()];
+    let mut cur = a.clone();
+    for i in 0..a.endpoints.len().max(b.endpoints.len()) {
+        match b.endpoints.get(i) {
+            Some(e) if i < cur.endpoints.len() => cur.endpoints[i] = e.clone(),
+            Some(e) => cur.endpoints.push(e.clone()),
+            None => {
+                cur.endpoints.pop();
+            }
+        }
+        out.push(cur.clone());
+    }
+    for i in 0..a.nps.len().max(b.nps.len()) {
+        match b.nps.get(i) {
+            Some(p) if i < cur.nps.len() => cur.nps[i] = p.clone(),
+            Some(p) => cur.nps.push(p.clone()),
+            None => {
+                cur.nps.pop();
+            }
+        }
+        out.push(cur.clone());
+    }
+    cur.gnps = b.gnps.clone();
+    out.push(cur.clone());
+    cur.red = b.red.clone();
+    out.push(cur);
+    out
 }
 
 fn packets(m: &Model) -> Vec<Packet> {
@@ -461,5 +501,30 @@ proptest! {
         } else {
             prop_assert_eq!(ta, tb);
         }
+    }
+
+    #[test]
+    fn incremental_rendering_equals_full_rendering(a in case(), b in case(), c in case()) {
+        // From nothing to a in one go, then to b one change at a time,
+        // then to c in one go: after every commit the table equals the full
+        // render and the script equals the diff of the two full renders.
+        let mut inc = Incremental::new("n1");
+        let mut prev = render(&Model::default(), "n1");
+        prop_assert_eq!(inc.table(), &prev);
+        let mut states = steps(&a, &b);
+        states.push(c);
+        for st in &states {
+            let (eps, ns, pols) = inputs_of(st);
+            let shared: Vec<Arc<Policy>> = pols.iter().cloned().map(Arc::new).collect();
+            inc.sync(eps.clone(), &ns, shared.iter());
+            let script = inc.commit();
+            let want = render(&Model::new(eps, ns, pols), "n1");
+            prop_assert_eq!(inc.table(), &want, "state {:?}", st);
+            let want_script = twill_policy::diff::diff(&prev, &want).map(|(s, _)| s);
+            prop_assert_eq!(script, want_script);
+            prev = want;
+        }
+        prop_assert_eq!(inc.commit(), None);
+        prop_assert_eq!(inc.full_script(), prev.script());
     }
 }

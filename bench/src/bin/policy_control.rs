@@ -1,7 +1,9 @@
-//! Control-plane cost of network policy, measured on what twill-node does
-//! for every change — rebuild the model, render the node's table, diff it
-//! against the applied one, apply the difference with `nft -f` — in a
-//! network namespace of its own (datastore watch delivery is not included):
+//! Control-plane cost of network policy, measured on what twill-node's
+//! policy engine does for every change — reduce the changed object to what
+//! policy needs (`cluster::Inputs`), bring the incremental renderer up to
+//! date with it (`Incremental::follow`, the engine's own call), and apply
+//! its script with `nft -f` — in a network namespace of its own (datastore
+//! watch delivery is not included):
 //!
 //! * full render + apply from nothing: 10k pods (250 on this node), 1k policies;
 //! * NetworkPolicy change → rules in the kernel: 1k pods, 1k policies,
@@ -11,20 +13,24 @@
 //!
 //! Run as root: `cargo run --release -p twill-bench --bin policy_control [-- --quick]`.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::IpAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::json;
-use twill_policy::ir::Table;
-use twill_policy::model::{Endpoint, Labels, Model, NamedPort, Policy, proto};
+use twill_bench::write_results;
+use twill_policy::cluster::{Inputs, LocalEndpoint, PodInfo};
+use twill_policy::incremental::Incremental;
+use twill_policy::model::Labels;
 use twill_tests::{Netns, require_binary, require_root};
 
 const NODE: &str = "n0";
 const NAMESPACES: usize = 20;
 const APPS: usize = 100;
+const TIERS: [&str; 3] = ["web", "api", "db"];
 
 fn nft(ns: &Netns, script: &str) {
     let mut child = ns
@@ -49,37 +55,41 @@ fn nft(ns: &Netns, script: &str) {
     );
 }
 
-fn pod(i: usize, local: bool) -> Endpoint {
-    let ip = IpAddr::from([
+fn ip(i: usize) -> IpAddr {
+    IpAddr::from([
         10,
         100 + (i / 65536) as u8,
         (i / 256 % 256) as u8,
         (i % 256) as u8,
-    ]);
-    Endpoint {
-        namespace: format!("ns{}", i % NAMESPACES),
-        name: format!("pod{i}"),
-        labels: Labels::from([
-            ("app".to_string(), format!("app{}", i % APPS)),
-            ("tier".to_string(), ["web", "api", "db"][i % 3].to_string()),
-        ]),
-        ips: vec![ip],
-        ports: vec![NamedPort {
-            name: "http".into(),
-            proto: proto::TCP,
-            port: 8080,
-        }],
-        node: if local {
-            NODE.into()
-        } else {
-            format!("n{}", 1 + i % 40)
-        },
-        iface: local.then(|| format!("tw{i:013x}")),
+    ])
+}
+
+/// Pod `i` as the datastore has it.
+fn pod(i: usize, local: bool) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": format!("pod{i}"), "namespace": format!("ns{}", i % NAMESPACES),
+            "labels": {"app": format!("app{}", i % APPS), "tier": TIERS[i % 3]}},
+        "spec": {"nodeName": if local { NODE.to_string() } else { format!("n{}", 1 + i % 40) },
+            "containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 8080}]}]},
+        "status": {"podIPs": [{"ip": ip(i).to_string()}]}
+    }))
+    .expect("pod")
+}
+
+/// The node's endpoint record for local pod `i` (what CNI ADD writes).
+fn record(i: usize) -> LocalEndpoint {
+    LocalEndpoint {
+        namespace: Some(format!("ns{}", i % NAMESPACES)),
+        pod: Some(format!("pod{i}")),
+        labels: Labels::new(),
+        ips: vec![ip(i)],
+        iface: format!("tw{i:013x}"),
+        container_id: format!("c{i}"),
     }
 }
 
-fn policy(j: usize, port: u16) -> Policy {
-    let np: k8s_openapi::api::networking::v1::NetworkPolicy = serde_json::from_value(json!({
+fn policy(j: usize, port: u16) -> NetworkPolicy {
+    serde_json::from_value(json!({
         "metadata": {"name": format!("np{j}"), "namespace": format!("ns{}", j % NAMESPACES)},
         "spec": {
             "podSelector": {"matchLabels": {"app": format!("app{}", j % APPS)}},
@@ -94,43 +104,64 @@ fn policy(j: usize, port: u16) -> Policy {
             "egress": [{"to": [{"podSelector": {"matchLabels": {"tier": "db"}}}], "ports": [{"port": 5432}]}]
         }
     }))
-    .expect("policy");
-    twill_policy::compile_network_policy(&np).expect("compile")
+    .expect("policy")
 }
 
-fn namespaces() -> BTreeMap<String, Labels> {
-    (0..NAMESPACES)
-        .map(|n| {
-            (
-                format!("ns{n}"),
-                Labels::from([("team".to_string(), format!("t{}", n % 5))]),
-            )
-        })
-        .collect()
+/// The engine's inputs: `total` pods of which the first `local` run here,
+/// and `pols` policies; plus the node's endpoint records.
+fn inputs(total: usize, local: usize, pols: usize) -> (Inputs, Vec<LocalEndpoint>) {
+    let mut i = Inputs::default();
+    for n in 0..NAMESPACES {
+        i.namespaces.insert(
+            format!("ns{n}"),
+            Labels::from([("team".to_string(), format!("t{}", n % 5))]),
+        );
+    }
+    // As the engine's first full listing delivers them.
+    i.replace_pods(
+        (0..total)
+            .filter_map(|p| PodInfo::of(&pod(p, p < local)))
+            .collect(),
+    );
+    for j in 0..pols {
+        i.apply_network_policy(&policy(j, 80)).expect("compile");
+    }
+    (i, (0..local).map(record).collect())
 }
 
-fn pods(total: usize, local: usize) -> Vec<Endpoint> {
-    (0..total).map(|i| pod(i, i < local)).collect()
+/// What the engine does after handling events: endpoints, sync, script.
+fn update(
+    inc: &mut Incremental,
+    i: &mut Inputs,
+    locals: &[LocalEndpoint],
+    full: bool,
+) -> Option<String> {
+    inc.follow(i, locals);
+    if full {
+        Some(inc.full_script())
+    } else {
+        inc.commit()
+    }
 }
 
-fn render(eps: &[Endpoint], pols: &[Policy]) -> Table {
-    twill_policy::render(&Model::new(eps.to_vec(), namespaces(), pols.to_vec()), NODE)
-}
-
-fn cpu_time() -> Duration {
-    let mut total = Duration::ZERO;
-    for who in [libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN] {
+/// CPU time of this process and of its children (nft).
+fn cpu_time() -> (Duration, Duration) {
+    let mut out = [Duration::ZERO; 2];
+    for (i, who) in [libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN]
+        .into_iter()
+        .enumerate()
+    {
         // SAFETY: getrusage fills the struct we pass.
         let mut r: libc::rusage = unsafe { std::mem::zeroed() };
         unsafe {
             libc::getrusage(who, &mut r);
         }
         for tv in [r.ru_utime, r.ru_stime] {
-            total +=
+            out[i] +=
                 Duration::from_secs(tv.tv_sec as u64) + Duration::from_micros(tv.tv_usec as u64);
         }
     }
-    total
+    (out[0], out[1])
 }
 
 fn pct(v: &mut [Duration], p: f64) -> Duration {
@@ -148,21 +179,22 @@ fn main() {
     require_binary("nft", "nftables");
     let quick = std::env::args().any(|a| a == "--quick");
     let ns = Netns::new("twc");
-    let pols: Vec<Policy> = (0..1000).map(|j| policy(j, 80)).collect();
 
     // 1. Full render + apply from nothing: 10k pods, 250 local, 1k policies.
-    let big = pods(10_000, 250);
     let mut full = Vec::new();
     let mut render_only = Vec::new();
     let mut rules = 0;
     let mut elements = 0;
     for _ in 0..if quick { 2 } else { 5 } {
         nft(&ns, "add table inet twill\ndelete table inet twill\n");
+        let (mut big, big_locals) = inputs(10_000, 250, 1000);
         let t = Instant::now();
-        let table = render(&big, &pols);
+        let mut inc = Incremental::new(NODE);
+        let script = update(&mut inc, &mut big, &big_locals, true).expect("script");
         render_only.push(t.elapsed());
-        nft(&ns, &table.script());
+        nft(&ns, &script);
         full.push(t.elapsed());
+        let table = inc.table();
         rules = table.rule_count();
         elements = table.sets.values().map(|s| s.elements.len()).sum::<usize>();
     }
@@ -175,91 +207,125 @@ fn main() {
     );
 
     // 2. Policy change → kernel: 1k pods (250 local), 1k policies.
-    let mid = pods(1000, 250);
-    let mut cur_pols = pols.clone();
-    let mut applied = render(&mid, &cur_pols);
-    nft(&ns, &applied.script());
+    let (mut mid, mid_locals) = inputs(1000, 250, 1000);
+    let mut inc = Incremental::new(NODE);
+    nft(
+        &ns,
+        &update(&mut inc, &mut mid, &mid_locals, true).expect("script"),
+    );
     let mut lat = Vec::new();
     let mut lat_render = Vec::new();
     let n_changes = if quick { 40 } else { 200 };
     for k in 0..n_changes {
-        let j = (k * 37) % cur_pols.len();
+        let j = (k * 37) % 1000;
+        let np = policy(j, 8000 + k as u16);
         let t = Instant::now();
-        cur_pols[j] = policy(j, 8000 + k as u16);
-        let table = render(&mid, &cur_pols);
-        let diff = twill_policy::diff::diff(&applied, &table);
+        mid.apply_network_policy(&np).expect("compile");
+        let script = update(&mut inc, &mut mid, &mid_locals, false);
         lat_render.push(t.elapsed());
-        if let Some((script, _)) = diff {
+        if let Some(script) = script {
             nft(&ns, &script);
         }
         lat.push(t.elapsed());
-        applied = table;
     }
     let (c50, c99) = (pct(&mut lat, 0.5), pct(&mut lat, 0.99));
-    let r50 = pct(&mut lat_render, 0.5);
+    let (r50, r99) = (pct(&mut lat_render, 0.5), pct(&mut lat_render, 0.99));
     eprintln!(
-        "change: p50 {} p99 {} (render + diff p50 {})",
+        "change: p50 {} p99 {} (render + diff p50 {} p99 {})",
         ms(c50),
         ms(c99),
-        ms(r50)
+        ms(r50),
+        ms(r99)
     );
 
     // 3. CPU per pod add / delete on this node: 10k pods, 1k policies.
-    let mut eps = big.clone();
-    let mut applied = render(&eps, &pols);
-    nft(&ns, &applied.script());
-    let ops = if quick { 10 } else { 40 };
-    let (mut add_cpu, mut add_wall, mut del_cpu, mut del_wall) = (
-        Duration::ZERO,
-        Duration::ZERO,
-        Duration::ZERO,
-        Duration::ZERO,
+    let (mut big, mut big_locals) = inputs(10_000, 250, 1000);
+    let mut inc = Incremental::new(NODE);
+    nft(
+        &ns,
+        &update(&mut inc, &mut big, &big_locals, true).expect("script"),
     );
+    let ops = if quick { 10 } else { 40 };
+    // Per operation: [engine CPU, nft CPU, wall] for adds and deletes.
+    let mut add = [Duration::ZERO; 3];
+    let mut del = [Duration::ZERO; 3];
     for k in 0..ops {
+        let p = 20_000 + k;
+        let obj = pod(p, true);
         for adding in [true, false] {
             let c = cpu_time();
             let t = Instant::now();
             if adding {
-                eps.push(pod(20_000 + k, true));
+                // CNI ADD: the record, and the Pod object the gate reads.
+                big_locals.push(record(p));
+                let (key, info) = PodInfo::of(&obj).expect("pod key");
+                big.apply_pod(key, info);
             } else {
-                eps.pop();
+                big_locals.pop();
+                big.remove_pod(&(format!("ns{}", p % NAMESPACES), format!("pod{p}")));
             }
-            let table = render(&eps, &pols);
-            if let Some((script, _)) = twill_policy::diff::diff(&applied, &table) {
+            if let Some(script) = update(&mut inc, &mut big, &big_locals, false) {
                 nft(&ns, &script);
             }
-            applied = table;
-            let (dc, dw) = (cpu_time() - c, t.elapsed());
-            if adding {
-                add_cpu += dc;
-                add_wall += dw;
-            } else {
-                del_cpu += dc;
-                del_wall += dw;
-            }
+            let (own, nft_cpu) = cpu_time();
+            let acc = if adding { &mut add } else { &mut del };
+            acc[0] += own - c.0;
+            acc[1] += nft_cpu - c.1;
+            acc[2] += t.elapsed();
         }
     }
     let per = |d: Duration| d / ops as u32;
-    println!("| measurement | load | result | target |");
-    println!("|---|---|---:|---:|");
-    println!(
-        "| render + apply the whole table from nothing | 10k pods (250 local), 1k policies; {rules} rules, {elements} set elements | {} (render {}) | < 1 s |",
-        ms(full_p50),
-        ms(render_p50)
+    let rows = [
+        format!(
+            "| render + apply the whole table from nothing | 10k pods (250 local), 1k policies; {rules} rules, {elements} set elements | {} (render {}) | < 1 s |",
+            ms(full_p50),
+            ms(render_p50)
+        ),
+        format!(
+            "| NetworkPolicy change → rules in the kernel (update + nft), p50 / p99 over {n_changes} | 1k pods, 1k policies | {} / {} (update {} / {}) | p99 < 100 ms |",
+            ms(c50),
+            ms(c99),
+            ms(r50),
+            ms(r99)
+        ),
+        format!(
+            "| CPU per pod add: engine + nft (wall) | 10k pods, 1k policies | {} + {} ({}) | |",
+            ms(per(add[0])),
+            ms(per(add[1])),
+            ms(per(add[2]))
+        ),
+        format!(
+            "| CPU per pod delete: engine + nft (wall) | 10k pods, 1k policies | {} + {} ({}) | |",
+            ms(per(del[0])),
+            ms(per(del[1])),
+            ms(per(del[2]))
+        ),
+    ];
+    let md = format!(
+        "| measurement | load | result | target |\n|---|---|---:|---:|\n{}\n",
+        rows.join("\n")
     );
-    println!(
-        "| NetworkPolicy change → rules in the kernel (render + diff + nft), p50 / p99 over {n_changes} | 1k pods, 1k policies | {} / {} | p99 < 100 ms |",
-        ms(c50),
-        ms(c99)
-    );
-    println!(
-        "| CPU per pod add (wall) | 10k pods, 1k policies | {} ({}) | |",
-        ms(per(add_cpu)),
-        ms(per(add_wall))
-    );
-    println!(
-        "| CPU per pod delete (wall) | 10k pods, 1k policies | {} ({}) | |",
-        ms(per(del_cpu)),
-        ms(per(del_wall))
-    );
+    print!("{md}");
+    let f = |d: Duration| d.as_secs_f64() * 1000.0;
+    let doc = json!({
+        "full_apply_ms": f(full_p50),
+        "full_render_ms": f(render_p50),
+        "rules": rules,
+        "set_elements": elements,
+        "change_p50_ms": f(c50),
+        "change_p99_ms": f(c99),
+        "change_update_p50_ms": f(r50),
+        "change_update_p99_ms": f(r99),
+        "changes": n_changes,
+        "pod_add_engine_cpu_ms": f(per(add[0])),
+        "pod_add_nft_cpu_ms": f(per(add[1])),
+        "pod_add_wall_ms": f(per(add[2])),
+        "pod_delete_engine_cpu_ms": f(per(del[0])),
+        "pod_delete_nft_cpu_ms": f(per(del[1])),
+        "pod_delete_wall_ms": f(per(del[2])),
+        "load_average": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
+    });
+    if !quick {
+        write_results("policy_control", doc, &md).expect("write results");
+    }
 }

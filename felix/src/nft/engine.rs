@@ -1,8 +1,14 @@
 //! The policy engine in twill-node: follows Pods, Namespaces,
 //! NetworkPolicies, GlobalNetworkPolicies and IPAM blocks in the datastore
-//! plus the node's own endpoints, renders Twill's table on every change and
+//! plus the node's own endpoints, keeps Twill's table up to date and
 //! applies it.
 //!
+//! * Objects are reduced on arrival to what policy needs
+//!   ([`twill_policy::cluster::Inputs`]: labels, addresses, named ports,
+//!   node; policies compiled once per change), never kept or cloned whole.
+//! * Rendering is incremental ([`twill_policy::incremental`]): a change
+//!   re-renders only the chains and set elements it touches, and the nft
+//!   script holds only those.
 //! * Nothing is applied until every watched kind has delivered its first
 //!   full listing: a restarted agent keeps the previous run's table in the
 //!   kernel until it knows the whole picture, then replaces it atomically.
@@ -15,7 +21,7 @@
 //!   dispatch entries are in the kernel, with its Pod object's labels and
 //!   named ports taken into account.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,20 +31,12 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use tokio::sync::{mpsc, oneshot, watch};
 use twill_api::resources::{GlobalNetworkPolicy, IPAMBlock};
 use twill_api::{Object, Store, WatchEvent};
-use twill_policy::cluster::{LocalEndpoint, Objects};
-use twill_policy::ir::{MAP_INGRESS, Table};
+use twill_policy::cluster::{Inputs, LocalEndpoint, PodInfo, allocations};
+use twill_policy::incremental::Incremental;
+use twill_policy::ir::MAP_INGRESS;
 
 use crate::endpoint::{EndpointGate, EndpointRecord, EndpointSet};
-use crate::names;
 use crate::nft::{Fingerprint, apply_script, read_table};
-
-/// What the kernel has now.
-#[derive(Debug, Clone, Default)]
-pub struct Programmed {
-    /// Increases with every successful apply.
-    pub generation: u64,
-    pub table: Arc<Table>,
-}
 
 // Watch events are large and short-lived; boxing them buys nothing.
 #[allow(clippy::large_enum_variant)]
@@ -63,42 +61,20 @@ fn obj_key<K: kube::Resource>(o: &K) -> (String, String) {
     )
 }
 
-fn apply_event<K: kube::Resource + Clone>(
-    cache: &mut BTreeMap<(String, String), K>,
-    ev: WatchEvent<K>,
-) {
-    match ev {
-        WatchEvent::Resync { items, .. } => {
-            *cache = items.into_iter().map(|o| (obj_key(&o), o)).collect();
-        }
-        WatchEvent::Applied(o) => {
-            cache.insert(obj_key(&o), o);
-        }
-        WatchEvent::Deleted(o) => {
-            cache.remove(&obj_key(&o));
-        }
-    }
-}
-
 /// Handle to the running engine.
 pub struct PolicyEngine {
     node: String,
     store: Store,
     tx: mpsc::UnboundedSender<Event>,
     rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
-    programmed: watch::Sender<Programmed>,
     /// How long an ADD waits for its policy.
     gate_timeout: Duration,
 }
 
-/// Caches of everything the model is built from.
+/// What the model is built from, reduced to what policy needs.
 #[derive(Default)]
 struct State {
-    pods: BTreeMap<(String, String), Pod>,
-    namespaces: BTreeMap<(String, String), Namespace>,
-    policies: BTreeMap<(String, String), NetworkPolicy>,
-    globals: BTreeMap<(String, String), GlobalNetworkPolicy>,
-    blocks: BTreeMap<(String, String), IPAMBlock>,
+    inputs: Inputs,
     synced: BTreeSet<&'static str>,
 }
 
@@ -116,20 +92,13 @@ impl PolicyEngine {
         gate_timeout: Duration,
     ) -> Arc<PolicyEngine> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let (programmed, _) = watch::channel(Programmed::default());
         Arc::new(PolicyEngine {
             node: node.to_string(),
             store,
             tx,
             rx: std::sync::Mutex::new(Some(rx)),
-            programmed,
             gate_timeout,
         })
-    }
-
-    /// Follows what is programmed.
-    pub fn subscribe(&self) -> watch::Receiver<Programmed> {
-        self.programmed.subscribe()
     }
 
     /// The gate CNI ADD waits on.
@@ -198,7 +167,9 @@ impl PolicyEngine {
     ) {
         let mut st = State::default();
         let mut waiting: Vec<(String, oneshot::Sender<()>)> = Vec::new();
-        let mut applied: Option<Table> = None;
+        let mut inc = Incremental::new(&self.node);
+        // Whether the kernel has `inc`'s table as of its last commit.
+        let mut in_kernel = false;
         let mut dirty = true;
         let mut drift = tokio::time::interval(drift_every);
         drift.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -230,18 +201,18 @@ impl PolicyEngine {
             if st.synced.len() < KINDS.len() {
                 continue;
             }
-            if check_drift && let Some(t) = &applied {
+            if check_drift && in_kernel {
                 check_drift = false;
+                let want = Fingerprint::of(inc.table());
                 match tokio::task::spawn_blocking(read_table).await {
                     Ok(Ok(kernel)) => {
-                        let want = Fingerprint::of(t);
                         let diffs = match &kernel {
                             Some(k) => want.differences(k),
                             None => vec!["the table is missing".to_string()],
                         };
                         if !diffs.is_empty() {
                             tracing::warn!(drift = ?diffs, "the kernel's policy table drifted; replacing it");
-                            applied = None;
+                            in_kernel = false;
                             dirty = true;
                         }
                     }
@@ -253,22 +224,28 @@ impl PolicyEngine {
                 continue;
             }
             dirty = false;
-            let eps = endpoints.borrow_and_update().clone();
-            let table = self.render(&st, &eps);
-            let (script, full) = match &applied {
-                None => (Some(table.script()), true),
-                Some(old) => (twill_policy::diff::diff(old, &table).map(|(s, _)| s), false),
+            let locals: Vec<LocalEndpoint> = endpoints
+                .borrow_and_update()
+                .values()
+                .map(local_endpoint)
+                .collect();
+            inc.follow(&mut st.inputs, &locals);
+            let full = !in_kernel;
+            let script = if full {
+                Some(inc.full_script())
+            } else {
+                inc.commit()
             };
             if let Some(script) = script {
                 let started = Instant::now();
                 let r = tokio::task::spawn_blocking(move || apply_script(&script)).await;
                 match r {
                     Ok(Ok(())) => {
-                        tracing::debug!(full, took = ?started.elapsed(), rules = table.rule_count(), "policy table applied");
+                        tracing::debug!(full, took = ?started.elapsed(), rules = inc.table().rule_count(), "policy table applied");
                     }
                     Ok(Err(e)) => {
                         tracing::warn!(error = %e, full, "applying the policy table failed; replacing it next");
-                        applied = None;
+                        in_kernel = false;
                         if full {
                             retry_at = Some(Instant::now() + Duration::from_secs(1));
                         } else {
@@ -278,26 +255,17 @@ impl PolicyEngine {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "policy apply task failed");
-                        applied = None;
+                        in_kernel = false;
                         retry_at = Some(Instant::now() + Duration::from_secs(1));
                         continue;
                     }
                 }
             }
-            let table = Arc::new(table);
-            applied = Some((*table).clone());
-            self.programmed.send_modify(|p| {
-                p.generation += 1;
-                p.table = table.clone();
-            });
-            let ready: BTreeSet<String> = table
-                .maps
-                .get(MAP_INGRESS)
-                .map(|m| m.keys().cloned().collect())
-                .unwrap_or_default();
+            in_kernel = true;
+            let ready = inc.table().maps.get(MAP_INGRESS);
             let (done, still): (Vec<_>, Vec<_>) = waiting
                 .into_iter()
-                .partition(|(iface, _)| ready.contains(iface));
+                .partition(|(iface, _)| ready.is_some_and(|m| m.contains_key(iface)));
             for (_, reply) in done {
                 let _ = reply.send(());
             }
@@ -314,30 +282,99 @@ impl PolicyEngine {
                 | Event::Globals(WatchEvent::Resync { .. })
                 | Event::Blocks(WatchEvent::Resync { .. })
         );
+        let inputs = &mut st.inputs;
+        let left_out = |e: twill_policy::model::CompileError| {
+            tracing::warn!(error = %e, "policy left out: it does not compile");
+        };
         let kind = match ev {
             Event::Pods(e) => {
-                apply_event(&mut st.pods, e);
+                match e {
+                    WatchEvent::Resync { items, .. } => {
+                        inputs.replace_pods(items.iter().filter_map(PodInfo::of).collect());
+                    }
+                    WatchEvent::Applied(o) => {
+                        if let Some((k, p)) = PodInfo::of(&o) {
+                            inputs.apply_pod(k, p);
+                        }
+                    }
+                    WatchEvent::Deleted(o) => {
+                        inputs.remove_pod(&obj_key(&o));
+                    }
+                }
                 "pods"
             }
             Event::Namespaces(e) => {
-                apply_event(&mut st.namespaces, e);
+                let labels = |n: &Namespace| n.metadata.labels.clone().unwrap_or_default();
+                match e {
+                    WatchEvent::Resync { items, .. } => {
+                        inputs.namespaces =
+                            items.iter().map(|n| (obj_key(n).1, labels(n))).collect();
+                    }
+                    WatchEvent::Applied(o) => {
+                        inputs.namespaces.insert(obj_key(&o).1, labels(&o));
+                    }
+                    WatchEvent::Deleted(o) => {
+                        inputs.namespaces.remove(&obj_key(&o).1);
+                    }
+                }
                 "namespaces"
             }
             Event::Policies(e) => {
-                apply_event(&mut st.policies, e);
+                match e {
+                    WatchEvent::Resync { items, .. } => {
+                        inputs.network_policies.clear();
+                        for o in &items {
+                            inputs.apply_network_policy(o).unwrap_or_else(left_out);
+                        }
+                    }
+                    WatchEvent::Applied(o) => {
+                        inputs.apply_network_policy(&o).unwrap_or_else(left_out);
+                    }
+                    WatchEvent::Deleted(o) => {
+                        inputs.network_policies.remove(&obj_key(&o));
+                    }
+                }
                 "policies"
             }
             Event::Globals(e) => {
-                apply_event(&mut st.globals, e);
+                match e {
+                    WatchEvent::Resync { items, .. } => {
+                        inputs.global_policies.clear();
+                        for o in &items {
+                            inputs.apply_global_policy(o).unwrap_or_else(left_out);
+                        }
+                    }
+                    WatchEvent::Applied(o) => {
+                        inputs.apply_global_policy(&o).unwrap_or_else(left_out);
+                    }
+                    WatchEvent::Deleted(o) => {
+                        inputs.global_policies.remove(&obj_key(&o).1);
+                    }
+                }
                 "globals"
             }
             Event::Blocks(e) => {
-                apply_event(&mut st.blocks, e);
+                match e {
+                    WatchEvent::Resync { items, .. } => {
+                        inputs.replace_blocks(
+                            items
+                                .iter()
+                                .map(|b| (obj_key(b).1, allocations(b)))
+                                .collect(),
+                        );
+                    }
+                    WatchEvent::Applied(o) => {
+                        inputs.apply_block(&obj_key(&o).1, allocations(&o));
+                    }
+                    WatchEvent::Deleted(o) => {
+                        inputs.remove_block(&obj_key(&o).1);
+                    }
+                }
                 "blocks"
             }
             Event::Ensure { iface, pod, reply } => {
-                if let Some(p) = pod {
-                    st.pods.insert(obj_key(&*p), *p);
+                if let Some((k, p)) = pod.as_deref().and_then(PodInfo::of) {
+                    inputs.apply_pod(k, p);
                 }
                 waiting.push((iface, reply));
                 return;
@@ -347,25 +384,7 @@ impl PolicyEngine {
             st.synced.insert(kind);
         }
     }
-
-    fn render(&self, st: &State, eps: &EndpointSet) -> Table {
-        let locals: Vec<LocalEndpoint> = eps.values().map(local_endpoint).collect();
-        let objs = Objects {
-            pods: st.pods.values().cloned().collect(),
-            namespaces: st.namespaces.values().cloned().collect(),
-            network_policies: st.policies.values().cloned().collect(),
-            global_policies: st.globals.values().cloned().collect(),
-            blocks: st.blocks.values().cloned().collect(),
-        };
-        let (model, errors) =
-            twill_policy::cluster::build(&objs, &self.node, Some(&locals), &names::host_veth);
-        for e in errors {
-            tracing::warn!(error = %e, "policy left out: it does not compile");
-        }
-        twill_policy::render(&model, &self.node)
-    }
 }
-
 fn local_endpoint(r: &EndpointRecord) -> LocalEndpoint {
     LocalEndpoint {
         namespace: r.namespace.clone(),

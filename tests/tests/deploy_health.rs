@@ -123,6 +123,15 @@ fn health_readiness_and_metrics_follow_the_node() {
         "{metrics}"
     );
     assert!(metrics.contains("twill_ipam_blocks 1"), "{metrics}");
+    // The policy table went in whole at start, and the pod's chains after.
+    for kind in ["full", "incremental"] {
+        let count =
+            format!(r#"twill_nft_apply_duration_seconds_count{{kind="{kind}",result="ok"}} "#);
+        assert!(
+            metrics.contains(&count),
+            "no {kind} nft apply recorded:\n{metrics}"
+        );
+    }
     assert!(metrics.ends_with("# EOF\n"), "{metrics}");
 
     // Bad requests get an answer and do not hurt the server.

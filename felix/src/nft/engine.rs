@@ -239,6 +239,11 @@ impl PolicyEngine {
             if let Some(script) = script {
                 let started = Instant::now();
                 let r = tokio::task::spawn_blocking(move || apply_script(&script)).await;
+                crate::metrics::global().observe_nft_apply(
+                    full,
+                    matches!(r, Ok(Ok(()))),
+                    started.elapsed(),
+                );
                 match r {
                     Ok(Ok(())) => {
                         tracing::debug!(full, took = ?started.elapsed(), rules = inc.table().rule_count(), "policy table applied");

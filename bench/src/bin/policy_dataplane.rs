@@ -411,6 +411,12 @@ fn main() {
         .unwrap_or(if quick { 2 } else { 5 });
     let secs = if quick { 2 } else { 4 };
     let conn_dur = Duration::from_secs(if quick { 1 } else { 3 });
+    let settle = Duration::from_millis(
+        std::env::var("TWILL_BENCH_SETTLE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3000),
+    );
     let node = Netns::new("twb");
     let client = Netns::new("twb");
     let server = Netns::new("twb");
@@ -460,6 +466,9 @@ fn main() {
             let t = Instant::now();
             prep.load(&node, c);
             let load = t.elapsed().as_secs_f64() * 1000.0;
+            // The kernel frees a big transaction's leftovers in the
+            // background after `nft -f` returns; let that finish.
+            std::thread::sleep(settle);
             let (bps, gb_cpu) = throughput(&client, &server, secs);
             let gbps = bps / 1e9;
             let (conns, conn_cpu) = conn_rate(&client, &server, conn_dur);

@@ -466,8 +466,8 @@ fn main() {
             let t = Instant::now();
             prep.load(&node, c);
             let load = t.elapsed().as_secs_f64() * 1000.0;
-            // The kernel frees a big transaction's leftovers in the
-            // background after `nft -f` returns; let that finish.
+            // The same pause after every load (TWILL_BENCH_SETTLE_MS), so
+            // no measurement starts straight after a long `nft -f`.
             std::thread::sleep(settle);
             let (bps, gb_cpu) = throughput(&client, &server, secs);
             let gbps = bps / 1e9;

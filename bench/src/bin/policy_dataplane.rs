@@ -1,7 +1,10 @@
 //! Dataplane cost of network policy: TCP throughput (iperf3) and new TCP
 //! connections per second between two pods, in one run, with
 //!
-//! * no policy at all (no table);
+//! * no policy at all (no table, so conntrack is not active either);
+//! * conntrack only (one `ct state established,related accept` rule), the
+//!   state of any node running kube-proxy, to separate conntrack's cost
+//!   from the rules';
 //! * Twill's table with 0, 1k and 10k policy rules in force on the node;
 //! * the same 1k and 10k rules as one linear iptables chain with one ipset
 //!   per rule (the kube-router way).
@@ -10,9 +13,15 @@
 //! (/30 per pod), as on a Twill node. Each rule is one NetworkPolicy
 //! allowing TCP 80 and 5201 from one set of clients to one of the node's
 //! pods: 200 other pods (interface names that exist only in the dispatch
-//! map) share all policies but the last, which selects the measured server.
-//! The linear chain walks every rule for each new connection to the server;
-//! Twill's dispatch goes straight to the server's chain.
+//! map) share all policies but the last, which selects the measured server
+//! (isolated, the client allowed); with 0 rules both pods are in the
+//! dispatch maps and nothing isolates them. The linear chain walks every
+//! rule for each new connection to the server; Twill's dispatch goes
+//! straight to the server's chain.
+//!
+//! Every configuration is loaded, measured and removed again in each of
+//! several repetitions (`TWILL_BENCH_REPS`, default 5), the order rotating
+//! between repetitions; the table gives the median and the spread.
 //!
 //! Run as root: `cargo run --release -p twill-bench --bin policy_dataplane [-- --quick]`.
 
@@ -168,8 +177,23 @@ fn iptables_rules(n: usize) -> (String, String) {
     (ipset, ipt)
 }
 
-/// iperf3 throughput client → server, bits per second.
-fn throughput(client: &Netns, server: &Netns, secs: u32) -> f64 {
+/// CPU time of the calling thread (with the softirq work the kernel did in
+/// its context: the veths deliver there), in seconds.
+fn thread_cpu() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime with a valid clock id and timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// iperf3 throughput client → server: bits per second, and CPU
+/// milliseconds per GB moved (client and server, from iperf3's own
+/// accounting). CPU per GB is what the rules cost; with other builds on
+/// the machine it is much steadier than the rate.
+fn throughput(client: &Netns, server: &Netns, secs: u32) -> (f64, f64) {
     let mut srv = server
         .command("iperf3")
         .args(["-s", "-1", "-p", "5201"])
@@ -185,13 +209,18 @@ fn throughput(client: &Netns, server: &Netns, secs: u32) -> f64 {
         .expect("iperf3 -c");
     let _ = srv.wait();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    v.pointer("/end/sum_received/bits_per_second")
-        .and_then(Value::as_f64)
-        .unwrap_or(0.0)
+    let num = |p: &str| v.pointer(p).and_then(Value::as_f64).unwrap_or(f64::NAN);
+    let bps = num("/end/sum_received/bits_per_second");
+    let wall = num("/end/sum_received/seconds");
+    let bytes = num("/end/sum_received/bytes");
+    let cpu_pct = num("/end/cpu_utilization_percent/host_total")
+        + num("/end/cpu_utilization_percent/remote_total");
+    (bps, cpu_pct / 100.0 * wall * 1000.0 / (bytes / 1e9))
 }
 
-/// New TCP connections per second (connect, read one byte, close with RST).
-fn conn_rate(client: &Netns, server: &Netns, dur: Duration) -> f64 {
+/// New TCP connections per second (connect, read one byte, close with
+/// RST), and CPU microseconds per connection (client and server threads).
+fn conn_rate(client: &Netns, server: &Netns, dur: Duration) -> (f64, f64) {
     let listener = in_netns(server.name(), || {
         std::thread::spawn(|| TcpListener::bind(("0.0.0.0", 80)).expect("bind 80"))
             .join()
@@ -200,6 +229,7 @@ fn conn_rate(client: &Netns, server: &Netns, dur: Duration) -> f64 {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop2 = stop.clone();
     let srv = std::thread::spawn(move || {
+        let cpu0 = thread_cpu();
         for s in listener.incoming() {
             if stop2.load(std::sync::atomic::Ordering::Relaxed) {
                 break;
@@ -208,12 +238,14 @@ fn conn_rate(client: &Netns, server: &Netns, dur: Duration) -> f64 {
                 let _ = s.write_all(b"k");
             }
         }
+        thread_cpu() - cpu0
     });
     let name = client.name().to_string();
     let n = std::thread::spawn(move || {
         in_netns(&name, || {
             let addr = SocketAddr::new(SERVER_IP.parse().unwrap(), 80);
             let start = Instant::now();
+            let cpu0 = thread_cpu();
             let mut n = 0u64;
             while start.elapsed() < dur {
                 if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
@@ -238,7 +270,8 @@ fn conn_rate(client: &Netns, server: &Netns, dur: Duration) -> f64 {
                     n += 1;
                 }
             }
-            n as f64 / start.elapsed().as_secs_f64()
+            let cpu = thread_cpu() - cpu0;
+            (n as f64 / start.elapsed().as_secs_f64(), cpu, n)
         })
     })
     .join()
@@ -255,16 +288,115 @@ fn conn_rate(client: &Netns, server: &Netns, dur: Duration) -> f64 {
         })
     })
     .join();
-    let _ = srv.join();
-    n
+    let srv_cpu = srv.join().unwrap_or(f64::NAN);
+    let (rate, cpu, count) = n;
+    (rate, (cpu + srv_cpu) * 1e6 / count.max(1) as f64)
 }
 
-struct Row {
-    name: String,
-    rules: usize,
-    gbps: f64,
-    conns: f64,
-    setup: Duration,
+/// One dataplane configuration of the node namespace.
+#[derive(Clone, Copy, PartialEq)]
+enum Config {
+    /// Nothing loaded: no table, conntrack not even active.
+    None,
+    /// Only `ct state established,related accept` in a forward chain:
+    /// conntrack active, as on any node running kube-proxy.
+    Conntrack,
+    Twill(usize),
+    Iptables(usize),
+}
+
+const CT_TABLE: &str = "inet twbench-ct";
+
+/// What loading and unloading a configuration needs, prepared once.
+struct Prepared {
+    twill: BTreeMap<usize, String>,
+    iptables: BTreeMap<usize, (String, String)>,
+    iptables_restore: &'static str,
+}
+
+impl Prepared {
+    /// Loads `c` into the node namespace (which holds nothing).
+    fn load(&self, node: &Netns, c: Config) {
+        match c {
+            Config::None => {}
+            Config::Conntrack => run_stdin(
+                node,
+                "nft",
+                &["-f", "-"],
+                &format!(
+                    "add table {CT_TABLE}\nadd chain {CT_TABLE} fwd-ct {{ type filter hook forward priority 0; policy accept; }}\nadd rule {CT_TABLE} fwd-ct ct state established,related accept\n"
+                ),
+            ),
+            Config::Twill(n) => run_stdin(node, "nft", &["-f", "-"], &self.twill[&n]),
+            Config::Iptables(n) => {
+                let (ipset, ipt) = &self.iptables[&n];
+                run_stdin(node, "ipset", &["-exist", "restore"], ipset);
+                run_stdin(node, self.iptables_restore, &[], ipt);
+            }
+        }
+    }
+
+    /// Removes `c` again, leaving the namespace as it was.
+    fn unload(&self, node: &Netns, c: Config) {
+        match c {
+            Config::None => {}
+            Config::Conntrack => run_stdin(
+                node,
+                "nft",
+                &["-f", "-"],
+                &format!("delete table {CT_TABLE}\n"),
+            ),
+            Config::Twill(_) => run_stdin(
+                node,
+                "nft",
+                &["-f", "-"],
+                &format!("delete table {}\n", twill_policy::ir::TABLE),
+            ),
+            Config::Iptables(_) => {
+                run_stdin(
+                    node,
+                    self.iptables_restore,
+                    &[],
+                    "*filter\n-F\n-X\nCOMMIT\n",
+                );
+                node.exec_ok("ipset", &["destroy"]);
+            }
+        }
+    }
+}
+
+/// Every sample of one configuration.
+#[derive(Default)]
+struct Samples {
+    gbps: Vec<f64>,
+    /// CPU ms per GB.
+    gb_cpu: Vec<f64>,
+    conns: Vec<f64>,
+    /// CPU µs per connection.
+    conn_cpu: Vec<f64>,
+    load: Vec<f64>,
+}
+
+/// Median, minimum and maximum.
+fn stats(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    if s.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    let n = s.len();
+    let med = if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    };
+    (med, s[0], s[n - 1])
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 fn main() {
@@ -273,8 +405,18 @@ fn main() {
     require_binary("nft", "nftables");
     require_binary("ipset", "ipset");
     let quick = std::env::args().any(|a| a == "--quick");
-    let secs = if quick { 2 } else { 5 };
-    let conn_dur = Duration::from_secs(if quick { 2 } else { 4 });
+    let reps: usize = std::env::var("TWILL_BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick { 2 } else { 5 });
+    let secs = if quick { 2 } else { 4 };
+    let conn_dur = Duration::from_secs(if quick { 1 } else { 3 });
+    let settle = Duration::from_millis(
+        std::env::var("TWILL_BENCH_SETTLE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3000),
+    );
     let node = Netns::new("twb");
     let client = Netns::new("twb");
     let server = Netns::new("twb");
@@ -283,59 +425,165 @@ fn main() {
     client.ip(&["route", "add", "default", "via", "10.80.1.1"]);
     server.ip(&["route", "add", "default", "via", "10.80.2.1"]);
     node.sysctl("net.ipv4.ip_forward", "1");
-    let iptables = if std::path::Path::new("/usr/sbin/iptables-legacy").exists() {
+    let iptables_restore = if std::path::Path::new("/usr/sbin/iptables-legacy").exists() {
         "iptables-legacy-restore"
     } else {
         "iptables-restore"
     };
-    let mut rows = Vec::new();
-    let measure = |name: &str, rules: usize, setup: Duration, rows: &mut Vec<Row>| {
-        let gbps = throughput(&client, &server, secs) / 1e9;
-        let conns = conn_rate(&client, &server, conn_dur);
-        eprintln!("{name:<10} {rules:>6} rules: {gbps:.2} Gbit/s, {conns:.0} conn/s");
-        rows.push(Row {
-            name: name.into(),
-            rules,
-            gbps,
-            conns,
-            setup,
-        });
+    let mut prep = Prepared {
+        twill: BTreeMap::new(),
+        iptables: BTreeMap::new(),
+        iptables_restore,
     };
-    measure("none", 0, Duration::ZERO, &mut rows);
+    let mut render_ms = BTreeMap::new();
     for n in [0usize, 1000, 10_000] {
         let t = Instant::now();
-        let table = twill_table(n);
-        run_stdin(&node, "nft", &["-f", "-"], &table.script());
-        measure("twill", n, t.elapsed(), &mut rows);
+        let script = twill_table(n).script();
+        render_ms.insert(n, t.elapsed().as_secs_f64() * 1000.0);
+        prep.twill.insert(n, script);
     }
-    run_stdin(&node, "nft", &["-f", "-"], "delete table inet twill\n");
     for n in [1000usize, 10_000] {
-        let t = Instant::now();
-        let (ipset, ipt) = iptables_rules(n);
-        run_stdin(&node, "ipset", &["-exist", "restore"], &ipset);
-        run_stdin(&node, iptables, &[], &ipt);
-        measure("iptables", n, t.elapsed(), &mut rows);
-        run_stdin(&node, iptables, &[], "*filter\n-F\n-X\nCOMMIT\n");
-        node.exec_ok("ipset", &["destroy"]);
+        prep.iptables.insert(n, iptables_rules(n));
     }
-    let base = &rows[0];
-    let (bg, bc) = (base.gbps, base.conns);
-    println!("| dataplane | rules | TCP Gbit/s | vs none | new conn/s | vs none | setup |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
-    for r in &rows {
-        println!(
-            "| {} | {} | {:.2} | {:.2} | {:.0} | {:.2} | {:.0} ms |",
-            if r.name == "iptables" {
-                format!("{} + ipset (linear)", iptables.trim_end_matches("-restore"))
-            } else {
-                r.name.clone()
-            },
-            r.rules,
-            r.gbps,
-            r.gbps / bg,
-            r.conns,
-            r.conns / bc,
-            r.setup.as_secs_f64() * 1000.0
-        );
+    let configs = [
+        Config::None,
+        Config::Conntrack,
+        Config::Twill(0),
+        Config::Twill(1000),
+        Config::Twill(10_000),
+        Config::Iptables(1000),
+        Config::Iptables(10_000),
+    ];
+    let load_before = loadavg();
+    let mut samples: Vec<Samples> = configs.iter().map(|_| Samples::default()).collect();
+    // Repetitions alternate the configurations, each starting one later
+    // than the last, so drift in the machine's load spreads over all of
+    // them instead of landing on whichever ran last.
+    for rep in 0..reps {
+        for k in 0..configs.len() {
+            let i = (k + rep) % configs.len();
+            let c = configs[i];
+            let t = Instant::now();
+            prep.load(&node, c);
+            let load = t.elapsed().as_secs_f64() * 1000.0;
+            // The same pause after every load (TWILL_BENCH_SETTLE_MS), so
+            // no measurement starts straight after a long `nft -f`.
+            std::thread::sleep(settle);
+            let (bps, gb_cpu) = throughput(&client, &server, secs);
+            let gbps = bps / 1e9;
+            let (conns, conn_cpu) = conn_rate(&client, &server, conn_dur);
+            prep.unload(&node, c);
+            eprintln!(
+                "rep {rep} {:<34} {gbps:.2} Gbit/s ({gb_cpu:.0} CPU ms/GB), {conns:.0} conn/s ({conn_cpu:.1} CPU µs/conn), load {load:.0} ms",
+                name(c, iptables_restore)
+            );
+            let s = &mut samples[i];
+            s.gbps.push(gbps);
+            s.gb_cpu.push(gb_cpu);
+            s.conns.push(conns);
+            s.conn_cpu.push(conn_cpu);
+            s.load.push(load);
+        }
+    }
+    let load_after = loadavg();
+    let (bg, _, _) = stats(&samples[0].gbps);
+    let (bc, _, _) = stats(&samples[0].conns);
+    let (bgc, _, _) = stats(&samples[0].gb_cpu);
+    let (bcc, _, _) = stats(&samples[0].conn_cpu);
+    let mut rows = Vec::new();
+    let mut cpu_rows = Vec::new();
+    let mut json_rows = Vec::new();
+    for (c, s) in configs.iter().zip(&samples) {
+        let (g, g0, g1) = stats(&s.gbps);
+        let (k, k0, k1) = stats(&s.conns);
+        let (l, _, _) = stats(&s.load);
+        let (gc, gc0, gc1) = stats(&s.gb_cpu);
+        let (kc, kc0, kc1) = stats(&s.conn_cpu);
+        let rules = match c {
+            Config::Twill(n) | Config::Iptables(n) => *n,
+            _ => 0,
+        };
+        rows.push(vec![
+            name(*c, iptables_restore),
+            rules.to_string(),
+            format!("{g:.2} ({g0:.2}–{g1:.2})"),
+            format!("{:.2}", g / bg),
+            format!("{k:.0} ({k0:.0}–{k1:.0})"),
+            format!("{:.2}", k / bc),
+            format!("{l:.0} ms"),
+        ]);
+        // Inverted so that, like the rates, 1.00 is "as cheap as no policy".
+        cpu_rows.push(vec![
+            name(*c, iptables_restore),
+            rules.to_string(),
+            format!("{gc:.0} ({gc0:.0}–{gc1:.0})"),
+            format!("{:.2}", bgc / gc),
+            format!("{kc:.1} ({kc0:.1}–{kc1:.1})"),
+            format!("{:.2}", bcc / kc),
+        ]);
+        json_rows.push(json!({
+            "dataplane": name(*c, iptables_restore), "rules": rules,
+            "gbps": s.gbps, "conns_per_s": s.conns, "load_ms": s.load,
+            "cpu_ms_per_gb": s.gb_cpu, "cpu_us_per_conn": s.conn_cpu,
+            "gbps_median": g, "conns_median": k,
+            "gbps_vs_none": g / bg, "conns_vs_none": k / bc,
+            "cpu_per_gb_none_over_this": bgc / gc, "cpu_per_conn_none_over_this": bcc / kc,
+        }));
+    }
+    let md = format!(
+        "{}\n{}\nMedian (min–max) of {reps} alternating repetitions ({secs} s iperf3, {} s of connections each); load average {load_before} before, {load_after} after. CPU: client and server together, with the softirq work done in their context; \"none ÷ this\" is 1.00 when a configuration costs what no policy costs. Twill render time: {}.\n",
+        twill_bench::table(
+            &[
+                "dataplane",
+                "rules",
+                "TCP Gbit/s",
+                "vs none",
+                "new conn/s",
+                "vs none",
+                "load rules",
+            ],
+            &rows,
+        ),
+        twill_bench::table(
+            &[
+                "dataplane",
+                "rules",
+                "CPU ms per GB",
+                "none ÷ this",
+                "CPU µs per connection",
+                "none ÷ this",
+            ],
+            &cpu_rows,
+        ),
+        conn_dur.as_secs(),
+        render_ms
+            .iter()
+            .map(|(n, ms)| format!("{n} rules {ms:.0} ms"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    print!("{md}");
+    if !quick
+        && let Err(e) = twill_bench::write_results(
+            "policy_dataplane",
+            json!({"reps": reps, "iperf_secs": secs, "conn_secs": conn_dur.as_secs(),
+                "loadavg_before": load_before, "loadavg_after": load_after,
+                "render_ms": render_ms, "rows": json_rows}),
+            &md,
+        )
+    {
+        eprintln!("policy_dataplane: writing results: {e}");
+    }
+}
+
+fn name(c: Config, iptables_restore: &str) -> String {
+    match c {
+        Config::None => "none".into(),
+        Config::Conntrack => "conntrack only".into(),
+        Config::Twill(_) => "twill".into(),
+        Config::Iptables(_) => format!(
+            "{} + ipset (linear)",
+            iptables_restore.trim_end_matches("-restore")
+        ),
     }
 }

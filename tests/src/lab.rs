@@ -149,6 +149,32 @@ impl Lab {
         c.output().expect("run twillctl lab restart")
     }
 
+    /// Pings `dst` from `pod` at 100 packets a second for 12 s while n2's
+    /// twill-node is killed (SIGKILL) and then n1's stopped (SIGTERM), each
+    /// restarted by `lab restart`; returns (sent, received, ping's output).
+    pub fn ping_across_restarts(&self, pod: &str, dst: &str) -> (u64, u64, String) {
+        let ping = Command::new("ip")
+            .args(["netns", "exec", &self.ns(pod), "ping", "-i", "0.01"])
+            .args(["-c", "1200", "-W", "1", "-q", dst])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ping");
+        for (node, kill) in [("n2", true), ("n1", false)] {
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            let r = self.restart(node, kill);
+            assert!(
+                r.status.success(),
+                "restart {node}: {}",
+                String::from_utf8_lossy(&r.stderr)
+            );
+        }
+        let out = ping.wait_with_output().expect("ping result");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (sent, got) = ping_counts(&text).unwrap_or_else(|| panic!("no ping summary: {text}"));
+        (sent, got, text)
+    }
+
     /// CNI `command` for a pod namespace through the node's twill-node,
     /// as a runtime calls twill-cni. Returns the parsed stdout and success.
     pub fn cni(&self, node: &str, command: &str, container_id: &str, netns: &str) -> (bool, Value) {
@@ -227,4 +253,15 @@ impl Drop for Lab {
     fn drop(&mut self) {
         down(&self.dir);
     }
+}
+
+/// (transmitted, received) from ping's summary line.
+pub fn ping_counts(out: &str) -> Option<(u64, u64)> {
+    let line = out.lines().find(|l| l.contains("packets transmitted"))?;
+    let mut nums = line.split(',').map(|p| {
+        p.split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+    });
+    Some((nums.next()??, nums.next()??))
 }

@@ -3,7 +3,7 @@
 //! speaker, a ToR namespace running BIRD, pods created through twill-cni.
 
 use std::collections::BTreeSet;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use twill_tests::lab::Lab;
@@ -244,17 +244,6 @@ fn a_full_block_brings_a_second_one_and_releases_and_lost_nodes_are_withdrawn() 
     );
 }
 
-/// Parses `N packets transmitted, M received` from ping's summary.
-fn ping_counts(out: &str) -> Option<(u64, u64)> {
-    let line = out.lines().find(|l| l.contains("packets transmitted"))?;
-    let mut nums = line.split(',').map(|p| {
-        p.split_whitespace()
-            .next()
-            .and_then(|n| n.parse::<u64>().ok())
-    });
-    Some((nums.next()??, nums.next()??))
-}
-
 #[test]
 fn restarting_twill_node_under_traffic_loses_no_packets() {
     prerequisites();
@@ -269,42 +258,7 @@ fn restarting_twill_node_under_traffic_loses_no_packets() {
         .expect("n1 routes n2's block")
         .to_string();
     // 100 packets a second for 12 s, across nodes, both directions of the path.
-    let ping = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.ns("n1-p1"),
-            "ping",
-            "-i",
-            "0.01",
-            "-c",
-            "1200",
-            "-W",
-            "1",
-            "-q",
-            &dst,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ping");
-    std::thread::sleep(Duration::from_secs(2));
-    let r = lab.restart("n2", true);
-    assert!(
-        r.status.success(),
-        "restart n2: {}",
-        String::from_utf8_lossy(&r.stderr)
-    );
-    std::thread::sleep(Duration::from_secs(2));
-    let r = lab.restart("n1", false);
-    assert!(
-        r.status.success(),
-        "restart n1: {}",
-        String::from_utf8_lossy(&r.stderr)
-    );
-    let out = ping.wait_with_output().expect("ping result");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let (sent, got) = ping_counts(&text).unwrap_or_else(|| panic!("no ping summary: {text}"));
+    let (sent, got, text) = lab.ping_across_restarts("n1-p1", &dst);
     eprintln!(
         "graceful restart under traffic: {sent} sent, {got} received, {} lost",
         sent - got

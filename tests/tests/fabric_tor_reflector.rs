@@ -358,17 +358,6 @@ fn gobgp_tor_reflector_carries_routes_between_nodes_with_the_mesh_off() {
     check_tor_reflector(Tor::Gobgp);
 }
 
-/// Parses `N packets transmitted, M received` from ping's summary.
-fn ping_counts(out: &str) -> Option<(u64, u64)> {
-    let line = out.lines().find(|l| l.contains("packets transmitted"))?;
-    let mut nums = line.split(',').map(|p| {
-        p.split_whitespace()
-            .next()
-            .and_then(|n| n.parse::<u64>().ok())
-    });
-    Some((nums.next()??, nums.next()??))
-}
-
 /// Graceful restart through the reflector: while n2's twill-node is killed
 /// the ToR keeps reflecting n2's block to n1 as stale, so n1 keeps routing
 /// it; a SIGTERM of n1 leaves its kernel routes in place.
@@ -390,42 +379,7 @@ fn restarting_nodes_behind_a_reflector_tor_loses_no_packets() {
     ]);
     assert!(lab.up_ok, "{}", lab.up_output);
     let dst = lab.pod_ip("n2-p1");
-    let ping = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.ns("n1-p1"),
-            "ping",
-            "-i",
-            "0.01",
-            "-c",
-            "1200",
-            "-W",
-            "1",
-            "-q",
-            &dst,
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("ping");
-    std::thread::sleep(Duration::from_secs(2));
-    let r = lab.restart("n2", true);
-    assert!(
-        r.status.success(),
-        "restart n2: {}",
-        String::from_utf8_lossy(&r.stderr)
-    );
-    std::thread::sleep(Duration::from_secs(2));
-    let r = lab.restart("n1", false);
-    assert!(
-        r.status.success(),
-        "restart n1: {}",
-        String::from_utf8_lossy(&r.stderr)
-    );
-    let out = ping.wait_with_output().expect("ping result");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let (sent, got) = ping_counts(&text).unwrap_or_else(|| panic!("no ping summary: {text}"));
+    let (sent, got, text) = lab.ping_across_restarts("n1-p1", &dst);
     eprintln!(
         "graceful restart behind a reflector ToR: {sent} sent, {got} received, {} lost",
         sent - got

@@ -9,6 +9,7 @@
 //! (TCP MD5, GTSM and TTL socket options), `config` (the standalone YAML),
 //! `status` (unix-socket status and HTTP metrics), `metrics` (Prometheus).
 
+pub mod bfd;
 pub mod config;
 pub mod metrics;
 pub mod policy;

@@ -9,5 +9,6 @@
 //! When a session goes from Up to Down the peer's BGP session is torn
 //! down (Cease/BFD Down) and its routes are withdrawn at once.
 
+pub mod driver;
 pub mod packet;
 pub mod session;

@@ -262,10 +262,8 @@ impl Session {
         }
         let before = self.state;
         match (self.state, p.state) {
-            (BfdState::Down | BfdState::Init | BfdState::Up, BfdState::AdminDown) => {
-                if self.state != BfdState::Down {
-                    self.set_state(BfdState::Down, diag::NEIGHBOR_DOWN, out);
-                }
+            (BfdState::Init | BfdState::Up, BfdState::AdminDown) => {
+                self.set_state(BfdState::Down, diag::NEIGHBOR_DOWN, out);
             }
             (BfdState::Down, BfdState::Down) => self.set_state(BfdState::Init, diag::NONE, out),
             (BfdState::Down, BfdState::Init) => self.set_state(BfdState::Up, diag::NONE, out),

@@ -33,23 +33,30 @@ pub(crate) struct Hub {
     sessions: Mutex<HashMap<IpAddr, mpsc::Sender<ControlPacket>>>,
     /// Why the receive socket could not be opened (shown in peer status).
     pub bind_error: Option<String>,
+    /// Where the receive socket is bound.
+    pub local: Option<SocketAddr>,
 }
 
 impl Hub {
     /// Binds UDP 3784 on `listen` (the unspecified IPv6 address takes IPv4
     /// too; falls back to 0.0.0.0 without IPv6) and starts the receiver.
     pub fn start(listen: IpAddr) -> Arc<Hub> {
-        let bound = open_rx(listen).or_else(|e| {
+        Hub::start_on(listen, PORT)
+    }
+
+    fn start_on(listen: IpAddr, port: u16) -> Arc<Hub> {
+        let bound = open_rx(listen, port).or_else(|e| {
             if listen == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
-                open_rx(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+                open_rx(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)
             } else {
                 Err(e)
             }
         });
+        let local = bound.as_ref().ok().and_then(|s| s.local_addr().ok());
         let (sock, bind_error) = match bound {
             Ok(s) => (Some(s), None),
             Err(e) => {
-                let msg = format!("BFD: cannot receive on {listen} port {PORT}: {e}");
+                let msg = format!("BFD: cannot receive on {listen} port {port}: {e}");
                 tracing::warn!("{msg}");
                 (None, Some(msg))
             }
@@ -57,6 +64,7 @@ impl Hub {
         let hub = Arc::new(Hub {
             sessions: Mutex::new(HashMap::new()),
             bind_error,
+            local,
         });
         if let Some(s) = sock {
             tokio::spawn(rx_loop(s, Arc::downgrade(&hub)));
@@ -87,8 +95,8 @@ fn setsockopt_int(fd: RawFd, level: i32, name: i32, v: i32) -> io::Result<()> {
     }
 }
 
-fn open_rx(listen: IpAddr) -> io::Result<UdpSocket> {
-    let s = StdUdp::bind(SocketAddr::new(listen, PORT))?;
+fn open_rx(listen: IpAddr, port: u16) -> io::Result<UdpSocket> {
+    let s = StdUdp::bind(SocketAddr::new(listen, port))?;
     let fd = s.as_raw_fd();
     if listen.is_ipv6() {
         setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT, 1)?;
@@ -340,5 +348,92 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn down_packet() -> [u8; packet::LEN] {
+        packet::encode(&ControlPacket {
+            diag: 0,
+            state: BfdState::Down,
+            poll: false,
+            final_: false,
+            control_plane_independent: false,
+            demand: false,
+            detect_mult: 3,
+            my_discr: 42,
+            your_discr: 0,
+            desired_min_tx: 1_000_000,
+            required_min_rx: 300_000,
+            required_min_echo_rx: 0,
+        })
+    }
+
+    /// Over loopback (which keeps the TTL): only TTL 255 reaches the session.
+    #[tokio::test]
+    async fn only_packets_with_ttl_255_reach_the_session() {
+        for listen in [
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        ] {
+            let hub = Hub::start_on(listen, 0);
+            assert!(hub.bind_error.is_none(), "{:?}", hub.bind_error);
+            let port = hub.local.unwrap().port();
+            let (tx, mut rx) = mpsc::channel(4);
+            hub.sessions
+                .lock()
+                .unwrap()
+                .insert(IpAddr::V4(Ipv4Addr::LOCALHOST), tx);
+            let to = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+            let send = |ttl: u8, bytes: &[u8]| {
+                let s = StdUdp::bind("127.0.0.1:0").unwrap();
+                transport::set_ttl(s.as_raw_fd(), false, ttl).unwrap();
+                s.send_to(bytes, to).unwrap();
+            };
+            send(64, &down_packet());
+            let mut bad = down_packet();
+            bad[2] = 0; // detect multiplier 0
+            send(255, &bad);
+            send(255, &down_packet());
+            let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(got.my_discr, 42);
+            // Nothing else was delivered: the TTL-64 and the invalid one
+            // were dropped.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(rx.try_recv().is_err(), "{listen}: a bad packet got through");
+        }
+    }
+
+    #[test]
+    fn send_socket_uses_a_dynamic_port_and_ttl_255() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let s = open_tx(IpAddr::V4(Ipv4Addr::LOCALHOST), None, 12345).unwrap();
+            let port = s.local_addr().unwrap().port();
+            assert!(port >= 49152, "{port}");
+            let mut ttl: i32 = 0;
+            let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
+            // SAFETY: valid fd, pointers to live locals.
+            let rc = unsafe {
+                libc::getsockopt(
+                    s.as_raw_fd(),
+                    libc::IPPROTO_IP,
+                    libc::IP_TTL,
+                    (&mut ttl as *mut i32).cast(),
+                    &mut len,
+                )
+            };
+            assert_eq!((rc, ttl), (0, 255));
+        });
     }
 }

@@ -67,6 +67,9 @@ impl Hub {
             local,
         });
         if let Some(s) = sock {
+            if let Some(at) = hub.local {
+                tracing::info!("BFD: receiving on {at}");
+            }
             tokio::spawn(rx_loop(s, Arc::downgrade(&hub)));
         }
         hub

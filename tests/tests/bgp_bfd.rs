@@ -163,6 +163,7 @@ impl Lab {
             .command("nft")
             .args(["-f", "-"])
             .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .and_then(|mut c| {
                 use std::io::Write;

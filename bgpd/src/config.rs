@@ -20,6 +20,7 @@
 //!     import: { default: accept, terms: [{ prefixes: ["10.0.0.0/8 le 24"], action: accept }] }
 //!     export: { default: originated }
 //!     route_reflector_client: false
+//!     bfd: { min_tx_ms: 300, min_rx_ms: 300, multiplier: 3 }  # single-hop BFD; `bfd: {}` for these defaults
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -141,6 +142,27 @@ pub struct NeighborYaml {
     /// `node` for another Twill node, `external` (default) for a router.
     #[serde(default)]
     pub kind: Option<KindYaml>,
+    /// Single-hop BFD towards the neighbour (RFC 5880/5881).
+    #[serde(default)]
+    pub bfd: Option<BfdYaml>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BfdYaml {
+    #[serde(default = "default_bfd_ms")]
+    pub min_tx_ms: u32,
+    #[serde(default = "default_bfd_ms")]
+    pub min_rx_ms: u32,
+    #[serde(default = "default_bfd_mult")]
+    pub multiplier: u8,
+}
+
+fn default_bfd_ms() -> u32 {
+    300
+}
+fn default_bfd_mult() -> u8 {
+    3
 }
 fn yes() -> bool {
     true
@@ -336,6 +358,19 @@ impl Config {
             p.multihop = n.multihop;
             p.ttl_security = n.ttl_security;
             p.source_address = n.source_address;
+            if let Some(b) = n.bfd {
+                if !(10..=60_000).contains(&b.min_tx_ms) || !(10..=60_000).contains(&b.min_rx_ms) {
+                    return Err(at("bfd intervals must be between 10 and 60000 ms"));
+                }
+                if b.multiplier == 0 {
+                    return Err(at("bfd multiplier must be at least 1"));
+                }
+                p.bfd = Some(crate::bfd::session::Config {
+                    min_tx: Duration::from_millis(b.min_tx_ms.into()),
+                    min_rx: Duration::from_millis(b.min_rx_ms.into()),
+                    multiplier: b.multiplier,
+                });
+            }
             if let Some(f) = &n.families {
                 p.families = f
                     .iter()
@@ -502,6 +537,7 @@ neighbors:
     hold_time: 3
     keepalive: 1
     ttl_security: true
+    bfd: { min_tx_ms: 100, min_rx_ms: 200, multiplier: 4 }
     families: [ipv4]
     max_prefix: { limit: 10, action: teardown, restart_after: 5 }
     import:
@@ -528,6 +564,11 @@ neighbors:
         let p = &l.peers[0];
         assert_eq!(p.hold_time, 3);
         assert_eq!(p.keepalive, Some(1));
+        let bfd = p.bfd.unwrap();
+        assert_eq!(bfd.min_tx, Duration::from_millis(100));
+        assert_eq!(bfd.min_rx, Duration::from_millis(200));
+        assert_eq!(bfd.multiplier, 4);
+        assert!(l.peers[1].bfd.is_none());
         assert!(p.ttl_security);
         assert_eq!(p.families, vec![Afi::Ipv4]);
         assert_eq!(p.import.max_prefix.unwrap().limit, 10);
@@ -565,5 +606,20 @@ neighbors:
         .unwrap();
         let e = c.load().unwrap_err().to_string();
         assert!(e.contains("10.0.0.1") && e.contains("hold_time"), "{e}");
+        let c = Config::parse(
+            "asn: 1\nrouter_id: 1.1.1.1\nneighbors:\n  - {address: 10.0.0.1, asn: 2, bfd: {multiplier: 0}}\n",
+        )
+        .unwrap();
+        let e = c.load().unwrap_err().to_string();
+        assert!(
+            e.contains("10.0.0.1") && e.contains("bfd multiplier"),
+            "{e}"
+        );
+        let c = Config::parse(
+            "asn: 1\nrouter_id: 1.1.1.1\nneighbors:\n  - {address: 10.0.0.1, asn: 2, bfd: {}}\n",
+        )
+        .unwrap();
+        let l = c.load().unwrap();
+        assert_eq!(l.peers[0].bfd, Some(crate::bfd::session::Config::default()));
     }
 }

@@ -4,11 +4,13 @@
 //! `wire` (a strict validator in front of the codec: bytes from a peer never
 //! reach a decoder unchecked), `rib` (Adj-RIB-In, Loc-RIB with the decision
 //! process, Adj-RIB-Out; pure), `policy` (import/export filters; pure),
-//! `session` (per-peer FSM on tokio, sockets with TCP MD5 and GTSM), `speaker`
+//! `session` (per-peer FSM on tokio, sockets with TCP MD5 and GTSM), `bfd`
+//! (single-hop BFD: packet codec, pure session state machine, UDP driver), `speaker`
 //! (peers + RIB + the channel felix reads best routes from), `transport`
 //! (TCP MD5, GTSM and TTL socket options), `config` (the standalone YAML),
 //! `status` (unix-socket status and HTTP metrics), `metrics` (Prometheus).
 
+pub mod bfd;
 pub mod config;
 pub mod metrics;
 pub mod policy;

@@ -43,6 +43,7 @@ pub struct Metrics {
     pub prefixes: Family<PrefixLabels, Gauge>,
     pub flaps: Family<PeerLabels, Counter>,
     pub last_error: Family<ErrorLabels, Gauge>,
+    pub bfd_state: Family<PeerLabels, Gauge>,
     /// The label set currently set to 1 in `last_error`, per peer.
     last_error_label: Mutex<std::collections::HashMap<String, String>>,
 }
@@ -61,6 +62,7 @@ impl Metrics {
         let prefixes = Family::<PrefixLabels, Gauge>::default();
         let flaps = Family::<PeerLabels, Counter>::default();
         let last_error = Family::<ErrorLabels, Gauge>::default();
+        let bfd_state = Family::<PeerLabels, Gauge>::default();
         registry.register(
             "peer_state",
             "Session state (1 Idle, 2 Connect, 3 Active, 4 OpenSent, 5 OpenConfirm, 6 Established)",
@@ -82,6 +84,11 @@ impl Metrics {
             "1 for the peer's most recent error",
             last_error.clone(),
         );
+        registry.register(
+            "bfd_state",
+            "BFD session state, RFC 5880 numbering (0 AdminDown, 1 Down, 2 Init, 3 Up); only peers with BFD",
+            bfd_state.clone(),
+        );
         Metrics {
             registry,
             state,
@@ -89,6 +96,7 @@ impl Metrics {
             prefixes,
             flaps,
             last_error,
+            bfd_state,
             last_error_label: Mutex::new(Default::default()),
         }
     }
@@ -105,6 +113,14 @@ impl Metrics {
 
     pub fn set_state(&self, peer: &str, value: i64) {
         self.state
+            .get_or_create(&PeerLabels {
+                peer: peer.to_string(),
+            })
+            .set(value);
+    }
+
+    pub fn set_bfd_state(&self, peer: &str, value: i64) {
+        self.bfd_state
             .get_or_create(&PeerLabels {
                 peer: peer.to_string(),
             })

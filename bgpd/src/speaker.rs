@@ -17,6 +17,8 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
+use crate::bfd::driver as bfd_driver;
+use crate::bfd::packet::BfdState;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::rib::{BestRoute, LocalConfig, PeerId, PeerKind, Rib};
@@ -99,6 +101,11 @@ pub struct PeerConfig {
     pub graceful_restart: bool,
     pub route_reflector_client: bool,
     pub kind: PeerKind,
+    /// Run a single-hop BFD session towards the peer while it is
+    /// configured; BFD going Down tears the BGP session down at once. The
+    /// BGP session does not wait for BFD to come up (RFC 5882 §4.2 allows
+    /// either; waiting would make a peer without BFD unreachable).
+    pub bfd: Option<crate::bfd::session::Config>,
 }
 
 impl PeerConfig {
@@ -123,6 +130,7 @@ impl PeerConfig {
             graceful_restart: true,
             route_reflector_client: false,
             kind: PeerKind::External,
+            bfd: None,
         }
     }
 }
@@ -150,6 +158,9 @@ pub struct PeerStatus {
     pub last_error: Option<String>,
     pub graceful_restart: bool,
     pub hold_time: Option<u16>,
+    /// The BFD session state, when BFD is configured for the peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bfd: Option<BfdState>,
 }
 
 /// Mutable per-peer status the driver updates.
@@ -164,6 +175,7 @@ pub(crate) struct LiveStatus {
     pub hold_time: Option<u16>,
     /// The first session's End-of-RIB arrived for every negotiated family.
     pub initial_eor: bool,
+    pub bfd: Option<BfdState>,
 }
 
 pub(crate) struct PeerHandle {
@@ -173,6 +185,8 @@ pub(crate) struct PeerHandle {
     pub export: Arc<Notify>,
     pub status: Arc<Mutex<LiveStatus>>,
     pub task: JoinHandle<()>,
+    /// Held, not read: dropping it stops the peer's BFD session.
+    pub _bfd: Option<bfd_driver::BfdHandle>,
 }
 
 pub(crate) struct Core {
@@ -210,6 +224,8 @@ pub(crate) struct Shared {
     pub listener: Mutex<Option<(std::os::fd::RawFd, bool)>>,
     /// True once the initial table is complete (see `Speaker::synced`).
     pub synced: tokio::sync::watch::Sender<bool>,
+    /// BFD's receive socket, opened with the first peer that uses BFD.
+    pub bfd_hub: Mutex<Option<Arc<bfd_driver::Hub>>>,
 }
 
 impl Shared {
@@ -282,6 +298,7 @@ impl Speaker {
             restarting,
             listener: Mutex::new(None),
             synced: tokio::sync::watch::channel(false).0,
+            bfd_hub: Mutex::new(None),
         });
         // RFC 4724 §4.1 selection deferral, bounded: give up waiting for
         // End-of-RIB after the restart time (120 s without GR).
@@ -366,6 +383,20 @@ impl Speaker {
             export: Arc::clone(&export),
             status: Arc::clone(&status),
         }));
+        let bfd = cfg.bfd.map(|bfd_cfg| {
+            let hub = self.bfd_hub();
+            bfd_driver::spawn(
+                &hub,
+                bfd_driver::PeerBfd {
+                    peer: cfg.address,
+                    source: cfg.source_address,
+                    cfg: bfd_cfg,
+                    ctl: ctl_tx.clone(),
+                    status: Arc::clone(&status),
+                    shared: Arc::clone(&self.shared),
+                },
+            )
+        });
         core.peers.insert(
             cfg.address,
             PeerHandle {
@@ -375,9 +406,25 @@ impl Speaker {
                 export,
                 status,
                 task,
+                _bfd: bfd,
             },
         );
         Ok(())
+    }
+
+    fn bfd_hub(&self) -> Arc<bfd_driver::Hub> {
+        let mut g = self
+            .shared
+            .bfd_hub
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let listen = self
+            .shared
+            .cfg
+            .listen
+            .map(|a| a.ip())
+            .unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
+        Arc::clone(g.get_or_insert_with(|| bfd_driver::Hub::start(listen)))
     }
 
     /// Stops a peer (Cease/Administrative Shutdown when up), withdraws its routes.
@@ -472,6 +519,7 @@ impl Speaker {
                     last_error: s.last_error.clone(),
                     graceful_restart: s.graceful_restart,
                     hold_time: s.hold_time,
+                    bfd: s.bfd,
                 }
             })
             .collect();

@@ -116,6 +116,7 @@ pub fn render_table(peers: &[PeerStatus]) -> String {
         "RECEIVED".into(),
         "ACCEPTED".into(),
         "ADVERTISED".into(),
+        "BFD".into(),
         "LAST ERROR".into(),
     ]];
     for p in peers {
@@ -127,10 +128,11 @@ pub fn render_table(peers: &[PeerStatus]) -> String {
             p.received.to_string(),
             p.accepted.to_string(),
             p.advertised.to_string(),
+            p.bfd.map(|b| b.name()).unwrap_or("-").to_string(),
             p.last_error.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
-    let mut widths = [0usize; 8];
+    let mut widths = [0usize; 9];
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r.iter()) {
             *w = (*w).max(c.len());
@@ -140,7 +142,7 @@ pub fn render_table(peers: &[PeerStatus]) -> String {
     for r in &rows {
         let mut line = String::new();
         for (i, (c, w)) in r.iter().zip(widths.iter()).enumerate() {
-            if i == 7 {
+            if i == 8 {
                 line.push_str(c);
             } else {
                 line.push_str(&format!("{c:<w$}  "));
@@ -172,6 +174,7 @@ mod tests {
             last_error: Some("received Cease".into()),
             graceful_restart: true,
             hold_time: Some(9),
+            bfd: Some(crate::bfd::packet::BfdState::Up),
         };
         let t = render_table(&[p]);
         let lines: Vec<&str> = t.lines().collect();
@@ -180,7 +183,7 @@ mod tests {
             lines[1].starts_with("10.96.0.1  65000  Established  01:02:05"),
             "{t}"
         );
-        assert!(lines[1].ends_with("received Cease"), "{t}");
+        assert!(lines[1].ends_with("Up   received Cease"), "{t}");
         assert_eq!(lines[0].find("STATE"), lines[1].find("Established"));
     }
 }

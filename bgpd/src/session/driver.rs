@@ -38,6 +38,8 @@ pub(crate) enum Ctl {
     Incoming(TcpStream),
     Connected(u64, Result<TcpStream, String>),
     Stop,
+    /// The peer's BFD session went from Up to Down.
+    BfdDown,
 }
 
 enum ConnEvent {
@@ -316,6 +318,10 @@ impl Runner {
                     return;
                 }
                 self.event(Event::Stop);
+            }
+            Ctl::BfdDown => {
+                tracing::info!(peer = %self.name, "BFD session down: closing the BGP session");
+                self.event(Event::BfdDown);
             }
             Ctl::Incoming(stream) => self.incoming(stream),
             Ctl::Connected(generation, res) => {

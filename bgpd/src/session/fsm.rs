@@ -98,6 +98,7 @@ impl std::fmt::Display for Notif {
             (6, 6) => "Other Configuration Change",
             (6, 7) => "Connection Collision Resolution",
             (6, 8) => "Out of Resources",
+            (6, 10) => "BFD Down",
             _ => "",
         };
         if sub.is_empty() {
@@ -195,6 +196,9 @@ pub enum Event {
     DecodeError(Notif),
     /// The peer sent more prefixes than allowed; stay down this long.
     MaxPrefixExceeded(Duration),
+    /// The BFD session towards the peer went from Up to Down: the
+    /// forwarding path is gone.
+    BfdDown,
 }
 
 /// Why an Established session ended.
@@ -475,6 +479,14 @@ impl Fsm {
                 out.push(A::SendNotification(n.clone()));
                 self.go_idle(&mut out, DownReason::Sent(n), Some(wait));
             }
+            (S::OpenSent | S::OpenConfirm | S::Established, Event::BfdDown) => {
+                // RFC 9384 Cease/BFD Down (if the connection still takes it);
+                // like a hold timer expiry the routes go now, not stale.
+                let n = Notif::new(6, 10);
+                out.push(A::Error(format!("sent {n}")));
+                out.push(A::SendNotification(n.clone()));
+                self.go_idle(&mut out, DownReason::Sent(n), None);
+            }
             (S::OpenSent | S::OpenConfirm | S::Established, _) => {
                 // Anything else here is out of order (RFC 4271 §8.2.2, RFC 6608).
                 let n = self.fsm_error();
@@ -669,6 +681,35 @@ mod tests {
         let n = f.negotiated().unwrap();
         assert_eq!((n.hold_time, n.keepalive), (9, 3));
         assert!(n.graceful_restart.is_some());
+    }
+
+    #[test]
+    fn bfd_down_ceases_the_session_and_drops_its_routes_and_is_ignored_when_not_connected() {
+        let mut f = established(params());
+        let a = f.handle(Event::BfdDown);
+        let n = Notif::new(6, 10);
+        assert!(a.contains(&Action::SendNotification(n.clone())));
+        assert!(a.contains(&Action::Disconnect));
+        let down = a
+            .iter()
+            .find_map(|a| match a {
+                Action::SessionDown(r) => Some(r.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(down, DownReason::Sent(n.clone()));
+        assert!(!down.keeps_routes(), "BFD Down must not leave stale routes");
+        assert_eq!(n.to_string(), "Cease: BFD Down (6/10)");
+        assert_eq!(f.state(), State::Idle);
+        // It comes back by itself later (BGP does not wait for BFD).
+        assert!(
+            a.iter()
+                .any(|a| matches!(a, Action::StartTimer(Timer::IdleHold, _)))
+        );
+        f.handle(Event::TimerExpired(Timer::IdleHold));
+        assert_eq!(f.state(), State::Connect);
+        assert!(f.handle(Event::BfdDown).is_empty());
+        assert_eq!(f.state(), State::Connect);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Node;
+use twill_api::resources::bgppeer::Bfd;
 use twill_api::resources::{
     BGPConfiguration, BGPConfigurationSpec, BGPPeer, BGPPeerSpec, SecretKeyRef,
 };
@@ -75,6 +76,8 @@ pub struct DesiredPeer {
     pub graceful_restart: bool,
     /// The BGPPeer's spec, for filters, max-prefix and the rest.
     pub spec: Option<BGPPeerSpec>,
+    /// BFD for this session (the BGPPeer's `bfd` when enabled).
+    pub bfd: Option<Bfd>,
 }
 
 /// This node's effective BGP settings.
@@ -195,6 +198,7 @@ pub fn desired_peers(
         ebgp_multihop: None,
         graceful_restart: local.graceful_restart,
         spec: None,
+        bfd: None,
     };
 
     if local.mesh {
@@ -236,11 +240,6 @@ pub fn desired_peers(
         let Some(node_sel) = parse(&pname, &s.node_selector, &mut problems) else {
             continue;
         };
-        if s.bfd.as_ref().is_some_and(|b| b.enabled) {
-            problems.push(format!(
-                "BGPPeer {pname}: bfd is not implemented yet; its sessions detect failures by the hold timer only"
-            ));
-        }
         let Some(peer_sel) = parse(&pname, &s.peer_selector, &mut problems) else {
             continue;
         };
@@ -264,6 +263,7 @@ pub fn desired_peers(
                 p.graceful_restart = g;
             }
             p.spec = Some(s.clone());
+            p.bfd = s.bfd.clone().filter(|b| b.enabled);
         };
         if let Some(ip) = &s.peer_ip {
             if !applies_to(me, &my_labels) {
@@ -505,26 +505,43 @@ mod tests {
     }
 
     #[test]
-    fn bfd_is_reported_as_not_implemented_and_the_session_still_runs() {
+    fn bfd_enabled_on_a_bgppeer_is_carried_to_its_session_and_not_to_the_mesh() {
+        let bfd = Bfd {
+            enabled: true,
+            min_tx_ms: Some(100),
+            multiplier: Some(5),
+            ..Default::default()
+        };
         let tor = peer(
             "tor",
             BGPPeerSpec {
                 peer_ip: Some("10.96.1.1".into()),
                 as_number: Some(65001),
-                bfd: Some(twill_api::resources::bgppeer::Bfd {
-                    enabled: true,
-                    ..Default::default()
+                bfd: Some(bfd.clone()),
+                ..Default::default()
+            },
+        );
+        let off = peer(
+            "off",
+            BGPPeerSpec {
+                peer_ip: Some("10.96.2.1".into()),
+                as_number: Some(65001),
+                bfd: Some(Bfd {
+                    enabled: false,
+                    ..bfd.clone()
                 }),
                 ..Default::default()
             },
         );
-        let (p, problems) = desired_peers("n1", &nodes3(), &[], &[tor]);
-        assert!(p.iter().any(|p| p.address.to_string() == "10.96.1.1"));
+        let (p, problems) = desired_peers("n1", &nodes3(), &[], &[tor, off]);
+        assert!(problems.is_empty(), "{problems:?}");
+        let find = |a: &str| p.iter().find(|p| p.address.to_string() == a).unwrap();
+        assert_eq!(find("10.96.1.1").bfd, Some(bfd));
+        assert_eq!(find("10.96.2.1").bfd, None, "enabled: false is no BFD");
         assert!(
-            problems
-                .iter()
-                .any(|m| m.contains("tor") && m.contains("bfd is not implemented")),
-            "{problems:?}"
+            p.iter()
+                .filter(|p| p.source == Source::Mesh)
+                .all(|p| p.bfd.is_none())
         );
     }
 

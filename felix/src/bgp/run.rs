@@ -504,6 +504,25 @@ async fn follow_peers(
 }
 
 /// The speaker's configuration for one desired session.
+/// BGPPeer.spec.bfd to the speaker's BFD settings (300 ms × 3 by default;
+/// the API validates the ranges).
+pub(crate) fn bfd_config(
+    b: &twill_api::resources::bgppeer::Bfd,
+) -> twill_bgpd::bfd::session::Config {
+    let d = twill_bgpd::bfd::session::Config::default();
+    twill_bgpd::bfd::session::Config {
+        min_tx: b
+            .min_tx_ms
+            .map(|ms| Duration::from_millis(ms.into()))
+            .unwrap_or(d.min_tx),
+        min_rx: b
+            .min_rx_ms
+            .map(|ms| Duration::from_millis(ms.into()))
+            .unwrap_or(d.min_rx),
+        multiplier: b.multiplier.filter(|m| *m > 0).unwrap_or(d.multiplier),
+    }
+}
+
 async fn peer_config(
     store: &Store,
     d: &DesiredPeer,
@@ -523,6 +542,7 @@ async fn peer_config(
         PeerKind::External
     };
     pc.connect_retry = Duration::from_secs(2);
+    pc.bfd = d.bfd.as_ref().map(bfd_config);
     if my_addr.is_ipv4() == d.address.is_ipv4() {
         pc.source_address = Some(my_addr);
     }
@@ -606,6 +626,27 @@ mod tests {
                 "a"
             )
             .is_err()
+        );
+    }
+
+    #[test]
+    fn bgppeer_bfd_maps_to_speaker_settings_with_defaults() {
+        use twill_api::resources::bgppeer::Bfd;
+        let c = bfd_config(&Bfd {
+            enabled: true,
+            min_tx_ms: Some(100),
+            min_rx_ms: None,
+            multiplier: Some(5),
+        });
+        assert_eq!(c.min_tx, Duration::from_millis(100));
+        assert_eq!(c.min_rx, Duration::from_millis(300));
+        assert_eq!(c.multiplier, 5);
+        assert_eq!(
+            bfd_config(&Bfd {
+                enabled: true,
+                ..Default::default()
+            }),
+            twill_bgpd::bfd::session::Config::default()
         );
     }
 }

@@ -149,6 +149,27 @@ impl Lab {
         c.output().expect("run twillctl lab restart")
     }
 
+    /// Every IPAM block in the lab's store: CIDR → the node it is affine to
+    /// (None for a block without affinity).
+    pub fn blocks(&self) -> std::collections::BTreeMap<String, Option<String>> {
+        let out = self.twillctl(&["get", "ipamblocks", "-o", "json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let items = v["items"]
+            .as_array()
+            .cloned()
+            .or_else(|| v.as_array().cloned())
+            .unwrap_or_default();
+        items
+            .iter()
+            .filter_map(|b| {
+                Some((
+                    b["spec"]["cidr"].as_str()?.to_string(),
+                    b["spec"]["affinity"].as_str().map(str::to_string),
+                ))
+            })
+            .collect()
+    }
+
     /// Pings `dst` from `pod` at 100 packets a second for 12 s while n2's
     /// twill-node is killed (SIGKILL) and then n1's stopped (SIGTERM), each
     /// restarted by `lab restart`; returns (sent, received, ping's output).

@@ -31,18 +31,8 @@ fn bird_bgp_prefixes(lab: &Lab) -> BTreeSet<String> {
 }
 
 /// Every IPAM block in the lab's store, by CIDR.
-fn blocks(lab: &Lab) -> BTreeSet<String> {
-    let out = lab.twillctl(&["get", "ipamblocks", "-o", "json"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let items = v["items"]
-        .as_array()
-        .cloned()
-        .or_else(|| v.as_array().cloned())
-        .unwrap_or_default();
-    items
-        .iter()
-        .filter_map(|b| b["spec"]["cidr"].as_str().map(str::to_string))
-        .collect()
+fn block_cidrs(lab: &Lab) -> BTreeSet<String> {
+    lab.blocks().into_keys().collect()
 }
 
 #[test]
@@ -113,7 +103,7 @@ fn three_nodes_and_a_bird_tor_every_pod_reaches_every_pod() {
     assert!(failed.is_empty(), "TCP failed: {failed:?}");
 
     // The ToR holds exactly the blocks: no /32s, nothing else.
-    let want = blocks(&lab);
+    let want = block_cidrs(&lab);
     assert_eq!(want.len(), 3, "one block per node: {want:?}");
     assert!(
         wait_until(Duration::from_secs(10), || bird_bgp_prefixes(&lab) == want),
@@ -165,7 +155,7 @@ fn a_full_block_brings_a_second_one_and_releases_and_lost_nodes_are_withdrawn() 
         topo.to_str().expect("utf-8"),
     ]);
     assert!(lab.up_ok, "{}", lab.up_output);
-    let first = blocks(&lab);
+    let first = block_cidrs(&lab);
     assert_eq!(first.len(), 3);
 
     // Fill n1's /29 (8 addresses; the lab pod holds one) and one more.
@@ -174,7 +164,7 @@ fn a_full_block_brings_a_second_one_and_releases_and_lost_nodes_are_withdrawn() 
         let (ok, v) = lab.cni("n1", "ADD", &format!("fill{i}"), p.name());
         assert!(ok, "ADD fill{i}: {v}");
     }
-    let now = blocks(&lab);
+    let now = block_cidrs(&lab);
     let new: Vec<String> = now.difference(&first).cloned().collect();
     assert_eq!(new.len(), 1, "n1 claimed a second block: {now:?}");
     let second = new[0].clone();

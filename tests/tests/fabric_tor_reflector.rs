@@ -67,26 +67,6 @@ fn run(prog: &str, args: &[&str]) -> (bool, String) {
     )
 }
 
-/// Block CIDR → the node it is affine to, from the lab's store.
-fn blocks(lab: &Lab) -> BTreeMap<String, String> {
-    let out = lab.twillctl(&["get", "ipamblocks", "-o", "json"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let items = v["items"]
-        .as_array()
-        .cloned()
-        .or_else(|| v.as_array().cloned())
-        .unwrap_or_default();
-    items
-        .iter()
-        .filter_map(|b| {
-            Some((
-                b["spec"]["cidr"].as_str()?.to_string(),
-                b["spec"]["affinity"].as_str()?.to_string(),
-            ))
-        })
-        .collect()
-}
-
 /// Node name → its address on the rack, from the lab's record.
 fn node_addrs(lab: &Lab) -> BTreeMap<String, String> {
     lab.state()["plan"]["nodes"]
@@ -258,7 +238,11 @@ fn check_tor_reflector(tor: Tor) {
     }
     assert!(failed.is_empty(), "ping failed: {failed:?}");
 
-    let blocks = blocks(&lab);
+    let blocks: BTreeMap<String, String> = lab
+        .blocks()
+        .into_iter()
+        .filter_map(|(cidr, node)| Some((cidr, node?)))
+        .collect();
     let addrs = node_addrs(&lab);
     assert_eq!(blocks.len(), 3, "one block per node: {blocks:?}");
     let want: BTreeSet<(String, String)> = blocks

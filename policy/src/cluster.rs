@@ -256,31 +256,13 @@ impl Inputs {
             np.metadata.namespace.as_deref().unwrap_or_default(),
             np.metadata.name.as_deref().unwrap_or_default(),
         );
-        match compile_network_policy(np) {
-            Ok(p) => {
-                self.network_policies.insert(k, Arc::new(p));
-                Ok(())
-            }
-            Err(e) => {
-                self.network_policies.remove(&k);
-                Err(e)
-            }
-        }
+        record(&mut self.network_policies, k, compile_network_policy(np))
     }
 
     /// Records a GlobalNetworkPolicy; one that does not compile is left out.
     pub fn apply_global_policy(&mut self, g: &GlobalNetworkPolicy) -> Result<(), CompileError> {
         let k = g.metadata.name.clone().unwrap_or_default();
-        match compile_global_policy(g) {
-            Ok(p) => {
-                self.global_policies.insert(k, Arc::new(p));
-                Ok(())
-            }
-            Err(e) => {
-                self.global_policies.remove(&k);
-                Err(e)
-            }
-        }
+        record(&mut self.global_policies, k, compile_global_policy(g))
     }
 
     /// Records a pod.
@@ -545,6 +527,25 @@ pub fn build(
     let endpoints = inputs.endpoints(node, locals, iface_of);
     let policies = inputs.policies().map(|p| Policy::clone(p)).collect();
     (Model::new(endpoints, inputs.namespaces, policies), errors)
+}
+
+/// Keeps a compiled policy under `key`, or drops the previous one when the
+/// new version does not compile (a broken policy never keeps its old rules).
+fn record<K: Ord>(
+    map: &mut BTreeMap<K, Arc<Policy>>,
+    key: K,
+    compiled: Result<Policy, CompileError>,
+) -> Result<(), CompileError> {
+    match compiled {
+        Ok(p) => {
+            map.insert(key, Arc::new(p));
+            Ok(())
+        }
+        Err(e) => {
+            map.remove(&key);
+            Err(e)
+        }
+    }
 }
 
 #[cfg(test)]

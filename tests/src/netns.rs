@@ -27,6 +27,24 @@ pub fn ip(args: &[&str]) {
     );
 }
 
+/// Runs `f` on a new thread inside the network namespace named `ns` (the
+/// thread is never reused, so nothing else ever runs in that namespace by
+/// accident).
+pub fn spawn_in<R: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> std::thread::JoinHandle<R> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("open netns");
+        // SAFETY: a valid namespace fd; only this thread changes namespace.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+}
+
 /// A network namespace, deleted (with every process still inside it) on drop.
 pub struct Netns {
     name: String,

@@ -6,7 +6,6 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::Duration;
 
@@ -14,18 +13,11 @@ use twill_tests::{Netns, TestNode, bins, require_root, wait_until};
 
 const ADDR: &str = "127.0.0.1:9099";
 
-/// Runs `f` on a thread inside `ns` (the thread is never reused).
+/// Runs `f` on a thread inside `ns` and waits for it.
 fn in_ns<R: Send + 'static>(ns: &Netns, f: impl FnOnce() -> R + Send + 'static) -> R {
-    let path = format!("/run/netns/{}", ns.name());
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).expect("open netns");
-        // SAFETY: a valid namespace fd; only this thread changes namespace.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .expect("namespace thread")
+    twill_tests::netns::spawn_in(ns.name(), f)
+        .join()
+        .expect("namespace thread")
 }
 
 /// Sends raw bytes to the health port in `ns`; returns the whole answer.
@@ -160,23 +152,14 @@ fn health_readiness_and_metrics_follow_the_node() {
     );
     // A client that sends half a request and waits is cut off after the
     // read timeout, while others are still served.
-    let slow = {
-        let ns_path = format!("/run/netns/{}", node.ns.name());
-        std::thread::spawn(move || {
-            let file = std::fs::File::open(&ns_path).unwrap();
-            // SAFETY: as in `in_ns`.
-            assert_eq!(
-                unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-                0
-            );
-            let mut s = TcpStream::connect(ADDR).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-            s.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
-            let mut out = String::new();
-            let _ = s.read_to_string(&mut out);
-            out
-        })
-    };
+    let slow = twill_tests::netns::spawn_in(node.ns.name(), || {
+        let mut s = TcpStream::connect(ADDR).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    });
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(
         get(&node.ns, "/healthz").0,

@@ -20,7 +20,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -444,18 +443,6 @@ async fn serve(api: Arc<Mutex<Api>>, mut handle: Handle) {
     }
 }
 
-/// Runs `f` on a new thread inside the namespace `ns` (the thread is never reused).
-fn spawn_in_ns(ns: &str, f: impl FnOnce() + Send + 'static) -> std::thread::JoinHandle<()> {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).expect("open netns");
-        // SAFETY: a valid namespace fd; only this thread changes namespace.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-        f()
-    })
-}
-
 /// One CNI request over the socket, as twill-cni sends it.
 fn cni(socket: &Path, req: &CniRequest) -> CniResponse {
     let mut s = UnixStream::connect(socket).expect("connect to the CNI socket");
@@ -502,7 +489,7 @@ fn twill_node_starts_against_the_kubernetes_api() {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let cfg_dir = dir.path().to_path_buf();
     let server_api = api.clone();
-    let agent_thread = spawn_in_ns(ns.name(), move || {
+    let agent_thread = twill_tests::netns::spawn_in(ns.name(), move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

@@ -413,7 +413,11 @@ impl Actor {
         let links = &self.links;
         let ifindex = |n: &str| links.get(n).copied();
         let plan = diff_prefixes(&self.inputs, touched, &self.programmed, &ifindex);
-        self.execute(plan, true).await
+        let report = self.execute(plan, true).await;
+        if report != ApplyReport::default() {
+            self.publish_metrics(report.failed);
+        }
+        report
     }
 
     /// Dump, diff against everything, apply.
@@ -440,11 +444,14 @@ impl Actor {
                 "route resync: repairing drift"
             );
         }
-        Ok(self.execute(plan, false).await)
+        let report = self.execute(plan, false).await;
+        self.publish_metrics(report.failed);
+        Ok(report)
     }
 
     /// Updates the routes-programmed gauges from what the kernel holds of
-    /// ours, and counts refused changes.
+    /// ours (one pass over the table: only after a resync or an increment
+    /// that changed something), and counts refused changes.
     fn publish_metrics(&self, failed: usize) {
         let (mut local, mut blackhole, mut bgp) = (0, 0, 0);
         for t in self.programmed.values() {
@@ -467,7 +474,6 @@ impl Actor {
     async fn execute(&mut self, plan: Plan, increment: bool) -> ApplyReport {
         let mut report = ApplyReport::default();
         if plan.is_empty() {
-            self.publish_metrics(0);
             return report;
         }
         let ops = Op::from_plan(plan);
@@ -516,7 +522,6 @@ impl Actor {
                 }
             }
         }
-        self.publish_metrics(report.failed);
         if report.failed > logged + quiet {
             tracing::warn!(
                 failed = report.failed,

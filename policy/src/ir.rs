@@ -25,6 +25,23 @@ pub const TABLE: &str = "inet twill";
 /// endpoint chain clears it before the global tier.
 pub const PASS_MARK: u32 = 0x0200_0000;
 
+/// nft refuses comments over 128 bytes (and then the whole transaction).
+const COMMENT_MAX: usize = 128;
+
+/// A comment as nft takes it: quotes replaced, at most 128 bytes (a long
+/// pod or policy name is cut, ending in "...").
+pub fn nft_comment(c: &str) -> String {
+    let c = c.replace('"', "'");
+    if c.len() <= COMMENT_MAX {
+        return c;
+    }
+    let mut end = COMMENT_MAX - 3;
+    while !c.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &c[..end])
+}
+
 /// An address family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Fam {
@@ -361,7 +378,7 @@ impl NftRule {
             )),
         }
         if let Some(c) = &self.comment {
-            parts.push(format!("comment \"{}\"", c.replace('"', "'")));
+            parts.push(format!("comment \"{}\"", nft_comment(c)));
         }
         parts.join(" ")
     }
@@ -422,7 +439,7 @@ impl Table {
                 s,
                 "add set {TABLE} {name} {{ {} comment \"{}\"; }}",
                 set_type(set.kind),
-                set.comment.replace('"', "'")
+                nft_comment(&set.comment)
             );
             if let Some(e) = elements_text(&set.elements) {
                 let _ = writeln!(s, "add element {TABLE} {name} {e}");
@@ -472,5 +489,29 @@ impl Table {
     /// Number of rules in every chain.
     pub fn rule_count(&self) -> usize {
         self.chains.values().map(|c| c.rules.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod comment_tests {
+    use super::*;
+
+    #[test]
+    fn comments_fit_nft_whatever_the_names() {
+        let long = format!(
+            "ingress: no NetworkPolicy isolates shop/{}",
+            "é".repeat(200)
+        );
+        let c = nft_comment(&long);
+        assert!(c.len() <= 128 && c.ends_with("..."), "{c}");
+        assert!(long.starts_with(c.trim_end_matches("...")));
+        assert_eq!(nft_comment("say \"hi\""), "say 'hi'");
+        let rule = NftRule {
+            comment: Some(long),
+            ..NftRule::new(Vec::new(), Verdict::Accept)
+        };
+        let text = rule.text();
+        let inner = text.split("comment \"").nth(1).expect("comment");
+        assert!(inner.trim_end_matches('"').len() <= 128, "{text}");
     }
 }

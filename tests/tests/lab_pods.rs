@@ -339,3 +339,29 @@ fn frr_tor_in_a_directory_with_a_private_parent() {
     drop(lab);
     assert!(!fdir.exists(), "lab down left {}", fdir.display());
 }
+
+#[test]
+fn lab_sh_refuses_to_take_down_a_lab_it_did_not_start() {
+    require_root();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let record = tmp.path().join("lab.json");
+    std::fs::write(&record, "{\"someone\": \"else's lab\"}").expect("lab.json");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/lab.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .args(["--nodes", "2"])
+        .env("TWILL_LAB_DIR", tmp.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run scripts/lab.sh");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("did not start") && err.contains("--replace"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&record).expect("lab.json kept"),
+        "{\"someone\": \"else's lab\"}"
+    );
+}

@@ -12,6 +12,8 @@ PACKAGES=(
   bird2 frr gobgpd
   # real CNI plugins to chain with and compare against
   containernetworking-plugins
+  # Twill's image built and run without Docker or a registry (scripts/image.sh)
+  debootstrap podman runc
 )
 
 missing=()

@@ -6,6 +6,14 @@
 //! endpoint records (twill-node only), from IPAM allocations carrying the
 //! pod's namespace and name, or from the Pod's `status.podIPs`. Pods on the
 //! host network are not endpoints.
+//!
+//! Endpoints a CNI ADD made without `K8S_POD_NAMESPACE` (podman does this)
+//! are endpoints of no namespace (namespace empty, named by container ID,
+//! no labels) on every node and in twillctl alike: their IPAM allocations
+//! carry the interface name but no namespace, and their records none.
+//! NetworkPolicies never select or match them; GlobalNetworkPolicies
+//! without a namespaceSelector do, by labels (see
+//! [`crate::model::Model::ns_matches`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -159,14 +167,21 @@ pub struct Allocation {
     pub ifname: Option<String>,
 }
 
-/// A block's allocations that carry a pod's namespace and name.
+/// A block's allocations made for endpoints: those that carry a pod's
+/// namespace and name, and those a CNI ADD without them made (they carry
+/// the interface name): a missing namespace is none (empty), a missing pod
+/// name is the handle (the container ID), as the node names its record.
 pub fn allocations(b: &IPAMBlock) -> Vec<Allocation> {
     let mut out = Vec::new();
     for a in &b.spec.allocations {
-        let (Some(ns), Some(pod)) = (a.attributes.get(ATTR_NAMESPACE), a.attributes.get(ATTR_POD))
-        else {
+        let (ns, pod) = (a.attributes.get(ATTR_NAMESPACE), a.attributes.get(ATTR_POD));
+        if (ns.is_none() || pod.is_none()) && !a.attributes.contains_key(ATTR_IFNAME) {
+            // Not an endpoint's (an address reserved by hand).
             continue;
-        };
+        }
+        // Named as the node names its record (`local_key`).
+        let ns = ns.cloned().unwrap_or_default();
+        let pod = pod.cloned().unwrap_or_else(|| a.handle.clone());
         let Some(ip) = addr_at(&b.spec.cidr, a.ordinal) else {
             continue;
         };

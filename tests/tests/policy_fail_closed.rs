@@ -296,6 +296,20 @@ fn policies_at_the_kubernetes_limits_are_enforced() {
 
 const BROKEN: &str = "np/x/broken";
 
+/// twill-node's `/readyz` answer (status line, headers, body).
+fn readyz(node: &TestNode) -> String {
+    spawn_in(node.ns.name(), || {
+        let mut s = TcpStream::connect("127.0.0.1:9099").expect("health port");
+        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("write");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    })
+    .join()
+    .expect("readyz thread")
+}
+
 fn ready_reason(s: &Setup) -> String {
     ctl_ok(&s.db, &["node", "status", "fc"])
 }
@@ -342,6 +356,13 @@ fn a_policy_the_kernel_refuses_fails_closed_and_is_named() {
         s.node.log()
     );
     assert!(status.contains("not ready: policy:"), "{status}");
+    let ready = readyz(&s.node);
+    assert!(
+        ready.starts_with("HTTP/1.1 503")
+            && ready.contains("[-]policy: ")
+            && ready.contains(BROKEN),
+        "/readyz: {ready}"
+    );
     assert!(
         status.contains("zero or negative"),
         "nft's reason: {status}"
@@ -378,6 +399,8 @@ fn a_policy_the_kernel_refuses_fails_closed_and_is_named() {
         "fixed",
         &[("b", "a", true), ("c", "a", true), ("a", "c", false)],
     );
+    let ready = readyz(&s.node);
+    assert!(ready.contains("[+]policy ok"), "/readyz: {ready}");
 }
 
 #[test]

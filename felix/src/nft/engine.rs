@@ -132,15 +132,16 @@ impl Refusals {
             .chain(inputs.global_policies.values_mut());
         for p in maps {
             present.insert(p.id.clone());
+            let r = self.by_id.get(&p.id);
+            if r.is_some_and(|r| Arc::ptr_eq(p, &r.closed)) {
+                continue;
+            }
             if hook.as_deref() == Some(p.id.as_str()) && !has_test_hook(p) {
                 *p = Arc::new(with_test_hook(p));
             }
-            let Some(r) = self.by_id.get(&p.id) else {
+            let Some(r) = r else {
                 continue;
             };
-            if Arc::ptr_eq(p, &r.closed) {
-                continue;
-            }
             if **p == *r.original {
                 *p = r.closed.clone();
             } else {
@@ -372,11 +373,12 @@ impl PolicyEngine {
                         in_kernel = false;
                         if !full {
                             tracing::warn!(error = %e, "nft refused an incremental update; replacing the whole table");
-                            dirty = true;
+                            // Now, not at the next event.
+                            retry_at = Some(Instant::now());
                             continue;
                         }
                         match self.diagnose(&inc, &st.inputs, &mut refusals).await {
-                            Ok(()) => dirty = true,
+                            Ok(()) => retry_at = Some(Instant::now()),
                             Err(reason) => {
                                 if refusals.unexplained.as_ref() != Some(&reason) {
                                     tracing::warn!(error = %e, "nft refused the policy table and no single policy explains it; retrying every second");

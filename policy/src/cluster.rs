@@ -569,6 +569,69 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn endpoints_of_no_namespace_are_the_same_everywhere() {
+        // A CNI ADD without K8S_POD_NAMESPACE on n2 (podman): its
+        // allocation carries the interface but no namespace or pod.
+        let block: IPAMBlock = serde_json::from_value(json!({"metadata": {"name": "b"}, "spec": {
+            "cidr": "10.1.0.0/26", "pool": "p", "sequence": 1, "allocations": [
+                {"ordinal": 5, "handle": "cid-podman", "sequence": 1, "attributes": {"node": "n2", "ifname": "eth0"}},
+                {"ordinal": 6, "handle": "by-hand", "sequence": 2, "attributes": {"node": "n2"}}]}}))
+        .unwrap();
+        let gnp: GlobalNetworkPolicy = serde_json::from_value(json!({"metadata": {"name": "g"},
+            "spec": {"selector": "all()", "ingress": [{"action": "Allow", "source": {"selector": "all()"}}]}}))
+        .unwrap();
+        let np: NetworkPolicy =
+            serde_json::from_value(json!({"metadata": {"name": "n", "namespace": "x"},
+            "spec": {"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {}}]}]}}))
+            .unwrap();
+        let objs = Objects {
+            blocks: vec![block],
+            global_policies: vec![gnp],
+            network_policies: vec![np],
+            ..Default::default()
+        };
+        let ip: IpAddr = "10.1.0.5".parse().unwrap();
+        // Another node and a tool see it; an address reserved by hand is
+        // not an endpoint.
+        let (m, _) = build(&objs, "n1", Some(&[]), &|_, _| String::new());
+        let ep = m.endpoints_at(ip).next().expect("the podman endpoint");
+        assert_eq!(
+            (ep.id().as_str(), ep.node.as_str()),
+            ("container cid-podman", "n2")
+        );
+        assert!(m.endpoints_at("10.1.0.6".parse().unwrap()).next().is_none());
+        let (tool, _) = build(&objs, "", None, &|c, i| format!("{c}-{i}"));
+        let ep = tool.endpoints_at(ip).next().expect("twillctl sees it");
+        assert_eq!(ep.iface.as_deref(), Some("cid-podman-eth0"));
+        // Its own node names its record the same way.
+        let local = LocalEndpoint {
+            namespace: None,
+            pod: None,
+            labels: Labels::new(),
+            ips: vec![ip],
+            iface: "twpod".into(),
+            container_id: "cid-podman".into(),
+        };
+        let (own, _) = build(&objs, "n2", Some(std::slice::from_ref(&local)), &|_, _| {
+            String::new()
+        });
+        let eps: Vec<_> = own.endpoints_at(ip).collect();
+        assert_eq!(eps.len(), 1);
+        assert_eq!(eps[0].id(), "container cid-podman");
+        // Selections: the global policy's `all()` takes it in, the
+        // NetworkPolicy's namespaceSelector {} does not.
+        for model in [&m, &tool, &own] {
+            let by = |id: &str| model.policies.iter().find(|p| p.id == id).unwrap();
+            let peer = |p: &Policy| match &p.ingress.as_ref().unwrap()[0].src.peers[0] {
+                crate::model::Peer::Pods(s) => s.clone(),
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(model.members(&peer(by("gnp/g"))), vec![ip]);
+            assert!(model.members(&peer(by("np/x/n"))).is_empty());
+        }
+    }
+
+    #[test]
     fn pods_get_addresses_from_records_then_ipam_then_status() {
         let pod = |ns: &str, name: &str, extra: serde_json::Value| -> Pod {
             let mut v = json!({"metadata": {"name": name, "namespace": ns, "labels": {"app": name}},

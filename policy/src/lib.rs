@@ -12,7 +12,7 @@
 //!   re-rendering only what a change touches;
 //! * [`diff`]: the incremental update between two rendered tables;
 //! * [`refused`]: which policies a kernel refusal is due to, and the
-//!   drop-everything form they are enforced in until they change;
+//!   allow-nothing form they are enforced in until they change;
 //! * [`interp`]: an interpreter of the rendered table, so tests can check
 //!   that rules and model agree.
 //!

@@ -24,8 +24,9 @@
 //!   due to are found by checking the table with `nft -c`
 //!   ([`twill_policy::refused`]); each is logged once, named in the
 //!   `policy` readiness condition (and so in the NodeStatus report), and
-//!   enforced as drop-everything for the pods it selects until the policy
-//!   changes; everything else is applied. Until the first table is in the
+//!   enforced as allowing nothing for the pods it selects until the policy
+//!   changes ([`twill_policy::refused::fail_closed`]); everything else is
+//!   applied. Until the first table is in the
 //!   kernel the condition is not ready either.
 //! * Test hook, for tests only: `TWILL_TEST_UNPROGRAMMABLE_POLICY=ID`
 //!   (`np/NAMESPACE/NAME` or `gnp/NAME`) adds to that policy a rule nft
@@ -163,7 +164,7 @@ impl Refusals {
             .map(|(id, r)| format!("{id} ({})", r.reason))
             .collect();
         Some(format!(
-            "not programmed, its pods drop its traffic: {}",
+            "not programmed, enforced as allowing nothing: {}",
             list.join("; ")
         ))
     }
@@ -444,7 +445,7 @@ impl PolicyEngine {
             let Some(original) = inputs.policies().find(|p| p.id == id).cloned() else {
                 continue;
             };
-            tracing::warn!(policy = %id, reason = %reason, "nft refused this policy: the pods it selects drop all traffic it governs until it changes; everything else is programmed");
+            tracing::warn!(policy = %id, reason = %reason, "nft refused this policy: it is enforced as allowing nothing for the pods it selects until it changes; everything else is programmed");
             refusals.by_id.insert(
                 id,
                 Refused {

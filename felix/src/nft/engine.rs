@@ -114,18 +114,31 @@ struct Refused {
 }
 
 /// The refused policies by id.
-#[derive(Default)]
 struct Refusals {
     by_id: std::collections::BTreeMap<String, Refused>,
     /// The last refusal no policy explained (logged once).
     unexplained: Option<String>,
+    /// The policy the test hook breaks (tests only).
+    hook: Option<String>,
 }
 
 impl Refusals {
+    fn new() -> Refusals {
+        let hook = std::env::var(TEST_UNPROGRAMMABLE_POLICY).ok();
+        if let Some(id) = &hook {
+            tracing::warn!(policy = %id, "{TEST_UNPROGRAMMABLE_POLICY} is set: this policy is made unprogrammable (a test hook, never for production)");
+        }
+        Refusals {
+            by_id: Default::default(),
+            unexplained: None,
+            hook,
+        }
+    }
+
     /// Puts the fail-closed form in place of every refused policy that is
     /// unchanged; a policy that changed (or is gone) is tried again.
     fn substitute(&mut self, inputs: &mut Inputs) {
-        let hook = std::env::var(TEST_UNPROGRAMMABLE_POLICY).ok();
+        let hook = self.hook.clone();
         let mut present = BTreeSet::new();
         let maps = inputs
             .network_policies
@@ -288,7 +301,7 @@ impl PolicyEngine {
         let mut st = State::default();
         let mut waiting: Vec<(String, oneshot::Sender<()>)> = Vec::new();
         let mut inc = Incremental::new(&self.node);
-        let mut refusals = Refusals::default();
+        let mut refusals = Refusals::new();
         // Whether the kernel has `inc`'s table as of its last commit.
         let mut in_kernel = false;
         let mut dirty = true;

@@ -392,7 +392,11 @@ impl PolicyEngine {
                             continue;
                         }
                         match self.diagnose(&inc, &st.inputs, &mut refusals).await {
-                            Ok(()) => retry_at = Some(Instant::now()),
+                            // Refused policies found: apply the rest now.
+                            Ok(true) => retry_at = Some(Instant::now()),
+                            // The table passes the check now (a transient
+                            // refusal): try again, but not in a busy loop.
+                            Ok(false) => retry_at = Some(Instant::now() + Duration::from_secs(1)),
                             Err(reason) => {
                                 if refusals.unexplained.as_ref() != Some(&reason) {
                                     tracing::warn!(error = %e, "nft refused the policy table and no single policy explains it; retrying every second");
@@ -434,13 +438,14 @@ impl PolicyEngine {
 
     /// After nft refused a full table: finds the policies it is due to
     /// (checking, never applying) and records them as refused, logging each
-    /// once. Err with nft's reason when no policy explains the refusal.
+    /// once; true when it found any. Err with nft's reason when no policy
+    /// explains the refusal.
     async fn diagnose(
         &self,
         inc: &Incremental,
         inputs: &Inputs,
         refusals: &mut Refusals,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         let table = inc.table().clone();
         let ids: Vec<String> = inputs.policies().map(|p| p.id.clone()).collect();
         let found = tokio::task::spawn_blocking(move || {
@@ -451,8 +456,7 @@ impl PolicyEngine {
         .await
         .map_err(|e| format!("the check task failed: {e}"))??;
         if found.is_empty() {
-            // The table passes the check now: the refusal was transient.
-            return Ok(());
+            return Ok(false);
         }
         for (id, reason) in found {
             let Some(original) = inputs.policies().find(|p| p.id == id).cloned() else {
@@ -471,7 +475,7 @@ impl PolicyEngine {
         if let Some(r) = refusals.reason() {
             crate::health::global().set_not_ready(POLICY, &r);
         }
-        Ok(())
+        Ok(true)
     }
 
     fn handle(&self, st: &mut State, waiting: &mut Vec<(String, oneshot::Sender<()>)>, ev: Event) {

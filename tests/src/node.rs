@@ -19,6 +19,7 @@ pub struct TestNode {
     pub socket: PathBuf,
     pub daemon: Option<Daemon>,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl TestNode {
@@ -34,6 +35,20 @@ impl TestNode {
     ) -> TestNode {
         let ns = Netns::new(prefix);
         ns.ip(&["addr", "add", addr, "dev", "lo"]);
+        TestNode::start_in(ns, name, db, dir, extra, &[])
+    }
+
+    /// Starts twill-node in a namespace the caller prepared (links,
+    /// addresses), with extra environment (e.g. `TWILL_DATASTORE=kubernetes`
+    /// and a `KUBECONFIG`; `db` is then unused).
+    pub fn start_in(
+        ns: Netns,
+        name: &str,
+        db: &Path,
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> TestNode {
         let dir = dir.join(name);
         std::fs::create_dir_all(&dir).expect("node dir");
         let mut node = TestNode {
@@ -44,6 +59,10 @@ impl TestNode {
             dir,
             daemon: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         node.launch();
         node
@@ -63,7 +82,8 @@ impl TestNode {
             .arg("--state-dir")
             .arg(self.dir.join("state"))
             .args(&self.extra)
-            .env("TWILL_LOG", "info");
+            .env("TWILL_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         let log = self
             .dir
             .join(format!("twill-node.{}.log", std::process::id()));

@@ -58,6 +58,8 @@ pub struct KubeApi {
     etcd_peer_port: u16,
     /// PIDs this guard started (component name, PID).
     pids: Vec<(String, i32)>,
+    /// When each start of kube-apiserver began and when it was ready.
+    starts: Vec<(jiff::Timestamp, jiff::Timestamp)>,
 }
 
 impl KubeApi {
@@ -87,6 +89,7 @@ impl KubeApi {
             etcd_port,
             etcd_peer_port,
             pids: Vec::new(),
+            starts: Vec::new(),
         };
         let t0 = Instant::now();
         api.start_component("all");
@@ -133,7 +136,9 @@ impl KubeApi {
     }
 
     fn start_component(&mut self, what: &str) {
+        let begun = jiff::Timestamp::now();
         let out = self.script(&["start", what]);
+        self.starts.push((begun, jiff::Timestamp::now()));
         // Record the PIDs first, so the guard stops them even if start failed.
         for c in ["etcd", "apiserver"] {
             if let Some(pid) = self.pid_of(c)
@@ -249,6 +254,17 @@ impl KubeApi {
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
+    }
+
+    /// Whether `at` falls into one of the server's own start-ups: from the
+    /// start until `settle` after it answered ready. Right after a restart
+    /// the server answers before its RBAC caches are filled and refuses
+    /// requests it would allow a moment later.
+    pub fn in_start_up(&self, at: jiff::Timestamp, settle: Duration) -> bool {
+        let settle = jiff::SignedDuration::try_from(settle).unwrap_or_default();
+        self.starts
+            .iter()
+            .any(|(begun, ready)| at >= *begun && at <= *ready + settle)
     }
 
     /// Relays this server into `ns`: 127.0.0.1:PORT inside the namespace

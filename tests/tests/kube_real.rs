@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use twill_api::Kind;
+use twill_tests::cni::Attachment;
 use twill_tests::kube_local::{KubeApi, Relay};
 use twill_tests::{Netns, TestNode, bins, require_binary, require_root, veth_between, wait_until};
 
@@ -388,9 +389,11 @@ impl Cluster {
              apiVersion: twill.dev/v1\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  asNumber: 64512\n  \
              holdTime: 9\n  keepaliveTime: 3\n"
         ));
-        for n in ["node-a", "node-b"] {
+        // Nodes as a kubelet registers them (label, annotation, podCIDR).
+        for (i, n) in ["node-a", "node-b"].iter().enumerate() {
             api.apply(&format!(
-                "apiVersion: v1\nkind: Node\nmetadata:\n  name: {n}\n  labels:\n    kubernetes.io/hostname: {n}\n"
+                "apiVersion: v1\nkind: Node\nmetadata:\n  name: {n}\n  labels:\n    kubernetes.io/hostname: {n}\n  \
+                 annotations:\n    node.alpha.kubernetes.io/ttl: \"0\"\nspec:\n  podCIDR: 10.200.{i}.0/24\n"
             ));
         }
         // A TokenRequest token for the ServiceAccount deploy/ created.
@@ -516,6 +519,25 @@ impl Cluster {
 fn twill_node_runs_as_its_service_account_and_pods_ping_across() {
     let t0 = Instant::now();
     let mut c = Cluster::up();
+
+    // CNI STATUS: the datastore was read and the pool selects the node.
+    let none = Attachment {
+        container_id: String::new(),
+        netns: String::new(),
+        ifname: String::new(),
+        args: String::new(),
+    };
+    for n in &c.nodes {
+        let st = n.cni_raw("STATUS", &none, &n.netconf("1.1.0"), &[]);
+        assert!(
+            st.success,
+            "CNI STATUS on {}: {}\n{}",
+            n.name,
+            st.json,
+            n.log()
+        );
+    }
+
     let a = c.pod(0, "web-a", "{app: web}");
     let b = c.pod(1, "web-b", "{app: web}");
 
@@ -579,6 +601,20 @@ fn twill_node_runs_as_its_service_account_and_pods_ping_across() {
         );
     }
 
+    // Publishing the annotation left the kubelet's fields alone.
+    for (i, node) in ["node-a", "node-b"].iter().enumerate() {
+        let n = c.api.get_json(&["node", node]);
+        assert_eq!(
+            n["metadata"]["labels"]["kubernetes.io/hostname"], *node,
+            "{n}"
+        );
+        assert_eq!(
+            n["metadata"]["annotations"]["node.alpha.kubernetes.io/ttl"], "0",
+            "{n}"
+        );
+        assert_eq!(n["spec"]["podCIDR"], format!("10.200.{i}.0/24"), "{n}");
+    }
+
     // The two agents mesh over BGP and the pods reach each other.
     assert!(
         wait_until(Duration::from_secs(60), || c.pod_ns("web-a").ping(&b)
@@ -596,6 +632,64 @@ fn twill_node_runs_as_its_service_account_and_pods_ping_across() {
         "only {seen} requests of the ServiceAccount audited"
     );
     assert!(refused.is_empty(), "requests refused by RBAC: {refused:#?}");
+
+    // Every kind the agent needs was listed; the NodeStatus
+    // was created once per node and then reported through the status
+    // subresource.
+    let events = c.api.audit_events();
+    let ok: Vec<&Value> = events
+        .iter()
+        .filter(|e| {
+            e["user"]["username"] == "system:serviceaccount:twill-system:twill-node"
+                && e["responseStatus"]["code"]
+                    .as_u64()
+                    .is_some_and(|c| c < 300)
+        })
+        .collect();
+    for kind in [
+        "ippools",
+        "ipamblocks",
+        "bgpconfigurations",
+        "bgppeers",
+        "globalnetworkpolicies",
+        "nodes",
+        "pods",
+        "namespaces",
+        "networkpolicies",
+    ] {
+        // (Watches are audited only when they end; that the agents follow
+        // changes is shown by the policy change after the outage.)
+        assert!(
+            ok.iter()
+                .any(|e| e["verb"] == "list" && e["objectRef"]["resource"] == kind),
+            "the agents did not list {kind}"
+        );
+    }
+    let writes: Vec<String> = ok
+        .iter()
+        .filter(|e| {
+            e["objectRef"]["resource"] == "nodestatuses"
+                && !matches!(e["verb"].as_str(), Some("get" | "list" | "watch"))
+        })
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["verb"].as_str().unwrap_or_default(),
+                e["objectRef"]["subresource"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    assert_eq!(
+        writes.iter().filter(|w| w.starts_with("create")).count(),
+        2,
+        "one NodeStatus created per node: {writes:?}"
+    );
+    assert!(
+        writes
+            .iter()
+            .all(|w| w.starts_with("create") || w == "update status"),
+        "NodeStatus reports go through the status subresource: {writes:?}"
+    );
     eprintln!(
         "two nodes up, meshed and pinging in {:.1} s; {seen} audited requests",
         t0.elapsed().as_secs_f64()

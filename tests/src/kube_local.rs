@@ -66,7 +66,6 @@ impl KubeApi {
     /// Starts etcd and kube-apiserver and waits until the server is ready.
     /// Fails with the reason when the binaries or kubectl are missing.
     pub fn start() -> KubeApi {
-        crate::require_root();
         let cache = cache_dir();
         assert!(
             cache.join("bin/kube-apiserver").is_file(),
@@ -274,11 +273,18 @@ impl KubeApi {
     }
 }
 
-/// `kubectl --kubeconfig CONFIG ARGS` with optional stdin.
+/// `kubectl --kubeconfig CONFIG ARGS` with optional stdin; kubectl's
+/// discovery cache goes next to the kubeconfig, not into the user's home.
 pub fn kubectl_with(kubeconfig: &Path, args: &[&str], input: Option<&str>) -> Output {
+    let cache = kubeconfig
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("kubectl-cache");
     let mut child = Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(kubeconfig)
+        .arg("--cache-dir")
+        .arg(cache)
         .args(args)
         .stdin(if input.is_some() {
             Stdio::piped()

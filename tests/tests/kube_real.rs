@@ -937,6 +937,46 @@ fn twillctl_and_kubectl_agree() {
     let tt = twillctl_ok(&api, &["get", "ippools"], None);
     assert!(tt.contains("blue") && tt.contains("10.250.0.0/16"), "{tt}");
 
+    // At Kubernetes' limits: a 253-character name, a 317-character label
+    // key (253-character prefix) and a 63-character value, made by kubectl,
+    // read, labelled and deleted by twillctl.
+    let label = |c: char| format!("{c}{}", "x".repeat(62));
+    let long = format!(
+        "{}.{}.{}.{}",
+        label('a'),
+        label('b'),
+        label('c'),
+        &label('d')[..61]
+    );
+    assert_eq!(long.len(), 253);
+    let key = format!("{}/{}", long.replace('a', "k"), label('n'));
+    assert_eq!(key.len(), 317);
+    let value = label('v');
+    api.apply(&format!(
+        "apiVersion: twill.dev/v1\nkind: IPPool\nmetadata:\n  name: {long}\n  labels:\n    {key}: {value}\n\
+         spec:\n  cidr: 10.251.0.0/16\n"
+    ));
+    let y = twillctl_ok(&api, &["get", "ippool", &long, "-o", "yaml"], None);
+    assert!(
+        y.contains(&long) && y.contains(&key) && y.contains(&value),
+        "{y}"
+    );
+    let key2 = format!("{}/{}", long.replace('a', "j"), label('m'));
+    twillctl_ok(
+        &api,
+        &["label", "ippool", &long, &format!("{key2}={value}")],
+        None,
+    );
+    assert_eq!(
+        api.get_json(&["ippool", &long])["metadata"]["labels"][&key2],
+        value.as_str()
+    );
+    twillctl_ok(&api, &["delete", "ippool", &long], None);
+    assert!(
+        !api.kubectl(&["get", "ippool", &long]).status.success(),
+        "{long} survived"
+    );
+
     // delete (twillctl) → kubectl sees it gone; delete (kubectl) → twillctl
     twillctl_ok(&api, &["delete", "ippool", "blue"], None);
     assert!(

@@ -13,7 +13,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 ./scripts/deps.sh
 # The Kubernetes tests run a real kube-apiserver: built once per machine
-# into /var/cache/twill/k8s-local (about 6 minutes on 2 cores), reused after.
+# into /var/cache/twill/k8s-local (about 4½ minutes on 2 cores), reused after.
 ./scripts/k8s-local.sh build
 
 export CARGO_TERM_COLOR=never

@@ -479,6 +479,35 @@ impl Cluster {
             .1
     }
 
+    /// Node `name` and a namespace for it with a relay to the server (while
+    /// the server answers).
+    fn prepare_node(&self, name: &str) -> (Netns, Relay) {
+        self.api.apply(&format!(
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n"
+        ));
+        let ns = Netns::new("tkr");
+        let relay = self.api.relay_into(&ns);
+        (ns, relay)
+    }
+
+    /// Starts twill-node for `name` in `ns`, without BGP (no node address),
+    /// and does not wait for it (no API call: the server may be down).
+    fn spawn_node(&self, ns: Netns, name: &str) -> TestNode {
+        let kubeconfig = self.api.dir().join("twill-node.kubeconfig");
+        let env = [
+            ("TWILL_DATASTORE", "kubernetes"),
+            ("KUBECONFIG", path_str(&kubeconfig)),
+        ];
+        TestNode::spawn_in(
+            ns,
+            name,
+            &self._dir.path().join("unused.db"),
+            self._dir.path(),
+            &["--status-interval", "2"],
+            &env,
+        )
+    }
+
     fn logs(&self) -> String {
         self.nodes
             .iter()
@@ -731,11 +760,21 @@ fn an_apiserver_outage_under_traffic_loses_no_packets() {
 
     // 40 s of pings (5 per second) across the nodes; the API server is down
     // for 30 s of it.
+    let (ns_c, relay_c) = c.prepare_node("node-c");
     let ping = ping_stream(c.pod_ns("web-a"), &b, 200);
     std::thread::sleep(Duration::from_secs(3));
     c.api.stop_apiserver();
     let down = Instant::now();
-    std::thread::sleep(Duration::from_secs(30));
+    // A node that starts while the server is down waits for the datastore:
+    // its CNI socket stays shut (a pod could not get its policy).
+    let mut node_c = (c.spawn_node(ns_c, "node-c"), relay_c);
+    std::thread::sleep(Duration::from_secs(15));
+    assert!(
+        !node_c.0.socket_open(),
+        "node-c opened its CNI socket without a datastore\n{}",
+        node_c.0.log()
+    );
+    std::thread::sleep(Duration::from_secs(15));
     c.api.start_apiserver();
     eprintln!("API server was down {:.1} s", down.elapsed().as_secs_f64());
     let out = ping.wait_with_output().expect("ping");
@@ -763,6 +802,35 @@ fn an_apiserver_outage_under_traffic_loses_no_packets() {
             c.logs()
         );
     }
+
+    // node-c opens its socket once the server answers, and CNI STATUS
+    // works. (Today twill-node exits when its first connection is refused;
+    // the DaemonSet's kubelet restarts it, and so does the test.)
+    if node_c.0.daemon.as_mut().is_some_and(|d| !d.alive()) {
+        eprintln!("node-c exited while the API server was down; restarting it as a kubelet would");
+        node_c.0.spawn();
+    }
+    assert!(
+        wait_until(Duration::from_secs(60), || node_c.0.socket_open()),
+        "node-c did not start after the API server returned\n{}",
+        node_c.0.log()
+    );
+    let none = Attachment {
+        container_id: String::new(),
+        netns: String::new(),
+        ifname: String::new(),
+        args: String::new(),
+    };
+    let st = node_c
+        .0
+        .cni_raw("STATUS", &none, &node_c.0.netconf("1.1.0"), &[]);
+    assert!(
+        st.success,
+        "CNI STATUS on node-c: {}\n{}",
+        st.json,
+        node_c.0.log()
+    );
+    drop(node_c);
 
     // A change made now is programmed: a policy that isolates the db pods
     // stops the pings, and deleting it lets them through again.

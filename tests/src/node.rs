@@ -49,7 +49,7 @@ impl TestNode {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> TestNode {
-        let mut node = TestNode::spawn_in(ns, name, db, dir, extra, env);
+        let node = TestNode::spawn_in(ns, name, db, dir, extra, env);
         node.wait_socket();
         node
     }

@@ -506,7 +506,13 @@ fn valid_but_unusual_messages_are_accepted() {
 fn route_refresh_for_a_family_we_do_not_carry_is_ignored() {
     // AFI 25 (L2VPN): RFC 2918 4 says ignore it.
     let (m, w) = decode(&msg(5, &[0, 25, 0, 65]), &FOUR).unwrap();
-    assert_eq!(m, Message::Keepalive);
+    assert_eq!(m, Message::RouteRefreshUnsupported { afi: 25, safi: 65 });
+    assert_ne!(m, Message::Keepalive, "never a KEEPALIVE");
+    assert_eq!(
+        twill_bgpd::wire::encode(&m, &FOUR),
+        msg(5, &[0, 25, 0, 65]),
+        "re-encodes as it came"
+    );
     assert_eq!(w[0].action, Action::Ignore);
     let (m, w) = decode(&msg(5, &[0, 2, 0, 1]), &FOUR).unwrap();
     assert!(w.is_empty());

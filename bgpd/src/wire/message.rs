@@ -16,6 +16,13 @@ pub enum Message {
     Notification(Notification),
     Keepalive,
     RouteRefresh(RouteRefresh),
+    /// A ROUTE-REFRESH for a family we do not carry (AFI/SAFI as on the
+    /// wire). RFC 2918 §4: ignored in Established; still a ROUTE-REFRESH
+    /// for the FSM (an error before Established), never a KEEPALIVE.
+    RouteRefreshUnsupported {
+        afi: u16,
+        safi: u8,
+    },
 }
 
 impl Message {
@@ -26,7 +33,9 @@ impl Message {
             Message::Update(_) => msg_type::UPDATE,
             Message::Notification(_) => msg_type::NOTIFICATION,
             Message::Keepalive => msg_type::KEEPALIVE,
-            Message::RouteRefresh(_) => msg_type::ROUTE_REFRESH,
+            Message::RouteRefresh(_) | Message::RouteRefreshUnsupported { .. } => {
+                msg_type::ROUTE_REFRESH
+            }
         }
     }
 
@@ -37,7 +46,7 @@ impl Message {
             Message::Update(_) => "update",
             Message::Notification(_) => "notification",
             Message::Keepalive => "keepalive",
-            Message::RouteRefresh(_) => "route_refresh",
+            Message::RouteRefresh(_) | Message::RouteRefreshUnsupported { .. } => "route_refresh",
         }
     }
 }

@@ -86,8 +86,9 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, Notification> {
 /// RFC 7606 outcomes come back as Ok: treat-as-withdraw turns the UPDATE's
 /// announced prefixes into withdrawn ones and drops its attributes;
 /// attribute-discard drops the attribute; both add a [`Warning`]. A
-/// ROUTE-REFRESH for a family we do not carry decodes as `Keepalive` with an
-/// `Action::Ignore` warning (RFC 2918 4: ignore it).
+/// ROUTE-REFRESH for a family we do not carry decodes as
+/// `RouteRefreshUnsupported` with an `Action::Ignore` warning (RFC 2918 4:
+/// the session ignores it when Established).
 pub fn decode(msg: &[u8], ctx: &Ctx) -> Result<(Message, Vec<Warning>), Notification> {
     let checked = validate::check(msg, ctx)?;
     decode::after_validation(msg, checked, ctx)
@@ -103,12 +104,28 @@ pub fn encode(msg: &Message, ctx: &Ctx) -> Vec<u8> {
 /// withdrawals first (IPv4 classic, IPv6 in MP_UNREACH_NLRI), then
 /// announcements with `attrs` (IPv4 classic with NEXT_HOP, or MP_REACH_NLRI
 /// when the next hop is IPv6; IPv6 in MP_REACH_NLRI). Announcements without
-/// attributes are not sent. End-of-RIB: `encode(&Message::Update(Update::end_of_rib(afi)))`.
+/// attributes are not sent, nor those whose attributes leave no room for a
+/// prefix in 4,096 bytes: [`encode_updates_checked`] names those.
+/// End-of-RIB: `encode(&Message::Update(Update::end_of_rib(afi)))`.
 pub fn encode_updates(
     withdrawn: &[Prefix],
     attrs: Option<&PathAttrs>,
     announced: &[Prefix],
     ctx: &Ctx,
 ) -> Vec<Vec<u8>> {
-    encode::updates(withdrawn, attrs, announced, ctx)
+    encode::updates(withdrawn, attrs, announced, ctx).messages
+}
+
+/// [`encode_updates`], plus the announced prefixes that fit no message
+/// (their attributes are too large without RFC 8654 extended messages).
+/// The session withdraws those instead, so the neighbour does not keep an
+/// older path for them.
+pub fn encode_updates_checked(
+    withdrawn: &[Prefix],
+    attrs: Option<&PathAttrs>,
+    announced: &[Prefix],
+    ctx: &Ctx,
+) -> (Vec<Vec<u8>>, Vec<Prefix>) {
+    let p = encode::updates(withdrawn, attrs, announced, ctx);
+    (p.messages, p.unsent)
 }

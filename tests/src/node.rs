@@ -19,6 +19,7 @@ pub struct TestNode {
     pub socket: PathBuf,
     pub daemon: Option<Daemon>,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl TestNode {
@@ -32,6 +33,19 @@ impl TestNode {
         addr: &str,
         extra: &[&str],
     ) -> TestNode {
+        TestNode::start_env(prefix, name, db, dir, addr, extra, &[])
+    }
+
+    /// [`TestNode::start`] with extra environment variables for twill-node.
+    pub fn start_env(
+        prefix: &str,
+        name: &str,
+        db: &Path,
+        dir: &Path,
+        addr: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> TestNode {
         let ns = Netns::new(prefix);
         ns.ip(&["addr", "add", addr, "dev", "lo"]);
         let dir = dir.join(name);
@@ -44,6 +58,10 @@ impl TestNode {
             dir,
             daemon: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         node.launch();
         node
@@ -63,6 +81,7 @@ impl TestNode {
             .arg("--state-dir")
             .arg(self.dir.join("state"))
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("TWILL_LOG", "info");
         let log = self
             .dir

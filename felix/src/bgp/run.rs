@@ -144,6 +144,7 @@ pub async fn run(cfg: BgpConfig, routes: Arc<RouteProgrammer>, report: SharedRep
         graceful_restart: local.graceful_restart.then(|| GracefulRestartConfig {
             restart_time: local.restart_time.min(4095),
             state_file: Some(cfg.state_dir.join("bgp-running")),
+            stale_time: Duration::from_secs(u64::from(local.stale_time)),
         }),
     })
     .await
@@ -380,10 +381,17 @@ async fn follow_origination(cfg: BgpConfig, speaker: Arc<Speaker>, next_hop: IpA
             store.list::<BGPConfiguration>().await,
         );
         if let (Some(mut want), (Ok(pools), Ok(configs))) = (wanted, lists) {
-            let adv = configs
-                .items
-                .iter()
-                .find(|c| c.metadata.name.as_deref() == Some("default"))
+            // The node's own `node.<name>` list wins over `default`'s.
+            let named = |n: &str| {
+                configs
+                    .items
+                    .iter()
+                    .find(|c| c.metadata.name.as_deref() == Some(n))
+            };
+            let own = format!("node.{}", cfg.node);
+            let adv = named(&own)
+                .filter(|c| !c.spec.prefix_advertisements.is_empty())
+                .or_else(|| named("default"))
                 .map(|c| Advertisements::from_api(&c.spec))
                 .transpose()
                 .unwrap_or_else(|e| {
@@ -523,6 +531,40 @@ pub(crate) fn bfd_config(
     }
 }
 
+/// Where twill-node runs when nothing says otherwise (the deploy manifests).
+pub const DEFAULT_NAMESPACE: &str = "twill-system";
+/// The namespace file Kubernetes mounts with the service account token.
+const SERVICEACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+/// The namespace of a BGPPeer password Secret: the reference's own, else
+/// the namespace twill-node runs in (`own`), else twill-system.
+pub(crate) fn secret_namespace(
+    field: Option<&str>,
+    own: impl FnOnce() -> Option<String>,
+) -> String {
+    match field.map(str::trim).filter(|s| !s.is_empty()) {
+        Some(ns) => ns.to_string(),
+        None => own().unwrap_or_else(|| DEFAULT_NAMESPACE.to_string()),
+    }
+}
+
+/// The namespace twill-node runs in: `POD_NAMESPACE` (the downward API in
+/// the DaemonSet), else the service account's namespace file.
+fn own_namespace() -> Option<String> {
+    let valid = |s: String| {
+        let s = s.trim().to_string();
+        (!s.is_empty()).then_some(s)
+    };
+    std::env::var("POD_NAMESPACE")
+        .ok()
+        .and_then(valid)
+        .or_else(|| {
+            std::fs::read_to_string(SERVICEACCOUNT_NAMESPACE)
+                .ok()
+                .and_then(valid)
+        })
+}
+
 async fn peer_config(
     store: &Store,
     d: &DesiredPeer,
@@ -531,9 +573,10 @@ async fn peer_config(
     let mut pc = PeerConfig::new(d.address, d.asn);
     pc.port = d.port;
     pc.hold_time = d.hold_time;
-    pc.keepalive = Some(d.keepalive_time);
+    pc.keepalive = d.keepalive_time;
     pc.multihop = d.ebgp_multihop;
-    pc.ttl_security = d.ttl_security.is_some();
+    // GTSM with the hop count the BGPPeer gives (RFC 5082: accept TTL ≥ 256 − N).
+    pc.ttl_security = d.ttl_security;
     pc.graceful_restart = d.graceful_restart;
     pc.route_reflector_client = d.rr_client;
     pc.kind = if d.is_node {
@@ -563,7 +606,7 @@ async fn peer_config(
         }
     }
     if let Some(r) = &d.password {
-        let ns = r.namespace.clone().unwrap_or_else(|| "twill-system".into());
+        let ns = secret_namespace(r.namespace.as_deref(), own_namespace);
         let secret = store
             .get::<Secret>(Some(&ns), &r.name)
             .await
@@ -627,6 +670,24 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn secret_namespace_is_the_field_then_our_own_then_twill_system() {
+        assert_eq!(
+            secret_namespace(Some("bgp-secrets"), || Some("kube-system".into())),
+            "bgp-secrets"
+        );
+        assert_eq!(
+            secret_namespace(None, || Some("kube-system".into())),
+            "kube-system"
+        );
+        assert_eq!(
+            secret_namespace(Some(""), || Some("kube-system".into())),
+            "kube-system",
+            "an empty namespace is no namespace"
+        );
+        assert_eq!(secret_namespace(None, || None), DEFAULT_NAMESPACE);
     }
 
     #[test]

@@ -565,11 +565,9 @@ fn own_namespace() -> Option<String> {
         })
 }
 
-async fn peer_config(
-    store: &Store,
-    d: &DesiredPeer,
-    my_addr: IpAddr,
-) -> Result<PeerConfig, String> {
+/// Everything of a session's settings but the password (pure): the
+/// BGPPeer's and BGPConfiguration's fields as the speaker takes them.
+pub(crate) fn session_settings(d: &DesiredPeer, my_addr: IpAddr) -> Result<PeerConfig, String> {
     let mut pc = PeerConfig::new(d.address, d.asn);
     pc.port = d.port;
     pc.hold_time = d.hold_time;
@@ -605,6 +603,15 @@ async fn peer_config(
             }
         }
     }
+    Ok(pc)
+}
+
+async fn peer_config(
+    store: &Store,
+    d: &DesiredPeer,
+    my_addr: IpAddr,
+) -> Result<PeerConfig, String> {
+    let mut pc = session_settings(d, my_addr)?;
     if let Some(r) = &d.password {
         let ns = secret_namespace(r.namespace.as_deref(), own_namespace);
         let secret = store
@@ -669,6 +676,101 @@ mod tests {
                 "a"
             )
             .is_err()
+        );
+    }
+
+    /// Every BGPPeer field that shapes a session reaches the speaker's
+    /// settings (the speaker's behaviour for each is tested in bgpd).
+    #[test]
+    fn every_bgppeer_session_field_reaches_the_speaker() {
+        use twill_api::resources::bgppeer::{Bfd, FilterRule, MaxPrefixes};
+        use twill_api::resources::{BGPConfigurationSpec, BGPPeerSpec};
+        let cfg = BGPConfiguration::new(
+            "default",
+            BGPConfigurationSpec {
+                as_number: Some(65001),
+                node_to_node_mesh_enabled: Some(false),
+                hold_time: Some(30),
+                graceful_restart: Some(twill_api::resources::bgpconfig::GracefulRestart {
+                    enabled: true,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        );
+        let spec = BGPPeerSpec {
+            peer_ip: Some("10.96.0.1:1179".into()),
+            as_number: Some(65000),
+            hold_time: Some(9),
+            keepalive_time: Some(2),
+            ttl_security: Some(3),
+            max_prefixes: Some(MaxPrefixes {
+                limit: 5,
+                ..Default::default()
+            }),
+            import_filters: vec![FilterRule {
+                cidr: Some("10.0.0.0/8".into()),
+                ..Default::default()
+            }],
+            export_filters: vec![FilterRule::default()],
+            bfd: Some(Bfd {
+                enabled: true,
+                ..Default::default()
+            }),
+            source_address: Some("10.98.0.9".into()),
+            next_hop_self: true,
+            route_reflector_client: true,
+            graceful_restart: Some(false),
+            ..Default::default()
+        };
+        let peer = BGPPeer::new("tor", spec.clone());
+        let (d, problems) = peers::desired_peers("n1", &[], &[cfg.clone()], &[peer]);
+        assert!(problems.is_empty(), "{problems:?}");
+        let me: IpAddr = "10.98.0.2".parse().unwrap();
+        let pc = session_settings(&d[0], me).unwrap();
+        assert_eq!(pc.address, "10.96.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!((pc.port, pc.asn), (1179, 65000));
+        assert_eq!((pc.hold_time, pc.keepalive), (9, Some(2)));
+        assert_eq!(pc.ttl_security, Some(3));
+        assert_eq!(pc.import.max_prefix.map(|m| m.limit), Some(5));
+        assert_eq!(pc.import.terms.len(), 1);
+        assert_eq!(pc.export.terms.len(), 1);
+        assert!(pc.export.next_hop_self);
+        assert!(pc.bfd.is_some());
+        assert_eq!(pc.source_address, Some("10.98.0.9".parse().unwrap()));
+        assert!(pc.route_reflector_client);
+        assert!(!pc.graceful_restart);
+        assert_eq!(pc.kind, PeerKind::External);
+        // ebgpMultihop (exclusive with ttlSecurity), sourceAddress None and
+        // UseNodeIP, and the configuration's defaults.
+        let spec = BGPPeerSpec {
+            ttl_security: None,
+            ebgp_multihop: Some(4),
+            source_address: Some("None".into()),
+            hold_time: None,
+            keepalive_time: None,
+            graceful_restart: None,
+            ..spec
+        };
+        let (d, _) = peers::desired_peers(
+            "n1",
+            &[],
+            std::slice::from_ref(&cfg),
+            &[BGPPeer::new("tor", spec.clone())],
+        );
+        let pc = session_settings(&d[0], me).unwrap();
+        assert_eq!((pc.multihop, pc.ttl_security), (Some(4), None));
+        assert_eq!(pc.source_address, None);
+        assert_eq!((pc.hold_time, pc.keepalive), (30, None));
+        assert!(pc.graceful_restart, "the configuration's setting");
+        let spec = BGPPeerSpec {
+            source_address: Some("UseNodeIP".into()),
+            ..spec
+        };
+        let (d, _) = peers::desired_peers("n1", &[], &[cfg], &[BGPPeer::new("tor", spec)]);
+        assert_eq!(
+            session_settings(&d[0], me).unwrap().source_address,
+            Some(me)
         );
     }
 

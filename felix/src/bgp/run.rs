@@ -141,7 +141,10 @@ pub async fn run(cfg: BgpConfig, routes: Arc<RouteProgrammer>, report: SharedRep
         listen: Some(SocketAddr::new(addr.ip(), local.listen_port)),
         cluster_id: local.cluster_id,
         multipath: true,
-        graceful_restart: local.graceful_restart.then(|| GracefulRestartConfig {
+        // Always configured: whether a session advertises GR is per peer
+        // (BGPPeer gracefulRestart, defaulting to the configuration's
+        // `enabled`), so a BGPPeer can turn it on when the cluster has it off.
+        graceful_restart: Some(GracefulRestartConfig {
             restart_time: local.restart_time.min(4095),
             state_file: Some(cfg.state_dir.join("bgp-running")),
             stale_time: Duration::from_secs(u64::from(local.stale_time)),

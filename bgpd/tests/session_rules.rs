@@ -607,7 +607,12 @@ async fn stale_routes_go_after_the_configured_stale_time() {
         "stale route still there {:?} after the session came back",
         back.elapsed()
     );
-    assert!(back.elapsed() >= Duration::from_secs(2));
+    // The session came up just before `back` was taken: a little slack.
+    assert!(
+        back.elapsed() >= Duration::from_millis(1800),
+        "{:?}",
+        back.elapsed()
+    );
     assert_eq!(status(&a).state, State::Established);
     a.shutdown().await;
 }

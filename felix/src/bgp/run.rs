@@ -727,7 +727,7 @@ mod tests {
             ..Default::default()
         };
         let peer = BGPPeer::new("tor", spec.clone());
-        let (d, problems) = peers::desired_peers("n1", &[], &[cfg.clone()], &[peer]);
+        let (d, problems) = peers::desired_peers("n1", &[], std::slice::from_ref(&cfg), &[peer]);
         assert!(problems.is_empty(), "{problems:?}");
         let me: IpAddr = "10.98.0.2".parse().unwrap();
         let pc = session_settings(&d[0], me).unwrap();

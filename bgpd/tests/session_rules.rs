@@ -60,8 +60,16 @@ const KEEPALIVE: [u8; 19] = [
 /// OPEN from AS 65005 with MP IPv4, 4-octet AS and, when `gr` is
 /// `Some(restarting)`, graceful restart (60 s, IPv4 with forwarding kept).
 fn open(id: [u8; 4], gr: Option<bool>) -> Vec<u8> {
+    open_with(id, gr, false)
+}
+
+/// [`open`], with the RFC 8654 extended message capability when `ext`.
+fn open_with(id: [u8; 4], gr: Option<bool>, ext: bool) -> Vec<u8> {
     let mut caps = vec![1u8, 4, 0, 1, 0, 1, 65, 4];
     caps.extend_from_slice(&65005u32.to_be_bytes());
+    if ext {
+        caps.extend_from_slice(&[6, 0]);
+    }
     if let Some(restarting) = gr {
         let head: u16 = (u16::from(restarting) << 15) | 60;
         caps.extend_from_slice(&[64, 6]);
@@ -146,7 +154,11 @@ impl Raw {
     /// OPEN + KEEPALIVE after the speaker's OPEN; returns once its
     /// KEEPALIVE arrived (we are Established on both sides).
     async fn establish(&mut self, id: [u8; 4], gr: Option<bool>) {
-        self.send(&open(id, gr)).await;
+        self.establish_with(open(id, gr)).await;
+    }
+
+    async fn establish_with(&mut self, open: Vec<u8>) {
+        self.send(&open).await;
         self.send(&KEEPALIVE).await;
         loop {
             match self.next(Duration::from_secs(5)).await {
@@ -504,7 +516,7 @@ async fn the_send_queue_is_bounded() {
 }
 
 /// A re-advertisement whose attributes no longer fit 4,096 bytes (1,100
-/// communities) withdraws the prefix, so the peer does not keep the older
+/// communities) to a peer without RFC 8654 extended messages withdraws the prefix, so the peer does not keep the older
 /// path; once the attributes fit again it is announced again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_readvertisement_too_large_for_one_update_withdraws_the_prefix() {
@@ -544,7 +556,7 @@ async fn a_readvertisement_too_large_for_one_update_withdraws_the_prefix() {
         "the prefix must be withdrawn"
     );
     let err = status(&a).last_error.unwrap_or_default();
-    assert!(err.contains("4,096"), "{err}");
+    assert!(err.contains("4096-byte UPDATE"), "{err}");
     let mut small = PathAttrs::default();
     small.add_community(Community(7));
     a.originate(p, small);
@@ -613,6 +625,38 @@ async fn stale_routes_go_after_the_configured_stale_time() {
         "{:?}",
         back.elapsed()
     );
+    assert_eq!(status(&a).state, State::Established);
+    a.shutdown().await;
+}
+
+/// With RFC 8654 extended messages on both sides (we always offer them),
+/// the same oversized re-advertisement goes out as one UPDATE larger than
+/// 4,096 bytes instead of a withdrawal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_extended_messages_the_large_readvertisement_is_sent() {
+    let port = free_port();
+    let a = speaker(port, None).await;
+    let p: Prefix = "10.75.0.0/24".parse().unwrap();
+    a.originate(p, PathAttrs::default());
+    a.add_peer(peer("127.0.0.12")).unwrap();
+    let mut r = Raw::connect_until_open("127.0.0.12", port).await;
+    r.establish_with(open_with([127, 0, 0, 12], None, true))
+        .await;
+    let mut big = PathAttrs::default();
+    for i in 0..1100u32 {
+        big.add_community(Community(i));
+    }
+    a.originate(p, big);
+    let (len, u) = loop {
+        match r.next(Duration::from_secs(5)).await {
+            Some(Some((2, b))) if b.len() > 4096 => break (b.len() + 19, update_prefixes(&b)),
+            Some(Some((2, b))) => assert!(update_prefixes(&b).0.is_empty(), "withdrawn"),
+            Some(Some(_)) => {}
+            other => panic!("no extended UPDATE: {other:?}"),
+        }
+    };
+    assert!(len > 4096, "{len}");
+    assert_eq!(u, (vec![], vec!["10.75.0.0/24".to_string()]));
     assert_eq!(status(&a).state, State::Established);
     a.shutdown().await;
 }

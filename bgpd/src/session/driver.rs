@@ -2,7 +2,9 @@
 //! the timers, and connects the session to the RIB.
 //!
 //! Each connection has a reader task (a 64 KiB buffer framed with
-//! `wire::frame_len`, so it never grows; decoded messages go to the peer
+//! `wire::frame_len_in`, so it never grows; it holds the largest RFC 8654
+//! extended message, which the peer may send once its OPEN offered them —
+//! we always do; decoded messages go to the peer
 //! task over a bounded channel, which pushes back on a fast sender) and a
 //! writer task (a queue of encoded messages, bounded in bytes by
 //! `PeerConfig::max_send_queue`: a peer that lets it fill is dropped with
@@ -122,7 +124,7 @@ async fn read_loop(mut rd: OwnedReadHalf, tx: mpsc::Sender<ConnEvent>) {
     loop {
         loop {
             let avail = buf.get(start..end).unwrap_or_default();
-            let len = match wire::frame_len(avail) {
+            let len = match wire::frame_len_in(avail, &ctx) {
                 Err(n) => {
                     let _ = tx.send(ConnEvent::Error(n)).await;
                     return;
@@ -140,6 +142,8 @@ async fn read_loop(mut rd: OwnedReadHalf, tx: mpsc::Sender<ConnEvent>) {
                             .capabilities
                             .iter()
                             .any(|c| matches!(c, Capability::FourOctetAs(_)));
+                        // We always offer extended messages (RFC 8654) too.
+                        ctx.extended_messages = o.extended_messages();
                     }
                     if tx
                         .send(ConnEvent::Msg(Box::new(m), warnings))
@@ -159,7 +163,7 @@ async fn read_loop(mut rd: OwnedReadHalf, tx: mpsc::Sender<ConnEvent>) {
         if start == end {
             start = 0;
             end = 0;
-        } else if BUF - end < wire::MAX_MESSAGE_LEN {
+        } else if BUF - end < ctx.max_len() {
             buf.copy_within(start..end, 0);
             end -= start;
             start = 0;
@@ -801,6 +805,7 @@ impl Runner {
             .collect();
         caps.push(Capability::RouteRefresh);
         caps.push(Capability::FourOctetAs(p.local_asn));
+        caps.push(wire::Open::extended_message());
         if let Some(time) = p.graceful_restart {
             let restarting = self.t.shared.restarting;
             caps.push(Capability::GracefulRestart(wire::GracefulRestart {
@@ -858,6 +863,7 @@ impl Runner {
     fn session_up(&mut self, n: Negotiated) {
         self.ctx = Ctx {
             four_octet_as: n.four_octet,
+            extended_messages: n.extended_messages,
         };
         self.eor_waiting = n.families.clone();
         if let Some(c) = &self.main {
@@ -985,12 +991,14 @@ impl Runner {
                 self.push(c, msg);
             }
             if let Some(first) = unsent.first() {
-                // Without RFC 8654 extended messages these cannot be sent;
-                // withdrawing them keeps the peer from using an older path.
+                // Too large for this session's largest message (4,096 bytes,
+                // or 65,535 with RFC 8654): withdrawing them keeps the peer
+                // from using an older path.
+                let max = self.ctx.max_len();
                 tracing::warn!(peer = %self.name, prefixes = unsent.len(), first = %first,
-                    "path attributes leave no room in a 4,096-byte UPDATE: withdrawing the prefixes from this peer");
+                    "path attributes leave no room in a {max}-byte UPDATE: withdrawing the prefixes from this peer");
                 self.note_error(&format!(
-                    "withdrew {} prefixes (first {first}) whose attributes do not fit a 4,096-byte UPDATE",
+                    "withdrew {} prefixes (first {first}) whose attributes do not fit a {max}-byte UPDATE",
                     unsent.len()
                 ));
                 for msg in wire::encode_updates(&unsent, None, &[], &self.ctx) {
@@ -1062,6 +1070,7 @@ pub(crate) fn peer_open(o: &wire::Open) -> fsm::PeerOpen {
     let mut route_refresh = false;
     let mut four_octet = false;
     let mut gr = None;
+    let extended_messages = o.extended_messages();
     for c in &o.capabilities {
         match c {
             Capability::Multiprotocol(f) => families.push(*f),
@@ -1085,6 +1094,7 @@ pub(crate) fn peer_open(o: &wire::Open) -> fsm::PeerOpen {
         families,
         route_refresh,
         four_octet,
+        extended_messages,
         graceful_restart: gr,
     }
 }

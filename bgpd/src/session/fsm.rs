@@ -129,6 +129,8 @@ pub struct PeerOpen {
     pub families: Vec<Afi>,
     pub route_refresh: bool,
     pub four_octet: bool,
+    /// RFC 8654 extended messages (we always offer them).
+    pub extended_messages: bool,
     pub graceful_restart: Option<PeerGr>,
 }
 
@@ -164,6 +166,8 @@ pub struct Negotiated {
     pub hold_time: u16,
     pub keepalive: u16,
     pub four_octet: bool,
+    /// Both sides offered RFC 8654 extended messages.
+    pub extended_messages: bool,
     pub families: Vec<Afi>,
     pub route_refresh: bool,
     /// The peer's GR capability, when both sides advertised GR.
@@ -604,6 +608,7 @@ pub fn negotiate(p: &Params, open: &PeerOpen) -> Result<Negotiated, Notif> {
         hold_time,
         keepalive,
         four_octet: open.four_octet,
+        extended_messages: open.extended_messages,
         families,
         route_refresh: open.route_refresh,
         graceful_restart: if p.graceful_restart.is_some() {
@@ -661,6 +666,7 @@ mod tests {
             families: vec![Afi::Ipv4, Afi::Ipv6],
             route_refresh: true,
             four_octet: true,
+            extended_messages: false,
             graceful_restart: Some(PeerGr {
                 restarting: false,
                 time: 120,

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use super::message::{Capability, Message, Open, Update, cap, msg_type};
 use super::validate::{attr, flag};
-use super::{Ctx, HEADER_LEN, MAX_MESSAGE_LEN};
+use super::{Ctx, HEADER_LEN};
 use crate::types::{AS_TRANS, Afi, AsPath, AsSegment, Asn, PathAttrs, Prefix, SAFI_UNICAST};
 
 fn start(ty: u8) -> Vec<u8> {
@@ -34,7 +34,7 @@ pub(crate) fn message(msg: &Message, ctx: &Ctx) -> Vec<u8> {
             let mut out = start(msg_type::NOTIFICATION);
             out.push(n.code);
             out.push(n.subcode);
-            let room = MAX_MESSAGE_LEN - HEADER_LEN - 2;
+            let room = ctx.max_len() - HEADER_LEN - 2;
             out.extend_from_slice(&n.data[..n.data.len().min(room)]);
             finish(out)
         }
@@ -412,7 +412,7 @@ fn attr_hdr(value_len: usize) -> usize {
 }
 
 /// Encoded UPDATEs and the announced prefixes that fit no message (their
-/// attributes take nearly all of the 4,096 bytes).
+/// attributes take nearly all of the session's largest message).
 pub(crate) struct Packed {
     pub messages: Vec<Vec<u8>>,
     pub unsent: Vec<Prefix>,
@@ -429,11 +429,12 @@ pub(crate) fn updates(
     let mut unsent = Vec::new();
     let (w4, w6) = split(withdrawn);
     // A withdrawal always fits: the room is far larger than one prefix.
-    for c in chunks(&w4, MAX_MESSAGE_LEN - FIXED).0 {
+    let max = ctx.max_len();
+    for c in chunks(&w4, max - FIXED).0 {
         out.push(assemble(c, &[], &[]));
     }
     // MP_UNREACH with extended length: 4 header + AFI/SAFI 3.
-    for c in chunks(&w6, MAX_MESSAGE_LEN - FIXED - 4 - 3).0 {
+    for c in chunks(&w6, max - FIXED - 4 - 3).0 {
         let v = mp_unreach(Afi::Ipv6, c);
         let mut a = Vec::with_capacity(v.len() + 4);
         put_attr(&mut a, flag::OPTIONAL, attr::MP_UNREACH_NLRI, &v);
@@ -452,7 +453,7 @@ pub(crate) fn updates(
             mp_packed(Afi::Ipv4, pa, &a4, ctx, &mut out, &mut unsent);
         } else {
             let common = path_attrs(pa, ctx, true);
-            match MAX_MESSAGE_LEN.checked_sub(FIXED + common.len()) {
+            match max.checked_sub(FIXED + common.len()) {
                 Some(room) => {
                     let (cs, rest) = chunks(&a4, room);
                     for c in cs {
@@ -485,14 +486,14 @@ fn mp_packed(
     let common = path_attrs(pa, ctx, false);
     let nh = mp_next_hop(pa, afi);
     let overhead = FIXED + common.len() + attr_hdr(256) + 5 + nh.len();
-    let Some(room) = MAX_MESSAGE_LEN.checked_sub(overhead) else {
+    let Some(room) = ctx.max_len().checked_sub(overhead) else {
         unsent.extend_from_slice(prefixes);
         return;
     };
     let (cs, rest) = chunks(prefixes, room);
     unsent.extend_from_slice(rest);
     out.extend(cs.into_iter().map(|c| {
-        let mut a = Vec::with_capacity(MAX_MESSAGE_LEN);
+        let mut a = Vec::with_capacity(room + 64);
         put_attr(
             &mut a,
             flag::OPTIONAL,

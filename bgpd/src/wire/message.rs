@@ -78,6 +78,27 @@ impl Open {
         self.capabilities.contains(&Capability::Multiprotocol(afi))
     }
 
+    /// The extended message capability (RFC 8654).
+    pub fn extended_message() -> Capability {
+        Capability::Unknown {
+            code: cap::EXTENDED_MESSAGE,
+            value: Vec::new(),
+        }
+    }
+
+    /// The sender announced extended messages (RFC 8654).
+    pub fn extended_messages(&self) -> bool {
+        self.capabilities.iter().any(|c| {
+            matches!(
+                c,
+                Capability::Unknown {
+                    code: cap::EXTENDED_MESSAGE,
+                    ..
+                }
+            )
+        })
+    }
+
     /// The peer announced route refresh (RFC 2918).
     pub fn route_refresh(&self) -> bool {
         self.capabilities.contains(&Capability::RouteRefresh)
@@ -116,6 +137,8 @@ pub mod cap {
     pub const ROUTE_REFRESH: u8 = 2;
     pub const GRACEFUL_RESTART: u8 = 64;
     pub const FOUR_OCTET_AS: u8 = 65;
+    /// RFC 8654 extended messages (length 0; kept as `Capability::Unknown`).
+    pub const EXTENDED_MESSAGE: u8 = 6;
 }
 
 /// The graceful restart capability (RFC 4724 3). Families other than

@@ -57,7 +57,7 @@ fn conf(e: &Env) -> Value {
     json!({"cniVersion": "1.0.0", "name": "twill", "type": "twill-cni", "socket": e.socket})
 }
 
-fn add_env<'a>(netns: &'a str) -> Vec<(&'a str, &'a str)> {
+fn add_env(netns: &str) -> Vec<(&str, &str)> {
     vec![
         ("CNI_COMMAND", "ADD"),
         ("CNI_CONTAINERID", "abc123"),

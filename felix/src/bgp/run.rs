@@ -109,7 +109,13 @@ pub async fn run(cfg: BgpConfig, routes: Arc<RouteProgrammer>, report: SharedRep
             Ok(a) => break (a, local),
             Err(e) => {
                 if first_failure {
-                    tracing::error!("{e}");
+                    // No address configured at all is BGP off by choice
+                    // (a single node, a lab without a ToR): say so at INFO.
+                    if configured {
+                        tracing::error!("{e}");
+                    } else {
+                        tracing::info!("{e}");
+                    }
                     health::global().remove(health::BGP);
                     first_failure = false;
                 }

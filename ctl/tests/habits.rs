@@ -806,3 +806,96 @@ fn help_does_not_repeat_the_global_options_in_every_command() {
     assert_eq!(code(&o), 1);
     assert!(text(&o).1.contains("/nonexistent/x.db"));
 }
+
+/// A loopback API server for one IPPool collection that holds nothing:
+/// lists are empty, gets are 404, and a POST is answered with its body (as
+/// the API server answers a dry run). Returns the port and the request lines.
+fn empty_pool_server() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            let mut len = 0usize;
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0u8; len];
+            if reader.read_exact(&mut body).is_err() {
+                continue;
+            }
+            log.lock().expect("lock").push(line.trim().to_string());
+            let path = line.split(' ').nth(1).unwrap_or("");
+            let (status, answer) = if line.starts_with("POST ") {
+                (201, String::from_utf8_lossy(&body).into_owned())
+            } else if path.split('?').next() == Some("/apis/twill.dev/v1/ippools") {
+                (
+                    200,
+                    r#"{"apiVersion":"twill.dev/v1","kind":"IPPoolList","metadata":{"resourceVersion":"7"},"items":[]}"#.to_string(),
+                )
+            } else {
+                (
+                    404,
+                    r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#.to_string(),
+                )
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+        }
+    });
+    (port, seen)
+}
+
+#[test]
+fn server_dry_run_sends_every_write_with_dry_run_all() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (port, seen) = empty_pool_server();
+    let kc = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kc,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters:\n- name: k\n  cluster:\n    server: http://127.0.0.1:{port}\ncontexts:\n- name: c\n  context:\n    cluster: k\n    user: u\nusers:\n- name: u\n  user:\n    token: t\n"
+        ),
+    )
+    .expect("write");
+    let f = dir.path().join("p.yaml");
+    std::fs::write(&f, pool("dry", "10.80.0.0/16", "")).expect("write");
+    let db = dir.path().join("unused.db");
+    let o = twillctl(
+        &db,
+        &[
+            "--datastore",
+            "kubernetes",
+            "--kubeconfig",
+            &kc.display().to_string(),
+            "apply",
+            "-f",
+            &f.display().to_string(),
+            "--dry-run=server",
+        ],
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert_eq!(out.trim(), "ippool/dry created (server dry run)");
+    let requests = seen.lock().expect("lock").clone();
+    let posts: Vec<&String> = requests.iter().filter(|r| r.starts_with("POST")).collect();
+    assert_eq!(posts.len(), 1, "{requests:?}");
+    assert!(posts[0].contains("dryRun=All"), "{requests:?}");
+    assert!(!db.exists());
+}

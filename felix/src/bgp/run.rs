@@ -321,7 +321,10 @@ async fn status_loop(
                 since: now
                     .checked_sub(jiff::SignedDuration::from_secs(p.uptime_secs as i64))
                     .map(|t| {
-                        if p.uptime_secs > 0 {
+                        // An Established session always has a start time,
+                        // also in its first second (the report may not be
+                        // rewritten until something else changes).
+                        if p.uptime_secs > 0 || p.state.name() == "Established" {
                             t.to_string()
                         } else {
                             String::new()

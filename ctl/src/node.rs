@@ -214,10 +214,19 @@ pub fn render_report(
             let established = p.state == "Established";
             // An error from before the session came up is history, not
             // the session's state: shown as the last down reason.
-            let (last_error, down_reason) = match (&p.last_error, established) {
-                (Some(e), true) => ("-".to_string(), e.clone()),
-                (Some(e), false) => (e.clone(), e.clone()),
-                (None, _) => ("-".to_string(), "-".to_string()),
+            // (Agents that predate lastDownReason still send the old error
+            // with an Established session.)
+            let last_error = match (&p.last_error, established) {
+                (Some(e), false) => e.clone(),
+                _ => "-".to_string(),
+            };
+            let down_reason = match (&p.last_down_reason, &p.last_error) {
+                (Some(r), _) => match &p.last_down_at {
+                    Some(at) => format!("{r} ({} ago)", age(at, now)),
+                    None => r.clone(),
+                },
+                (None, Some(e)) => e.clone(),
+                (None, None) => "-".to_string(),
             };
             let mut row = vec![
                 p.address.clone(),
@@ -308,7 +317,7 @@ mod tests {
                 prefixes_received: 0,
                 prefixes_accepted: 0,
                 prefixes_advertised: 1,
-                last_error: None,
+                ..Default::default()
             }],
             routes: vec![RouteStatus {
                 destination: "10.244.0.0/26".into(),
@@ -387,5 +396,12 @@ mod tests {
             w.contains("LAST DOWN REASON") && w.contains("connection closed in OpenSent"),
             "{w}"
         );
+        // From an agent that reports the down reason with its time.
+        let mut r = r;
+        r.bgp_peers[0].last_error = None;
+        r.bgp_peers[0].last_down_reason = Some("hold timer expired".into());
+        r.bgp_peers[0].last_down_at = Some("2026-01-01T00:08:00Z".into());
+        let w = render("n1", &r, now, true);
+        assert!(w.contains("hold timer expired (2m0s ago)"), "{w}");
     }
 }

@@ -177,14 +177,19 @@ fn a_reader_that_stops_after_one_line_like_head() {
     std::fs::write(&many_path, &many).expect("write");
     let o = twillctl(&db, &["apply", "-f", &many_path.display().to_string()]);
     assert!(o.status.success(), "{:?}", text(&o));
-    for args in [
+    let all = read_commands();
+    let mut cases: Vec<Vec<&str>> = vec![
         vec!["get", "pools", "-o", "yaml"],
         vec!["get", "pools", "-o", "json"],
-        vec!["get", "pools"],
         vec!["get", "pools", "-w"],
-        vec!["ipam", "show"],
-        vec!["crds"],
-    ] {
+    ];
+    cases.extend(
+        all.iter()
+            .map(|c| c.iter().map(String::as_str).collect::<Vec<_>>()),
+    );
+    for args in cases {
+        // Failures, and empty lists (said on stderr), print nothing on
+        // stdout: the reader sees EOF at once.
         let mut child: Child = cmd(&db, &args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -195,7 +200,15 @@ fn a_reader_that_stops_after_one_line_like_head() {
         BufReader::new(child.stdout.take().expect("stdout"))
             .read_line(&mut first)
             .expect("read");
-        assert!(!first.is_empty(), "{args:?}: no first line");
+        if first.is_empty() {
+            let out = child.wait_with_output().expect("wait");
+            assert_sane(
+                &args.join(" "),
+                out.status,
+                &String::from_utf8_lossy(&out.stderr),
+            );
+            continue;
+        }
         // stdout is closed now (the reader was dropped).
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut touch = 0;
@@ -223,7 +236,8 @@ fn a_reader_that_stops_after_one_line_like_head() {
         assert_sane(&args.join(" "), status, &err);
         // yaml and json of 600 pools overflow the pipe buffer, and a watch
         // writes again after the change: all of them meet the closed pipe.
-        if args.contains(&"yaml") || args.contains(&"json") || args.contains(&"-w") {
+        let big = args.starts_with(&["get", "pools"]) && args.len() > 2;
+        if big && (args.contains(&"yaml") || args.contains(&"json") || args.contains(&"-w")) {
             assert_eq!(status.code(), Some(141), "{args:?}: {err}");
         }
     }

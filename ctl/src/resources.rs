@@ -7,7 +7,8 @@
 //! document, the line, the field and the bad value. Input is strict: a
 //! field the kind does not have is an error naming it and the closest known
 //! name. Read-only commands open the store with `open_existing`, so they
-//! never create one.
+//! never create one, nor do delete, patch and label (there is nothing to
+//! change in a store that does not exist).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -678,7 +679,14 @@ pub async fn delete(store_args: &StoreArgs, args: DeleteArgs) -> anyhow::Result<
             ));
         }
     }
-    let store = store_args.open().await?;
+    if args.ignore_not_found
+        && store_args.datastore == Backend::Embedded
+        && !store_args.path.exists()
+    {
+        // No store: every object is already not there.
+        return Ok(ExitCode::SUCCESS);
+    }
+    let store = store_args.open_existing().await?;
     let mut failed = false;
     for (kind, key) in targets {
         match store.backend().delete(kind, &key, None).await {
@@ -713,7 +721,7 @@ pub async fn patch(store_args: &StoreArgs, args: PatchArgs) -> anyhow::Result<Ex
         text: args.patch.clone(),
     })
     .map_err(|e| UsageError(format!("--patch is not a JSON/YAML object: {}", e.message)))?;
-    let store = store_args.open().await?;
+    let store = store_args.open_existing().await?;
     let mut obj = get_existing(&store, kind, &args.namespace, &args.name).await?;
     let before: Vec<String> = kind
         .unknown_fields(&obj)
@@ -770,7 +778,7 @@ pub async fn label(store_args: &StoreArgs, args: LabelArgs) -> anyhow::Result<Ex
             .into());
         }
     }
-    let store = store_args.open().await?;
+    let store = store_args.open_existing().await?;
     let mut obj = get_existing(&store, kind, &args.namespace, &args.name).await?;
     let meta = obj
         .get_mut("metadata")

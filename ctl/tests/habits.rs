@@ -294,6 +294,10 @@ fn read_only_commands_never_create_a_store() {
         vec!["node", "status"],
         vec!["policy", "show", "n1"],
         vec!["diff", "-f", "examples/ippool.yaml"],
+        // Nothing to change in a store that does not exist, either.
+        vec!["delete", "pool", "default-ipv4"],
+        vec!["patch", "pool", "default-ipv4", "-p", "{}"],
+        vec!["label", "pool", "default-ipv4", "a=b"],
     ] {
         let o = twillctl(&db, &args);
         let (_, err) = text(&o);

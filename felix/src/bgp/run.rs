@@ -109,7 +109,13 @@ pub async fn run(cfg: BgpConfig, routes: Arc<RouteProgrammer>, report: SharedRep
             Ok(a) => break (a, local),
             Err(e) => {
                 if first_failure {
-                    tracing::error!("{e}");
+                    // No address configured at all is BGP off by choice
+                    // (a single node, a lab without a ToR): say so at INFO.
+                    if configured {
+                        tracing::error!("{e}");
+                    } else {
+                        tracing::info!("{e}");
+                    }
                     health::global().remove(health::BGP);
                     first_failure = false;
                 }
@@ -302,11 +308,22 @@ async fn status_loop(
     report: SharedReport,
     sources: Arc<Mutex<BTreeMap<IpAddr, DesiredPeer>>>,
 ) {
+    // Each peer's last error and when this loop first saw it: reported as
+    // the last down reason, and as the current error only while the
+    // session is not Established.
+    let mut downs: BTreeMap<IpAddr, (String, String)> = BTreeMap::new();
     loop {
         let now = jiff::Timestamp::now();
         let src = sources.lock().map(|s| s.clone()).unwrap_or_default();
-        let peers: Vec<PeerStatus> = speaker
-            .status()
+        let status = speaker.status();
+        for p in &status {
+            if let Some(e) = &p.last_error
+                && downs.get(&p.address).is_none_or(|(seen, _)| seen != e)
+            {
+                downs.insert(p.address, (e.clone(), now.to_string()));
+            }
+        }
+        let peers: Vec<PeerStatus> = status
             .into_iter()
             .map(|p| PeerStatus {
                 address: p.address.to_string(),
@@ -319,7 +336,10 @@ async fn status_loop(
                 since: now
                     .checked_sub(jiff::SignedDuration::from_secs(p.uptime_secs as i64))
                     .map(|t| {
-                        if p.uptime_secs > 0 {
+                        // An Established session always has a start time,
+                        // also in its first second (the report may not be
+                        // rewritten until something else changes).
+                        if p.uptime_secs > 0 || p.state.name() == "Established" {
                             t.to_string()
                         } else {
                             String::new()
@@ -329,7 +349,13 @@ async fn status_loop(
                 prefixes_received: p.received as u64,
                 prefixes_accepted: p.accepted as u64,
                 prefixes_advertised: p.advertised as u64,
-                last_error: p.last_error,
+                last_error: if p.state.name() == "Established" {
+                    None
+                } else {
+                    p.last_error
+                },
+                last_down_reason: downs.get(&p.address).map(|d| d.0.clone()),
+                last_down_at: downs.get(&p.address).map(|d| d.1.clone()),
             })
             .collect();
         let up = peers.iter().any(|p| p.state == "Established");

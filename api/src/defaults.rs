@@ -181,7 +181,10 @@ mod tests {
                 .map(|p| p["protocol"].clone())
                 .collect()
         };
-        assert_eq!(protos("ingress"), vec![json!("TCP"), json!("UDP"), json!("TCP")]);
+        assert_eq!(
+            protos("ingress"),
+            vec![json!("TCP"), json!("UDP"), json!("TCP")]
+        );
         assert_eq!(protos("egress"), vec![json!("TCP"), json!("SCTP")]);
     }
 
@@ -232,7 +235,10 @@ mod tests {
             pod(&mut p);
             let v = serde_json::to_value(&p).unwrap();
             assert_eq!(v["spec"]["containers"][0]["ports"][0], want, "{what}");
-            assert_eq!(v["spec"]["initContainers"][0]["ports"][0], want, "{what} (init)");
+            assert_eq!(
+                v["spec"]["initContainers"][0]["ports"][0], want,
+                "{what} (init)"
+            );
         }
     }
 

@@ -739,7 +739,10 @@ mod tests {
             .create_value(Kind::NetworkPolicy, np("through-store"))
             .await
             .unwrap();
-        assert_eq!(stored["spec"]["policyTypes"], serde_json::json!(["Ingress"]));
+        assert_eq!(
+            stored["spec"]["policyTypes"],
+            serde_json::json!(["Ingress"])
+        );
         assert_eq!(stored["spec"]["ingress"][0]["ports"][0]["protocol"], "TCP");
         // Written straight to the backend (an older Twill, another writer):
         // defaulted when read, by get, list and watch alike.
@@ -759,7 +762,11 @@ mod tests {
         match store.watch::<NetworkPolicy>(None).next().await {
             Some(Ok(WatchEvent::Resync { items, .. })) => {
                 assert_eq!(items.len(), 2);
-                assert!(items.iter().all(|n| types(n) == Some(vec!["Ingress".to_string()])));
+                assert!(
+                    items
+                        .iter()
+                        .all(|n| types(n) == Some(vec!["Ingress".to_string()]))
+                );
             }
             other => panic!("{other:?}"),
         }

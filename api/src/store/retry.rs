@@ -147,12 +147,21 @@ mod tests {
         let delays: Vec<f64> = (0..10).map(|_| b.next_delay().as_secs_f64()).collect();
         let bases = [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0, 30.0, 30.0];
         for (d, base) in delays.iter().zip(bases) {
-            assert!(*d >= base * 0.8 && *d <= (base * 1.2f64).min(30.0), "{delays:?}");
+            assert!(
+                *d >= base * 0.8 && *d <= (base * 1.2f64).min(30.0),
+                "{delays:?}"
+            );
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(1200));
-        assert_eq!(jittered(Duration::from_secs(10), 0.0), Duration::from_secs(8));
-        assert_eq!(jittered(Duration::from_secs(10), 0.5), Duration::from_secs(10));
+        assert_eq!(
+            jittered(Duration::from_secs(10), 0.0),
+            Duration::from_secs(8)
+        );
+        assert_eq!(
+            jittered(Duration::from_secs(10), 0.5),
+            Duration::from_secs(10)
+        );
     }
 
     #[test]

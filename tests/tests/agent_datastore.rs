@@ -43,12 +43,15 @@ const NODE_ADDR: &str = "172.31.78.10/24";
 const NODE_CIDR: &str = "172.31.78.0/24";
 const STATUS_INTERVAL: Duration = Duration::from_secs(2);
 
+/// Every request: when, verb, kind.
+type Calls = Arc<Mutex<Vec<(Instant, &'static str, Kind)>>>;
+
 /// The embedded backend, counting requests; `missing` makes the
 /// GlobalNetworkPolicy resource answer 404 as if its CRD were not installed.
 struct Counting {
     inner: EmbeddedStore,
     missing: Arc<AtomicBool>,
-    calls: Arc<Mutex<Vec<(Instant, &'static str, Kind)>>>,
+    calls: Calls,
 }
 
 impl Counting {
@@ -191,7 +194,7 @@ fn the_agent_tells_the_truth_about_its_datastore() {
     }
 
     let missing = Arc::new(AtomicBool::new(true));
-    let calls = Arc::new(Mutex::new(Vec::new()));
+    let calls: Calls = Arc::new(Mutex::new(Vec::new()));
     let backend = Counting {
         inner: emb.clone(),
         missing: missing.clone(),

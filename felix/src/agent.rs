@@ -575,6 +575,9 @@ mod tests {
     use twill_api::store::{Backend, Listing, ObjectKey};
     use twill_api::{Kind, StoreError};
 
+    /// The tests here read the process's readiness: one at a time.
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     /// An API server whose GlobalNetworkPolicy resource is missing (every
     /// watch fails with 404, as with the CRD not installed) until `fail`
     /// is cleared; then it lists `items`.
@@ -666,6 +669,7 @@ mod tests {
     /// the error until then. Three consumers of the kind, as in twill-node.
     #[tokio::test(start_paused = true)]
     async fn a_failing_watch_backs_off_logs_state_changes_and_reports_not_ready() {
+        let _serial = SERIAL.lock().await;
         let lines = Lines::default();
         let w = lines.clone();
         let sub = tracing_subscriber::fmt()
@@ -767,5 +771,39 @@ mod tests {
             "gone with its watches"
         );
         assert_eq!(health::watches().not_ready_reason(), None);
+    }
+
+    /// An object that does not even decode (a field of the wrong type,
+    /// written past validation) stops that kind's listing: the watch is
+    /// failing, and readiness names the kind, the object and the field —
+    /// the consumer is never handed a listing with the object silently
+    /// missing.
+    #[tokio::test(start_paused = true)]
+    async fn an_undecodable_object_is_named_not_skipped() {
+        let _serial = SERIAL.lock().await;
+        let bad = serde_json::json!({"apiVersion": "twill.dev/v1", "kind": "IPPool",
+            "metadata": {"name": "typo-pool"}, "spec": {"cidr": "10.9.0.0/16", "blockSize": "big"}});
+        let store = Store::new(MissingCrd {
+            fail: Arc::new(AtomicBool::new(false)),
+            attempts: Arc::new(AtomicUsize::new(0)),
+            items: vec![bad],
+        });
+        let events = Arc::new(AtomicUsize::new(0));
+        let ev = events.clone();
+        let task = tokio::spawn(watch_kind::<IPPool>(store, move |_| {
+            ev.fetch_add(1, Ordering::SeqCst);
+            true
+        }));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(events.load(Ordering::SeqCst), 0, "no partial listing");
+        let reason = health::watches().not_ready_reason().unwrap_or_default();
+        assert!(
+            reason.contains("the watch of ippools has been failing")
+                && reason.contains("typo-pool")
+                && reason.contains("spec.blockSize"),
+            "{reason}"
+        );
+        task.abort();
+        let _ = task.await;
     }
 }

@@ -428,15 +428,14 @@ fn invalid_reason<K: Object>(obj: &K) -> Option<String> {
     })
 }
 
+/// `namespace/name` for namespaced kinds, else `name`.
 fn object_key<K: Object>(obj: &K) -> String {
     let m = obj.meta();
-    twill_api::ObjectKey::new(
-        m.namespace.as_deref().filter(|_| K::KIND.namespaced()),
-        m.name.as_deref().unwrap_or_default(),
-    )
-    .to_string()
-    .trim_matches('"')
-    .to_string()
+    let name = m.name.as_deref().unwrap_or_default();
+    match m.namespace.as_deref().filter(|_| K::KIND.namespaced()) {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_string(),
+    }
 }
 
 /// Watches a kind for as long as `on_event` returns true, through every
@@ -469,13 +468,16 @@ pub(crate) async fn watch_kind<K: Object>(
                             if let Change::Recovered { attempts } = outage.succeeded() {
                                 tracing::info!(kind = %K::KIND, attempts, "datastore watch recovered");
                             }
-                            let mut seen = std::collections::BTreeSet::new();
+                            // Only invalid objects cost more than a check.
+                            let mut invalid = std::collections::BTreeSet::new();
                             for o in items {
-                                let key = object_key(o);
-                                reg.object(K::KIND, &key, invalid_reason(o));
-                                seen.insert(key);
+                                if let Some(reason) = invalid_reason(o) {
+                                    let key = object_key(o);
+                                    reg.object(K::KIND, &key, Some(reason));
+                                    invalid.insert(key);
+                                }
                             }
-                            reg.retain(K::KIND, &seen);
+                            reg.retain(K::KIND, &invalid);
                             reg.synced();
                         }
                         WatchEvent::Applied(o) => {

@@ -158,6 +158,7 @@ impl Agent {
             routes.clone(),
         )));
         let (block_tx, block_rx) = tokio::sync::watch::channel(None);
+        let block_gc_rx = block_rx.clone();
         tasks.push(tokio::spawn(follow_blocks(
             cfg.clone(),
             routes.clone(),
@@ -195,7 +196,11 @@ impl Agent {
             bgp_report,
             block_rx,
         )));
-        tasks.push(tokio::spawn(block_gc_loop(cfg.clone(), endpoints.clone())));
+        tasks.push(tokio::spawn(block_gc_loop(
+            cfg.clone(),
+            endpoints.clone(),
+            block_gc_rx,
+        )));
         Ok(Agent {
             endpoints,
             routes,
@@ -286,6 +291,8 @@ struct BlockSummary {
     used: usize,
     /// Blocks this node owns (CIDRs).
     owned: Vec<String>,
+    /// The blocks affine to this node, whole (for the empty-block release).
+    affine: Vec<IPAMBlock>,
 }
 
 fn block_summary(blocks: &[IPAMBlock], node: &str) -> BlockSummary {
@@ -294,7 +301,8 @@ fn block_summary(blocks: &[IPAMBlock], node: &str) -> BlockSummary {
         .filter(|b| b.spec.affinity.as_deref() == Some(node));
     BlockSummary {
         mine: mine.clone().count(),
-        used: mine.map(|b| b.spec.allocations.len()).sum(),
+        used: mine.clone().map(|b| b.spec.allocations.len()).sum(),
+        affine: mine.cloned().collect(),
         owned: twill_ipam::owned_blocks(blocks, node)
             .into_iter()
             .map(|b| b.to_string())
@@ -390,11 +398,20 @@ async fn report_loop(
     }
 }
 
-async fn block_gc_loop(cfg: AgentConfig, endpoints: Arc<Endpoints>) {
+/// Returns this node's empty blocks to the pool after `block_grace`,
+/// reading them from the block watch (no list per round).
+async fn block_gc_loop(
+    cfg: AgentConfig,
+    endpoints: Arc<Endpoints>,
+    blocks: tokio::sync::watch::Receiver<Option<BlockSummary>>,
+) {
     let every = (cfg.block_grace / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
     loop {
         tokio::time::sleep(every).await;
-        if let Err(e) = endpoints.ipam().release_empty_blocks(cfg.block_grace).await {
+        let Some(mine) = blocks.borrow().as_ref().map(|b| b.affine.clone()) else {
+            continue;
+        };
+        if let Err(e) = endpoints.ipam().release_empty(&mine, cfg.block_grace).await {
             tracing::warn!(error = %e, "cannot release empty blocks");
         }
     }

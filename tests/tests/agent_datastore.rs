@@ -17,7 +17,7 @@
 //!    makes the node not ready, `twillctl get` marks them INVALID, and
 //!    deleting them clears all of it;
 //! 4. at idle the agent's request rate is measured per verb and kind: the
-//!    status report costs one write per interval and lists no IPAM blocks.
+//!    status report costs one write per interval and nothing is listed.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -420,10 +420,16 @@ fn the_agent_tells_the_truth_about_its_datastore() {
         0,
         "the status object is not read back each time: {per_kind:?}"
     );
-    // Only the empty-block release lists blocks (every block_grace/4 = 60 s).
-    assert!(
-        n("list", "ipamblocks") <= 1,
-        "the status loop lists IPAM blocks: {per_kind:?}"
+    // Neither the status report nor the empty-block release lists blocks.
+    assert_eq!(
+        n("list", "ipamblocks"),
+        0,
+        "IPAM blocks listed at idle: {per_kind:?}"
+    );
+    assert_eq!(
+        u64::from(total),
+        writes,
+        "only the status writes at idle: {per_kind:?}"
     );
     assert_eq!(n("watch", "globalnetworkpolicies"), 0, "{per_kind:?}");
 }

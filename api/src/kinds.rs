@@ -379,6 +379,10 @@ pub trait Object:
     fn validate(&self) -> Result<(), ValidationError> {
         Ok(())
     }
+
+    /// The API server's defaulting for this kind ([`crate::defaults`]);
+    /// idempotent.
+    fn set_defaults(&mut self) {}
 }
 
 macro_rules! object {
@@ -398,6 +402,17 @@ macro_rules! object {
             }
         }
     };
+    ($t:ty, $k:ident, $f:path, defaults = $d:path) => {
+        impl Object for $t {
+            const KIND: Kind = Kind::$k;
+            fn validate(&self) -> Result<(), ValidationError> {
+                $f(self)
+            }
+            fn set_defaults(&mut self) {
+                $d(self)
+            }
+        }
+    };
 }
 
 object!(IPPool, IPPool, validated);
@@ -407,13 +422,19 @@ object!(BGPPeer, BGPPeer, validated);
 object!(GlobalNetworkPolicy, GlobalNetworkPolicy, validated);
 object!(NodeStatus, NodeStatus, validated);
 object!(Node, Node, validate_native);
-object!(Namespace, Namespace, validate_native);
-object!(Pod, Pod, validate_native);
+object!(
+    Namespace,
+    Namespace,
+    validate_native,
+    defaults = crate::defaults::namespace
+);
+object!(Pod, Pod, validate_native, defaults = crate::defaults::pod);
 object!(Secret, Secret, validate_native);
 object!(
     NetworkPolicy,
     NetworkPolicy,
-    crate::native::validate_network_policy
+    crate::native::validate_network_policy,
+    defaults = crate::defaults::network_policy
 );
 
 /// Native kinds: the name must be a valid object name.
@@ -427,7 +448,8 @@ fn validate_native<K: kube::Resource<DynamicType = ()>>(obj: &K) -> Result<(), V
 }
 
 fn check_typed<K: Object>(value: &Value) -> Result<Value, ValidationError> {
-    let obj: K = decode(value)?;
+    let mut obj: K = decode(value)?;
+    obj.set_defaults();
     let name = obj.meta().name.clone().unwrap_or_default();
     if K::KIND.is_twill()
         && let Err(r) = check_name(&name)

@@ -6,12 +6,14 @@
 //! * [`selector`]: the label selector language;
 //! * [`store`]: the datastore trait and its Kubernetes and embedded backends;
 //! * [`manifest`]: multi-document YAML in and out; [`crds`]: generated CRDs;
+//! * [`defaults`]: the API server's defaulting of native objects, done for every datastore;
 //! * [`names`]: names of kernel objects that twill-node and twillctl must agree on (veths);
 //! * [`trim`]: what the Kubernetes backend keeps of listed and watched objects;
 //! * [`compat`]: what an object from another Twill version holds that this one does not understand.
 
 pub mod compat;
 pub mod crds;
+pub mod defaults;
 pub mod kinds;
 pub mod manifest;
 pub mod names;

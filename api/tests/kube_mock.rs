@@ -336,3 +336,37 @@ async fn objects_from_a_newer_version_are_read_and_their_unknown_fields_named() 
     assert_eq!(raw.items[0]["spec"]["encapsulation"], "None");
     server.await.unwrap();
 }
+
+/// A CRD that is not installed: the API server answers the list with a
+/// plain-text 404. The watch error says which resource is missing and what
+/// to apply, not only "404".
+#[tokio::test]
+async fn a_missing_crd_is_named_in_the_watch_error() {
+    use twill_api::resources::GlobalNetworkPolicy;
+    let (store, mut handle) = store();
+    let mut watch = store.watch::<GlobalNetworkPolicy>(None);
+    let server = tokio::spawn(async move {
+        expect(
+            &mut handle,
+            Method::GET,
+            "/apis/twill.dev/v1/globalnetworkpolicies",
+            404,
+            b"404 page not found\n".to_vec(),
+        )
+        .await;
+        handle
+    });
+    let ev = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("the watch said nothing");
+    let err = match ev {
+        Some(Err(e)) => e.to_string(),
+        other => panic!("expected an error, got {other:?}"),
+    };
+    assert!(
+        err.contains("watch globalnetworkpolicies: the API server has no resource globalnetworkpolicies.twill.dev (is the CRD installed?"),
+        "{err}"
+    );
+    assert!(err.contains("404 page not found"), "{err}");
+    drop(server.await);
+}

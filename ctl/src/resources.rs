@@ -101,6 +101,7 @@ pub async fn get(store: &StoreArgs, args: GetArgs) -> anyhow::Result<ExitCode> {
     };
     items.retain(|v| wanted(v));
     warn_not_understood(kind, &items);
+    warn_invalid(kind, &items);
     let with_ns = kind.namespaced() && args.all_namespaces;
     if items.is_empty() && matches!(args.output, OutputFormat::Table | OutputFormat::Wide) {
         let mut what = format!("No {} found", kind.plural());
@@ -218,6 +219,22 @@ fn warn_not_understood(kind: Kind, items: &[Value]) {
             .unwrap_or_default();
         if let Some(w) = twill_api::compat::check(kind, v).warning(kind, name) {
             eprintln!("warning: {w}");
+        }
+    }
+}
+
+/// Objects that reached the store although invalid (an older CRD, a
+/// direct etcd write) are shown as stored and marked INVALID on stderr:
+/// twill-node does not use them.
+fn warn_invalid(kind: Kind, items: &[Value]) {
+    for v in items {
+        if let Err(e) = kind.validate_value(v) {
+            let reasons: Vec<String> = e.errors.iter().map(ToString::to_string).collect();
+            eprintln!(
+                "warning: INVALID {kind} {:?}: {}; twill-node does not use it (fix it with twillctl apply, or delete it)",
+                e.name,
+                reasons.join("; ")
+            );
         }
     }
 }

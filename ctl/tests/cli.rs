@@ -216,3 +216,39 @@ fn crds_and_completions() {
     let o = twillctl(&db, &["completion", "bash"]);
     assert!(o.status.success() && text(&o).0.contains("twillctl"));
 }
+
+/// An object that reached the store invalid (written past validation, as
+/// an older CRD or a direct etcd write would) is shown as stored and marked
+/// INVALID on stderr with the reason; valid objects are not marked.
+#[test]
+fn get_marks_objects_that_reached_the_store_invalid() {
+    use twill_api::store::Backend;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("store.db");
+    let o = twillctl(&db, &["apply", "-f", "examples/ippool.yaml"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let emb = twill_api::store::embedded::EmbeddedStore::open(&db).unwrap();
+    let bad = serde_json::json!({"apiVersion": "twill.dev/v1", "kind": "IPPool",
+        "metadata": {"name": "bad-pool"}, "spec": {"cidr": "10.300.0.0/16"}});
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(emb.create(twill_api::Kind::IPPool, bad))
+        .unwrap();
+    let o = twillctl(&db, &["get", "ippools"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert!(
+        out.contains("bad-pool") && out.contains("default-ipv4"),
+        "{out}"
+    );
+    assert!(
+        err.contains("warning: INVALID IPPool \"bad-pool\": spec.cidr: \"10.300.0.0/16\""),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("INVALID").count(),
+        1,
+        "only the bad pool: {err}"
+    );
+}

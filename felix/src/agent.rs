@@ -18,7 +18,9 @@ use netlink_packet_route::route::RouteAttribute;
 use rtnetlink::RouteMessageBuilder;
 use twill_api::Store;
 use twill_api::kinds::Object;
-use twill_api::resources::{IPAMBlock, IPPool, NodeStatusReport, RouteStatus};
+use twill_api::resources::{
+    IPAMBlock, IPPool, InvalidObject, NodeStatusReport, ReportCondition, RouteStatus,
+};
 use twill_api::store::WatchEvent;
 
 use crate::endpoint::{EndpointGate, Endpoints, StateDir};
@@ -155,7 +157,13 @@ impl Agent {
             endpoints.clone(),
             routes.clone(),
         )));
-        tasks.push(tokio::spawn(follow_blocks(cfg.clone(), routes.clone())));
+        let (block_tx, block_rx) = tokio::sync::watch::channel(None);
+        let block_gc_rx = block_rx.clone();
+        tasks.push(tokio::spawn(follow_blocks(
+            cfg.clone(),
+            routes.clone(),
+            block_tx,
+        )));
         tasks.push(tokio::spawn(follow_nat(cfg.clone())));
         let bgp_report = crate::bgp::run::SharedReport::default();
         tasks.push(tokio::spawn(crate::bgp::run::run(
@@ -186,8 +194,13 @@ impl Agent {
             routes.clone(),
             host,
             bgp_report,
+            block_rx,
         )));
-        tasks.push(tokio::spawn(block_gc_loop(cfg.clone(), endpoints.clone())));
+        tasks.push(tokio::spawn(block_gc_loop(
+            cfg.clone(),
+            endpoints.clone(),
+            block_gc_rx,
+        )));
         Ok(Agent {
             endpoints,
             routes,
@@ -269,13 +282,47 @@ fn route_status(
     }
 }
 
+/// What the status report says about this node's blocks, kept by the
+/// block watch (the report reads it instead of listing every block).
+#[derive(Clone, Debug, Default, PartialEq)]
+struct BlockSummary {
+    /// Blocks affine to this node and the allocations in them.
+    mine: usize,
+    used: usize,
+    /// Blocks this node owns (CIDRs).
+    owned: Vec<String>,
+    /// The blocks affine to this node, whole (for the empty-block release).
+    affine: Vec<IPAMBlock>,
+}
+
+fn block_summary(blocks: &[IPAMBlock], node: &str) -> BlockSummary {
+    let mine = blocks
+        .iter()
+        .filter(|b| b.spec.affinity.as_deref() == Some(node));
+    BlockSummary {
+        mine: mine.clone().count(),
+        used: mine.clone().map(|b| b.spec.allocations.len()).sum(),
+        affine: mine.cloned().collect(),
+        owned: twill_ipam::owned_blocks(blocks, node)
+            .into_iter()
+            .map(|b| b.to_string())
+            .collect(),
+    }
+}
+
+/// The periodic NodeStatus report. It makes one datastore request per
+/// interval at idle (the status write; a GET only when the cached object is
+/// stale): blocks come from the block watch, readiness from the watches.
 async fn report_loop(
     cfg: AgentConfig,
     endpoints: Arc<Endpoints>,
     routes: Arc<RouteProgrammer>,
     host: rtnetlink::Handle,
     bgp: crate::bgp::run::SharedReport,
+    blocks: tokio::sync::watch::Receiver<Option<BlockSummary>>,
 ) {
+    let mut cached: Option<twill_api::resources::NodeStatus> = None;
+    let mut outage = twill_api::store::retry::Outage::default();
     loop {
         // Interface names of the local endpoints, for the route listing.
         let mut names = BTreeMap::new();
@@ -292,27 +339,32 @@ async fn report_loop(
         let (listed_routes, route_counts) = status::listed_routes(programmed);
         let eps = endpoints.current();
         metrics::global().set_endpoints(eps.len());
-        let blocks = match cfg.store.list::<IPAMBlock>().await {
-            Ok(l) => {
-                health::global().set_ready(health::DATASTORE);
-                let mine = l
-                    .items
-                    .iter()
-                    .filter(|b| b.spec.affinity.as_deref() == Some(cfg.node_name.as_str()));
-                let used = mine.clone().map(|b| b.spec.allocations.len()).sum();
-                metrics::global().set_ipam(mine.count(), used);
-                twill_ipam::owned_blocks(&l.items, &cfg.node_name)
-                    .into_iter()
-                    .map(|b| b.to_string())
-                    .collect()
+        let owned = match blocks.borrow().clone() {
+            Some(b) => {
+                metrics::global().set_ipam(b.mine, b.used);
+                b.owned
             }
-            Err(e) => {
-                health::global()
-                    .set_not_ready(health::DATASTORE, &format!("cannot read IPAM blocks: {e}"));
-                Vec::new()
-            }
+            None => Vec::new(),
         };
         let bgp = bgp.lock().map(|b| b.clone()).unwrap_or_default();
+        let conditions = health::global()
+            .snapshot()
+            .into_iter()
+            .map(|(name, c)| ReportCondition {
+                name,
+                ready: c.ready,
+                reason: c.reason,
+            })
+            .collect();
+        let invalid_objects = health::watches()
+            .invalid()
+            .into_iter()
+            .map(|i| InvalidObject {
+                kind: i.kind.to_string(),
+                name: i.key,
+                reason: i.reason,
+            })
+            .collect();
         let report = NodeStatusReport {
             updated: jiff::Timestamp::now().to_string(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -328,23 +380,44 @@ async fn report_loop(
             bgp_peers: bgp.peers,
             endpoints: eps.len() as u32,
             endpoint_handles: eps.values().map(|e| e.container_id.clone()).collect(),
-            blocks,
+            blocks: owned,
             routes: listed_routes,
             route_counts,
+            conditions,
+            invalid_objects,
         };
         let secs = cfg.status_interval.as_secs().max(1) as u32;
-        if let Err(e) = status::write_report(&cfg.store, &cfg.node_name, secs, report).await {
-            tracing::warn!(error = %e, "cannot write the node status");
+        match status::write_report(&cfg.store, &cfg.node_name, secs, report, &mut cached).await {
+            Ok(()) => {
+                if let twill_api::store::retry::Change::Recovered { attempts } = outage.succeeded()
+                {
+                    tracing::info!(attempts, "the node status is written again");
+                }
+            }
+            Err(e) => {
+                if outage.failed(&e.to_string()) == twill_api::store::retry::Change::Failing {
+                    tracing::warn!(error = %e, "cannot write the node status (logged again when it works)");
+                }
+            }
         }
         tokio::time::sleep(cfg.status_interval).await;
     }
 }
 
-async fn block_gc_loop(cfg: AgentConfig, endpoints: Arc<Endpoints>) {
+/// Returns this node's empty blocks to the pool after `block_grace`,
+/// reading them from the block watch (no list per round).
+async fn block_gc_loop(
+    cfg: AgentConfig,
+    endpoints: Arc<Endpoints>,
+    blocks: tokio::sync::watch::Receiver<Option<BlockSummary>>,
+) {
     let every = (cfg.block_grace / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
     loop {
         tokio::time::sleep(every).await;
-        if let Err(e) = endpoints.ipam().release_empty_blocks(cfg.block_grace).await {
+        let Some(mine) = blocks.borrow().as_ref().map(|b| b.affine.clone()) else {
+            continue;
+        };
+        if let Err(e) = endpoints.ipam().release_empty(&mine, cfg.block_grace).await {
             tracing::warn!(error = %e, "cannot release empty blocks");
         }
     }
@@ -367,41 +440,125 @@ async fn follow_endpoints(endpoints: Arc<Endpoints>, routes: Arc<RouteProgrammer
     }
 }
 
-/// Follows every object of a kind in the store, calling `changed` with the
-/// complete set after each burst of events; re-watches after an error.
-pub(crate) async fn follow<K: Object>(store: Store, mut changed: impl FnMut(Vec<K>) + Send) {
-    use futures::StreamExt;
-    loop {
-        let mut cache: BTreeMap<String, K> = BTreeMap::new();
-        let mut watch = store.watch::<K>(None);
-        let name = |k: &K| k.meta().name.clone().unwrap_or_default();
-        while let Some(ev) = watch.next().await {
-            match ev {
-                Ok(WatchEvent::Resync { items, .. }) => {
-                    cache = items.into_iter().map(|k| (name(&k), k)).collect();
-                }
-                Ok(WatchEvent::Applied(k)) => {
-                    cache.insert(name(&k), k);
-                }
-                Ok(WatchEvent::Deleted(k)) => {
-                    cache.remove(&name(&k));
-                }
-                Err(e) => {
-                    tracing::warn!(kind = ?K::KIND, error = %e, "watch failed; watching again");
-                    break;
-                }
-            }
-            changed(cache.values().cloned().collect());
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+/// Why an object is invalid, as one line: its field errors.
+fn invalid_reason<K: Object>(obj: &K) -> Option<String> {
+    obj.validate().err().map(|e| {
+        e.errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
+}
+
+/// `namespace/name` for namespaced kinds, else `name`.
+fn object_key<K: Object>(obj: &K) -> String {
+    let m = obj.meta();
+    let name = m.name.as_deref().unwrap_or_default();
+    match m.namespace.as_deref().filter(|_| K::KIND.namespaced()) {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_string(),
     }
 }
 
-/// A blackhole route for every block this node owns.
-async fn follow_blocks(cfg: AgentConfig, routes: Arc<RouteProgrammer>) {
+/// Watches a kind for as long as `on_event` returns true, through every
+/// failure: a failed watch is started again after [`Backoff::watch`]
+/// (1 s doubling to 30 s, with jitter), and the consumer keeps what it has
+/// meanwhile. One log line when the watch starts failing (or fails for
+/// another reason) and one when it recovers, never one per retry. The
+/// state shows in readiness ([`health::DATASTORE`], naming the kind and the
+/// error), and every object delivered is validated: an invalid one is
+/// reported ([`health::Watches`]), never silently used or dropped.
+pub(crate) async fn watch_kind<K: Object>(
+    store: Store,
+    mut on_event: impl FnMut(WatchEvent<K>) -> bool + Send,
+) {
+    use futures::StreamExt;
+    use twill_api::store::retry::{Backoff, Change, Outage};
+    let reg = health::watches().register(K::KIND);
+    let mut backoff = Backoff::watch();
+    let mut outage = Outage::default();
+    loop {
+        let mut watch = store.watch::<K>(None);
+        let error = loop {
+            match watch.next().await {
+                None => break "the watch ended".to_string(),
+                Some(Err(e)) => break e.to_string(),
+                Some(Ok(ev)) => {
+                    match &ev {
+                        WatchEvent::Resync { items, .. } => {
+                            backoff.reset();
+                            if let Change::Recovered { attempts } = outage.succeeded() {
+                                tracing::info!(kind = %K::KIND, attempts, "datastore watch recovered");
+                            }
+                            // Only invalid objects cost more than a check.
+                            let mut invalid = std::collections::BTreeSet::new();
+                            for o in items {
+                                if let Some(reason) = invalid_reason(o) {
+                                    let key = object_key(o);
+                                    reg.object(K::KIND, &key, Some(reason));
+                                    invalid.insert(key);
+                                }
+                            }
+                            reg.retain(K::KIND, &invalid);
+                            reg.synced();
+                        }
+                        WatchEvent::Applied(o) => {
+                            reg.object(K::KIND, &object_key(o), invalid_reason(o));
+                        }
+                        WatchEvent::Deleted(o) => reg.object(K::KIND, &object_key(o), None),
+                    }
+                    if !on_event(ev) {
+                        return;
+                    }
+                }
+            }
+        };
+        reg.failing(&error);
+        let delay = backoff.next_delay();
+        if outage.failed(&error) == Change::Failing {
+            tracing::warn!(kind = %K::KIND, %error, "datastore watch failing; retrying with backoff up to 30 s (logged again when it recovers)");
+        } else {
+            tracing::debug!(kind = %K::KIND, %error, attempts = outage.attempts(), ?delay, "datastore watch still failing");
+        }
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Follows every object of a kind in the store, calling `changed` with the
+/// complete set after each burst of events ([`watch_kind`] retries).
+pub(crate) async fn follow<K: Object>(store: Store, mut changed: impl FnMut(Vec<K>) + Send) {
+    let mut cache: BTreeMap<String, K> = BTreeMap::new();
+    let key = |k: &K| object_key(k);
+    watch_kind::<K>(store, move |ev| {
+        match ev {
+            WatchEvent::Resync { items, .. } => {
+                cache = items.into_iter().map(|k| (key(&k), k)).collect();
+            }
+            WatchEvent::Applied(k) => {
+                cache.insert(key(&k), k);
+            }
+            WatchEvent::Deleted(k) => {
+                cache.remove(&key(&k));
+            }
+        }
+        changed(cache.values().cloned().collect());
+        true
+    })
+    .await;
+}
+
+/// A blackhole route for every block this node owns; the status report's
+/// view of the blocks.
+async fn follow_blocks(
+    cfg: AgentConfig,
+    routes: Arc<RouteProgrammer>,
+    summary: tokio::sync::watch::Sender<Option<BlockSummary>>,
+) {
     let node = cfg.node_name.clone();
     follow::<IPAMBlock>(cfg.store, move |blocks| {
         routes.set_blocks(twill_ipam::owned_blocks(&blocks, &node));
+        summary.send_replace(Some(block_summary(&blocks, &node)));
     })
     .await;
 }
@@ -430,4 +587,248 @@ async fn follow_nat(cfg: AgentConfig) {
     })
     .await;
     applier.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::stream::{self, BoxStream, StreamExt};
+    use serde_json::Value;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use twill_api::resources::GlobalNetworkPolicy;
+    use twill_api::store::{Backend, Listing, ObjectKey};
+    use twill_api::{Kind, StoreError};
+
+    /// The tests here read the process's readiness: one at a time.
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    /// An API server whose GlobalNetworkPolicy resource is missing (every
+    /// watch fails with 404, as with the CRD not installed) until `fail`
+    /// is cleared; then it lists `items`.
+    struct MissingCrd {
+        fail: Arc<AtomicBool>,
+        attempts: Arc<AtomicUsize>,
+        items: Vec<Value>,
+    }
+
+    fn unused() -> StoreError {
+        StoreError::Backend {
+            backend: "test",
+            message: "not used".into(),
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Backend for MissingCrd {
+        fn name(&self) -> &'static str {
+            "test"
+        }
+        async fn get(&self, _: Kind, _: &ObjectKey) -> Result<Option<Value>, StoreError> {
+            Err(unused())
+        }
+        async fn list(&self, _: Kind, _: Option<&str>) -> Result<Listing<Value>, StoreError> {
+            Err(unused())
+        }
+        async fn create(&self, _: Kind, _: Value) -> Result<Value, StoreError> {
+            Err(unused())
+        }
+        async fn update(&self, _: Kind, _: Value) -> Result<Value, StoreError> {
+            Err(unused())
+        }
+        async fn update_status(&self, _: Kind, _: Value) -> Result<Value, StoreError> {
+            Err(unused())
+        }
+        async fn delete(&self, _: Kind, _: &ObjectKey, _: Option<&str>) -> Result<(), StoreError> {
+            Err(unused())
+        }
+        fn watch(
+            &self,
+            kind: Kind,
+            _: Option<String>,
+        ) -> BoxStream<'static, Result<twill_api::WatchEvent<Value>, StoreError>> {
+            self.attempts.fetch_add(1, Ordering::SeqCst);
+            if self.fail.load(Ordering::SeqCst) {
+                return stream::iter([Err(StoreError::Backend {
+                    backend: "kubernetes",
+                    message: format!(
+                        "watch {}: failed to perform initial object list: ApiError: the server could not find the requested resource: NotFound (404)",
+                        kind.plural()
+                    ),
+                })])
+                .boxed();
+            }
+            stream::iter([Ok(twill_api::WatchEvent::Resync {
+                items: self.items.clone(),
+                revision: "1".into(),
+            })])
+            .chain(stream::pending())
+            .boxed()
+        }
+    }
+
+    /// Log lines at INFO and above, captured.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Lines {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl Lines {
+        fn count(&self, level: &str, text: &str) -> usize {
+            String::from_utf8_lossy(&self.0.lock().unwrap())
+                .lines()
+                .filter(|l| l.contains(level) && l.contains(text))
+                .count()
+        }
+    }
+
+    /// A missing CRD during a long outage: the watch retries with
+    /// exponential backoff (1 s → 30 s), logs one line when it starts
+    /// failing and one when it recovers, and readiness names the kind and
+    /// the error until then. Three consumers of the kind, as in twill-node.
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_watch_backs_off_logs_state_changes_and_reports_not_ready() {
+        let _serial = SERIAL.lock().await;
+        let lines = Lines::default();
+        let w = lines.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(move || w.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        let _guard = tracing::subscriber::set_default(sub);
+        let fail = Arc::new(AtomicBool::new(true));
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let bad_gnp = serde_json::json!({"apiVersion": "twill.dev/v1", "kind": "GlobalNetworkPolicy",
+            "metadata": {"name": "bad-selector"}, "spec": {"selector": "has(("}});
+        let store = Store::new(MissingCrd {
+            fail: fail.clone(),
+            attempts: attempts.clone(),
+            items: vec![bad_gnp],
+        });
+        let events = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..3)
+            .map(|_| {
+                let ev = events.clone();
+                tokio::spawn(watch_kind::<GlobalNetworkPolicy>(
+                    store.clone(),
+                    move |_| {
+                        ev.fetch_add(1, Ordering::SeqCst);
+                        true
+                    },
+                ))
+            })
+            .collect();
+        let outage = Duration::from_secs(120);
+        tokio::time::sleep(outage).await;
+        let tried = attempts.load(Ordering::SeqCst);
+        // 1+2+4+8+16+30+30+30 s (±20 %): about 8 attempts per watch in
+        // 120 s, where a fixed 1 s retry made 120.
+        assert!((3 * 6..=3 * 10).contains(&tried), "{tried} watch attempts");
+        let failing = lines.count("WARN", "datastore watch failing");
+        assert_eq!(failing, 3, "one line per watch, not one per retry");
+        assert_eq!(lines.count("WARN", ""), 3);
+        let reason = health::watches().not_ready_reason().unwrap_or_default();
+        assert!(
+            reason.contains("globalnetworkpolicies") && reason.contains("404"),
+            "{reason}"
+        );
+        let readyz = health::readyz(&health::global().snapshot());
+        assert_eq!(readyz.status, 503);
+        assert!(
+            readyz
+                .body
+                .contains("[-]datastore: the watch of globalnetworkpolicies"),
+            "{}",
+            readyz.body
+        );
+        assert_eq!(events.load(Ordering::SeqCst), 0);
+        println!(
+            "outage of {outage:?}: {tried} watch requests, {} WARN/ERROR lines ({:.3}/s) for 3 watches",
+            failing,
+            failing as f64 / outage.as_secs_f64()
+        );
+
+        // The CRD is installed: every watch recovers within one backoff step.
+        fail.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(37)).await;
+        assert_eq!(
+            events.load(Ordering::SeqCst),
+            3,
+            "each consumer got its listing"
+        );
+        assert_eq!(lines.count("INFO", "datastore watch recovered"), 3);
+        assert_eq!(
+            lines.count("WARN", "datastore watch failing"),
+            3,
+            "no new failure lines"
+        );
+        assert_eq!(health::watches().not_ready_reason(), None);
+        // The listing held an invalid policy: reported once for the three
+        // watches (one entry), named, and readiness says it is not
+        // enforced. (Its log line comes from health.rs, whose callsites
+        // other tests of this binary hit concurrently without a subscriber,
+        // so it is not counted here.)
+        let invalid = health::watches().invalid();
+        assert_eq!(invalid.len(), 1, "{invalid:?}");
+        assert_eq!(invalid[0].key, "bad-selector");
+        assert!(invalid[0].reason.contains("spec.selector"), "{invalid:?}");
+        let readyz = health::readyz(&health::global().snapshot());
+        assert!(
+            readyz
+                .body
+                .contains("[-]policy-objects: GlobalNetworkPolicy bad-selector is invalid"),
+            "{}",
+            readyz.body
+        );
+        for t in tasks {
+            t.abort();
+            let _ = t.await;
+        }
+        assert!(
+            health::watches().invalid().is_empty(),
+            "gone with its watches"
+        );
+        assert_eq!(health::watches().not_ready_reason(), None);
+    }
+
+    /// An object that does not even decode (a field of the wrong type,
+    /// written past validation) stops that kind's listing: the watch is
+    /// failing, and readiness names the kind, the object and the field —
+    /// the consumer is never handed a listing with the object silently
+    /// missing.
+    #[tokio::test(start_paused = true)]
+    async fn an_undecodable_object_is_named_not_skipped() {
+        let _serial = SERIAL.lock().await;
+        let bad = serde_json::json!({"apiVersion": "twill.dev/v1", "kind": "IPPool",
+            "metadata": {"name": "typo-pool"}, "spec": {"cidr": "10.9.0.0/16", "blockSize": "big"}});
+        let store = Store::new(MissingCrd {
+            fail: Arc::new(AtomicBool::new(false)),
+            attempts: Arc::new(AtomicUsize::new(0)),
+            items: vec![bad],
+        });
+        let events = Arc::new(AtomicUsize::new(0));
+        let ev = events.clone();
+        let task = tokio::spawn(watch_kind::<IPPool>(store, move |_| {
+            ev.fetch_add(1, Ordering::SeqCst);
+            true
+        }));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(events.load(Ordering::SeqCst), 0, "no partial listing");
+        let reason = health::watches().not_ready_reason().unwrap_or_default();
+        assert!(
+            reason.contains("the watch of ippools has been failing")
+                && reason.contains("typo-pool")
+                && reason.contains("spec.blockSize"),
+            "{reason}"
+        );
+        task.abort();
+        let _ = task.await;
+    }
 }

@@ -49,33 +49,43 @@ pub fn listed_routes(mut all: Vec<RouteStatus>) -> (Vec<RouteStatus>, BTreeMap<S
 }
 
 /// Writes the node's report (creating its NodeStatus object if needed).
+/// `cached` is the object as last written: with it the write is one
+/// request (the status update); it is read again only after a conflict or
+/// when it is gone.
 pub async fn write_report(
     store: &Store,
     name: &str,
     interval_secs: u32,
     report: NodeStatusReport,
+    cached: &mut Option<NodeStatus>,
 ) -> Result<(), StoreError> {
     for _ in 0..5 {
-        let mut obj = match store.get::<NodeStatus>(None, name).await? {
+        let mut obj = match cached.take() {
             Some(o) => o,
-            None => match store
-                .create(&NodeStatus::new(
-                    name,
-                    NodeStatusSpec {
-                        report_interval: Some(interval_secs),
-                    },
-                ))
-                .await
-            {
-                Ok(o) => o,
-                Err(e) if e.is_already_exists() => continue,
-                Err(e) => return Err(e),
+            None => match store.get::<NodeStatus>(None, name).await? {
+                Some(o) => o,
+                None => match store
+                    .create(&NodeStatus::new(
+                        name,
+                        NodeStatusSpec {
+                            report_interval: Some(interval_secs),
+                        },
+                    ))
+                    .await
+                {
+                    Ok(o) => o,
+                    Err(e) if e.is_already_exists() => continue,
+                    Err(e) => return Err(e),
+                },
             },
         };
         obj.status = Some(report.clone());
         match store.update_status(&obj).await {
-            Ok(_) => return Ok(()),
-            Err(e) if e.is_conflict() => continue,
+            Ok(stored) => {
+                *cached = Some(stored);
+                return Ok(());
+            }
+            Err(e) if e.is_conflict() || e.is_not_found() => continue,
             Err(e) => return Err(e),
         }
     }

@@ -413,6 +413,17 @@ impl Ipam {
         grace: std::time::Duration,
     ) -> Result<Vec<String>, IpamError> {
         let blocks = self.store.list::<IPAMBlock>().await?.items;
+        self.release_empty(&blocks, grace).await
+    }
+
+    /// [`Ipam::release_empty_blocks`] over blocks the caller already holds
+    /// (twill-node's block watch cache, so no list per round). Each delete
+    /// is conditional on the revision held: a stale copy releases nothing.
+    pub async fn release_empty(
+        &self,
+        blocks: &[IPAMBlock],
+        grace: std::time::Duration,
+    ) -> Result<Vec<String>, IpamError> {
         let now = jiff::Timestamp::now();
         let mut released = Vec::new();
         for b in blocks

@@ -452,8 +452,10 @@ pub fn compile_network_policy(np: &NetworkPolicy) -> Result<Policy, CompileError
             }
         }
         _ => {
+            // SetDefaults_NetworkPolicy: Egress only when there is an
+            // egress rule (twill_api::defaults does the same in the store).
             ing = true;
-            egr = spec.egress.is_some();
+            egr = spec.egress.as_ref().is_some_and(|e| !e.is_empty());
         }
     }
     let compile_dir = |dir: Direction| -> Result<Vec<Rule>, CompileError> {

@@ -102,6 +102,32 @@ fn default_deny_ingress_isolates_only_its_namespace() {
 }
 
 #[test]
+fn empty_egress_without_policy_types_does_not_isolate_egress() {
+    // SetDefaults_NetworkPolicy: with no policyTypes, Egress is governed
+    // only when `egress` has a rule; `egress: []` is Ingress only.
+    let m = model(
+        &[np("x", "deny", json!({"podSelector": {}, "egress": []}))],
+        &[],
+    );
+    assert_eq!(v(&m, ("y", "a"), ("x", "a"), 80), Deny);
+    assert_eq!(
+        v(&m, ("x", "a"), ("y", "a"), 80),
+        Allow,
+        "egress: [] must not isolate egress"
+    );
+    // One egress rule does make it govern egress.
+    let m = model(
+        &[np(
+            "x",
+            "deny",
+            json!({"podSelector": {}, "egress": [{"ports": [{"port": 53}]}]}),
+        )],
+        &[],
+    );
+    assert_eq!(v(&m, ("x", "a"), ("y", "a"), 80), Deny);
+}
+
+#[test]
 fn default_deny_egress() {
     let m = model(
         &[np(

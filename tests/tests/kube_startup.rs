@@ -3,7 +3,8 @@
 //! under kube-rs) holds the objects from `tests/fixtures/kube/` (list
 //! responses as an API server returns them: an IPPool for `rack == 'a'`, a
 //! BGPConfiguration, two BGPPeers, the Node with its labels, empty lists for
-//! the rest), answers GET and LIST from them, keeps WATCH requests open,
+//! the rest), answers GET and LIST from them, keeps WATCH requests open
+//! (answering each with the next write's event, as the server does),
 //! applies writes with resourceVersion checks (404/409 as the real server),
 //! and enforces the ClusterRole of `deploy/10-rbac.yaml` (403 otherwise).
 //! The agent runs exactly as `twill-node` does (`agent::start_enforcing`),
@@ -231,13 +232,23 @@ impl Api {
             .unwrap_or_else(|| panic!("no {resource} {name}"));
         let mut obj = self.objects.remove(&key).unwrap();
         self.next_revision(&mut obj);
-        let mut line = serde_json::to_vec(&json!({"type": "DELETED", "object": obj})).unwrap();
+        assert!(
+            self.notify(resource, "DELETED", &obj),
+            "nobody watches {resource}"
+        );
+    }
+
+    /// Sends a watch event to the open watches of `resource`, as the API
+    /// server does after every write (the watcher then watches again from
+    /// that revision). Whether anybody was watching.
+    fn notify(&mut self, resource: &str, kind: &str, obj: &Value) -> bool {
+        let mut line = serde_json::to_vec(&json!({"type": kind, "object": obj})).unwrap();
         line.push(b'\n');
         let (notify, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.watches)
             .into_iter()
             .partition(|(r, _)| r == resource);
         self.watches = keep;
-        assert!(!notify.is_empty(), "nobody watches {resource}");
+        let any = !notify.is_empty();
         for (_, send) in notify {
             send.send_response(
                 Response::builder()
@@ -247,6 +258,7 @@ impl Api {
                     .unwrap(),
             );
         }
+        any
     }
 
     fn next_revision(&mut self, obj: &mut Value) {
@@ -340,6 +352,7 @@ impl Api {
                     obj["metadata"]["creationTimestamp"] = json!("2026-11-25T12:00:00Z");
                     self.next_revision(&mut obj);
                     self.objects.insert(key(&n), obj.clone());
+                    self.notify(&base, "ADDED", &obj);
                     Some((201, obj))
                 }
             }
@@ -381,6 +394,7 @@ impl Api {
                         obj["metadata"]["uid"] = stored["metadata"]["uid"].clone();
                         self.next_revision(&mut obj);
                         self.objects.insert(key(&n), obj.clone());
+                        self.notify(&base, "MODIFIED", &obj);
                         Some((200, obj))
                     }
                 }

@@ -441,6 +441,24 @@ fn kubernetes_network_policy_conformance_and_global_policies() {
     c.check("default deny ingress", |_, d, _, _| d.ns != "x");
     c.delete("networkpolicy", "x", &["deny-in"]);
 
+    // `egress: []` without policyTypes: the API server defaults policyTypes
+    // to [Ingress] (SetDefaults_NetworkPolicy: Egress only with an egress
+    // rule), so this isolates ingress only; egress from x stays open.
+    apply(
+        &db,
+        &[np(
+            "x",
+            "empty-egress",
+            json!({"podSelector": {}, "egress": []}),
+        )],
+    );
+    c.wait_programmed(&["np.x.empty-egress"], &["np.x.deny-in"]);
+    c.check(
+        "egress: [] without policyTypes isolates ingress only",
+        |_, d, _, _| d.ns != "x",
+    );
+    c.delete("networkpolicy", "x", &["empty-egress"]);
+
     // Default deny egress in x.
     apply(
         &db,
@@ -450,7 +468,7 @@ fn kubernetes_network_policy_conformance_and_global_policies() {
             json!({"podSelector": {}, "policyTypes": ["Egress"]}),
         )],
     );
-    c.wait_programmed(&["np.x.deny-out"], &["np.x.deny-in"]);
+    c.wait_programmed(&["np.x.deny-out"], &["np.x.empty-egress"]);
     c.check("default deny egress", |s, _, _, _| s.ns != "x");
     c.delete("networkpolicy", "x", &["deny-out"]);
 

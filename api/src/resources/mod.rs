@@ -24,7 +24,10 @@ pub use bgppeer::{
 pub use gnp::{GlobalNetworkPolicy, GlobalNetworkPolicySpec};
 pub use ipamblock::{Allocation, IPAMBlock, IPAMBlockSpec, block_name};
 pub use ippool::{IPPool, IPPoolSpec};
-pub use nodestatus::{NodeStatus, NodeStatusReport, NodeStatusSpec, PeerStatus, RouteStatus};
+pub use nodestatus::{
+    InvalidObject, NodeStatus, NodeStatusReport, NodeStatusSpec, PeerStatus, ReportCondition,
+    RouteStatus,
+};
 
 /// The API group of every Twill resource.
 pub const GROUP: &str = "twill.dev";

@@ -83,6 +83,37 @@ pub struct NodeStatusReport {
     /// Blocks affine to this node.
     #[serde(default)]
     pub blocks: Vec<String>,
+    /// The readiness conditions behind `ready`, as the node's `/readyz`
+    /// shows them (a failing datastore watch names its kind and error).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<ReportCondition>,
+    /// Objects that reached the datastore invalid (an older CRD, a direct
+    /// etcd write) and that this node therefore does not use.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub invalid_objects: Vec<InvalidObject>,
+}
+
+/// One readiness condition.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportCondition {
+    /// `datastore`, `policy-objects`, `dataplane`, `bgp`.
+    pub name: String,
+    pub ready: bool,
+    /// Why it is not ready.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+/// An invalid object in the datastore.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InvalidObject {
+    pub kind: String,
+    /// `namespace/name` for namespaced kinds.
+    pub name: String,
+    /// The field errors.
+    pub reason: String,
 }
 
 /// One BGP session.

@@ -723,4 +723,52 @@ mod tests {
         assert_eq!(after.status.as_ref().unwrap().endpoints, 7);
         assert_eq!(after.spec.report_interval, Some(10));
     }
+
+    #[tokio::test]
+    async fn native_objects_are_defaulted_as_the_api_server_would() {
+        use k8s_openapi::api::networking::v1::NetworkPolicy;
+        let (_d, store, emb) = open();
+        let spec = serde_json::json!({"podSelector": {}, "egress": [],
+            "ingress": [{"ports": [{"port": 80}]}]});
+        let np = |name: &str| {
+            serde_json::json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                "metadata": {"name": name, "namespace": "d"}, "spec": spec.clone()})
+        };
+        // Written through the store (twillctl apply): stored defaulted.
+        let stored = store
+            .create_value(Kind::NetworkPolicy, np("through-store"))
+            .await
+            .unwrap();
+        assert_eq!(
+            stored["spec"]["policyTypes"],
+            serde_json::json!(["Ingress"])
+        );
+        assert_eq!(stored["spec"]["ingress"][0]["ports"][0]["protocol"], "TCP");
+        // Written straight to the backend (an older Twill, another writer):
+        // defaulted when read, by get, list and watch alike.
+        emb.create(Kind::NetworkPolicy, np("raw")).await.unwrap();
+        let raw = emb
+            .get(Kind::NetworkPolicy, &ObjectKey::new(Some("d"), "raw"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(raw["spec"].get("policyTypes").is_none(), "{raw}");
+        let types = |n: &NetworkPolicy| n.spec.as_ref().unwrap().policy_types.clone();
+        let got: NetworkPolicy = store.get(Some("d"), "raw").await.unwrap().unwrap();
+        assert_eq!(types(&got), Some(vec!["Ingress".to_string()]));
+        for n in store.list::<NetworkPolicy>().await.unwrap().items {
+            assert_eq!(types(&n), Some(vec!["Ingress".to_string()]));
+        }
+        match store.watch::<NetworkPolicy>(None).next().await {
+            Some(Ok(WatchEvent::Resync { items, .. })) => {
+                assert_eq!(items.len(), 2);
+                assert!(
+                    items
+                        .iter()
+                        .all(|n| types(n) == Some(vec!["Ingress".to_string()]))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -119,6 +119,38 @@ fn from_value(kind: Kind, v: Value) -> Result<DynamicObject, StoreError> {
     })
 }
 
+/// A watch failure as people need it: the kind, the error, and for a
+/// resource the server does not know (404) what is missing.
+fn watch_error(kind: Kind, e: &watcher::Error) -> String {
+    let code = match e {
+        watcher::Error::InitialListFailed(k)
+        | watcher::Error::WatchStartFailed(k)
+        | watcher::Error::WatchFailed(k) => status_code(k),
+        watcher::Error::WatchError(s) => Some(s.code),
+        watcher::Error::NoResourceVersion => None,
+    };
+    let ar = kind.api_resource();
+    match code {
+        Some(404) if kind.is_twill() => format!(
+            "watch {}: the API server has no resource {}.{} (is the CRD installed? kubectl apply --server-side -f deploy/crds/): {e}",
+            kind.plural(),
+            ar.plural,
+            ar.group
+        ),
+        Some(404) => format!(
+            "watch {}: the API server has no resource {} in {}: {e}",
+            kind.plural(),
+            ar.plural,
+            ar.api_version
+        ),
+        Some(403) => format!(
+            "watch {}: forbidden (does the twill-node ClusterRole of deploy/10-rbac.yaml grant list and watch?): {e}",
+            kind.plural()
+        ),
+        _ => format!("watch {}: {e}", kind.plural()),
+    }
+}
+
 #[async_trait::async_trait]
 impl Backend for KubeStore {
     fn name(&self) -> &'static str {
@@ -266,7 +298,7 @@ impl Backend for KubeStore {
                     }
                     Err(e) => Some(Err(StoreError::Backend {
                         backend: "kubernetes",
-                        message: format!("watch {}: {e}", kind.plural()),
+                        message: watch_error(kind, &e),
                     })),
                 };
                 futures::future::ready(out)

@@ -14,10 +14,13 @@
 //! [`WatchEvent::Resync`] of the full current set (unless resuming from a
 //! revision the backend still has), and sends another `Resync` whenever it
 //! had to restart because its revision was too old (compacted away, or
-//! Kubernetes' 410 Gone). A consumer replaces its cache on `Resync`.
+//! Kubernetes' 410 Gone). A consumer replaces its cache on `Resync`. A
+//! watch that fails ends with an error; consumers watch again after a
+//! [`retry::Backoff`] delay and log state changes, not retries.
 
 pub mod embedded;
 pub mod kubernetes;
+pub mod retry;
 
 use std::fmt;
 use std::sync::Arc;
@@ -194,11 +197,16 @@ fn to_value<K: Object>(obj: &K) -> Result<Value, StoreError> {
     Ok(v)
 }
 
+/// Decodes a stored object and applies the API server's defaulting
+/// ([`crate::defaults`]): objects written before Twill defaulted them, or
+/// by a writer that does not, read the same as on a cluster.
 fn from_value<K: Object>(v: Value) -> Result<K, StoreError> {
-    decode::<K>(&v).map_err(|e| StoreError::Malformed {
+    let mut obj = decode::<K>(&v).map_err(|e| StoreError::Malformed {
         kind: K::KIND,
         reason: e.to_string(),
-    })
+    })?;
+    obj.set_defaults();
+    Ok(obj)
 }
 
 impl Store {

@@ -373,6 +373,29 @@ async fn status_loop(
     }
 }
 
+/// The latest complete set of a kind, kept by a watch
+/// ([`crate::agent::follow`]); `None` until the first listing.
+struct Cache<K>(Arc<Mutex<Option<Vec<K>>>>);
+
+impl<K: twill_api::Object> Cache<K> {
+    /// Starts following `K`, poking `wake` after every change.
+    fn follow(store: &Store, wake: tokio::sync::watch::Sender<()>) -> Cache<K> {
+        let cell = Arc::new(Mutex::new(None));
+        let c = cell.clone();
+        tokio::spawn(crate::agent::follow::<K>(store.clone(), move |items| {
+            if let Ok(mut g) = c.lock() {
+                *g = Some(items);
+            }
+            wake.send_replace(());
+        }));
+        Cache(cell)
+    }
+
+    fn get(&self) -> Option<Vec<K>> {
+        self.0.lock().ok().and_then(|g| g.clone())
+    }
+}
+
 /// Originates owned blocks and borrowed /32s, following the IPAM blocks.
 async fn follow_origination(cfg: BgpConfig, speaker: Arc<Speaker>, next_hop: IpAddr) {
     let store = cfg.store.clone();
@@ -403,17 +426,18 @@ async fn follow_origination(cfg: BgpConfig, speaker: Arc<Speaker>, next_hop: IpA
             });
         },
     ));
+    // Pools (disableBGPExport) and communities come from their watches'
+    // caches; a change to either wakes the loop like a block change.
+    let (poke, mut poked) = tokio::sync::watch::channel(());
+    let pools = Cache::<IPPool>::follow(&store, poke.clone());
+    let configs = Cache::<BGPConfiguration>::follow(&store, poke);
     loop {
         let wanted = rx.borrow_and_update().clone();
-        let lists = (
-            store.list::<IPPool>().await,
-            store.list::<BGPConfiguration>().await,
-        );
-        if let (Some(mut want), (Ok(pools), Ok(configs))) = (wanted, lists) {
+        poked.borrow_and_update();
+        if let (Some(mut want), Some(pools), Some(configs)) = (wanted, pools.get(), configs.get()) {
             // The node's own `node.<name>` list wins over `default`'s.
             let named = |n: &str| {
                 configs
-                    .items
                     .iter()
                     .find(|c| c.metadata.name.as_deref() == Some(n))
             };
@@ -429,7 +453,6 @@ async fn follow_origination(cfg: BgpConfig, speaker: Arc<Speaker>, next_hop: IpA
                 })
                 .unwrap_or_default();
             let no_export: Vec<IpNetwork> = pools
-                .items
                 .iter()
                 .filter(|p| p.spec.disable_bgp_export)
                 .filter_map(|p| p.spec.cidr.parse().ok())
@@ -448,9 +471,9 @@ async fn follow_origination(cfg: BgpConfig, speaker: Arc<Speaker>, next_hop: IpA
             }
             originated = want;
         }
-        // Pools (disableBGPExport) and communities are re-read every 30 s.
-        if let Ok(Err(_)) = tokio::time::timeout(Duration::from_secs(30), rx.changed()).await {
-            return;
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            r = poked.changed() => if r.is_err() { return },
         }
     }
 }
@@ -464,32 +487,17 @@ async fn follow_peers(
     sources: Arc<Mutex<BTreeMap<IpAddr, DesiredPeer>>>,
 ) {
     let (tx, mut rx) = tokio::sync::watch::channel(());
-    let (t1, t2, t3) = (tx.clone(), tx.clone(), tx);
-    tokio::spawn(crate::agent::follow::<BGPConfiguration>(
-        cfg.store.clone(),
-        move |_| {
-            t1.send_replace(());
-        },
-    ));
-    tokio::spawn(crate::agent::follow::<BGPPeer>(
-        cfg.store.clone(),
-        move |_| {
-            t2.send_replace(());
-        },
-    ));
-    tokio::spawn(crate::agent::follow::<Node>(cfg.store.clone(), move |_| {
-        t3.send_replace(());
-    }));
+    let nodes = Cache::<Node>::follow(&cfg.store, tx.clone());
+    let configs = Cache::<BGPConfiguration>::follow(&cfg.store, tx.clone());
+    let bgp_peers = Cache::<BGPPeer>::follow(&cfg.store, tx);
     let mut running: BTreeMap<IpAddr, String> = BTreeMap::new();
     loop {
-        let lists = (
-            cfg.store.list::<Node>().await,
-            cfg.store.list::<BGPConfiguration>().await,
-            cfg.store.list::<BGPPeer>().await,
-        );
-        if let (Ok(nodes), Ok(configs), Ok(bgp_peers)) = lists {
+        // The watches' caches, not a list per round: API load stays flat
+        // as the cluster grows.
+        let lists = (nodes.get(), configs.get(), bgp_peers.get());
+        if let (Some(nodes), Some(configs), Some(bgp_peers)) = lists {
             let (mut desired, problems) =
-                peers::desired_peers(&cfg.node, &nodes.items, &configs.items, &bgp_peers.items);
+                peers::desired_peers(&cfg.node, &nodes, &configs, &bgp_peers);
             for p in problems {
                 tracing::warn!("{p}");
             }

@@ -37,7 +37,6 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -246,25 +245,10 @@ impl PolicyEngine {
     ) -> tokio::task::JoinHandle<()> {
         let store = self.store.clone();
         let tx = self.tx.clone();
-        tokio::spawn(async move {
-            loop {
-                let mut s = store.watch::<K>(None);
-                while let Some(ev) = s.next().await {
-                    match ev {
-                        Ok(ev) => {
-                            if tx.send(wrap(ev)).is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(kind = %K::KIND, error = %e, "policy watch failed; restarting it");
-                            break;
-                        }
-                    }
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        })
+        // Retries with backoff and reports its state in readiness.
+        tokio::spawn(crate::agent::watch_kind::<K>(store, move |ev| {
+            tx.send(wrap(ev)).is_ok()
+        }))
     }
 
     /// Starts the watches and the loop. `drift_every`: how often the kernel
@@ -633,10 +617,17 @@ impl EndpointGate for PolicyGate {
         match tokio::time::timeout(self.engine.gate_timeout, done).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err("the policy engine stopped".into()),
-            Err(_) => Err(format!(
-                "not programmed within {:?} (is nft installed? see the twill-node log)",
-                self.engine.gate_timeout
-            )),
+            Err(_) => Err(match crate::health::watches().not_ready_reason() {
+                // The engine cannot compute policy without every kind.
+                Some(why) => format!(
+                    "not programmed within {:?}: the datastore is not ready: {why}",
+                    self.engine.gate_timeout
+                ),
+                None => format!(
+                    "not programmed within {:?} (is nft installed? see the twill-node log)",
+                    self.engine.gate_timeout
+                ),
+            }),
         }
     }
 }

@@ -185,3 +185,110 @@ fn bird_tor_dual_stack_every_pod_reaches_every_pod_on_both_families() {
 fn frr_tor_dual_stack_every_pod_reaches_every_pod_on_both_families() {
     check_dual_stack("frr");
 }
+
+/// `lab pod add NAME --node NODE -n shop -l app=NAME [--port 80/TCP]`.
+fn add_pod(lab: &Lab, name: &str, node: &str, serve: bool) {
+    let label = format!("app={name}");
+    let mut args = vec![
+        "pod", "add", name, "--node", node, "-n", "shop", "-l", &label,
+    ];
+    if serve {
+        args.extend(["--port", "80/TCP"]);
+    }
+    let o = lab.lab(&args);
+    assert!(
+        o.status.success(),
+        "lab pod add {name}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn an_ipv6_ipblock_denies_on_ipv6_what_the_ipv4_one_denies_and_nd_still_works() {
+    prerequisites("bird");
+    let lab = Lab::up(&[
+        "--nodes",
+        "2",
+        "--tor",
+        "bird",
+        "--pods-per-node",
+        "0",
+        "--dual-stack",
+    ]);
+    assert!(lab.up_ok, "{}", lab.up_output);
+    // web on n1; client and other on n2, other also on n1 (same node).
+    add_pod(&lab, "web", "n1", true);
+    add_pod(&lab, "client", "n2", true);
+    add_pod(&lab, "other", "n2", true);
+    add_pod(&lab, "near", "n1", false);
+    let ip = |p: &str| [lab.pod_ip(p), lab.pod_ip6(p)];
+    let answers = |from: &str, to: &str| -> [bool; 2] {
+        ip(to).map(|a| lab.probe(from, &a, "80/TCP").as_deref() == Some(to))
+    };
+    // Without policy everything answers on both families (the positive path).
+    for from in ["client", "other", "near"] {
+        assert!(
+            wait_until(Duration::from_secs(10), || answers(from, "web")
+                == [true, true]),
+            "{from} -> web before any policy: {:?}",
+            answers(from, "web")
+        );
+    }
+    assert_eq!(answers("web", "other"), [true, true]);
+
+    // web admits and reaches the pools except `other` and `near`, one
+    // ipBlock per family; Egress is restricted too, so the pod's own
+    // neighbour solicitations meet its egress chain.
+    let [o4, o6] = ip("other");
+    let [n4, n6] = ip("near");
+    let policy = format!(
+        "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: web, namespace: shop}}
+spec:
+  podSelector: {{matchLabels: {{app: web}}}}
+  policyTypes: [Ingress, Egress]
+  ingress:
+  - from:
+    - ipBlock: {{cidr: 10.244.0.0/16, except: [{o4}/32, {n4}/32]}}
+    - ipBlock: {{cidr: \"fd00:10:244::/56\", except: [\"{o6}/128\", \"{n6}/128\"]}}
+  egress:
+  - to:
+    - ipBlock: {{cidr: 10.244.0.0/16, except: [{o4}/32]}}
+    - ipBlock: {{cidr: \"fd00:10:244::/56\", except: [\"{o6}/128\"]}}
+"
+    );
+    let file = lab.dir.join("web-policy.yaml");
+    std::fs::write(&file, policy).expect("write policy");
+    let o = lab.twillctl(&["apply", "-f", file.to_str().expect("utf-8")]);
+    assert!(
+        o.status.success(),
+        "apply: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || answers("other", "web")
+            == [false, false]),
+        "other -> web with the policy: {:?} (want denied on both families)",
+        answers("other", "web")
+    );
+    assert_eq!(answers("near", "web"), [false, false], "near -> web");
+    assert_eq!(answers("web", "other"), [false, false], "web -> other");
+    // Neighbour discovery is never blocked: with every neighbour entry
+    // forgotten on both sides, the allowed peers still get through on IPv6.
+    let web_if = lab.sh("web", &["ip", "-6", "route", "show", "default"]);
+    lab.sh("web", &["ip", "-6", "neigh", "flush", "all"]);
+    lab.sh("n1", &["ip", "-6", "neigh", "flush", "all"]);
+    assert_eq!(
+        answers("client", "web"),
+        [true, true],
+        "client -> web with the policy (neighbour caches flushed; web routes {web_if})"
+    );
+    assert_eq!(answers("web", "client"), [true, true], "web -> client");
+    let neigh = lab.sh("web", &["ip", "-6", "neigh", "show"]);
+    assert!(
+        neigh.contains("fe80::ecee:eeff:feee:eeee") && !neigh.contains("FAILED"),
+        "web resolved its IPv6 gateway again:\n{neigh}"
+    );
+}

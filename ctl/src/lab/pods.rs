@@ -559,9 +559,14 @@ pub fn serve(pod: &str, ports: &[PortSpec]) -> anyhow::Result<ExitCode> {
     let reply: &'static [u8] = format!("{pod}\n").into_bytes().leak();
     let mut threads = Vec::new();
     for p in ports {
-        let addr = SocketAddr::from(([0, 0, 0, 0], p.port));
+        // [::] takes both families (IPv4 as mapped addresses) where the
+        // namespace has IPv6; 0.0.0.0 where it has not.
+        let addr = SocketAddr::from(([0u16; 8], p.port));
+        let v4 = SocketAddr::from(([0, 0, 0, 0], p.port));
         if p.protocol == "UDP" {
-            let sock = UdpSocket::bind(addr).with_context(|| format!("listening on {p}"))?;
+            let sock = UdpSocket::bind(addr)
+                .or_else(|_| UdpSocket::bind(v4))
+                .with_context(|| format!("listening on {p}"))?;
             threads.push(std::thread::spawn(move || {
                 let mut buf = [0u8; 1500];
                 loop {
@@ -574,7 +579,9 @@ pub fn serve(pod: &str, ports: &[PortSpec]) -> anyhow::Result<ExitCode> {
                 }
             }));
         } else {
-            let l = TcpListener::bind(addr).with_context(|| format!("listening on {p}"))?;
+            let l = TcpListener::bind(addr)
+                .or_else(|_| TcpListener::bind(v4))
+                .with_context(|| format!("listening on {p}"))?;
             threads.push(std::thread::spawn(move || {
                 loop {
                     match l.accept() {

@@ -292,3 +292,91 @@ spec:
         "web resolved its IPv6 gateway again:\n{neigh}"
     );
 }
+
+/// Echo requests the ToR received from `src` (its counter in the test's
+/// own nft table in the ToR namespace, which goes with the namespace).
+fn echo_requests_from(lab: &Lab, src: &str) -> u64 {
+    let out = lab.sh("tor", &["nft", "list", "table", "ip6", "twtest"]);
+    out.lines()
+        .find(|l| l.contains(&format!("ip6 saddr {src} ")))
+        .and_then(|l| l.split("packets ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no counter for {src} in:\n{out}"))
+}
+
+#[test]
+fn nat_outgoing_on_the_ipv6_pool_masquerades_to_the_node_ipv6_address() {
+    prerequisites("bird");
+    require_binary("nft", "nftables");
+    let lab = Lab::up(&[
+        "--nodes",
+        "1",
+        "--tor",
+        "bird",
+        "--pods-per-node",
+        "1",
+        "--dual-stack",
+    ]);
+    assert!(lab.up_ok, "{}", lab.up_output);
+    let pod6 = lab.pod_ip6("n1-p1");
+    let node6 = lab.state()["plan"]["nodes"][0]["addr6"]
+        .as_str()
+        .expect("n1's IPv6 address")
+        .to_string();
+    let tor6 = lab.state()["plan"]["v6"]["tor_addr"]
+        .as_str()
+        .expect("the ToR's IPv6 address")
+        .to_string();
+    // The ToR's own address is outside every pool: a destination for NAT.
+    lab.sh(
+        "tor",
+        &[
+            "nft",
+            &format!(
+                "add table ip6 twtest; add chain ip6 twtest in {{ type filter hook input priority 0; }}; \
+                 add rule ip6 twtest in ip6 saddr {node6} icmpv6 type echo-request counter; \
+                 add rule ip6 twtest in ip6 saddr {pod6} icmpv6 type echo-request counter"
+            ),
+        ],
+    );
+    let ping = |n: &str| {
+        lab.exec(
+            "n1-p1",
+            &["ping", "-c", n, "-i", "0.2", "-W", "1", "-q", &tor6],
+        )
+    };
+    // The lab's IPv6 pool has natOutgoing: the ToR sees the node's address.
+    assert!(ping("3").status.success(), "the pod does not reach {tor6}");
+    assert_eq!(
+        (
+            echo_requests_from(&lab, &node6),
+            echo_requests_from(&lab, &pod6)
+        ),
+        (3, 0),
+        "with natOutgoing the ToR should see only n1's address {node6}"
+    );
+    // Without it, the pod's own address (the ToR routes back over BGP).
+    let pool = lab.dir.join("pool6.yaml");
+    std::fs::write(
+        &pool,
+        "apiVersion: twill.dev/v1\nkind: IPPool\nmetadata:\n  name: lab-ipv6\nspec:\n  cidr: fd00:10:244::/56\n  blockSize: 122\n  natOutgoing: false\n  nodeSelector: all()\n",
+    )
+    .expect("write pool");
+    let o = lab.twillctl(&["apply", "-f", pool.to_str().expect("utf-8")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            ping("1");
+            echo_requests_from(&lab, &pod6) > 0
+        }),
+        "natOutgoing off, yet the ToR never saw the pod's own address {pod6}"
+    );
+    let before = echo_requests_from(&lab, &node6);
+    assert!(ping("3").status.success());
+    assert_eq!(
+        echo_requests_from(&lab, &node6),
+        before,
+        "masqueraded after natOutgoing was turned off"
+    );
+}

@@ -430,7 +430,7 @@ impl Plan {
         )];
         if let Some(v6) = &self.v6 {
             docs.push(format!(
-                "apiVersion: twill.dev/v1\nkind: IPPool\nmetadata:\n  name: lab-ipv6\nspec:\n  cidr: {}\n  blockSize: {}\n  natOutgoing: false\n  nodeSelector: all()\n",
+                "apiVersion: twill.dev/v1\nkind: IPPool\nmetadata:\n  name: lab-ipv6\nspec:\n  cidr: {}\n  blockSize: {}\n  natOutgoing: true\n  nodeSelector: all()\n",
                 v6.pool, v6.block_size
             ));
         }

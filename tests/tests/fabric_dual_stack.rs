@@ -380,3 +380,60 @@ fn nat_outgoing_on_the_ipv6_pool_masquerades_to_the_node_ipv6_address() {
         "masqueraded after natOutgoing was turned off"
     );
 }
+
+#[test]
+fn restarting_twill_node_under_ipv6_traffic_loses_no_packets() {
+    prerequisites("bird");
+    let lab = Lab::up(&[
+        "--nodes",
+        "2",
+        "--tor",
+        "bird",
+        "--pods-per-node",
+        "1",
+        "--dual-stack",
+    ]);
+    assert!(lab.up_ok, "{}", lab.up_output);
+    let dst = lab.pod_ip6("n2-p1");
+    let routes6 = || lab.sh("n1", &["ip", "-6", "route", "show", "proto", "116"]);
+    let n2_block: String = routes6()
+        .lines()
+        .find(|l| l.contains("via fd00:172:30::12"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("n1 routes no IPv6 block via n2:\n{}", routes6()))
+        .to_string();
+    // 100 packets a second for 12 s over IPv6 while n2's twill-node is
+    // killed and n1's stopped, each started again.
+    let (sent, got, text) = lab.ping_across_restarts("n1-p1", &dst);
+    eprintln!(
+        "graceful restart under IPv6 traffic: {sent} sent, {got} received, {} lost",
+        sent - got
+    );
+    assert_eq!(sent, 1200, "{text}");
+    assert_eq!(
+        got, sent,
+        "IPv6 packets lost across a SIGKILL of n2 and a SIGTERM of n1:\n{text}"
+    );
+    assert!(routes6().contains(&n2_block), "{}", routes6());
+    // All three sessions come back: the mesh, the ToR on IPv4 and on IPv6.
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let out = lab.twillctl(&["node", "status", "n1", "-o", "json"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let peers = v["status"]["bgpPeers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            peers.len() == 3 && peers.iter().all(|p| p["state"] == "Established")
+        }),
+        "sessions did not come back"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || tor_bgp_view(
+            &lab, "bird", &n2_block
+        )
+        .contains("fd00:172:30::12")),
+        "the ToR lost {n2_block}:\n{}",
+        tor_bgp_view(&lab, "bird", &n2_block)
+    );
+}

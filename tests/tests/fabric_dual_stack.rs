@@ -237,7 +237,7 @@ fn add_pod(lab: &Lab, name: &str, node: &str, serve: bool) {
 }
 
 #[test]
-fn an_ipv6_ipblock_denies_on_ipv6_what_the_ipv4_one_denies_and_nd_still_works() {
+fn ipv6_policy_denies_what_ipv4_policy_denies_and_nd_still_works() {
     prerequisites("bird");
     let lab = Lab::up(&[
         "--nodes",
@@ -322,6 +322,37 @@ spec:
     assert!(
         neigh.contains("fe80::ecee:eeff:feee:eeee") && !neigh.contains("FAILED"),
         "web resolved its IPv6 gateway again:\n{neigh}"
+    );
+
+    // A GlobalNetworkPolicy whose rule selects pods by label matches their
+    // IPv6 addresses as well: client is denied on both families, other
+    // (no longer excluded, the NetworkPolicy gone) admitted on both.
+    let o = lab.twillctl(&["delete", "-f", file.to_str().expect("utf-8")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let gnp = lab.dir.join("web-gnp.yaml");
+    std::fs::write(
+        &gnp,
+        "apiVersion: twill.dev/v1
+kind: GlobalNetworkPolicy
+metadata: {name: web-not-from-client}
+spec:
+  selector: app == 'web'
+  types: [Ingress]
+  ingress:
+  - {action: Deny, source: {selector: app == 'client'}}
+  - {action: Allow}
+",
+    )
+    .expect("write policy");
+    let o = lab.twillctl(&["apply", "-f", gnp.to_str().expect("utf-8")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        wait_until(Duration::from_secs(10), || answers("client", "web")
+            == [false, false]
+            && answers("other", "web") == [true, true]),
+        "with the global policy: client -> web {:?} (want denied on both), other -> web {:?} (want admitted on both)",
+        answers("client", "web"),
+        answers("other", "web")
     );
 }
 

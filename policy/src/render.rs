@@ -2,7 +2,9 @@
 //!
 //! Layout (`nft list table inet twill` shows the same):
 //! * base chain `egress` (forward, priority -1) and `egress-host` (input,
-//!   priority -1): established/related accepted, then
+//!   priority -1): established/related accepted (in `egress-host` also
+//!   ICMPv6 neighbour discovery to the node: IPv6 has no ARP, and a pod
+//!   that cannot resolve its gateway loses even its allowed traffic), then
 //!   `iifname vmap @endpoint-egress` jumps to the sending pod's chain;
 //! * base chain `ingress` (forward, priority 0): established/related
 //!   accepted, then `oifname vmap @endpoint-ingress` jumps to the receiving
@@ -511,11 +513,33 @@ impl Renderer<'_> {
                 rules: vec![est.clone(), dispatch(false, MAP_EGRESS)],
             },
         );
+        // Router solicitation, neighbour solicitation and advertisement
+        // (RFC 4861) from a pod to its node: never blocked. The kernel's
+        // own checks (hop limit 255, link-local scope) still apply.
+        let mut host_rules = vec![est.clone()];
+        for (type_, what) in [
+            (133, "router solicitation"),
+            (135, "neighbour solicitation"),
+            (136, "neighbour advertisement"),
+        ] {
+            let mut nd = NftRule::new(
+                vec![Atom::Icmp {
+                    fam: Fam::V6,
+                    type_,
+                    code: None,
+                    neg: false,
+                }],
+                Verdict::Accept,
+            );
+            nd.comment = Some(format!("ICMPv6 {what}"));
+            host_rules.push(nd);
+        }
+        host_rules.push(dispatch(false, MAP_EGRESS));
         self.table.chains.insert(
             "egress-host".into(),
             Chain {
                 hook: Some((Hook::Input, -1)),
-                rules: vec![est.clone(), dispatch(false, MAP_EGRESS)],
+                rules: host_rules,
             },
         );
         self.table.chains.insert(

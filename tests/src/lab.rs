@@ -91,6 +91,14 @@ impl Lab {
             .to_string()
     }
 
+    /// A pod's IPv6 address (dual-stack labs).
+    pub fn pod_ip6(&self, pod: &str) -> String {
+        self.state()["pod_ips6"][pod]
+            .as_str()
+            .unwrap_or_else(|| panic!("no IPv6 address for pod {pod} in the lab"))
+            .to_string()
+    }
+
     /// The namespace of a node, pod or `tor`.
     pub fn ns(&self, target: &str) -> String {
         if target == "tor" {

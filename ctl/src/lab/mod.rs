@@ -57,9 +57,14 @@ pub enum LabCommand {
         tor: Tor,
         /// YAML: nodes (name, labels), tor, podsPerNode, pool, blockSize, nodeAs, torAs,
         /// routeReflectors (node names), torReflector (true: the ToR is the rack's
-        /// route reflector, one AS, no mesh).
+        /// route reflector, one AS, no mesh), dualStack, pool6, blockSize6.
         #[arg(long)]
         topology: Option<PathBuf>,
+        /// IPv6 beside IPv4: an IPv6 pool (fd00:10:244::/56, /122 blocks),
+        /// every pod one address of each family, IPv6 rack addresses and
+        /// IPv6 sessions to the ToR (as `dualStack: true` in a topology file).
+        #[arg(long)]
+        dual_stack: bool,
         #[arg(long, default_value_t = 2)]
         pods_per_node: usize,
         /// Namespace name prefix (several labs can run side by side with
@@ -152,6 +157,9 @@ struct State {
     namespaces: Vec<String>,
     processes: Vec<Proc>,
     pod_ips: BTreeMap<String, String>,
+    /// The pods' IPv6 addresses (dual-stack labs).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pod_ips6: BTreeMap<String, String>,
     /// twill-node's command line per node, for `lab restart`.
     #[serde(default)]
     node_args: BTreeMap<String, Vec<String>>,
@@ -174,9 +182,21 @@ pub async fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
             nodes,
             tor,
             topology,
+            dual_stack,
             pods_per_node,
             name,
-        } => up(&args.dir, &name, nodes, tor, topology, pods_per_node).await,
+        } => {
+            up(
+                &args.dir,
+                &name,
+                nodes,
+                tor,
+                topology,
+                dual_stack,
+                pods_per_node,
+            )
+            .await
+        }
         LabCommand::Restart { node, kill } => restart(&args.dir, &node, kill),
         LabCommand::Status { output } => status(&args.dir, output).await,
         LabCommand::Exec { target, command } => exec(&args.dir, &target, &command),
@@ -391,6 +411,11 @@ fn spawn_in(ns: &str, prog: &Path, args: &[String], log: &Path) -> anyhow::Resul
     Ok(child.id() as i32)
 }
 
+/// `sysctl -qw SETTING` in a namespace.
+fn sysctl_in(ns: &str, setting: &str) -> anyhow::Result<()> {
+    run_cmd("ip", &["netns", "exec", ns, "sysctl", "-qw", setting])
+}
+
 fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> anyhow::Result<()> {
     let start = Instant::now();
     while start.elapsed() < timeout {
@@ -412,6 +437,7 @@ async fn up(
     nodes: usize,
     tor: Tor,
     topology: Option<PathBuf>,
+    dual_stack: bool,
     pods_per_node: usize,
 ) -> anyhow::Result<ExitCode> {
     need_root()?;
@@ -431,6 +457,13 @@ async fn up(
             )
         }
         None => None,
+    };
+    let file = if dual_stack {
+        let mut f: plan::TopologyFile = file.unwrap_or_default();
+        f.dual_stack = Some(true);
+        Some(f)
+    } else {
+        file
     };
     let plan =
         plan::plan(name, nodes, tor, pods_per_node, file).map_err(|e| UsageError(e.to_string()))?;
@@ -463,6 +496,7 @@ async fn up(
         namespaces: vec![],
         processes: vec![],
         pod_ips: BTreeMap::new(),
+        pod_ips6: BTreeMap::new(),
         node_args: BTreeMap::new(),
         frr_dir: None,
     };
@@ -476,12 +510,17 @@ async fn up(
         return Ok(ExitCode::from(1));
     }
     println!(
-        "lab is up in {} ({} nodes, ToR: {:?}{})\n",
+        "lab is up in {} ({} nodes, ToR: {:?}{}{})\n",
         dir.display(),
         plan.nodes.len(),
         plan.tor,
         if plan.tor_reflector {
             ", the rack's route reflector"
+        } else {
+            ""
+        },
+        if plan.v6.is_some() {
+            ", dual-stack"
         } else {
             ""
         }
@@ -530,6 +569,16 @@ async fn build(dir: &Path, st: &mut State, node_bin: &Path, cni_bin: &Path) -> a
         &["-n", tor_ns, "link", "add", "rack", "type", "bridge"],
     )?;
     run_cmd("ip", &["-n", tor_ns, "addr", "add", &rack, "dev", "rack"])?;
+    if let Some(v6) = &plan.v6 {
+        let a = format!("{}/{}", v6.tor_addr, v6.prefix_len);
+        run_cmd(
+            "ip",
+            &[
+                "-n", tor_ns, "-6", "addr", "add", &a, "dev", "rack", "nodad",
+            ],
+        )?;
+        sysctl_in(tor_ns, "net.ipv6.conf.all.forwarding=1")?;
+    }
     run_cmd("ip", &["-n", tor_ns, "link", "set", "rack", "up"])?;
     run_cmd(
         "ip",
@@ -576,7 +625,30 @@ async fn build(dir: &Path, st: &mut State, node_bin: &Path, cni_bin: &Path) -> a
         )?;
         let addr = format!("{}/{}", n.addr, plan.prefix_len);
         run_cmd("ip", &["-n", &n.ns, "addr", "add", &addr, "dev", "eth0"])?;
+        if let (Some(v6), Some(a6)) = (&plan.v6, n.addr6) {
+            let a = format!("{a6}/{}", v6.prefix_len);
+            run_cmd(
+                "ip",
+                &["-n", &n.ns, "-6", "addr", "add", &a, "dev", "eth0", "nodad"],
+            )?;
+        }
         run_cmd("ip", &["-n", &n.ns, "link", "set", "eth0", "up"])?;
+        if let Some(v6) = &plan.v6 {
+            sysctl_in(&n.ns, "net.ipv6.conf.all.forwarding=1")?;
+            run_cmd(
+                "ip",
+                &[
+                    "-n",
+                    &n.ns,
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &v6.tor_addr.to_string(),
+                ],
+            )?;
+        }
         run_cmd(
             "ip",
             &[
@@ -748,27 +820,34 @@ fn start_tor(dir: &Path, st: &mut State, tdir: &Path) -> anyhow::Result<()> {
                 "zebra",
             )?;
             let bpid = fdir.join("bgpd.pid");
-            run_cmd(
-                "ip",
-                &[
-                    "netns",
-                    "exec",
-                    ns,
-                    "/usr/lib/frr/bgpd",
-                    "-d",
-                    "-S",
-                    "-z",
-                    &zserv,
-                    "-f",
-                    &conf.display().to_string(),
-                    "-i",
-                    &bpid.display().to_string(),
-                    "--vty_socket",
-                    &td,
-                    "-l",
-                    &plan.tor_addr.to_string(),
-                ],
-            )?;
+            let (conf_s, bpid_s) = (conf.display().to_string(), bpid.display().to_string());
+            let mut args: Vec<String> = [
+                "netns",
+                "exec",
+                ns,
+                "/usr/lib/frr/bgpd",
+                "-d",
+                "-S",
+                "-z",
+                &zserv,
+                "-f",
+                &conf_s,
+                "-i",
+                &bpid_s,
+                "--vty_socket",
+                &td,
+                "-l",
+                &plan.tor_addr.to_string(),
+            ]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+            // Dual stack: listen on the IPv6 rack address too (the IPv6 sessions).
+            if let Some(v6) = &plan.v6 {
+                args.extend(["-l".to_string(), v6.tor_addr.to_string()]);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_cmd("ip", &args)?;
             wait_for(
                 "FRR bgpd writing its PID file",
                 Duration::from_secs(10),
@@ -848,62 +927,71 @@ fn cni_call(
     Ok(v)
 }
 
-/// Pings every pod from every pod until all answer (or 40 s), then prints
-/// the matrix. True when every pair reaches.
+/// Pings every pod from every pod, on every family the lab has, until all
+/// answer (or 40 s), then prints one matrix per family. True when every
+/// pair reaches on every family.
 fn matrix(st: &State) -> anyhow::Result<bool> {
-    let pods: Vec<(String, String, String)> = st
-        .plan
-        .pods
-        .iter()
-        .filter_map(|p| {
-            st.pod_ips
-                .get(&p.name)
-                .map(|ip| (p.name.clone(), p.ns.clone(), ip.clone()))
-        })
-        .collect();
-    if pods.is_empty() {
+    let family = |ips: &BTreeMap<String, String>| -> Vec<(String, String, String)> {
+        st.plan
+            .pods
+            .iter()
+            .filter_map(|p| {
+                ips.get(&p.name)
+                    .map(|ip| (p.name.clone(), p.ns.clone(), ip.clone()))
+            })
+            .collect()
+    };
+    let mut families = vec![("IPv4", family(&st.pod_ips))];
+    if st.plan.v6.is_some() {
+        families.push(("IPv6", family(&st.pod_ips6)));
+    }
+    if families.iter().all(|(_, pods)| pods.is_empty()) {
         println!("no pods: no connectivity matrix");
         return Ok(true);
     }
     let start = Instant::now();
-    let mut result;
+    let mut results: Vec<BTreeMap<(String, String), bool>>;
     loop {
-        result = probe_all(&pods);
-        let all = result.values().all(|ok| *ok);
+        results = families.iter().map(|(_, pods)| probe_all(pods)).collect();
+        let all = results.iter().all(|r| r.values().all(|ok| *ok));
         if all || start.elapsed() > Duration::from_secs(40) {
             break;
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    let mut rows = vec![
-        std::iter::once("FROM \\ TO".to_string())
-            .chain(pods.iter().map(|p| p.0.clone()))
-            .collect::<Vec<_>>(),
-    ];
-    for (s, _, sip) in &pods {
-        let mut row = vec![format!("{s} ({sip})")];
-        for (d, _, _) in &pods {
-            row.push(
-                if result
+    let mut failed_total = 0;
+    for ((fam, pods), result) in families.iter().zip(&results) {
+        if pods.is_empty() {
+            continue;
+        }
+        let mut rows = vec![
+            std::iter::once("FROM \\ TO".to_string())
+                .chain(pods.iter().map(|p| p.0.clone()))
+                .collect::<Vec<_>>(),
+        ];
+        for (s, _, sip) in pods {
+            let mut row = vec![format!("{s} ({sip})")];
+            for (d, _, _) in pods {
+                let ok = result
                     .get(&(s.clone(), d.clone()))
                     .copied()
-                    .unwrap_or(false)
-                {
-                    "ok".into()
-                } else {
-                    "FAIL".into()
-                },
+                    .unwrap_or(false);
+                row.push(if ok { "ok".into() } else { "FAIL".into() });
+            }
+            rows.push(row);
+        }
+        println!("pod-to-pod connectivity, {fam} (ping):");
+        print!("{}", crate::output::align(&rows));
+        let failed = result.values().filter(|ok| !**ok).count();
+        if failed > 0 {
+            println!(
+                "{failed} of {} pairs do not reach each other on {fam}",
+                result.len()
             );
         }
-        rows.push(row);
+        failed_total += failed;
     }
-    println!("pod-to-pod connectivity (ping):");
-    print!("{}", crate::output::align(&rows));
-    let failed = result.values().filter(|ok| !**ok).count();
-    if failed > 0 {
-        println!("{failed} of {} pairs do not reach each other", result.len());
-    }
-    Ok(failed == 0)
+    Ok(failed_total == 0)
 }
 
 fn probe_all(pods: &[(String, String, String)]) -> BTreeMap<(String, String), bool> {
@@ -975,6 +1063,8 @@ fn tor_routes(dir: &Path, st: &State) -> anyhow::Result<String> {
                 &st.frr_dir.as_deref().unwrap_or(&tdir).display().to_string(),
                 "-c",
                 "show ip route bgp",
+                "-c",
+                "show ipv6 route bgp",
             ],
         ),
         Tor::Gobgp => output_of(
@@ -1005,7 +1095,7 @@ async fn status_document(dir: &Path, st: &State) -> anyhow::Result<serde_json::V
             .await?
             .and_then(|s| s.status);
         nodes.push(json!({
-            "name": n.name, "netns": n.ns, "address": n.addr.to_string(),
+            "name": n.name, "netns": n.ns, "address": n.addr.to_string(), "address6": n.addr6,
             "labels": n.labels, "report": report,
         }));
     }
@@ -1016,7 +1106,7 @@ async fn status_document(dir: &Path, st: &State) -> anyhow::Result<serde_json::V
         .map(|p| {
             json!({
                 "name": p.name, "namespace": p.namespace, "node": p.node, "netns": p.ns,
-                "ip": st.pod_ips.get(&p.name), "labels": p.labels,
+                "ip": st.pod_ips.get(&p.name), "ip6": st.pod_ips6.get(&p.name), "labels": p.labels,
                 "ports": p.ports.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
             })
         })
@@ -1112,10 +1202,17 @@ async fn status(dir: &Path, format: StatusFormat) -> anyhow::Result<ExitCode> {
             p.name.clone(),
             p.namespace.clone(),
             p.node.clone(),
-            st.pod_ips
-                .get(&p.name)
-                .cloned()
-                .unwrap_or_else(|| "-".into()),
+            {
+                let mut ips: Vec<String> = [st.pod_ips.get(&p.name), st.pod_ips6.get(&p.name)]
+                    .into_iter()
+                    .flatten()
+                    .cloned()
+                    .collect();
+                if ips.is_empty() {
+                    ips.push("-".into());
+                }
+                ips.join(",")
+            },
             p.ports
                 .iter()
                 .map(|s| s.to_string())

@@ -14,9 +14,15 @@
 //! rack subnet), so each node learns the others' blocks from the ToR with the
 //! originating node as next hop. The ToR configs then have the shape the
 //! README documents for real ToRs.
+//!
+//! With `dualStack: true` (`lab up --dual-stack`) there is an IPv6 pool
+//! beside the IPv4 one, every node and the ToR also have an IPv6 address on
+//! the rack (fd00:172:30::/64), the mesh carries IPv6 blocks over its IPv4
+//! sessions (next hop: the node's IPv6 address) and the ToR has a second,
+//! IPv6 session per node (see DESIGN.md, "Dual stack").
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +60,28 @@ pub struct TopologyFile {
     /// The ToR is the rack's route reflector: one AS for the nodes and the
     /// ToR (iBGP), the mesh off, the nodes the ToR's RR clients.
     pub tor_reflector: Option<bool>,
+    /// IPv6 beside IPv4: a second pool, IPv6 rack addresses, IPv6 sessions
+    /// to the ToR.
+    pub dual_stack: Option<bool>,
+    /// The IPv6 pod pool when dual-stack (default fd00:10:244::/56).
+    pub pool6: Option<String>,
+    /// The IPv6 block size (default 122).
+    pub block_size6: Option<u8>,
+}
+
+/// The IPv6 pod pool of a dual-stack lab unless the topology says.
+pub const DEFAULT_POOL6: &str = "fd00:10:244::/56";
+/// The rack's IPv6 subnet (the ToR is ::1, node i is ::(11+i) in hex digits
+/// as written, e.g. fd00:172:30::11).
+const RACK6: &str = "fd00:172:30::/64";
+
+/// The IPv6 side of a dual-stack lab.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct V6Plan {
+    pub pool: String,
+    pub block_size: u8,
+    pub tor_addr: Ipv6Addr,
+    pub prefix_len: u8,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -86,6 +114,9 @@ pub struct Plan {
     /// no mesh).
     #[serde(default)]
     pub tor_reflector: bool,
+    /// IPv6 pool and rack addresses, when the lab is dual-stack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v6: Option<V6Plan>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -93,6 +124,9 @@ pub struct NodePlan {
     pub name: String,
     pub ns: String,
     pub addr: Ipv4Addr,
+    /// The node's IPv6 address on the rack (dual-stack labs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr6: Option<Ipv6Addr>,
     /// The ToR side of the node's link (the node side is `eth0`).
     pub tor_port: String,
     pub labels: BTreeMap<String, String>,
@@ -161,6 +195,8 @@ pub enum PlanError {
     Reflector(String),
     #[error("torReflector: {0}")]
     TorReflector(String),
+    #[error("dualStack: {0}")]
+    DualStack(String),
 }
 
 /// Builds the plan from `--nodes`, `--tor` and an optional topology file
@@ -255,6 +291,47 @@ pub fn plan(
             file.tor_as.unwrap_or(DEFAULT_TOR_AS),
         )
     };
+    let v6 = if file.dual_stack.unwrap_or(false) {
+        if tor_reflector {
+            return Err(PlanError::DualStack(
+                "a ToR reflector lab is IPv4 only for now; use the default (eBGP) ToR".into(),
+            ));
+        }
+        let pool6 = file.pool6.unwrap_or_else(|| DEFAULT_POOL6.into());
+        let net6: ipnetwork::Ipv6Network = pool6
+            .parse()
+            .map_err(|e| PlanError::Pool(pool6.clone(), format!("{e}")))?;
+        if net6.ip() != net6.network() {
+            return Err(PlanError::Pool(pool6.clone(), "host bits are set".into()));
+        }
+        let rack6: ipnetwork::Ipv6Network = RACK6
+            .parse()
+            .map_err(|e| PlanError::Pool(RACK6.into(), format!("{e}")))?;
+        if net6.overlaps(rack6) {
+            return Err(PlanError::Pool(
+                pool6.clone(),
+                format!("overlaps the lab's rack segment {RACK6}"),
+            ));
+        }
+        let bs6 = file.block_size6.unwrap_or(122);
+        if bs6 < net6.prefix() || bs6 > 128 {
+            return Err(PlanError::Pool(
+                pool6.clone(),
+                format!(
+                    "blockSize6 {bs6} must be between the pool's length {} and 128",
+                    net6.prefix()
+                ),
+            ));
+        }
+        Some(V6Plan {
+            pool: pool6,
+            block_size: bs6,
+            tor_addr: rack6.network() | Ipv6Addr::from(1u128),
+            prefix_len: rack6.prefix(),
+        })
+    } else {
+        None
+    };
     let mut seen = std::collections::BTreeSet::new();
     let mut out_nodes = Vec::new();
     let mut pods = Vec::new();
@@ -296,10 +373,14 @@ pub fn plan(
                 name,
             });
         }
+        // fd00:172:30::11 upwards, the same digits as the IPv4 address
+        // (read as hex) so that a node's two addresses are easy to pair.
+        let addr6 = v6.as_ref().map(|v| node_addr6(v.tor_addr, 11 + i as u16));
         out_nodes.push(NodePlan {
             ns: format!("{prefix}-{}", s.name),
             tor_port: format!("tp-{}", s.name),
             addr,
+            addr6,
             name: s.name,
             labels: s.labels,
         });
@@ -318,7 +399,18 @@ pub fn plan(
         pods,
         route_reflectors: reflectors,
         tor_reflector,
+        v6,
     })
+}
+
+/// The rack IPv6 address whose last group reads like `n` in decimal
+/// (11 → fd00:172:30::11).
+fn node_addr6(tor: Ipv6Addr, n: u16) -> Ipv6Addr {
+    let digits = format!("{n}");
+    let group = u16::from_str_radix(&digits, 16).unwrap_or(n);
+    let mut seg = tor.segments();
+    seg[7] = group;
+    Ipv6Addr::from(seg)
 }
 
 /// The nodes' AS unless the topology says (Twill's default asNumber).
@@ -336,6 +428,12 @@ impl Plan {
             "apiVersion: twill.dev/v1\nkind: IPPool\nmetadata:\n  name: lab-ipv4\nspec:\n  cidr: {}\n  blockSize: {}\n  natOutgoing: true\n  nodeSelector: all()\n",
             self.pool, self.block_size
         )];
+        if let Some(v6) = &self.v6 {
+            docs.push(format!(
+                "apiVersion: twill.dev/v1\nkind: IPPool\nmetadata:\n  name: lab-ipv6\nspec:\n  cidr: {}\n  blockSize: {}\n  natOutgoing: true\n  nodeSelector: all()\n",
+                v6.pool, v6.block_size
+            ));
+        }
         docs.push(format!(
             "apiVersion: twill.dev/v1\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  asNumber: {}\n  nodeToNodeMeshEnabled: {}\n  holdTime: 9\n  keepaliveTime: 3\n  gracefulRestart:\n    enabled: true\n    restartTime: 20\n",
             self.node_as,
@@ -361,6 +459,14 @@ impl Plan {
                 "apiVersion: twill.dev/v1\nkind: BGPPeer\nmetadata:\n  name: rack-tor\nspec:\n  peerIP: {}\n  asNumber: {}\n  nodeSelector: all()\n",
                 self.tor_addr, self.tor_as
             ));
+            // One session per family to the ToR: eBGP rewrites the next hop
+            // to the session's own address, so IPv6 blocks need an IPv6 session.
+            if let Some(v6) = &self.v6 {
+                docs.push(format!(
+                    "apiVersion: twill.dev/v1\nkind: BGPPeer\nmetadata:\n  name: rack-tor-v6\nspec:\n  peerIP: {}\n  asNumber: {}\n  nodeSelector: all()\n",
+                    v6.tor_addr, self.tor_as
+                ));
+            }
         }
         docs.join("---\n")
     }
@@ -392,6 +498,24 @@ impl Plan {
                 n.addr,
                 self.node_as
             );
+        }
+        if let Some(v6) = &self.v6 {
+            s += &format!(
+                "protocol direct {{ ipv6; interface \"rack\"; }}\nprotocol kernel {{ ipv6 {{ export where source = RTS_BGP; }}; merge paths on; }}\n\
+                 template bgp node6 {{\n  local {tor6} as {tas};\n  hold time 9;\n  graceful restart on;\n  ipv6 {{ import all; export none; }};\n}}\n",
+                tor6 = v6.tor_addr,
+                tas = self.tor_as
+            );
+            for n in &self.nodes {
+                if let Some(a6) = n.addr6 {
+                    s += &format!(
+                        "protocol bgp {}_v6 from node6 {{ neighbor {} as {}; }}\n",
+                        n.name.replace('-', "_"),
+                        a6,
+                        self.node_as
+                    );
+                }
+            }
         }
         s
     }
@@ -470,7 +594,27 @@ protocol bgp twill_nodes {{
                 n.addr, n.addr
             );
         }
-        s += " exit-address-family\nroute-map LAB-NONE deny 10\n";
+        s += " exit-address-family\n";
+        let v6_nodes: Vec<Ipv6Addr> = self.nodes.iter().filter_map(|n| n.addr6).collect();
+        if !v6_nodes.is_empty() {
+            // The IPv6 sessions (declared above the families, as FRR
+            // writes its own configuration).
+            let mut neighbors = String::new();
+            for a in &v6_nodes {
+                neighbors += &format!(
+                    " neighbor {a} remote-as {}\n neighbor {a} timers 3 9\n",
+                    self.node_as
+                );
+            }
+            let at = s.find(" address-family ipv4 unicast\n").unwrap_or(s.len());
+            s.insert_str(at, &neighbors);
+            s += " address-family ipv6 unicast\n";
+            for a in &v6_nodes {
+                s += &format!("  neighbor {a} activate\n  neighbor {a} route-map LAB-NONE out\n");
+            }
+            s += " exit-address-family\n";
+        }
+        s += "route-map LAB-NONE deny 10\n";
         s
     }
 
@@ -539,15 +683,25 @@ router bgp {asn}
         if self.tor_reflector {
             return self.gobgp_reflector_toml();
         }
+        let listen = match &self.v6 {
+            Some(v6) => format!("\"{}\", \"{}\"", self.tor_addr, v6.tor_addr),
+            None => format!("\"{}\"", self.tor_addr),
+        };
         let mut s = format!(
-            "[global.config]\n  as = {}\n  router-id = \"{}\"\n  local-address-list = [\"{}\"]\n",
-            self.tor_as, self.tor_addr, self.tor_addr
+            "[global.config]\n  as = {}\n  router-id = \"{}\"\n  local-address-list = [{listen}]\n",
+            self.tor_as, self.tor_addr
         );
         for n in &self.nodes {
             s += &format!(
                 "\n[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{}\"\n    peer-as = {}\n  [neighbors.timers.config]\n    hold-time = 9\n    keepalive-interval = 3\n  [neighbors.apply-policy.config]\n    default-export-policy = \"reject-route\"\n",
                 n.addr, self.node_as
             );
+            if let Some(a6) = n.addr6 {
+                s += &format!(
+                    "\n[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{a6}\"\n    peer-as = {}\n  [neighbors.timers.config]\n    hold-time = 9\n    keepalive-interval = 3\n  [neighbors.apply-policy.config]\n    default-export-policy = \"reject-route\"\n",
+                    self.node_as
+                );
+            }
         }
         s
     }
@@ -798,5 +952,78 @@ mod tests {
         let f: TopologyFile = serde_saphyr::from_str("torReflector: true\n").unwrap();
         let p = plan("twl", 150, Tor::Frr, 0, Some(f)).unwrap();
         assert!(p.frr_conf().contains(" bgp listen limit 150\n"));
+    }
+
+    #[test]
+    fn a_dual_stack_lab_has_an_ipv6_pool_addresses_and_sessions() {
+        let f: TopologyFile = serde_saphyr::from_str("dualStack: true\n").unwrap();
+        let p = plan("twl", 12, Tor::Bird, 1, Some(f)).unwrap();
+        let v6 = p.v6.clone().unwrap();
+        assert_eq!(v6.pool, "fd00:10:244::/56");
+        assert_eq!(v6.block_size, 122);
+        assert_eq!(v6.tor_addr, "fd00:172:30::1".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(p.nodes[0].addr6, Some("fd00:172:30::11".parse().unwrap()));
+        assert_eq!(p.nodes[11].addr6, Some("fd00:172:30::22".parse().unwrap()));
+        let r = p.resources();
+        assert!(r.contains("name: lab-ipv6\nspec:\n  cidr: fd00:10:244::/56\n  blockSize: 122\n"));
+        assert!(
+            r.contains("name: rack-tor-v6\nspec:\n  peerIP: fd00:172:30::1\n  asNumber: 65000\n")
+        );
+        for doc in r.split("---\n") {
+            let _: serde_json::Value = serde_saphyr::from_str(doc).unwrap();
+        }
+        let b = p.bird_conf();
+        assert!(b.contains("local fd00:172:30::1 as 65000;"), "{b}");
+        assert!(b.contains("protocol bgp n1_v6 from node6 { neighbor fd00:172:30::11 as 64512; }"));
+        assert!(b.contains("ipv6 { import all; export none; }"));
+        assert!(b.contains("protocol kernel { ipv6 { export where source = RTS_BGP; }"));
+        let f = p.frr_conf();
+        assert!(
+            f.contains(" neighbor fd00:172:30::11 remote-as 64512\n"),
+            "{f}"
+        );
+        let v6_family = f
+            .split(" address-family ipv6 unicast\n")
+            .nth(1)
+            .unwrap_or("");
+        assert!(
+            v6_family.contains("  neighbor fd00:172:30::12 activate\n"),
+            "{f}"
+        );
+        assert!(!v6_family.contains("172.30.0.12 activate"), "{f}");
+        // The IPv6 neighbors are declared before any address family.
+        assert!(
+            f.find(" neighbor fd00:172:30::11 remote-as").unwrap()
+                < f.find(" address-family ipv4 unicast").unwrap(),
+            "{f}"
+        );
+        let g = p.gobgp_toml();
+        assert!(
+            g.contains("local-address-list = [\"172.30.0.1\", \"fd00:172:30::1\"]"),
+            "{g}"
+        );
+        assert!(g.contains("neighbor-address = \"fd00:172:30::11\""), "{g}");
+        // An IPv4-only lab has none of it.
+        let d = plan("twl", 2, Tor::Frr, 1, None).unwrap();
+        assert!(d.v6.is_none() && d.nodes[0].addr6.is_none());
+        assert!(!d.resources().contains("ipv6") && !d.frr_conf().contains("ipv6"));
+        assert!(!d.bird_conf().contains("ipv6"));
+    }
+
+    #[test]
+    fn bad_dual_stack_topologies_say_what_is_wrong() {
+        for (yaml, want) in [
+            ("dualStack: true\npool6: fd00:172:30::/48\n", "overlaps"),
+            ("dualStack: true\npool6: fd00:1::1/64\n", "host bits"),
+            (
+                "dualStack: true\npool6: fd00:1::/64\nblockSize6: 60\n",
+                "blockSize6",
+            ),
+            ("dualStack: true\ntorReflector: true\n", "IPv4 only"),
+        ] {
+            let f: TopologyFile = serde_saphyr::from_str(yaml).unwrap();
+            let e = plan("twl", 2, Tor::Bird, 0, Some(f)).unwrap_err();
+            assert!(e.to_string().contains(want), "{yaml}: {e}");
+        }
     }
 }

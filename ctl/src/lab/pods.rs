@@ -187,8 +187,10 @@ pub fn pod_object(p: &PodPlan) -> Value {
 }
 
 /// The status a kubelet writes once the pod's network is up.
-pub fn pod_status(ip: &str, host_ip: &str) -> Value {
-    json!({"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+pub fn pod_status(ip: &str, ip6: Option<&str>, host_ip: &str) -> Value {
+    let mut ips = vec![json!({"ip": ip})];
+    ips.extend(ip6.map(|a| json!({"ip": a})));
+    json!({"phase": "Running", "podIP": ip, "podIPs": ips,
         "hostIP": host_ip, "hostIPs": [{"ip": host_ip}]})
 }
 
@@ -222,14 +224,20 @@ async fn create_objects(store: &Store, p: &PodPlan) -> anyhow::Result<()> {
 }
 
 /// Writes the pod's addresses into its status, as the kubelet does.
-async fn record_status(store: &Store, p: &PodPlan, ip: &str, host_ip: &str) -> anyhow::Result<()> {
+async fn record_status(
+    store: &Store,
+    p: &PodPlan,
+    ip: &str,
+    ip6: Option<&str>,
+    host_ip: &str,
+) -> anyhow::Result<()> {
     let what = format!("pod {}/{}", p.namespace, p.name);
     let mut pod = store
         .get::<Pod>(Some(&p.namespace), &p.name)
         .await?
         .with_context(|| format!("{what} vanished from the store"))?;
     pod.status = Some(serde_json::from_value::<PodStatus>(pod_status(
-        ip, host_ip,
+        ip, ip6, host_ip,
     ))?);
     store
         .update_status(&pod)
@@ -275,7 +283,9 @@ fn start_responder(dir: &Path, st: &mut State, p: &PodPlan) -> anyhow::Result<()
         if text.contains("serving ") {
             return Ok(());
         }
-        if !alive(&proc) || start.elapsed() > Duration::from_secs(10) {
+        // Not `!alive`: between fork and exec the child still has our
+        // command line, without the marker, and would count as gone.
+        if exited(pid) || start.elapsed() > Duration::from_secs(10) {
             bail!(
                 "the responder for pod {} did not start listening: {}",
                 p.name,
@@ -283,6 +293,18 @@ fn start_responder(dir: &Path, st: &mut State, p: &PodPlan) -> anyhow::Result<()
             );
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The process has ended (gone, or a zombie nobody waited for).
+fn exited(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name's closing parenthesis.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_none_or(|state| state == "Z" || state == "X"),
+        Err(_) => true,
     }
 }
 
@@ -299,17 +321,32 @@ pub(super) async fn start_pod(
     st.add_ns(dir, &p.ns)?;
     let sock = dir.join(&p.node).join("cni.sock");
     let v = super::cni_call(cni_bin, &sock, p, "ADD")?;
-    let ip = v["ips"]
-        .as_array()
-        .and_then(|ips| {
-            ips.iter()
-                .filter_map(|i| i["address"].as_str())
-                .find(|a| !a.contains(':'))
-        })
-        .and_then(|a| a.split('/').next())
-        .map(String::from)
+    let address = |v6: bool| {
+        v["ips"]
+            .as_array()
+            .and_then(|ips| {
+                ips.iter()
+                    .filter_map(|i| i["address"].as_str())
+                    .find(|a| a.contains(':') == v6)
+            })
+            .and_then(|a| a.split('/').next())
+            .map(String::from)
+    };
+    let ip = address(false)
         .with_context(|| format!("CNI ADD for pod {} returned no IPv4 address: {v}", p.name))?;
     st.pod_ips.insert(p.name.clone(), ip.clone());
+    let ip6 = if st.plan.v6.is_some() {
+        let a = address(true).with_context(|| {
+            format!(
+                "CNI ADD for pod {} returned no IPv6 address in a dual-stack lab: {v}",
+                p.name
+            )
+        })?;
+        st.pod_ips6.insert(p.name.clone(), a.clone());
+        Some(a)
+    } else {
+        None
+    };
     st.save(dir)?;
     let host_ip = st
         .plan
@@ -318,7 +355,7 @@ pub(super) async fn start_pod(
         .find(|n| n.name == p.node)
         .map(|n| n.addr.to_string())
         .unwrap_or_default();
-    record_status(store, p, &ip, &host_ip).await?;
+    record_status(store, p, &ip, ip6.as_deref(), &host_ip).await?;
     if !p.ports.is_empty() {
         start_responder(dir, st, p)?;
     }
@@ -415,10 +452,14 @@ pub async fn add(dir: &Path, a: AddArgs) -> anyhow::Result<ExitCode> {
     let ip = st.pod_ips.get(&p.name).cloned().unwrap_or_default();
     let ports: Vec<String> = p.ports.iter().map(|s| s.to_string()).collect();
     println!(
-        "pod {}/{} is up on node {} with IP {ip}{}",
+        "pod {}/{} is up on node {} with IP {ip}{}{}",
         p.namespace,
         p.name,
         p.node,
+        st.pod_ips6
+            .get(&p.name)
+            .map(|a| format!(" and {a}"))
+            .unwrap_or_default(),
         if ports.is_empty() {
             String::new()
         } else {
@@ -503,6 +544,7 @@ pub async fn del(dir: &Path, name: &str) -> anyhow::Result<ExitCode> {
     }
     st.plan.pods.retain(|q| q.name != name);
     st.pod_ips.remove(name);
+    st.pod_ips6.remove(name);
     st.save(dir)?;
     println!("pod {}/{} deleted", p.namespace, name);
     Ok(ExitCode::SUCCESS)
@@ -517,9 +559,14 @@ pub fn serve(pod: &str, ports: &[PortSpec]) -> anyhow::Result<ExitCode> {
     let reply: &'static [u8] = format!("{pod}\n").into_bytes().leak();
     let mut threads = Vec::new();
     for p in ports {
-        let addr = SocketAddr::from(([0, 0, 0, 0], p.port));
+        // [::] takes both families (IPv4 as mapped addresses) where the
+        // namespace has IPv6; 0.0.0.0 where it has not.
+        let addr = SocketAddr::from(([0u16; 8], p.port));
+        let v4 = SocketAddr::from(([0, 0, 0, 0], p.port));
         if p.protocol == "UDP" {
-            let sock = UdpSocket::bind(addr).with_context(|| format!("listening on {p}"))?;
+            let sock = UdpSocket::bind(addr)
+                .or_else(|_| UdpSocket::bind(v4))
+                .with_context(|| format!("listening on {p}"))?;
             threads.push(std::thread::spawn(move || {
                 let mut buf = [0u8; 1500];
                 loop {
@@ -532,7 +579,9 @@ pub fn serve(pod: &str, ports: &[PortSpec]) -> anyhow::Result<ExitCode> {
                 }
             }));
         } else {
-            let l = TcpListener::bind(addr).with_context(|| format!("listening on {p}"))?;
+            let l = TcpListener::bind(addr)
+                .or_else(|_| TcpListener::bind(v4))
+                .with_context(|| format!("listening on {p}"))?;
             threads.push(std::thread::spawn(move || {
                 loop {
                     match l.accept() {
@@ -732,7 +781,8 @@ mod tests {
         assert_eq!(ports[0].name.as_deref(), Some("http"));
         assert_eq!(ports[1].protocol.as_deref(), Some("UDP"));
         assert_eq!(pod.metadata.namespace.as_deref(), Some("shop"));
-        let s: PodStatus = serde_json::from_value(pod_status("10.0.0.1", "172.30.0.11")).unwrap();
+        let s: PodStatus =
+            serde_json::from_value(pod_status("10.0.0.1", None, "172.30.0.11")).unwrap();
         assert_eq!(s.pod_ips.unwrap()[0].ip, "10.0.0.1");
     }
 }

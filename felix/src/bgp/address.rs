@@ -3,6 +3,8 @@
 //! `nodeAddress`, and must resolve to exactly one global IPv4 address on the
 //! node — otherwise BGP stays off and the error says why. The choice is
 //! pure ([`pick`]); [`host_addresses`] only lists the kernel's addresses.
+//! In dual stack the node's IPv6 next hop is the one global IPv6 address on
+//! the node address's interface ([`pick_v6`]).
 
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
@@ -110,6 +112,47 @@ pub fn pick(addrs: &[HostAddress], spec: &AddressSpec) -> Result<IpNetwork, Addr
     }
 }
 
+/// The node's IPv6 address for IPv6 next hops: the one global IPv6 address
+/// on the interface that holds the node address `v4`. None when there is
+/// none (an IPv4-only node); an error when there are several (never guessed).
+pub fn pick_v6(
+    addrs: &[HostAddress],
+    v4: &IpNetwork,
+) -> Result<Option<std::net::Ipv6Addr>, String> {
+    let Some(ifname) = addrs
+        .iter()
+        .find(|a| a.addr == *v4)
+        .map(|a| a.ifname.as_str())
+    else {
+        return Ok(None);
+    };
+    let found: Vec<std::net::Ipv6Addr> = addrs
+        .iter()
+        .filter(|a| a.ifname == ifname)
+        .filter_map(|a| match a.addr {
+            IpNetwork::V6(n)
+                if !n.ip().is_loopback()
+                    && !n.ip().is_unicast_link_local()
+                    && !n.ip().is_multicast() =>
+            {
+                Some(n.ip())
+            }
+            _ => None,
+        })
+        .collect();
+    match found.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(*one)),
+        many => Err(format!(
+            "{ifname} has several global IPv6 addresses ({}): IPv6 blocks need one next hop",
+            many.iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
 /// Every address in the current network namespace, with interface names.
 pub async fn host_addresses(h: &Handle) -> Result<(Vec<HostAddress>, Vec<String>), AddressError> {
     let nl = |e: rtnetlink::Error| AddressError::Netlink(e.to_string());
@@ -162,6 +205,29 @@ mod tests {
             ifname: ifname.into(),
             addr: addr.parse().unwrap(),
         }
+    }
+
+    #[test]
+    fn the_ipv6_next_hop_is_the_one_global_ipv6_beside_the_node_address() {
+        let v4: IpNetwork = "172.30.0.11/24".parse().unwrap();
+        let mut addrs = vec![
+            a("eth0", "fe80::1/64"),
+            a("eth0", "172.30.0.11/24"),
+            a("eth1", "fd00:1::1/64"),
+        ];
+        // IPv4 only on eth0 (link-local does not count, eth1 is not ours).
+        assert_eq!(pick_v6(&addrs, &v4), Ok(None));
+        addrs.push(a("eth0", "fd00:172:30::11/64"));
+        assert_eq!(
+            pick_v6(&addrs, &v4),
+            Ok(Some("fd00:172:30::11".parse().unwrap()))
+        );
+        addrs.push(a("eth0", "fd00:172:30::99/64"));
+        let e = pick_v6(&addrs, &v4).unwrap_err();
+        assert!(
+            e.contains("fd00:172:30::11") && e.contains("fd00:172:30::99"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -138,6 +138,21 @@ pub async fn run(cfg: BgpConfig, routes: Arc<RouteProgrammer>, report: SharedRep
         );
         return;
     };
+    // Dual stack: IPv6 blocks are announced with the node's IPv6 address as
+    // next hop (over IPv4 sessions too: RFC 4760 carries it in MP_REACH_NLRI).
+    let next_hop6 = match address::host_addresses(&host).await {
+        Ok((addrs, _)) => address::pick_v6(&addrs, &addr).unwrap_or_else(|e| {
+            tracing::error!("{e}; IPv6 blocks are not announced");
+            None
+        }),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot list the node's IPv6 addresses; IPv6 blocks are not announced");
+            None
+        }
+    };
+    if let Some(a) = next_hop6 {
+        tracing::info!(address = %a, "IPv6 next hop");
+    }
     if let Err(e) = publish_address(&cfg.store, &cfg.node, &addr).await {
         tracing::warn!(error = %e, "cannot publish the node address on the Node object; other nodes will not find this one");
     }
@@ -188,7 +203,12 @@ pub async fn run(cfg: BgpConfig, routes: Arc<RouteProgrammer>, report: SharedRep
         report.clone(),
         sources.clone(),
     ));
-    tokio::spawn(follow_origination(cfg.clone(), speaker.clone(), addr.ip()));
+    tokio::spawn(follow_origination(
+        cfg.clone(),
+        speaker.clone(),
+        addr.ip(),
+        next_hop6,
+    ));
     follow_peers(cfg, speaker, addr.ip(), sources).await;
 }
 
@@ -396,8 +416,15 @@ impl<K: twill_api::Object> Cache<K> {
     }
 }
 
-/// Originates owned blocks and borrowed /32s, following the IPAM blocks.
-async fn follow_origination(cfg: BgpConfig, speaker: Arc<Speaker>, next_hop: IpAddr) {
+/// Originates owned blocks and borrowed /32s (/128s), following the IPAM
+/// blocks. IPv6 prefixes need `next_hop6`: without one they are not
+/// announced (an IPv4 next hop is no way to reach them).
+async fn follow_origination(
+    cfg: BgpConfig,
+    speaker: Arc<Speaker>,
+    next_hop: IpAddr,
+    next_hop6: Option<std::net::Ipv6Addr>,
+) {
     let store = cfg.store.clone();
     let mut originated: BTreeSet<IpNetwork> = BTreeSet::new();
     // The follower turns every block change into the set of prefixes this
@@ -458,6 +485,9 @@ async fn follow_origination(cfg: BgpConfig, speaker: Arc<Speaker>, next_hop: IpA
                 .filter_map(|p| p.spec.cidr.parse().ok())
                 .collect();
             want.retain(|p| !no_export.iter().any(|n| n.contains(p.ip())));
+            if next_hop6.is_none() {
+                want.retain(|p| p.is_ipv4());
+            }
             for p in originated.difference(&want) {
                 tracing::info!(prefix = %p, "withdrawing");
                 speaker.withdraw(*p);
@@ -466,7 +496,10 @@ async fn follow_origination(cfg: BgpConfig, speaker: Arc<Speaker>, next_hop: IpA
                 tracing::info!(prefix = %p, "announcing");
                 let mut attrs: PathAttrs = adv.attrs_for(p);
                 attrs.origin = Origin::Igp;
-                attrs.next_hop = Some(next_hop);
+                attrs.next_hop = Some(match (p, next_hop6) {
+                    (IpNetwork::V6(_), Some(a)) => IpAddr::V6(a),
+                    _ => next_hop,
+                });
                 speaker.originate(*p, attrs);
             }
             originated = want;

@@ -288,6 +288,11 @@ fn the_daemonset_image_installs_the_cni_plugin_and_runs_twill_node_unprivileged(
             v.to_string()
         } else if e["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName" {
             node_name.to_string()
+        } else if e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace" {
+            ds["metadata"]["namespace"]
+                .as_str()
+                .expect("the DaemonSet's namespace")
+                .to_string()
         } else {
             panic!("env {name}: a source this test does not provide: {e}");
         };

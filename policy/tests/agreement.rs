@@ -290,6 +290,12 @@ fn global_policy(i: usize) -> impl Strategy<Value = Value> {
                 spec["namespaceSelector"] = json!(s);
             }
             if !types.is_null() {
+                // Validation refuses rules for a direction types leaves out.
+                for (dir, t) in [("ingress", "Ingress"), ("egress", "Egress")] {
+                    if !types.as_array().is_some_and(|a| a.contains(&json!(t))) {
+                        spec[dir] = json!([]);
+                    }
+                }
                 spec["types"] = types;
             }
             json!({"apiVersion": "twill.dev/v1", "kind": "GlobalNetworkPolicy", "metadata": {"name": format!("g{i}")}, "spec": spec})

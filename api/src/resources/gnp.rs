@@ -235,6 +235,22 @@ impl GlobalNetworkPolicy {
                 e.push("spec.types", format!("{t:?}"), "listed twice");
             }
         }
+        // Rules for a direction `types` leaves out would never be evaluated:
+        // refuse them rather than accept and ignore them.
+        for (dir, rules, t) in [
+            ("ingress", &s.ingress, PolicyType::Ingress),
+            ("egress", &s.egress, PolicyType::Egress),
+        ] {
+            if !s.types.is_empty() && !rules.is_empty() && !s.types.contains(&t) {
+                e.push(
+                    format!("spec.{dir}"),
+                    format!("{} rule(s)", rules.len()),
+                    format!(
+                        "spec.types does not list {t:?}, so these rules would be ignored: add {t:?} to spec.types or remove them"
+                    ),
+                );
+            }
+        }
         for (dir, rules) in [("ingress", &s.ingress), ("egress", &s.egress)] {
             for (i, r) in rules.iter().enumerate() {
                 validate_rule(&mut e, &format!("spec.{dir}[{i}]"), r);

@@ -49,7 +49,7 @@ impl std::fmt::Display for Family {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
     #[error(
-        "no enabled {family} IPPool selects node {node:?} (check the pools' nodeSelector and disabled fields)"
+        "no enabled {family} IPPool selects node {node:?} (check the pools' nodeSelector, disabled and allowedUses fields)"
     )]
     NoPool { family: Family, node: String },
     #[error("{family} pools {pools:?} have no free address for node {node:?}{hint}")]

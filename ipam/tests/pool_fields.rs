@@ -183,3 +183,88 @@ async fn allowed_uses_without_workload_gives_pods_nothing() {
     let got = ipam.assign(&req("c1")).await.expect("Workload allowed");
     assert_eq!(got[0].block.to_string(), "10.63.0.0/26");
 }
+
+/// Every address held in the store, with its holder.
+async fn held(s: &Store) -> Vec<(std::net::IpAddr, String)> {
+    let mut out = Vec::new();
+    for b in blocks(s).await {
+        let net: ipnetwork::IpNetwork = b.spec.cidr.parse().expect("block cidr");
+        for a in &b.spec.allocations {
+            let base = match net.network() {
+                std::net::IpAddr::V4(v) => u128::from(u32::from(v)),
+                std::net::IpAddr::V6(v) => u128::from(v),
+            };
+            let addr = match net {
+                ipnetwork::IpNetwork::V4(_) => std::net::IpAddr::from(std::net::Ipv4Addr::from(
+                    u32::try_from(base + u128::from(a.ordinal)).expect("v4"),
+                )),
+                ipnetwork::IpNetwork::V6(_) => {
+                    std::net::IpAddr::from(std::net::Ipv6Addr::from(base + u128::from(a.ordinal)))
+                }
+            };
+            out.push((addr, a.handle.clone()));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn changing_block_size_never_gives_an_address_twice() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = store(&dir);
+    let mut p = pool("p", "10.64.0.0/24");
+    p.spec.block_size = Some(26);
+    s.create(&p).await.expect("create pool");
+    let n1 = Ipam::new(s.clone(), "n1");
+    for i in 0..3 {
+        n1.assign(&req(&format!("a{i}"))).await.expect("assign");
+    }
+    // Smaller blocks, then larger ones, while n1's /26 is in use.
+    for size in [28u8, 25] {
+        let mut p = s
+            .get::<IPPool>(None, "p")
+            .await
+            .expect("get")
+            .expect("pool exists");
+        p.spec.block_size = Some(size);
+        s.update(&p).await.expect("change blockSize");
+        let other = Ipam::new(s.clone(), format!("m{size}"));
+        for i in 0..3 {
+            other
+                .assign(&req(&format!("m{size}-{i}")))
+                .await
+                .expect("assign after the change");
+        }
+        // A requested address inside n1's /26 is n1's block, not a new one.
+        let err = Ipam::new(s.clone(), format!("r{size}"))
+            .assign(&AssignRequest {
+                handle: format!("r{size}"),
+                requested: vec!["10.64.0.1".parse().expect("addr")],
+                ..Default::default()
+            })
+            .await
+            .expect_err("10.64.0.1 is held by a1");
+        assert!(err.to_string().contains("already held"), "{err}");
+    }
+    let all = held(&s).await;
+    let mut seen = std::collections::BTreeMap::new();
+    for (addr, h) in &all {
+        if let Some(first) = seen.insert(*addr, h.clone()) {
+            panic!("{addr} given to {first} and {h}: {all:?}");
+        }
+    }
+    // No two blocks overlap.
+    let nets: Vec<ipnetwork::IpNetwork> = blocks(&s)
+        .await
+        .iter()
+        .map(|b| b.spec.cidr.parse().expect("cidr"))
+        .collect();
+    for (i, a) in nets.iter().enumerate() {
+        for b in &nets[i + 1..] {
+            assert!(
+                !a.contains(b.network()) && !b.contains(a.network()),
+                "blocks {a} and {b} overlap: {nets:?}"
+            );
+        }
+    }
+}

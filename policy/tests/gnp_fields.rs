@@ -730,3 +730,51 @@ fn destination_not_ports() {
         Allow,
     );
 }
+
+#[test]
+fn rules_that_could_never_match_are_refused() {
+    let bad = [
+        (
+            json!({"action": "Deny", "protocol": "ICMP", "ipVersion": 6}),
+            "spec.ingress[0].ipVersion",
+        ),
+        (
+            json!({"action": "Deny", "protocol": "ICMPv6", "ipVersion": 4}),
+            "spec.ingress[0].ipVersion",
+        ),
+        (
+            json!({"action": "Deny", "ipVersion": 6, "source": {"nets": ["10.0.0.0/8"]}}),
+            "spec.ingress[0].source.nets",
+        ),
+        (
+            json!({"action": "Deny", "ipVersion": 4, "destination": {"nets": ["fd00::/8"]}}),
+            "spec.ingress[0].destination.nets",
+        ),
+    ];
+    for (rule, field) in bad {
+        let v = json!({"apiVersion": "twill.dev/v1", "kind": "GlobalNetworkPolicy",
+            "metadata": {"name": "g"}, "spec": {"ingress": [rule]}});
+        let err = twill_api::Kind::GlobalNetworkPolicy
+            .validate_value(&v)
+            .expect_err("a rule that never matches is refused");
+        assert_eq!(err.errors[0].field, field, "{err}");
+        assert!(err.to_string().contains("never match"), "{err}");
+    }
+    // The same rules with a consistent version are accepted and decide.
+    let ok = [(
+        "g",
+        on_xa_ingress(
+            json!([{"action": "Allow", "ipVersion": 6, "source": {"nets": ["fd00::/16", "10.0.0.0/8"]}}]),
+        ),
+    )];
+    assert_eq!(verdict(&ok, &tcp(ip6("y", "b"), ip6("x", "a"), 80)), Allow);
+    assert_eq!(verdict(&ok, &yb_to_xa(80)), Deny);
+    let ping6 = [(
+        "g",
+        on_xa_ingress(json!([{"action": "Allow", "protocol": "ICMPv6", "ipVersion": 6}])),
+    )];
+    assert_eq!(
+        verdict(&ping6, &ping(ip6("y", "b"), ip6("x", "a"), 128, 0)),
+        Allow
+    );
+}

@@ -12,6 +12,12 @@ PACKAGES=(
   bird2 frr gobgpd
   # real CNI plugins to chain with and compare against
   containernetworking-plugins
+  # Twill's image built and run without Docker or a registry (scripts/image.sh)
+  debootstrap podman runc
+  # a real kube-apiserver for the Kubernetes tests (scripts/k8s-local.sh builds
+  # it from Debian's `kubernetes` source package): Go, the reflect2 fix, etcd,
+  # `apt-get source`, and openssl for its certificates
+  golang-1.19-go golang-github-modern-go-reflect2-dev etcd-server etcd-client dpkg-dev openssl curl
 )
 
 missing=()
@@ -21,12 +27,34 @@ done
 # kubectl for manifest dry-runs: Debian's, unless one is installed already
 # (another package's kubectl would conflict with kubernetes-client).
 command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
-if [ ${#missing[@]} -eq 0 ]; then
+# `apt-get source kubernetes` (scripts/k8s-local.sh build) needs deb-src entries.
+need_src=0
+if ! grep -rqsE '^(Types:.*deb-src|deb-src )' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  need_src=1
+fi
+if [ ${#missing[@]} -eq 0 ] && [ $need_src -eq 0 ]; then
   exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
-  echo "scripts/deps.sh: need root to install: ${missing[*]}" >&2
+  echo "scripts/deps.sh: need root to install: ${missing[*]} (or to enable deb-src)" >&2
   exit 1
+fi
+if [ $need_src -eq 1 ]; then
+  echo "enabling deb-src in the apt sources"
+  if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+    # deb822 format (Debian 12): add deb-src to every "Types: deb" stanza
+    sed -i 's/^Types: deb$/Types: deb deb-src/' /etc/apt/sources.list.d/debian.sources
+  elif [ -f /etc/apt/sources.list ]; then
+    # one-line format: a deb-src twin of every deb line
+    sed -n 's/^deb \(.*\)$/deb-src \1/p' /etc/apt/sources.list >> /etc/apt/sources.list
+  else
+    echo "scripts/deps.sh: no apt sources file found to enable deb-src in" >&2
+    exit 1
+  fi
+fi
+if [ ${#missing[@]} -eq 0 ]; then
+  apt-get update -qq
+  exit 0
 fi
 echo "installing: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive

@@ -3,7 +3,7 @@
 # Run as root on a fresh Debian/Ubuntu machine: it installs the system
 # packages it needs (idempotent), then checks formatting and lints, then
 # runs every test, including those that build network namespaces and start
-# real BIRD, FRR and GoBGP peers.
+# real BIRD, FRR and GoBGP peers and a real kube-apiserver.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +12,9 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 ./scripts/deps.sh
+# The Kubernetes tests run a real kube-apiserver: built once per machine
+# into /var/cache/twill/k8s-local (about 4½ minutes on 2 cores), reused after.
+./scripts/k8s-local.sh build
 
 export CARGO_TERM_COLOR=never
 cargo fmt --all -- --check

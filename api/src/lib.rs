@@ -6,6 +6,7 @@
 //! * [`selector`]: the label selector language;
 //! * [`store`]: the datastore trait and its Kubernetes and embedded backends;
 //! * [`manifest`]: multi-document YAML in and out; [`crds`]: generated CRDs;
+//! * [`names`]: names of kernel objects that twill-node and twillctl must agree on (veths);
 //! * [`trim`]: what the Kubernetes backend keeps of listed and watched objects;
 //! * [`compat`]: what an object from another Twill version holds that this one does not understand.
 
@@ -13,6 +14,7 @@ pub mod compat;
 pub mod crds;
 pub mod kinds;
 pub mod manifest;
+pub mod names;
 pub mod native;
 pub mod resources;
 pub mod selector;

@@ -115,6 +115,9 @@ pub fn render(name: &str, r: &NodeStatusReport, now: jiff::Timestamp, wide: bool
         r.endpoints,
         age(&r.updated, now),
     );
+    for (cond, reason) in &r.not_ready {
+        out += &format!("not ready: {cond}: {reason}\n");
+    }
     if !r.blocks.is_empty() {
         out += &format!("blocks: {}\n", r.blocks.join(", "));
     }

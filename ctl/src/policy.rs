@@ -98,7 +98,7 @@ pub async fn run(store_args: &StoreArgs, args: PolicyArgs) -> anyhow::Result<Exi
             port,
             output_json,
         } => {
-            let (model, errors) = build(&objs, "", None, &twill_felix::names::host_veth);
+            let (model, errors) = build(&objs, "", None, &twill_api::names::host_veth);
             for e in &errors {
                 eprintln!("warning: left out (does not compile): {e}");
             }
@@ -164,7 +164,7 @@ pub async fn run(store_args: &StoreArgs, args: PolicyArgs) -> anyhow::Result<Exi
             Ok(ExitCode::SUCCESS)
         }
         PolicyCommand::Show { node } => {
-            let (model, errors) = build(&objs, &node, None, &twill_felix::names::host_veth);
+            let (model, errors) = build(&objs, &node, None, &twill_api::names::host_veth);
             for e in &errors {
                 eprintln!("warning: left out (does not compile): {e}");
             }

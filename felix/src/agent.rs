@@ -317,6 +317,12 @@ async fn report_loop(
             updated: jiff::Timestamp::now().to_string(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             ready: health::global().is_ready(),
+            not_ready: health::global()
+                .snapshot()
+                .into_iter()
+                .filter(|(_, c)| !c.ready)
+                .map(|(n, c)| (n, c.reason))
+                .collect(),
             address: bgp.address,
             as_number: bgp.asn,
             bgp_peers: bgp.peers,

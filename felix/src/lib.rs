@@ -9,7 +9,8 @@
 //!   conditions) and Prometheus `/metrics` on one port;
 //! * [`nft`]: Twill's nftables table — applying it, reading it back, and
 //!   the policy engine that renders it from the datastore;
-//! * [`netns`], [`sysctl`], [`names`]: small kernel helpers.
+//! * [`netns`], [`sysctl`]: small kernel helpers; [`names`] (re-exported
+//!   from twill-api, which twillctl shares): veth names.
 //!
 //! Only felix writes Twill's kernel objects: every route it writes carries
 //! [`RTPROT_TWILL`], and it never touches routes of another protocol.
@@ -20,7 +21,7 @@ pub mod cni_server;
 pub mod endpoint;
 pub mod health;
 pub mod metrics;
-pub mod names;
+pub use twill_api::names;
 pub mod nat;
 pub mod netns;
 pub mod nft;

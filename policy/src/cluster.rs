@@ -6,6 +6,14 @@
 //! endpoint records (twill-node only), from IPAM allocations carrying the
 //! pod's namespace and name, or from the Pod's `status.podIPs`. Pods on the
 //! host network are not endpoints.
+//!
+//! Endpoints a CNI ADD made without `K8S_POD_NAMESPACE` (podman does this)
+//! are endpoints of no namespace (namespace empty, named by container ID,
+//! no labels) on every node and in twillctl alike: their IPAM allocations
+//! carry the interface name but no namespace, and their records none.
+//! NetworkPolicies never select or match them; GlobalNetworkPolicies
+//! without a namespaceSelector do, by labels (see
+//! [`crate::model::Model::ns_matches`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -159,14 +167,21 @@ pub struct Allocation {
     pub ifname: Option<String>,
 }
 
-/// A block's allocations that carry a pod's namespace and name.
+/// A block's allocations made for endpoints: those that carry a pod's
+/// namespace and name, and those a CNI ADD without them made (they carry
+/// the interface name): a missing namespace is none (empty), a missing pod
+/// name is the handle (the container ID), as the node names its record.
 pub fn allocations(b: &IPAMBlock) -> Vec<Allocation> {
     let mut out = Vec::new();
     for a in &b.spec.allocations {
-        let (Some(ns), Some(pod)) = (a.attributes.get(ATTR_NAMESPACE), a.attributes.get(ATTR_POD))
-        else {
+        let (ns, pod) = (a.attributes.get(ATTR_NAMESPACE), a.attributes.get(ATTR_POD));
+        if (ns.is_none() || pod.is_none()) && !a.attributes.contains_key(ATTR_IFNAME) {
+            // Not an endpoint's (an address reserved by hand).
             continue;
-        };
+        }
+        // Named as the node names its record (`local_key`).
+        let ns = ns.cloned().unwrap_or_default();
+        let pod = pod.cloned().unwrap_or_else(|| a.handle.clone());
         let Some(ip) = addr_at(&b.spec.cidr, a.ordinal) else {
             continue;
         };
@@ -552,6 +567,69 @@ fn record<K: Ord>(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn endpoints_of_no_namespace_are_the_same_everywhere() {
+        // A CNI ADD without K8S_POD_NAMESPACE on n2 (podman): its
+        // allocation carries the interface but no namespace or pod.
+        let block: IPAMBlock = serde_json::from_value(json!({"metadata": {"name": "b"}, "spec": {
+            "cidr": "10.1.0.0/26", "pool": "p", "sequence": 1, "allocations": [
+                {"ordinal": 5, "handle": "cid-podman", "sequence": 1, "attributes": {"node": "n2", "ifname": "eth0"}},
+                {"ordinal": 6, "handle": "by-hand", "sequence": 2, "attributes": {"node": "n2"}}]}}))
+        .unwrap();
+        let gnp: GlobalNetworkPolicy = serde_json::from_value(json!({"metadata": {"name": "g"},
+            "spec": {"selector": "all()", "ingress": [{"action": "Allow", "source": {"selector": "all()"}}]}}))
+        .unwrap();
+        let np: NetworkPolicy =
+            serde_json::from_value(json!({"metadata": {"name": "n", "namespace": "x"},
+            "spec": {"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {}}]}]}}))
+            .unwrap();
+        let objs = Objects {
+            blocks: vec![block],
+            global_policies: vec![gnp],
+            network_policies: vec![np],
+            ..Default::default()
+        };
+        let ip: IpAddr = "10.1.0.5".parse().unwrap();
+        // Another node and a tool see it; an address reserved by hand is
+        // not an endpoint.
+        let (m, _) = build(&objs, "n1", Some(&[]), &|_, _| String::new());
+        let ep = m.endpoints_at(ip).next().expect("the podman endpoint");
+        assert_eq!(
+            (ep.id().as_str(), ep.node.as_str()),
+            ("container cid-podman", "n2")
+        );
+        assert!(m.endpoints_at("10.1.0.6".parse().unwrap()).next().is_none());
+        let (tool, _) = build(&objs, "", None, &|c, i| format!("{c}-{i}"));
+        let ep = tool.endpoints_at(ip).next().expect("twillctl sees it");
+        assert_eq!(ep.iface.as_deref(), Some("cid-podman-eth0"));
+        // Its own node names its record the same way.
+        let local = LocalEndpoint {
+            namespace: None,
+            pod: None,
+            labels: Labels::new(),
+            ips: vec![ip],
+            iface: "twpod".into(),
+            container_id: "cid-podman".into(),
+        };
+        let (own, _) = build(&objs, "n2", Some(std::slice::from_ref(&local)), &|_, _| {
+            String::new()
+        });
+        let eps: Vec<_> = own.endpoints_at(ip).collect();
+        assert_eq!(eps.len(), 1);
+        assert_eq!(eps[0].id(), "container cid-podman");
+        // Selections: the global policy's `all()` takes it in, the
+        // NetworkPolicy's namespaceSelector {} does not.
+        for model in [&m, &tool, &own] {
+            let by = |id: &str| model.policies.iter().find(|p| p.id == id).unwrap();
+            let peer = |p: &Policy| match &p.ingress.as_ref().unwrap()[0].src.peers[0] {
+                crate::model::Peer::Pods(s) => s.clone(),
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(model.members(&peer(by("gnp/g"))), vec![ip]);
+            assert!(model.members(&peer(by("np/x/n"))).is_empty());
+        }
+    }
 
     #[test]
     fn pods_get_addresses_from_records_then_ipam_then_status() {

@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 
-use crate::ir::{TABLE, Table, elements_text, map_elements_text, set_type};
+use crate::ir::{TABLE, Table, elements_text, fit_comment, map_elements_text, set_type};
 
 /// What an update does, for logs and metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -62,7 +62,7 @@ pub fn diff(old: &Table, new: &Table) -> Option<(String, DiffStats)> {
                     s,
                     "add set {TABLE} {name} {{ {} comment \"{}\"; }}",
                     set_type(set.kind),
-                    set.comment.replace('"', "'")
+                    fit_comment(&set.comment)
                 );
             }
         }

@@ -7,6 +7,9 @@
 //! * a packet is allowed when the source endpoint's egress AND the
 //!   destination endpoint's ingress allow it; an address that is not an
 //!   endpoint has no policy of its own;
+//! * a pod talking to itself (source and destination addresses of one
+//!   endpoint) is always allowed: the packet never leaves the pod's network
+//!   namespace, so no node rule sees it;
 //! * for one direction of one endpoint: global policies that select it, in
 //!   order, rule by rule — Allow and Deny decide, Log continues, Pass skips
 //!   to the Kubernetes tier; if a global policy selected the endpoint and
@@ -123,12 +126,25 @@ pub struct Side {
 pub struct Explanation {
     pub egress: Option<Side>,
     pub ingress: Option<Side>,
+    /// Source and destination are this one endpoint: the packet never
+    /// leaves it (the pod's own loopback routing), so no policy applies.
+    #[serde(rename = "samePod", skip_serializing_if = "Option::is_none")]
+    pub same_pod: Option<String>,
     pub verdict: Verdict,
 }
 
 impl fmt::Display for Explanation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(p) = &self.same_pod {
+            writeln!(
+                f,
+                "source and destination are the same pod ({p}): the packet never leaves it, no policy applies"
+            )?;
+        }
         for (what, side) in [("source", &self.egress), ("destination", &self.ingress)] {
+            if self.same_pod.is_some() {
+                break;
+            }
             match side {
                 None => writeln!(
                     f,
@@ -304,6 +320,18 @@ pub fn evaluate(model: &Model, ep: &Endpoint, dir: Direction, pkt: &Packet) -> S
 
 /// Explains what happens to a packet.
 pub fn explain(model: &Model, pkt: &Packet) -> Explanation {
+    let from = model.endpoints_at(pkt.src).next();
+    let to = model.endpoints_at(pkt.dst).next();
+    if let (Some(a), Some(b)) = (from, to)
+        && (&a.namespace, &a.name, &a.node) == (&b.namespace, &b.name, &b.node)
+    {
+        return Explanation {
+            egress: None,
+            ingress: None,
+            same_pod: Some(a.id()),
+            verdict: Verdict::Allow,
+        };
+    }
     let egress = model
         .endpoints_at(pkt.src)
         .next()
@@ -323,6 +351,7 @@ pub fn explain(model: &Model, pkt: &Packet) -> Explanation {
     Explanation {
         egress,
         ingress,
+        same_pod: None,
         verdict,
     }
 }

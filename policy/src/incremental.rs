@@ -303,6 +303,8 @@ impl Incremental {
         match m {
             NsMatch::Any => true,
             NsMatch::Exact(n) => n == ns,
+            // No namespace (as [`crate::Model::ns_matches`]).
+            NsMatch::Selector(_) if ns.is_empty() => false,
             NsMatch::Selector(s) => match self.ns_labels.get(ns) {
                 Some(l) => s.matches(l),
                 None => s.matches(&Labels::new()),

@@ -20,6 +20,90 @@ use ipnetwork::IpNetwork;
 /// Family and name of Twill's table.
 pub const TABLE: &str = "inet twill";
 
+/// Longest table, chain, set or map name the kernel takes, in bytes
+/// (`NFT_NAME_MAXLEN` is 256 with the terminating NUL; checked with `nft -c`).
+pub const NAME_MAX: usize = 255;
+/// Longest rule or set comment nft accepts, in bytes.
+pub const COMMENT_MAX: usize = 128;
+/// Longest log prefix the kernel takes, in bytes (`NF_LOG_PREFIXLEN` less the NUL).
+pub const LOG_PREFIX_MAX: usize = 127;
+
+/// FNV-1a, 64 bits: stable names across processes and versions (std's
+/// hasher is randomly seeded and not specified).
+pub fn fnv(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a
+/// character boundary.
+fn prefix_within(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Names longer than this are shortened; shortened names are exactly
+/// [`NAME_MAX`] bytes long, so a name kept whole never equals a shortened one.
+const NAME_KEPT: usize = NAME_MAX - 20;
+
+/// A kernel object name `prefix` + `body` + `suffix` that always fits
+/// [`NAME_MAX`]: kept whole while it is at most 235 bytes long; otherwise
+/// `body` is cut (a readable prefix stays) and `-` and 16 hex digits of a
+/// hash of the whole body are added, filling exactly [`NAME_MAX`] bytes.
+/// Stable (same input, same name) and, for inputs that differ, different
+/// names (up to the hash). `prefix` and `suffix` must be short ASCII.
+pub fn fit_name(prefix: &str, body: &str, suffix: &str) -> String {
+    let whole = prefix.len() + body.len() + suffix.len();
+    if whole <= NAME_KEPT {
+        return format!("{prefix}{body}{suffix}");
+    }
+    let room = NAME_MAX - prefix.len() - suffix.len() - 17;
+    let cut = prefix_within(body, room);
+    // Pad a cut that ended early on a character boundary so the length,
+    // and with it the distinction from whole names, holds.
+    let pad = "_".repeat(room - cut.len());
+    format!("{prefix}{cut}{pad}-{:016x}{suffix}", fnv(body))
+}
+
+/// `text` with quotes, backslashes and control characters replaced, in at
+/// most `max` bytes: a longer text keeps a readable prefix and ends in `~`
+/// and 16 hex digits of a hash of the whole text.
+fn fit_text(text: &str, max: usize) -> String {
+    let clean: String = text
+        .chars()
+        .map(|c| match c {
+            '"' => '\'',
+            '\\' => '/',
+            c if c.is_control() => ' ',
+            c => c,
+        })
+        .collect();
+    if clean.len() <= max {
+        return clean;
+    }
+    let cut = prefix_within(&clean, max - 17);
+    format!("{cut}~{:016x}", fnv(text))
+}
+
+/// Text as a comment nft accepts (at most [`COMMENT_MAX`] bytes; see
+/// [`fit_text`]).
+pub fn fit_comment(text: &str) -> String {
+    fit_text(text, COMMENT_MAX)
+}
+
+/// A log prefix the kernel accepts: `text` in at most [`LOG_PREFIX_MAX`]
+/// bytes, ending in a space that separates it from the packet.
+pub fn fit_log_prefix(text: &str) -> String {
+    format!("{} ", fit_text(text, LOG_PREFIX_MAX - 1))
+}
+
 /// The packet mark bit a Pass rule sets so the endpoint chain goes on to
 /// its Kubernetes tier (away from kube-proxy's 0x4000 and 0x8000). The
 /// endpoint chain clears it before the global tier.
@@ -154,7 +238,8 @@ pub enum Verdict {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NftRule {
     pub atoms: Vec<Atom>,
-    /// `log prefix "..."` before the verdict.
+    /// `log prefix "TEXT "` before the verdict (the text fitted to the
+    /// kernel's limit when printed).
     pub log: Option<String>,
     /// `meta mark set meta mark | BIT` (Some(bit)) before the verdict.
     pub set_mark: Option<u32>,
@@ -340,7 +425,7 @@ impl NftRule {
     pub fn text(&self) -> String {
         let mut parts: Vec<String> = self.atoms.iter().map(Atom::text).collect();
         if let Some(p) = &self.log {
-            parts.push(format!("log prefix \"{}\"", p.replace('"', "'")));
+            parts.push(format!("log prefix \"{}\"", fit_log_prefix(p)));
         }
         if let Some(b) = self.set_mark {
             parts.push(format!("meta mark set meta mark | {b:#010x}"));
@@ -361,7 +446,7 @@ impl NftRule {
             )),
         }
         if let Some(c) = &self.comment {
-            parts.push(format!("comment \"{}\"", c.replace('"', "'")));
+            parts.push(format!("comment \"{}\"", fit_comment(c)));
         }
         parts.join(" ")
     }
@@ -422,7 +507,7 @@ impl Table {
                 s,
                 "add set {TABLE} {name} {{ {} comment \"{}\"; }}",
                 set_type(set.kind),
-                set.comment.replace('"', "'")
+                fit_comment(&set.comment)
             );
             if let Some(e) = elements_text(&set.elements) {
                 let _ = writeln!(s, "add element {TABLE} {name} {e}");

@@ -11,6 +11,8 @@
 //! * [`incremental`]: the rendered table kept up to date change by change,
 //!   re-rendering only what a change touches;
 //! * [`diff`]: the incremental update between two rendered tables;
+//! * [`refused`]: which policies a kernel refusal is due to, and the
+//!   allow-nothing form they are enforced in until they change;
 //! * [`interp`]: an interpreter of the rendered table, so tests can check
 //!   that rules and model agree.
 //!
@@ -23,6 +25,7 @@ pub mod incremental;
 pub mod interp;
 pub mod ir;
 pub mod model;
+pub mod refused;
 pub mod render;
 
 pub use explain::{Explanation, Packet, Verdict, explain};

@@ -73,9 +73,13 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// `namespace/name`.
+    /// `namespace/name`, or `container ID` for an endpoint of no namespace.
     pub fn id(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
+        if self.namespace.is_empty() {
+            format!("container {}", self.name)
+        } else {
+            format!("{}/{}", self.namespace, self.name)
+        }
     }
 
     /// The port a named port resolves to on this endpoint for `proto`.
@@ -297,11 +301,14 @@ impl Model {
             .filter_map(|i| self.endpoints.get(*i))
     }
 
-    /// Whether a namespace matches.
+    /// Whether a namespace matches. An endpoint of no namespace (`ns`
+    /// empty: a CNI ADD without `K8S_POD_NAMESPACE`) matches only
+    /// [`NsMatch::Any`]: namespace selectors never match it.
     pub fn ns_matches(&self, m: &NsMatch, ns: &str) -> bool {
         match m {
             NsMatch::Any => true,
             NsMatch::Exact(n) => n == ns,
+            NsMatch::Selector(_) if ns.is_empty() => false,
             NsMatch::Selector(s) => {
                 let empty = Labels::new();
                 s.matches(self.namespaces.get(ns).unwrap_or(&empty))

@@ -15,6 +15,10 @@
 //!   tier's default;
 //! * one chain per policy and direction (`pol-in-np.NS.NAME`,
 //!   `pol-out-gnp.NAME`), shared by every endpoint it selects;
+//! * every name fits the kernel's 255 bytes and every comment nft's 128
+//!   (log prefixes 127) for any legal input: a name too long is cut to a
+//!   readable prefix plus a hash of the whole ([`crate::ir::fit_name`]),
+//!   comments likewise when printed ([`crate::ir::fit_comment`]);
 //! * one named set per distinct selection (`sel-HASH-4`/`-6`, keyed by the
 //!   canonical selector text) holding its members' addresses, and one
 //!   concatenated set per named port (`port-NAME-4`: address . protocol .
@@ -28,52 +32,40 @@ use std::net::IpAddr;
 
 use crate::ir::{
     AddrTarget, Atom, Chain, Element, Fam, Hook, MAP_EGRESS, MAP_INGRESS, NamedSet, NftRule,
-    PASS_MARK, SetKind, Side, Table, Verdict,
+    PASS_MARK, SetKind, Side, Table, Verdict, fit_name, fnv,
 };
 use crate::model::{
     Action, Direction, Endpoint, Entity, Model, Peer, PodSel, PortSpec, Rule, Tier, proto,
 };
-
-/// FNV-1a, 64 bits: stable set names across processes and versions
-/// (std's hasher is randomly seeded and not specified).
-fn fnv(s: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
 
 /// Base name of a selection's sets.
 pub fn selection_set(sel: &PodSel) -> String {
     format!("sel-{:016x}", fnv(&format!("{sel:?}")))
 }
 
-/// Name of a named port's set.
+/// Name of a named port's set (see [`fit_name`] for long names).
 pub fn port_set(name: &str, fam: Fam) -> String {
-    format!("port-{name}-{}", fam.digit())
+    fit_name("port-", name, &format!("-{}", fam.digit()))
 }
 
-/// The chain of a policy for a direction.
+/// The chain of a policy for a direction: `pol-in-np.NAMESPACE.NAME`,
+/// `pol-out-gnp.NAME`; ids too long for the kernel are cut and hashed
+/// ([`fit_name`]).
 pub fn policy_chain(id: &str, d: Direction) -> String {
     let base = id.replace('/', ".");
     let dir = match d {
-        Direction::Ingress => "in",
-        Direction::Egress => "out",
+        Direction::Ingress => "pol-in-",
+        Direction::Egress => "pol-out-",
     };
-    if base.len() > 200 {
-        format!("pol-{dir}-{}-{:016x}", &base[..180], fnv(&base))
-    } else {
-        format!("pol-{dir}-{base}")
-    }
+    fit_name(dir, &base, "")
 }
 
-/// The chain of a local endpoint for a direction.
+/// The chain of a local endpoint for a direction (interface names are at
+/// most 15 bytes; longer ones, never made by Twill, are cut and hashed).
 pub fn endpoint_chain(iface: &str, d: Direction) -> String {
     match d {
-        Direction::Ingress => format!("ep-in-{iface}"),
-        Direction::Egress => format!("ep-out-{iface}"),
+        Direction::Ingress => fit_name("ep-in-", iface, ""),
+        Direction::Egress => fit_name("ep-out-", iface, ""),
     }
 }
 
@@ -342,9 +334,8 @@ pub(crate) fn policy_chain_rules(
                     nr.verdict = Verdict::Return;
                 }
                 Action::Log => {
-                    // nft caps log prefixes at 127 bytes.
-                    let prefix: String = format!("twill {here}").chars().take(100).collect();
-                    nr.log = Some(format!("{prefix} "));
+                    // Fitted to the kernel's 127 bytes when printed.
+                    nr.log = Some(format!("twill {here}"));
                     nr.verdict = Verdict::Continue;
                 }
             }
@@ -408,7 +399,10 @@ pub(crate) fn endpoint_chains(
             },
         )];
     }
-    let k8s_name = format!("{name}-k8s");
+    let k8s_name = match d {
+        Direction::Ingress => fit_name("ep-in-", iface, "-k8s"),
+        Direction::Egress => fit_name("ep-out-", iface, "-k8s"),
+    };
     let mut clear = NftRule::new(Vec::new(), Verdict::Continue);
     clear.clear_mark = Some(PASS_MARK);
     let mut rules = vec![invalid, clear];

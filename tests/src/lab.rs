@@ -28,7 +28,22 @@ impl Lab {
     /// `twillctl lab up` with these extra arguments (e.g. `--nodes 3 --tor bird`).
     /// Panics when it cannot even start; `up_ok` says whether every pod reached every pod.
     pub fn up(args: &[&str]) -> Lab {
+        Lab::up_in(args, false)
+    }
+
+    /// `Lab::up` in a directory whose parent only root may enter (mode
+    /// 0700), as a private home or temporary directory is.
+    pub fn up_private(args: &[&str]) -> Lab {
+        Lab::up_in(args, true)
+    }
+
+    fn up_in(args: &[&str], private: bool) -> Lab {
         let tmp = tempfile::tempdir().expect("temp dir");
+        if private {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o700))
+                .expect("chmod 0700");
+        }
         let dir = tmp.path().join("lab");
         let name = unique_name("t");
         let out = twillctl()
@@ -137,6 +152,52 @@ impl Lab {
             .args(args)
             .output()
             .expect("run twillctl")
+    }
+
+    /// `twillctl lab --dir DIR ARGS` (any lab subcommand).
+    pub fn lab(&self, args: &[&str]) -> Output {
+        twillctl()
+            .arg("lab")
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run twillctl lab")
+    }
+
+    /// `twillctl lab exec FROM -- twillctl lab probe IP PORT`: does `ip`
+    /// answer on `port` (e.g. `80/TCP`) from the pod `from`? Returns the
+    /// answer (the responding pod's name) or None.
+    pub fn probe(&self, from: &str, ip: &str, port: &str) -> Option<String> {
+        let me = bins::binary("twillctl");
+        let me = me.to_str().expect("utf-8 path");
+        let out = self.lab(&[
+            "exec",
+            from,
+            "--",
+            me,
+            "lab",
+            "probe",
+            ip,
+            port,
+            "--timeout-ms",
+            "700",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            return None;
+        }
+        let answer = text.split("answered").nth(1)?.trim().trim_matches('"');
+        Some(answer.to_string())
+    }
+
+    /// The ToR FRR's socket directory (its own, under /run), from lab.json.
+    pub fn frr_dir(&self) -> PathBuf {
+        self.state()["frr_dir"]
+            .as_str()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.dir.join("tor"))
     }
 
     /// `twillctl lab restart NODE [--kill]`.

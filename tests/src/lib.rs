@@ -3,10 +3,12 @@
 //! when the test fails — by the name or PID they recorded (never by process
 //! name), plus `require` checks that fail a test with the reason when a
 //! prerequisite (root, a binary) is missing instead of skipping it.
-//! [`schema`] validates objects against a CRD's OpenAPI schema.
+//! [`schema`] validates objects against a CRD's OpenAPI schema; [`kube_local`]
+//! starts a real kube-apiserver for one test.
 
 pub mod bins;
 pub mod cni;
+pub mod kube_local;
 pub mod lab;
 pub mod netns;
 pub mod node;

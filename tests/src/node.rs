@@ -19,6 +19,7 @@ pub struct TestNode {
     pub socket: PathBuf,
     pub daemon: Option<Daemon>,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl TestNode {
@@ -32,8 +33,49 @@ impl TestNode {
         addr: &str,
         extra: &[&str],
     ) -> TestNode {
+        Self::start_with_env(prefix, name, db, dir, addr, extra, &[])
+    }
+
+    /// [`TestNode::start`] with environment variables for twill-node.
+    pub fn start_with_env(
+        prefix: &str,
+        name: &str,
+        db: &Path,
+        dir: &Path,
+        addr: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> TestNode {
         let ns = Netns::new(prefix);
         ns.ip(&["addr", "add", addr, "dev", "lo"]);
+        TestNode::start_in(ns, name, db, dir, extra, env)
+    }
+
+    /// Starts twill-node in a namespace the caller prepared (links,
+    /// addresses), with extra environment (e.g. `TWILL_DATASTORE=kubernetes`
+    /// and a `KUBECONFIG`; `db` is then unused).
+    pub fn start_in(
+        ns: Netns,
+        name: &str,
+        db: &Path,
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> TestNode {
+        let node = TestNode::spawn_in(ns, name, db, dir, extra, env);
+        node.wait_socket();
+        node
+    }
+
+    /// As [`TestNode::start_in`], without waiting for the CNI socket.
+    pub fn spawn_in(
+        ns: Netns,
+        name: &str,
+        db: &Path,
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> TestNode {
         let dir = dir.join(name);
         std::fs::create_dir_all(&dir).expect("node dir");
         let mut node = TestNode {
@@ -44,13 +86,38 @@ impl TestNode {
             dir,
             daemon: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
-        node.launch();
+        node.spawn();
         node
     }
 
     /// (Re)starts twill-node and waits until its CNI socket answers.
     pub fn launch(&mut self) {
+        self.spawn();
+        self.wait_socket();
+    }
+
+    /// Whether the CNI socket accepts a connection now.
+    pub fn socket_open(&self) -> bool {
+        std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
+    }
+
+    /// Waits up to 20 s for the CNI socket; panics with the log if it stays shut.
+    pub fn wait_socket(&self) {
+        assert!(
+            wait_until(Duration::from_secs(20), || self.socket_open()),
+            "twill-node {} did not open its CNI socket; log:\n{}",
+            self.name,
+            self.log()
+        );
+    }
+
+    /// (Re)starts twill-node without waiting.
+    pub fn spawn(&mut self) {
         let _ = std::fs::remove_file(&self.socket);
         let mut cmd = self
             .ns
@@ -63,7 +130,8 @@ impl TestNode {
             .arg("--state-dir")
             .arg(self.dir.join("state"))
             .args(&self.extra)
-            .env("TWILL_LOG", "info");
+            .env("TWILL_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         let log = self
             .dir
             .join(format!("twill-node.{}.log", std::process::id()));
@@ -72,15 +140,6 @@ impl TestNode {
             &mut cmd,
             Some(&log),
         ));
-        let sock = self.socket.clone();
-        assert!(
-            wait_until(Duration::from_secs(20), || {
-                std::os::unix::net::UnixStream::connect(&sock).is_ok()
-            }),
-            "twill-node {} did not open its CNI socket; log:\n{}",
-            self.name,
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
     }
 
     /// The twill-node log so far.

@@ -2,7 +2,7 @@
 //! CRD's `openAPIV3Schema`) that Twill's generated CRDs use: `type`,
 //! `nullable`, `properties`, `required`, `additionalProperties`, `items`,
 //! `enum`, `minimum`/`maximum` (and exclusive forms), `minLength`/
-//! `maxLength`, `minItems`/`maxItems`, `anyOf`, `format` (integer widths),
+//! `maxLength`, `minItems`/`maxItems`, `anyOf`, `format` (integer widths; `cidr`, `ipv4`, `ipv6`),
 //! `x-kubernetes-int-or-string` and `x-kubernetes-preserve-unknown-fields`.
 //!
 //! Written by hand because the JSON Schema crates validate draft 2020-12 or
@@ -132,6 +132,7 @@ fn check(schema: &Value, value: &Value, path: &str, root: bool, errors: &mut Vec
     }
     check_number(s, value, path, errors);
     check_lengths(s, value, path, errors);
+    check_address_format(s, value, path, errors);
     match value {
         Value::Object(map) => {
             let props = s.get("properties").and_then(Value::as_object);
@@ -213,6 +214,40 @@ fn check_number(
             at(path),
             s.get("format").and_then(Value::as_str).unwrap_or_default()
         ));
+    }
+}
+
+/// The address formats the API server checks (`cidr`, `ipv4`, `ipv6`: Go's
+/// `net.ParseCIDR` and `net.ParseIP`, which like Rust's parsers refuse
+/// leading zeros and accept host bits in a CIDR).
+fn check_address_format(
+    s: &serde_json::Map<String, Value>,
+    value: &Value,
+    path: &str,
+    errors: &mut Vec<String>,
+) {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let (Some(format), Some(text)) = (s.get("format").and_then(Value::as_str), value.as_str())
+    else {
+        return;
+    };
+    let ok = match format {
+        "ipv4" => text.parse::<Ipv4Addr>().is_ok(),
+        "ipv6" => text.parse::<Ipv6Addr>().is_ok(),
+        "cidr" => text.split_once('/').is_some_and(|(addr, len)| {
+            let max = match addr.parse::<IpAddr>() {
+                Ok(IpAddr::V4(_)) => 32,
+                Ok(IpAddr::V6(_)) => 128,
+                Err(_) => return false,
+            };
+            !len.is_empty()
+                && len.bytes().all(|b| b.is_ascii_digit())
+                && len.parse::<u8>().is_ok_and(|l| l <= max)
+        }),
+        _ => return,
+    };
+    if !ok {
+        errors.push(format!("{}: {value} is not a valid {format}", at(path)));
     }
 }
 

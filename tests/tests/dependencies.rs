@@ -58,3 +58,17 @@ fn rtnetlink_is_pinned_to_one_minor_version() {
         "rtnetlink must be pinned with =MAJOR.MINOR: {line}"
     );
 }
+
+/// twillctl is a client: it must not link the node agent (rtnetlink,
+/// nftables, the speaker) to share one naming helper.
+#[test]
+fn twillctl_does_not_link_the_node_agent() {
+    let tree = cargo_tree("twillctl");
+    assert!(tree.contains("twill-api"), "{tree}");
+    for forbidden in ["twill-felix ", "twill-bgpd ", "rtnetlink ", "nftables "] {
+        assert!(
+            !tree.lines().any(|l| l.starts_with(forbidden)),
+            "twillctl depends on {forbidden}:\n{tree}"
+        );
+    }
+}

@@ -80,7 +80,7 @@ fn node_addrs(lab: &Lab) -> BTreeMap<String, String> {
 
 /// The ToR's own BGP table as `prefix via next-hop` pairs, from BIRD or FRR.
 fn tor_bgp_table(lab: &Lab, tor: Tor) -> BTreeSet<(String, String)> {
-    let sock = lab.dir.join("tor");
+    let sock = lab.frr_dir();
     match tor {
         // `10.244.0.0/26  unicast [node_1 ...] * (100) [i]` then `\tvia 172.30.0.11 on rack`;
         // an unresolved next hop shows as `unreachable` with no via line.
@@ -166,7 +166,7 @@ fn tor_table_text(lab: &Lab, tor: Tor) -> String {
                 "vtysh",
                 &[
                     "--vty_socket",
-                    lab.dir.join("tor").to_str().expect("utf-8"),
+                    lab.frr_dir().to_str().expect("utf-8"),
                     "-c",
                     "show ip bgp",
                 ],

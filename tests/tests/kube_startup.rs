@@ -17,6 +17,13 @@
 //! CNI ADD claims a block for the node with a compare-and-swap POST; a
 //! deleted BGPPeer (a watch event) ends its session and the node reports
 //! ready; and the agent never needed a permission the manifests do not grant.
+//!
+//! The same start-up against a real kube-apiserver is in `kube_real.rs`
+//! (CNI STATUS, block claims, the Node annotation, NodeStatus writes, RBAC
+//! from the audit log). This mock stays for what a real server cannot be
+//! made to do: hold its answers (the socket must stay shut while the first
+//! reads wait), serve a Node with a field from a newer Kubernetes than the
+//! agent's types, and show every watch as it opens.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};

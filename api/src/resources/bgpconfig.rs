@@ -46,6 +46,7 @@ pub struct BGPConfigurationSpec {
     pub node_to_node_mesh_enabled: Option<bool>,
     /// TCP port BGP listens on (default 179).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub listen_port: Option<u16>,
     /// Hold time in seconds (0, or 3..=65535; default 90).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -62,6 +63,7 @@ pub struct BGPConfigurationSpec {
     /// Route reflector cluster ID (an IPv4 address); set on a node's configuration
     /// to make that node a route reflector.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::schema::ipv4_opt")]
     pub route_reflector_cluster_id: Option<String>,
     /// Which address the node peers from: an interface name or a CIDR the
     /// address must fall in (per-node or cluster-wide; never guessed).
@@ -78,6 +80,7 @@ pub struct GracefulRestart {
     pub enabled: bool,
     /// Seconds peers keep our routes while we restart (default 120, at most 4095).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 4095))]
     pub restart_time: Option<u16>,
     /// Seconds we keep a restarting peer's stale routes after its session returns (default 360).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -93,6 +96,7 @@ fn yes() -> bool {
 #[serde(rename_all = "camelCase")]
 pub struct PrefixAdvertisement {
     /// Prefixes inside this CIDR get the communities.
+    #[schemars(schema_with = "super::schema::cidr")]
     pub cidr: String,
     /// Standard (`65000:100`) or large (`65000:1:2`) communities.
     pub communities: Vec<String>,
@@ -107,6 +111,7 @@ pub struct NodeAddress {
     pub interface: Option<String>,
     /// Use the node address that falls inside this CIDR.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::schema::cidr_opt")]
     pub cidr: Option<String>,
 }
 

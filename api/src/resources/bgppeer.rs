@@ -66,9 +66,11 @@ pub struct BGPPeerSpec {
     pub keepalive_time: Option<u16>,
     /// GTSM (RFC 5082): accept packets from at most this many hops away (1..=254).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 254))]
     pub ttl_security: Option<u8>,
     /// eBGP multihop: TTL for a peer that is not directly connected (1..=255).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub ebgp_multihop: Option<u8>,
     /// Limit on prefixes accepted from the peer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -155,12 +157,15 @@ pub struct FilterRule {
     pub action: FilterAction,
     /// Match prefixes inside this CIDR ...
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::schema::cidr_opt")]
     pub cidr: Option<String>,
     /// ... whose length is at least ge (default: the CIDR's length) ...
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 128))]
     pub ge: Option<u8>,
     /// ... and at most le (default: ge when set, else the CIDR's length: exact match).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 128))]
     pub le: Option<u8>,
     /// Match routes carrying any of these communities (standard or large).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

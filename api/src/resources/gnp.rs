@@ -70,16 +70,18 @@ pub enum Action {
     Log,
 }
 
-/// A protocol by name (TCP, UDP, SCTP, ICMP, ICMPv6) or number.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
+/// A protocol by name (TCP, UDP, SCTP, ICMP, ICMPv6) or number (schema:
+/// an int-or-string, in `schema.rs`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Hash)]
 #[serde(untagged)]
 pub enum Protocol {
     Number(u8),
     Name(String),
 }
 
-/// A port: a number, a range `"80:90"`, or a named container port.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
+/// A port: a number, a range `"80:90"`, or a named container port (schema:
+/// an int-or-string, in `schema.rs`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Hash)]
 #[serde(untagged)]
 pub enum Port {
     Number(u16),
@@ -102,6 +104,7 @@ pub struct Rule {
     pub not_icmp: Option<Icmp>,
     /// Restrict to IPv4 (4) or IPv6 (6).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = [4, 6]))]
     pub ip_version: Option<u8>,
     #[serde(default)]
     pub source: EntityRule,
@@ -123,8 +126,10 @@ pub struct Icmp {
 #[serde(rename_all = "camelCase")]
 pub struct EntityRule {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "super::schema::nets")]
     pub nets: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "super::schema::nets")]
     pub not_nets: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,

@@ -33,6 +33,7 @@ use crate::validate::{Errors, ValidationError};
 #[serde(rename_all = "camelCase")]
 pub struct IPAMBlockSpec {
     /// The block's addresses.
+    #[schemars(schema_with = "super::schema::cidr")]
     pub cidr: String,
     /// Name of the node the block is affine to (none when released to the pool).
     #[serde(default, skip_serializing_if = "Option::is_none")]

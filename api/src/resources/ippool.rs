@@ -39,9 +39,11 @@ pub const DEFAULT_BLOCK_SIZE_V6: u8 = 122;
 #[serde(rename_all = "camelCase")]
 pub struct IPPoolSpec {
     /// The pool's addresses, e.g. 10.244.0.0/16 or fd00:10:244::/48.
+    #[schemars(schema_with = "super::schema::cidr")]
     pub cidr: String,
     /// Prefix length of the blocks nodes claim (IPv4 20..=32, default 26; IPv6 116..=128, default 122).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 20, max = 128))]
     pub block_size: Option<u8>,
     /// Masquerade traffic from the pool to destinations outside every pool.
     #[serde(default)]

@@ -12,6 +12,7 @@ pub mod gnp;
 pub mod ipamblock;
 pub mod ippool;
 pub mod nodestatus;
+mod schema;
 
 pub use bgpconfig::{
     BGPConfiguration, BGPConfigurationSpec, Community, GracefulRestart, NodeAddress,

@@ -57,6 +57,11 @@ pub struct NodeStatusReport {
     /// Datastore synced, sessions configured are up, dataplane programmed.
     #[serde(default)]
     pub ready: bool,
+    /// Readiness conditions that do not hold, by name, with the reason
+    /// (e.g. `policy`: the policies nft refused, whose pods drop their
+    /// traffic).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub not_ready: BTreeMap<String, String>,
     /// BGP sessions.
     #[serde(default)]
     pub bgp_peers: Vec<PeerStatus>,

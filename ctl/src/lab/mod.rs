@@ -3,8 +3,10 @@
 //! or GoBGP (or nothing), a link from each node to the ToR's bridge,
 //! twill-node in every node namespace on one embedded store in the lab's
 //! directory (the ToR only learns, or with `torReflector` reflects the
-//! nodes' routes to each other), and a few pods created through twill-cni
-//! exactly as a container runtime calls it.
+//! nodes' routes to each other), and pods created through twill-cni
+//! exactly as a container runtime calls it, with Namespace and Pod objects in
+//! the store so NetworkPolicy selects them (`pods`: `lab pod add|del`, the
+//! responder serving their ports, `lab probe`).
 //!
 //! Everything the lab creates is written to `DIR/lab.json` the moment it
 //! exists (namespaces by name, processes by PID and command line), so `lab
@@ -13,6 +15,7 @@
 //! `plan`.
 
 pub mod plan;
+pub mod pods;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -39,7 +42,7 @@ pub struct LabArgs {
         long,
         global = true,
         env = "TWILL_LAB_DIR",
-        default_value = "/var/lib/twill/lab"
+        default_value = DEFAULT_DIR
     )]
     pub dir: PathBuf,
 }
@@ -72,7 +75,36 @@ pub enum LabCommand {
         kill: bool,
     },
     /// What is running, node status, pods and the ToR's routes.
-    Status,
+    Status {
+        /// table (for people), json or yaml (for programs).
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: StatusFormat,
+    },
+    /// Add or delete a pod: its Namespace and Pod objects, its network
+    /// through twill-cni, and a responder serving its ports.
+    Pod {
+        #[command(subcommand)]
+        command: PodCommand,
+    },
+    /// One TCP connection or UDP datagram from the current network namespace
+    /// (run it in a pod: `lab exec POD -- twillctl lab probe IP 80/TCP`);
+    /// exit 0 when answered, 1 when not.
+    Probe {
+        ip: std::net::IpAddr,
+        /// PORT[/TCP|/UDP].
+        #[arg(value_parser = pods::parse_port)]
+        port: plan::PortSpec,
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+    },
+    /// A pod's responder (started by the lab in the pod's namespace).
+    #[command(hide = true)]
+    Serve {
+        #[arg(long)]
+        pod: String,
+        #[arg(long = "port", value_parser = pods::parse_port)]
+        ports: Vec<plan::PortSpec>,
+    },
     /// Run a command in a node's, a pod's or the ToR's namespace (`tor`).
     Exec {
         target: String,
@@ -81,6 +113,36 @@ pub enum LabCommand {
     },
     /// Remove every namespace and process the lab made.
     Down,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusFormat {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PodCommand {
+    /// Create a pod on a node, labelled, serving the given ports.
+    Add {
+        /// The pod's name (unique in the lab).
+        name: String,
+        /// The node it runs on.
+        #[arg(long)]
+        node: String,
+        /// Its Kubernetes namespace (created when missing).
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// Labels: k=v[,k=v] (repeatable).
+        #[arg(short, long, value_parser = pods::parse_labels)]
+        labels: Vec<BTreeMap<String, String>>,
+        /// A port the pod serves: [NAME=]PORT[/TCP|/UDP] (repeatable, or comma-separated).
+        #[arg(short, long = "port", value_parser = pods::parse_port, value_delimiter = ',')]
+        ports: Vec<plan::PortSpec>,
+    },
+    /// Delete a pod: its responder, its address (CNI DEL), its Pod object and namespace.
+    Del { name: String },
 }
 
 /// What the lab made, recorded as it is made.
@@ -93,6 +155,9 @@ struct State {
     /// twill-node's command line per node, for `lab restart`.
     #[serde(default)]
     node_args: BTreeMap<String, Vec<String>>,
+    /// The ToR FRR's own run directory (sockets, PID files), when FRR runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    frr_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -113,10 +178,61 @@ pub async fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
             name,
         } => up(&args.dir, &name, nodes, tor, topology, pods_per_node).await,
         LabCommand::Restart { node, kill } => restart(&args.dir, &node, kill),
-        LabCommand::Status => status(&args.dir).await,
+        LabCommand::Status { output } => status(&args.dir, output).await,
         LabCommand::Exec { target, command } => exec(&args.dir, &target, &command),
         LabCommand::Down => down(&args.dir),
+        LabCommand::Pod {
+            command:
+                PodCommand::Add {
+                    name,
+                    node,
+                    namespace,
+                    labels,
+                    ports,
+                },
+        } => {
+            pods::add(
+                &args.dir,
+                pods::AddArgs {
+                    name,
+                    node,
+                    namespace,
+                    labels,
+                    ports,
+                },
+            )
+            .await
+        }
+        LabCommand::Pod {
+            command: PodCommand::Del { name },
+        } => pods::del(&args.dir, &name).await,
+        LabCommand::Probe {
+            ip,
+            port,
+            timeout_ms,
+        } => pods::probe(ip, &port, Duration::from_millis(timeout_ms)),
+        LabCommand::Serve { pod, ports } => pods::serve(&pod, &ports),
     }
+}
+
+/// The lab directory's default (the `--dir` default).
+const DEFAULT_DIR: &str = "/var/lib/twill/lab";
+
+/// ` --dir DIR` when the lab is not in the default directory, for hints.
+fn dir_flag(dir: &Path) -> String {
+    if dir == Path::new(DEFAULT_DIR) {
+        String::new()
+    } else {
+        format!(" --dir {}", dir.display())
+    }
+}
+
+fn need_root() -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("twillctl lab needs root: it creates network namespaces");
+    }
+    Ok(())
 }
 
 fn state_path(dir: &Path) -> PathBuf {
@@ -298,10 +414,7 @@ async fn up(
     topology: Option<PathBuf>,
     pods_per_node: usize,
 ) -> anyhow::Result<ExitCode> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("twillctl lab needs root: it creates network namespaces");
-    }
+    need_root()?;
     if state_path(dir).exists() {
         bail!(
             "a lab is already up in {} — `twillctl lab status` shows it, `twillctl lab down` removes it",
@@ -351,6 +464,7 @@ async fn up(
         processes: vec![],
         pod_ips: BTreeMap::new(),
         node_args: BTreeMap::new(),
+        frr_dir: None,
     };
     st.save(dir)?;
     let result = build(dir, &mut st, &node_bin, &cni_bin).await;
@@ -377,9 +491,28 @@ async fn up(
     // Reports come every 2 s: show ones written after the matrix settled.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     print_status(dir, &st).await?;
+    let d = dir_flag(dir);
+    let first_node = plan.nodes.first().map(|n| n.name.as_str()).unwrap_or("n1");
     println!(
-        "next: `twillctl lab status`, `twillctl lab exec n1-p1 -- ping IP`, `twillctl lab restart n1 --kill`, `twillctl lab down`"
+        "lab name (namespace prefix): {name}; pods are in Kubernetes namespace {}",
+        plan::LAB_NAMESPACE
     );
+    println!("next:");
+    for hint in [
+        format!("twillctl lab status{d}"),
+        format!(
+            "twillctl lab pod add web{d} --node {first_node} --namespace shop --labels app=web --port 80/TCP"
+        ),
+        format!(
+            "twillctl --path {} apply -f policy.yaml",
+            dir.join("twill.db").display()
+        ),
+        format!("twillctl lab exec POD{d} -- twillctl lab probe IP 80/TCP"),
+        format!("twillctl lab restart {first_node}{d} --kill"),
+        format!("twillctl lab down{d}"),
+    ] {
+        println!("  {hint}");
+    }
     Ok(if ok {
         ExitCode::SUCCESS
     } else {
@@ -528,13 +661,10 @@ async fn build(dir: &Path, st: &mut State, node_bin: &Path, cni_bin: &Path) -> a
         )
         .with_context(|| format!("see {}", dir.join(&n.name).join("twill-node.log").display()))?;
     }
-    // The pods, through twill-cni as a runtime calls it.
+    // The pods: objects in the store, then twill-cni as a runtime calls it.
+    let store = pods::open_store(dir).await?;
     for p in &plan.pods {
-        st.add_ns(dir, &p.ns)?;
-        let sock = dir.join(&p.node).join("cni.sock");
-        let ip = cni_add(cni_bin, &sock, p)?;
-        st.pod_ips.insert(p.name.clone(), ip);
-        st.save(dir)?;
+        pods::start_pod(dir, st, &store, cni_bin, p).await?;
     }
     Ok(())
 }
@@ -575,13 +705,21 @@ fn start_tor(dir: &Path, st: &mut State, tdir: &Path) -> anyhow::Result<()> {
             st.add_proc(dir, "bird (ToR)", pid, "bird")
         }
         Tor::Frr => {
-            set_mode_777(tdir)?;
-            let conf = tdir.join("bgpd.conf");
+            // FRR's daemons drop root for user frr, who may not reach the
+            // lab directory (a private parent): they get a directory of
+            // their own under /run; the lab directory keeps a copy of the
+            // configuration for people to read.
+            std::fs::write(tdir.join("bgpd.conf"), plan.frr_conf())?;
+            let fdir = pods::frr_run_dir(&plan.prefix);
+            st.frr_dir = Some(fdir.clone());
+            st.save(dir)?;
+            pods::make_frr_dir(&fdir)?;
+            let conf = fdir.join("bgpd.conf");
             std::fs::write(&conf, plan.frr_conf())?;
-            set_mode_666(&conf)?;
-            let zserv = tdir.join("zserv.api").display().to_string();
-            let td = tdir.display().to_string();
-            let zpid = tdir.join("zebra.pid");
+            pods::give_to_frr(&conf)?;
+            let zserv = fdir.join("zserv.api").display().to_string();
+            let td = fdir.display().to_string();
+            let zpid = fdir.join("zebra.pid");
             run_cmd(
                 "ip",
                 &[
@@ -609,7 +747,7 @@ fn start_tor(dir: &Path, st: &mut State, tdir: &Path) -> anyhow::Result<()> {
                 read_pid(&zpid).unwrap_or_default(),
                 "zebra",
             )?;
-            let bpid = tdir.join("bgpd.pid");
+            let bpid = fdir.join("bgpd.pid");
             run_cmd(
                 "ip",
                 &[
@@ -664,32 +802,26 @@ fn start_tor(dir: &Path, st: &mut State, tdir: &Path) -> anyhow::Result<()> {
 
 const GOBGP_API: &str = "127.0.0.1:50051";
 
-fn set_mode_777(p: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777))
-        .with_context(|| format!("chmod {}", p.display()))
-}
-
-fn set_mode_666(p: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o666))
-        .with_context(|| format!("chmod {}", p.display()))
-}
-
-/// CNI ADD through the real twill-cni; returns the pod's IPv4 address.
-fn cni_add(cni_bin: &Path, sock: &Path, p: &plan::PodPlan) -> anyhow::Result<String> {
+/// CNI `command` (ADD, DEL) through the real twill-cni, as a container
+/// runtime calls it; returns what it printed (nothing, for DEL).
+fn cni_call(
+    cni_bin: &Path,
+    sock: &Path,
+    p: &plan::PodPlan,
+    command: &str,
+) -> anyhow::Result<serde_json::Value> {
     let conf = serde_json::json!({
         "cniVersion": "1.1.0", "name": "twill", "type": "twill-cni", "socket": sock,
     });
     let mut child = Command::new(cni_bin)
-        .env("CNI_COMMAND", "ADD")
+        .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", &p.container_id)
         .env("CNI_NETNS", format!("/run/netns/{}", p.ns))
         .env("CNI_IFNAME", "eth0")
         .env("CNI_PATH", cni_bin.parent().unwrap_or(Path::new("/")))
         .env(
             "CNI_ARGS",
-            format!("K8S_POD_NAMESPACE=lab;K8S_POD_NAME={}", p.name),
+            format!("K8S_POD_NAMESPACE={};K8S_POD_NAME={}", p.namespace, p.name),
         )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -700,26 +832,20 @@ fn cni_add(cni_bin: &Path, sock: &Path, p: &plan::PodPlan) -> anyhow::Result<Str
         i.write_all(conf.to_string().as_bytes())?;
     }
     let out = child.wait_with_output()?;
+    if out.status.success() && out.stdout.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Value::Null);
+    }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
         format!(
-            "twill-cni printed no JSON for pod {}: {}",
+            "twill-cni printed no JSON for CNI {command} of pod {}: {}",
             p.name,
             String::from_utf8_lossy(&out.stderr)
         )
     })?;
     if !out.status.success() {
-        bail!("CNI ADD for pod {} failed: {}", p.name, v);
+        bail!("CNI {command} for pod {} failed: {}", p.name, v);
     }
-    v["ips"]
-        .as_array()
-        .and_then(|ips| {
-            ips.iter()
-                .filter_map(|i| i["address"].as_str())
-                .find(|a| !a.contains(':'))
-        })
-        .and_then(|a| a.split('/').next())
-        .map(String::from)
-        .with_context(|| format!("CNI ADD for pod {} returned no IPv4 address: {v}", p.name))
+    Ok(v)
 }
 
 /// Pings every pod from every pod until all answer (or 40 s), then prints
@@ -829,9 +955,121 @@ async fn print_status(dir: &Path, st: &State) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn status(dir: &Path) -> anyhow::Result<ExitCode> {
+/// The ToR router's routes, as its own tool shows them.
+fn tor_routes(dir: &Path, st: &State) -> anyhow::Result<String> {
+    let tdir = dir.join("tor");
+    match st.plan.tor {
+        Tor::Bird => output_of(
+            "birdc",
+            &[
+                "-s",
+                &tdir.join("bird.ctl").display().to_string(),
+                "show",
+                "route",
+            ],
+        ),
+        Tor::Frr => output_of(
+            "vtysh",
+            &[
+                "--vty_socket",
+                &st.frr_dir.as_deref().unwrap_or(&tdir).display().to_string(),
+                "-c",
+                "show ip route bgp",
+            ],
+        ),
+        Tor::Gobgp => output_of(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &st.plan.tor_ns,
+                "gobgp",
+                "--target",
+                GOBGP_API,
+                "global",
+                "rib",
+            ],
+        ),
+        Tor::None => Ok(String::new()),
+    }
+}
+
+/// `lab status -o json|yaml`: the whole lab as one document.
+async fn status_document(dir: &Path, st: &State) -> anyhow::Result<serde_json::Value> {
+    use serde_json::json;
+    let store = pods::open_store(dir).await?;
+    let mut nodes = Vec::new();
+    for n in &st.plan.nodes {
+        let report = store
+            .get::<NodeStatus>(None, &n.name)
+            .await?
+            .and_then(|s| s.status);
+        nodes.push(json!({
+            "name": n.name, "netns": n.ns, "address": n.addr.to_string(),
+            "labels": n.labels, "report": report,
+        }));
+    }
+    let pods: Vec<_> = st
+        .plan
+        .pods
+        .iter()
+        .map(|p| {
+            json!({
+                "name": p.name, "namespace": p.namespace, "node": p.node, "netns": p.ns,
+                "ip": st.pod_ips.get(&p.name), "labels": p.labels,
+                "ports": p.ports.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let processes: Vec<_> = st
+        .processes
+        .iter()
+        .map(|p| json!({"what": p.what, "pid": p.pid, "running": alive(p)}))
+        .collect();
+    let namespaces: Vec<_> = st
+        .namespaces
+        .iter()
+        .map(|n| json!({"name": n, "present": Path::new("/run/netns").join(n).exists()}))
+        .collect();
+    let (routes, routes_error) = match tor_routes(dir, st) {
+        Ok(t) => (Some(t), None),
+        Err(e) => (None, Some(format!("{e:#}"))),
+    };
+    Ok(json!({
+        "dir": dir, "name": st.plan.prefix, "tor": st.plan.tor,
+        "torReflector": st.plan.tor_reflector, "torNetns": st.plan.tor_ns, "frrDir": st.frr_dir,
+        "store": dir.join("twill.db"),
+        "processes": processes, "namespaces": namespaces,
+        "nodes": nodes, "pods": pods,
+        "torRoutes": routes, "torRoutesError": routes_error,
+    }))
+}
+
+async fn status(dir: &Path, format: StatusFormat) -> anyhow::Result<ExitCode> {
     let st = load(dir)?;
-    println!("lab in {} (ToR: {:?})", dir.display(), st.plan.tor);
+    match format {
+        StatusFormat::Table => {}
+        StatusFormat::Json => {
+            let doc = status_document(dir, &st).await?;
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        StatusFormat::Yaml => {
+            let doc = status_document(dir, &st).await?;
+            print!(
+                "{}",
+                twill_api::manifest::to_yaml(&doc).map_err(anyhow::Error::msg)?
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    println!(
+        "lab {} in {} (ToR: {:?}; store {})",
+        st.plan.prefix,
+        dir.display(),
+        st.plan.tor,
+        dir.join("twill.db").display()
+    );
     let mut rows = vec![vec!["PROCESS".to_string(), "PID".into(), "STATE".into()]];
     for p in &st.processes {
         rows.push(vec![
@@ -861,56 +1099,39 @@ async fn status(dir: &Path) -> anyhow::Result<ExitCode> {
         );
     }
     println!();
-    let mut rows = vec![vec!["POD".to_string(), "NODE".into(), "IP".into()]];
+    let mut rows = vec![vec![
+        "POD".to_string(),
+        "NAMESPACE".into(),
+        "NODE".into(),
+        "IP".into(),
+        "PORTS".into(),
+        "LABELS".into(),
+    ]];
     for p in &st.plan.pods {
         rows.push(vec![
             p.name.clone(),
+            p.namespace.clone(),
             p.node.clone(),
             st.pod_ips
                 .get(&p.name)
                 .cloned()
                 .unwrap_or_else(|| "-".into()),
+            p.ports
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            p.labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(","),
         ]);
     }
     print!("{}", crate::output::align(&rows));
     println!();
     print_status(dir, &st).await?;
-    let tdir = dir.join("tor");
-    let tor_routes = match st.plan.tor {
-        Tor::Bird => output_of(
-            "birdc",
-            &[
-                "-s",
-                &tdir.join("bird.ctl").display().to_string(),
-                "show",
-                "route",
-            ],
-        ),
-        Tor::Frr => output_of(
-            "vtysh",
-            &[
-                "--vty_socket",
-                &tdir.display().to_string(),
-                "-c",
-                "show ip route bgp",
-            ],
-        ),
-        Tor::Gobgp => output_of(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &st.plan.tor_ns,
-                "gobgp",
-                "--target",
-                GOBGP_API,
-                "global",
-                "rib",
-            ],
-        ),
-        Tor::None => Ok(String::new()),
-    };
-    match tor_routes {
+    match tor_routes(dir, &st) {
         Ok(t) if !t.is_empty() => println!("ToR routes:\n{t}"),
         Ok(_) => {}
         Err(e) => println!("ToR routes: {e:#}"),
@@ -1022,6 +1243,12 @@ fn down(dir: &Path) -> anyhow::Result<ExitCode> {
         if alive(p) {
             problems.push(format!("{} (PID {}) is still running", p.what, p.pid));
         }
+    }
+    if let Some(f) = &st.frr_dir
+        && f.exists()
+        && let Err(e) = std::fs::remove_dir_all(f)
+    {
+        problems.push(format!("removing {}: {e}", f.display()));
     }
     if !problems.is_empty() {
         for p in &problems {

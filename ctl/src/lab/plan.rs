@@ -102,8 +102,43 @@ pub struct NodePlan {
 pub struct PodPlan {
     pub name: String,
     pub node: String,
+    /// The pod's network namespace.
     pub ns: String,
     pub container_id: String,
+    /// The pod's Kubernetes namespace (its Pod object's).
+    #[serde(default = "default_pod_namespace")]
+    pub namespace: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Ports the pod serves (a responder in its namespace answers on them).
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+}
+
+/// The Kubernetes namespace of the pods `lab up` creates.
+pub const LAB_NAMESPACE: &str = "lab";
+
+fn default_pod_namespace() -> String {
+    LAB_NAMESPACE.to_string()
+}
+
+/// A port a lab pod serves: `[NAME=]PORT[/TCP|/UDP]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PortSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub port: u16,
+    /// `TCP` or `UDP`.
+    pub protocol: String,
+}
+
+impl std::fmt::Display for PortSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(n) = &self.name {
+            write!(f, "{n}=")?;
+        }
+        write!(f, "{}/{}", self.port, self.protocol)
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -248,6 +283,16 @@ pub fn plan(
                 ns: format!("{prefix}-{name}"),
                 container_id: format!("lab-{name}"),
                 node: s.name.clone(),
+                namespace: LAB_NAMESPACE.to_string(),
+                labels: BTreeMap::from([
+                    ("app".to_string(), "lab".to_string()),
+                    ("pod".to_string(), name.clone()),
+                ]),
+                ports: vec![PortSpec {
+                    name: Some("http".into()),
+                    port: 80,
+                    protocol: "TCP".into(),
+                }],
                 name,
             });
         }

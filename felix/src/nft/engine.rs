@@ -20,6 +20,18 @@
 //! * [`PolicyGate`] makes a CNI ADD wait until the new endpoint's chains and
 //!   dispatch entries are in the kernel, with its Pod object's labels and
 //!   named ports taken into account.
+//! * Fail closed: when nft refuses a full replacement, the policies it is
+//!   due to are found by checking the table with `nft -c`
+//!   ([`twill_policy::refused`]); each is logged once, named in the
+//!   `policy` readiness condition (and so in the NodeStatus report), and
+//!   enforced as allowing nothing for the pods it selects until the policy
+//!   changes ([`twill_policy::refused::fail_closed`]); everything else is
+//!   applied. Until the first table is in the
+//!   kernel the condition is not ready either.
+//! * Test hook, for tests only: `TWILL_TEST_UNPROGRAMMABLE_POLICY=ID`
+//!   (`np/NAMESPACE/NAME` or `gnp/NAME`) adds to that policy a rule nft
+//!   refuses (a port range running backwards), so tests can provoke a
+//!   refusal with a legal object. Never set it in production.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -34,9 +46,11 @@ use twill_api::{Object, Store, WatchEvent};
 use twill_policy::cluster::{Inputs, LocalEndpoint, PodInfo, allocations};
 use twill_policy::incremental::Incremental;
 use twill_policy::ir::MAP_INGRESS;
+use twill_policy::model::{Action, Entity, Policy, PortSpec, Rule, proto};
+use twill_policy::refused::{fail_closed, find_refused};
 
 use crate::endpoint::{EndpointGate, EndpointRecord, EndpointSet};
-use crate::nft::{Fingerprint, apply_script, read_table};
+use crate::nft::{Fingerprint, apply_script, check_script, read_table};
 
 // Watch events are large and short-lived; boxing them buys nothing.
 #[allow(clippy::large_enum_variant)]
@@ -79,6 +93,124 @@ struct State {
 }
 
 const KINDS: [&str; 5] = ["pods", "namespaces", "policies", "globals", "blocks"];
+
+/// The readiness condition of policy programming: not ready until the
+/// first table is in the kernel, and while any policy is refused.
+pub const POLICY: &str = "policy";
+
+/// The test-only variable that makes one policy unprogrammable (see the
+/// module doc). Tests only.
+pub const TEST_UNPROGRAMMABLE_POLICY: &str = "TWILL_TEST_UNPROGRAMMABLE_POLICY";
+
+/// Origin of the rule the test hook adds.
+const TEST_HOOK_ORIGIN: &str = "test-hook-unprogrammable";
+
+/// A policy the kernel refused: what it was when refused and what is
+/// enforced instead, with nft's reason.
+struct Refused {
+    original: Arc<Policy>,
+    closed: Arc<Policy>,
+    reason: String,
+}
+
+/// The refused policies by id.
+struct Refusals {
+    by_id: std::collections::BTreeMap<String, Refused>,
+    /// The last refusal no policy explained (logged once).
+    unexplained: Option<String>,
+    /// The policy the test hook breaks (tests only).
+    hook: Option<String>,
+}
+
+impl Refusals {
+    fn new() -> Refusals {
+        let hook = std::env::var(TEST_UNPROGRAMMABLE_POLICY).ok();
+        if let Some(id) = &hook {
+            tracing::warn!(policy = %id, "{TEST_UNPROGRAMMABLE_POLICY} is set: this policy is made unprogrammable (a test hook, never for production)");
+        }
+        Refusals {
+            by_id: Default::default(),
+            unexplained: None,
+            hook,
+        }
+    }
+
+    /// Puts the fail-closed form in place of every refused policy that is
+    /// unchanged; a policy that changed (or is gone) is tried again.
+    fn substitute(&mut self, inputs: &mut Inputs) {
+        let hook = self.hook.clone();
+        let mut present = BTreeSet::new();
+        let maps = inputs
+            .network_policies
+            .values_mut()
+            .chain(inputs.global_policies.values_mut());
+        for p in maps {
+            present.insert(p.id.clone());
+            let r = self.by_id.get(&p.id);
+            if r.is_some_and(|r| Arc::ptr_eq(p, &r.closed)) {
+                continue;
+            }
+            if hook.as_deref() == Some(p.id.as_str()) && !has_test_hook(p) {
+                *p = Arc::new(with_test_hook(p));
+            }
+            let Some(r) = r else {
+                continue;
+            };
+            if **p == *r.original {
+                *p = r.closed.clone();
+            } else {
+                tracing::info!(policy = %p.id, "a refused policy changed; programming it again");
+                self.by_id.remove(&p.id);
+            }
+        }
+        self.by_id.retain(|id, _| present.contains(id));
+    }
+
+    /// The readiness reason, or None when nothing is refused.
+    fn reason(&self) -> Option<String> {
+        if self.by_id.is_empty() {
+            return None;
+        }
+        let list: Vec<String> = self
+            .by_id
+            .iter()
+            .map(|(id, r)| format!("{id} ({})", r.reason))
+            .collect();
+        Some(format!(
+            "not programmed, enforced as allowing nothing: {}",
+            list.join("; ")
+        ))
+    }
+}
+
+fn has_test_hook(p: &Policy) -> bool {
+    [&p.ingress, &p.egress]
+        .iter()
+        .any(|r| r.iter().flatten().any(|r| r.origin == TEST_HOOK_ORIGIN))
+}
+
+/// `p` with a rule nft refuses (tests only; see the module doc).
+fn with_test_hook(p: &Policy) -> Policy {
+    let mut p = p.clone();
+    let bad = Rule {
+        origin: TEST_HOOK_ORIGIN.into(),
+        action: Action::Allow,
+        proto: Some(proto::TCP),
+        not_proto: None,
+        icmp: None,
+        not_icmp: None,
+        ip_version: None,
+        src: Entity::default(),
+        dst: Entity {
+            ports: vec![PortSpec::Range(2, 1)],
+            ..Entity::default()
+        },
+    };
+    for rules in [&mut p.ingress, &mut p.egress].into_iter().flatten() {
+        rules.push(bad.clone());
+    }
+    p
+}
 
 impl PolicyEngine {
     pub fn new(node: &str, store: Store) -> Arc<PolicyEngine> {
@@ -149,6 +281,7 @@ impl PolicyEngine {
             self.watch_kind::<GlobalNetworkPolicy>(Event::Globals),
             self.watch_kind::<IPAMBlock>(Event::Blocks),
         ];
+        crate::health::global().register(POLICY, "the policy table is not programmed yet");
         let rx = self.rx.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(rx) = rx {
             let me = self.clone();
@@ -168,6 +301,7 @@ impl PolicyEngine {
         let mut st = State::default();
         let mut waiting: Vec<(String, oneshot::Sender<()>)> = Vec::new();
         let mut inc = Incremental::new(&self.node);
+        let mut refusals = Refusals::new();
         // Whether the kernel has `inc`'s table as of its last commit.
         let mut in_kernel = false;
         let mut dirty = true;
@@ -229,6 +363,7 @@ impl PolicyEngine {
                 .values()
                 .map(local_endpoint)
                 .collect();
+            refusals.substitute(&mut st.inputs);
             inc.follow(&mut st.inputs, &locals);
             let full = !in_kernel;
             let script = if full {
@@ -249,12 +384,30 @@ impl PolicyEngine {
                         tracing::debug!(full, took = ?started.elapsed(), rules = inc.table().rule_count(), "policy table applied");
                     }
                     Ok(Err(e)) => {
-                        tracing::warn!(error = %e, full, "applying the policy table failed; replacing it next");
                         in_kernel = false;
-                        if full {
-                            retry_at = Some(Instant::now() + Duration::from_secs(1));
-                        } else {
-                            dirty = true;
+                        if !full {
+                            tracing::warn!(error = %e, "nft refused an incremental update; replacing the whole table");
+                            // Now, not at the next event.
+                            retry_at = Some(Instant::now());
+                            continue;
+                        }
+                        match self.diagnose(&inc, &st.inputs, &mut refusals).await {
+                            // Refused policies found: apply the rest now.
+                            Ok(true) => retry_at = Some(Instant::now()),
+                            // The table passes the check now (a transient
+                            // refusal): try again, but not in a busy loop.
+                            Ok(false) => retry_at = Some(Instant::now() + Duration::from_secs(1)),
+                            Err(reason) => {
+                                if refusals.unexplained.as_ref() != Some(&reason) {
+                                    tracing::warn!(error = %e, "nft refused the policy table and no single policy explains it; retrying every second");
+                                    refusals.unexplained = Some(reason.clone());
+                                }
+                                crate::health::global().set_not_ready(
+                                    POLICY,
+                                    &format!("the policy table is not programmed: {reason}"),
+                                );
+                                retry_at = Some(Instant::now() + Duration::from_secs(1));
+                            }
                         }
                         continue;
                     }
@@ -267,6 +420,11 @@ impl PolicyEngine {
                 }
             }
             in_kernel = true;
+            refusals.unexplained = None;
+            match refusals.reason() {
+                None => crate::health::global().set_ready(POLICY),
+                Some(r) => crate::health::global().set_not_ready(POLICY, &r),
+            }
             let ready = inc.table().maps.get(MAP_INGRESS);
             let (done, still): (Vec<_>, Vec<_>) = waiting
                 .into_iter()
@@ -276,6 +434,48 @@ impl PolicyEngine {
             }
             waiting = still;
         }
+    }
+
+    /// After nft refused a full table: finds the policies it is due to
+    /// (checking, never applying) and records them as refused, logging each
+    /// once; true when it found any. Err with nft's reason when no policy
+    /// explains the refusal.
+    async fn diagnose(
+        &self,
+        inc: &Incremental,
+        inputs: &Inputs,
+        refusals: &mut Refusals,
+    ) -> Result<bool, String> {
+        let table = inc.table().clone();
+        let ids: Vec<String> = inputs.policies().map(|p| p.id.clone()).collect();
+        let found = tokio::task::spawn_blocking(move || {
+            find_refused(&table, ids.iter().map(String::as_str), &mut |s| {
+                check_script(s).map_err(|e| e.to_string())
+            })
+        })
+        .await
+        .map_err(|e| format!("the check task failed: {e}"))??;
+        if found.is_empty() {
+            return Ok(false);
+        }
+        for (id, reason) in found {
+            let Some(original) = inputs.policies().find(|p| p.id == id).cloned() else {
+                continue;
+            };
+            tracing::warn!(policy = %id, reason = %reason, "nft refused this policy: it is enforced as allowing nothing for the pods it selects until it changes; everything else is programmed");
+            refusals.by_id.insert(
+                id,
+                Refused {
+                    closed: Arc::new(fail_closed(&original)),
+                    original,
+                    reason,
+                },
+            );
+        }
+        if let Some(r) = refusals.reason() {
+            crate::health::global().set_not_ready(POLICY, &r);
+        }
+        Ok(true)
     }
 
     fn handle(&self, st: &mut State, waiting: &mut Vec<(String, oneshot::Sender<()>)>, ev: Event) {

@@ -39,8 +39,17 @@ pub enum NftError {
 
 /// Runs an nft script as one transaction.
 pub fn apply_script(script: &str) -> Result<(), NftError> {
+    run_script(&["-f", "-"], script)
+}
+
+/// Has the kernel check a script without applying it (`nft -c`).
+pub fn check_script(script: &str) -> Result<(), NftError> {
+    run_script(&["-c", "-f", "-"], script)
+}
+
+fn run_script(args: &[&str], script: &str) -> Result<(), NftError> {
     let mut child = Command::new("nft")
-        .args(["-f", "-"])
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -1,4 +1,5 @@
-//! Names Twill gives kernel objects.
+//! Names Twill gives kernel objects that more than one crate must agree on
+//! (twill-node creates the veths; twillctl names them in `policy show`).
 //!
 //! A pod's host-side veth is `tw` + 13 hex digits of a 64-bit FNV-1a hash of
 //! `containerID/ifname`: 15 characters, the kernel's limit. The hash must

@@ -164,6 +164,197 @@ impl Kind {
     }
 }
 
+/// A field in the input that the kind does not have (strict input: a
+/// typo such as `natOutgong` must not silently give a default).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownField {
+    /// Path of the field, e.g. `spec.natOutgong`.
+    pub path: String,
+    /// The known field at the same place closest to it, if any is close.
+    pub suggestion: Option<String>,
+}
+
+impl fmt::Display for UnknownField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unknown field {}", self.path)?;
+        if let Some(s) = &self.suggestion {
+            write!(f, " (did you mean {s}?)")?;
+        }
+        Ok(())
+    }
+}
+
+/// Fields of ObjectMeta (for suggestions under `metadata`).
+const META_FIELDS: [&str; 15] = [
+    "name",
+    "namespace",
+    "labels",
+    "annotations",
+    "generateName",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "finalizers",
+    "ownerReferences",
+    "managedFields",
+    "selfLink",
+];
+
+/// One step of a field path as serde_ignored reports it.
+enum Step {
+    Key(String),
+    Index,
+}
+
+fn steps(path: &serde_ignored::Path<'_>, out: &mut Vec<Step>) {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => {}
+        Path::Seq { parent, .. } => {
+            steps(parent, out);
+            out.push(Step::Index);
+        }
+        Path::Map { parent, key } => {
+            steps(parent, out);
+            out.push(Step::Key(key.clone()));
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => steps(parent, out),
+    }
+}
+
+fn render_path(path: &serde_ignored::Path<'_>, out: &mut String) {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => {}
+        Path::Seq { parent, index } => {
+            render_path(parent, out);
+            out.push_str(&format!("[{index}]"));
+        }
+        Path::Map { parent, key } => {
+            render_path(parent, out);
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(key);
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => render_path(parent, out),
+    }
+}
+
+/// The field names known at `parent` (a path of steps) in the kind's schema.
+fn known_fields(kind: Kind, parent: &[Step]) -> Vec<String> {
+    if let [Step::Key(k)] = parent
+        && k == "metadata"
+    {
+        return META_FIELDS.iter().map(|s| s.to_string()).collect();
+    }
+    if parent.is_empty() && !kind.is_twill() {
+        return [
+            "apiVersion",
+            "kind",
+            "metadata",
+            "spec",
+            "status",
+            "data",
+            "stringData",
+            "type",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    }
+    let Some(crd) = crate::crds::all()
+        .into_iter()
+        .find(|c| c.spec.names.kind == kind.name())
+    else {
+        return vec![];
+    };
+    let Some(schema) = crd
+        .spec
+        .versions
+        .first()
+        .and_then(|v| v.schema.as_ref())
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .and_then(|s| serde_json::to_value(s).ok())
+    else {
+        return vec![];
+    };
+    let mut at = &schema;
+    for step in parent {
+        let next = match step {
+            Step::Key(k) => at.pointer(&format!(
+                "/properties/{}",
+                k.replace('~', "~0").replace('/', "~1")
+            )),
+            Step::Index => at.get("items"),
+        };
+        match next {
+            Some(n) => at = n,
+            None => return vec![],
+        }
+    }
+    at.get("properties")
+        .and_then(Value::as_object)
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+fn unknown_of<K: Object>(value: &Value) -> Vec<UnknownField> {
+    let mut found = Vec::new();
+    let _: Result<K, _> = serde_ignored::deserialize(value, |path| {
+        let mut p = String::new();
+        render_path(&path, &mut p);
+        if p == "apiVersion" || p == "kind" {
+            return;
+        }
+        let mut s = Vec::new();
+        steps(&path, &mut s);
+        let last = match s.pop() {
+            Some(Step::Key(k)) => k,
+            _ => String::new(),
+        };
+        let known = known_fields(K::KIND, &s);
+        let suggestion =
+            crate::validate::closest(&last, known.iter().map(String::as_str)).map(str::to_string);
+        found.push(UnknownField {
+            path: p,
+            suggestion,
+        });
+    });
+    found.sort_by(|a, b| a.path.cmp(&b.path));
+    found.dedup();
+    found
+}
+
+impl Kind {
+    /// Fields in `value` the kind does not have, each with the closest known
+    /// name. Input from people (apply, create, replace, patch) is refused
+    /// when this is not empty; objects read from a datastore go through
+    /// [`crate::compat::check`] instead, which only warns.
+    pub fn unknown_fields(self, value: &Value) -> Vec<UnknownField> {
+        match self {
+            Kind::IPPool => unknown_of::<IPPool>(value),
+            Kind::IPAMBlock => unknown_of::<IPAMBlock>(value),
+            Kind::BGPConfiguration => unknown_of::<BGPConfiguration>(value),
+            Kind::BGPPeer => unknown_of::<BGPPeer>(value),
+            Kind::GlobalNetworkPolicy => unknown_of::<GlobalNetworkPolicy>(value),
+            Kind::NodeStatus => unknown_of::<NodeStatus>(value),
+            Kind::Node => unknown_of::<Node>(value),
+            Kind::Namespace => unknown_of::<Namespace>(value),
+            Kind::Pod => unknown_of::<Pod>(value),
+            Kind::NetworkPolicy => unknown_of::<NetworkPolicy>(value),
+            Kind::Secret => unknown_of::<Secret>(value),
+        }
+    }
+}
+
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -251,6 +442,17 @@ fn check_typed<K: Object>(value: &Value) -> Result<Value, ValidationError> {
             }],
         });
     }
+    let mut labels = Errors::default();
+    if let Some(l) = &obj.meta().labels {
+        crate::validate::check_labels(l, &mut labels);
+    }
+    if !labels.is_empty() {
+        return Err(ValidationError {
+            kind: K::KIND.name().into(),
+            name,
+            errors: labels.0,
+        });
+    }
     obj.validate()?;
     let mut out = serde_json::to_value(&obj).map_err(|e| ValidationError {
         kind: K::KIND.name().into(),
@@ -284,14 +486,14 @@ pub fn decode<K: Object>(value: &Value) -> Result<K, ValidationError> {
         } else {
             path
         };
-        let at = value.pointer(&json_pointer(&field)).map(compact);
+        let at = value.pointer(&json_pointer(e.path())).map(compact);
         ValidationError {
             kind: K::KIND.name().into(),
             name,
             errors: vec![FieldError {
                 field,
                 value: at.unwrap_or_default(),
-                reason: e.into_inner().to_string(),
+                reason: crate::validate::plain_serde_message(&e.into_inner().to_string()),
             }],
         }
     })
@@ -304,23 +506,19 @@ fn compact(v: &Value) -> String {
     }
 }
 
-/// Turns `spec.ingress[0].ports` into `/spec/ingress/0/ports`.
-fn json_pointer(path: &str) -> String {
+/// The JSON pointer (RFC 6901) of a serde path, built from its segments,
+/// so keys with `.`, `[`, `]`, `/` or `~` in them cannot confuse it.
+fn json_pointer(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
     let mut out = String::new();
-    for part in path.split('.') {
-        let mut rest = part;
-        if let Some(i) = rest.find('[') {
-            out.push('/');
-            out.push_str(&rest[..i]);
-            rest = &rest[i..];
-            while let Some(end) = rest.find(']') {
-                out.push('/');
-                out.push_str(&rest[1..end]);
-                rest = &rest[end + 1..];
+    for seg in path.iter() {
+        out.push('/');
+        match seg {
+            Segment::Seq { index } => out.push_str(&index.to_string()),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                out.push_str(&key.replace('~', "~0").replace('/', "~1"))
             }
-        } else {
-            out.push('/');
-            out.push_str(rest);
+            Segment::Unknown => out.push('?'),
         }
     }
     out
@@ -389,5 +587,65 @@ mod tests {
             Kind::IPPool.validate_value(&v).unwrap_err().errors[0].field,
             "metadata.name"
         );
+    }
+
+    #[test]
+    fn unknown_fields_are_named_with_the_closest_known_name() {
+        let v = json!({"apiVersion": "twill.dev/v1", "kind": "IPPool",
+            "metadata": {"name": "p", "lables": {}},
+            "spec": {"cidr": "10.0.0.0/16", "natOutgong": true, "zzzzzz": 1}});
+        let u = Kind::IPPool.unknown_fields(&v);
+        let text: Vec<String> = u.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            vec![
+                "unknown field metadata.lables (did you mean labels?)",
+                "unknown field spec.natOutgong (did you mean natOutgoing?)",
+                "unknown field spec.zzzzzz",
+            ]
+        );
+        let v = json!({"apiVersion": "twill.dev/v1", "kind": "GlobalNetworkPolicy",
+            "metadata": {"name": "g"}, "spec": {"ingress": [{"action": "Allow", "protcol": "TCP"}]}});
+        let u = Kind::GlobalNetworkPolicy.unknown_fields(&v);
+        assert_eq!(u.len(), 1, "{u:?}");
+        assert_eq!(u[0].path, "spec.ingress[0].protcol");
+        assert_eq!(u[0].suggestion.as_deref(), Some("protocol"));
+        let v = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "n", "namespace": "x"}, "spec": {"podSelector": {}, "podSelectr": {}}});
+        let u = Kind::NetworkPolicy.unknown_fields(&v);
+        assert_eq!(u.len(), 1, "{u:?}");
+        assert_eq!(u[0].path, "spec.podSelectr");
+        let clean = json!({"apiVersion": "twill.dev/v1", "kind": "IPPool",
+            "metadata": {"name": "p", "labels": {"a": "b"}}, "spec": {"cidr": "10.0.0.0/16", "natOutgoing": true}});
+        assert!(Kind::IPPool.unknown_fields(&clean).is_empty());
+    }
+
+    #[test]
+    fn malformed_keys_never_panic() {
+        for key in ["a[]]", "a[", "]", "[", "a[0]]b", "~1/", "a.b[x]"] {
+            let v = json!({"apiVersion": "twill.dev/v1", "kind": "IPPool",
+                "metadata": {"name": "p"}, "spec": {"cidr": "10.0.0.0/16", key: 1, "blockSize": "x"}});
+            let _ = Kind::IPPool.validate_value(&v);
+            let _ = Kind::IPPool.unknown_fields(&v);
+            // A type error under the odd key: the error path contains it.
+            let v = json!({"apiVersion": "twill.dev/v1", "kind": "IPPool",
+                "metadata": {"name": "p", "labels": {key: 5}}, "spec": {"cidr": "10.0.0.0/16"}});
+            let e = Kind::IPPool.validate_value(&v).unwrap_err();
+            assert!(e.errors[0].field.contains(key), "{e}");
+            assert_eq!(e.errors[0].value, "5", "{e}");
+            let v = json!({"apiVersion": "twill.dev/v1", "kind": "GlobalNetworkPolicy",
+                "metadata": {"name": "g"}, "spec": {"ingress": [{key: {"a": 1}, "action": 5}]}});
+            let _ = Kind::GlobalNetworkPolicy.validate_value(&v);
+            let _ = Kind::GlobalNetworkPolicy.unknown_fields(&v);
+        }
+        let v = json!({"apiVersion": "twill.dev/v1", "kind": "IPPool",
+            "metadata": {"name": "p", "labels": {"bad key": "x", "ok": "v".repeat(70)}},
+            "spec": {"cidr": "10.0.0.0/16"}});
+        let e = Kind::IPPool.validate_value(&v).unwrap_err().to_string();
+        assert!(
+            e.contains("invalid label key") && e.contains("bad key"),
+            "{e}"
+        );
+        assert!(e.contains("70 characters"), "{e}");
     }
 }

@@ -124,6 +124,110 @@ impl Selector {
     }
 }
 
+impl Selector {
+    /// Parses kubectl's label-selector syntax (`get -l`): comma-separated
+    /// requirements, all of which must hold: `k=v`, `k==v`, `k!=v`,
+    /// `k in (a,b)`, `k notin (a,b)`, `k` (exists), `!k` (does not exist).
+    /// As in Kubernetes, `!=` and `notin` also match objects without the key.
+    pub fn parse_kubectl(input: &str) -> Result<Selector, SelectorError> {
+        let err = |offset: usize, reason: String| SelectorError {
+            input: input.to_string(),
+            offset,
+            reason,
+        };
+        // Split on commas outside parentheses, remembering offsets.
+        let mut parts = Vec::new();
+        let (mut depth, mut start) = (0i32, 0usize);
+        for (i, c) in input.char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                ',' if depth == 0 => {
+                    parts.push((start, &input[start..i]));
+                    start = i + 1;
+                }
+                _ => {}
+            }
+            if depth < 0 {
+                return Err(err(i, "')' without '('".into()));
+            }
+        }
+        if depth != 0 {
+            return Err(err(input.len(), "'(' is not closed".into()));
+        }
+        parts.push((start, &input[start..]));
+        let check_key = |at: usize, k: &str| -> Result<String, SelectorError> {
+            crate::validate::check_label_key(k)
+                .map(|_| k.to_string())
+                .map_err(|r| err(at, format!("label key {k:?}: {r}")))
+        };
+        let check_value = |at: usize, v: &str| -> Result<String, SelectorError> {
+            crate::validate::check_label_value(v)
+                .map(|_| v.to_string())
+                .map_err(|r| err(at, format!("label value {v:?}: {r}")))
+        };
+        let mut terms = Vec::new();
+        for (at, raw) in parts {
+            let t = raw.trim();
+            let at = at + (raw.len() - raw.trim_start().len());
+            if t.is_empty() {
+                if input.trim().is_empty() {
+                    continue;
+                }
+                return Err(err(at, "empty requirement (two commas?)".into()));
+            }
+            if let Some(k) = t.strip_prefix('!') {
+                terms.push(Selector::Not(Box::new(Selector::Has(check_key(
+                    at + 1,
+                    k.trim(),
+                )?))));
+                continue;
+            }
+            let set_op = t.find('(').and_then(|open| {
+                let head = t[..open].trim_end();
+                let (key, op) = head.rsplit_once(char::is_whitespace)?;
+                Some((key.trim(), op, open))
+            });
+            if let Some((key, op, open)) = set_op
+                && (op == "in" || op == "notin")
+            {
+                let Some(body) = t[open + 1..].strip_suffix(')') else {
+                    return Err(err(at + open, "expected (VALUE, ...) closed by ')'".into()));
+                };
+                let key = check_key(at, key)?;
+                let values = body
+                    .split(',')
+                    .map(|v| check_value(at + open, v.trim()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                terms.push(if op == "in" {
+                    Selector::In(key, values)
+                } else {
+                    Selector::NotIn(key, values)
+                });
+                continue;
+            }
+            if let Some((k, v)) = t.split_once("!=") {
+                terms.push(Selector::Ne(
+                    check_key(at, k.trim())?,
+                    check_value(at, v.trim())?,
+                ));
+            } else if let Some((k, v)) = t.split_once("==").or_else(|| t.split_once('=')) {
+                terms.push(Selector::Eq(
+                    check_key(at, k.trim())?,
+                    check_value(at, v.trim())?,
+                ));
+            } else {
+                terms.push(Selector::Has(check_key(at, t)?));
+            }
+        }
+        Ok(match terms.len() {
+            0 => Selector::All,
+            1 => terms.remove(0),
+            _ => Selector::And(terms),
+        })
+    }
+}
+
 impl std::str::FromStr for Selector {
     type Err = SelectorError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -492,5 +596,36 @@ mod tests {
             Selector::from_label_selector(&BTreeMap::new(), &[("a".into(), "In".into(), vec![])])
                 .is_err()
         );
+    }
+
+    #[test]
+    fn kubectl_label_selectors() {
+        let labels: BTreeMap<String, String> = [("app", "web"), ("tier", "front")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let yes = |s: &str| Selector::parse_kubectl(s).unwrap().matches(&labels);
+        assert!(yes("app=web"));
+        assert!(yes("app==web,tier"));
+        assert!(!yes("app!=web"));
+        assert!(yes("env!=prod"));
+        assert!(yes("app in (web, db)"));
+        assert!(!yes("app notin (web,db)"));
+        assert!(yes("env notin (prod)"));
+        assert!(yes("!env"));
+        assert!(!yes("!app"));
+        assert!(!yes("app=web,tier=back"));
+        assert!(yes(""));
+        for bad in [
+            "bad key=x",
+            "app=(",
+            "app in (a",
+            "app in a)",
+            ",",
+            "a=b,,c",
+            "k=v w",
+        ] {
+            assert!(Selector::parse_kubectl(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -194,6 +194,183 @@ pub fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// The name part of a label key, and a label value (when not empty):
+/// at most 63 characters, letters, digits, `-`, `_` and `.`, starting and
+/// ending with a letter or digit.
+fn check_label_word(s: &str, what: &str) -> Result<(), String> {
+    if s.chars().count() > 63 {
+        return Err(format!(
+            "{what} is {} characters long; at most 63 are allowed",
+            s.chars().count()
+        ));
+    }
+    let ok_chars = s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    let ok_ends = s
+        .chars()
+        .next()
+        .zip(s.chars().last())
+        .is_some_and(|(a, z)| a.is_ascii_alphanumeric() && z.is_ascii_alphanumeric());
+    if ok_chars && ok_ends {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} must be letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
+        ))
+    }
+}
+
+/// A label key, by Kubernetes' rules: an optional prefix (a DNS subdomain
+/// of at most 253 characters) and `/`, then a name of at most 63 characters.
+pub fn check_label_key(key: &str) -> Result<(), String> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    if let Some(p) = prefix {
+        if p.is_empty() {
+            return Err("the prefix before '/' is empty".into());
+        }
+        if name.contains('/') {
+            return Err("a label key has at most one '/' (PREFIX/NAME)".into());
+        }
+        check_name(p).map_err(|r| {
+            format!("the prefix {p:?} must be a DNS subdomain (at most 253 characters, lower-case letters, digits, '-' and '.', starting and ending with a letter or digit): {r}")
+        })?;
+    }
+    if name.is_empty() {
+        return Err("the key's name is empty".into());
+    }
+    check_label_word(name, "the key's name")
+}
+
+/// A label value, by Kubernetes' rules: empty, or at most 63 characters of
+/// letters, digits, `-`, `_` and `.`, starting and ending with a letter or digit.
+pub fn check_label_value(value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Ok(());
+    }
+    check_label_word(value, "the value")
+}
+
+/// Checks every label of an object.
+pub fn check_labels<'a>(
+    labels: impl IntoIterator<Item = (&'a String, &'a String)>,
+    e: &mut Errors,
+) {
+    for (k, v) in labels {
+        if let Err(r) = check_label_key(k) {
+            e.push(
+                format!("metadata.labels[{k:?}]"),
+                k,
+                format!("invalid label key: {r}"),
+            );
+        }
+        if let Err(r) = check_label_value(v) {
+            e.push(
+                format!("metadata.labels[{k:?}]"),
+                v,
+                format!("invalid label value: {r}"),
+            );
+        }
+    }
+}
+
+/// Says a serde decoding error in the user's terms: "must be a whole
+/// number 0–255 (got "big")" rather than "invalid type: string "big",
+/// expected u8".
+pub fn plain_serde_message(msg: &str) -> String {
+    fn expected(e: &str) -> String {
+        let e = e.trim();
+        match e {
+            "u8" => "a whole number 0–255".into(),
+            "u16" => "a whole number 0–65535".into(),
+            "u32" => "a whole number 0–4294967295".into(),
+            "u64" | "usize" => "a whole number, 0 or more".into(),
+            "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number".into(),
+            "f32" | "f64" => "a number".into(),
+            "a boolean" => "true or false".into(),
+            "a string" | "a borrowed string" => "text (a string)".into(),
+            "a sequence" => "a list".into(),
+            "a map" => "an object (key: value pairs)".into(),
+            e if e.starts_with("struct ") => "an object (key: value pairs)".into(),
+            e if e.starts_with("one of ") => {
+                format!("one of {}", e["one of ".len()..].replace('`', ""))
+            }
+            e => e.replace('`', ""),
+        }
+    }
+    fn got(g: &str) -> String {
+        let g = g.trim();
+        for (prefix, _) in [
+            ("integer ", ()),
+            ("floating point ", ()),
+            ("boolean ", ()),
+            ("string ", ()),
+        ] {
+            if let Some(v) = g.strip_prefix(prefix) {
+                return v.trim_matches('`').to_string();
+            }
+        }
+        match g {
+            "map" => "an object".into(),
+            "sequence" => "a list".into(),
+            "null" => "null".into(),
+            other => other.replace('`', ""),
+        }
+    }
+    let m = msg.trim();
+    if let Some(rest) = m
+        .strip_prefix("invalid type: ")
+        .or_else(|| m.strip_prefix("invalid value: "))
+        && let Some((g, e)) = rest.split_once(", expected ")
+    {
+        return format!("must be {} (got {})", expected(e), got(g));
+    }
+    if let Some(rest) = m.strip_prefix("unknown variant ")
+        && let Some((g, e)) = rest.split_once(", expected ")
+    {
+        return format!("must be {} (got {})", expected(e), got(g));
+    }
+    if let Some(f) = m.strip_prefix("missing field ") {
+        return format!("{} is required", f.trim_matches('`'));
+    }
+    if let Some(rest) = m.strip_prefix("invalid length ")
+        && let Some((g, e)) = rest.split_once(", expected ")
+    {
+        return format!("must have {} (got {})", expected(e), g.trim());
+    }
+    m.to_string()
+}
+
+/// Edit distance, for "did you mean" suggestions.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(!ca.eq_ignore_ascii_case(cb));
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// The known name closest to `word`, if one is close enough to be a typo.
+pub fn closest<'a>(word: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let limit = (word.chars().count() / 3).max(2);
+    known
+        .into_iter()
+        .map(|k| (edit_distance(word, k), k))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,5 +423,60 @@ mod tests {
         assert!(check_name("Rack").is_err());
         assert!(check_name("-a").is_err());
         assert!(check_name("").is_err());
+    }
+
+    #[test]
+    fn label_keys_and_values_follow_kubernetes() {
+        let prefix = format!("{}.example.com", "a".repeat(241));
+        assert_eq!(prefix.len(), 253);
+        let longest = format!("{prefix}/{}", "k".repeat(63));
+        assert_eq!(longest.len(), 317);
+        assert!(check_label_key(&longest).is_ok());
+        assert!(check_label_key(&format!("a{prefix}/k")).is_err());
+        assert!(check_label_key(&format!("{prefix}/k{}", "k".repeat(63))).is_err());
+        for ok in ["app", "app.kubernetes.io/name", "A_b.c-9", "x/y"] {
+            assert!(check_label_key(ok).is_ok(), "{ok}");
+        }
+        for bad in ["bad key", "", "/x", "x/", "a/b/c", "-a", "a-", "Ex.COM/x"] {
+            assert!(check_label_key(bad).is_err(), "{bad}");
+        }
+        assert!(check_label_value("").is_ok());
+        assert!(check_label_value(&"v".repeat(63)).is_ok());
+        let e = check_label_value(&"v".repeat(64)).unwrap_err();
+        assert!(e.contains("64 characters") && e.contains("63"), "{e}");
+        assert!(check_label_value("a b").is_err());
+        assert!(check_label_value("_a").is_err());
+    }
+
+    #[test]
+    fn serde_messages_in_the_users_terms() {
+        assert_eq!(
+            plain_serde_message("invalid type: string \"big\", expected u8"),
+            "must be a whole number 0–255 (got \"big\")"
+        );
+        assert_eq!(
+            plain_serde_message("invalid value: integer `300`, expected u8"),
+            "must be a whole number 0–255 (got 300)"
+        );
+        assert_eq!(
+            plain_serde_message("unknown variant `Maybe`, expected one of `Allow`, `Deny`"),
+            "must be one of Allow, Deny (got Maybe)"
+        );
+        assert_eq!(
+            plain_serde_message("missing field `cidr`"),
+            "cidr is required"
+        );
+        assert_eq!(
+            plain_serde_message("invalid type: integer `5`, expected a boolean"),
+            "must be true or false (got 5)"
+        );
+    }
+
+    #[test]
+    fn suggestions_are_close_names_only() {
+        let known = ["cidr", "natOutgoing", "blockSize", "disabled"];
+        assert_eq!(closest("natOutgong", known), Some("natOutgoing"));
+        assert_eq!(closest("natoutgoing", known), Some("natOutgoing"));
+        assert_eq!(closest("colour", known), None);
     }
 }

@@ -7,7 +7,7 @@
 //! listen_address: 10.96.0.2      # default 0.0.0.0; listen_port default 179
 //! status_socket: /run/twill-bgpd.sock
 //! metrics_address: 127.0.0.1:9179  # optional, GET /metrics
-//! graceful_restart: { restart_time: 120, state_file: /var/lib/twill-bgpd/running }
+//! graceful_restart: { restart_time: 120, stale_time: 360, state_file: /var/lib/twill-bgpd/running }
 //! networks: [10.1.0.0/24, "fd00:1::/64"]
 //! neighbors:
 //!   - address: 10.96.0.1
@@ -15,6 +15,9 @@
 //!     password: secret            # or password_file: /etc/twill/bgp.key
 //!     hold_time: 9                # keepalive, connect_retry (s), port, passive
 //!     multihop: 2                 # eBGP multihop TTL; ttl_security: true for GTSM
+//!                                 # (with multihop N: the peer is at most N hops away)
+//!     send_hold_time: 480         # RFC 9687 (s); default max(480, 2 × hold time)
+//!     open_wait: 240              # s a connection may wait for the peer's OPEN
 //!     families: [ipv4]
 //!     max_prefix: { limit: 1000, action: teardown, restart_after: 30 }
 //!     import: { default: accept, terms: [{ prefixes: ["10.0.0.0/8 le 24"], action: accept }] }
@@ -97,9 +100,16 @@ pub struct GrYaml {
     pub restart_time: u16,
     #[serde(default)]
     pub state_file: Option<PathBuf>,
+    /// Seconds a restarting peer's stale routes are kept after its session
+    /// is back, waiting for its End-of-RIB.
+    #[serde(default = "default_stale_time")]
+    pub stale_time: u32,
 }
 fn default_restart_time() -> u16 {
     120
+}
+fn default_stale_time() -> u32 {
+    360
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -127,6 +137,12 @@ pub struct NeighborYaml {
     pub ttl_security: bool,
     #[serde(default)]
     pub source_address: Option<IpAddr>,
+    /// RFC 9687 send hold time, seconds.
+    #[serde(default)]
+    pub send_hold_time: Option<u64>,
+    /// Seconds a connection may wait for the peer's OPEN.
+    #[serde(default)]
+    pub open_wait: Option<u64>,
     #[serde(default)]
     pub families: Option<Vec<FamilyYaml>>,
     #[serde(default)]
@@ -313,6 +329,7 @@ impl Config {
                 .map(|g| GracefulRestartConfig {
                     restart_time: g.restart_time,
                     state_file: g.state_file.clone(),
+                    stale_time: Duration::from_secs(u64::from(g.stale_time)),
                 }),
         };
         let mut peers = Vec::new();
@@ -356,7 +373,14 @@ impl Config {
             }
             p.passive = n.passive;
             p.multihop = n.multihop;
-            p.ttl_security = n.ttl_security;
+            // GTSM hop count: the multihop distance (1 for a direct peer).
+            p.ttl_security = n.ttl_security.then(|| n.multihop.unwrap_or(1).max(1));
+            if let Some(s) = n.send_hold_time {
+                p.send_hold_time = Some(Duration::from_secs(s.max(1)));
+            }
+            if let Some(s) = n.open_wait {
+                p.open_wait = Duration::from_secs(s.max(1));
+            }
             p.source_address = n.source_address;
             if let Some(b) = n.bfd {
                 if !(10..=60_000).contains(&b.min_tx_ms) || !(10..=60_000).contains(&b.min_rx_ms) {
@@ -569,7 +593,7 @@ neighbors:
         assert_eq!(bfd.min_rx, Duration::from_millis(200));
         assert_eq!(bfd.multiplier, 4);
         assert!(l.peers[1].bfd.is_none());
-        assert!(p.ttl_security);
+        assert_eq!(p.ttl_security, Some(1));
         assert_eq!(p.families, vec![Afi::Ipv4]);
         assert_eq!(p.import.max_prefix.unwrap().limit, 10);
         assert_eq!(p.import.terms.len(), 1);

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub flaps: Family<PeerLabels, Counter>,
     pub last_error: Family<ErrorLabels, Gauge>,
     pub bfd_state: Family<PeerLabels, Gauge>,
+    /// Connections refused because the address is not a configured peer.
+    pub refused: Counter,
     /// The label set currently set to 1 in `last_error`, per peer.
     last_error_label: Mutex<std::collections::HashMap<String, String>>,
 }
@@ -89,8 +91,15 @@ impl Metrics {
             "BFD session state, RFC 5880 numbering (0 AdminDown, 1 Down, 2 Init, 3 Up); only peers with BFD",
             bfd_state.clone(),
         );
+        let refused = Counter::default();
+        registry.register(
+            "refused_connections",
+            "Incoming connections closed because the address is not a configured peer",
+            refused.clone(),
+        );
         Metrics {
             registry,
+            refused,
             state,
             messages,
             prefixes,
@@ -99,6 +108,10 @@ impl Metrics {
             bfd_state,
             last_error_label: Mutex::new(Default::default()),
         }
+    }
+
+    pub fn refused(&self) {
+        self.refused.inc();
     }
 
     pub fn message(&self, peer: &str, out: bool, kind: &str) {

@@ -24,6 +24,7 @@ use crate::policy::Policy;
 use crate::rib::{BestRoute, LocalConfig, PeerId, PeerKind, Rib};
 use crate::session::driver::{self, Ctl};
 use crate::session::fsm::State;
+use crate::session::ratelog::{RateLog, Summary, Verdict};
 use crate::transport;
 use crate::types::{Afi, Asn, PathAttrs, Prefix};
 
@@ -78,7 +79,16 @@ pub struct GracefulRestartConfig {
     /// the previous run did not stop cleanly: we are restarting, so our OPEN
     /// carries the Restart State bit and forwarding-preserved flags.
     pub state_file: Option<PathBuf>,
+    /// As helper: how long a restarting peer's stale routes are kept after
+    /// its session is back, waiting for its End-of-RIB (RFC 4724 §4.2).
+    pub stale_time: Duration,
 }
+
+/// RFC 4271 §8: the "large value" the hold timer runs with until the OPEN
+/// arrives (4 minutes suggested).
+pub const DEFAULT_OPEN_WAIT: Duration = Duration::from_secs(240);
+/// Default GR helper stale-route bound (BGPConfiguration `staleTime`).
+pub const DEFAULT_STALE_TIME: Duration = Duration::from_secs(360);
 
 /// One neighbour.
 #[derive(Debug, Clone)]
@@ -93,7 +103,9 @@ pub struct PeerConfig {
     pub passive: bool,
     /// eBGP multihop TTL.
     pub multihop: Option<u8>,
-    pub ttl_security: bool,
+    /// GTSM (RFC 5082) with the peer at most this many hops away: we send
+    /// TTL 255 and accept only TTL ≥ 256 − hops. None: no GTSM.
+    pub ttl_security: Option<u8>,
     pub source_address: Option<IpAddr>,
     pub families: Vec<Afi>,
     pub import: Policy,
@@ -106,7 +118,22 @@ pub struct PeerConfig {
     /// BGP session does not wait for BFD to come up (RFC 5882 §4.2 allows
     /// either; waiting would make a peer without BFD unreachable).
     pub bfd: Option<crate::bfd::session::Config>,
+    /// How long a connection may stay open without the peer's OPEN (the
+    /// OpenSent hold timer, and a second, colliding connection).
+    pub open_wait: Duration,
+    /// RFC 9687 send hold time: a peer that takes nothing from us for this
+    /// long is dropped. None: max(8 min, 2 × the negotiated hold time).
+    pub send_hold_time: Option<Duration>,
+    /// Most encoded bytes queued towards the peer; a peer that lets the
+    /// queue grow past this is not reading: the session goes down
+    /// (Cease/Out of Resources) instead of memory growing.
+    pub max_send_queue: usize,
 }
+
+/// Default bound of a peer's send queue: a whole table is encoded at once
+/// when a session comes up (1M IPv4 routes with distinct attributes are
+/// about 60 MB), so the bound only stops a peer that never reads.
+pub const DEFAULT_MAX_SEND_QUEUE: usize = 256 * 1024 * 1024;
 
 impl PeerConfig {
     /// Defaults: port 179, hold 90 s, connect retry 5 s, IPv4 and IPv6,
@@ -122,7 +149,7 @@ impl PeerConfig {
             connect_retry: Duration::from_secs(5),
             passive: false,
             multihop: None,
-            ttl_security: false,
+            ttl_security: None,
             source_address: None,
             families: vec![Afi::Ipv4, Afi::Ipv6],
             import: Policy::accept_all(),
@@ -131,6 +158,9 @@ impl PeerConfig {
             route_reflector_client: false,
             kind: PeerKind::External,
             bfd: None,
+            open_wait: DEFAULT_OPEN_WAIT,
+            send_hold_time: None,
+            max_send_queue: DEFAULT_MAX_SEND_QUEUE,
         }
     }
 }
@@ -361,7 +391,7 @@ impl Speaker {
         // GTSM peers check the TTL of our SYN-ACK, which the listener sends
         // before we know who connected: send everything from it with 255
         // (accepted sockets get their per-peer TTL right after accept).
-        if cfg.ttl_security
+        if cfg.ttl_security.is_some()
             && let Ok(l) = self.shared.listener.lock()
             && let Some((fd, v6)) = *l
         {
@@ -577,9 +607,28 @@ fn listener_view(peer: IpAddr, listener_v6: bool) -> IpAddr {
     }
 }
 
+/// How often refused connections from unknown addresses are summarised.
+const REFUSED_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Accepts connections and hands each to its peer's task. Connections from
+/// addresses that are not peers are closed; a flood of them is logged as a
+/// few named sources and a count per minute, not a line each
+/// (`session::ratelog`).
 async fn accept_loop(l: tokio::net::TcpListener, shared: Arc<Shared>) {
+    let mut refused = RateLog::new(REFUSED_LOG_INTERVAL);
+    let mut tick = tokio::time::interval(REFUSED_LOG_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let (stream, from) = match l.accept().await {
+        let accepted = tokio::select! {
+            a = l.accept() => a,
+            _ = tick.tick() => {
+                if let Some(s) = refused.flush(std::time::Instant::now()) {
+                    log_refused_summary(s);
+                }
+                continue;
+            }
+        };
+        let (stream, from) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!("accept: {e}");
@@ -593,7 +642,28 @@ async fn accept_loop(l: tokio::net::TcpListener, shared: Arc<Shared>) {
             Some(c) => {
                 let _ = c.send(Ctl::Incoming(stream));
             }
-            None => tracing::info!("refused a connection from {ip}: not a configured peer"),
+            None => {
+                shared.metrics.refused();
+                let (v, summary) = refused.event(ip, std::time::Instant::now());
+                if let Some(s) = summary {
+                    log_refused_summary(s);
+                }
+                if v == Verdict::Log {
+                    tracing::info!(
+                        "refused a connection from {ip}: not a configured peer (more are counted and summarised every {}s)",
+                        REFUSED_LOG_INTERVAL.as_secs()
+                    );
+                }
+            }
         }
     }
+}
+
+fn log_refused_summary(s: Summary) {
+    tracing::info!(
+        "refused {} more connections from {} addresses that are not configured peers in the last {}s",
+        s.suppressed,
+        s.sources,
+        REFUSED_LOG_INTERVAL.as_secs()
+    );
 }

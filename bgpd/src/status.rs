@@ -117,7 +117,9 @@ pub fn render_table(peers: &[PeerStatus]) -> String {
         "ACCEPTED".into(),
         "ADVERTISED".into(),
         "BFD".into(),
-        "LAST ERROR".into(),
+        // The error that last ended (or kept from starting) the session:
+        // for an Established session it is history, not its state.
+        "LAST DOWN REASON".into(),
     ]];
     for p in peers {
         rows.push([
@@ -185,5 +187,6 @@ mod tests {
         );
         assert!(lines[1].ends_with("Up   received Cease"), "{t}");
         assert_eq!(lines[0].find("STATE"), lines[1].find("Established"));
+        assert!(lines[0].ends_with("LAST DOWN REASON"), "{t}");
     }
 }

@@ -2,7 +2,7 @@
 //! socket options BGP needs that tokio does not expose — TCP MD5 signatures
 //! (RFC 2385, `TCP_MD5SIG`, set per peer address on the listening socket and
 //! on the connecting socket before `connect`), GTSM (RFC 5082: we send with
-//! TTL 255 and drop anything that arrives with less than 254 through
+//! TTL 255 and drop anything that arrives with less than 256 − hops through
 //! `IP_MINTTL` / `IPV6_MINHOPCOUNT`) and the outgoing TTL for eBGP (1, or the
 //! multihop value). `struct tcp_md5sig` is declared here because the libc
 //! crate does not define it.
@@ -133,11 +133,13 @@ pub struct TtlPolicy {
 }
 
 impl TtlPolicy {
-    /// eBGP: TTL 1 unless multihop; iBGP: 64. GTSM overrides both: send 255
-    /// and accept only TTL ≥ 256 − hops (RFC 5082: 255 for a direct peer).
-    pub fn for_peer(ebgp: bool, multihop: Option<u8>, ttl_security: bool) -> TtlPolicy {
-        if ttl_security {
-            let hops = multihop.unwrap_or(1).max(1);
+    /// eBGP: TTL 1 unless multihop; iBGP: 64. GTSM (`gtsm_hops`: the peer
+    /// is at most this many hops away) overrides both: send 255 and accept
+    /// only TTL ≥ 256 − hops (RFC 5082 §3: 255 for a direct peer, 254 for
+    /// a peer one router away).
+    pub fn for_peer(ebgp: bool, multihop: Option<u8>, gtsm_hops: Option<u8>) -> TtlPolicy {
+        if let Some(hops) = gtsm_hops {
+            let hops = hops.clamp(1, 255);
             return TtlPolicy {
                 ttl: 255,
                 min_ttl: Some((256u16 - u16::from(hops)) as u8),
@@ -252,20 +254,32 @@ mod tests {
     #[test]
     fn ttl_policy_follows_rfc_5082_and_ebgp_defaults() {
         assert_eq!(
-            TtlPolicy::for_peer(true, None, false),
+            TtlPolicy::for_peer(true, None, None),
             TtlPolicy {
                 ttl: 1,
                 min_ttl: None
             }
         );
-        assert_eq!(TtlPolicy::for_peer(false, None, false).ttl, 64);
-        assert_eq!(TtlPolicy::for_peer(true, Some(3), false).ttl, 3);
+        assert_eq!(TtlPolicy::for_peer(false, None, None).ttl, 64);
+        assert_eq!(TtlPolicy::for_peer(true, Some(3), None).ttl, 3);
         assert_eq!(
-            TtlPolicy::for_peer(true, None, true),
+            TtlPolicy::for_peer(true, None, Some(1)),
             TtlPolicy {
                 ttl: 255,
                 min_ttl: Some(255)
             }
+        );
+        // A peer one router away: its packets arrive with 254.
+        assert_eq!(
+            TtlPolicy::for_peer(true, None, Some(2)),
+            TtlPolicy {
+                ttl: 255,
+                min_ttl: Some(254)
+            }
+        );
+        assert_eq!(
+            TtlPolicy::for_peer(false, Some(9), Some(254)).min_ttl,
+            Some(2)
         );
     }
 
@@ -280,7 +294,7 @@ mod tests {
             peer: addr,
             source: None,
             md5: Some(b"secret".to_vec()),
-            ttl: TtlPolicy::for_peer(true, None, true),
+            ttl: TtlPolicy::for_peer(true, None, Some(1)),
             timeout: Duration::from_secs(2),
         };
         let (c, a) = tokio::join!(connect(&o), l.accept());
@@ -301,7 +315,7 @@ mod tests {
             peer: addr,
             source: None,
             md5: Some(b"wrong".to_vec()),
-            ttl: TtlPolicy::for_peer(false, None, false),
+            ttl: TtlPolicy::for_peer(false, None, None),
             timeout: Duration::from_millis(700),
         };
         let r = tokio::select! {

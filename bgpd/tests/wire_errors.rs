@@ -6,14 +6,21 @@ use std::net::{IpAddr, Ipv4Addr};
 use twill_bgpd::types::{AsPath, AsSegment, Origin, PathAttrs, Prefix};
 use twill_bgpd::wire::{
     Action, Ctx, Message, Notification, Update, Warning, attr, decode, encode, encode_updates,
-    frame_len,
+    encode_updates_checked, frame_len, frame_len_in,
 };
 
 const TWO: Ctx = Ctx {
     four_octet_as: false,
+    extended_messages: false,
 };
 const FOUR: Ctx = Ctx {
     four_octet_as: true,
+    extended_messages: false,
+};
+/// RFC 8654 extended messages negotiated.
+const EXT: Ctx = Ctx {
+    four_octet_as: true,
+    extended_messages: true,
 };
 
 fn msg(ty: u8, body: &[u8]) -> Vec<u8> {
@@ -506,7 +513,13 @@ fn valid_but_unusual_messages_are_accepted() {
 fn route_refresh_for_a_family_we_do_not_carry_is_ignored() {
     // AFI 25 (L2VPN): RFC 2918 4 says ignore it.
     let (m, w) = decode(&msg(5, &[0, 25, 0, 65]), &FOUR).unwrap();
-    assert_eq!(m, Message::Keepalive);
+    assert_eq!(m, Message::RouteRefreshUnsupported { afi: 25, safi: 65 });
+    assert_ne!(m, Message::Keepalive, "never a KEEPALIVE");
+    assert_eq!(
+        twill_bgpd::wire::encode(&m, &FOUR),
+        msg(5, &[0, 25, 0, 65]),
+        "re-encodes as it came"
+    );
     assert_eq!(w[0].action, Action::Ignore);
     let (m, w) = decode(&msg(5, &[0, 2, 0, 1]), &FOUR).unwrap();
     assert!(w.is_empty());
@@ -589,4 +602,62 @@ fn open_round_trips_with_capability_helpers() {
     assert!(back.multiprotocol(Afi::Ipv6) && !back.multiprotocol(Afi::Ipv4));
     assert!(back.route_refresh());
     assert_eq!(back.graceful_restart().unwrap().time, 120);
+}
+
+/// RFC 8654: a 5,000-byte UPDATE is Bad Message Length unless extended
+/// messages were negotiated; an OPEN never passes 4,096 bytes. Attributes
+/// too large for 4,096 bytes are packed into one extended UPDATE instead of
+/// being withdrawn.
+#[test]
+fn extended_messages_raise_the_limit_only_when_negotiated() {
+    use twill_bgpd::types::Community;
+    // 1,200 communities: 4,800 bytes of attribute value.
+    let comms: Vec<u8> = (0..1200u32).flat_map(|c| c.to_be_bytes()).collect();
+    let mut comm_attr = vec![0xd0, 8];
+    comm_attr.extend_from_slice(&(comms.len() as u16).to_be_bytes());
+    comm_attr.extend_from_slice(&comms);
+    let attrs = [&ORIGIN[..], &AS_PATH4[..], &NEXT_HOP[..], &comm_attr[..]].concat();
+    let big = update(&[], &attrs, &[24, 10, 1, 0]);
+    assert!(big.len() > 4096);
+    let e = frame_len(&big).unwrap_err();
+    assert_eq!(
+        (e.code, e.subcode),
+        (1, 2),
+        "Bad Message Length without RFC 8654"
+    );
+    assert!(decode(&big, &FOUR).is_err());
+    assert_eq!(frame_len_in(&big, &EXT).unwrap(), Some(big.len()));
+    let (m, w) = decode(&big, &EXT).unwrap();
+    assert!(w.is_empty(), "{w:?}");
+    let Message::Update(u) = m else {
+        panic!("{m:?}")
+    };
+    assert_eq!(u.announced, vec![pfx("10.1.0.0/24")]);
+    assert_eq!(u.attrs.unwrap().communities.len(), 1200);
+    // An OPEN header claiming 5,000 bytes is refused even then.
+    let mut open_hdr = vec![0xff; 16];
+    open_hdr.extend_from_slice(&5000u16.to_be_bytes());
+    open_hdr.push(1);
+    assert!(frame_len_in(&open_hdr, &EXT).is_err());
+    // Encoding: withdrawn without RFC 8654, one UPDATE with it.
+    let mut pa = PathAttrs {
+        next_hop: Some("192.0.2.1".parse().unwrap()),
+        ..PathAttrs::default()
+    };
+    for c in 0..1200u32 {
+        pa.add_community(Community(c));
+    }
+    let p = [pfx("10.1.0.0/24")];
+    let (msgs, unsent) = encode_updates_checked(&[], Some(&pa), &p, &FOUR);
+    assert!(msgs.is_empty());
+    assert_eq!(unsent, p);
+    let (msgs, unsent) = encode_updates_checked(&[], Some(&pa), &p, &EXT);
+    assert!(unsent.is_empty());
+    assert_eq!(msgs.len(), 1);
+    assert!(msgs[0].len() > 4096 && msgs[0].len() <= 65535);
+    let (m, _) = decode(&msgs[0], &EXT).unwrap();
+    let Message::Update(u) = m else {
+        panic!("{m:?}")
+    };
+    assert_eq!(u.announced, p);
 }

@@ -239,6 +239,7 @@ fn message(four: bool) -> impl Strategy<Value = Message> {
 fn round_trip(m: &Message, four: bool) -> Result<(), TestCaseError> {
     let ctx = Ctx {
         four_octet_as: four,
+        ..Ctx::default()
     };
     let bytes = encode(m, &ctx);
     prop_assume!(bytes.len() <= 4096);

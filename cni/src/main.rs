@@ -26,10 +26,22 @@ struct Outcome {
 
 fn main() -> ExitCode {
     let env: HashMap<String, String> = std::env::vars().collect();
-    let mut input = String::new();
-    let read = std::io::stdin().read_to_string(&mut input);
+    let mut bytes = Vec::new();
+    let read = std::io::stdin().read_to_end(&mut bytes);
     let outcome = match read {
-        Ok(_) => run(&env, &input),
+        Ok(_) => match String::from_utf8(bytes) {
+            Ok(input) => run(&env, &input),
+            Err(e) => Outcome {
+                version: LATEST.into(),
+                result: Err(CniError::new(
+                    code::DECODING_FAILURE,
+                    format!(
+                        "the network configuration is not UTF-8 text (invalid byte at offset {})",
+                        e.utf8_error().valid_up_to()
+                    ),
+                )),
+            },
+        },
         Err(e) => Outcome {
             version: LATEST.into(),
             result: Err(CniError::new(
@@ -98,6 +110,71 @@ fn check_ifname(name: &str) -> Result<(), CniError> {
     }
 }
 
+/// The spec requires `name` (a network name: letters, digits, `_`, `.`, `-`).
+fn check_name(config: &Value) -> Result<(), CniError> {
+    let invalid = |m: String| CniError::new(code::INVALID_NETWORK_CONFIG, m);
+    match config.get("name") {
+        None | Some(Value::Null) => Err(invalid(
+            "name is missing from the network configuration".into(),
+        )),
+        Some(Value::String(n))
+            if !n.is_empty()
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+                && n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric()) =>
+        {
+            Ok(())
+        }
+        Some(other) => Err(invalid(format!(
+            "name must be a network name (letters, digits, '_', '.' and '-', starting with a letter or digit), got {other}"
+        ))),
+    }
+}
+
+/// CNI_NETNS must name a network namespace (an nsfs file such as
+/// `/run/netns/NAME` or `/proc/PID/ns/net`), not a directory or an ordinary
+/// file: refused here, before twill-node tries to enter it.
+fn check_netns(ns: &str) -> Result<(), CniError> {
+    let bad =
+        |why: String| CniError::new(code::INVALID_ENVIRONMENT, format!("CNI_NETNS {ns:?} {why}"));
+    let meta = std::fs::metadata(ns).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => bad("does not exist".into()),
+        _ => bad(format!("cannot be read: {e}")),
+    })?;
+    if meta.is_dir() {
+        return Err(bad("is a directory, not a network namespace".into()));
+    }
+    match fs_magic(ns) {
+        Ok(m) if m == NSFS_MAGIC || m == PROC_SUPER_MAGIC => Ok(()),
+        Ok(_) => Err(bad(
+            "is not a network namespace (expected a file such as /run/netns/NAME or /proc/PID/ns/net)"
+                .into(),
+        )),
+        Err(e) => Err(bad(format!("cannot be examined: {e}"))),
+    }
+}
+
+/// statfs(2) magic of the namespace filesystem (and of /proc on old kernels).
+const NSFS_MAGIC: i64 = 0x6e73_6673;
+const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+
+fn fs_magic(path: &str) -> std::io::Result<i64> {
+    let c = std::ffi::CString::new(path).map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "contains a NUL byte")
+    })?;
+    let mut buf = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: `c` is a valid NUL-terminated string and `buf` is writable
+    // memory of the size statfs expects; it is read only after success.
+    let rc = unsafe { libc::statfs(c.as_ptr(), buf.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: statfs succeeded, so it filled the struct.
+    let st = unsafe { buf.assume_init() };
+    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+    Ok(st.f_type as i64)
+}
+
 fn run(env: &HashMap<String, String>, input: &str) -> Outcome {
     // The version the caller speaks, for rendering even our errors.
     let conf: Option<Value> = serde_json::from_str(input).ok();
@@ -154,16 +231,24 @@ fn dispatch(env: &HashMap<String, String>, input: &str) -> Result<Option<Value>,
             "the network configuration must be a JSON object",
         ));
     }
-    let version = config
-        .get("cniVersion")
-        .and_then(Value::as_str)
-        .ok_or_else(|| {
-            CniError::new(
+    let version = match config.get("cniVersion") {
+        Some(Value::String(v)) => v.clone(),
+        None | Some(Value::Null) => {
+            return Err(CniError::new(
                 code::INVALID_NETWORK_CONFIG,
                 "cniVersion is missing from the network configuration",
-            )
-        })?
-        .to_string();
+            ));
+        }
+        Some(other) => {
+            return Err(CniError::new(
+                code::INVALID_NETWORK_CONFIG,
+                format!(
+                    "cniVersion must be a string such as \"1.0.0\", got {other}; supported: {}",
+                    SUPPORTED_VERSIONS.join(", ")
+                ),
+            ));
+        }
+    };
     let version = version.as_str();
     if !spec::supported(version) {
         return Err(CniError::new(
@@ -189,6 +274,7 @@ fn dispatch(env: &HashMap<String, String>, input: &str) -> Result<Option<Value>,
             ),
         ));
     }
+    check_name(&config)?;
     let settings = Settings::from_config(&config)?;
 
     let mut req = Request {
@@ -207,12 +293,7 @@ fn dispatch(env: &HashMap<String, String>, input: &str) -> Result<Option<Value>,
         req.netns = env.get("CNI_NETNS").cloned().unwrap_or_default();
         if command != Command::Del {
             let ns = env_var(env, "CNI_NETNS")?;
-            if !std::path::Path::new(ns).exists() {
-                return Err(CniError::new(
-                    code::INVALID_ENVIRONMENT,
-                    format!("CNI_NETNS {ns:?} does not exist"),
-                ));
-            }
+            check_netns(ns)?;
         }
         if let Some(args) = env.get("CNI_ARGS") {
             req.args = spec::parse_args(args)

@@ -17,14 +17,21 @@ use crate::cli::{IpamArgs, IpamCommand, StoreArgs};
 use crate::output::align;
 
 pub async fn run(store_args: &StoreArgs, args: IpamArgs) -> anyhow::Result<ExitCode> {
-    let store = store_args.open().await?;
+    // Nothing here creates a store: an address cannot be shown, checked or
+    // released in a store that does not exist.
+    let store = store_args.open_existing().await?;
     let pools = store.list::<IPPool>().await?.items;
     let blocks = store.list::<IPAMBlock>().await?.items;
     match args.command {
         IpamCommand::Show { ip: Some(ip) } => {
             let info = report::find_address(&pools, &blocks, ip);
             print!("{}", describe(&info));
-            Ok(ExitCode::SUCCESS)
+            // Asked who holds an address that nobody holds: not found.
+            Ok(if info.allocation.is_some() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         IpamCommand::Show { ip: None } => {
             let mut rows = vec![

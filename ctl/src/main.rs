@@ -10,11 +10,30 @@
 //! as stored, with a warning naming what this version does not understand
 //! (`twill_api::compat`).
 
+// These shadow the standard printing macros in every module below, so
+// output to a closed pipe or a full disk never panics (see `out`).
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::out::stdout(format_args!($($arg)*)) };
+}
+macro_rules! println {
+    () => { $crate::out::stdout(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::out::stdout(format_args!("{}\n", format_args!($($arg)*))) };
+}
+#[allow(unused_macros)]
+macro_rules! eprint {
+    ($($arg:tt)*) => { $crate::out::stderr(format_args!($($arg)*)) };
+}
+macro_rules! eprintln {
+    () => { $crate::out::stderr(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::out::stderr(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
 mod cli;
 mod crds;
 mod ipam;
 mod lab;
 mod node;
+mod out;
 mod output;
 mod policy;
 mod resources;
@@ -95,18 +114,29 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    cli.kube.clone().set();
     match cli.command {
         Command::Crds(args) => crds::run(args),
         Command::Completion { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "twillctl", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "twillctl", &mut script);
+            script.extend_from_slice(resources::dynamic_completion(shell).as_bytes());
+            out::stdout_bytes(&script);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Version { client, output } => resources::version(&cli.store, client, output).await,
+        Command::Complete { words } => resources::complete(&cli.store, &words).await,
+        Command::Diff(args) => resources::diff(&cli.store, args).await,
         Command::Get(args) => resources::get(&cli.store, args).await,
-        Command::Apply(args) => resources::apply(&cli.store, args, resources::Mode::Apply).await,
-        Command::Create(args) => resources::apply(&cli.store, args, resources::Mode::Create).await,
-        Command::Replace(args) => {
-            resources::apply(&cli.store, args, resources::Mode::Replace).await
+        Command::Apply(a) => {
+            resources::apply_with(&cli.store, a.file, resources::Mode::Apply, a.dry_run).await
+        }
+        Command::Create(a) => {
+            resources::apply_with(&cli.store, a.file, resources::Mode::Create, a.dry_run).await
+        }
+        Command::Replace(a) => {
+            resources::apply_with(&cli.store, a.file, resources::Mode::Replace, a.dry_run).await
         }
         Command::Delete(args) => resources::delete(&cli.store, args).await,
         Command::Patch(args) => resources::patch(&cli.store, args).await,

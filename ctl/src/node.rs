@@ -2,19 +2,42 @@
 //! NodeStatus object — BGP sessions with state, uptime and prefixes, and the
 //! routes felix programmed. It reads the datastore, so it works from any
 //! machine that reaches the store (a kubeconfig, or the embedded file).
+//!
+//! It tells the truth about age: a report older than three of the node's
+//! report intervals is shown STALE and the node not ready (its agent is
+//! probably gone); no reports at all is an error, as is a node that does
+//! not report. An Established session shows no "last error" (the last
+//! reason it went down is shown as such with `-o wide`).
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 use twill_api::resources::{NodeStatus, NodeStatusReport};
 
-use crate::UsageError;
 use crate::cli::{NodeArgs, NodeCommand, OutputFormat, StoreArgs};
 use crate::output::align;
 
+/// The report interval assumed when a report does not say (twill-node's default).
+const DEFAULT_INTERVAL_SECS: i64 = 10;
+
+/// Whether a report is older than three of its node's report intervals.
+pub fn is_stale(s: &NodeStatus, now: jiff::Timestamp) -> bool {
+    let Some(r) = &s.status else { return true };
+    let interval = s
+        .spec
+        .report_interval
+        .map(i64::from)
+        .unwrap_or(DEFAULT_INTERVAL_SECS)
+        .max(1);
+    match r.updated.parse::<jiff::Timestamp>() {
+        Ok(t) => now.as_second() - t.as_second() > 3 * interval,
+        Err(_) => true,
+    }
+}
+
 pub async fn run(store_args: &StoreArgs, args: NodeArgs) -> anyhow::Result<ExitCode> {
     let NodeCommand::Status { node, output } = args.command;
-    let store = store_args.open().await?;
+    let store = store_args.open_existing().await?;
     let mut statuses: Vec<NodeStatus> = match &node {
         Some(n) => match store.get::<NodeStatus>(None, n).await? {
             Some(s) => vec![s],
@@ -38,7 +61,13 @@ pub async fn run(store_args: &StoreArgs, args: NodeArgs) -> anyhow::Result<ExitC
         },
         None => store.list::<NodeStatus>().await?.items,
     };
+    if statuses.is_empty() {
+        anyhow::bail!(
+            "no node reports its status: is twill-node running, and writing to this datastore?"
+        );
+    }
     statuses.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let now = jiff::Timestamp::now();
     match output {
         OutputFormat::Json => {
             let v: Vec<serde_json::Value> = statuses
@@ -46,6 +75,7 @@ pub async fn run(store_args: &StoreArgs, args: NodeArgs) -> anyhow::Result<ExitC
                 .map(|s| {
                     serde_json::json!({
                         "node": s.metadata.name,
+                        "stale": is_stale(s, now),
                         "status": s.status,
                     })
                 })
@@ -60,24 +90,45 @@ pub async fn run(store_args: &StoreArgs, args: NodeArgs) -> anyhow::Result<ExitC
                 serde_json::to_string_pretty(&v).context("printing JSON")?
             );
         }
+        OutputFormat::Yaml => {
+            let docs: Vec<String> = statuses
+                .iter()
+                .map(|s| {
+                    twill_api::manifest::to_yaml(&serde_json::json!({
+                        "node": s.metadata.name,
+                        "stale": is_stale(s, now),
+                        "status": s.status,
+                    }))
+                    .map_err(anyhow::Error::msg)
+                })
+                .collect::<Result<_, _>>()?;
+            print!("{}", docs.join("---\n"));
+        }
+        OutputFormat::Name => {
+            for s in &statuses {
+                println!("nodestatus/{}", s.metadata.name.as_deref().unwrap_or(""));
+            }
+        }
         OutputFormat::Table | OutputFormat::Wide => {
-            let now = jiff::Timestamp::now();
             for (i, s) in statuses.iter().enumerate() {
                 if i > 0 {
                     println!();
                 }
                 let name = s.metadata.name.clone().unwrap_or_default();
                 match &s.status {
-                    Some(r) => print!("{}", render(&name, r, now, output == OutputFormat::Wide)),
+                    Some(r) => print!(
+                        "{}",
+                        render_report(
+                            &name,
+                            r,
+                            now,
+                            output == OutputFormat::Wide,
+                            is_stale(s, now)
+                        )
+                    ),
                     None => println!("node {name}: no report yet"),
                 }
             }
-        }
-        other => {
-            return Err(UsageError(format!(
-                "node status prints a table (-o table|wide) or JSON (-o json), not {other:?}"
-            ))
-            .into());
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -103,17 +154,39 @@ pub fn age(since: &str, now: jiff::Timestamp) -> String {
 
 /// One node's report as text.
 pub fn render(name: &str, r: &NodeStatusReport, now: jiff::Timestamp, wide: bool) -> String {
+    render_report(name, r, now, wide, false)
+}
+
+/// [`render`]; with `stale`, the node is shown not ready whatever the report says.
+pub fn render_report(
+    name: &str,
+    r: &NodeStatusReport,
+    now: jiff::Timestamp,
+    wide: bool,
+    stale: bool,
+) -> String {
     let mut out = format!(
-        "node {name}: address {}, AS {}, {}, {} endpoints, report {} old\n",
+        "node {name}: address {}, AS {}, {}, {} endpoints, report {} old{}\n",
         if r.address.is_empty() {
             "-"
         } else {
             &r.address
         },
         r.as_number,
-        if r.ready { "ready" } else { "NOT ready" },
+        if stale {
+            "NOT ready (STALE: no recent report)"
+        } else if r.ready {
+            "ready"
+        } else {
+            "NOT ready"
+        },
         r.endpoints,
         age(&r.updated, now),
+        if stale {
+            "; its twill-node is not reporting (stopped, or cannot reach the datastore)"
+        } else {
+            ""
+        },
     );
     for (cond, reason) in &r.not_ready {
         out += &format!("not ready: {cond}: {reason}\n");
@@ -125,24 +198,40 @@ pub fn render(name: &str, r: &NodeStatusReport, now: jiff::Timestamp, wide: bool
     if r.bgp_peers.is_empty() {
         out += "BGP: no sessions configured\n";
     } else {
-        let mut rows = vec![
-            [
-                "PEER",
-                "AS",
-                "SOURCE",
-                "STATE",
-                "SINCE",
-                "RECEIVED",
-                "ACCEPTED",
-                "ADVERTISED",
-                "LAST ERROR",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect::<Vec<_>>(),
+        let mut header = vec![
+            "PEER",
+            "AS",
+            "SOURCE",
+            "STATE",
+            "SINCE",
+            "RECEIVED",
+            "ACCEPTED",
+            "ADVERTISED",
+            "LAST ERROR",
         ];
+        if wide {
+            header.push("LAST DOWN REASON");
+        }
+        let mut rows = vec![header.iter().map(|s| s.to_string()).collect::<Vec<_>>()];
         for p in &r.bgp_peers {
-            rows.push(vec![
+            let established = p.state == "Established";
+            // An error from before the session came up is history, not
+            // the session's state: shown as the last down reason.
+            // (Agents that predate lastDownReason still send the old error
+            // with an Established session.)
+            let last_error = match (&p.last_error, established) {
+                (Some(e), false) => e.clone(),
+                _ => "-".to_string(),
+            };
+            let down_reason = match (&p.last_down_reason, &p.last_error) {
+                (Some(r), _) => match &p.last_down_at {
+                    Some(at) => format!("{r} ({} ago)", age(at, now)),
+                    None => r.clone(),
+                },
+                (None, Some(e)) => e.clone(),
+                (None, None) => "-".to_string(),
+            };
+            let mut row = vec![
                 p.address.clone(),
                 p.as_number.to_string(),
                 p.source.clone(),
@@ -151,8 +240,12 @@ pub fn render(name: &str, r: &NodeStatusReport, now: jiff::Timestamp, wide: bool
                 p.prefixes_received.to_string(),
                 p.prefixes_accepted.to_string(),
                 p.prefixes_advertised.to_string(),
-                p.last_error.clone().unwrap_or_else(|| "-".into()),
-            ]);
+                last_error,
+            ];
+            if wide {
+                row.push(down_reason);
+            }
+            rows.push(row);
         }
         out += &align(&rows);
     }
@@ -227,7 +320,7 @@ mod tests {
                 prefixes_received: 0,
                 prefixes_accepted: 0,
                 prefixes_advertised: 1,
-                last_error: None,
+                ..Default::default()
             }],
             routes: vec![RouteStatus {
                 destination: "10.244.0.0/26".into(),
@@ -271,5 +364,47 @@ mod tests {
         let now: jiff::Timestamp = "2026-01-02T01:00:00Z".parse().unwrap();
         assert_eq!(age("2026-01-01T00:00:00Z", now), "1d1h");
         assert_eq!(age("garbage", now), "-");
+    }
+
+    #[test]
+    fn stale_reports_and_established_sessions_tell_the_truth() {
+        let now: jiff::Timestamp = "2026-01-01T00:10:00Z".parse().unwrap();
+        let mut s = NodeStatus::new("n1", Default::default());
+        s.spec.report_interval = Some(5);
+        s.status = Some(NodeStatusReport {
+            updated: "2026-01-01T00:09:46Z".into(),
+            ready: true,
+            bgp_peers: vec![PeerStatus {
+                address: "172.30.0.1".into(),
+                state: "Established".into(),
+                since: "2026-01-01T00:09:00Z".into(),
+                last_error: Some("connection closed in OpenSent".into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        assert!(!is_stale(&s, now), "14 s old with a 5 s interval");
+        let later: jiff::Timestamp = "2026-01-01T00:10:02Z".parse().unwrap();
+        assert!(is_stale(&s, later), "16 s old with a 5 s interval");
+        let r = s.status.clone().unwrap();
+        let t = render_report("n1", &r, later, false, true);
+        assert!(t.contains("NOT ready (STALE"), "{t}");
+        assert!(!t.contains(", ready,"), "{t}");
+        let t = render("n1", &r, now, false);
+        assert!(t.contains(", ready,"), "{t}");
+        assert!(!t.contains("connection closed"), "{t}");
+        assert!(t.contains("1m0s"), "{t}");
+        let w = render("n1", &r, now, true);
+        assert!(
+            w.contains("LAST DOWN REASON") && w.contains("connection closed in OpenSent"),
+            "{w}"
+        );
+        // From an agent that reports the down reason with its time.
+        let mut r = r;
+        r.bgp_peers[0].last_error = None;
+        r.bgp_peers[0].last_down_reason = Some("hold timer expired".into());
+        r.bgp_peers[0].last_down_at = Some("2026-01-01T00:08:00Z".into());
+        let w = render("n1", &r, now, true);
+        assert!(w.contains("hold timer expired (2m0s ago)"), "{w}");
     }
 }

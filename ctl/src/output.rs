@@ -99,6 +99,18 @@ fn age(v: &Value) -> String {
     }
 }
 
+/// `k=v,k2=v2`, or `<none>`, as kubectl's LABELS column.
+fn labels(v: &Value) -> String {
+    match v.pointer("/metadata/labels").and_then(Value::as_object) {
+        Some(m) if !m.is_empty() => m
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join(","),
+        _ => "<none>".into(),
+    }
+}
+
 /// Formats rows as aligned columns separated by three spaces.
 pub fn align(rows: &[Vec<String>]) -> String {
     let n = rows.iter().map(Vec::len).max().unwrap_or(0);
@@ -144,6 +156,19 @@ pub fn render(
     format: OutputFormat,
     with_namespace: bool,
 ) -> anyhow::Result<String> {
+    render_with(kind, items, format, with_namespace, false, true)
+}
+
+/// [`render`] with a LABELS column (`--show-labels`) and without the
+/// table header (`header: false`, for rows printed by `get -w`).
+pub fn render_with(
+    kind: Kind,
+    items: &[Value],
+    format: OutputFormat,
+    with_namespace: bool,
+    show_labels: bool,
+    header: bool,
+) -> anyhow::Result<String> {
     Ok(match format {
         OutputFormat::Json => {
             if items.len() == 1 {
@@ -167,14 +192,17 @@ pub fn render(
                 .into_iter()
                 .filter(|c| wide || !c.wide)
                 .collect();
-            let mut header = Vec::new();
+            let mut head = Vec::new();
             if with_namespace {
-                header.push("NAMESPACE".to_string());
+                head.push("NAMESPACE".to_string());
             }
-            header.push("NAME".to_string());
-            header.extend(cols.iter().map(|c| c.name.clone()));
-            header.push("AGE".to_string());
-            let mut rows = vec![header];
+            head.push("NAME".to_string());
+            head.extend(cols.iter().map(|c| c.name.clone()));
+            head.push("AGE".to_string());
+            if show_labels {
+                head.push("LABELS".to_string());
+            }
+            let mut rows = vec![head];
             for v in items {
                 let mut row = Vec::new();
                 if with_namespace {
@@ -183,9 +211,17 @@ pub fn render(
                 row.push(cell(lookup(v, ".metadata.name")));
                 row.extend(cols.iter().map(|c| cell(lookup(v, &c.path))));
                 row.push(age(v));
+                if show_labels {
+                    row.push(labels(v));
+                }
                 rows.push(row);
             }
-            align(&rows)
+            let text = align(&rows);
+            if header {
+                text
+            } else {
+                text.lines().skip(1).map(|l| l.to_string() + "\n").collect()
+            }
         }
     })
 }

@@ -65,6 +65,26 @@ async fn objects(store: &Store) -> anyhow::Result<Objects> {
     })
 }
 
+/// Nodes the datastore knows of: Node objects and nodes that report.
+async fn known_nodes(store: &Store) -> anyhow::Result<std::collections::BTreeSet<String>> {
+    let mut known: std::collections::BTreeSet<String> = store
+        .list::<k8s_openapi::api::core::v1::Node>()
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    known.extend(
+        store
+            .list::<twill_api::resources::NodeStatus>()
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|n| n.metadata.name),
+    );
+    Ok(known)
+}
+
 /// Resolves `namespace/pod` or an IP address to an address.
 fn resolve(model: &Model, what: &str) -> anyhow::Result<IpAddr> {
     if let Ok(ip) = what.parse::<IpAddr>() {
@@ -89,7 +109,7 @@ fn resolve(model: &Model, what: &str) -> anyhow::Result<IpAddr> {
 }
 
 pub async fn run(store_args: &StoreArgs, args: PolicyArgs) -> anyhow::Result<ExitCode> {
-    let store = store_args.open().await?;
+    let store = store_args.open_existing().await?;
     let objs = objects(&store).await?;
     match args.command {
         PolicyCommand::Explain {
@@ -169,6 +189,17 @@ pub async fn run(store_args: &StoreArgs, args: PolicyArgs) -> anyhow::Result<Exi
                 eprintln!("warning: left out (does not compile): {e}");
             }
             if !model.endpoints.iter().any(|e| e.node == node) {
+                let known = known_nodes(&store).await?;
+                if !known.contains(&node) {
+                    bail!(
+                        "node {node:?} is not known: no Node, NodeStatus or pod names it; known nodes: {}",
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.into_iter().collect::<Vec<_>>().join(", ")
+                        }
+                    );
+                }
                 eprintln!("note: no pod with an address on node {node:?}");
             }
             print!("{}", render(&model, &node).script());

@@ -1,9 +1,14 @@
-//! The resource commands: get, apply, create, replace, delete, patch, label.
+//! The resource commands: get, apply, create, replace, diff, delete, patch,
+//! label, version, and the words shell completion offers.
 //!
 //! Writes from files are all-or-nothing at the validation stage: every
 //! document is parsed and validated (against the store too, e.g. pool
 //! overlap) before the first write, and an error names the file, the
-//! document, the line, the field and the bad value.
+//! document, the line, the field and the bad value. Input is strict: a
+//! field the kind does not have is an error naming it and the closest known
+//! name. Read-only commands open the store with `open_existing`, so they
+//! never create one, nor do delete, patch and label (there is nothing to
+//! change in a store that does not exist).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -11,12 +16,16 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use serde_json::Value;
-use twill_api::manifest::{Document, line_of_field, parse_document, split_documents};
+use twill_api::manifest::{Document, line_of_field, parse_document, split_documents, to_yaml};
 use twill_api::{Kind, ObjectKey, Store, StoreError};
 
 use crate::UsageError;
-use crate::cli::{DeleteArgs, FileArgs, GetArgs, LabelArgs, OutputFormat, PatchArgs, StoreArgs};
-use crate::output::{name_of, render};
+use crate::cli::{
+    Backend, DeleteArgs, DiffArgs, DryRun, FileArgs, GetArgs, LabelArgs, OutputFormat, PatchArgs,
+    StoreArgs,
+};
+use crate::output::{name_of, render, render_with};
+use twill_api::selector::Selector;
 
 fn kind_arg(s: &str) -> Result<Kind, UsageError> {
     Kind::from_name(s).ok_or_else(|| {
@@ -32,13 +41,39 @@ fn namespace_for(kind: Kind, ns: &str) -> Option<String> {
     kind.namespaced().then(|| ns.to_string())
 }
 
+fn labels_of(v: &Value) -> std::collections::BTreeMap<String, String> {
+    v.pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
 pub async fn get(store: &StoreArgs, args: GetArgs) -> anyhow::Result<ExitCode> {
     let kind = kind_arg(&args.kind)?;
-    let store = store.open().await?;
+    let selector = match &args.selector {
+        Some(s) => {
+            Some(Selector::parse_kubectl(s).map_err(|e| UsageError(format!("--selector: {e}")))?)
+        }
+        None => None,
+    };
+    let store = store.open_existing().await?;
+    let ns = (kind.namespaced() && !args.all_namespaces).then_some(args.namespace.as_str());
     let mut items = Vec::new();
+    let mut revision = None;
     if args.names.is_empty() {
-        let ns = (kind.namespaced() && !args.all_namespaces).then_some(args.namespace.as_str());
-        items = store.backend().list(kind, ns).await?.items;
+        let listing = store.backend().list(kind, ns).await?;
+        items = listing.items;
+        revision = Some(listing.revision);
     } else {
         let mut missing = Vec::new();
         for name in &args.names {
@@ -58,14 +93,119 @@ pub async fn get(store: &StoreArgs, args: GetArgs) -> anyhow::Result<ExitCode> {
             bail!(missing.join("\n"));
         }
     }
+    let wanted = |v: &Value| -> bool {
+        selector.as_ref().is_none_or(|s| s.matches(&labels_of(v)))
+            && (args.names.is_empty()
+                || args.names.iter().any(|n| n == str_at(v, "/metadata/name")))
+            && ns.is_none_or(|ns| !kind.namespaced() || str_at(v, "/metadata/namespace") == ns)
+    };
+    items.retain(|v| wanted(v));
     warn_not_understood(kind, &items);
-    if items.is_empty() && matches!(args.output, OutputFormat::Table | OutputFormat::Wide) {
-        eprintln!("No {} found.", kind.plural());
-        return Ok(ExitCode::SUCCESS);
-    }
     let with_ns = kind.namespaced() && args.all_namespaces;
-    print!("{}", render(kind, &items, args.output, with_ns)?);
+    if items.is_empty() && matches!(args.output, OutputFormat::Table | OutputFormat::Wide) {
+        let mut what = format!("No {} found", kind.plural());
+        if let Some(ns) = ns.filter(|_| kind.namespaced()) {
+            what += &format!(" in namespace {ns}");
+        }
+        if let Some(s) = &args.selector {
+            what += &format!(" matching {s:?}");
+        }
+        eprintln!("{what}.");
+    } else {
+        print!(
+            "{}",
+            render_with(kind, &items, args.output, with_ns, args.show_labels, true)?
+        );
+    }
+    if args.watch {
+        watch(&store, kind, &args, revision, &items, &wanted).await?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `get -w`: prints each object that changes after the listing (and each
+/// deleted one, marked so), until interrupted or stdout is closed.
+async fn watch(
+    store: &Store,
+    kind: Kind,
+    args: &GetArgs,
+    revision: Option<String>,
+    listed: &[Value],
+    wanted: &dyn Fn(&Value) -> bool,
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let key = |v: &Value| {
+        format!(
+            "{}/{}",
+            str_at(v, "/metadata/namespace"),
+            str_at(v, "/metadata/name")
+        )
+    };
+    let mut seen: std::collections::BTreeMap<String, String> = listed
+        .iter()
+        .map(|v| (key(v), str_at(v, "/metadata/resourceVersion").to_string()))
+        .collect();
+    let with_ns = kind.namespaced() && args.all_namespaces;
+    let show = |v: &Value, deleted: bool| -> anyhow::Result<()> {
+        let text = render_with(
+            kind,
+            std::slice::from_ref(v),
+            args.output,
+            with_ns,
+            args.show_labels,
+            false,
+        )?;
+        if deleted && matches!(args.output, OutputFormat::Table | OutputFormat::Wide) {
+            for line in text.lines() {
+                println!("{line}   (deleted)");
+            }
+        } else {
+            print!("{text}");
+        }
+        Ok(())
+    };
+    let mut events = store.backend().watch(kind, revision);
+    while let Some(ev) = events.next().await {
+        match ev? {
+            twill_api::store::WatchEvent::Applied(v) => {
+                if !wanted(&v) {
+                    continue;
+                }
+                let rev = str_at(&v, "/metadata/resourceVersion").to_string();
+                if seen.insert(key(&v), rev.clone()).as_deref() != Some(rev.as_str()) {
+                    show(&v, false)?;
+                }
+            }
+            twill_api::store::WatchEvent::Deleted(v) => {
+                if wanted(&v) && seen.remove(&key(&v)).is_some() {
+                    show(&v, true)?;
+                }
+            }
+            twill_api::store::WatchEvent::Resync { items, .. } => {
+                let now: std::collections::BTreeMap<String, &Value> = items
+                    .iter()
+                    .filter(|v| wanted(v))
+                    .map(|v| (key(v), v))
+                    .collect();
+                for (k, v) in &now {
+                    let rev = str_at(v, "/metadata/resourceVersion").to_string();
+                    if seen.insert(k.clone(), rev.clone()).as_deref() != Some(rev.as_str()) {
+                        show(v, false)?;
+                    }
+                }
+                let gone: Vec<String> = seen
+                    .keys()
+                    .filter(|k| !now.contains_key(*k))
+                    .cloned()
+                    .collect();
+                for k in gone {
+                    seen.remove(&k);
+                    println!("{k}   (deleted)");
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Objects from a cluster running another Twill version are shown as
@@ -114,7 +254,13 @@ fn manifest_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 /// Reads every document of every file; returns them, or every problem found.
-fn load(files: &[PathBuf], namespace: &str) -> anyhow::Result<Result<Vec<Loaded>, Vec<String>>> {
+/// With `strict`, a field the kind does not have is a problem (apply,
+/// create, replace, diff); delete only needs the names.
+fn load(
+    files: &[PathBuf],
+    namespace: &str,
+    strict: bool,
+) -> anyhow::Result<Result<Vec<Loaded>, Vec<String>>> {
     let mut loaded = Vec::new();
     let mut problems = Vec::new();
     for arg in files {
@@ -123,6 +269,12 @@ fn load(files: &[PathBuf], namespace: &str) -> anyhow::Result<Result<Vec<Loaded>
         } else {
             manifest_files(arg)?
         };
+        if paths.is_empty() {
+            problems.push(format!(
+                "no manifests (*.yaml, *.yml, *.json) in {}",
+                arg.display()
+            ));
+        }
         for path in paths {
             let (source, text) = if path.as_os_str() == "-" {
                 let mut s = String::new();
@@ -135,7 +287,11 @@ fn load(files: &[PathBuf], namespace: &str) -> anyhow::Result<Result<Vec<Loaded>
                     .with_context(|| format!("reading {}", path.display()))?;
                 (path.display().to_string(), s)
             };
-            for doc in split_documents(&text) {
+            let docs = split_documents(&text);
+            if docs.is_empty() {
+                problems.push(format!("no objects in {source}"));
+            }
+            for doc in docs {
                 let mut value = match parse_document(&doc) {
                     Ok(v) => v,
                     Err(e) => {
@@ -175,18 +331,21 @@ fn load(files: &[PathBuf], namespace: &str) -> anyhow::Result<Result<Vec<Loaded>
                 {
                     meta.insert("namespace".into(), Value::String(namespace.to_string()));
                 }
-                let u = twill_api::compat::check(kind, &value);
-                if !u.unknown_fields.is_empty() {
-                    eprintln!(
-                        "warning: {source}: document {} (line {}): {kind} {:?}: fields this twillctl does not know, which will not be stored: {}",
-                        doc.index,
-                        doc.line,
-                        value
-                            .pointer("/metadata/name")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default(),
-                        u.unknown_fields.join(", ")
-                    );
+                let unknown = kind.unknown_fields(&value);
+                if !unknown.is_empty() {
+                    let name = str_at(&value, "/metadata/name").to_string();
+                    if strict {
+                        let mut p = format!(
+                            "{source}: document {} (line {}): {kind} {name:?} is invalid",
+                            doc.index, doc.line
+                        );
+                        for u in &unknown {
+                            let field = u.path.clone();
+                            p += &format!("\n  line {}: {u}", line_of_field(&doc, &field));
+                        }
+                        problems.push(p);
+                        continue;
+                    }
                 }
                 loaded.push(Loaded {
                     source: source.clone(),
@@ -253,7 +412,23 @@ fn desired_part(v: &Value) -> Value {
 }
 
 pub async fn apply(store_args: &StoreArgs, args: FileArgs, mode: Mode) -> anyhow::Result<ExitCode> {
-    let docs = match load(&args.files, &args.namespace)? {
+    apply_with(store_args, args, mode, DryRun::None).await
+}
+
+/// apply, create or replace, for real or as a dry run.
+pub async fn apply_with(
+    store_args: &StoreArgs,
+    args: FileArgs,
+    mode: Mode,
+    dry_run: DryRun,
+) -> anyhow::Result<ExitCode> {
+    if dry_run == DryRun::Server && store_args.datastore == Backend::Embedded {
+        return Err(UsageError(
+            "--dry-run=server needs a server that checks writes; the embedded datastore has none: use --dry-run=client".into(),
+        )
+        .into());
+    }
+    let docs = match load(&args.files, &args.namespace, true)? {
         Ok(d) => d,
         Err(problems) => {
             for p in problems {
@@ -281,11 +456,25 @@ pub async fn apply(store_args: &StoreArgs, args: FileArgs, mode: Mode) -> anyhow
     }
     let mut failed = false;
     let mut results = Vec::new();
+    let kube = match dry_run {
+        DryRun::Server => Some(store_args.kube_client().await?),
+        _ => None,
+    };
     for l in &docs {
-        match write_one(&store, l, mode).await {
+        let outcome = match (dry_run, &kube) {
+            (DryRun::None, _) => write_one(&store, l, mode).await,
+            (DryRun::Server, Some(client)) => server_dry_run(&store, client, l, mode).await,
+            _ => client_dry_run(&store, l, mode).await,
+        };
+        match outcome {
             Ok((stored, verb)) => {
                 if matches!(args.output, OutputFormat::Table | OutputFormat::Wide) {
-                    println!("{} {verb}", name_of(l.kind, &stored));
+                    let suffix = match dry_run {
+                        DryRun::None => "",
+                        DryRun::Client => " (dry run)",
+                        DryRun::Server => " (server dry run)",
+                    };
+                    println!("{} {verb}{suffix}", name_of(l.kind, &stored));
                 } else {
                     results.push((l.kind, stored));
                 }
@@ -304,6 +493,85 @@ pub async fn apply(store_args: &StoreArgs, args: FileArgs, mode: Mode) -> anyhow
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// What apply/create/replace would do, decided here without writing.
+async fn client_dry_run(
+    store: &Store,
+    l: &Loaded,
+    mode: Mode,
+) -> Result<(Value, &'static str), StoreError> {
+    let key = l.key()?;
+    let wanted = store.validate_value(l.kind, &l.value).await?;
+    match (store.backend().get(l.kind, &key).await?, mode) {
+        (None, Mode::Replace) => Err(StoreError::NotFound { kind: l.kind, key }),
+        (None, _) => Ok((wanted, "created")),
+        (Some(_), Mode::Create) => Err(StoreError::AlreadyExists { kind: l.kind, key }),
+        (Some(existing), _) if desired_part(&existing) == desired_part(&wanted) => {
+            Ok((existing, "unchanged"))
+        }
+        (Some(_), Mode::Apply) => Ok((wanted, "configured")),
+        (Some(_), Mode::Replace) => Ok((wanted, "replaced")),
+    }
+}
+
+/// The same, with each write sent to the API server with dryRun=All, so
+/// its admission and schema checks run too.
+async fn server_dry_run(
+    store: &Store,
+    client: &kube::Client,
+    l: &Loaded,
+    mode: Mode,
+) -> Result<(Value, &'static str), StoreError> {
+    use kube::api::{Api, DynamicObject, PostParams};
+    let key = l.key()?;
+    let (local, verb) = client_dry_run(store, l, mode).await?;
+    if verb == "unchanged" {
+        return Ok((local, verb));
+    }
+    let ar = l.kind.api_resource();
+    let api: Api<DynamicObject> = match key.namespace.as_deref() {
+        Some(ns) if l.kind.namespaced() => Api::namespaced_with(client.clone(), ns, &ar),
+        _ => Api::all_with(client.clone(), &ar),
+    };
+    let mut body = local;
+    let pp = PostParams {
+        dry_run: true,
+        field_manager: None,
+    };
+    let backend_err = |e: kube::Error| StoreError::Backend {
+        backend: "kubernetes",
+        message: format!("server dry run refused {} {key}: {e}", l.kind),
+    };
+    let stored = if verb == "created" {
+        let obj: DynamicObject =
+            serde_json::from_value(body).map_err(|e| StoreError::Malformed {
+                kind: l.kind,
+                reason: e.to_string(),
+            })?;
+        api.create(&pp, &obj).await.map_err(backend_err)?
+    } else {
+        if let (Some(existing), Some(meta)) = (
+            store.backend().get(l.kind, &key).await?,
+            body.get_mut("metadata").and_then(Value::as_object_mut),
+        ) && let Some(rev) = existing.pointer("/metadata/resourceVersion")
+        {
+            meta.insert("resourceVersion".into(), rev.clone());
+        }
+        let obj: DynamicObject =
+            serde_json::from_value(body).map_err(|e| StoreError::Malformed {
+                kind: l.kind,
+                reason: e.to_string(),
+            })?;
+        api.replace(&key.name, &pp, &obj)
+            .await
+            .map_err(backend_err)?
+    };
+    let v = serde_json::to_value(stored).map_err(|e| StoreError::Malformed {
+        kind: l.kind,
+        reason: e.to_string(),
+    })?;
+    Ok((v, verb))
 }
 
 async fn write_one(
@@ -380,7 +648,7 @@ pub async fn delete(store_args: &StoreArgs, args: DeleteArgs) -> anyhow::Result<
         if args.kind.is_some() {
             return Err(UsageError("give either KIND NAME... or -f FILE, not both".into()).into());
         }
-        match load(&args.files, &args.namespace)? {
+        match load(&args.files, &args.namespace, false)? {
             Ok(docs) => {
                 for l in docs {
                     targets.push((l.kind, l.key()?));
@@ -411,7 +679,14 @@ pub async fn delete(store_args: &StoreArgs, args: DeleteArgs) -> anyhow::Result<
             ));
         }
     }
-    let store = store_args.open().await?;
+    if args.ignore_not_found
+        && store_args.datastore == Backend::Embedded
+        && !store_args.path.exists()
+    {
+        // No store: every object is already not there.
+        return Ok(ExitCode::SUCCESS);
+    }
+    let store = store_args.open_existing().await?;
     let mut failed = false;
     for (kind, key) in targets {
         match store.backend().delete(kind, &key, None).await {
@@ -446,10 +721,29 @@ pub async fn patch(store_args: &StoreArgs, args: PatchArgs) -> anyhow::Result<Ex
         text: args.patch.clone(),
     })
     .map_err(|e| UsageError(format!("--patch is not a JSON/YAML object: {}", e.message)))?;
-    let store = store_args.open().await?;
+    let store = store_args.open_existing().await?;
     let mut obj = get_existing(&store, kind, &args.namespace, &args.name).await?;
+    let before: Vec<String> = kind
+        .unknown_fields(&obj)
+        .into_iter()
+        .map(|u| u.path)
+        .collect();
     let rev = obj.pointer("/metadata/resourceVersion").cloned();
     json_patch::merge(&mut obj, &patch);
+    let added: Vec<String> = kind
+        .unknown_fields(&obj)
+        .into_iter()
+        .filter(|u| !before.contains(&u.path))
+        .map(|u| u.to_string())
+        .collect();
+    if !added.is_empty() {
+        bail!(
+            "{} {:?}: the patch is invalid:\n  {}\nnothing was changed",
+            kind,
+            args.name,
+            added.join("\n  ")
+        );
+    }
     // The patch must not move the object or drop the revision we read.
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.insert("name".into(), Value::String(args.name.clone()));
@@ -472,6 +766,10 @@ pub async fn label(store_args: &StoreArgs, args: LabelArgs) -> anyhow::Result<Ex
             if k.is_empty() {
                 return Err(UsageError(format!("label {l:?} has no key")).into());
             }
+            twill_api::validate::check_label_key(k)
+                .map_err(|r| UsageError(format!("label key {k:?}: {r}")))?;
+            twill_api::validate::check_label_value(v)
+                .map_err(|r| UsageError(format!("label {k:?} value {v:?}: {r}")))?;
             changes.push((k.to_string(), Some(v.to_string())));
         } else {
             return Err(UsageError(format!(
@@ -480,7 +778,7 @@ pub async fn label(store_args: &StoreArgs, args: LabelArgs) -> anyhow::Result<Ex
             .into());
         }
     }
-    let store = store_args.open().await?;
+    let store = store_args.open_existing().await?;
     let mut obj = get_existing(&store, kind, &args.namespace, &args.name).await?;
     let meta = obj
         .get_mut("metadata")
@@ -511,3 +809,238 @@ pub async fn label(store_args: &StoreArgs, args: LabelArgs) -> anyhow::Result<Ex
     println!("{} labeled", name_of(kind, &stored));
     Ok(ExitCode::SUCCESS)
 }
+
+/// Line diff of two texts (longest common subsequence), as unified-style
+/// lines: ` same`, `-stored`, `+file`.
+fn line_diff(old: &str, new: &str) -> Vec<String> {
+    let a: Vec<&str> = old.lines().collect();
+    let b: Vec<&str> = new.lines().collect();
+    let mut lcs = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for i in (0..a.len()).rev() {
+        for j in (0..b.len()).rev() {
+            lcs[i][j] = if a[i] == b[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let (mut i, mut j, mut out) = (0, 0, Vec::new());
+    while i < a.len() || j < b.len() {
+        if i < a.len() && j < b.len() && a[i] == b[j] {
+            out.push(format!(" {}", a[i]));
+            i += 1;
+            j += 1;
+        } else if j < b.len() && (i == a.len() || lcs[i][j + 1] >= lcs[i + 1][j]) {
+            out.push(format!("+{}", b[j]));
+            j += 1;
+        } else {
+            out.push(format!("-{}", a[i]));
+            i += 1;
+        }
+    }
+    out
+}
+
+/// `diff -f`: prints how each object in the files differs from the stored
+/// one (server-managed fields left out). Exit 0 when nothing differs, 1
+/// when something does, 2 on an error — as `kubectl diff`.
+pub async fn diff(store_args: &StoreArgs, args: DiffArgs) -> anyhow::Result<ExitCode> {
+    match diff_inner(store_args, &args).await {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            if let Some(u) = e.downcast_ref::<UsageError>() {
+                eprintln!("error: {u}");
+            } else {
+                eprintln!("error: {e:#}");
+            }
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+async fn diff_inner(store_args: &StoreArgs, args: &DiffArgs) -> anyhow::Result<ExitCode> {
+    let docs = match load(&args.files, &args.namespace, true)? {
+        Ok(d) => d,
+        Err(problems) => bail!(problems.join("\nerror: ")),
+    };
+    let store = store_args.open_existing().await?;
+    let mut differs = false;
+    for l in &docs {
+        let key = l.key().map_err(|e| anyhow::anyhow!(explain(l, &e)))?;
+        let wanted = store
+            .validate_value(l.kind, &l.value)
+            .await
+            .map_err(|e| anyhow::anyhow!(explain(l, &e)))?;
+        let existing = store.backend().get(l.kind, &key).await?;
+        let old = match &existing {
+            Some(v) => to_yaml(&desired_part(v)).map_err(anyhow::Error::msg)?,
+            None => String::new(),
+        };
+        let new = to_yaml(&desired_part(&wanted)).map_err(anyhow::Error::msg)?;
+        if old == new {
+            continue;
+        }
+        differs = true;
+        let name = name_of(l.kind, &wanted);
+        if existing.is_some() {
+            println!("--- {name} (stored)");
+        } else {
+            println!("--- {name} (not stored)");
+        }
+        println!("+++ {name} ({})", l.source);
+        for line in line_diff(&old, &new) {
+            println!("{line}");
+        }
+    }
+    Ok(if differs {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `version`: the client's, and the server's where there is one.
+pub async fn version(
+    store_args: &StoreArgs,
+    client_only: bool,
+    output: OutputFormat,
+) -> anyhow::Result<ExitCode> {
+    let client = env!("CARGO_PKG_VERSION");
+    let server = if client_only {
+        None
+    } else {
+        match store_args.datastore {
+            Backend::Embedded => Some(serde_json::json!({
+                "datastore": "embedded",
+                "path": store_args.path.display().to_string(),
+                "exists": store_args.path.exists(),
+            })),
+            Backend::Kubernetes => {
+                let c = store_args.kube_client().await?;
+                let info = c
+                    .apiserver_version()
+                    .await
+                    .context("asking the API server for its version")?;
+                Some(serde_json::json!({
+                    "datastore": "kubernetes",
+                    "gitVersion": info.git_version,
+                    "platform": info.platform,
+                }))
+            }
+        }
+    };
+    let mut v = serde_json::json!({"clientVersion": {"twillctl": client}});
+    if let Some(s) = &server {
+        v["serverVersion"] = s.clone();
+    }
+    match output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+        OutputFormat::Yaml => print!("{}", to_yaml(&v).map_err(anyhow::Error::msg)?),
+        OutputFormat::Table | OutputFormat::Wide => {
+            println!("Client Version: twillctl {client}");
+            if let Some(s) = &server {
+                if s["datastore"] == "kubernetes" {
+                    println!(
+                        "Server Version: {} (Kubernetes API, {})",
+                        str_at(s, "/gitVersion"),
+                        str_at(s, "/platform")
+                    );
+                } else {
+                    println!(
+                        "Server Version: none (embedded datastore {}{})",
+                        str_at(s, "/path"),
+                        if s["exists"] == true {
+                            ""
+                        } else {
+                            ", not created yet"
+                        }
+                    );
+                }
+            }
+        }
+        OutputFormat::Name => {
+            return Err(UsageError("version prints -o table, yaml or json".into()).into());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `__complete kinds` and `__complete names KIND [NAMESPACE]`: the words
+/// the completion scripts offer. Quiet on every error (a completion must
+/// never print an error into the user's command line).
+pub async fn complete(store_args: &StoreArgs, words: &[String]) -> anyhow::Result<ExitCode> {
+    match words {
+        [w] if w == "kinds" => {
+            for k in Kind::ALL {
+                println!("{}", k.plural());
+            }
+        }
+        [w, kind, rest @ ..] if w == "names" => {
+            let Some(kind) = Kind::from_name(kind) else {
+                return Ok(ExitCode::SUCCESS);
+            };
+            let ns = rest.first().map(String::as_str).unwrap_or("default");
+            let Ok(store) = store_args.open_existing().await else {
+                return Ok(ExitCode::SUCCESS);
+            };
+            let ns = kind.namespaced().then_some(ns);
+            if let Ok(l) = store.backend().list(kind, ns).await {
+                for v in &l.items {
+                    println!("{}", str_at(v, "/metadata/name"));
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Shell code appended to clap's completion script: kinds after
+/// get/delete/patch/label, object names after the kind (asking
+/// `twillctl __complete`, so names come from the datastore the same flags
+/// name). Bash, zsh (through bashcompinit) and fish.
+pub fn dynamic_completion(shell: clap_complete::Shell) -> String {
+    match shell {
+        clap_complete::Shell::Bash => BASH_DYNAMIC.to_string(),
+        clap_complete::Shell::Fish => FISH_DYNAMIC.to_string(),
+        _ => String::new(),
+    }
+}
+
+const BASH_DYNAMIC: &str = r#"
+# Kinds and object names (twillctl __complete).
+_twillctl_dynamic() {
+    local cur="${COMP_WORDS[COMP_CWORD]}" verb="" kind="" ns="default" flags=() i w
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        w="${COMP_WORDS[i]}"
+        case "$w" in
+            -n|--namespace) ns="${COMP_WORDS[i+1]}"; i=$((i + 1)) ;;
+            --datastore|--path|--kubeconfig|--context) flags+=("$w" "${COMP_WORDS[i+1]}"); i=$((i + 1)) ;;
+            -o|--output|-l|--selector|-p|--patch|-f|--filename) i=$((i + 1)) ;;
+            -*) ;;
+            *) if [[ -z "$verb" ]]; then verb="$w"; elif [[ -z "$kind" ]]; then kind="$w"; fi ;;
+        esac
+    done
+    if [[ "$cur" != -* ]]; then
+        case "$verb" in
+            get|delete|patch|label)
+                if [[ -z "$kind" ]]; then
+                    COMPREPLY=($(compgen -W "$(twillctl __complete kinds 2>/dev/null)" -- "$cur"))
+                    return 0
+                fi
+                COMPREPLY=($(compgen -W "$(twillctl "${flags[@]}" __complete names "$kind" "$ns" 2>/dev/null)" -- "$cur"))
+                return 0
+                ;;
+        esac
+    fi
+    _twillctl "$@"
+}
+complete -F _twillctl_dynamic -o nosort -o bashdefault -o default twillctl
+"#;
+
+const FISH_DYNAMIC: &str = r#"
+# Kinds and object names (twillctl __complete).
+complete -c twillctl -n '__fish_seen_subcommand_from get delete patch label; and test (count (commandline -opc)) -eq 2' -f -a '(twillctl __complete kinds 2>/dev/null)'
+complete -c twillctl -n '__fish_seen_subcommand_from get delete patch label; and test (count (commandline -opc)) -ge 3' -f -a '(twillctl __complete names (commandline -opc)[3] 2>/dev/null)'
+"#;

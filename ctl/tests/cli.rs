@@ -112,6 +112,21 @@ fn usage_errors_exit_2_and_failures_exit_1() {
             .code(),
         Some(2)
     );
+    // No store yet: nothing to delete (and nothing is created).
+    let o = twillctl(&db, &["delete", "pool", "nope"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("no embedded datastore"));
+    assert!(
+        twillctl(&db, &["delete", "pool", "nope", "--ignore-not-found"])
+            .status
+            .success()
+    );
+    assert!(!db.exists());
+    assert!(
+        twillctl(&db, &["apply", "-f", "examples/bgpconfiguration.yaml"])
+            .status
+            .success()
+    );
     let o = twillctl(&db, &["delete", "pool", "nope"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("IPPool \"nope\" not found"));

@@ -164,7 +164,8 @@ fn as_kubectl_twill_it_reads_the_cluster_and_names_what_it_does_not_understand()
         seen.lock().unwrap()
     );
 
-    // Under its own name, the default stays the embedded store.
+    // Under its own name, the default stays the embedded store (which does
+    // not exist here, and a read does not create it).
     let own = run(
         Path::new(env!("CARGO_BIN_EXE_twillctl")),
         &["get", "ippools"],
@@ -173,8 +174,8 @@ fn as_kubectl_twill_it_reads_the_cluster_and_names_what_it_does_not_understand()
         &bin,
     );
     let (out, err) = text(&own);
-    assert!(own.status.success(), "{out}{err}");
-    assert!(err.contains("No ippools found."), "{out}{err}");
+    assert_eq!(own.status.code(), Some(1), "{out}{err}");
+    assert!(err.contains("no embedded datastore at"), "{out}{err}");
 }
 
 #[test]
@@ -200,7 +201,7 @@ fn kubectl_finds_the_plugin_on_path() {
 }
 
 #[test]
-fn applying_a_newer_manifest_says_which_fields_are_dropped() {
+fn applying_a_newer_manifest_refuses_the_fields_this_version_does_not_know() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pool.yaml");
     std::fs::write(
@@ -208,18 +209,33 @@ fn applying_a_newer_manifest_says_which_fields_are_dropped() {
         "apiVersion: twill.dev/v1\nkind: IPPool\nmetadata:\n  name: p\nspec:\n  cidr: 10.9.0.0/16\n  encapsulation: None\n",
     )
     .unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_twillctl"))
-        .args(["apply", "-f"])
-        .arg(&path)
-        .env_remove("TWILL_DATASTORE")
-        .env("TWILL_DATASTORE_PATH", dir.path().join("store.db"))
-        .output()
-        .unwrap();
+    let apply = || {
+        Command::new(env!("CARGO_BIN_EXE_twillctl"))
+            .args(["apply", "-f"])
+            .arg(&path)
+            .env_remove("TWILL_DATASTORE")
+            .env("TWILL_DATASTORE_PATH", dir.path().join("store.db"))
+            .output()
+            .unwrap()
+    };
+    // Strict input: a field would be dropped, so nothing is written.
+    let o = apply();
     let (out, err) = text(&o);
-    assert!(o.status.success(), "{out}{err}");
-    assert!(out.contains("ippool/p created"), "{out}");
+    assert_eq!(o.status.code(), Some(1), "{out}{err}");
+    assert!(!out.contains("created"), "{out}");
     assert!(
-        err.contains("document 1 (line 1): IPPool \"p\": fields this twillctl does not know, which will not be stored: spec.encapsulation"),
+        err.contains("document 1 (line 1): IPPool \"p\" is invalid")
+            && err.contains("line 7: unknown field spec.encapsulation")
+            && err.contains("nothing was changed"),
         "{err}"
     );
+    assert!(!dir.path().join("store.db").exists());
+    // Without the field, the pool is created.
+    std::fs::write(
+        &path,
+        "apiVersion: twill.dev/v1\nkind: IPPool\nmetadata:\n  name: p\nspec:\n  cidr: 10.9.0.0/16\n",
+    )
+    .unwrap();
+    let o = apply();
+    assert!(text(&o).0.contains("ippool/p created"), "{:?}", text(&o));
 }

@@ -82,11 +82,12 @@ async fn show_check_repair_and_release() {
         text.contains("10.70.0.0/26") && text.contains("n1") && text.contains("gone"),
         "{text}"
     );
-    let (_, text) = twillctl(&db, &["ipam", "show", "--ip", &live.to_string()]);
+    let (o, text) = twillctl(&db, &["ipam", "show", "--ip", &live.to_string()]);
     assert!(
         text.contains("held by \"live\"") && text.contains("pod shop/pod-live"),
         "{text}"
     );
+    assert!(o.status.success(), "{text}");
 
     let (o, text) = twillctl(&db, &["ipam", "check"]);
     assert_eq!(o.status.code(), Some(1), "{text}");
@@ -122,8 +123,10 @@ async fn show_check_repair_and_release() {
         text.starts_with(&format!("releasing {live}")) && text.contains("requested with --ip"),
         "{text}"
     );
-    let (_, text) = twillctl(&db, &["ipam", "show", "--ip", &live.to_string()]);
+    let (o, text) = twillctl(&db, &["ipam", "show", "--ip", &live.to_string()]);
     assert!(text.contains("free"), "{text}");
+    // Asked who holds an address nobody holds: said, and exit 1.
+    assert_eq!(o.status.code(), Some(1), "{text}");
     let (o, _) = twillctl(&db, &["ipam", "release", "--ip", "10.70.0.200"]);
     assert_eq!(o.status.code(), Some(1));
     let (o, _) = twillctl(&db, &["ipam", "show", "--ip", "not-an-ip"]);

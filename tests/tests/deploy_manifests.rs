@@ -437,6 +437,16 @@ fn daemonset_runs_everywhere_without_privileged_and_matches_the_cni_config() {
             .map(|f| f.field_path.as_str()),
         Some("spec.nodeName")
     );
+    // BGPPeer password Secrets without a namespace are read from the
+    // namespace twill-node runs in (downward API).
+    assert_eq!(
+        env["POD_NAMESPACE"]
+            .value_from
+            .as_ref()
+            .and_then(|v| v.field_ref.as_ref())
+            .map(|f| f.field_path.as_str()),
+        Some("metadata.namespace")
+    );
     assert_eq!(env["TWILL_DATASTORE"].value.as_deref(), Some("kubernetes"));
     // The probes hit the port twill-node listens on.
     let health = env["TWILL_HEALTH_ADDR"].value.clone().unwrap();

@@ -121,6 +121,24 @@ fn three_nodes_and_a_bird_tor_every_pod_reaches_every_pod() {
         .unwrap_or_default();
     assert_eq!(peers.len(), 3, "two mesh peers and the ToR: {v}");
     assert!(peers.iter().all(|p| p["state"] == "Established"), "{v}");
+    // An Established session has a start time and no current error
+    // (errors from before it came up are the last down reason).
+    assert!(
+        peers
+            .iter()
+            .all(|p| p["since"].as_str().is_some_and(|s| !s.is_empty())
+                && p.get("lastError").is_none()),
+        "{v}"
+    );
+    let table = lab.twillctl(&["node", "status", "n1"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains(", ready,"), "{text}");
+    assert!(
+        text.lines()
+            .filter(|l| l.contains("Established"))
+            .all(|l| l.split_whitespace().nth(4).is_none_or(|since| since != "-")),
+        "{text}"
+    );
 
     // twill-node's /metrics carries the speaker's per-peer metrics too.
     let metrics = lab.sh(

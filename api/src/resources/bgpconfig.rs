@@ -57,7 +57,8 @@ pub struct BGPConfigurationSpec {
     /// Graceful restart (RFC 4724) settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub graceful_restart: Option<GracefulRestart>,
-    /// Communities attached to advertised prefixes.
+    /// Communities attached to advertised prefixes (a node's own list, when
+    /// not empty, replaces the `default` one).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub prefix_advertisements: Vec<PrefixAdvertisement>,
     /// Route reflector cluster ID (an IPv4 address); set on a node's configuration

@@ -106,7 +106,9 @@ pub struct SecretKeyRef {
     pub name: String,
     /// Key inside the Secret's data.
     pub key: String,
-    /// Namespace of the Secret (default: the namespace twill-node runs in).
+    /// Namespace of the Secret (default: the namespace twill-node runs in —
+    /// its POD_NAMESPACE, else its service account's namespace, else
+    /// twill-system). twill-node needs RBAC to read Secrets there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
 }

@@ -106,8 +106,15 @@ pub struct PeerStatus {
     pub prefixes_accepted: u64,
     #[serde(default)]
     pub prefixes_advertised: u64,
+    /// The session's current error; cleared once it is Established.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Why the session last went down, kept after it re-establishes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_down_reason: Option<String>,
+    /// When the node first reported that reason (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_down_at: Option<String>,
 }
 
 /// A programmed route.

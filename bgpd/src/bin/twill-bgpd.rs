@@ -88,7 +88,11 @@ fn main() -> anyhow::Result<()> {
             let Some(path) = &cli.config else {
                 anyhow::bail!("give --config FILE to run, or a subcommand (status)");
             };
+            // Colour only for a person at a terminal, never into log files.
+            use std::io::IsTerminal;
             tracing_subscriber::fmt()
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr)
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_default_env()
                         .unwrap_or_else(|_| "info".into()),

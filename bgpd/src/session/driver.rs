@@ -2,12 +2,23 @@
 //! the timers, and connects the session to the RIB.
 //!
 //! Each connection has a reader task (a 64 KiB buffer framed with
-//! `wire::frame_len`, so it never grows; decoded messages go to the peer
+//! `wire::frame_len_in`, so it never grows; it holds the largest RFC 8654
+//! extended message, which the peer may send once its OPEN offered them —
+//! we always do; decoded messages go to the peer
 //! task over a bounded channel, which pushes back on a fast sender) and a
-//! writer task (an unbounded queue of encoded messages: it only ever holds
-//! what we chose to send, never peer input). A second connection during
-//! OpenSent/OpenConfirm is kept as `pending` until its OPEN names the peer's
-//! BGP identifier; then RFC 4271 §6.8 picks the survivor.
+//! writer task (a queue of encoded messages, bounded in bytes by
+//! `PeerConfig::max_send_queue`: a peer that lets it fill is dropped with
+//! Cease/Out of Resources; and the RFC 9687 send hold timer: a write that
+//! makes no progress for the send hold time ends the session with
+//! NOTIFICATION 8). A second connection during OpenSent/OpenConfirm is kept
+//! as `pending` until its OPEN names the peer's BGP identifier; then RFC 4271
+//! §6.8 picks the survivor — unless the first session reached Established
+//! meanwhile: then the Established one wins and the new one is closed with
+//! Cease/Connection Collision Resolution. A pending connection that sends
+//! no OPEN within `open_wait` is closed.
+//!
+//! Log lines a remote party can trigger at will (GTSM refusals) go through
+//! `ratelog`: once per interval, with a count of the rest.
 //!
 //! Graceful restart: as helper, a session that ends without a NOTIFICATION
 //! keeps the peer's routes stale (`Rib::peer_stale`) for the peer's restart
@@ -15,7 +26,9 @@
 //! not refreshed. As restarting speaker the OPEN carries the R bit. After the
 //! initial table we always send End-of-RIB for every negotiated family.
 
+use std::cell::Cell;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,8 +40,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::fsm::{self, Action, DownReason, Event, Fsm, Negotiated, Notif, Params, State, Timer};
+use super::ratelog::{RateLog, Verdict};
 use crate::rib::{PeerId, PeerInfo};
-use crate::speaker::{LiveStatus, PeerConfig, Shared};
+use crate::speaker::{DEFAULT_STALE_TIME, LiveStatus, PeerConfig, Shared};
 use crate::transport::{self, ConnectOpts, TtlPolicy};
 use crate::types::Afi;
 use crate::wire::{self, Capability, Ctx, Message, Notification};
@@ -46,31 +60,52 @@ enum ConnEvent {
     Msg(Box<Message>, Vec<wire::Warning>),
     Error(Notification),
     Closed,
+    /// A write made no progress for the send hold time (RFC 9687).
+    SendStalled,
 }
 
 struct Conn {
     ours: bool,
     local: SocketAddr,
     tx: mpsc::UnboundedSender<Vec<u8>>,
+    /// Bytes handed to the writer and not yet written to the socket.
+    queued: Arc<AtomicUsize>,
+    /// The send hold time in milliseconds (set again when the hold time
+    /// is negotiated).
+    send_hold: Arc<AtomicU64>,
     rx: mpsc::Receiver<ConnEvent>,
     reader: JoinHandle<()>,
+    /// When the connection was accepted (pending connections only wait
+    /// `open_wait` for an OPEN).
+    since: Instant,
 }
 
 impl Conn {
-    fn new(stream: TcpStream, ours: bool) -> Option<Conn> {
+    fn new(stream: TcpStream, ours: bool, send_hold: Duration) -> Option<Conn> {
         let local = stream.local_addr().ok()?;
         let _ = stream.set_nodelay(true);
         let (rd, wr) = stream.into_split();
         let (tx, wrx) = mpsc::unbounded_channel();
         let (etx, rx) = mpsc::channel(256);
-        let reader = tokio::spawn(read_loop(rd, etx));
-        tokio::spawn(write_loop(wr, wrx));
+        let queued = Arc::new(AtomicUsize::new(0));
+        let send_hold = Arc::new(AtomicU64::new(millis(send_hold)));
+        let reader = tokio::spawn(read_loop(rd, etx.clone()));
+        tokio::spawn(write_loop(
+            wr,
+            wrx,
+            Arc::clone(&queued),
+            Arc::clone(&send_hold),
+            etx,
+        ));
         Some(Conn {
             ours,
             local,
             tx,
+            queued,
+            send_hold,
             rx,
             reader,
+            since: Instant::now(),
         })
     }
 
@@ -89,7 +124,7 @@ async fn read_loop(mut rd: OwnedReadHalf, tx: mpsc::Sender<ConnEvent>) {
     loop {
         loop {
             let avail = buf.get(start..end).unwrap_or_default();
-            let len = match wire::frame_len(avail) {
+            let len = match wire::frame_len_in(avail, &ctx) {
                 Err(n) => {
                     let _ = tx.send(ConnEvent::Error(n)).await;
                     return;
@@ -107,6 +142,8 @@ async fn read_loop(mut rd: OwnedReadHalf, tx: mpsc::Sender<ConnEvent>) {
                             .capabilities
                             .iter()
                             .any(|c| matches!(c, Capability::FourOctetAs(_)));
+                        // We always offer extended messages (RFC 8654) too.
+                        ctx.extended_messages = o.extended_messages();
                     }
                     if tx
                         .send(ConnEvent::Msg(Box::new(m), warnings))
@@ -126,7 +163,7 @@ async fn read_loop(mut rd: OwnedReadHalf, tx: mpsc::Sender<ConnEvent>) {
         if start == end {
             start = 0;
             end = 0;
-        } else if BUF - end < wire::MAX_MESSAGE_LEN {
+        } else if BUF - end < ctx.max_len() {
             buf.copy_within(start..end, 0);
             end -= start;
             start = 0;
@@ -144,22 +181,48 @@ async fn read_loop(mut rd: OwnedReadHalf, tx: mpsc::Sender<ConnEvent>) {
     }
 }
 
-async fn write_loop(wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
-    let mut w = tokio::io::BufWriter::with_capacity(64 * 1024, wr);
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Writes queued messages in batches of up to 64 KiB. RFC 9687: when one
+/// write makes no progress for the send hold time (the peer's receive
+/// window stays closed), the session is told and the writer stops.
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+    send_hold: Arc<AtomicU64>,
+    events: mpsc::Sender<ConnEvent>,
+) {
+    const BATCH: usize = 64 * 1024;
+    let mut buf: Vec<u8> = Vec::with_capacity(BATCH);
     while let Some(b) = rx.recv().await {
-        if w.write_all(&b).await.is_err() {
-            return;
-        }
-        while let Ok(b) = rx.try_recv() {
-            if w.write_all(&b).await.is_err() {
-                return;
+        buf.clear();
+        buf.extend_from_slice(&b);
+        while buf.len() < BATCH {
+            match rx.try_recv() {
+                Ok(b) => buf.extend_from_slice(&b),
+                Err(_) => break,
             }
         }
-        if w.flush().await.is_err() {
-            return;
+        let mut off = 0;
+        while let Some(rest) = buf.get(off..).filter(|r| !r.is_empty()) {
+            let hold = Duration::from_millis(send_hold.load(Ordering::Relaxed));
+            match tokio::time::timeout(hold, wr.write(rest)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(n)) => {
+                    off += n;
+                    queued.fetch_sub(n, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    let _ = events.send(ConnEvent::SendStalled).await;
+                    return;
+                }
+            }
         }
     }
-    let _ = w.shutdown().await;
+    let _ = wr.shutdown().await;
 }
 
 async fn recv(c: &mut Option<Conn>) -> ConnEvent {
@@ -200,7 +263,14 @@ struct Runner {
     eor_waiting: Vec<Afi>,
     name: String,
     stopped: bool,
+    /// A send found the queue full; the session goes down after this turn.
+    overflow: Cell<bool>,
+    /// GTSM refusals, logged once per interval.
+    gtsm_log: RateLog,
 }
+
+/// How often a repeated refusal is logged.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 pub(crate) async fn run(t: PeerTask) {
     let params = Params {
@@ -211,6 +281,7 @@ pub(crate) async fn run(t: PeerTask) {
         keepalive: t.cfg.keepalive,
         connect_retry: t.cfg.connect_retry,
         max_backoff: Duration::from_secs(120).max(t.cfg.connect_retry),
+        open_hold: t.cfg.open_wait,
         passive: t.cfg.passive,
         families: t.cfg.families.clone(),
         graceful_restart: if t.cfg.graceful_restart {
@@ -238,6 +309,8 @@ pub(crate) async fn run(t: PeerTask) {
         eor_waiting: Vec::new(),
         name,
         stopped: false,
+        overflow: Cell::new(false),
+        gtsm_log: RateLog::new(REFUSAL_LOG_INTERVAL),
     };
     r.event(Event::Start);
     r.sync_status();
@@ -265,6 +338,11 @@ impl Runner {
                 .iter()
                 .map(|(_, at)| *at)
                 .chain(self.stale_until)
+                .chain(
+                    self.pending
+                        .as_ref()
+                        .map(|p| p.since + self.t.cfg.open_wait),
+                )
                 .min();
             let established = self.fsm.state() == State::Established;
             tokio::select! {
@@ -276,6 +354,9 @@ impl Runner {
                 ev = recv(&mut self.pending) => self.pending_event(ev),
                 _ = sleep_until(next) => self.fire_timers(),
                 _ = self.t.export.notified(), if established => self.send_exports(false),
+            }
+            if self.overflow.replace(false) {
+                self.event(Event::SendQueueFull);
             }
             self.sync_status();
             if self.stopped && self.fsm.state() == State::Idle {
@@ -304,6 +385,11 @@ impl Runner {
 
     fn set_error(&self, e: &str) {
         tracing::info!(peer = %self.name, "{e}");
+        self.note_error(e);
+    }
+
+    /// The status and metrics side of `set_error`, without a log line.
+    fn note_error(&self, e: &str) {
         if let Ok(mut s) = self.t.status.lock() {
             s.last_error = Some(e.to_string());
         }
@@ -331,7 +417,7 @@ impl Runner {
                 match res {
                     Ok(stream) => match self.fsm.state() {
                         State::Connect | State::Active => {
-                            if let Some(c) = Conn::new(stream, true) {
+                            if let Some(c) = Conn::new(stream, true, self.send_hold()) {
                                 self.main = Some(c);
                                 self.event(Event::TcpConnected);
                             }
@@ -367,9 +453,19 @@ impl Runner {
                 seen => {
                     let seen =
                         seen.map_or_else(|| "an unknown TTL".to_string(), |t| format!("TTL {t}"));
-                    self.set_error(&format!(
+                    let e = format!(
                         "GTSM: refused a connection whose SYN arrived with {seen} (needs {min} or more)"
-                    ));
+                    );
+                    self.note_error(&e);
+                    let (v, summary) = self
+                        .gtsm_log
+                        .event(self.t.cfg.address, std::time::Instant::now());
+                    if let Some(s) = summary {
+                        tracing::info!(peer = %self.name, "GTSM: refused {} more connections in the last interval", s.suppressed);
+                    }
+                    if v == Verdict::Log {
+                        tracing::info!(peer = %self.name, "{e} (repeats are counted, not logged, for {}s)", REFUSAL_LOG_INTERVAL.as_secs());
+                    }
                     return;
                 }
             }
@@ -384,7 +480,7 @@ impl Runner {
             }
             State::Connect | State::Active => {
                 self.generation += 1; // our own attempt, if any, loses
-                if let Some(c) = Conn::new(stream, false) {
+                if let Some(c) = Conn::new(stream, false, self.send_hold()) {
                     self.main = Some(c);
                     self.event(Event::TcpConnected);
                 }
@@ -406,11 +502,11 @@ impl Runner {
                     if let Some(main) = self.main.take() {
                         main.close();
                     }
-                    if let Some(c) = Conn::new(stream, false) {
+                    if let Some(c) = Conn::new(stream, false, self.send_hold()) {
                         self.main = Some(c);
                         self.event(Event::TcpConnected);
                     }
-                } else if let Some(c) = Conn::new(stream, false) {
+                } else if let Some(c) = Conn::new(stream, false, self.send_hold()) {
                     self.send_on(&c, &Message::Notification(Notification::cease(5)));
                     c.close();
                 }
@@ -422,7 +518,7 @@ impl Runner {
         if let Some(old) = self.pending.take() {
             old.close();
         }
-        if let Some(c) = Conn::new(stream, ours) {
+        if let Some(c) = Conn::new(stream, ours, self.send_hold()) {
             let open = self.open_message();
             self.send_on(&c, &open);
             self.pending = Some(c);
@@ -430,6 +526,18 @@ impl Runner {
     }
 
     fn pending_event(&mut self, ev: ConnEvent) {
+        if self.fsm.state() == State::Established
+            && let ConnEvent::Msg(m, _) = &ev
+            && matches!(**m, Message::Open(_))
+            && let Some(p) = self.pending.take()
+        {
+            // RFC 4271 §6.8: a collision with an Established session closes
+            // the newer connection; the session stays.
+            tracing::info!(peer = %self.name, "connection collision with the established session: closing the new connection");
+            self.send_on(&p, &Message::Notification(Notification::cease(7)));
+            p.close();
+            return;
+        }
         let ConnEvent::Msg(m, _) = ev else {
             if let Some(p) = self.pending.take() {
                 p.close();
@@ -475,11 +583,14 @@ impl Runner {
                 self.event(Event::DecodeError(notif(&n)));
             }
             ConnEvent::Msg(m, warnings) => {
-                for w in &warnings {
-                    self.set_error(&format!("UPDATE error handled by RFC 7606: {w}"));
+                if !matches!(*m, Message::RouteRefreshUnsupported { .. }) {
+                    for w in &warnings {
+                        self.set_error(&format!("UPDATE error handled by RFC 7606: {w}"));
+                    }
                 }
                 self.message(*m);
             }
+            ConnEvent::SendStalled => self.event(Event::SendHoldExpired),
         }
     }
 
@@ -499,12 +610,27 @@ impl Runner {
                 self.count_in("notification");
                 self.event(Event::NotificationReceived(notif(&n)));
             }
-            Message::RouteRefresh(_) => {
+            Message::RouteRefresh(r) => {
                 self.count_in("route_refresh");
+                // Before Established this is an FSM error (the FSM says so).
                 self.event(Event::RouteRefreshReceived);
                 if established {
-                    self.send_exports(true);
+                    if self
+                        .fsm
+                        .negotiated()
+                        .is_some_and(|n| n.families.contains(&r.afi))
+                    {
+                        self.send_exports(true);
+                    } else {
+                        // RFC 2918 §4: a family we did not negotiate is ignored.
+                        tracing::debug!(peer = %self.name, afi = ?r.afi, "ignored ROUTE-REFRESH for a family not negotiated");
+                    }
                 }
+            }
+            Message::RouteRefreshUnsupported { afi, safi } => {
+                self.count_in("route_refresh");
+                self.event(Event::RouteRefreshReceived);
+                tracing::debug!(peer = %self.name, afi, safi, "ignored ROUTE-REFRESH for a family we do not carry");
             }
             Message::Update(u) => {
                 self.count_in("update");
@@ -605,6 +731,23 @@ impl Runner {
 
     fn fire_timers(&mut self) {
         let now = Instant::now();
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.since + self.t.cfg.open_wait <= now)
+            && let Some(p) = self.pending.take()
+        {
+            // RFC 4271 §8.2.2: the large hold timer bounds the wait for an OPEN.
+            self.set_error(&format!(
+                "closed a second connection that sent no OPEN within {}s",
+                self.t.cfg.open_wait.as_secs()
+            ));
+            self.send_on(
+                &p,
+                &Message::Notification(Notification::new(4, 0, Vec::new())),
+            );
+            p.close();
+        }
         if self.stale_until.is_some_and(|t| t <= now) {
             self.stale_until = None;
             let mut core = self.t.shared.lock();
@@ -641,7 +784,14 @@ impl Runner {
         };
         let tx = self.t.ctl_tx.clone();
         tokio::spawn(async move {
-            let r = transport::connect(&opts).await.map_err(|e| e.to_string());
+            let r = transport::connect(&opts).await.map_err(|e| match (&e, opts.ttl.min_ttl) {
+                // GTSM drops the peer's SYN-ACK in the kernel without a trace:
+                // say that it may be the reason.
+                (transport::TransportError::Timeout(_), Some(min)) => format!(
+                    "{e} (GTSM: the kernel drops the peer's packets that arrive with a TTL below {min})"
+                ),
+                _ => e.to_string(),
+            });
             let _ = tx.send(Ctl::Connected(generation, r));
         });
     }
@@ -655,6 +805,7 @@ impl Runner {
             .collect();
         caps.push(Capability::RouteRefresh);
         caps.push(Capability::FourOctetAs(p.local_asn));
+        caps.push(wire::Open::extended_message());
         if let Some(time) = p.graceful_restart {
             let restarting = self.t.shared.restarting;
             caps.push(Capability::GracefulRestart(wire::GracefulRestart {
@@ -677,7 +828,30 @@ impl Runner {
             .shared
             .metrics
             .message(&self.name, true, kind_name(m));
-        let _ = c.tx.send(wire::encode(m, &self.ctx));
+        self.push(c, wire::encode(m, &self.ctx));
+    }
+
+    /// Queues encoded bytes unless that would pass the send queue bound
+    /// (then the session goes down after this turn).
+    fn push(&self, c: &Conn, bytes: Vec<u8>) {
+        let n = bytes.len();
+        if c.queued.load(Ordering::Relaxed).saturating_add(n) > self.t.cfg.max_send_queue {
+            self.overflow.set(true);
+            return;
+        }
+        c.queued.fetch_add(n, Ordering::Relaxed);
+        let _ = c.tx.send(bytes);
+    }
+
+    /// RFC 9687 §4: max(8 minutes, 2 × hold time), unless configured.
+    fn send_hold(&self) -> Duration {
+        let hold = self
+            .fsm
+            .negotiated()
+            .map_or(self.t.cfg.hold_time, |n| n.hold_time);
+        self.t.cfg.send_hold_time.unwrap_or_else(|| {
+            Duration::from_secs(480).max(Duration::from_secs(2 * u64::from(hold)))
+        })
     }
 
     fn send(&self, m: &Message) {
@@ -689,8 +863,13 @@ impl Runner {
     fn session_up(&mut self, n: Negotiated) {
         self.ctx = Ctx {
             four_octet_as: n.four_octet,
+            extended_messages: n.extended_messages,
         };
         self.eor_waiting = n.families.clone();
+        if let Some(c) = &self.main {
+            c.send_hold
+                .store(millis(self.send_hold()), Ordering::Relaxed);
+        }
         let local_addr: IpAddr = self
             .main
             .as_ref()
@@ -743,8 +922,16 @@ impl Runner {
                 if self.stale_families.is_empty() {
                     self.stale_until = None;
                 } else {
-                    // RFC 4724: wait for End-of-RIB, bounded.
-                    self.stale_until = Some(Instant::now() + Duration::from_secs(360));
+                    // RFC 4724: wait for End-of-RIB, bounded by the
+                    // configured stale time.
+                    let stale = self
+                        .t
+                        .shared
+                        .cfg
+                        .graceful_restart
+                        .as_ref()
+                        .map_or(DEFAULT_STALE_TIME, |g| g.stale_time);
+                    self.stale_until = Some(Instant::now() + stale);
                 }
             }
         }
@@ -793,11 +980,31 @@ impl Runner {
         };
         let Some(c) = &self.main else { return };
         for e in exports {
-            for msg in
-                wire::encode_updates(&e.withdrawn, e.attrs.as_deref(), &e.announced, &self.ctx)
-            {
+            let (msgs, unsent) = wire::encode_updates_checked(
+                &e.withdrawn,
+                e.attrs.as_deref(),
+                &e.announced,
+                &self.ctx,
+            );
+            for msg in msgs {
                 self.t.shared.metrics.message(&self.name, true, "update");
-                let _ = c.tx.send(msg);
+                self.push(c, msg);
+            }
+            if let Some(first) = unsent.first() {
+                // Too large for this session's largest message (4,096 bytes,
+                // or 65,535 with RFC 8654): withdrawing them keeps the peer
+                // from using an older path.
+                let max = self.ctx.max_len();
+                tracing::warn!(peer = %self.name, prefixes = unsent.len(), first = %first,
+                    "path attributes leave no room in a {max}-byte UPDATE: withdrawing the prefixes from this peer");
+                self.note_error(&format!(
+                    "withdrew {} prefixes (first {first}) whose attributes do not fit a {max}-byte UPDATE",
+                    unsent.len()
+                ));
+                for msg in wire::encode_updates(&unsent, None, &[], &self.ctx) {
+                    self.t.shared.metrics.message(&self.name, true, "update");
+                    self.push(c, msg);
+                }
             }
         }
     }
@@ -844,7 +1051,7 @@ fn kind_name(m: &Message) -> &'static str {
         Message::Update(_) => "update",
         Message::Notification(_) => "notification",
         Message::Keepalive => "keepalive",
-        Message::RouteRefresh(_) => "route_refresh",
+        Message::RouteRefresh(_) | Message::RouteRefreshUnsupported { .. } => "route_refresh",
     }
 }
 
@@ -863,6 +1070,7 @@ pub(crate) fn peer_open(o: &wire::Open) -> fsm::PeerOpen {
     let mut route_refresh = false;
     let mut four_octet = false;
     let mut gr = None;
+    let extended_messages = o.extended_messages();
     for c in &o.capabilities {
         match c {
             Capability::Multiprotocol(f) => families.push(*f),
@@ -886,6 +1094,7 @@ pub(crate) fn peer_open(o: &wire::Open) -> fsm::PeerOpen {
         families,
         route_refresh,
         four_octet,
+        extended_messages,
         graceful_restart: gr,
     }
 }

@@ -81,6 +81,7 @@ impl std::fmt::Display for Notif {
             5 => "Finite State Machine Error",
             6 => "Cease",
             7 => "ROUTE-REFRESH Message Error",
+            8 => "Send Hold Timer Expired",
             _ => "Unknown",
         };
         let sub = match (self.code, self.subcode) {
@@ -128,6 +129,8 @@ pub struct PeerOpen {
     pub families: Vec<Afi>,
     pub route_refresh: bool,
     pub four_octet: bool,
+    /// RFC 8654 extended messages (we always offer them).
+    pub extended_messages: bool,
     pub graceful_restart: Option<PeerGr>,
 }
 
@@ -145,6 +148,9 @@ pub struct Params {
     pub connect_retry: Duration,
     /// Upper bound for the backoff of ConnectRetry and IdleHold.
     pub max_backoff: Duration,
+    /// Hold timer while waiting for the peer's OPEN (RFC 4271 §8.2.2 "large
+    /// value", 4 minutes suggested).
+    pub open_hold: Duration,
     /// Only wait for the peer to connect.
     pub passive: bool,
     pub families: Vec<Afi>,
@@ -160,6 +166,8 @@ pub struct Negotiated {
     pub hold_time: u16,
     pub keepalive: u16,
     pub four_octet: bool,
+    /// Both sides offered RFC 8654 extended messages.
+    pub extended_messages: bool,
     pub families: Vec<Afi>,
     pub route_refresh: bool,
     /// The peer's GR capability, when both sides advertised GR.
@@ -199,6 +207,10 @@ pub enum Event {
     /// The BFD session towards the peer went from Up to Down: the
     /// forwarding path is gone.
     BfdDown,
+    /// RFC 9687: the peer took none of our data for the send hold time.
+    SendHoldExpired,
+    /// The send queue towards the peer reached its bound.
+    SendQueueFull,
 }
 
 /// Why an Established session ended.
@@ -257,8 +269,6 @@ pub enum Action {
     Error(String),
 }
 
-/// RFC 4271 §8.2.2: hold time while waiting for the OPEN.
-const LARGE_HOLD: Duration = Duration::from_secs(240);
 /// First IdleHold after a failure.
 const IDLE_HOLD_BASE: Duration = Duration::from_secs(1);
 
@@ -353,7 +363,7 @@ impl Fsm {
             (S::Connect | S::Active, Event::TcpConnected) => {
                 out.push(A::StopTimer(Timer::ConnectRetry));
                 out.push(A::SendOpen);
-                out.push(A::StartTimer(Timer::Hold, LARGE_HOLD));
+                out.push(A::StartTimer(Timer::Hold, self.params.open_hold));
                 self.state = S::OpenSent;
             }
             (S::Connect, Event::TcpFailed) => {
@@ -487,6 +497,20 @@ impl Fsm {
                 out.push(A::SendNotification(n.clone()));
                 self.go_idle(&mut out, DownReason::Sent(n), None);
             }
+            (S::OpenSent | S::OpenConfirm | S::Established, Event::SendHoldExpired) => {
+                // RFC 9687 §3: NOTIFICATION Send Hold Timer Expired (it may
+                // not get through: the peer is not reading), routes go now.
+                let n = Notif::new(8, 0);
+                out.push(A::Error(format!("sent {n}")));
+                out.push(A::SendNotification(n.clone()));
+                self.go_idle(&mut out, DownReason::Sent(n), None);
+            }
+            (S::OpenSent | S::OpenConfirm | S::Established, Event::SendQueueFull) => {
+                let n = Notif::new(6, 8);
+                out.push(A::Error(format!("sent {n}: the peer does not read")));
+                out.push(A::SendNotification(n.clone()));
+                self.go_idle(&mut out, DownReason::Sent(n), None);
+            }
             (S::OpenSent | S::OpenConfirm | S::Established, _) => {
                 // Anything else here is out of order (RFC 4271 §8.2.2, RFC 6608).
                 let n = self.fsm_error();
@@ -584,6 +608,7 @@ pub fn negotiate(p: &Params, open: &PeerOpen) -> Result<Negotiated, Notif> {
         hold_time,
         keepalive,
         four_octet: open.four_octet,
+        extended_messages: open.extended_messages,
         families,
         route_refresh: open.route_refresh,
         graceful_restart: if p.graceful_restart.is_some() {
@@ -625,6 +650,7 @@ mod tests {
             keepalive: Some(3),
             connect_retry: Duration::from_secs(5),
             max_backoff: Duration::from_secs(60),
+            open_hold: Duration::from_secs(240),
             passive: false,
             families: vec![Afi::Ipv4, Afi::Ipv6],
             graceful_restart: Some(120),
@@ -640,6 +666,7 @@ mod tests {
             families: vec![Afi::Ipv4, Afi::Ipv6],
             route_refresh: true,
             four_octet: true,
+            extended_messages: false,
             graceful_restart: Some(PeerGr {
                 restarting: false,
                 time: 120,
@@ -875,6 +902,54 @@ mod tests {
         // We are higher: ours survives.
         assert!(!collision_keeps_new(high, low, true, false));
         assert!(collision_keeps_new(high, low, false, true));
+    }
+
+    #[test]
+    fn route_refresh_before_established_is_an_fsm_error_not_a_keepalive() {
+        let mut f = Fsm::new(params());
+        f.handle(Event::Start);
+        f.handle(Event::TcpConnected);
+        f.handle(Event::OpenReceived(open()));
+        assert_eq!(f.state(), State::OpenConfirm);
+        let a = f.handle(Event::RouteRefreshReceived);
+        assert!(a.contains(&Action::SendNotification(Notif::new(5, 2))));
+        assert_eq!(f.state(), State::Idle);
+        // In Established it is traffic: the hold timer restarts.
+        let mut f = established(params());
+        let a = f.handle(Event::RouteRefreshReceived);
+        assert_eq!(
+            a,
+            vec![Action::StartTimer(Timer::Hold, Duration::from_secs(9))]
+        );
+        assert_eq!(f.state(), State::Established);
+    }
+
+    #[test]
+    fn send_hold_expiry_sends_code_8_and_drops_routes() {
+        let mut f = established(params());
+        let a = f.handle(Event::SendHoldExpired);
+        let n = Notif::new(8, 0);
+        assert!(a.contains(&Action::SendNotification(n.clone())));
+        assert!(a.contains(&Action::SessionDown(DownReason::Sent(n.clone()))));
+        assert!(!DownReason::Sent(n.clone()).keeps_routes());
+        assert_eq!(n.to_string(), "Send Hold Timer Expired (8/0)");
+        let mut f = established(params());
+        let a = f.handle(Event::SendQueueFull);
+        assert!(a.contains(&Action::SendNotification(Notif::new(6, 8))));
+        // Not connected: nothing to do.
+        let mut f = Fsm::new(params());
+        f.handle(Event::Start);
+        assert!(f.handle(Event::SendHoldExpired).is_empty());
+    }
+
+    #[test]
+    fn open_sent_waits_the_configured_open_hold() {
+        let mut p = params();
+        p.open_hold = Duration::from_secs(7);
+        let mut f = Fsm::new(p);
+        f.handle(Event::Start);
+        let a = f.handle(Event::TcpConnected);
+        assert!(a.contains(&Action::StartTimer(Timer::Hold, Duration::from_secs(7))));
     }
 
     #[test]

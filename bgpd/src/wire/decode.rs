@@ -78,8 +78,11 @@ pub(crate) fn message(
         )),
         Checked::RouteRefresh(None) => Ok((
             // RFC 2918 4: a refresh for a family we did not advertise is
-            // ignored; it still counts as traffic for the hold timer.
-            Message::Keepalive,
+            // ignored (by the session, which knows the state it came in).
+            Message::RouteRefreshUnsupported {
+                afi: be16(body, 0).ok_or_else(internal)?,
+                safi: *body.get(3).ok_or_else(internal)?,
+            },
             vec![Warning {
                 action: super::Action::Ignore,
                 attr: None,

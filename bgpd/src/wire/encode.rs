@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use super::message::{Capability, Message, Open, Update, cap, msg_type};
 use super::validate::{attr, flag};
-use super::{Ctx, HEADER_LEN, MAX_MESSAGE_LEN};
+use super::{Ctx, HEADER_LEN};
 use crate::types::{AS_TRANS, Afi, AsPath, AsSegment, Asn, PathAttrs, Prefix, SAFI_UNICAST};
 
 fn start(ty: u8) -> Vec<u8> {
@@ -34,7 +34,7 @@ pub(crate) fn message(msg: &Message, ctx: &Ctx) -> Vec<u8> {
             let mut out = start(msg_type::NOTIFICATION);
             out.push(n.code);
             out.push(n.subcode);
-            let room = MAX_MESSAGE_LEN - HEADER_LEN - 2;
+            let room = ctx.max_len() - HEADER_LEN - 2;
             out.extend_from_slice(&n.data[..n.data.len().min(room)]);
             finish(out)
         }
@@ -44,6 +44,13 @@ pub(crate) fn message(msg: &Message, ctx: &Ctx) -> Vec<u8> {
             out.extend_from_slice(&r.afi.code().to_be_bytes());
             out.push(r.subtype);
             out.push(SAFI_UNICAST);
+            finish(out)
+        }
+        Message::RouteRefreshUnsupported { afi, safi } => {
+            let mut out = start(msg_type::ROUTE_REFRESH);
+            out.extend_from_slice(&afi.to_be_bytes());
+            out.push(0);
+            out.push(*safi);
             finish(out)
         }
     }
@@ -374,10 +381,10 @@ fn update(u: &Update, ctx: &Ctx) -> Vec<u8> {
     assemble(&w4, &attrs, classic)
 }
 
-/// Packs `items` greedily into chunks whose encoded size fits `room`. An
-/// item that fits no chunk ends the packing (cannot happen unless the
-/// attributes alone nearly fill a message).
-fn chunks(items: &[Prefix], room: usize) -> Vec<&[Prefix]> {
+/// Packs `items` greedily into chunks whose encoded size fits `room`.
+/// Items from the first one that fits no chunk on (the attributes alone
+/// nearly fill a message) come back as the second value.
+fn chunks(items: &[Prefix], room: usize) -> (Vec<&[Prefix]>, &[Prefix]) {
     let mut out = Vec::new();
     let mut start = 0;
     while start < items.len() {
@@ -396,7 +403,7 @@ fn chunks(items: &[Prefix], room: usize) -> Vec<&[Prefix]> {
         out.push(&items[start..end]);
         start = end;
     }
-    out
+    (out, items.get(start..).unwrap_or_default())
 }
 
 /// Attribute header size for a value of this length.
@@ -404,66 +411,96 @@ fn attr_hdr(value_len: usize) -> usize {
     if value_len > 255 { 4 } else { 3 }
 }
 
+/// Encoded UPDATEs and the announced prefixes that fit no message (their
+/// attributes take nearly all of the session's largest message).
+pub(crate) struct Packed {
+    pub messages: Vec<Vec<u8>>,
+    pub unsent: Vec<Prefix>,
+}
+
 pub(crate) fn updates(
     withdrawn: &[Prefix],
     attrs: Option<&PathAttrs>,
     announced: &[Prefix],
     ctx: &Ctx,
-) -> Vec<Vec<u8>> {
+) -> Packed {
     const FIXED: usize = HEADER_LEN + 4;
     let mut out = Vec::new();
+    let mut unsent = Vec::new();
     let (w4, w6) = split(withdrawn);
-    for c in chunks(&w4, MAX_MESSAGE_LEN - FIXED) {
+    // A withdrawal always fits: the room is far larger than one prefix.
+    let max = ctx.max_len();
+    for c in chunks(&w4, max - FIXED).0 {
         out.push(assemble(c, &[], &[]));
     }
     // MP_UNREACH with extended length: 4 header + AFI/SAFI 3.
-    for c in chunks(&w6, MAX_MESSAGE_LEN - FIXED - 4 - 3) {
+    for c in chunks(&w6, max - FIXED - 4 - 3).0 {
         let v = mp_unreach(Afi::Ipv6, c);
         let mut a = Vec::with_capacity(v.len() + 4);
         put_attr(&mut a, flag::OPTIONAL, attr::MP_UNREACH_NLRI, &v);
         out.push(assemble(&[], &a, &[]));
     }
-    let Some(pa) = attrs else { return out };
+    let Some(pa) = attrs else {
+        return Packed {
+            messages: out,
+            unsent,
+        };
+    };
     let (a4, a6) = split(announced);
     let v6_nh = matches!(pa.next_hop, Some(IpAddr::V6(_)));
     if !a4.is_empty() {
         if v6_nh {
-            out.extend(mp_packed(Afi::Ipv4, pa, &a4, ctx));
+            mp_packed(Afi::Ipv4, pa, &a4, ctx, &mut out, &mut unsent);
         } else {
             let common = path_attrs(pa, ctx, true);
-            if let Some(room) = MAX_MESSAGE_LEN.checked_sub(FIXED + common.len()) {
-                for c in chunks(&a4, room) {
-                    out.push(assemble(&[], &common, c));
+            match max.checked_sub(FIXED + common.len()) {
+                Some(room) => {
+                    let (cs, rest) = chunks(&a4, room);
+                    for c in cs {
+                        out.push(assemble(&[], &common, c));
+                    }
+                    unsent.extend_from_slice(rest);
                 }
+                None => unsent.extend_from_slice(&a4),
             }
         }
     }
     if !a6.is_empty() {
-        out.extend(mp_packed(Afi::Ipv6, pa, &a6, ctx));
+        mp_packed(Afi::Ipv6, pa, &a6, ctx, &mut out, &mut unsent);
     }
-    out
+    Packed {
+        messages: out,
+        unsent,
+    }
 }
 
-fn mp_packed(afi: Afi, pa: &PathAttrs, prefixes: &[Prefix], ctx: &Ctx) -> Vec<Vec<u8>> {
+fn mp_packed(
+    afi: Afi,
+    pa: &PathAttrs,
+    prefixes: &[Prefix],
+    ctx: &Ctx,
+    out: &mut Vec<Vec<u8>>,
+    unsent: &mut Vec<Prefix>,
+) {
     const FIXED: usize = HEADER_LEN + 4;
     let common = path_attrs(pa, ctx, false);
     let nh = mp_next_hop(pa, afi);
     let overhead = FIXED + common.len() + attr_hdr(256) + 5 + nh.len();
-    let Some(room) = MAX_MESSAGE_LEN.checked_sub(overhead) else {
-        return Vec::new();
+    let Some(room) = ctx.max_len().checked_sub(overhead) else {
+        unsent.extend_from_slice(prefixes);
+        return;
     };
-    chunks(prefixes, room)
-        .into_iter()
-        .map(|c| {
-            let mut a = Vec::with_capacity(MAX_MESSAGE_LEN);
-            put_attr(
-                &mut a,
-                flag::OPTIONAL,
-                attr::MP_REACH_NLRI,
-                &mp_reach(afi, &nh, c),
-            );
-            a.extend_from_slice(&common);
-            assemble(&[], &a, &[])
-        })
-        .collect()
+    let (cs, rest) = chunks(prefixes, room);
+    unsent.extend_from_slice(rest);
+    out.extend(cs.into_iter().map(|c| {
+        let mut a = Vec::with_capacity(room + 64);
+        put_attr(
+            &mut a,
+            flag::OPTIONAL,
+            attr::MP_REACH_NLRI,
+            &mp_reach(afi, &nh, c),
+        );
+        a.extend_from_slice(&common);
+        assemble(&[], &a, &[])
+    }));
 }

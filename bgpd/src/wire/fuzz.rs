@@ -103,6 +103,7 @@ pub fn seed_corpus() -> Vec<Vec<u8>> {
     for four in [false, true] {
         let ctx = Ctx {
             four_octet_as: four,
+            extended_messages: false,
         };
         let open = Open {
             version: 4,
@@ -309,6 +310,7 @@ pub fn input(seed: u64, i: u64, corpus: &[Vec<u8>]) -> Vec<u8> {
 pub fn ctx_for(i: u64) -> Ctx {
     Ctx {
         four_octet_as: i % 2 == 1,
+        extended_messages: false,
     }
 }
 

@@ -16,6 +16,13 @@ pub enum Message {
     Notification(Notification),
     Keepalive,
     RouteRefresh(RouteRefresh),
+    /// A ROUTE-REFRESH for a family we do not carry (AFI/SAFI as on the
+    /// wire). RFC 2918 §4: ignored in Established; still a ROUTE-REFRESH
+    /// for the FSM (an error before Established), never a KEEPALIVE.
+    RouteRefreshUnsupported {
+        afi: u16,
+        safi: u8,
+    },
 }
 
 impl Message {
@@ -26,7 +33,9 @@ impl Message {
             Message::Update(_) => msg_type::UPDATE,
             Message::Notification(_) => msg_type::NOTIFICATION,
             Message::Keepalive => msg_type::KEEPALIVE,
-            Message::RouteRefresh(_) => msg_type::ROUTE_REFRESH,
+            Message::RouteRefresh(_) | Message::RouteRefreshUnsupported { .. } => {
+                msg_type::ROUTE_REFRESH
+            }
         }
     }
 
@@ -37,7 +46,7 @@ impl Message {
             Message::Update(_) => "update",
             Message::Notification(_) => "notification",
             Message::Keepalive => "keepalive",
-            Message::RouteRefresh(_) => "route_refresh",
+            Message::RouteRefresh(_) | Message::RouteRefreshUnsupported { .. } => "route_refresh",
         }
     }
 }
@@ -67,6 +76,27 @@ impl Open {
     /// The peer announced multiprotocol unicast for `afi` (RFC 4760 8).
     pub fn multiprotocol(&self, afi: Afi) -> bool {
         self.capabilities.contains(&Capability::Multiprotocol(afi))
+    }
+
+    /// The extended message capability (RFC 8654).
+    pub fn extended_message() -> Capability {
+        Capability::Unknown {
+            code: cap::EXTENDED_MESSAGE,
+            value: Vec::new(),
+        }
+    }
+
+    /// The sender announced extended messages (RFC 8654).
+    pub fn extended_messages(&self) -> bool {
+        self.capabilities.iter().any(|c| {
+            matches!(
+                c,
+                Capability::Unknown {
+                    code: cap::EXTENDED_MESSAGE,
+                    ..
+                }
+            )
+        })
     }
 
     /// The peer announced route refresh (RFC 2918).
@@ -107,6 +137,8 @@ pub mod cap {
     pub const ROUTE_REFRESH: u8 = 2;
     pub const GRACEFUL_RESTART: u8 = 64;
     pub const FOUR_OCTET_AS: u8 = 65;
+    /// RFC 8654 extended messages (length 0; kept as `Capability::Unknown`).
+    pub const EXTENDED_MESSAGE: u8 = 6;
 }
 
 /// The graceful restart capability (RFC 4724 3). Families other than

@@ -41,7 +41,9 @@
 //!   their own types, before any conversion), with one allocation per
 //!   prefix list, not per prefix.
 //!
-//! Not implemented: ADD-PATH, extended messages (RFC 8654), extended
+//! Extended messages (RFC 8654) are on when both OPENs carry capability 6
+//! (`Ctx::extended_messages`): UPDATEs are then packed up to 65,535 bytes.
+//! Not implemented: ADD-PATH, extended
 //! optional parameters (RFC 9072), semantic NEXT_HOP checks (the session
 //! knows the peer), LOCAL_PREF-from-eBGP discard (RFC 7606 7.5, the RIB knows
 //! the peer type). The Partial bit on well-known attributes is tolerated (RFC
@@ -64,21 +66,43 @@ use crate::types::{PathAttrs, Prefix};
 pub const HEADER_LEN: usize = 19;
 /// The largest BGP message without RFC 8654 extended messages.
 pub const MAX_MESSAGE_LEN: usize = 4096;
+/// The largest BGP message with RFC 8654 extended messages.
+pub const MAX_EXTENDED_LEN: usize = 65535;
 
 /// Negotiated per-session parameters the codec needs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Ctx {
     /// Both sides announced the 4-octet AS capability (RFC 6793).
     pub four_octet_as: bool,
+    /// Both sides announced extended messages (RFC 8654): messages other
+    /// than OPEN and KEEPALIVE may be up to 65,535 bytes.
+    pub extended_messages: bool,
+}
+
+impl Ctx {
+    /// The largest message this session may carry.
+    pub fn max_len(&self) -> usize {
+        if self.extended_messages {
+            MAX_EXTENDED_LEN
+        } else {
+            MAX_MESSAGE_LEN
+        }
+    }
 }
 
 /// Ok(None) until `buf` holds a whole header; then the whole message's
 /// length, after checking marker, length bounds (19..=4096), type and the
 /// type's minimum or exact length; Err is the NOTIFICATION to send.
 pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, Notification> {
+    frame_len_in(buf, &Ctx::default())
+}
+
+/// [`frame_len`] for a session whose context may allow RFC 8654 extended
+/// messages (up to 65,535 bytes; an OPEN stays within 4,096).
+pub fn frame_len_in(buf: &[u8], ctx: &Ctx) -> Result<Option<usize>, Notification> {
     match buf.get(..HEADER_LEN) {
         None => Ok(None),
-        Some(h) => validate::check_header(h).map(Some),
+        Some(h) => validate::check_header(h, ctx.max_len()).map(Some),
     }
 }
 
@@ -86,8 +110,9 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, Notification> {
 /// RFC 7606 outcomes come back as Ok: treat-as-withdraw turns the UPDATE's
 /// announced prefixes into withdrawn ones and drops its attributes;
 /// attribute-discard drops the attribute; both add a [`Warning`]. A
-/// ROUTE-REFRESH for a family we do not carry decodes as `Keepalive` with an
-/// `Action::Ignore` warning (RFC 2918 4: ignore it).
+/// ROUTE-REFRESH for a family we do not carry decodes as
+/// `RouteRefreshUnsupported` with an `Action::Ignore` warning (RFC 2918 4:
+/// the session ignores it when Established).
 pub fn decode(msg: &[u8], ctx: &Ctx) -> Result<(Message, Vec<Warning>), Notification> {
     let checked = validate::check(msg, ctx)?;
     decode::after_validation(msg, checked, ctx)
@@ -99,16 +124,32 @@ pub fn encode(msg: &Message, ctx: &Ctx) -> Vec<u8> {
     encode::message(msg, ctx)
 }
 
-/// Packs prefixes into as many UPDATEs (each at most 4096 bytes) as needed:
+/// Packs prefixes into as many UPDATEs (each at most `ctx.max_len()` bytes) as needed:
 /// withdrawals first (IPv4 classic, IPv6 in MP_UNREACH_NLRI), then
 /// announcements with `attrs` (IPv4 classic with NEXT_HOP, or MP_REACH_NLRI
 /// when the next hop is IPv6; IPv6 in MP_REACH_NLRI). Announcements without
-/// attributes are not sent. End-of-RIB: `encode(&Message::Update(Update::end_of_rib(afi)))`.
+/// attributes are not sent, nor those whose attributes leave no room for a
+/// prefix in `ctx.max_len()` bytes: [`encode_updates_checked`] names those.
+/// End-of-RIB: `encode(&Message::Update(Update::end_of_rib(afi)))`.
 pub fn encode_updates(
     withdrawn: &[Prefix],
     attrs: Option<&PathAttrs>,
     announced: &[Prefix],
     ctx: &Ctx,
 ) -> Vec<Vec<u8>> {
-    encode::updates(withdrawn, attrs, announced, ctx)
+    encode::updates(withdrawn, attrs, announced, ctx).messages
+}
+
+/// [`encode_updates`], plus the announced prefixes that fit no message
+/// (their attributes are too large for the session's largest message).
+/// The session withdraws those instead, so the neighbour does not keep an
+/// older path for them.
+pub fn encode_updates_checked(
+    withdrawn: &[Prefix],
+    attrs: Option<&PathAttrs>,
+    announced: &[Prefix],
+    ctx: &Ctx,
+) -> (Vec<Vec<u8>>, Vec<Prefix>) {
+    let p = encode::updates(withdrawn, attrs, announced, ctx);
+    (p.messages, p.unsent)
 }

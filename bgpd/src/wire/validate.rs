@@ -103,7 +103,7 @@ fn be32(b: &[u8], at: usize) -> Option<u32> {
 }
 
 /// Checks a whole header (RFC 4271 4.1, 6.1); returns the message length.
-pub(crate) fn check_header(h: &[u8]) -> Result<usize, Notification> {
+pub(crate) fn check_header(h: &[u8], max_len: usize) -> Result<usize, Notification> {
     // RFC 4271 6.1: "If the Marker field of the message header is not as
     // expected, then a synchronization error has occurred".
     let marker = h.get(..16).ok_or(Notification::bad_message_length(0))?;
@@ -115,10 +115,16 @@ pub(crate) fn check_header(h: &[u8]) -> Result<usize, Notification> {
     }
     let len = be16(h, 16).ok_or(Notification::bad_message_length(0))?;
     let ty = *h.get(18).ok_or(Notification::bad_message_length(len))?;
-    // RFC 4271 6.1: length below 19 or above 4096 is Bad Message Length,
+    // RFC 4271 6.1: length below 19 or above 4096 (RFC 8654: the
+    // negotiated maximum; an OPEN never above 4096) is Bad Message Length,
     // with the erroneous Length field as data.
     let n = usize::from(len);
-    if !(HEADER_LEN..=MAX_MESSAGE_LEN).contains(&n) {
+    let max = if ty == msg_type::OPEN {
+        MAX_MESSAGE_LEN
+    } else {
+        max_len
+    };
+    if !(HEADER_LEN..=max).contains(&n) {
         return Err(Notification::bad_message_length(len));
     }
     // RFC 4271 6.1: type-specific minimum (OPEN 29, UPDATE 23, NOTIFICATION
@@ -145,7 +151,7 @@ pub(crate) fn check(msg: &[u8], ctx: &Ctx) -> Result<Checked, Notification> {
         .ok_or(Notification::bad_message_length(
             msg.len().min(0xffff) as u16
         ))?;
-    let n = check_header(hdr)?;
+    let n = check_header(hdr, ctx.max_len())?;
     if n != msg.len() {
         // The caller framed with `frame_len`; a mismatch means the Length
         // field does not describe these bytes.

@@ -70,7 +70,8 @@ pub struct DesiredPeer {
     pub rr_client: bool,
     pub password: Option<SecretKeyRef>,
     pub hold_time: u16,
-    pub keepalive_time: u16,
+    /// None: a third of the negotiated hold time.
+    pub keepalive_time: Option<u16>,
     pub ttl_security: Option<u8>,
     pub ebgp_multihop: Option<u8>,
     pub graceful_restart: bool,
@@ -87,9 +88,13 @@ pub struct LocalBgp {
     pub listen_port: u16,
     pub mesh: bool,
     pub hold_time: u16,
-    pub keepalive_time: u16,
+    /// None: a third of the negotiated hold time (the documented default).
+    pub keepalive_time: Option<u16>,
     pub graceful_restart: bool,
     pub restart_time: u16,
+    /// GR helper: seconds a restarting peer's stale routes are kept after
+    /// its session is back (`gracefulRestart.staleTime`, default 360).
+    pub stale_time: u32,
     pub cluster_id: Option<std::net::Ipv4Addr>,
     pub node_address: Option<twill_api::resources::NodeAddress>,
 }
@@ -120,9 +125,10 @@ pub fn local_bgp(node: &str, node_obj: Option<&Node>, configs: &[BGPConfiguratio
             .or(d.node_to_node_mesh_enabled)
             .unwrap_or(true),
         hold_time: n.hold_time.or(d.hold_time).unwrap_or(90),
-        keepalive_time: n.keepalive_time.or(d.keepalive_time).unwrap_or(30),
+        keepalive_time: n.keepalive_time.or(d.keepalive_time),
         graceful_restart: gr.is_none_or(|g| g.enabled),
         restart_time: gr.and_then(|g| g.restart_time).unwrap_or(120),
+        stale_time: gr.and_then(|g| g.stale_time).unwrap_or(360),
         cluster_id: n
             .route_reflector_cluster_id
             .as_deref()
@@ -207,6 +213,8 @@ pub fn desired_peers(
     let i_reflect = local.cluster_id.is_some();
     let mut out: BTreeMap<IpAddr, DesiredPeer> = BTreeMap::new();
     let node_as = |n: &Node| local_bgp(name(n), Some(n), configs).asn;
+    // Another Twill node listens on its own effective listenPort.
+    let node_port = |n: &Node| local_bgp(name(n), Some(n), configs).listen_port;
 
     let base = |address: IpAddr, asn: u32, source: Source| DesiredPeer {
         address,
@@ -238,6 +246,7 @@ pub fn desired_peers(
                 continue;
             }
             let mut p = base(addr, node_as(n), Source::Mesh);
+            p.port = node_port(n);
             p.is_node = true;
             p.rr_client = i_reflect && !is_reflector(name(n), configs);
             out.insert(addr, p);
@@ -280,7 +289,7 @@ pub fn desired_peers(
                 p.hold_time = h;
             }
             if let Some(k) = s.keepalive_time {
-                p.keepalive_time = k;
+                p.keepalive_time = Some(k);
             }
             p.ttl_security = s.ttl_security;
             p.ebgp_multihop = s.ebgp_multihop;
@@ -335,6 +344,7 @@ pub fn desired_peers(
                     s.as_number.unwrap_or_else(|| node_as(other)),
                     Source::Selector,
                 );
+                p.port = node_port(other);
                 p.is_node = true;
                 apply(&mut p);
                 p.rr_client =
@@ -567,6 +577,50 @@ mod tests {
             p.iter()
                 .filter(|p| p.source == Source::Mesh)
                 .all(|p| p.bfd.is_none())
+        );
+    }
+
+    #[test]
+    fn listen_port_is_where_other_nodes_connect_and_timers_default_as_documented() {
+        let configs = vec![
+            config(
+                "default",
+                BGPConfigurationSpec {
+                    listen_port: Some(1179),
+                    hold_time: Some(240),
+                    graceful_restart: Some(twill_api::resources::bgpconfig::GracefulRestart {
+                        enabled: true,
+                        restart_time: Some(30),
+                        stale_time: Some(45),
+                    }),
+                    ..Default::default()
+                },
+            ),
+            config(
+                "node.n3",
+                BGPConfigurationSpec {
+                    listen_port: Some(2179),
+                    ..Default::default()
+                },
+            ),
+        ];
+        let l = local_bgp("n1", None, &configs);
+        assert_eq!((l.listen_port, l.hold_time), (1179, 240));
+        assert_eq!(l.keepalive_time, None, "default: a third of the hold time");
+        assert_eq!((l.restart_time, l.stale_time), (30, 45));
+        assert_eq!(local_bgp("n1", None, &[]).stale_time, 360);
+        let (p, _) = desired_peers("n1", &nodes3(), &configs, &[]);
+        let ports: Vec<(String, u16)> = p.iter().map(|p| (p.address.to_string(), p.port)).collect();
+        assert_eq!(
+            ports,
+            [
+                ("172.30.0.12".to_string(), 1179),
+                ("172.30.0.13".to_string(), 2179)
+            ]
+        );
+        assert!(
+            p.iter()
+                .all(|p| p.keepalive_time.is_none() && p.hold_time == 240)
         );
     }
 

@@ -109,7 +109,13 @@ pub async fn run(cfg: BgpConfig, routes: Arc<RouteProgrammer>, report: SharedRep
             Ok(a) => break (a, local),
             Err(e) => {
                 if first_failure {
-                    tracing::error!("{e}");
+                    // No address configured at all is BGP off by choice
+                    // (a single node, a lab without a ToR): say so at INFO.
+                    if configured {
+                        tracing::error!("{e}");
+                    } else {
+                        tracing::info!("{e}");
+                    }
                     health::global().remove(health::BGP);
                     first_failure = false;
                 }
@@ -141,9 +147,13 @@ pub async fn run(cfg: BgpConfig, routes: Arc<RouteProgrammer>, report: SharedRep
         listen: Some(SocketAddr::new(addr.ip(), local.listen_port)),
         cluster_id: local.cluster_id,
         multipath: true,
-        graceful_restart: local.graceful_restart.then(|| GracefulRestartConfig {
+        // Always configured: whether a session advertises GR is per peer
+        // (BGPPeer gracefulRestart, defaulting to the configuration's
+        // `enabled`), so a BGPPeer can turn it on when the cluster has it off.
+        graceful_restart: Some(GracefulRestartConfig {
             restart_time: local.restart_time.min(4095),
             state_file: Some(cfg.state_dir.join("bgp-running")),
+            stale_time: Duration::from_secs(u64::from(local.stale_time)),
         }),
     })
     .await
@@ -298,11 +308,22 @@ async fn status_loop(
     report: SharedReport,
     sources: Arc<Mutex<BTreeMap<IpAddr, DesiredPeer>>>,
 ) {
+    // Each peer's last error and when this loop first saw it: reported as
+    // the last down reason, and as the current error only while the
+    // session is not Established.
+    let mut downs: BTreeMap<IpAddr, (String, String)> = BTreeMap::new();
     loop {
         let now = jiff::Timestamp::now();
         let src = sources.lock().map(|s| s.clone()).unwrap_or_default();
-        let peers: Vec<PeerStatus> = speaker
-            .status()
+        let status = speaker.status();
+        for p in &status {
+            if let Some(e) = &p.last_error
+                && downs.get(&p.address).is_none_or(|(seen, _)| seen != e)
+            {
+                downs.insert(p.address, (e.clone(), now.to_string()));
+            }
+        }
+        let peers: Vec<PeerStatus> = status
             .into_iter()
             .map(|p| PeerStatus {
                 address: p.address.to_string(),
@@ -315,7 +336,10 @@ async fn status_loop(
                 since: now
                     .checked_sub(jiff::SignedDuration::from_secs(p.uptime_secs as i64))
                     .map(|t| {
-                        if p.uptime_secs > 0 {
+                        // An Established session always has a start time,
+                        // also in its first second (the report may not be
+                        // rewritten until something else changes).
+                        if p.uptime_secs > 0 || p.state.name() == "Established" {
                             t.to_string()
                         } else {
                             String::new()
@@ -325,7 +349,13 @@ async fn status_loop(
                 prefixes_received: p.received as u64,
                 prefixes_accepted: p.accepted as u64,
                 prefixes_advertised: p.advertised as u64,
-                last_error: p.last_error,
+                last_error: if p.state.name() == "Established" {
+                    None
+                } else {
+                    p.last_error
+                },
+                last_down_reason: downs.get(&p.address).map(|d| d.0.clone()),
+                last_down_at: downs.get(&p.address).map(|d| d.1.clone()),
             })
             .collect();
         let up = peers.iter().any(|p| p.state == "Established");
@@ -380,10 +410,17 @@ async fn follow_origination(cfg: BgpConfig, speaker: Arc<Speaker>, next_hop: IpA
             store.list::<BGPConfiguration>().await,
         );
         if let (Some(mut want), (Ok(pools), Ok(configs))) = (wanted, lists) {
-            let adv = configs
-                .items
-                .iter()
-                .find(|c| c.metadata.name.as_deref() == Some("default"))
+            // The node's own `node.<name>` list wins over `default`'s.
+            let named = |n: &str| {
+                configs
+                    .items
+                    .iter()
+                    .find(|c| c.metadata.name.as_deref() == Some(n))
+            };
+            let own = format!("node.{}", cfg.node);
+            let adv = named(&own)
+                .filter(|c| !c.spec.prefix_advertisements.is_empty())
+                .or_else(|| named("default"))
                 .map(|c| Advertisements::from_api(&c.spec))
                 .transpose()
                 .unwrap_or_else(|e| {
@@ -523,17 +560,50 @@ pub(crate) fn bfd_config(
     }
 }
 
-async fn peer_config(
-    store: &Store,
-    d: &DesiredPeer,
-    my_addr: IpAddr,
-) -> Result<PeerConfig, String> {
+/// Where twill-node runs when nothing says otherwise (the deploy manifests).
+pub const DEFAULT_NAMESPACE: &str = "twill-system";
+/// The namespace file Kubernetes mounts with the service account token.
+const SERVICEACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+/// The namespace of a BGPPeer password Secret: the reference's own, else
+/// the namespace twill-node runs in (`own`), else twill-system.
+pub(crate) fn secret_namespace(
+    field: Option<&str>,
+    own: impl FnOnce() -> Option<String>,
+) -> String {
+    match field.map(str::trim).filter(|s| !s.is_empty()) {
+        Some(ns) => ns.to_string(),
+        None => own().unwrap_or_else(|| DEFAULT_NAMESPACE.to_string()),
+    }
+}
+
+/// The namespace twill-node runs in: `POD_NAMESPACE` (the downward API in
+/// the DaemonSet), else the service account's namespace file.
+fn own_namespace() -> Option<String> {
+    let valid = |s: String| {
+        let s = s.trim().to_string();
+        (!s.is_empty()).then_some(s)
+    };
+    std::env::var("POD_NAMESPACE")
+        .ok()
+        .and_then(valid)
+        .or_else(|| {
+            std::fs::read_to_string(SERVICEACCOUNT_NAMESPACE)
+                .ok()
+                .and_then(valid)
+        })
+}
+
+/// Everything of a session's settings but the password (pure): the
+/// BGPPeer's and BGPConfiguration's fields as the speaker takes them.
+pub(crate) fn session_settings(d: &DesiredPeer, my_addr: IpAddr) -> Result<PeerConfig, String> {
     let mut pc = PeerConfig::new(d.address, d.asn);
     pc.port = d.port;
     pc.hold_time = d.hold_time;
-    pc.keepalive = Some(d.keepalive_time);
+    pc.keepalive = d.keepalive_time;
     pc.multihop = d.ebgp_multihop;
-    pc.ttl_security = d.ttl_security.is_some();
+    // GTSM with the hop count the BGPPeer gives (RFC 5082: accept TTL ≥ 256 − N).
+    pc.ttl_security = d.ttl_security;
     pc.graceful_restart = d.graceful_restart;
     pc.route_reflector_client = d.rr_client;
     pc.kind = if d.is_node {
@@ -562,8 +632,17 @@ async fn peer_config(
             }
         }
     }
+    Ok(pc)
+}
+
+async fn peer_config(
+    store: &Store,
+    d: &DesiredPeer,
+    my_addr: IpAddr,
+) -> Result<PeerConfig, String> {
+    let mut pc = session_settings(d, my_addr)?;
     if let Some(r) = &d.password {
-        let ns = r.namespace.clone().unwrap_or_else(|| "twill-system".into());
+        let ns = secret_namespace(r.namespace.as_deref(), own_namespace);
         let secret = store
             .get::<Secret>(Some(&ns), &r.name)
             .await
@@ -627,6 +706,119 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    /// Every BGPPeer field that shapes a session reaches the speaker's
+    /// settings (the speaker's behaviour for each is tested in bgpd).
+    #[test]
+    fn every_bgppeer_session_field_reaches_the_speaker() {
+        use twill_api::resources::bgppeer::{Bfd, FilterRule, MaxPrefixes};
+        use twill_api::resources::{BGPConfigurationSpec, BGPPeerSpec};
+        let cfg = BGPConfiguration::new(
+            "default",
+            BGPConfigurationSpec {
+                as_number: Some(65001),
+                node_to_node_mesh_enabled: Some(false),
+                hold_time: Some(30),
+                graceful_restart: Some(twill_api::resources::bgpconfig::GracefulRestart {
+                    enabled: true,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        );
+        let spec = BGPPeerSpec {
+            peer_ip: Some("10.96.0.1:1179".into()),
+            as_number: Some(65000),
+            hold_time: Some(9),
+            keepalive_time: Some(2),
+            ttl_security: Some(3),
+            max_prefixes: Some(MaxPrefixes {
+                limit: 5,
+                ..Default::default()
+            }),
+            import_filters: vec![FilterRule {
+                cidr: Some("10.0.0.0/8".into()),
+                ..Default::default()
+            }],
+            export_filters: vec![FilterRule::default()],
+            bfd: Some(Bfd {
+                enabled: true,
+                ..Default::default()
+            }),
+            source_address: Some("10.98.0.9".into()),
+            next_hop_self: true,
+            route_reflector_client: true,
+            graceful_restart: Some(false),
+            ..Default::default()
+        };
+        let peer = BGPPeer::new("tor", spec.clone());
+        let (d, problems) = peers::desired_peers("n1", &[], std::slice::from_ref(&cfg), &[peer]);
+        assert!(problems.is_empty(), "{problems:?}");
+        let me: IpAddr = "10.98.0.2".parse().unwrap();
+        let pc = session_settings(&d[0], me).unwrap();
+        assert_eq!(pc.address, "10.96.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!((pc.port, pc.asn), (1179, 65000));
+        assert_eq!((pc.hold_time, pc.keepalive), (9, Some(2)));
+        assert_eq!(pc.ttl_security, Some(3));
+        assert_eq!(pc.import.max_prefix.map(|m| m.limit), Some(5));
+        assert_eq!(pc.import.terms.len(), 1);
+        assert_eq!(pc.export.terms.len(), 1);
+        assert!(pc.export.next_hop_self);
+        assert!(pc.bfd.is_some());
+        assert_eq!(pc.source_address, Some("10.98.0.9".parse().unwrap()));
+        assert!(pc.route_reflector_client);
+        assert!(!pc.graceful_restart);
+        assert_eq!(pc.kind, PeerKind::External);
+        // ebgpMultihop (exclusive with ttlSecurity), sourceAddress None and
+        // UseNodeIP, and the configuration's defaults.
+        let spec = BGPPeerSpec {
+            ttl_security: None,
+            ebgp_multihop: Some(4),
+            source_address: Some("None".into()),
+            hold_time: None,
+            keepalive_time: None,
+            graceful_restart: None,
+            ..spec
+        };
+        let (d, _) = peers::desired_peers(
+            "n1",
+            &[],
+            std::slice::from_ref(&cfg),
+            &[BGPPeer::new("tor", spec.clone())],
+        );
+        let pc = session_settings(&d[0], me).unwrap();
+        assert_eq!((pc.multihop, pc.ttl_security), (Some(4), None));
+        assert_eq!(pc.source_address, None);
+        assert_eq!((pc.hold_time, pc.keepalive), (30, None));
+        assert!(pc.graceful_restart, "the configuration's setting");
+        let spec = BGPPeerSpec {
+            source_address: Some("UseNodeIP".into()),
+            ..spec
+        };
+        let (d, _) = peers::desired_peers("n1", &[], &[cfg], &[BGPPeer::new("tor", spec)]);
+        assert_eq!(
+            session_settings(&d[0], me).unwrap().source_address,
+            Some(me)
+        );
+    }
+
+    #[test]
+    fn secret_namespace_is_the_field_then_our_own_then_twill_system() {
+        assert_eq!(
+            secret_namespace(Some("bgp-secrets"), || Some("kube-system".into())),
+            "bgp-secrets"
+        );
+        assert_eq!(
+            secret_namespace(None, || Some("kube-system".into())),
+            "kube-system"
+        );
+        assert_eq!(
+            secret_namespace(Some(""), || Some("kube-system".into())),
+            "kube-system",
+            "an empty namespace is no namespace"
+        );
+        assert_eq!(secret_namespace(None, || None), DEFAULT_NAMESPACE);
     }
 
     #[test]

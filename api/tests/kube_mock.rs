@@ -171,10 +171,12 @@ async fn create_existing_is_already_exists_and_invalid_is_never_sent() {
         .await;
         handle
     });
+    // The stored pool's CIDR: a different one would also be checked against
+    // the blocks cut from the stored pool (another request).
     let pool = IPPool::new(
         "default-ipv4",
         IPPoolSpec {
-            cidr: "10.250.0.0/16".into(),
+            cidr: "10.244.0.0/16".into(),
             ..Default::default()
         },
     );

@@ -89,20 +89,51 @@ pub fn block_containing(pool: &IpNetwork, block_size: u8, addr: IpAddr) -> Optio
         .and_then(|n| IpNetwork::new(n.network(), block_size).ok())
 }
 
-/// The first block of the pool not in `claimed`: walks only past claimed
-/// blocks, so it costs O(claimed), however large the pool.
+/// A claimed block that shares an address with `b`, if any. Blocks are
+/// aligned prefixes, so two overlap only when one contains the other; blocks
+/// of another size appear when a pool's blockSize changed or a pool was
+/// replaced by one over the same addresses.
+pub fn overlapping_claimed(b: &IpNetwork, claimed: &BTreeSet<IpNetwork>) -> Option<IpNetwork> {
+    let w = width(b);
+    // Claimed blocks starting inside `b` (equal to it or inside it).
+    if let (Ok(lo), Ok(hi)) = (
+        IpNetwork::new(b.network(), 0),
+        IpNetwork::new(b.broadcast(), w),
+    ) && let Some(c) = claimed.range(lo..=hi).next()
+    {
+        return Some(*c);
+    }
+    // Claimed blocks containing `b`.
+    (0..b.prefix()).rev().find_map(|p| {
+        let n = IpNetwork::new(b.network(), p).ok()?;
+        let n = IpNetwork::new(n.network(), p).ok()?;
+        claimed.contains(&n).then_some(n)
+    })
+}
+
+/// The first block of the pool that overlaps no block in `claimed`: walks
+/// only past claimed blocks (jumping over a larger one whole), so it costs
+/// O(claimed) lookups, however large the pool.
 pub fn first_unclaimed_block(
     pool: &IpNetwork,
     block_size: u8,
     claimed: &BTreeSet<IpNetwork>,
 ) -> Option<IpNetwork> {
-    let mut n = 0u128;
+    let size = 1u128.checked_shl(u32::from(width(pool).checked_sub(block_size)?))?;
+    let end = to_u128(pool.broadcast());
+    let mut cur = to_u128(pool.network());
     loop {
-        let b = nth_block(pool, block_size, n)?;
-        if !claimed.contains(&b) {
-            return Some(b);
+        if cur > end {
+            return None;
         }
-        n += 1;
+        let b = IpNetwork::new(from_u128(pool.is_ipv4(), cur), block_size).ok()?;
+        let Some(c) = overlapping_claimed(&b, claimed) else {
+            return Some(b);
+        };
+        // Past the claimed block if it is larger, else past this candidate;
+        // both ends are aligned to block_size.
+        let next = to_u128(c.broadcast()).max(cur + size - 1);
+        cur = next.checked_add(1)?;
     }
 }
 
@@ -189,6 +220,36 @@ mod tests {
         let tiny = net("10.0.0.0/25");
         let all: BTreeSet<_> = [net("10.0.0.0/26"), net("10.0.0.64/26")].into();
         assert_eq!(first_unclaimed_block(&tiny, 26, &all), None);
+    }
+
+    #[test]
+    fn blocks_of_another_size_are_never_overlapped() {
+        let pool = net("10.0.0.0/24");
+        // A /26 claimed before blockSize became 28: no /28 inside it.
+        let c: BTreeSet<_> = [net("10.0.0.0/26")].into();
+        assert_eq!(
+            first_unclaimed_block(&pool, 28, &c),
+            Some(net("10.0.0.64/28"))
+        );
+        // /28s claimed before blockSize became 25: no /25 containing them.
+        let c: BTreeSet<_> = [net("10.0.0.16/28"), net("10.0.0.144/28")].into();
+        assert_eq!(first_unclaimed_block(&pool, 25, &c), None);
+        let c: BTreeSet<_> = [net("10.0.0.16/28")].into();
+        assert_eq!(
+            first_unclaimed_block(&pool, 25, &c),
+            Some(net("10.0.0.128/25"))
+        );
+        assert_eq!(
+            overlapping_claimed(&net("10.0.0.0/25"), &c),
+            Some(net("10.0.0.16/28"))
+        );
+        assert_eq!(overlapping_claimed(&net("10.0.0.128/25"), &c), None);
+        let v6 = net("fd00::/120");
+        let c: BTreeSet<_> = [net("fd00::/121")].into();
+        assert_eq!(
+            first_unclaimed_block(&v6, 122, &c),
+            Some(net("fd00::80/122"))
+        );
     }
 
     #[test]

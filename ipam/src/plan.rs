@@ -14,6 +14,7 @@ use twill_api::resources::{Allocation, IPAMBlock, IPAMBlockSpec, IPPool, block_n
 
 use crate::blockmath::{
     addr_at, block_containing, block_len, first_unclaimed_block, next_free_ordinal, ordinal_of,
+    overlapping_claimed, width,
 };
 
 /// Address family.
@@ -49,7 +50,7 @@ impl std::fmt::Display for Family {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
     #[error(
-        "no enabled {family} IPPool selects node {node:?} (check the pools' nodeSelector and disabled fields)"
+        "no enabled {family} IPPool selects node {node:?} (check the pools' nodeSelector, disabled and allowedUses fields)"
     )]
     NoPool { family: Family, node: String },
     #[error("{family} pools {pools:?} have no free address for node {node:?}{hint}")]
@@ -185,10 +186,12 @@ pub fn plan(
         let Some(pnet) = pool.spec.network() else {
             continue;
         };
+        // Every block of the family, whatever its size or pool: a new block
+        // must not share an address with any (blockSize may have changed).
         let claimed: BTreeSet<IpNetwork> = blocks
             .iter()
-            .filter(|b| in_pool(b, pool))
             .filter_map(block_net)
+            .filter(|n| Family::of(n) == family)
             .collect();
         if let Some(cidr) = first_unclaimed_block(&pnet, pool.spec.effective_block_size(), &claimed)
         {
@@ -244,10 +247,14 @@ fn plan_requested(
         .spec
         .network()
         .ok_or_else(|| unavailable("pool CIDR does not parse".into()))?;
-    let cidr = block_containing(&pnet, pool.spec.effective_block_size(), addr)
-        .ok_or_else(|| unavailable("outside the pool".into()))?;
-    match blocks.iter().find(|b| block_net(b) == Some(cidr)) {
+    // The block holding the address, whatever its size (blockSize may have
+    // changed since it was claimed).
+    let holding = blocks
+        .iter()
+        .find(|b| block_net(b).is_some_and(|n| n.contains(addr)));
+    match holding {
         Some(b) => {
+            let cidr = block_net(b).ok_or_else(|| unavailable("outside the pool".into()))?;
             let ordinal =
                 ordinal_of(&cidr, addr).ok_or_else(|| unavailable("outside its block".into()))?;
             if let Some(a) = b.spec.allocations.iter().find(|a| a.ordinal == ordinal) {
@@ -267,11 +274,24 @@ fn plan_requested(
                 borrowed,
             })
         }
-        None => Ok(Step::Claim {
-            block: new_block(pool, cidr, node),
-            ordinal: ordinal_of(&cidr, addr)
-                .ok_or_else(|| unavailable("outside its block".into()))?,
-        }),
+        None => {
+            // The pool's block size, or a smaller block when that would
+            // overlap a block of another size.
+            let claimed: BTreeSet<IpNetwork> = blocks
+                .iter()
+                .filter_map(block_net)
+                .filter(|n| n.is_ipv4() == addr.is_ipv4())
+                .collect();
+            let cidr = (pool.spec.effective_block_size()..=width(&pnet))
+                .filter_map(|size| block_containing(&pnet, size, addr))
+                .find(|b| overlapping_claimed(b, &claimed).is_none())
+                .ok_or_else(|| unavailable("outside the pool".into()))?;
+            Ok(Step::Claim {
+                block: new_block(pool, cidr, node),
+                ordinal: ordinal_of(&cidr, addr)
+                    .ok_or_else(|| unavailable("outside its block".into()))?,
+            })
+        }
     }
 }
 
@@ -520,6 +540,41 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("no enabled pool"), "{err}");
+    }
+
+    #[test]
+    fn requested_addresses_after_a_block_size_change_never_overlap_a_block() {
+        let mut p = pool("p", "10.0.0.0/24", 26);
+        let step = plan(&[&p], &[], "a", "h", Family::V4, None).unwrap();
+        let blocks = vec![apply(&step, "h", "a")];
+        p.spec.block_size = Some(25);
+        // Inside a's /26: allocated there (borrowed), not in a new /25.
+        let want: IpAddr = "10.0.0.5".parse().unwrap();
+        match plan(&[&p], &blocks, "b", "h2", Family::V4, Some(want)).unwrap() {
+            Step::Allocate {
+                block,
+                ordinal,
+                borrowed,
+            } => {
+                assert_eq!(block.spec.cidr, "10.0.0.0/26");
+                assert_eq!((ordinal, borrowed), (5, true));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Outside it: the /25 would overlap, so the /26 next to it.
+        let want: IpAddr = "10.0.0.70".parse().unwrap();
+        match plan(&[&p], &blocks, "b", "h3", Family::V4, Some(want)).unwrap() {
+            Step::Claim { block, ordinal } => {
+                assert_eq!(block.spec.cidr, "10.0.0.64/26");
+                assert_eq!(ordinal, 6);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Without a request: the free /25, never one over a's block.
+        match plan(&[&p], &blocks, "b", "h4", Family::V4, None).unwrap() {
+            Step::Claim { block, .. } => assert_eq!(block.spec.cidr, "10.0.0.128/25"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -264,6 +264,15 @@ fn gnp_rule() -> impl Strategy<Value = Value> {
                     }
                 }
                 r["destination"] = dst;
+                // Validation refuses a rule that could never match: ICMP
+                // (IPv4) with ipVersion 6, or nets of only the other family.
+                if r["ipVersion"] == json!(6)
+                    && (r["protocol"] == json!("ICMP")
+                        || r["source"]["nets"] == json!(["10.0.0.0/30"])
+                        || r["destination"]["nets"] == json!(["10.0.0.0/30"]))
+                {
+                    r.as_object_mut().map(|o| o.remove("ipVersion"));
+                }
                 r
             },
         )
@@ -290,6 +299,12 @@ fn global_policy(i: usize) -> impl Strategy<Value = Value> {
                 spec["namespaceSelector"] = json!(s);
             }
             if !types.is_null() {
+                // Validation refuses rules for a direction types leaves out.
+                for (dir, t) in [("ingress", "Ingress"), ("egress", "Egress")] {
+                    if !types.as_array().is_some_and(|a| a.contains(&json!(t))) {
+                        spec[dir] = json!([]);
+                    }
+                }
                 spec["types"] = types;
             }
             json!({"apiVersion": "twill.dev/v1", "kind": "GlobalNetworkPolicy", "metadata": {"name": format!("g{i}")}, "spec": spec})

@@ -240,6 +240,22 @@ impl GlobalNetworkPolicy {
                 e.push("spec.types", format!("{t:?}"), "listed twice");
             }
         }
+        // Rules for a direction `types` leaves out would never be evaluated:
+        // refuse them rather than accept and ignore them.
+        for (dir, rules, t) in [
+            ("ingress", &s.ingress, PolicyType::Ingress),
+            ("egress", &s.egress, PolicyType::Egress),
+        ] {
+            if !s.types.is_empty() && !rules.is_empty() && !s.types.contains(&t) {
+                e.push(
+                    format!("spec.{dir}"),
+                    format!("{} rule(s)", rules.len()),
+                    format!(
+                        "spec.types does not list {t:?}, so these rules would be ignored: add {t:?} to spec.types or remove them"
+                    ),
+                );
+            }
+        }
         for (dir, rules) in [("ingress", &s.ingress), ("egress", &s.egress)] {
             for (i, r) in rules.iter().enumerate() {
                 validate_rule(&mut e, &format!("spec.{dir}[{i}]"), r);
@@ -275,6 +291,37 @@ fn validate_rule(e: &mut Errors, at: &str, r: &Rule) {
         && v != 6
     {
         e.push(format!("{at}.ipVersion"), v, "must be 4 or 6");
+    }
+    // A rule whose parts contradict each other would never match: say so
+    // rather than accept it.
+    if let (Some(v), Some(p @ (1 | 58))) = (r.ip_version, proto)
+        && (v == 6) != (p == 58)
+    {
+        e.push(
+            format!("{at}.ipVersion"),
+            v,
+            format!(
+                "protocol {} is IPv{} only, so the rule would never match",
+                if p == 1 { "ICMP" } else { "ICMPv6" },
+                if p == 1 { 4 } else { 6 }
+            ),
+        );
+    }
+    if let Some(v @ (4 | 6)) = r.ip_version {
+        for (side, ent) in [("source", &r.source), ("destination", &r.destination)] {
+            let nets: Vec<_> = ent
+                .nets
+                .iter()
+                .filter_map(|n| parse_net_or_addr(n).ok())
+                .collect();
+            if !nets.is_empty() && nets.iter().all(|n| n.is_ipv4() != (v == 4)) {
+                e.push(
+                    format!("{at}.{side}.nets"),
+                    ent.nets.join(","),
+                    format!("no IPv{v} network, so with ipVersion {v} the rule would never match"),
+                );
+            }
+        }
     }
     for (side, ent) in [("source", &r.source), ("destination", &r.destination)] {
         let at = format!("{at}.{side}");

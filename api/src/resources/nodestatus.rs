@@ -32,7 +32,8 @@ pub const MAX_LISTED_ROUTES: usize = 500;
 )]
 #[serde(rename_all = "camelCase")]
 pub struct NodeStatusSpec {
-    /// How often the node refreshes the report, in seconds.
+    /// How often the node refreshes the report, in seconds (written by the
+    /// node from its --status-interval; setting it changes nothing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report_interval: Option<u32>,
 }

@@ -29,7 +29,7 @@ use futures::stream::{BoxStream, StreamExt};
 use serde_json::Value;
 
 use crate::kinds::{Kind, Object, decode};
-use crate::resources::IPPool;
+use crate::resources::{IPAMBlock, IPPool};
 use crate::validate::ValidationError;
 
 /// Datastore failures. Messages say what to do next.
@@ -325,8 +325,62 @@ impl Store {
             let pool: IPPool = from_value(normalized.clone())?;
             let others = self.list::<IPPool>().await?.items;
             pool.validate_against(&others)?;
+            self.check_blocks_stay_inside(&pool, &others).await?;
         }
         Ok(normalized)
+    }
+
+    /// A pool's CIDR may change only so that every block cut from it stays
+    /// inside: a block left outside every pool would hold pod addresses
+    /// that NAT and allocation no longer treat as pod addresses.
+    async fn check_blocks_stay_inside(
+        &self,
+        pool: &IPPool,
+        others: &[IPPool],
+    ) -> Result<(), StoreError> {
+        let name = pool.metadata.name.clone().unwrap_or_default();
+        let (Some(new), Some(old)) = (
+            pool.spec.network(),
+            others
+                .iter()
+                .find(|o| o.metadata.name.as_deref() == Some(name.as_str()))
+                .and_then(|o| o.spec.network()),
+        ) else {
+            return Ok(());
+        };
+        if new == old {
+            return Ok(());
+        }
+        let outside: Vec<String> = self
+            .list::<IPAMBlock>()
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|b| b.spec.cidr.parse::<ipnetwork::IpNetwork>().ok())
+            .filter(|b| b.is_ipv4() == old.is_ipv4() && old.contains(b.network()))
+            .filter(|b| {
+                !(new.is_ipv4() == b.is_ipv4()
+                    && new.contains(b.network())
+                    && new.contains(b.broadcast()))
+            })
+            .map(|b| b.to_string())
+            .collect();
+        if outside.is_empty() {
+            return Ok(());
+        }
+        Err(ValidationError {
+            kind: Kind::IPPool.name().into(),
+            name,
+            errors: vec![crate::validate::FieldError {
+                field: "spec.cidr".into(),
+                value: pool.spec.cidr.clone(),
+                reason: format!(
+                    "blocks {} cut from the old CIDR {old} would lie outside it; to move a pool, create a new one, disable this one and delete it once its blocks are released",
+                    outside.join(", ")
+                ),
+            }],
+        }
+        .into())
     }
 }
 

@@ -138,7 +138,29 @@ pub fn local_bgp(node: &str, node_obj: Option<&Node>, configs: &[BGPConfiguratio
 }
 
 fn annotated_as(n: &Node) -> Option<u32> {
-    n.metadata.annotations.as_ref()?.get(ANN_AS)?.parse().ok()
+    bad_annotated_as(n).ok()?
+}
+
+/// The node's AS annotation: `Ok(None)` when absent, `Err` naming the node
+/// and the reason when present but not a usable AS number (it is then
+/// ignored, and [`desired_peers`] reports it).
+fn bad_annotated_as(n: &Node) -> Result<Option<u32>, String> {
+    let Some(v) = n.metadata.annotations.as_ref().and_then(|a| a.get(ANN_AS)) else {
+        return Ok(None);
+    };
+    let asn: u32 = v.trim().parse().map_err(|_| {
+        format!(
+            "Node {:?}: annotation {ANN_AS}={v:?} is not an AS number (1..=4294967294); ignored",
+            name(n)
+        )
+    })?;
+    twill_api::validate::check_asn(asn).map_err(|r| {
+        format!(
+            "Node {:?}: annotation {ANN_AS}={v:?}: {r}; ignored",
+            name(n)
+        )
+    })?;
+    Ok(Some(asn))
 }
 
 fn annotated_address(n: &Node) -> Option<IpAddr> {
@@ -180,7 +202,10 @@ pub fn desired_peers(
     configs: &[BGPConfiguration],
     peers: &[BGPPeer],
 ) -> (Vec<DesiredPeer>, Vec<String>) {
-    let mut problems = Vec::new();
+    let mut problems: Vec<String> = nodes
+        .iter()
+        .filter_map(|n| bad_annotated_as(n).err())
+        .collect();
     let my_node = nodes.iter().find(|n| name(n) == me);
     let local = local_bgp(me, my_node, configs);
     let my_labels = my_node.map(labels).unwrap_or_default();
@@ -618,5 +643,33 @@ mod tests {
         let (p, _) = desired_peers("n1", &nodes, &configs, &[]);
         assert_eq!(p[0].asn, 65010, "n2's annotation");
         assert_eq!(p[1].asn, DEFAULT_AS);
+    }
+
+    #[test]
+    fn an_as_annotation_that_is_no_as_number_is_reported_not_silently_dropped() {
+        for bad in ["sixty-five", "0", "23456", "4294967295", "-1"] {
+            let mut nodes = nodes3();
+            nodes[1]
+                .metadata
+                .annotations
+                .get_or_insert_default()
+                .insert(ANN_AS.into(), bad.into());
+            let (p, problems) = desired_peers("n1", &nodes, &[], &[]);
+            assert_eq!(problems.len(), 1, "{bad}: {problems:?}");
+            assert!(
+                problems[0].contains("Node \"n2\"") && problems[0].contains(ANN_AS),
+                "{problems:?}"
+            );
+            assert_eq!(p[0].asn, DEFAULT_AS, "{bad} is not used");
+        }
+        let mut nodes = nodes3();
+        nodes[1]
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(ANN_AS.into(), " 65010".into());
+        let (p, problems) = desired_peers("n1", &nodes, &[], &[]);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(p[0].asn, 65010);
     }
 }

@@ -124,10 +124,7 @@ impl Agent {
             mtu,
             gate,
         ));
-        let report = endpoints
-            .reconcile()
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let report = reconcile_until_done(&endpoints).await;
         tracing::info!(
             healthy = report.healthy,
             repaired = report.repaired.len(),
@@ -259,6 +256,42 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     drop(node);
     tracing::info!("stopping; endpoints, routes and policy rules stay in place");
     Ok(())
+}
+
+/// Reconciles the node's endpoints with the datastore and the kernel,
+/// retrying with backoff (1 s doubling to 30 s) while that fails — the API
+/// server may be down while twill-node starts. Meanwhile the pods already
+/// running keep their links, routes and policy (nothing is torn down), the
+/// CNI socket stays shut, and `/readyz` names the reason; one log line when
+/// it starts failing and one when it recovers.
+async fn reconcile_until_done(endpoints: &Endpoints) -> crate::endpoint::ReconcileReport {
+    let mut backoff = twill_api::store::retry::Backoff::watch();
+    let mut outage = twill_api::store::retry::Outage::default();
+    loop {
+        match endpoints.reconcile().await {
+            Ok(report) => {
+                if let twill_api::store::retry::Change::Recovered { attempts } = outage.succeeded()
+                {
+                    tracing::info!(
+                        attempts,
+                        "endpoints reconciled after the datastore came back"
+                    );
+                }
+                return report;
+            }
+            Err(e) => {
+                let error = e.to_string();
+                if outage.failed(&error) == twill_api::store::retry::Change::Failing {
+                    tracing::warn!(error = %error, "cannot reconcile endpoints yet; retrying with backoff (running pods are untouched)");
+                }
+                health::global().set_not_ready(
+                    health::DATAPLANE,
+                    &format!("endpoints not reconciled yet (CNI socket closed): {error}"),
+                );
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
 }
 
 /// The status report's view of a programmed route.

@@ -768,7 +768,17 @@ fn an_apiserver_outage_under_traffic_loses_no_packets() {
     // A node that starts while the server is down waits for the datastore:
     // its CNI socket stays shut (a pod could not get its policy).
     let mut node_c = (c.spawn_node(ns_c, "node-c"), relay_c);
+    // node-b, whose pod the pings reach, crashes and restarts while the
+    // server is down: it must neither exit nor take its pod down (its IPAM
+    // cannot be read, which says nothing about the pod).
+    c.nodes[1].daemon.as_mut().expect("node-b runs").kill();
+    c.nodes[1].spawn();
     std::thread::sleep(Duration::from_secs(15));
+    assert!(
+        c.nodes[1].daemon.as_mut().is_some_and(|d| d.alive()),
+        "node-b exited while the API server was down\n{}",
+        c.nodes[1].log()
+    );
     assert!(
         !node_c.0.socket_open(),
         "node-c opened its CNI socket without a datastore\n{}",
@@ -803,13 +813,13 @@ fn an_apiserver_outage_under_traffic_loses_no_packets() {
         );
     }
 
-    // node-c opens its socket once the server answers, and CNI STATUS
-    // works. (Today twill-node exits when its first connection is refused;
-    // the DaemonSet's kubelet restarts it, and so does the test.)
-    if node_c.0.daemon.as_mut().is_some_and(|d| !d.alive()) {
-        eprintln!("node-c exited while the API server was down; restarting it as a kubelet would");
-        node_c.0.spawn();
-    }
+    // node-c waited for the datastore instead of exiting, opens its socket
+    // once the server answers, and CNI STATUS works.
+    assert!(
+        node_c.0.daemon.as_mut().is_some_and(|d| d.alive()),
+        "node-c exited while the API server was down\n{}",
+        node_c.0.log()
+    );
     assert!(
         wait_until(Duration::from_secs(60), || node_c.0.socket_open()),
         "node-c did not start after the API server returned\n{}",

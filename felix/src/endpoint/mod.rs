@@ -190,6 +190,9 @@ pub fn result_of(rec: &EndpointRecord) -> CniResult {
     r
 }
 
+/// How [`Endpoints::drift`] says IPAM gave an endpoint's address away.
+const IPAM_LOST: &str = "IPAM no longer records";
+
 /// What reconcile did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ReconcileReport {
@@ -472,7 +475,9 @@ impl Endpoints {
         }
     }
 
-    /// Everything about an endpoint that differs from its record.
+    /// Everything about an endpoint that differs from its record. Only a
+    /// line starting with [`IPAM_LOST`] means the address may be someone
+    /// else's now; a failed IPAM read is drift of another kind.
     pub async fn drift(&self, rec: &EndpointRecord) -> Vec<String> {
         let mut d = Vec::new();
         let host_if = &rec.host_ifname;
@@ -553,14 +558,14 @@ impl Endpoints {
                     });
                     if !held {
                         d.push(format!(
-                            "IPAM no longer records {} as held by {}",
+                            "{IPAM_LOST} {} as held by {}",
                             a.ip(),
                             rec.container_id
                         ));
                     }
                 }
             }
-            Err(e) => d.push(format!("IPAM: {e}")),
+            Err(e) => d.push(format!("cannot read IPAM: {e}")),
         }
         d
     }
@@ -628,6 +633,10 @@ impl Endpoints {
         {
             tracing::info!(files = n, "removed incomplete endpoint records");
         }
+        // The datastore must answer before anything is judged: an IPAM
+        // read that fails (the API server is down while twill-node starts)
+        // says nothing about the pods, and must never take one down.
+        self.ipam.node_allocations().await.map_err(ipam_error)?;
         let (recs, bad) = self
             .state
             .all()
@@ -647,7 +656,7 @@ impl Endpoints {
                 continue;
             }
             tracing::warn!(endpoint = %rec.key(), drift = ?drift, "repairing endpoint");
-            let ipam_lost = drift.iter().any(|d| d.starts_with("IPAM"));
+            let ipam_lost = drift.iter().any(|d| d.starts_with(IPAM_LOST));
             if ipam_lost {
                 // Its address may be someone else's now: take it down.
                 self.undo(rec).await;

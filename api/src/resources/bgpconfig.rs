@@ -165,7 +165,7 @@ impl BGPConfiguration {
             && id.parse::<std::net::Ipv4Addr>().is_err()
         {
             e.push(
-                "spec.routeReflectorClusterID",
+                "spec.routeReflectorClusterId",
                 id,
                 "must be an IPv4 address, e.g. 224.0.0.1",
             );

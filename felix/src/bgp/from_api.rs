@@ -196,7 +196,7 @@ pub fn local_config(
         .map(|c| {
             c.parse::<Ipv4Addr>().map_err(|_| {
                 field_err(
-                    "spec.routeReflectorClusterID".into(),
+                    "spec.routeReflectorClusterId".into(),
                     format!("{c:?} is not an IPv4 address"),
                 )
             })
@@ -297,7 +297,7 @@ mod tests {
         spec.route_reflector_cluster_id = Some("x".into());
         let e = local_config(&spec, Ipv4Addr::new(192, 0, 2, 1), true).unwrap_err();
         assert!(
-            e.to_string().starts_with("spec.routeReflectorClusterID:"),
+            e.to_string().starts_with("spec.routeReflectorClusterId:"),
             "{e}"
         );
         spec.prefix_advertisements[1].cidr = "10.244.1.0/33".into();

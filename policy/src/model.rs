@@ -190,6 +190,24 @@ pub struct Rule {
     pub dst: Entity,
 }
 
+impl Rule {
+    /// A rule that matches every packet (no protocol, ICMP, family or
+    /// peer condition); callers narrow it with struct update syntax.
+    pub fn any(origin: impl Into<String>, action: Action) -> Rule {
+        Rule {
+            origin: origin.into(),
+            action,
+            proto: None,
+            not_proto: None,
+            icmp: None,
+            not_icmp: None,
+            ip_version: None,
+            src: Entity::default(),
+            dst: Entity::default(),
+        }
+    }
+}
+
 /// Direction, from the selected endpoint's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Direction {
@@ -524,15 +542,10 @@ pub fn compile_network_policy(np: &NetworkPolicy) -> Result<Policy, CompileError
                     }
                 };
                 out.push(Rule {
-                    origin,
-                    action: Action::Allow,
                     proto,
-                    not_proto: None,
-                    icmp: None,
-                    not_icmp: None,
-                    ip_version: None,
                     src,
                     dst,
+                    ..Rule::any(origin, Action::Allow)
                 });
             }
         }

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::ir::Table;
-use crate::model::{Action, Direction, Entity, Policy, Rule, Tier};
+use crate::model::{Action, Direction, Policy, Rule, Tier};
 use crate::render::policy_chain;
 
 /// The origin of the rule [`fail_closed`] puts in a global policy.
@@ -28,17 +28,7 @@ pub const NOT_PROGRAMMED: &str = "not-programmed";
 pub fn fail_closed(p: &Policy) -> Policy {
     let rules = match p.tier {
         Tier::Kubernetes => Vec::new(),
-        Tier::Global => vec![Rule {
-            origin: NOT_PROGRAMMED.into(),
-            action: Action::Deny,
-            proto: None,
-            not_proto: None,
-            icmp: None,
-            not_icmp: None,
-            ip_version: None,
-            src: Entity::default(),
-            dst: Entity::default(),
-        }],
+        Tier::Global => vec![Rule::any(NOT_PROGRAMMED, Action::Deny)],
     };
     Policy {
         ingress: p.ingress.as_ref().map(|_| rules.clone()),
@@ -146,17 +136,7 @@ mod tests {
     use twill_api::selector::Selector;
 
     fn policy(id: &str, tier: Tier) -> Policy {
-        let allow = Rule {
-            origin: "ingress[0]".into(),
-            action: Action::Allow,
-            proto: None,
-            not_proto: None,
-            icmp: None,
-            not_icmp: None,
-            ip_version: None,
-            src: Entity::default(),
-            dst: Entity::default(),
-        };
+        let allow = Rule::any("ingress[0]", Action::Allow);
         Policy {
             id: id.into(),
             tier,

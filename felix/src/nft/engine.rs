@@ -192,18 +192,12 @@ fn has_test_hook(p: &Policy) -> bool {
 fn with_test_hook(p: &Policy) -> Policy {
     let mut p = p.clone();
     let bad = Rule {
-        origin: TEST_HOOK_ORIGIN.into(),
-        action: Action::Allow,
         proto: Some(proto::TCP),
-        not_proto: None,
-        icmp: None,
-        not_icmp: None,
-        ip_version: None,
-        src: Entity::default(),
         dst: Entity {
             ports: vec![PortSpec::Range(2, 1)],
             ..Entity::default()
         },
+        ..Rule::any(TEST_HOOK_ORIGIN, Action::Allow)
     };
     for rules in [&mut p.ingress, &mut p.egress].into_iter().flatten() {
         rules.push(bad.clone());

@@ -557,6 +557,10 @@ fn diff_exits_0_when_same_1_when_different_2_on_error() {
     assert!(out.contains("--- ippool/default-ipv4 (stored)"), "{out}");
     assert!(out.contains("-  natOutgoing: true"), "{out}");
     assert!(out.contains("+  natOutgoing: false"), "{out}");
+    assert!(
+        out.find("-  natOutgoing: true") < out.find("+  natOutgoing: false"),
+        "removal before addition: {out}"
+    );
     assert!(!out.contains("default-ipv6"), "{out}");
     std::fs::write(&f, "apiVersion: twill.dev/v1\nkind: IPPool\nmetadata:\n  name: x\nspec:\n  cidr: 10.1.1.0/16\n").expect("write");
     assert_eq!(code(&twillctl(&db, &["diff", "-f", &path])), 2);

@@ -443,8 +443,9 @@ async fn up(
     need_root()?;
     if state_path(dir).exists() {
         bail!(
-            "a lab is already up in {} — `twillctl lab status` shows it, `twillctl lab down` removes it",
-            dir.display()
+            "a lab is already up in {} — `twillctl lab status{d}` shows it, `twillctl lab down{d}` removes it",
+            dir.display(),
+            d = dir_flag(dir)
         );
     }
     let file = match &topology {
@@ -686,7 +687,8 @@ async fn build(dir: &Path, st: &mut State, node_bin: &Path, cni_bin: &Path) -> a
         FileArgs {
             files: vec![res],
             namespace: "default".into(),
-            output: OutputFormat::Name,
+            // "ippool/lab-ipv4 created", as `apply` says it.
+            output: OutputFormat::Table,
         },
         crate::resources::Mode::Apply,
     )

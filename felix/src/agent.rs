@@ -380,8 +380,15 @@ async fn report_loop(
             None => Vec::new(),
         };
         let bgp = bgp.lock().map(|b| b.clone()).unwrap_or_default();
-        let conditions = health::global()
-            .snapshot()
+        // One snapshot: ready, not_ready and conditions agree.
+        let readiness = health::global().snapshot();
+        let ready = readiness.values().all(|c| c.ready);
+        let not_ready = readiness
+            .iter()
+            .filter(|(_, c)| !c.ready)
+            .map(|(n, c)| (n.clone(), c.reason.clone()))
+            .collect();
+        let conditions = readiness
             .into_iter()
             .map(|(name, c)| ReportCondition {
                 name,
@@ -401,13 +408,8 @@ async fn report_loop(
         let report = NodeStatusReport {
             updated: jiff::Timestamp::now().to_string(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
-            ready: health::global().is_ready(),
-            not_ready: health::global()
-                .snapshot()
-                .into_iter()
-                .filter(|(_, c)| !c.ready)
-                .map(|(n, c)| (n, c.reason))
-                .collect(),
+            ready,
+            not_ready,
             address: bgp.address,
             as_number: bgp.asn,
             bgp_peers: bgp.peers,

@@ -22,6 +22,7 @@ use twill_api::resources::{
     IPAMBlock, IPPool, InvalidObject, NodeStatusReport, ReportCondition, RouteStatus,
 };
 use twill_api::store::WatchEvent;
+use twill_api::store::retry::{Backoff, Change, Outage};
 
 use crate::endpoint::{EndpointGate, Endpoints, StateDir};
 use crate::nft::engine::PolicyEngine;
@@ -265,13 +266,12 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
 /// CNI socket stays shut, and `/readyz` names the reason; one log line when
 /// it starts failing and one when it recovers.
 async fn reconcile_until_done(endpoints: &Endpoints) -> crate::endpoint::ReconcileReport {
-    let mut backoff = twill_api::store::retry::Backoff::watch();
-    let mut outage = twill_api::store::retry::Outage::default();
+    let mut backoff = Backoff::watch();
+    let mut outage = Outage::default();
     loop {
         match endpoints.reconcile().await {
             Ok(report) => {
-                if let twill_api::store::retry::Change::Recovered { attempts } = outage.succeeded()
-                {
+                if let Change::Recovered { attempts } = outage.succeeded() {
                     tracing::info!(
                         attempts,
                         "endpoints reconciled after the datastore came back"
@@ -281,7 +281,7 @@ async fn reconcile_until_done(endpoints: &Endpoints) -> crate::endpoint::Reconci
             }
             Err(e) => {
                 let error = e.to_string();
-                if outage.failed(&error) == twill_api::store::retry::Change::Failing {
+                if outage.failed(&error) == Change::Failing {
                     tracing::warn!(error = %error, "cannot reconcile endpoints yet; retrying with backoff (running pods are untouched)");
                 }
                 health::global().set_not_ready(
@@ -355,7 +355,7 @@ async fn report_loop(
     blocks: tokio::sync::watch::Receiver<Option<BlockSummary>>,
 ) {
     let mut cached: Option<twill_api::resources::NodeStatus> = None;
-    let mut outage = twill_api::store::retry::Outage::default();
+    let mut outage = Outage::default();
     loop {
         // Interface names of the local endpoints, for the route listing.
         let mut names = BTreeMap::new();
@@ -380,8 +380,15 @@ async fn report_loop(
             None => Vec::new(),
         };
         let bgp = bgp.lock().map(|b| b.clone()).unwrap_or_default();
-        let conditions = health::global()
-            .snapshot()
+        // One snapshot: ready, not_ready and conditions agree.
+        let readiness = health::global().snapshot();
+        let ready = readiness.values().all(|c| c.ready);
+        let not_ready = readiness
+            .iter()
+            .filter(|(_, c)| !c.ready)
+            .map(|(n, c)| (n.clone(), c.reason.clone()))
+            .collect();
+        let conditions = readiness
             .into_iter()
             .map(|(name, c)| ReportCondition {
                 name,
@@ -401,13 +408,8 @@ async fn report_loop(
         let report = NodeStatusReport {
             updated: jiff::Timestamp::now().to_string(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
-            ready: health::global().is_ready(),
-            not_ready: health::global()
-                .snapshot()
-                .into_iter()
-                .filter(|(_, c)| !c.ready)
-                .map(|(n, c)| (n, c.reason))
-                .collect(),
+            ready,
+            not_ready,
             address: bgp.address,
             as_number: bgp.asn,
             bgp_peers: bgp.peers,
@@ -422,13 +424,12 @@ async fn report_loop(
         let secs = cfg.status_interval.as_secs().max(1) as u32;
         match status::write_report(&cfg.store, &cfg.node_name, secs, report, &mut cached).await {
             Ok(()) => {
-                if let twill_api::store::retry::Change::Recovered { attempts } = outage.succeeded()
-                {
+                if let Change::Recovered { attempts } = outage.succeeded() {
                     tracing::info!(attempts, "the node status is written again");
                 }
             }
             Err(e) => {
-                if outage.failed(&e.to_string()) == twill_api::store::retry::Change::Failing {
+                if outage.failed(&e.to_string()) == Change::Failing {
                     tracing::warn!(error = %e, "cannot write the node status (logged again when it works)");
                 }
             }
@@ -507,7 +508,6 @@ pub(crate) async fn watch_kind<K: Object>(
     mut on_event: impl FnMut(WatchEvent<K>) -> bool + Send,
 ) {
     use futures::StreamExt;
-    use twill_api::store::retry::{Backoff, Change, Outage};
     let reg = health::watches().register(K::KIND);
     let mut backoff = Backoff::watch();
     let mut outage = Outage::default();

@@ -60,23 +60,24 @@ pub async fn write_report(
     cached: &mut Option<NodeStatus>,
 ) -> Result<(), StoreError> {
     for _ in 0..5 {
-        let mut obj = match cached.take() {
+        let current = match cached.take() {
+            Some(o) => Some(o),
+            None => store.get::<NodeStatus>(None, name).await?,
+        };
+        let mut obj = match current {
             Some(o) => o,
-            None => match store.get::<NodeStatus>(None, name).await? {
-                Some(o) => o,
-                None => match store
-                    .create(&NodeStatus::new(
-                        name,
-                        NodeStatusSpec {
-                            report_interval: Some(interval_secs),
-                        },
-                    ))
-                    .await
-                {
-                    Ok(o) => o,
-                    Err(e) if e.is_already_exists() => continue,
-                    Err(e) => return Err(e),
-                },
+            None => match store
+                .create(&NodeStatus::new(
+                    name,
+                    NodeStatusSpec {
+                        report_interval: Some(interval_secs),
+                    },
+                ))
+                .await
+            {
+                Ok(o) => o,
+                Err(e) if e.is_already_exists() => continue,
+                Err(e) => return Err(e),
             },
         };
         obj.status = Some(report.clone());

@@ -138,13 +138,13 @@ pub fn local_bgp(node: &str, node_obj: Option<&Node>, configs: &[BGPConfiguratio
 }
 
 fn annotated_as(n: &Node) -> Option<u32> {
-    bad_annotated_as(n).ok()?
+    parse_annotated_as(n).ok()?
 }
 
 /// The node's AS annotation: `Ok(None)` when absent, `Err` naming the node
 /// and the reason when present but not a usable AS number (it is then
 /// ignored, and [`desired_peers`] reports it).
-fn bad_annotated_as(n: &Node) -> Result<Option<u32>, String> {
+fn parse_annotated_as(n: &Node) -> Result<Option<u32>, String> {
     let Some(v) = n.metadata.annotations.as_ref().and_then(|a| a.get(ANN_AS)) else {
         return Ok(None);
     };
@@ -204,7 +204,7 @@ pub fn desired_peers(
 ) -> (Vec<DesiredPeer>, Vec<String>) {
     let mut problems: Vec<String> = nodes
         .iter()
-        .filter_map(|n| bad_annotated_as(n).err())
+        .filter_map(|n| parse_annotated_as(n).err())
         .collect();
     let my_node = nodes.iter().find(|n| name(n) == me);
     let local = local_bgp(me, my_node, configs);

@@ -137,7 +137,6 @@ impl Refusals {
     /// Puts the fail-closed form in place of every refused policy that is
     /// unchanged; a policy that changed (or is gone) is tried again.
     fn substitute(&mut self, inputs: &mut Inputs) {
-        let hook = self.hook.clone();
         let mut present = BTreeSet::new();
         let maps = inputs
             .network_policies
@@ -149,7 +148,7 @@ impl Refusals {
             if r.is_some_and(|r| Arc::ptr_eq(p, &r.closed)) {
                 continue;
             }
-            if hook.as_deref() == Some(p.id.as_str()) && !has_test_hook(p) {
+            if self.hook.as_deref() == Some(p.id.as_str()) && !has_test_hook(p) {
                 *p = Arc::new(with_test_hook(p));
             }
             let Some(r) = r else {

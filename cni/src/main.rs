@@ -74,12 +74,16 @@ fn env_var<'a>(env: &'a HashMap<String, String>, name: &str) -> Result<&'a str, 
     }
 }
 
-fn check_container_id(id: &str) -> Result<(), CniError> {
-    let ok = id
-        .chars()
+/// Letters, digits, `_`, `.` and `-`, starting with a letter or digit: the
+/// spec's rule for both a container ID and a network name.
+fn is_cni_identifier(s: &str) -> bool {
+    s.chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-        && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
-    if ok {
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+}
+
+fn check_container_id(id: &str) -> Result<(), CniError> {
+    if is_cni_identifier(id) {
         Ok(())
     } else {
         Err(CniError::new(
@@ -117,14 +121,7 @@ fn check_name(config: &Value) -> Result<(), CniError> {
         None | Some(Value::Null) => Err(invalid(
             "name is missing from the network configuration".into(),
         )),
-        Some(Value::String(n))
-            if !n.is_empty()
-                && n.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-                && n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric()) =>
-        {
-            Ok(())
-        }
+        Some(Value::String(n)) if is_cni_identifier(n) => Ok(()),
         Some(other) => Err(invalid(format!(
             "name must be a network name (letters, digits, '_', '.' and '-', starting with a letter or digit), got {other}"
         ))),

@@ -1026,12 +1026,7 @@ fn alive(p: &Proc) -> bool {
 }
 
 async fn print_status(dir: &Path, st: &State) -> anyhow::Result<()> {
-    let store = StoreArgs {
-        datastore: Backend::Embedded,
-        path: dir.join("twill.db"),
-    }
-    .open()
-    .await?;
+    let store = pods::open_store(dir).await?;
     let now = jiff::Timestamp::now();
     for n in &st.plan.nodes {
         match store.get::<NodeStatus>(None, &n.name).await? {

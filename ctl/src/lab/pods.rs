@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use k8s_openapi::api::core::v1::{Namespace, Pod, PodStatus};
 use serde_json::{Value, json};
-use twill_api::Store;
+use twill_api::{Store, validate};
 
 use super::plan::{PodPlan, PortSpec};
 use super::{Proc, State, alive, load, sibling};
@@ -28,60 +28,19 @@ use crate::cli::{Backend, StoreArgs};
 /// The longest network namespace or log file name we make (NAME_MAX is 255).
 const MAX_FILE_NAME: usize = 240;
 
-/// `k=v[,k=v]` with Kubernetes' rules for label keys and values.
+/// `k=v[,k=v]` with Kubernetes' rules for label keys and values (the
+/// API crate's checks, so the lab accepts exactly what the datastore does).
 pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
     let mut out = BTreeMap::new();
     for part in s.split(',').filter(|p| !p.is_empty()) {
         let Some((k, v)) = part.split_once('=') else {
             return Err(format!("label {part:?}: write it as key=value"));
         };
-        check_label_key(k).map_err(|e| format!("label key {k:?}: {e}"))?;
-        check_label_value(v).map_err(|e| format!("label {k}: value {v:?}: {e}"))?;
+        validate::check_label_key(k).map_err(|e| format!("label key {k:?}: {e}"))?;
+        validate::check_label_value(v).map_err(|e| format!("label {k}: value {v:?}: {e}"))?;
         out.insert(k.to_string(), v.to_string());
     }
     Ok(out)
-}
-
-/// A name segment: 1-63 of [A-Za-z0-9-_.], alphanumeric at both ends.
-fn check_segment(s: &str) -> Result<(), String> {
-    if s.is_empty() {
-        return Err("must not be empty".into());
-    }
-    if s.len() > 63 {
-        return Err(format!("{} characters, at most 63 allowed", s.len()));
-    }
-    let inner = s
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    let ends = s.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && s.ends_with(|c: char| c.is_ascii_alphanumeric());
-    if inner && ends {
-        Ok(())
-    } else {
-        Err(
-            "use letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
-                .into(),
-        )
-    }
-}
-
-/// `[prefix/]name`: the prefix a DNS subdomain (≤ 253), the name a segment.
-pub fn check_label_key(k: &str) -> Result<(), String> {
-    match k.split_once('/') {
-        Some((prefix, name)) => {
-            twill_api::validate::check_name(prefix).map_err(|e| format!("prefix: {e}"))?;
-            check_segment(name).map_err(|e| format!("name: {e}"))
-        }
-        None => check_segment(k),
-    }
-}
-
-pub fn check_label_value(v: &str) -> Result<(), String> {
-    if v.is_empty() {
-        Ok(())
-    } else {
-        check_segment(v)
-    }
 }
 
 /// A Kubernetes namespace name: a DNS-1123 label (≤ 63).

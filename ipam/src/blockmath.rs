@@ -84,9 +84,13 @@ pub fn block_containing(pool: &IpNetwork, block_size: u8, addr: IpAddr) -> Optio
     if addr.is_ipv4() != pool.is_ipv4() || !pool.contains(addr) {
         return None;
     }
-    IpNetwork::new(addr, block_size)
-        .ok()
-        .and_then(|n| IpNetwork::new(n.network(), block_size).ok())
+    aligned(addr, block_size)
+}
+
+/// The prefix of length `prefix` that holds `addr` (host bits cleared).
+fn aligned(addr: IpAddr, prefix: u8) -> Option<IpNetwork> {
+    let n = IpNetwork::new(addr, prefix).ok()?;
+    IpNetwork::new(n.network(), prefix).ok()
 }
 
 /// A claimed block that shares an address with `b`, if any. Blocks are
@@ -105,8 +109,7 @@ pub fn overlapping_claimed(b: &IpNetwork, claimed: &BTreeSet<IpNetwork>) -> Opti
     }
     // Claimed blocks containing `b`.
     (0..b.prefix()).rev().find_map(|p| {
-        let n = IpNetwork::new(b.network(), p).ok()?;
-        let n = IpNetwork::new(n.network(), p).ok()?;
+        let n = aligned(b.network(), p)?;
         claimed.contains(&n).then_some(n)
     })
 }

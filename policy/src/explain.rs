@@ -332,14 +332,8 @@ pub fn explain(model: &Model, pkt: &Packet) -> Explanation {
             verdict: Verdict::Allow,
         };
     }
-    let egress = model
-        .endpoints_at(pkt.src)
-        .next()
-        .map(|e| evaluate(model, e, Direction::Egress, pkt));
-    let ingress = model
-        .endpoints_at(pkt.dst)
-        .next()
-        .map(|e| evaluate(model, e, Direction::Ingress, pkt));
+    let egress = from.map(|e| evaluate(model, e, Direction::Egress, pkt));
+    let ingress = to.map(|e| evaluate(model, e, Direction::Ingress, pkt));
     let verdict = if [&egress, &ingress]
         .iter()
         .any(|s| s.as_ref().is_some_and(|s| s.verdict == Verdict::Deny))

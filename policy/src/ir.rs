@@ -28,15 +28,10 @@ pub const COMMENT_MAX: usize = 128;
 /// Longest log prefix the kernel takes, in bytes (`NF_LOG_PREFIXLEN` less the NUL).
 pub const LOG_PREFIX_MAX: usize = 127;
 
-/// FNV-1a, 64 bits: stable names across processes and versions (std's
-/// hasher is randomly seeded and not specified).
+/// FNV-1a, 64 bits ([`twill_api::names::fnv1a64`]): stable names across
+/// processes and versions (std's hasher is randomly seeded and not specified).
 pub fn fnv(s: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+    twill_api::names::fnv1a64(s.as_bytes())
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a

@@ -65,9 +65,13 @@ pub fn policy_chain(id: &str, d: Direction) -> String {
 /// The chain of a local endpoint for a direction (interface names are at
 /// most 15 bytes; longer ones, never made by Twill, are cut and hashed).
 pub fn endpoint_chain(iface: &str, d: Direction) -> String {
+    fit_name(endpoint_prefix(d), iface, "")
+}
+
+fn endpoint_prefix(d: Direction) -> &'static str {
     match d {
-        Direction::Ingress => fit_name("ep-in-", iface, ""),
-        Direction::Egress => fit_name("ep-out-", iface, ""),
+        Direction::Ingress => "ep-in-",
+        Direction::Egress => "ep-out-",
     }
 }
 
@@ -401,10 +405,7 @@ pub(crate) fn endpoint_chains(
             },
         )];
     }
-    let k8s_name = match d {
-        Direction::Ingress => fit_name("ep-in-", iface, "-k8s"),
-        Direction::Egress => fit_name("ep-out-", iface, "-k8s"),
-    };
+    let k8s_name = fit_name(endpoint_prefix(d), iface, "-k8s");
     let mut clear = NftRule::new(Vec::new(), Verdict::Continue);
     clear.clear_mark = Some(PASS_MARK);
     let mut rules = vec![invalid, clear];

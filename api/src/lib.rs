@@ -2,6 +2,9 @@
 //!
 //! * [`resources`]: the CRDs (IPPool, IPAMBlock, BGPConfiguration, BGPPeer,
 //!   GlobalNetworkPolicy, NodeStatus) with their validation;
+//! * [`validate`]: field errors a person can act on (path, value, what would
+//!   be right); [`native`]: the same checks for the native objects Twill reads
+//!   (NetworkPolicy), which the embedded store gets no API server for;
 //! * [`kinds`]: the registry of every kind the datastore holds, native ones too;
 //! * [`selector`]: the label selector language;
 //! * [`store`]: the datastore trait and its Kubernetes and embedded backends;

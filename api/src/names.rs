@@ -10,7 +10,7 @@
 /// Prefix of every host-side veth Twill creates.
 pub const VETH_PREFIX: &str = "tw";
 
-/// FNV-1a, 64 bit (http://www.isthe.com/chongo/tech/comp/fnv/): stable
+/// FNV-1a, 64 bit (<http://www.isthe.com/chongo/tech/comp/fnv/>): stable
 /// across processes, versions and crates (kernel object names).
 pub fn fnv1a64(data: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;

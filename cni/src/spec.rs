@@ -1,4 +1,4 @@
-//! The CNI specification's data (https://www.cni.dev/docs/spec/), for the
+//! The CNI specification's data (<https://www.cni.dev/docs/spec/>), for the
 //! versions Twill answers: 0.3.0, 0.3.1, 0.4.0, 1.0.0 and 1.1.0. Results are
 //! built once, version-neutral, and rendered in the caller's cniVersion.
 

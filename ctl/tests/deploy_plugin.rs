@@ -69,7 +69,7 @@ fn kubeconfig(dir: &Path, port: u16) -> PathBuf {
     p
 }
 
-/// A bin directory with kubectl-twill -> twillctl, as the README installs it.
+/// A bin directory with kubectl-twill -> twillctl, as deploy/README.md installs it.
 fn plugin_dir(dir: &Path) -> PathBuf {
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();

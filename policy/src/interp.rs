@@ -4,7 +4,7 @@
 //! only the current base chain and `drop` is final; jump, goto, return;
 //! verdict maps; named and anonymous sets; the Pass mark). It exists so
 //! tests can check that the rendered rules decide exactly what the model
-//! ([`crate::explain`]) decides, for any policies.
+//! ([`crate::explain`](mod@crate::explain)) decides, for any policies.
 
 use std::net::IpAddr;
 

@@ -87,8 +87,9 @@ fn fit_text(text: &str, max: usize) -> String {
     format!("{cut}~{:016x}", fnv(text))
 }
 
-/// Text as a comment nft accepts (at most [`COMMENT_MAX`] bytes; see
-/// [`fit_text`]).
+/// Text as a comment nft accepts: at most [`COMMENT_MAX`] bytes, quotes,
+/// backslashes and control characters replaced, a longer text cut to a
+/// readable prefix, `~` and a hash of the whole.
 pub fn fit_comment(text: &str) -> String {
     fit_text(text, COMMENT_MAX)
 }

@@ -4,9 +4,9 @@
 //! * [`cluster`]: datastore objects → model (twill-node and twillctl share it);
 //! * [`model`]: endpoints, namespaces and both policy kinds compiled into
 //!   one shape ([`model::Policy`]);
-//! * [`explain`]: the reference semantics — the verdict for a packet and
+//! * [`explain`](mod@explain): the reference semantics — the verdict for a packet and
 //!   why (`twillctl policy explain`);
-//! * [`render`]: the model as Twill's nftables table for one node, as data
+//! * [`render`](mod@render): the model as Twill's nftables table for one node, as data
 //!   ([`ir`]) printable as an nft script;
 //! * [`incremental`]: the rendered table kept up to date change by change,
 //!   re-rendering only what a change touches;

@@ -9,7 +9,8 @@
 //! with the same peers (peers OR'ed, ports OR'ed, the two AND'ed), so every
 //! compiled rule has at most one protocol, as Calico's rules do.
 //!
-//! Evaluation lives in [`crate::explain`], rendering in [`crate::render`];
+//! Evaluation lives in [`crate::explain`](mod@crate::explain), rendering in
+//! [`crate::render`](mod@crate::render);
 //! both read only this module's types, which is what keeps them in agreement.
 
 use std::collections::BTreeMap;

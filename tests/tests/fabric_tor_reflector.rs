@@ -1,7 +1,7 @@
 //! "AS per rack" through `twillctl lab` with `torReflector: true`: the nodes
 //! and the ToR share one AS, the node-to-node mesh is off, and the ToR (BIRD
-//! or FRR, configured as the README documents, or GoBGP) reflects each node's
-//! blocks to the others with the originating node as next hop.
+//! or FRR, configured as deploy/README.md documents, or GoBGP) reflects each
+//! node's blocks to the others with the originating node as next hop.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;

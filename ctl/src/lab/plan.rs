@@ -12,8 +12,8 @@
 //! mesh is off, every node peers iBGP with the ToR only, and the ToR is a
 //! route reflector whose clients are the nodes (dynamic neighbors over the
 //! rack subnet), so each node learns the others' blocks from the ToR with the
-//! originating node as next hop. The ToR configs then have the shape the
-//! README documents for real ToRs.
+//! originating node as next hop. The ToR configs then have the shape
+//! deploy/README.md documents for real ToRs.
 //!
 //! With `dualStack: true` (`lab up --dual-stack`) there is an IPv6 pool
 //! beside the IPv4 one, every node and the ToR also have an IPv6 address on
@@ -520,7 +520,7 @@ impl Plan {
         s
     }
 
-    /// BIRD 2 as the rack's route reflector, in the shape the README
+    /// BIRD 2 as the rack's route reflector, in the shape deploy/README.md
     /// documents: nodes as dynamic iBGP neighbors over the rack subnet, RR
     /// clients, only the pool's blocks and /32s in and out, learned routes
     /// (several nodes per prefix merged) into the kernel. `direct` matters:
@@ -634,9 +634,10 @@ protocol bgp twill_nodes {{
         }
     }
 
-    /// FRR as the rack's route reflector, in the shape the README documents:
-    /// a peer group for the rack subnet (`bgp listen range`), RR clients,
-    /// the pool's blocks and /32s in and out, iBGP multipath into the kernel.
+    /// FRR as the rack's route reflector, in the shape deploy/README.md
+    /// documents: a peer group for the rack subnet (`bgp listen range`), RR
+    /// clients, the pool's blocks and /32s in and out, iBGP multipath into the
+    /// kernel.
     fn frr_reflector_conf(&self) -> String {
         let limit = if self.nodes.len() > 100 {
             format!(" bgp listen limit {}\n", self.nodes.len())

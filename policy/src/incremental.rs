@@ -717,17 +717,7 @@ impl Incremental {
             *n += 1;
             return;
         }
-        let mut els: BTreeMap<Fam, BTreeSet<Element>> = BTreeMap::new();
-        for e in self.endpoints.values() {
-            for p in e.ports.iter().filter(|p| p.name == name) {
-                for ip in &e.ips {
-                    els.entry(Fam::of(*ip))
-                        .or_default()
-                        .insert(Element::AddrProtoPort(*ip, p.proto, p.port));
-                }
-            }
-        }
-        for (n, set) in named_port_sets(name, els) {
+        for (n, set) in named_port_sets(name, self.endpoints.values()) {
             self.put_set(n, Some(set));
         }
         self.port_refs.insert(name.to_string(), 1);

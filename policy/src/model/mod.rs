@@ -101,6 +101,23 @@ pub enum NsMatch {
     Selector(Selector),
 }
 
+impl NsMatch {
+    /// Whether namespace `ns` with these labels (None: unknown, so none)
+    /// matches. An endpoint of no namespace (`ns` empty: a CNI ADD without
+    /// `K8S_POD_NAMESPACE`) matches only [`NsMatch::Any`].
+    pub fn matches(&self, ns: &str, labels: Option<&Labels>) -> bool {
+        match self {
+            NsMatch::Any => true,
+            NsMatch::Exact(n) => n == ns,
+            NsMatch::Selector(_) if ns.is_empty() => false,
+            NsMatch::Selector(s) => {
+                let empty = Labels::new();
+                s.matches(labels.unwrap_or(&empty))
+            }
+        }
+    }
+}
+
 /// A selection of endpoints: pods matching `pods` in namespaces matching `ns`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PodSel {
@@ -325,15 +342,7 @@ impl Model {
     /// empty: a CNI ADD without `K8S_POD_NAMESPACE`) matches only
     /// [`NsMatch::Any`]: namespace selectors never match it.
     pub fn ns_matches(&self, m: &NsMatch, ns: &str) -> bool {
-        match m {
-            NsMatch::Any => true,
-            NsMatch::Exact(n) => n == ns,
-            NsMatch::Selector(_) if ns.is_empty() => false,
-            NsMatch::Selector(s) => {
-                let empty = Labels::new();
-                s.matches(self.namespaces.get(ns).unwrap_or(&empty))
-            }
-        }
+        m.matches(ns, self.namespaces.get(ns))
     }
 
     /// Whether an endpoint is in a selection.

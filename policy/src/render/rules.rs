@@ -48,6 +48,12 @@ impl Expander {
     /// Atoms for one entity in one family; `specific` is set when an atom
     /// depends on the family.
     fn entity(&mut self, e: &Entity, side: Side, fam: Fam, specific: &mut bool) -> Alts {
+        let addr = move |neg, target| Atom::Addr {
+            fam,
+            side,
+            neg,
+            target,
+        };
         let mut alts: Vec<Vec<Atom>> = vec![Vec::new()];
         if !e.peers.is_empty() {
             let mut peer_alts = Vec::new();
@@ -56,32 +62,17 @@ impl Expander {
                     Peer::Pods(sel) => {
                         *specific = true;
                         let target = self.sel_target(sel, fam);
-                        peer_alts.push(vec![Atom::Addr {
-                            fam,
-                            side,
-                            neg: false,
-                            target,
-                        }]);
+                        peer_alts.push(vec![addr(false, target)]);
                     }
                     Peer::Block { net, except } => {
                         *specific = true;
                         if Fam::of(net.ip()) != fam {
                             continue;
                         }
-                        let mut v = vec![Atom::Addr {
-                            fam,
-                            side,
-                            neg: false,
-                            target: AddrTarget::Nets(vec![*net]),
-                        }];
+                        let mut v = vec![addr(false, AddrTarget::Nets(vec![*net]))];
                         let ex = fam_nets(except, fam);
                         if !ex.is_empty() {
-                            v.push(Atom::Addr {
-                                fam,
-                                side,
-                                neg: true,
-                                target: AddrTarget::Nets(ex),
-                            });
+                            v.push(addr(true, AddrTarget::Nets(ex)));
                         }
                         peer_alts.push(v);
                     }
@@ -99,34 +90,19 @@ impl Expander {
             if n.is_empty() {
                 return None;
             }
-            fixed.push(Atom::Addr {
-                fam,
-                side,
-                neg: false,
-                target: AddrTarget::Nets(n),
-            });
+            fixed.push(addr(false, AddrTarget::Nets(n)));
         }
         let nn = fam_nets(&e.not_nets, fam);
         if !e.not_nets.is_empty() {
             *specific = true;
         }
         if !nn.is_empty() {
-            fixed.push(Atom::Addr {
-                fam,
-                side,
-                neg: true,
-                target: AddrTarget::Nets(nn),
-            });
+            fixed.push(addr(true, AddrTarget::Nets(nn)));
         }
         if let Some(sel) = &e.not_pods {
             *specific = true;
             let target = self.sel_target(sel, fam);
-            fixed.push(Atom::Addr {
-                fam,
-                side,
-                neg: true,
-                target,
-            });
+            fixed.push(addr(true, target));
         }
         fixed.extend(self.port_atoms(&e.not_ports, side, fam, true, specific));
         alts = product(alts, vec![fixed]);

@@ -277,16 +277,17 @@ router bgp {asn}
             "[global.config]\n  as = {}\n  router-id = \"{}\"\n  local-address-list = [{listen}]\n",
             self.tor_as, self.tor_addr
         );
+        // One neighbor per node address; the ToR sends nothing back.
+        let neighbor = |addr: String| {
+            format!(
+                "\n[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{addr}\"\n    peer-as = {}\n  [neighbors.timers.config]\n    hold-time = 9\n    keepalive-interval = 3\n  [neighbors.apply-policy.config]\n    default-export-policy = \"reject-route\"\n",
+                self.node_as
+            )
+        };
         for n in &self.nodes {
-            s += &format!(
-                "\n[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{}\"\n    peer-as = {}\n  [neighbors.timers.config]\n    hold-time = 9\n    keepalive-interval = 3\n  [neighbors.apply-policy.config]\n    default-export-policy = \"reject-route\"\n",
-                n.addr, self.node_as
-            );
+            s += &neighbor(n.addr.to_string());
             if let Some(a6) = n.addr6 {
-                s += &format!(
-                    "\n[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{a6}\"\n    peer-as = {}\n  [neighbors.timers.config]\n    hold-time = 9\n    keepalive-interval = 3\n  [neighbors.apply-policy.config]\n    default-export-policy = \"reject-route\"\n",
-                    self.node_as
-                );
+                s += &neighbor(a6.to_string());
             }
         }
         s

@@ -10,8 +10,9 @@
 //! compiled rule has at most one protocol, as Calico's rules do.
 //!
 //! The compilers are in `network_policy` and `global_policy`. Evaluation
-//! lives in [`crate::explain`], rendering in [`crate::render`]; both read
-//! only this module's types, which is what keeps them in agreement.
+//! lives in [`crate::explain`](mod@crate::explain), rendering in
+//! [`crate::render`](mod@crate::render); both read only this module's
+//! types, which is what keeps them in agreement.
 
 use std::collections::BTreeMap;
 use std::fmt;

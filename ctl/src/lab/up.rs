@@ -20,6 +20,7 @@ use super::{dir_flag, pods};
 use crate::UsageError;
 use crate::cli::{Backend, FileArgs, OutputFormat, StoreArgs};
 
+/// `twillctl lab up`.
 pub(super) async fn up(
     dir: &Path,
     name: &str,
@@ -149,12 +150,9 @@ pub(super) async fn up(
     })
 }
 
-pub(super) async fn build(
-    dir: &Path,
-    st: &mut State,
-    node_bin: &Path,
-    cni_bin: &Path,
-) -> anyhow::Result<()> {
+/// Builds the planned lab, recording each namespace and process in `st`
+/// the moment it exists.
+async fn build(dir: &Path, st: &mut State, node_bin: &Path, cni_bin: &Path) -> anyhow::Result<()> {
     let plan = st.plan.clone();
     let tor_ns = plan.tor_ns.as_str();
     let rack = format!("{}/{}", plan.tor_addr, plan.prefix_len);

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 use twill_api::validate;
 
-use super::super::plan::{PodPlan, PortSpec};
+use crate::lab::plan::{PodPlan, PortSpec};
 
 /// The longest network namespace or log file name we make (NAME_MAX is 255).
 const MAX_FILE_NAME: usize = 240;

@@ -1,0 +1,116 @@
+//! The lab's record, `DIR/lab.json`: the plan and everything made so far
+//! (namespaces by name, processes by PID and a word their command line must
+//! contain), saved the moment each thing exists so that `lab down` removes
+//! exactly what is there and never signals a reused PID.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+use super::host::run_cmd;
+use super::plan::Plan;
+
+/// What the lab made, recorded as it is made.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct State {
+    pub(super) plan: Plan,
+    pub(super) namespaces: Vec<String>,
+    pub(super) processes: Vec<Proc>,
+    pub(super) pod_ips: BTreeMap<String, String>,
+    /// The pods' IPv6 addresses (dual-stack labs).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(super) pod_ips6: BTreeMap<String, String>,
+    /// twill-node's command line per node, for `lab restart`.
+    #[serde(default)]
+    pub(super) node_args: BTreeMap<String, Vec<String>>,
+    /// The ToR FRR's own run directory (sockets, PID files), when FRR runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) frr_dir: Option<PathBuf>,
+}
+
+/// A process the lab started.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Proc {
+    pub(super) what: String,
+    pub(super) pid: i32,
+    /// A word the process's command line must contain before we signal it.
+    pub(super) marker: String,
+}
+
+pub(super) fn state_path(dir: &Path) -> PathBuf {
+    dir.join("lab.json")
+}
+
+pub(super) fn load(dir: &Path) -> anyhow::Result<State> {
+    let p = state_path(dir);
+    let text = match std::fs::read_to_string(&p) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!(
+                "no lab is up in {} (start one with `twillctl lab up`)",
+                dir.display()
+            )
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
+    };
+    serde_json::from_str(&text).with_context(|| format!("{} is not a lab record", p.display()))
+}
+
+impl State {
+    pub(super) fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        let p = state_path(dir);
+        let tmp = dir.join("lab.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &p).with_context(|| format!("writing {}", p.display()))?;
+        Ok(())
+    }
+
+    pub(super) fn add_ns(&mut self, dir: &Path, ns: &str) -> anyhow::Result<()> {
+        run_cmd("ip", &["netns", "add", ns])?;
+        self.namespaces.push(ns.to_string());
+        self.save(dir)?;
+        run_cmd("ip", &["-n", ns, "link", "set", "lo", "up"])
+    }
+
+    pub(super) fn add_proc(
+        &mut self,
+        dir: &Path,
+        what: &str,
+        pid: i32,
+        marker: &str,
+    ) -> anyhow::Result<()> {
+        self.processes.push(Proc {
+            what: what.into(),
+            pid,
+            marker: marker.into(),
+        });
+        self.save(dir)
+    }
+
+    pub(super) fn ns_of(&self, target: &str) -> Option<String> {
+        if target == "tor" {
+            return Some(self.plan.tor_ns.clone());
+        }
+        self.plan
+            .nodes
+            .iter()
+            .find(|n| n.name == target)
+            .map(|n| n.ns.clone())
+            .or_else(|| {
+                self.plan
+                    .pods
+                    .iter()
+                    .find(|p| p.name == target)
+                    .map(|p| p.ns.clone())
+            })
+    }
+}
+
+pub(super) fn alive(p: &Proc) -> bool {
+    std::fs::read(format!("/proc/{}/cmdline", p.pid))
+        .map(|c| String::from_utf8_lossy(&c).contains(&p.marker))
+        .unwrap_or(false)
+}

@@ -1,0 +1,273 @@
+//! Renders the model into Twill's nftables table for one node.
+//!
+//! Layout (`nft list table inet twill` shows the same):
+//! * base chain `egress` (forward, priority -1) and `egress-host` (input,
+//!   priority -1): established/related accepted (in `egress-host` also
+//!   ICMPv6 neighbour discovery to the node: IPv6 has no ARP, and a pod
+//!   that cannot resolve its gateway loses even its allowed traffic), then
+//!   `iifname vmap @endpoint-egress` jumps to the sending pod's chain;
+//! * base chain `ingress` (forward, priority 0): established/related
+//!   accepted, then `oifname vmap @endpoint-ingress` jumps to the receiving
+//!   pod's chain. Traffic from the node to its own pods leaves through the
+//!   output hook, which Twill does not filter: the node always reaches its
+//!   pods (kubelet probes), as Kubernetes requires;
+//! * one chain per local endpoint and direction (`ep-in-IFACE`,
+//!   `ep-out-IFACE`, plus `...-k8s` when global policies apply): jumps to
+//!   the chains of the policies selecting it, in evaluation order, then the
+//!   tier's default;
+//! * one chain per policy and direction (`pol-in-np.NS.NAME`,
+//!   `pol-out-gnp.NAME`), shared by every endpoint it selects;
+//! * every name fits the kernel's 255 bytes and every comment nft's 128
+//!   (log prefixes 127) for any legal input: a name too long is cut to a
+//!   readable prefix plus a hash of the whole ([`crate::ir::fit_name`]),
+//!   comments likewise when printed ([`crate::ir::fit_comment`]);
+//! * one named set per distinct selection (`sel-HASH-4`/`-6`, keyed by the
+//!   canonical selector text) holding its members' addresses, and one
+//!   concatenated set per named port (`port-NAME-4`: address . protocol .
+//!   port of every pod that has it).
+//!
+//! Egress allowing means `accept` in the egress base chain, after which the
+//! packet still meets the ingress base chain; a drop anywhere is final.
+//!
+//! Here: names, the base chains and the whole-table [`render`]; a policy's
+//! rules are expanded in `rules`, endpoint chains and sets built in `parts`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use crate::ir::{
+    Atom, Chain, Fam, Hook, MAP_EGRESS, MAP_INGRESS, NftRule, Table, Verdict, fit_name, fnv,
+};
+use crate::model::{Direction, Endpoint, Model, PodSel};
+
+mod parts;
+mod rules;
+
+pub(crate) use parts::{endpoint_chains, named_port_sets, selection_sets};
+pub(crate) use rules::policy_chain_rules;
+
+/// Base name of a selection's sets.
+pub fn selection_set(sel: &PodSel) -> String {
+    format!("sel-{:016x}", fnv(&format!("{sel:?}")))
+}
+
+/// Name of a named port's set (see [`fit_name`] for long names).
+pub fn port_set(name: &str, fam: Fam) -> String {
+    fit_name("port-", name, &format!("-{}", fam.digit()))
+}
+
+/// The chain of a policy for a direction: `pol-in-np.NAMESPACE.NAME`,
+/// `pol-out-gnp.NAME`; ids too long for the kernel are cut and hashed
+/// ([`fit_name`]).
+pub fn policy_chain(id: &str, d: Direction) -> String {
+    let base = id.replace('/', ".");
+    let dir = match d {
+        Direction::Ingress => "pol-in-",
+        Direction::Egress => "pol-out-",
+    };
+    fit_name(dir, &base, "")
+}
+
+/// The chain of a local endpoint for a direction (interface names are at
+/// most 15 bytes; longer ones, never made by Twill, are cut and hashed).
+pub fn endpoint_chain(iface: &str, d: Direction) -> String {
+    fit_name(endpoint_prefix(d), iface, "")
+}
+
+fn endpoint_prefix(d: Direction) -> &'static str {
+    match d {
+        Direction::Ingress => "ep-in-",
+        Direction::Egress => "ep-out-",
+    }
+}
+
+struct Renderer<'a> {
+    model: &'a Model,
+    table: Table,
+    sel_sets: BTreeSet<PodSel>,
+    port_sets: BTreeSet<String>,
+}
+
+impl Renderer<'_> {
+    fn policy_chain(&mut self, p: &crate::model::Policy, d: Direction) {
+        let name = policy_chain(&p.id, d);
+        if self.table.chains.contains_key(&name) {
+            return;
+        }
+        let (chain, sels, ports) = policy_chain_rules(p, d);
+        self.sel_sets.extend(sels);
+        self.port_sets.extend(ports);
+        self.table.chains.insert(name, chain);
+    }
+
+    fn endpoint(&mut self, ep: &Endpoint, iface: &str, d: Direction, selected: &[usize]) {
+        let selecting: Vec<&crate::model::Policy> = selected
+            .iter()
+            .filter_map(|i| self.model.policies.get(*i))
+            .filter(|p| p.rules(d).is_some())
+            .collect();
+        for p in &selecting {
+            self.policy_chain(p, d);
+        }
+        for (name, chain) in endpoint_chains(&ep.id(), iface, d, &selecting) {
+            self.table.chains.insert(name, chain);
+        }
+    }
+
+    fn base_chains(&mut self) {
+        let mut est = NftRule::new(vec![Atom::CtEstablished], Verdict::Accept);
+        est.comment = Some("replies and related flows".into());
+        let dispatch = |by_oif: bool, map: &str| {
+            NftRule::new(
+                Vec::new(),
+                Verdict::Dispatch {
+                    by_oif,
+                    map: map.to_string(),
+                },
+            )
+        };
+        self.table.chains.insert(
+            "egress".into(),
+            Chain {
+                hook: Some((Hook::Forward, -1)),
+                rules: vec![est.clone(), dispatch(false, MAP_EGRESS)],
+            },
+        );
+        // Router solicitation, neighbour solicitation and advertisement
+        // (RFC 4861) from a pod to its node: never blocked. The kernel's
+        // own checks (hop limit 255, link-local scope) still apply.
+        let mut host_rules = vec![est.clone()];
+        for (type_, what) in [
+            (133, "router solicitation"),
+            (135, "neighbour solicitation"),
+            (136, "neighbour advertisement"),
+        ] {
+            let mut nd = NftRule::new(
+                vec![Atom::Icmp {
+                    fam: Fam::V6,
+                    type_,
+                    code: None,
+                    neg: false,
+                }],
+                Verdict::Accept,
+            );
+            nd.comment = Some(format!("ICMPv6 {what}"));
+            host_rules.push(nd);
+        }
+        host_rules.push(dispatch(false, MAP_EGRESS));
+        self.table.chains.insert(
+            "egress-host".into(),
+            Chain {
+                hook: Some((Hook::Input, -1)),
+                rules: host_rules,
+            },
+        );
+        self.table.chains.insert(
+            "ingress".into(),
+            Chain {
+                hook: Some((Hook::Forward, 0)),
+                rules: vec![est, dispatch(true, MAP_INGRESS)],
+            },
+        );
+    }
+
+    fn sets(&mut self) {
+        for sel in std::mem::take(&mut self.sel_sets) {
+            let members: BTreeSet<IpAddr> = self.model.members(&sel).into_iter().collect();
+            self.table.sets.extend(selection_sets(&sel, &members));
+        }
+        for name in std::mem::take(&mut self.port_sets) {
+            self.table
+                .sets
+                .extend(named_port_sets(&name, &self.model.endpoints));
+        }
+    }
+}
+
+/// Whether an endpoint is on `node` with a known interface.
+pub fn local_iface<'a>(ep: &'a Endpoint, node: &str) -> Option<&'a str> {
+    ep.iface.as_deref().filter(|_| ep.node == node)
+}
+
+/// The table with only its base chains and (empty) dispatch maps.
+pub(crate) fn base_table() -> Table {
+    let empty = Model::default();
+    let mut r = Renderer {
+        model: &empty,
+        table: Table::default(),
+        sel_sets: BTreeSet::new(),
+        port_sets: BTreeSet::new(),
+    };
+    r.base_chains();
+    for m in [MAP_EGRESS, MAP_INGRESS] {
+        r.table.maps.insert(m.into(), BTreeMap::new());
+    }
+    r.table
+}
+
+/// Renders the table for `node`.
+pub fn render(model: &Model, node: &str) -> Table {
+    let mut r = Renderer {
+        model,
+        table: Table::default(),
+        sel_sets: BTreeSet::new(),
+        port_sets: BTreeSet::new(),
+    };
+    r.base_chains();
+    // Which policies select each local endpoint, in evaluation order. Local
+    // endpoints are indexed by namespace so a namespaced policy only looks
+    // at its own namespace's pods (this is most of the render time).
+    let locals: Vec<(&Endpoint, &str)> = model
+        .endpoints
+        .iter()
+        .filter_map(|e| local_iface(e, node).map(|i| (e, i)))
+        .collect();
+    let mut by_ns: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, (e, _)) in locals.iter().enumerate() {
+        by_ns.entry(e.namespace.as_str()).or_default().push(i);
+    }
+    let all: Vec<usize> = (0..locals.len()).collect();
+    let mut selected: Vec<Vec<usize>> = vec![Vec::new(); locals.len()];
+    for (pi, p) in model.policies.iter().enumerate() {
+        let candidates = match &p.scope.ns {
+            crate::model::NsMatch::Exact(n) => {
+                by_ns.get(n.as_str()).map(Vec::as_slice).unwrap_or_default()
+            }
+            _ => all.as_slice(),
+        };
+        for li in candidates {
+            if let Some((e, _)) = locals.get(*li)
+                && model.selects(&p.scope, e)
+                && let Some(v) = selected.get_mut(*li)
+            {
+                v.push(pi);
+            }
+        }
+    }
+    let mut egress_map = BTreeMap::new();
+    let mut ingress_map = BTreeMap::new();
+    for ((ep, iface), sel) in locals.iter().zip(&selected) {
+        let (ep, iface) = (*ep, *iface);
+        for d in [Direction::Egress, Direction::Ingress] {
+            r.endpoint(ep, iface, d, sel);
+        }
+        egress_map.insert(iface.to_string(), endpoint_chain(iface, Direction::Egress));
+        ingress_map.insert(iface.to_string(), endpoint_chain(iface, Direction::Ingress));
+    }
+    r.table.maps.insert(MAP_EGRESS.into(), egress_map);
+    r.table.maps.insert(MAP_INGRESS.into(), ingress_map);
+    r.sets();
+    r.table
+}
+
+/// The addresses a table's rules treat as pods (for tests and tools).
+pub fn addresses(model: &Model) -> Vec<IpAddr> {
+    let mut v: Vec<IpAddr> = model
+        .endpoints
+        .iter()
+        .flat_map(|e| e.ips.iter().copied())
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}

@@ -16,12 +16,12 @@ use netlink_packet_route::link::LinkAttribute;
 use netlink_packet_route::route::RouteAttribute;
 use rtnetlink::RouteMessageBuilder;
 use twill_api::Store;
-use twill_api::store::retry::{Backoff, Change, Outage};
+use twill_api::store::retry::Backoff;
 
 use crate::dataplane::endpoints::{EndpointGate, Endpoints, ReconcileReport, StateDir};
 use crate::dataplane::policy::PolicyEngine;
 use crate::dataplane::routes::{RouteConfig, RouteProgrammer, Sources};
-use crate::dataplane::{nat, sysctl};
+use crate::dataplane::{Requeue, nat, sysctl};
 use crate::status::report::{BlockSummary, ReportConfig, report_loop};
 use crate::watch::feeds::{follow_blocks, follow_endpoints, follow_pools};
 use crate::{cni_server, health, status};
@@ -270,29 +270,19 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
 /// CNI socket stays shut, and `/readyz` names the reason; one log line when
 /// it starts failing and one when it recovers.
 async fn reconcile_until_done(endpoints: &Endpoints) -> ReconcileReport {
-    let mut backoff = Backoff::watch();
-    let mut outage = Outage::default();
+    let mut requeue = Requeue::new("endpoints (running pods are untouched)", Backoff::watch());
     loop {
         match endpoints.reconcile().await {
             Ok(report) => {
-                if let Change::Recovered { attempts } = outage.succeeded() {
-                    tracing::info!(
-                        attempts,
-                        "endpoints reconciled after the datastore came back"
-                    );
-                }
+                requeue.succeeded();
                 return report;
             }
             Err(e) => {
-                let error = e.to_string();
-                if outage.failed(&error) == Change::Failing {
-                    tracing::warn!(error = %error, "cannot reconcile endpoints yet; retrying with backoff (running pods are untouched)");
-                }
                 health::global().set_not_ready(
                     health::DATAPLANE,
-                    &format!("endpoints not reconciled yet (CNI socket closed): {error}"),
+                    &format!("endpoints not reconciled yet (CNI socket closed): {e}"),
                 );
-                tokio::time::sleep(backoff.next_delay()).await;
+                tokio::time::sleep(requeue.failed(&e)).await;
             }
         }
     }

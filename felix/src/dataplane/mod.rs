@@ -97,23 +97,31 @@ impl Requeue {
     pub fn after<T, E: Display>(&mut self, result: &Result<T, E>) -> Option<Duration> {
         match result {
             Ok(_) => {
-                self.backoff.reset();
-                if let Change::Recovered { attempts } = self.outage.succeeded() {
-                    tracing::info!(attempts, "{} reconciled again", self.what);
-                }
+                self.succeeded();
                 None
             }
-            Err(e) => {
-                let error = e.to_string();
-                let delay = self.backoff.next_delay();
-                if self.outage.failed(&error) == Change::Failing {
-                    tracing::warn!(%error, "cannot reconcile the {}; retrying with backoff (logged again when it works)", self.what);
-                } else {
-                    tracing::debug!(%error, ?delay, "{} still failing", self.what);
-                }
-                Some(delay)
-            }
+            Err(e) => Some(self.failed(e)),
         }
+    }
+
+    /// A pass succeeded.
+    pub fn succeeded(&mut self) {
+        self.backoff.reset();
+        if let Change::Recovered { attempts } = self.outage.succeeded() {
+            tracing::info!(attempts, "{} reconciled again", self.what);
+        }
+    }
+
+    /// A pass failed: the delay before the next attempt.
+    pub fn failed(&mut self, e: &impl Display) -> Duration {
+        let error = e.to_string();
+        let delay = self.backoff.next_delay();
+        if self.outage.failed(&error) == Change::Failing {
+            tracing::warn!(%error, "cannot reconcile the {}; retrying with backoff (logged again when it works)", self.what);
+        } else {
+            tracing::debug!(%error, ?delay, "{} still failing", self.what);
+        }
+        delay
     }
 
     /// The error of the failure in progress, if any.

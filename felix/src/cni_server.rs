@@ -10,7 +10,7 @@ use tokio::net::{UnixListener, UnixStream};
 use twill_cni::protocol::{Command, Request, Response};
 use twill_cni::spec::{CniError, code};
 
-use crate::endpoint::Endpoints;
+use crate::dataplane::endpoints::Endpoints;
 
 /// Largest request accepted (a network configuration with prevResult).
 const MAX_REQUEST: u64 = 1 << 20;

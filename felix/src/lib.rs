@@ -1,33 +1,34 @@
-//! twill-felix: the node dataplane and the `twill-node` agent.
+//! twill-felix: `twill-node`, the agent on every node. Its modules follow
+//! the data flow (see DESIGN.md, "twill-node and the datastore"):
 //!
-//! * [`endpoint`]: pod endpoints (veth + pod namespace setup through
-//!   rtnetlink), CNI ADD/DEL/CHECK/GC/STATUS, reconcile on start;
-//! * [`cni_server`]: the unix socket twill-cni talks to;
-//! * [`agent`]: twill-node itself — wires the datastore, IPAM, endpoints and
-//!   the status report together;
-//! * [`health`], [`metrics`]: `/healthz`, `/readyz` (named readiness
-//!   conditions) and Prometheus `/metrics` on one port;
-//! * [`nft`]: Twill's nftables table — applying it, reading it back, and
-//!   the policy engine that renders it from the datastore;
-//! * [`netns`], [`sysctl`]: small kernel helpers; [`names`] (re-exported
-//!   from twill-api, which twillctl shares): veth names.
+//! * [`watch`]: the inputs — every datastore watch (retried, validated,
+//!   reported in readiness) and the feeds that wire one kind to a manager;
+//!   [`cni_server`]: the CNI socket, the other input;
+//! * [`calc`]: pure computation, API objects in, desired state out
+//!   (routes, NAT, BGP sessions and announcements, endpoint records);
+//! * [`dataplane`]: one manager per kernel object (routes, the policy
+//!   table, the NAT table, endpoints), each the object's only writer, all
+//!   with one reconcile shape ([`dataplane::Manager`]);
+//! * [`bgp`]: the embedded speaker, kept in line with the datastore; its
+//!   best routes go to the route manager;
+//! * [`status`], [`health`], [`metrics`]: what the node reports — the
+//!   NodeStatus object, `/healthz` and `/readyz`, Prometheus `/metrics`;
+//! * [`agent`]: start-up order and wiring; [`names`] (re-exported from
+//!   twill-api, which twillctl shares): veth names.
 //!
-//! Only felix writes Twill's kernel objects: every route it writes carries
-//! [`RTPROT_TWILL`], and it never touches routes of another protocol.
+//! Every route felix writes carries [`RTPROT_TWILL`]; it never touches
+//! routes of another protocol.
 
 pub mod agent;
 pub mod bgp;
+pub mod calc;
 pub mod cni_server;
-pub mod endpoint;
+pub mod dataplane;
 pub mod health;
 pub mod metrics;
 pub use twill_api::names;
-pub mod nat;
-pub mod netns;
-pub mod nft;
-pub mod routes;
 pub mod status;
-pub mod sysctl;
+pub mod watch;
 
 /// Twill's routing protocol number (`ip route show proto 116`). Chosen
 /// outside every number in iproute2's rt_protos and those used by BIRD (12),

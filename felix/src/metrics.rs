@@ -5,10 +5,10 @@
 //! owned and addresses used, kernel routes programmed by kind and route
 //! changes the kernel refused, nft apply latency by full / incremental and
 //! result — and a registry other modules add theirs to
-//! with [`Metrics::register`] (names get the `twill_` prefix). It is
-//! process-wide so the CNI server, the agent and later bgpd and the nft
-//! driver can record without a handle threaded through every constructor.
-//! Served on `/metrics` by [`crate::health`].
+//! with [`Metrics::register`] (names get the `twill_` prefix), plus text
+//! sources (the speaker's). Process-wide, so every manager records without
+//! a handle threaded through its constructor. Served on `/metrics` by
+//! [`crate::health`].
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;

@@ -8,7 +8,7 @@ use rib_support::*;
 use twill_api::resources::{BGPPeerSpec, FilterAction, FilterRule};
 use twill_bgpd::rib::{PeerKind, Rib};
 use twill_bgpd::types::{Community, PathAttrs};
-use twill_felix::bgp::from_api::peer_policies;
+use twill_felix::calc::bgp::from_api::peer_policies;
 
 #[test]
 fn import_filters_from_a_bgppeer_reject_and_rewrite() {

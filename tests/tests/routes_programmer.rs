@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use ipnetwork::IpNetwork;
-use twill_felix::routes::{RouteConfig, RouteProgrammer, Sources};
+use twill_felix::dataplane::routes::{RouteConfig, RouteProgrammer, Sources};
 use twill_tests::{Netns, require_root};
 
 /// Runs `body` on a fresh thread moved into `ns`, with its own runtime: the

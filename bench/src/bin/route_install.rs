@@ -19,7 +19,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ipnetwork::IpNetwork;
-use twill_felix::routes::{RouteConfig, RouteProgrammer};
+use twill_felix::dataplane::routes::{RouteConfig, RouteProgrammer};
 
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 255, 0, 2);
 

@@ -57,7 +57,7 @@ struct Args {
     /// (`172.30.0.0/24`) holding exactly one of the node's addresses. Wins
     /// over the BGPConfiguration's nodeAddress; without either, BGP is off.
     #[arg(long, env = "TWILL_NODE_ADDRESS")]
-    node_address: Option<twill_felix::bgp::address::AddressSpec>,
+    node_address: Option<twill_felix::calc::bgp::address::AddressSpec>,
     /// Longest wait, after a start, for BGP to deliver a complete table
     /// before stale BGP routes may be removed from the kernel.
     #[arg(long, default_value = "60")]

@@ -1,21 +1,18 @@
-//! NAT outgoing: traffic from a pool that asks for it (`natOutgoing`) to a
-//! destination outside every pool is masqueraded to the node's address;
-//! traffic between pool addresses never is.
-//!
-//! Twill keeps this in its own table, `inet twill-nat`, and touches no
-//! other: the table is replaced in one `nft -j -f -` transaction (add,
-//! delete, re-create, fill — atomic, so there is no moment without the
-//! rules), read back with `nft -j list table inet twill-nat` only, and
-//! deleted when no pool wants NAT. [`nat_config`] and [`ruleset`] are pure;
-//! [`observed`] reads the configuration back out of nft's JSON so a
-//! periodic check rewrites the table only when it drifted.
+//! The NAT outgoing manager: Twill's own table `inet twill-nat`, and no
+//! other. What it implements comes from the pools ([`crate::calc::nat`]);
+//! here it becomes one `nft -j -f -` transaction (add, delete, re-create,
+//! fill: atomic, never a moment without the rules), is read back with
+//! `nft -j list table inet twill-nat` only, and is deleted when no pool
+//! wants NAT. [`ruleset`] and [`observed`] are pure; [`NatTable`] is the
+//! [`Manager`], and [`run`] rewrites the table only when it differs.
 //!
 //! Layout: interval sets `pools4`/`pools6` (every pool) and `nat4`/`nat6`
 //! (pools with natOutgoing), and a `postrouting` NAT chain with
 //! `ip saddr @nat4 ip daddr != @pools4 masquerade` (IPv6 alike).
 
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
+use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 use nftables::expr::{Expression, NamedExpression, Payload, PayloadField, Prefix};
@@ -26,7 +23,13 @@ use nftables::schema::{
 };
 use nftables::stmt::{Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+use tokio::sync::watch;
 use twill_api::resources::IPPool;
+use twill_api::store::retry::Backoff;
+
+use super::{Manager, Requeue, reconcile};
+pub use crate::calc::nat::NatConfig;
+use crate::calc::nat::nat_config;
 
 /// Twill's NAT table (family inet).
 pub const NAT_TABLE: &str = "twill-nat";
@@ -39,58 +42,6 @@ const PRIORITY: i32 = 100;
 pub enum NatError {
     #[error("nft: {0}")]
     Nft(#[from] NftablesError),
-}
-
-/// What the NAT table implements.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NatConfig {
-    /// Every pool's CIDR (destinations that are never NATed).
-    pub pools: BTreeSet<IpNetwork>,
-    /// CIDRs of the pools with natOutgoing (sources that are).
-    pub nat: BTreeSet<IpNetwork>,
-}
-
-impl NatConfig {
-    /// No pool wants NAT: the table should not exist.
-    pub fn is_empty(&self) -> bool {
-        self.nat.is_empty()
-    }
-}
-
-/// Drops prefixes contained in another one (interval sets reject overlaps).
-fn collapse(nets: impl IntoIterator<Item = IpNetwork>) -> BTreeSet<IpNetwork> {
-    let all: Vec<IpNetwork> = nets
-        .into_iter()
-        .map(|n| IpNetwork::new(n.network(), n.prefix()).unwrap_or(n))
-        .collect();
-    all.iter()
-        .filter(|n| {
-            !all.iter().any(|o| {
-                o != *n
-                    && o.is_ipv4() == n.is_ipv4()
-                    && o.prefix() <= n.prefix()
-                    && o.contains(n.network())
-            })
-        })
-        .copied()
-        .collect()
-}
-
-/// The NAT configuration the pools ask for (disabled pools included: their
-/// addresses are still in use).
-pub fn nat_config(pools: &[IPPool]) -> NatConfig {
-    let nets = |nat_only: bool| {
-        collapse(
-            pools
-                .iter()
-                .filter(|p| !nat_only || p.spec.nat_outgoing)
-                .filter_map(|p| p.spec.network()),
-        )
-    };
-    NatConfig {
-        pools: nets(false),
-        nat: nets(true),
-    }
 }
 
 fn table() -> Table<'static> {
@@ -286,73 +237,108 @@ pub async fn read() -> Result<Option<Nftables<'static>>, NatError> {
     }
 }
 
-/// Makes the table implement `cfg`; returns whether anything was written.
-pub async fn apply(cfg: &NatConfig) -> Result<bool, NatError> {
-    let current = read().await?;
-    let in_place = match &current {
-        None => cfg.is_empty(),
-        Some(listing) => !cfg.is_empty() && observed(listing).as_ref() == Some(cfg),
-    };
-    if in_place {
-        return Ok(false);
+/// The NAT table's manager: the kernel table is all its state.
+#[derive(Debug, Default)]
+pub struct NatTable;
+
+/// What the kernel holds of the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kernel {
+    Absent,
+    /// The table, in the shape [`ruleset`] makes, implementing this.
+    Holds(NatConfig),
+    /// The table, in another shape (a rule or set changed or missing).
+    Drifted,
+}
+
+/// A rewrite of the table.
+pub struct Write {
+    pub config: NatConfig,
+    pub ruleset: Nftables<'static>,
+}
+
+impl Manager for NatTable {
+    type Inputs = [IPPool];
+    type Desired = NatConfig;
+    type Observed = Kernel;
+    /// None: the table is as it should be.
+    type Diff = Option<Write>;
+    /// The configuration written, if anything was.
+    type Report = Option<NatConfig>;
+    type Error = NatError;
+
+    async fn observe(&mut self, _: &[IPPool]) -> Result<Kernel, NatError> {
+        Ok(match read().await? {
+            None => Kernel::Absent,
+            Some(listing) => observed(&listing).map_or(Kernel::Drifted, Kernel::Holds),
+        })
     }
-    helper::apply_ruleset_async(&ruleset(cfg)).await?;
-    Ok(true)
+
+    fn desired(&mut self, pools: &[IPPool]) -> NatConfig {
+        nat_config(pools)
+    }
+
+    fn diff(&mut self, want: NatConfig, kernel: Kernel) -> Option<Write> {
+        let in_place = match &kernel {
+            Kernel::Absent => want.is_empty(),
+            Kernel::Holds(have) => !want.is_empty() && *have == want,
+            Kernel::Drifted => false,
+        };
+        (!in_place).then(|| Write {
+            ruleset: ruleset(&want),
+            config: want,
+        })
+    }
+
+    async fn apply(&mut self, diff: Option<Write>) -> Result<Option<NatConfig>, NatError> {
+        let Some(w) = diff else { return Ok(None) };
+        helper::apply_ruleset_async(&w.ruleset).await?;
+        Ok(Some(w.config))
+    }
+}
+
+/// Keeps the table in line with the pools (`None` until their first
+/// listing): a pass on every change and every `every`, which repairs
+/// drift; a failed pass is retried with backoff (1 s doubling, at most
+/// `every`).
+pub async fn run(mut pools: watch::Receiver<Option<Vec<IPPool>>>, every: Duration) {
+    let mut table = NatTable;
+    let mut requeue = Requeue::new("NAT outgoing table", Backoff::watch());
+    loop {
+        let mut wait = every;
+        let listed = pools.borrow_and_update().clone();
+        if let Some(listed) = listed {
+            let r = reconcile(&mut table, &listed).await;
+            if let Ok(Some(written)) = &r {
+                tracing::info!(nat = ?written.nat, "NAT outgoing table written");
+            }
+            if let Some(delay) = requeue.after(&r) {
+                wait = delay.min(every);
+            }
+        }
+        if let Ok(Err(_)) = tokio::time::timeout(wait, pools.changed()).await {
+            return; // the pool follower is gone
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use twill_api::resources::IPPoolSpec;
+    use std::collections::BTreeSet;
 
-    fn pool(cidr: &str, nat: bool) -> IPPool {
-        IPPool::new(
-            "p",
-            IPPoolSpec {
-                cidr: cidr.into(),
-                block_size: None,
-                nat_outgoing: nat,
-                node_selector: None,
-                disabled: false,
-                disable_bgp_export: false,
-                allowed_uses: vec![],
-                strict_affinity: false,
-            },
-        )
-    }
-    fn net(s: &str) -> IpNetwork {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn config_separates_nat_pools_from_all_pools() {
-        let c = nat_config(&[
-            pool("10.244.0.0/16", true),
-            pool("10.96.0.0/16", false),
-            pool("fd00:10::/48", true),
-        ]);
-        assert_eq!(
-            c.pools,
-            [
-                net("10.244.0.0/16"),
-                net("10.96.0.0/16"),
-                net("fd00:10::/48")
-            ]
-            .into()
-        );
-        assert_eq!(c.nat, [net("10.244.0.0/16"), net("fd00:10::/48")].into());
-        assert!(nat_config(&[pool("10.96.0.0/16", false)]).is_empty());
-    }
-
-    #[test]
-    fn nested_pools_collapse_into_the_outer_one() {
-        let c = nat_config(&[pool("10.244.0.0/16", true), pool("10.244.8.0/24", true)]);
-        assert_eq!(c.nat, [net("10.244.0.0/16")].into());
+    fn config(pools: &[&str], nat: &[&str]) -> NatConfig {
+        let set =
+            |l: &[&str]| -> BTreeSet<IpNetwork> { l.iter().map(|s| s.parse().unwrap()).collect() };
+        NatConfig {
+            pools: set(pools),
+            nat: set(nat),
+        }
     }
 
     #[test]
     fn the_transaction_replaces_only_our_table() {
-        let c = nat_config(&[pool("10.244.0.0/16", true), pool("10.96.0.0/16", false)]);
+        let c = config(&["10.244.0.0/16", "10.96.0.0/16"], &["10.244.0.0/16"]);
         let r = ruleset(&c);
         let json = serde_json::to_value(&r).unwrap();
         let text = json.to_string();
@@ -386,11 +372,10 @@ mod tests {
 
     #[test]
     fn a_listing_of_what_we_wrote_reads_back_as_the_same_config() {
-        let c = nat_config(&[
-            pool("10.244.0.0/16", true),
-            pool("10.96.0.5/32", false),
-            pool("fd00:10::/48", true),
-        ]);
+        let c = config(
+            &["10.244.0.0/16", "10.96.0.5/32", "fd00:10::/48"],
+            &["10.244.0.0/16", "fd00:10::/48"],
+        );
         // What nft lists: the same objects as list objects.
         let listing = Nftables {
             objects: Cow::Owned(
@@ -406,6 +391,13 @@ mod tests {
             ),
         };
         assert_eq!(observed(&listing), Some(c.clone()));
+        assert!(NatTable.diff(c.clone(), Kernel::Holds(c.clone())).is_none());
+        assert!(NatTable.diff(c.clone(), Kernel::Drifted).is_some());
+        assert!(
+            NatTable
+                .diff(NatConfig::default(), Kernel::Absent)
+                .is_none()
+        );
         // A missing rule is drift.
         let mut fewer = listing.objects.to_vec();
         fewer.pop();

@@ -1,5 +1,6 @@
-//! Pod endpoints on this node: CNI ADD / DEL / CHECK / GC / STATUS, and the
-//! reconcile that runs when twill-node starts.
+//! The endpoints manager: pod interfaces on this node, set up and torn
+//! down by CNI ADD / DEL / CHECK / GC / STATUS, and repaired once when
+//! twill-node starts ([`reconcile`], the [`super::Manager`] pass).
 //!
 //! ADD is all or nothing: addresses from IPAM, then the plumbing
 //! ([`link`]), then the policy gate, then the record ([`record`]); a failure
@@ -10,30 +11,29 @@
 //! different containers proceed in parallel.
 
 pub mod link;
+pub mod reconcile;
 pub mod record;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::IpAddr;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
 use tokio::sync::watch;
 use twill_api::Store;
 use twill_cni::protocol::Request;
-use twill_cni::spec::{CniError, CniResult, Interface, IpConfig, Route, code};
-use twill_ipam::{AssignRequest, Ipam, IpamError, PlanError};
+use twill_cni::spec::{CniError, CniResult, code};
+use twill_ipam::{AssignRequest, Ipam};
 
-pub use record::{AddressRecord, EndpointKey, EndpointRecord, StateDir};
+pub use crate::calc::endpoint::{
+    ANNOTATION_IP_ADDRS, AddressRecord, EndpointKey, EndpointRecord, ReconcileReport, result_of,
+};
+use crate::calc::endpoint::{host_prefix, ipam_error, requested_addresses};
+pub use record::StateDir;
 
+use super::netns::in_netns;
 use crate::names;
-use crate::netns::in_netns;
-
-/// Pod annotation with the addresses a pod wants (comma-separated or a JSON list).
-pub const ANNOTATION_IP_ADDRS: &str = "twill.dev/ip-addrs";
 
 /// What must be true before a new endpoint is handed to the runtime.
 /// Policy enforcement plugs in here: ADD returns only after `ready`.
@@ -75,132 +75,6 @@ fn now() -> String {
 
 fn setup_error(msg: impl Into<String>) -> CniError {
     CniError::new(code::ENDPOINT_SETUP, msg)
-}
-
-fn ipam_error(e: IpamError) -> CniError {
-    match e {
-        IpamError::Plan(p @ PlanError::NoPool { .. }) => {
-            CniError::new(code::NO_POOL, p.to_string())
-        }
-        IpamError::Plan(p @ PlanError::Exhausted { .. }) => {
-            CniError::new(code::POOL_EXHAUSTED, p.to_string())
-        }
-        IpamError::Plan(p @ PlanError::Unavailable { .. }) => {
-            CniError::new(code::ADDRESS_UNAVAILABLE, p.to_string())
-        }
-        IpamError::Plan(p @ PlanError::UnknownPool { .. }) => CniError::new(
-            code::INVALID_NETWORK_CONFIG,
-            format!("{p} (the network configuration's \"pools\" names it)"),
-        ),
-        IpamError::Store(s) => CniError::new(code::TRY_AGAIN_LATER, format!("datastore: {s}")),
-        IpamError::Contended => CniError::new(code::TRY_AGAIN_LATER, e.to_string()),
-        other => CniError::new(code::INTERNAL, other.to_string()),
-    }
-}
-
-/// Addresses requested through CNI_ARGS `IP=`, runtimeConfig `ips`, or
-/// the pod annotation.
-fn requested_addresses(req: &Request, pod: Option<&Pod>) -> Result<Vec<IpAddr>, CniError> {
-    let mut raw: Vec<String> = Vec::new();
-    if let Some(ips) = req.args.get("IP") {
-        raw.extend(ips.split(',').map(str::to_string));
-    }
-    if let Some(ips) = req
-        .config
-        .pointer("/runtimeConfig/ips")
-        .and_then(Value::as_array)
-    {
-        raw.extend(ips.iter().filter_map(Value::as_str).map(str::to_string));
-    }
-    if raw.is_empty()
-        && let Some(a) = pod
-            .and_then(|p| p.metadata.annotations.as_ref())
-            .and_then(|a| a.get(ANNOTATION_IP_ADDRS))
-    {
-        match serde_json::from_str::<Vec<String>>(a) {
-            Ok(list) => raw.extend(list),
-            Err(_) => raw.extend(a.split(',').map(|s| s.trim().to_string())),
-        }
-    }
-    raw.iter()
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            let addr = s.split('/').next().unwrap_or(s);
-            addr.parse::<IpAddr>().map_err(|_| {
-                CniError::new(
-                    code::INVALID_NETWORK_CONFIG,
-                    format!("requested address {s:?} is not an IP address"),
-                )
-            })
-        })
-        .collect()
-}
-
-fn host_prefix(a: IpAddr) -> IpNetwork {
-    match a {
-        IpAddr::V4(_) => IpNetwork::new(a, 32),
-        IpAddr::V6(_) => IpNetwork::new(a, 128),
-    }
-    .unwrap_or_else(|_| IpNetwork::from(a))
-}
-
-/// The CNI result for an endpoint.
-pub fn result_of(rec: &EndpointRecord) -> CniResult {
-    let mut r = CniResult {
-        interfaces: vec![
-            Interface {
-                name: rec.host_ifname.clone(),
-                mac: link::format_mac(&link::HOST_MAC),
-                sandbox: None,
-                mtu: None,
-            },
-            Interface {
-                name: rec.ifname.clone(),
-                mac: rec.mac.clone(),
-                sandbox: Some(rec.netns.clone()),
-                mtu: Some(rec.mtu),
-            },
-        ],
-        ips: Vec::new(),
-        routes: Vec::new(),
-    };
-    for a in &rec.addresses {
-        let gw = if a.addr.is_ipv4() {
-            link::GATEWAY_V4.to_string()
-        } else {
-            link::GATEWAY_V6.to_string()
-        };
-        r.ips.push(IpConfig {
-            address: a.addr.to_string(),
-            gateway: Some(gw.clone()),
-            interface: Some(1),
-        });
-        let dst = if a.addr.is_ipv4() {
-            "0.0.0.0/0"
-        } else {
-            "::/0"
-        };
-        if !r.routes.iter().any(|x| x.dst == dst) {
-            r.routes.push(Route {
-                dst: dst.into(),
-                gw: Some(gw),
-            });
-        }
-    }
-    r
-}
-
-/// How [`Endpoints::drift`] says IPAM gave an endpoint's address away.
-const IPAM_LOST: &str = "IPAM no longer records";
-
-/// What reconcile did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ReconcileReport {
-    pub healthy: usize,
-    pub repaired: Vec<String>,
-    pub removed: Vec<String>,
-    pub leaked_links: Vec<String>,
-    pub released: Vec<String>,
 }
 
 impl Endpoints {
@@ -475,101 +349,6 @@ impl Endpoints {
         }
     }
 
-    /// Everything about an endpoint that differs from its record. Only a
-    /// line starting with [`IPAM_LOST`] means the address may be someone
-    /// else's now; a failed IPAM read is drift of another kind.
-    pub async fn drift(&self, rec: &EndpointRecord) -> Vec<String> {
-        let mut d = Vec::new();
-        let host_if = &rec.host_ifname;
-        match link::link_state(&self.host, host_if).await {
-            Ok(None) => d.push(format!("host veth {host_if} is missing")),
-            Err(e) => d.push(e.to_string()),
-            Ok(Some(st)) => {
-                if !st.up {
-                    d.push(format!("host veth {host_if} is down"));
-                }
-                if st.mac != link::HOST_MAC {
-                    d.push(format!(
-                        "host veth {host_if} has MAC {} instead of ee:ee:ee:ee:ee:ee",
-                        link::format_mac(&st.mac)
-                    ));
-                }
-                match crate::sysctl::read_if("ipv4", host_if, "proxy_arp") {
-                    Ok(v) if v == "1" => {}
-                    Ok(v) => d.push(format!("proxy_arp on {host_if} is {v}, not 1")),
-                    Err(e) => d.push(format!("proxy_arp on {host_if}: {e}")),
-                }
-                match link::twill_routes_via(&self.host, st.index).await {
-                    Ok(routes) => {
-                        for a in &rec.addresses {
-                            if !routes.contains(&a.addr) {
-                                d.push(format!("host route {} dev {host_if} is missing", a.addr));
-                            }
-                        }
-                    }
-                    Err(e) => d.push(e.to_string()),
-                }
-            }
-        }
-        if !Path::new(&rec.netns).exists() {
-            d.push(format!("pod network namespace {} is gone", rec.netns));
-        } else {
-            let pod_if = rec.ifname.clone();
-            match in_netns(&rec.netns, move |h| async move {
-                link::pod_view(&h, &pod_if).await
-            })
-            .await
-            {
-                Err(e) => d.push(e.to_string()),
-                Ok(Err(e)) => d.push(e.to_string()),
-                Ok(Ok(None)) => d.push(format!("{} is missing inside the pod", rec.ifname)),
-                Ok(Ok(Some(v))) => {
-                    if !v.up {
-                        d.push(format!("{} is down inside the pod", rec.ifname));
-                    }
-                    for a in &rec.addresses {
-                        if !v.addrs.contains(&a.addr) {
-                            d.push(format!(
-                                "address {} is missing from {} inside the pod",
-                                a.addr, rec.ifname
-                            ));
-                        }
-                    }
-                    if rec.addresses.iter().any(|a| a.addr.is_ipv4()) && !v.default_v4 {
-                        d.push(format!(
-                            "the pod's default route via {} is missing",
-                            link::GATEWAY_V4
-                        ));
-                    }
-                    if rec.addresses.iter().any(|a| a.addr.is_ipv6()) && !v.default_v6 {
-                        d.push(format!(
-                            "the pod's default route via {} is missing",
-                            link::GATEWAY_V6
-                        ));
-                    }
-                }
-            }
-        }
-        match self.ipam.node_allocations().await {
-            Ok(allocs) => {
-                for a in &rec.addresses {
-                    let held = allocs.iter().any(|(ip, _, al)| {
-                        *ip == a.ip() && al.handle == rec.container_id && al.sequence == a.sequence
-                    });
-                    if !held {
-                        d.push(format!(
-                            "{IPAM_LOST} {} as held by {}",
-                            a.ip(),
-                            rec.container_id
-                        ));
-                    }
-                }
-            }
-            Err(e) => d.push(format!("cannot read IPAM: {e}")),
-        }
-        d
-    }
-
     /// CNI GC: removes every endpoint of this node that the runtime no
     /// longer lists in `cni.dev/valid-attachments`.
     pub async fn gc(&self, req: &Request) -> Result<(), CniError> {
@@ -620,118 +399,5 @@ impl Endpoints {
             )),
             Err(e) => Err(CniError::new(code::NOT_AVAILABLE, format!("IPAM: {e}"))),
         }
-    }
-
-    /// Makes the kernel and IPAM agree with the records, once, at start:
-    /// a healthy node is left untouched; endpoints whose pod is gone are
-    /// removed; broken ones are rebuilt with the same addresses; veths and
-    /// allocations no record accounts for (a crash mid-ADD) are removed.
-    pub async fn reconcile(&self) -> Result<ReconcileReport, CniError> {
-        let mut report = ReconcileReport::default();
-        if let Ok(n) = self.state.clean_incomplete()
-            && n > 0
-        {
-            tracing::info!(files = n, "removed incomplete endpoint records");
-        }
-        // The datastore must answer before anything is judged: an IPAM
-        // read that fails (the API server is down while twill-node starts)
-        // says nothing about the pods, and must never take one down.
-        self.ipam.node_allocations().await.map_err(ipam_error)?;
-        let (recs, bad) = self
-            .state
-            .all()
-            .map_err(|e| CniError::new(code::IO_FAILURE, e.to_string()))?;
-        for b in bad {
-            tracing::warn!(record = %b, "unreadable endpoint record ignored");
-        }
-        for rec in &recs {
-            if !Path::new(&rec.netns).exists() {
-                self.undo(rec).await;
-                report.removed.push(rec.key().to_string());
-                continue;
-            }
-            let drift = self.drift(rec).await;
-            if drift.is_empty() {
-                report.healthy += 1;
-                continue;
-            }
-            tracing::warn!(endpoint = %rec.key(), drift = ?drift, "repairing endpoint");
-            let ipam_lost = drift.iter().any(|d| d.starts_with(IPAM_LOST));
-            if ipam_lost {
-                // Its address may be someone else's now: take it down.
-                self.undo(rec).await;
-                report.removed.push(rec.key().to_string());
-                continue;
-            }
-            match self.plumb(rec).await {
-                Ok(mac) => {
-                    let mut fixed = rec.clone();
-                    fixed.mac = mac;
-                    if let Err(e) = self.state.save(&fixed) {
-                        tracing::warn!(error = %e, "cannot save repaired record");
-                    }
-                    report.repaired.push(rec.key().to_string());
-                }
-                Err(e) => {
-                    tracing::warn!(endpoint = %rec.key(), error = %e, "repair failed; removing the endpoint");
-                    self.undo(rec).await;
-                    report.removed.push(rec.key().to_string());
-                }
-            }
-        }
-        let known: BTreeSet<String> = recs
-            .iter()
-            .filter(|r| !report.removed.contains(&r.key().to_string()))
-            .map(|r| r.host_ifname.clone())
-            .collect();
-        let mut links = self.host.link().get().execute();
-        let mut leaked = Vec::new();
-        while let Some(l) = links
-            .try_next()
-            .await
-            .map_err(|e| CniError::new(code::INTERNAL, format!("listing links: {e}")))?
-        {
-            for a in &l.attributes {
-                if let netlink_packet_route::link::LinkAttribute::IfName(n) = a
-                    && names::is_host_veth(n)
-                    && !known.contains(n)
-                {
-                    leaked.push(n.clone());
-                }
-            }
-        }
-        for n in leaked {
-            if link::delete_link(&self.host, &n).await.is_ok() {
-                report.leaked_links.push(n);
-            }
-        }
-        let live: BTreeSet<String> = recs
-            .iter()
-            .filter(|r| !report.removed.contains(&r.key().to_string()))
-            .map(|r| r.container_id.clone())
-            .collect();
-        let allocs = self.ipam.node_allocations().await.map_err(ipam_error)?;
-        for (addr, _, a) in allocs {
-            if !live.contains(&a.handle) {
-                match self
-                    .ipam
-                    .release_address(addr, Some((&a.handle, a.sequence)))
-                    .await
-                {
-                    Ok(Some(_)) => report.released.push(format!("{addr} ({})", a.handle)),
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!(%addr, error = %e, "cannot release leaked address"),
-                }
-            }
-        }
-        match self.state.all() {
-            Ok((recs, _)) => {
-                self.set
-                    .send_replace(Arc::new(recs.into_iter().map(|r| (r.key(), r)).collect()));
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot read endpoint records"),
-        }
-        tracing::info!(?report, "endpoint reconcile done");
-        Ok(report)
     }
 }

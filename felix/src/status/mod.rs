@@ -1,7 +1,9 @@
 //! What the node tells the datastore about itself: its Node object (in the
 //! embedded store there is no kubelet to register it) and a periodic
-//! NodeStatus report, which `twillctl node status` and `twillctl ipam check`
-//! read from anywhere.
+//! NodeStatus report ([`report`]), which `twillctl node status` and
+//! `twillctl ipam check` read from anywhere.
+
+pub mod report;
 
 use std::collections::BTreeMap;
 

@@ -1,5 +1,5 @@
-//! Applying Twill's nftables table (`inet twill`) to the kernel and reading
-//! it back.
+//! Running nft for the policy table (`inet twill`): applying a script,
+//! checking one, reading the table back.
 //!
 //! * Writes go through `nft -f -`: a script is one atomic transaction, so a
 //!   full replacement (`add table` + `delete table` + everything) or an
@@ -13,11 +13,8 @@
 //!   their elements) and compared with the one of the table we meant to
 //!   have; any difference is drift, repaired by a full replacement.
 //!
-//! The `nft` command is used rather than talking nf_tables netlink directly:
-//! it is the reference parser and batching implementation, present wherever
-//! nftables is, and one process per transaction is cheap next to the work.
-
-pub mod engine;
+//! The `nft` command is used rather than nf_tables netlink directly: it is
+//! the reference parser and batching, present wherever nftables is.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;

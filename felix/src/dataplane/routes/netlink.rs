@@ -29,7 +29,7 @@ use rtnetlink::sys::{AsyncSocket, SocketAddr};
 
 use super::RouteError;
 use super::message::{delete_message, dump_message, parse, route_message};
-use super::model::{Installed, Plan, Target};
+use crate::calc::routes::{Installed, Plan, Target};
 
 /// The receive buffer asked for: acknowledgements of every request in
 /// flight must fit, or the kernel drops them.

@@ -21,15 +21,9 @@ use netlink_packet_route::route::{
 use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::RTPROT_TWILL;
-use crate::sysctl;
+use crate::dataplane::sysctl;
 
-/// MAC of every host-side veth: pods see one gateway MAC everywhere.
-pub const HOST_MAC: [u8; 6] = [0xee; 6];
-/// The IPv4 gateway pods route through (answered by the host veth).
-pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
-/// The IPv6 gateway: the link-local address the kernel derives (EUI-64)
-/// from HOST_MAC on the host veth.
-pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0xecee, 0xeeff, 0xfeee, 0xeeee);
+pub use crate::calc::endpoint::{GATEWAY_V4, GATEWAY_V6, HOST_MAC, format_mac};
 
 /// A failed netlink step, with what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -314,13 +308,6 @@ pub async fn configure_pod_side(
             .map_err(ctx(format!("adding the default route via {GATEWAY_V6}")))?;
     }
     Ok(format_mac(&st.mac))
-}
-
-pub fn format_mac(mac: &[u8]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 /// Destinations of the routes with Twill's protocol through interface `oif`.

@@ -4,77 +4,9 @@
 //! removed only after it is completely torn down, so on restart "has a
 //! record" means "was handed to the runtime".
 
-use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use ipnetwork::IpNetwork;
-use serde::{Deserialize, Serialize};
-
-/// One address of an endpoint, with the IPAM allocation behind it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AddressRecord {
-    /// The address as configured in the pod (/32 or /128).
-    pub addr: IpNetwork,
-    pub block: String,
-    pub sequence: u64,
-    /// From another node's block: announced as a host route.
-    #[serde(default)]
-    pub borrowed: bool,
-}
-
-impl AddressRecord {
-    pub fn ip(&self) -> IpAddr {
-        self.addr.ip()
-    }
-}
-
-/// One pod interface set up by this node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EndpointRecord {
-    pub container_id: String,
-    pub ifname: String,
-    /// Path of the pod's network namespace.
-    pub netns: String,
-    /// The host-side veth.
-    pub host_ifname: String,
-    /// The pod-side MAC address.
-    pub mac: String,
-    pub mtu: u32,
-    pub addresses: Vec<AddressRecord>,
-    #[serde(default)]
-    pub namespace: Option<String>,
-    #[serde(default)]
-    pub pod: Option<String>,
-    /// Pod labels, when the pod is known to the datastore (for policy).
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    /// When it was set up (RFC 3339).
-    pub created: String,
-}
-
-impl EndpointRecord {
-    /// The key endpoints are known by: container ID and interface.
-    pub fn key(&self) -> EndpointKey {
-        EndpointKey {
-            container_id: self.container_id.clone(),
-            ifname: self.ifname.clone(),
-        }
-    }
-}
-
-/// Container ID + interface name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct EndpointKey {
-    pub container_id: String,
-    pub ifname: String,
-}
-
-impl std::fmt::Display for EndpointKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.container_id, self.ifname)
-    }
-}
+use crate::calc::endpoint::{EndpointKey, EndpointRecord};
 
 /// The directory of endpoint records.
 #[derive(Debug, Clone)]
@@ -164,6 +96,8 @@ impl StateDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::calc::endpoint::AddressRecord;
+    use std::collections::BTreeMap;
 
     #[test]
     fn records_round_trip_and_incomplete_writes_vanish() {

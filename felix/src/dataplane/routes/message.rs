@@ -12,8 +12,8 @@ use netlink_packet_route::route::{
     RouteScope, RouteType,
 };
 
-use super::model::{Installed, Target};
 use crate::RTPROT_TWILL;
+use crate::calc::routes::{Installed, Target};
 
 fn family(dst: &IpNetwork) -> AddressFamily {
     if dst.is_ipv4() {
@@ -190,7 +190,7 @@ pub fn parse(m: &RouteMessage) -> Option<Installed> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routes::model::TABLE_MAIN;
+    use crate::calc::routes::TABLE_MAIN;
 
     fn net(s: &str) -> IpNetwork {
         s.parse().unwrap()

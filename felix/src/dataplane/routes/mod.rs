@@ -1,39 +1,43 @@
-//! Kernel route programming: one route per prefix in the main table, all
-//! with Twill's protocol number ([`crate::RTPROT_TWILL`]).
+//! The route manager: Twill's routes in the main table, one per prefix,
+//! all with Twill's protocol number ([`crate::RTPROT_TWILL`]). Routes of
+//! any other protocol are never touched: they are filtered out of the
+//! dump, and every delete names protocol 116 so the kernel refuses to
+//! remove anything else.
 //!
-//! * [`model`]: pure — the desired routes (a /32 or /128 per local
-//!   endpoint to its veth, a blackhole per owned block, a route per best
-//!   BGP route through its next hops, multipath when several) and the diff
-//!   against what the kernel holds;
-//! * [`message`]: pure — model ⇄ rtnetlink messages;
-//! * [`netlink`]: the socket: filtered dumps, batched pipelined writes;
-//! * [`RouteProgrammer`] (here): the task that owns the socket. Inputs
-//!   arrive as commands through its handle and are applied at once, for
-//!   the prefixes they touch; a periodic resync dumps Twill's routes and
-//!   repairs any drift. A failed route is logged and retried at the next
-//!   resync, never fatal. Routes of any other protocol are never touched:
-//!   they are filtered out of the dump, and every delete names protocol 116
-//!   so the kernel refuses to remove anything else.
+//! * [`RouteProgrammer`] (here): the handle, and the task that owns the
+//!   inputs (endpoints, owned blocks, best BGP routes). A command is
+//!   applied at once for the prefixes it touches, against what was last
+//!   programmed; a periodic resync is a full [`super::Manager`] pass
+//!   ([`manager::RouteManager`]: dump, desired, diff, repair). A failed
+//!   route is logged and retried at the next resync; a failed resync is
+//!   retried with backoff.
+//! * [`manager`]: the kernel side — the socket and what it holds of ours;
+//!   [`netlink`]: filtered dumps, batched pipelined writes; [`message`]:
+//!   model ⇄ rtnetlink messages (pure). The desired routes and the diff
+//!   are [`crate::calc::routes`].
 //!
 //! The first full resync (the only step that deletes routes no input
 //! mentions) waits until every required input source has delivered its
 //! complete set once, so a restarted node does not withdraw routes it has
 //! simply not been told about yet.
 
+pub mod manager;
 pub mod message;
-pub mod model;
 pub mod netlink;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use twill_api::store::retry::Backoff;
 
-pub use model::{Inputs, Installed, Plan, Target, diff, diff_prefixes};
-use netlink::{Op, RouteSocket};
+use super::{Requeue, reconcile};
+use crate::calc::routes as model;
+pub use crate::calc::routes::{Inputs, Installed, Plan, Target, diff, diff_prefixes};
+use manager::RouteManager;
 
 /// Why the route programmer could not do something.
 #[derive(Debug, thiserror::Error)]
@@ -133,17 +137,10 @@ impl RouteProgrammer {
     /// routes already there and starts the task. Must run inside a tokio
     /// runtime.
     pub async fn start(cfg: RouteConfig) -> Result<RouteProgrammer, RouteError> {
-        let (sock, conn) = RouteSocket::open()?;
-        let conn_task = tokio::spawn(conn);
-        let installed = sock.twill_routes().await?;
-        let programmed = installed
-            .into_iter()
-            .filter(Installed::has_default_metric)
-            .filter_map(|r| Some((r.dst, r.target?)))
-            .collect();
+        let (mgr, conn_task) = RouteManager::open(cfg.batch, cfg.in_flight).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let actor = Actor {
-            sock,
+            mgr,
             synced: Sources {
                 endpoints: !cfg.wait_for.endpoints,
                 blocks: !cfg.wait_for.blocks,
@@ -151,9 +148,7 @@ impl RouteProgrammer {
             },
             cfg,
             inputs: Inputs::default(),
-            programmed,
-            links: HashMap::new(),
-            resync_soon: false,
+            requeue: Requeue::new("kernel routes", Backoff::watch()),
         };
         let task = tokio::spawn(actor.run(rx));
         Ok(RouteProgrammer {
@@ -242,26 +237,22 @@ impl RouteProgrammer {
     }
 }
 
+/// The task: the inputs, the schedule, and the manager that writes.
 struct Actor {
-    sock: RouteSocket,
+    mgr: RouteManager,
     cfg: RouteConfig,
     inputs: Inputs,
-    /// What we believe the kernel holds of ours (default metric only).
-    programmed: BTreeMap<IpNetwork, Target>,
-    links: HashMap<String, u32>,
     synced: Sources,
-    /// An add found the prefix taken: look at the kernel again soon.
-    resync_soon: bool,
+    /// When a failed resync runs again.
+    requeue: Requeue,
 }
 
 /// How soon to look again after an add found its prefix taken.
 const RESYNC_SOON: Duration = Duration::from_millis(250);
-/// At most this many route errors are logged one by one per round.
-const LOGGED_ERRORS: usize = 10;
 
 impl Actor {
     fn ready(&self) -> bool {
-        self.synced.endpoints && self.synced.blocks && self.synced.bgp
+        self.synced.endpoints && self.synced.bgp && self.synced.blocks
     }
 
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
@@ -271,7 +262,7 @@ impl Actor {
             next_resync = Instant::now();
         }
         loop {
-            let due = if self.resync_soon && self.ready() {
+            let due = if self.mgr.resync_soon && self.ready() {
                 next_resync.min(Instant::now() + RESYNC_SOON)
             } else {
                 next_resync
@@ -294,17 +285,23 @@ impl Actor {
                     }
                 }
                 _ = tokio::time::sleep_until(due) => {
-                    if self.ready()
-                        && let Err(e) = self.resync().await
-                    {
-                        tracing::warn!(error = %e, "route resync failed; retrying at the next one");
+                    let mut wait = self.cfg.resync_interval;
+                    if self.ready() {
+                        let r = self.resync().await;
+                        if let Some(delay) = self.requeue.after(&r) {
+                            wait = wait.min(delay);
+                        }
                     }
-                    next_resync = Instant::now() + self.cfg.resync_interval;
+                    next_resync = Instant::now() + wait;
                 }
             }
         }
     }
 
+    /// A full pass: dump, diff against everything, repair.
+    async fn resync(&mut self) -> Result<ApplyReport, RouteError> {
+        reconcile(&mut self.mgr, &self.inputs).await
+    }
     /// Applies a burst of commands; returns whether it ran a full resync.
     async fn handle(&mut self, cmds: Vec<Cmd>) -> bool {
         let mut touched = BTreeSet::new();
@@ -384,150 +381,16 @@ impl Actor {
             }
         } else if !touched.is_empty() {
             if links_changed {
-                self.refresh_links().await;
+                self.mgr.refresh_links(&self.inputs).await;
             }
-            report = self.increment(&touched).await;
+            report = self.mgr.increment(&self.inputs, &touched).await;
         }
         for tx in syncs {
             let _ = tx.send(report);
         }
         for tx in snapshots {
-            let _ = tx.send(self.programmed.clone());
+            let _ = tx.send(self.mgr.programmed.clone());
         }
         forced
-    }
-
-    async fn refresh_links(&mut self) {
-        if self.inputs.endpoints.is_empty() {
-            return;
-        }
-        match self.sock.links().await {
-            Ok(l) => self.links = l,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list interfaces; endpoint routes wait for the next resync")
-            }
-        }
-    }
-
-    async fn increment(&mut self, touched: &BTreeSet<IpNetwork>) -> ApplyReport {
-        let links = &self.links;
-        let ifindex = |n: &str| links.get(n).copied();
-        let plan = diff_prefixes(&self.inputs, touched, &self.programmed, &ifindex);
-        let report = self.execute(plan, true).await;
-        if report != ApplyReport::default() {
-            self.publish_metrics(report.failed);
-        }
-        report
-    }
-
-    /// Dump, diff against everything, apply.
-    async fn resync(&mut self) -> Result<ApplyReport, RouteError> {
-        self.resync_soon = false;
-        if !self.inputs.endpoints.is_empty() {
-            self.links = self.sock.links().await?;
-        }
-        let installed = self.sock.twill_routes().await?;
-        let links = &self.links;
-        let ifindex = |n: &str| links.get(n).copied();
-        let desired = self.inputs.desired(&ifindex);
-        let plan = diff(&desired, &installed);
-        self.programmed = installed
-            .into_iter()
-            .filter(Installed::has_default_metric)
-            .filter_map(|r| Some((r.dst, r.target?)))
-            .collect();
-        if !plan.is_empty() {
-            tracing::info!(
-                add = plan.add.len(),
-                replace = plan.replace.len(),
-                delete = plan.delete.len(),
-                "route resync: repairing drift"
-            );
-        }
-        let report = self.execute(plan, false).await;
-        self.publish_metrics(report.failed);
-        Ok(report)
-    }
-
-    /// Updates the routes-programmed gauges from what the kernel holds of
-    /// ours (one pass over the table: only after a resync or an increment
-    /// that changed something), and counts refused changes.
-    fn publish_metrics(&self, failed: usize) {
-        let (mut local, mut blackhole, mut bgp) = (0, 0, 0);
-        for t in self.programmed.values() {
-            match t {
-                Target::Dev(_) => local += 1,
-                Target::Blackhole => blackhole += 1,
-                Target::Via(_) => bgp += 1,
-            }
-        }
-        let m = crate::metrics::global();
-        m.set_routes(local, blackhole, bgp);
-        m.add_route_failures(failed);
-    }
-
-    /// Runs a plan and records what took effect. An increment's add that
-    /// finds its prefix taken (by an identical route someone else just
-    /// made, e.g. endpoint setup, or by a foreign route) asks for an early
-    /// resync, which sees the truth; a resync's own adds never do, so a
-    /// foreign route holding a prefix costs one attempt per interval.
-    async fn execute(&mut self, plan: Plan, increment: bool) -> ApplyReport {
-        let mut report = ApplyReport::default();
-        if plan.is_empty() {
-            return report;
-        }
-        let ops = Op::from_plan(plan);
-        let results = self
-            .sock
-            .apply(&ops, self.cfg.batch, self.cfg.in_flight)
-            .await;
-        let mut logged = 0;
-        let mut quiet = 0;
-        for (op, r) in ops.into_iter().zip(results) {
-            match r {
-                Ok(()) => match op {
-                    Op::Add(d, t) => {
-                        report.added += 1;
-                        self.programmed.insert(d, t);
-                    }
-                    Op::Replace(d, t) => {
-                        report.replaced += 1;
-                        self.programmed.insert(d, t);
-                    }
-                    Op::Delete(r) => {
-                        report.deleted += 1;
-                        if r.has_default_metric() {
-                            self.programmed.remove(&r.dst);
-                        }
-                    }
-                },
-                Err(errno) => {
-                    report.failed += 1;
-                    if errno == libc::EEXIST && increment {
-                        self.resync_soon = true;
-                        tracing::debug!(dst = %op.dst(), "prefix already routed; checking at an early resync");
-                        quiet += 1;
-                        continue;
-                    }
-                    if logged < LOGGED_ERRORS {
-                        logged += 1;
-                        let err = std::io::Error::from_raw_os_error(errno);
-                        let (what, target) = match &op {
-                            Op::Add(_, t) => ("adding", t.to_string()),
-                            Op::Replace(_, t) => ("replacing", t.to_string()),
-                            Op::Delete(_) => ("deleting", String::new()),
-                        };
-                        tracing::warn!(dst = %op.dst(), %target, error = %err, "{what} a route failed; retrying at the next resync");
-                    }
-                }
-            }
-        }
-        if report.failed > logged + quiet {
-            tracing::warn!(
-                failed = report.failed,
-                "route changes failed; retrying at the next resync"
-            );
-        }
-        report
     }
 }

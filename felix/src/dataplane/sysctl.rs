@@ -1,7 +1,7 @@
 //! Reading and writing sysctls through /proc/sys. Network sysctls belong to
 //! the network namespace of the calling thread, so these apply where the
 //! caller runs (twill-node's node namespace, or a pod namespace from a
-//! [`crate::netns::in_netns`] worker).
+//! [`crate::dataplane::netns::in_netns`] worker).
 //!
 //! The root is `/proc/sys`, or `$TWILL_PROC_SYS` when set: a container that
 //! is not privileged gets /proc/sys read-only, so the DaemonSet mounts the

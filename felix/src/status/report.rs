@@ -1,0 +1,173 @@
+//! The periodic NodeStatus report: what the node's endpoints, routes,
+//! blocks, BGP sessions and readiness are, gathered from the managers and
+//! the watches' caches, written every `--status-interval`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use twill_api::Store;
+use twill_api::resources::{
+    IPAMBlock, InvalidObject, NodeStatusReport, ReportCondition, RouteStatus,
+};
+use twill_api::store::retry::{Change, Outage};
+
+use crate::bgp::SharedReport;
+use crate::calc::routes::Target;
+use crate::dataplane::endpoints::Endpoints;
+use crate::dataplane::routes::RouteProgrammer;
+use crate::{health, metrics};
+
+/// What the report needs to know besides its sources.
+#[derive(Clone, Debug)]
+pub struct ReportConfig {
+    pub node: String,
+    pub store: Store,
+    pub interval: Duration,
+}
+
+/// The status report's view of a programmed route.
+fn route_status(
+    dst: &ipnetwork::IpNetwork,
+    t: &Target,
+    names: &BTreeMap<u32, String>,
+) -> RouteStatus {
+    let (kind, via) = match t {
+        Target::Dev(i) => (
+            "local",
+            vec![names.get(i).cloned().unwrap_or_else(|| format!("#{i}"))],
+        ),
+        Target::Blackhole => ("blackhole", Vec::new()),
+        Target::Via(h) => ("bgp", h.iter().map(ToString::to_string).collect()),
+    };
+    RouteStatus {
+        destination: dst.to_string(),
+        kind: kind.into(),
+        via,
+    }
+}
+
+/// What the status report says about this node's blocks, kept by the
+/// block watch (the report reads it instead of listing every block).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BlockSummary {
+    /// Blocks affine to this node and the allocations in them.
+    pub mine: usize,
+    pub used: usize,
+    /// Blocks this node owns (CIDRs).
+    pub owned: Vec<String>,
+    /// The blocks affine to this node, whole (for the empty-block release).
+    pub affine: Vec<IPAMBlock>,
+}
+
+pub fn block_summary(blocks: &[IPAMBlock], node: &str) -> BlockSummary {
+    let mine = blocks
+        .iter()
+        .filter(|b| b.spec.affinity.as_deref() == Some(node));
+    BlockSummary {
+        mine: mine.clone().count(),
+        used: mine.clone().map(|b| b.spec.allocations.len()).sum(),
+        affine: mine.cloned().collect(),
+        owned: twill_ipam::owned_blocks(blocks, node)
+            .into_iter()
+            .map(|b| b.to_string())
+            .collect(),
+    }
+}
+
+/// The periodic NodeStatus report. It makes one datastore request per
+/// interval at idle (the status write; a GET only when the cached object is
+/// stale): blocks come from the block watch, readiness from the watches.
+pub async fn report_loop(
+    cfg: ReportConfig,
+    endpoints: Arc<Endpoints>,
+    routes: Arc<RouteProgrammer>,
+    host: rtnetlink::Handle,
+    bgp: SharedReport,
+    blocks: tokio::sync::watch::Receiver<Option<BlockSummary>>,
+) {
+    let mut cached: Option<twill_api::resources::NodeStatus> = None;
+    let mut outage = Outage::default();
+    loop {
+        // Interface names of the local endpoints, for the route listing.
+        let mut names = BTreeMap::new();
+        for e in endpoints.current().values() {
+            if let Ok(Some(i)) =
+                crate::dataplane::endpoints::link::link_index(&host, &e.host_ifname).await
+            {
+                names.insert(i, e.host_ifname.clone());
+            }
+        }
+        let programmed: Vec<RouteStatus> = routes
+            .programmed()
+            .await
+            .map(|m| m.iter().map(|(d, t)| route_status(d, t, &names)).collect())
+            .unwrap_or_default();
+        let (listed_routes, route_counts) = super::listed_routes(programmed);
+        let eps = endpoints.current();
+        metrics::global().set_endpoints(eps.len());
+        let owned = match blocks.borrow().clone() {
+            Some(b) => {
+                metrics::global().set_ipam(b.mine, b.used);
+                b.owned
+            }
+            None => Vec::new(),
+        };
+        let bgp = bgp.lock().map(|b| b.clone()).unwrap_or_default();
+        // One snapshot: ready, not_ready and conditions agree.
+        let readiness = health::global().snapshot();
+        let ready = readiness.values().all(|c| c.ready);
+        let not_ready = readiness
+            .iter()
+            .filter(|(_, c)| !c.ready)
+            .map(|(n, c)| (n.clone(), c.reason.clone()))
+            .collect();
+        let conditions = readiness
+            .into_iter()
+            .map(|(name, c)| ReportCondition {
+                name,
+                ready: c.ready,
+                reason: c.reason,
+            })
+            .collect();
+        let invalid_objects = health::watches()
+            .invalid()
+            .into_iter()
+            .map(|i| InvalidObject {
+                kind: i.kind.to_string(),
+                name: i.key,
+                reason: i.reason,
+            })
+            .collect();
+        let report = NodeStatusReport {
+            updated: jiff::Timestamp::now().to_string(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            ready,
+            not_ready,
+            address: bgp.address,
+            as_number: bgp.asn,
+            bgp_peers: bgp.peers,
+            endpoints: eps.len() as u32,
+            endpoint_handles: eps.values().map(|e| e.container_id.clone()).collect(),
+            blocks: owned,
+            routes: listed_routes,
+            route_counts,
+            conditions,
+            invalid_objects,
+        };
+        let secs = cfg.interval.as_secs().max(1) as u32;
+        match super::write_report(&cfg.store, &cfg.node, secs, report, &mut cached).await {
+            Ok(()) => {
+                if let Change::Recovered { attempts } = outage.succeeded() {
+                    tracing::info!(attempts, "the node status is written again");
+                }
+            }
+            Err(e) => {
+                if outage.failed(&e.to_string()) == Change::Failing {
+                    tracing::warn!(error = %e, "cannot write the node status (logged again when it works)");
+                }
+            }
+        }
+        tokio::time::sleep(cfg.interval).await;
+    }
+}

@@ -8,8 +8,7 @@
 //! a watch (`watch=true`) exactly when the row says so. The first request
 //! that does not match is answered 500, ends the script, and makes
 //! [`Script::finish`] fail naming the row and the request; so does a
-//! request beyond the table. [`Reply::Hold`] keeps a request open (a quiet
-//! watch) until the script is dropped.
+//! request beyond the table.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -21,7 +20,7 @@ use tower_test::mock;
 
 /// The server side of the mock: yields each request the client sends.
 pub type Handle = mock::Handle<Request<Body>, Response<Body>>;
-/// The way to answer one request (or to keep it open by holding it).
+/// The way to answer one request (a fake keeps it to hold a watch open).
 pub type SendResponse = mock::SendResponse<Response<Body>>;
 
 /// How long [`Script::finish`] waits for each next request.
@@ -54,22 +53,14 @@ pub fn query(uri: &Uri, key: &str) -> Option<String> {
     })
 }
 
-/// What the fake answers to one expected request.
-#[derive(Clone)]
-pub enum Reply {
-    /// A complete answer: status and body.
-    Body(u16, Vec<u8>),
-    /// No answer: the request stays open until the script is dropped.
-    Hold,
-}
-
 /// One row of a script: the request expected next and its answer.
 #[derive(Clone)]
 pub struct Exchange {
     pub method: Method,
     /// `PATH` or `PATH?key=value&...` (the keys the request must carry).
     pub target: String,
-    pub reply: Reply,
+    pub status: u16,
+    pub body: Vec<u8>,
 }
 
 /// A row answered with `status` and `body`.
@@ -82,16 +73,8 @@ pub fn exchange(
     Exchange {
         method,
         target: target.into(),
-        reply: Reply::Body(status, body.into()),
-    }
-}
-
-/// A row whose request is kept open, unanswered.
-pub fn hold(method: Method, target: impl Into<String>) -> Exchange {
-    Exchange {
-        method,
-        target: target.into(),
-        reply: Reply::Hold,
+        status,
+        body: body.into(),
     }
 }
 
@@ -156,8 +139,6 @@ struct State {
     failure: Option<String>,
     /// Requests after the table ran out.
     extra: Vec<String>,
-    /// Requests kept open ([`Reply::Hold`]).
-    held: Vec<SendResponse>,
 }
 
 fn lock(s: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -214,10 +195,7 @@ impl Script {
                         uri: parts.uri.to_string(),
                         body: body.unwrap_or_default(),
                     });
-                    match row.reply {
-                        Reply::Body(status, b) => send.send_response(respond(status, b)),
-                        Reply::Hold => s.held.push(send),
-                    }
+                    send.send_response(respond(row.status, row.body));
                 }
                 tx.send_replace(i + 1);
             }

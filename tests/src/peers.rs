@@ -14,6 +14,7 @@
 //! It lives in `twill-tests` because only its integration tests start real
 //! peers; bgpd's own tests exercise the library in-process.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -42,6 +43,16 @@ impl Flavor {
             Flavor::Bird => "bird",
             Flavor::Frr => "frr",
             Flavor::Gobgp => "gobgp",
+        }
+    }
+
+    /// `bird`, `frr` or `gobgp` (as `twillctl lab --tor` spells them).
+    pub fn from_name(name: &str) -> Flavor {
+        match name {
+            "bird" => Flavor::Bird,
+            "frr" => Flavor::Frr,
+            "gobgp" => Flavor::Gobgp,
+            other => panic!("no such router flavor: {other}"),
         }
     }
 }
@@ -697,6 +708,60 @@ impl Peer {
                 self.cli(&["global", "rib", "-a", "ipv6"])
             ),
         }
+    }
+
+    /// The usable IPv4 BGP routes as (prefix, next hop) pairs: BIRD's
+    /// `unicast` routes with a `via` (an unresolved next hop shows as
+    /// `unreachable` with none), FRR's valid paths, GoBGP's paths.
+    pub fn ipv4_next_hops(&self) -> BTreeSet<(String, String)> {
+        let mut out = BTreeSet::new();
+        match self.flavor {
+            // `10.244.0.0/26  unicast [node_1 ...] * (100) [i]` then `\tvia 172.30.0.11 on rack`.
+            Flavor::Bird => {
+                let mut current: Option<String> = None;
+                for l in self.cli(&["show", "route"]).lines() {
+                    let w: Vec<&str> = l.split_whitespace().collect();
+                    if w.len() >= 2 && w[0].contains('/') {
+                        current = (w[1] == "unicast").then(|| w[0].to_string());
+                    } else if w.first() == Some(&"via")
+                        && let (Some(p), Some(nh)) = (&current, w.get(1))
+                    {
+                        out.insert((p.clone(), nh.to_string()));
+                    }
+                }
+            }
+            Flavor::Frr => {
+                let v: Value = serde_json::from_str(&self.cli(&["show", "ip", "bgp", "json"]))
+                    .unwrap_or_default();
+                for (prefix, paths) in v["routes"].as_object().into_iter().flatten() {
+                    for p in paths.as_array().into_iter().flatten() {
+                        if p["valid"] != true {
+                            continue;
+                        }
+                        for nh in p["nexthops"].as_array().into_iter().flatten() {
+                            if let Some(ip) = nh["ip"].as_str() {
+                                out.insert((prefix.clone(), ip.to_string()));
+                            }
+                        }
+                    }
+                }
+            }
+            // `{"10.244.0.0/26":[{"best":true,"attrs":[...,{"type":3,"nexthop":"172.30.0.11"}]}]}`
+            Flavor::Gobgp => {
+                let v: Value =
+                    serde_json::from_str(&self.cli(&["global", "rib", "-j"])).unwrap_or_default();
+                for (prefix, paths) in v.as_object().into_iter().flatten() {
+                    for p in paths.as_array().into_iter().flatten() {
+                        for a in p["attrs"].as_array().into_iter().flatten() {
+                            if let Some(nh) = a["nexthop"].as_str() {
+                                out.insert((prefix.clone(), nh.to_string()));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Stops originating `prefixes` (BIRD: rewrites its config and reloads;

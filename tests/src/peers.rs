@@ -93,6 +93,10 @@ pub struct PeerBuilder {
     /// BFD (min tx ms, min rx ms, multiplier) on every session; BIRD only.
     bfd: Option<(u32, u32, u8)>,
     api_port: u16,
+    /// FRR's listen address (default: the router id).
+    listen: Option<String>,
+    /// A config given whole (see [`PeerBuilder::raw_config`]).
+    raw: Option<String>,
 }
 
 /// A real router, started by a test (stopped by PID when dropped) or
@@ -136,6 +140,8 @@ impl PeerBuilder {
             kernel_export: false,
             bfd: None,
             api_port: 50051,
+            listen: None,
+            raw: None,
         }
     }
 
@@ -266,6 +272,21 @@ impl PeerBuilder {
         self
     }
 
+    /// FRR's listen address (default: the router id).
+    pub fn listen(mut self, addr: &str) -> Self {
+        self.listen = Some(addr.into());
+        self
+    }
+
+    /// Uses `text` as the whole config instead of writing one, for set-ups
+    /// the options above do not describe (the ingest benchmark's injectors
+    /// with their generated tables). Start-up, PID guard and queries stay
+    /// the builder's; queries by neighbour need the builder's sessions.
+    pub fn raw_config(mut self, text: &str) -> Self {
+        self.raw = Some(text.into());
+        self
+    }
+
     fn bird_only(&self) {
         let bird_only = self.kernel_export
             || self.bfd.is_some()
@@ -283,6 +304,9 @@ impl PeerBuilder {
 
     /// The router's config file text (`dir` holds its log).
     pub fn config(&self, dir: &Path) -> String {
+        if let Some(raw) = &self.raw {
+            return raw.clone();
+        }
         self.bird_only();
         match self.flavor {
             Flavor::Bird => self.bird_conf(dir),
@@ -542,7 +566,11 @@ impl Peer {
                 let _ = Command::new("chmod").arg("777").arg(&self.dir).status();
                 let pid = self.dir.join("bgpd.pid");
                 let _ = std::fs::remove_file(&pid);
-                let listen = self.spec().router_id.clone();
+                let spec = self.spec();
+                let listen = spec
+                    .listen
+                    .clone()
+                    .unwrap_or_else(|| spec.router_id.clone());
                 self.run_ok(
                     bgpd.to_str().unwrap_or_default(),
                     &[
@@ -602,6 +630,11 @@ impl Peer {
         }
     }
 
+    /// The PID of the process this test started (0 when attached or stopped).
+    pub fn pid(&self) -> i32 {
+        self.daemon.as_ref().map_or(0, Daemon::pid)
+    }
+
     /// Starts the router again with the same config (after a crash).
     pub fn restart(&mut self) {
         if let Some(mut d) = self.daemon.take() {
@@ -614,14 +647,13 @@ impl Peer {
     /// `gobgp ARGS`.
     pub fn cli(&self, args: &[&str]) -> String {
         let out = match self.flavor {
-            Flavor::Bird => self
-                .command("birdc")
+            // birdc and vtysh only talk to a unix socket: no namespace needed.
+            Flavor::Bird => Command::new("birdc")
                 .arg("-s")
                 .arg(self.ctl())
                 .args(args)
                 .output(),
-            Flavor::Frr => self
-                .command("vtysh")
+            Flavor::Frr => Command::new("vtysh")
                 .arg("--vty_socket")
                 .arg(&self.dir)
                 .args(["-c", &args.join(" ")])

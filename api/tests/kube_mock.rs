@@ -2,90 +2,52 @@
 //! replays recorded API responses from `tests/fixtures/`. We cannot run an
 //! API server here; these tests pin down the requests we send and how we
 //! read the answers: CAS conflicts (409), AlreadyExists, NotFound, and a
-//! watch that expires with 410 Gone and must re-list.
+//! watch that expires with 410 Gone and must re-list. Each test declares
+//! the exchanges it expects as a table (`twill_testkit::kube_mock`).
 
 use std::time::Duration;
 
 use futures::StreamExt;
-use http::{Method, Request, Response, StatusCode};
-use kube::client::Body;
-use tower_test::mock;
+use http::Method;
 use twill_api::resources::{IPPool, IPPoolSpec};
 use twill_api::store::kubernetes::KubeStore;
 use twill_api::{Store, StoreError, WatchEvent};
+use twill_testkit::kube_mock::{Exchange, Script, exchange};
 
-type Handle = mock::Handle<Request<Body>, Response<Body>>;
+const POOLS: &str = "/apis/twill.dev/v1/ippools";
 
 fn fixture(name: &str) -> Vec<u8> {
     let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-fn respond(status: u16, body: Vec<u8>) -> Response<Body> {
-    Response::builder()
-        .status(StatusCode::from_u16(status).expect("status"))
-        .header("content-type", "application/json")
-        .body(Body::from(body))
-        .expect("response")
+/// A row answered with a recorded fixture.
+fn row(method: Method, target: &str, status: u16, file: &str) -> Exchange {
+    exchange(method, target, status, fixture(file))
 }
 
-fn store() -> (Store, Handle) {
-    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-    (
-        Store::new(KubeStore::new(kube::Client::new(service, "default"))),
-        handle,
-    )
-}
-
-/// Waits for the next request, checks method and path, and answers it.
-async fn expect(
-    handle: &mut Handle,
-    method: Method,
-    path_prefix: &str,
-    status: u16,
-    body: Vec<u8>,
-) -> Vec<u8> {
-    let (req, send) = tokio::time::timeout(Duration::from_secs(10), handle.next_request())
-        .await
-        .expect("client sent no request in time")
-        .expect("service dropped");
-    assert_eq!(req.method(), method, "{}", req.uri());
-    let uri = req.uri().to_string();
-    assert!(
-        uri.starts_with(path_prefix),
-        "expected {path_prefix}..., got {uri}"
-    );
-    let sent = req
-        .into_body()
-        .collect_bytes()
-        .await
-        .expect("request body")
-        .to_vec();
-    send.send_response(respond(status, body));
-    sent
+/// A store on a fake API server that serves `table`.
+fn store(table: Vec<Exchange>) -> (Store, Script) {
+    let (client, script) = Script::start(table);
+    (Store::new(KubeStore::new(client)), script)
 }
 
 #[tokio::test]
 async fn get_reads_a_recorded_object() {
-    let (store, mut handle) = store();
-    let server = tokio::spawn(async move {
-        expect(
-            &mut handle,
+    let (store, mut api) = store(vec![
+        row(
             Method::GET,
             "/apis/twill.dev/v1/ippools/default-ipv4",
             200,
-            fixture("ippool_get.json"),
-        )
-        .await;
-        expect(
-            &mut handle,
+            "ippool_get.json",
+        ),
+        row(
             Method::GET,
             "/apis/twill.dev/v1/ippools/missing",
             404,
-            fixture("status_404.json"),
-        )
-        .await;
-    });
+            "status_404.json",
+        ),
+    ]);
     let pool: IPPool = store.get(None, "default-ipv4").await.unwrap().unwrap();
     assert_eq!(pool.spec.cidr, "10.244.0.0/16");
     assert_eq!(pool.metadata.resource_version.as_deref(), Some("42"));
@@ -96,44 +58,28 @@ async fn get_reads_a_recorded_object() {
             .unwrap()
             .is_none()
     );
-    server.await.unwrap();
+    api.finish().await;
 }
 
 #[tokio::test]
 async fn cas_update_conflict_reports_both_revisions() {
-    let (store, mut handle) = store();
-    let server = tokio::spawn(async move {
+    let (store, mut api) = store(vec![
         // Validation lists pools (overlap check) before the update.
-        expect(
-            &mut handle,
-            Method::GET,
-            "/apis/twill.dev/v1/ippools?",
-            200,
-            fixture("ippool_list_rv100.json"),
-        )
-        .await;
-        let sent = expect(
-            &mut handle,
+        row(Method::GET, POOLS, 200, "ippool_list_rv100.json"),
+        row(
             Method::PUT,
             "/apis/twill.dev/v1/ippools/default-ipv4",
             409,
-            fixture("status_409_conflict.json"),
-        )
-        .await;
-        // The update carried the revision we read: that is the CAS.
-        let sent: serde_json::Value = serde_json::from_slice(&sent).unwrap();
-        assert_eq!(sent["metadata"]["resourceVersion"], "42");
-        assert_eq!(sent["spec"]["disabled"], true);
+            "status_409_conflict.json",
+        ),
         // On conflict the store reads the current revision for the message.
-        expect(
-            &mut handle,
+        row(
             Method::GET,
             "/apis/twill.dev/v1/ippools/default-ipv4",
             200,
-            fixture("ippool_get_rv43.json"),
-        )
-        .await;
-    });
+            "ippool_get_rv43.json",
+        ),
+    ]);
     let mut pool: IPPool = serde_json::from_slice(&fixture("ippool_get.json")).unwrap();
     pool.spec.disabled = true;
     match store.update(&pool).await {
@@ -145,32 +91,20 @@ async fn cas_update_conflict_reports_both_revisions() {
         }
         other => panic!("expected a conflict, got {other:?}"),
     }
-    server.await.unwrap();
+    let seen = api.finish().await;
+    // The update carried the revision we read: that is the CAS.
+    let sent = seen[1].json();
+    assert_eq!(sent["metadata"]["resourceVersion"], "42");
+    assert_eq!(sent["spec"]["disabled"], true);
 }
 
 #[tokio::test]
 async fn create_existing_is_already_exists_and_invalid_is_never_sent() {
-    let (store, mut handle) = store();
-    let server = tokio::spawn(async move {
+    let (store, mut api) = store(vec![
         // Validation lists pools (overlap check) before the create.
-        expect(
-            &mut handle,
-            Method::GET,
-            "/apis/twill.dev/v1/ippools",
-            200,
-            fixture("ippool_list_rv100.json"),
-        )
-        .await;
-        expect(
-            &mut handle,
-            Method::POST,
-            "/apis/twill.dev/v1/ippools",
-            409,
-            fixture("status_409_exists.json"),
-        )
-        .await;
-        handle
-    });
+        row(Method::GET, POOLS, 200, "ippool_list_rv100.json"),
+        row(Method::POST, POOLS, 409, "status_409_exists.json"),
+    ]);
     // The stored pool's CIDR: a different one would also be checked against
     // the blocks cut from the stored pool (another request).
     let pool = IPPool::new(
@@ -182,7 +116,7 @@ async fn create_existing_is_already_exists_and_invalid_is_never_sent() {
     );
     let err = store.create(&pool).await.unwrap_err();
     assert!(err.is_already_exists(), "{err}");
-    let mut handle = server.await.unwrap();
+    api.finish().await;
 
     // An invalid object fails validation locally: no request at all.
     let bad = IPPool::new(
@@ -194,50 +128,31 @@ async fn create_existing_is_already_exists_and_invalid_is_never_sent() {
     );
     let err = store.create(&bad).await.unwrap_err();
     assert!(err.to_string().contains("spec.cidr"), "{err}");
-    handle.send_error(std::io::Error::other("no request expected"));
-    assert!(
-        tokio::time::timeout(Duration::from_millis(200), handle.next_request())
-            .await
-            .is_err(),
-        "an invalid object reached the API server"
-    );
+    // An invalid object reaching the API server would be a request beyond the table.
+    api.finish_quiet(Duration::from_millis(200)).await;
 }
 
 #[tokio::test]
 async fn watch_resyncs_after_410_gone() {
-    let (store, mut handle) = store();
-    let server = tokio::spawn(async move {
+    let (store, mut api) = store(vec![
         // Initial list, then a watch from its revision that the server has
         // already compacted away: 410 Gone inside the watch stream.
-        expect(
-            &mut handle,
+        row(Method::GET, POOLS, 200, "ippool_list_rv100.json"),
+        row(
             Method::GET,
-            "/apis/twill.dev/v1/ippools?",
+            &format!("{POOLS}?watch=true&resourceVersion=100"),
             200,
-            fixture("ippool_list_rv100.json"),
-        )
-        .await;
-        let (req, send) = handle.next_request().await.expect("watch request");
-        let uri = req.uri().to_string();
-        assert!(
-            uri.contains("watch=true") && uri.contains("resourceVersion=100"),
-            "{uri}"
-        );
-        send.send_response(respond(200, fixture("watch_410_gone.jsonl")));
+            "watch_410_gone.jsonl",
+        ),
         // The watcher must re-list, and watch again from the new revision.
-        let (req, send) = handle.next_request().await.expect("re-list");
-        let uri = req.uri().to_string();
-        assert!(!uri.contains("watch=true"), "expected a re-list, got {uri}");
-        send.send_response(respond(200, fixture("ippool_list_rv250.json")));
-        let (req, send) = handle.next_request().await.expect("second watch");
-        let uri = req.uri().to_string();
-        assert!(
-            uri.contains("watch=true") && uri.contains("resourceVersion=250"),
-            "{uri}"
-        );
-        send.send_response(respond(200, fixture("watch_added_rv251.jsonl")));
-        handle
-    });
+        row(Method::GET, POOLS, 200, "ippool_list_rv250.json"),
+        row(
+            Method::GET,
+            &format!("{POOLS}?watch=true&resourceVersion=250"),
+            200,
+            "watch_added_rv251.jsonl",
+        ),
+    ]);
 
     let mut w = store.watch::<IPPool>(None);
     let mut events = Vec::new();
@@ -273,8 +188,8 @@ async fn watch_resyncs_after_410_gone() {
         WatchEvent::Applied(p) => assert_eq!(p.metadata.name.as_deref(), Some("rack-c")),
         other => panic!("{other:?}"),
     }
+    api.finish().await;
     drop(w);
-    server.abort();
 }
 
 /// A cluster running a newer Twill: its objects carry fields this version
@@ -283,19 +198,10 @@ async fn watch_resyncs_after_410_gone() {
 /// not understood, so twillctl can warn instead of failing or staying silent.
 #[tokio::test]
 async fn objects_from_a_newer_version_are_read_and_their_unknown_fields_named() {
-    let (store, mut handle) = store();
-    let server = tokio::spawn(async move {
-        for _ in 0..2 {
-            expect(
-                &mut handle,
-                Method::GET,
-                "/apis/twill.dev/v1/ippools",
-                200,
-                fixture("ippool_list_newer_version.json"),
-            )
-            .await;
-        }
-    });
+    let (store, mut api) = store(vec![
+        row(Method::GET, POOLS, 200, "ippool_list_newer_version.json"),
+        row(Method::GET, POOLS, 200, "ippool_list_newer_version.json"),
+    ]);
     let typed = store
         .list::<IPPool>()
         .await
@@ -336,7 +242,7 @@ async fn objects_from_a_newer_version_are_read_and_their_unknown_fields_named() 
     );
     // The raw object keeps what this version does not know (twillctl shows it).
     assert_eq!(raw.items[0]["spec"]["encapsulation"], "None");
-    server.await.unwrap();
+    api.finish().await;
 }
 
 /// A CRD that is not installed: the API server answers the list with a
@@ -345,19 +251,13 @@ async fn objects_from_a_newer_version_are_read_and_their_unknown_fields_named() 
 #[tokio::test]
 async fn a_missing_crd_is_named_in_the_watch_error() {
     use twill_api::resources::GlobalNetworkPolicy;
-    let (store, mut handle) = store();
+    let (store, mut api) = store(vec![exchange(
+        Method::GET,
+        "/apis/twill.dev/v1/globalnetworkpolicies",
+        404,
+        b"404 page not found\n".to_vec(),
+    )]);
     let mut watch = store.watch::<GlobalNetworkPolicy>(None);
-    let server = tokio::spawn(async move {
-        expect(
-            &mut handle,
-            Method::GET,
-            "/apis/twill.dev/v1/globalnetworkpolicies",
-            404,
-            b"404 page not found\n".to_vec(),
-        )
-        .await;
-        handle
-    });
     let ev = tokio::time::timeout(Duration::from_secs(10), watch.next())
         .await
         .expect("the watch said nothing");
@@ -370,5 +270,5 @@ async fn a_missing_crd_is_named_in_the_watch_error() {
         "{err}"
     );
     assert!(err.contains("404 page not found"), "{err}");
-    drop(server.await);
+    api.finish().await;
 }

@@ -1,5 +1,5 @@
 //! Bounded memory for watched Pods with the Kubernetes backend: a mock API
-//! server (tower-test) lists 20 pods and then streams a churn of 5,000 pods
+//! server (tower-test, serving a table of expected requests) lists 20 pods and then streams a churn of 5,000 pods
 //! created and (most of them) deleted again, each as the API server sends
 //! it — large managedFields, several containers with images, env and
 //! resources, conditions, container statuses. A consumer keeps a cache the
@@ -11,13 +11,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use futures::StreamExt;
-use http::{Request, Response, StatusCode};
+use http::Method;
 use k8s_openapi::api::core::v1::Pod;
-use kube::client::Body;
 use serde_json::{Value, json};
-use tower_test::mock;
 use twill_api::store::kubernetes::KubeStore;
 use twill_api::{Store, WatchEvent};
+use twill_testkit::kube_mock::{Exchange, Script, exchange};
 
 const INITIAL: usize = 20;
 const CHURN: usize = 5_000;
@@ -110,61 +109,51 @@ fn churn() -> Vec<(&'static str, String)> {
     ev
 }
 
-fn respond(body: Vec<u8>) -> Response<Body> {
-    Response::builder()
-        .status(StatusCode::OK)
-        .header("content-type", "application/json")
-        .body(Body::from(body))
-        .expect("response")
-}
+const PODS: &str = "/api/v1/pods";
 
-fn query(uri: &http::Uri, key: &str) -> Option<String> {
-    uri.query()?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (k == key).then(|| v.to_string())
-    })
+/// What the API server is expected to be asked, and answers: one listing of
+/// the initial pods, then watches, each resuming exactly where the previous
+/// body ended (a re-list in the middle of the churn is a request the table
+/// does not have). The watch after the last event is not in the table: the
+/// test stops reading before the watcher asks again.
+fn churn_table(events: &[(&'static str, String)]) -> Vec<Exchange> {
+    let items: Vec<Value> = (0..INITIAL)
+        .map(|i| fat_pod(&format!("initial-{i}"), 100 + i as u64))
+        .collect();
+    let list = json!({"apiVersion": "v1", "kind": "PodList",
+        "metadata": {"resourceVersion": LIST_RV.to_string()}, "items": items});
+    let mut table = vec![exchange(
+        Method::GET,
+        PODS,
+        200,
+        serde_json::to_vec(&list).unwrap(),
+    )];
+    let mut next = 0usize;
+    for chunk in events.chunks(CHUNK) {
+        let from = LIST_RV + next as u64;
+        let mut body = Vec::new();
+        for (kind, name) in chunk {
+            next += 1;
+            let line = json!({"type": kind, "object": fat_pod(name, LIST_RV + next as u64)});
+            serde_json::to_writer(&mut body, &line).unwrap();
+            body.push(b'\n');
+        }
+        table.push(exchange(
+            Method::GET,
+            format!("{PODS}?watch=true&resourceVersion={from}"),
+            200,
+            body,
+        ));
+    }
+    table
 }
 
 #[tokio::test]
 async fn a_pod_churn_leaves_only_live_pods_holding_only_what_twill_reads() {
-    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
-    let store = Store::new(KubeStore::new(kube::Client::new(service, "default")));
     let events = churn();
     let total_events = events.len();
-    let server = tokio::spawn(async move {
-        let mut next = 0usize;
-        let mut open = Vec::new();
-        while let Some((req, send)) = handle.next_request().await {
-            let uri = req.uri().clone();
-            assert_eq!(uri.path(), "/api/v1/pods", "unexpected request {uri}");
-            if query(&uri, "watch").as_deref() != Some("true") {
-                assert_eq!(next, 0, "re-listed in the middle of the churn: {uri}");
-                let items: Vec<Value> = (0..INITIAL)
-                    .map(|i| fat_pod(&format!("initial-{i}"), 100 + i as u64))
-                    .collect();
-                let body = serde_json::to_vec(&json!({"apiVersion": "v1", "kind": "PodList",
-                    "metadata": {"resourceVersion": LIST_RV.to_string()}, "items": items}))
-                .unwrap();
-                send.send_response(respond(body));
-                continue;
-            }
-            // The watcher resumes exactly where the previous body ended.
-            let from = query(&uri, "resourceVersion").expect("watch without a revision");
-            assert_eq!(from, (LIST_RV + next as u64).to_string(), "{uri}");
-            if next == events.len() {
-                open.push(send); // stays open, quiet, until the test ends
-                continue;
-            }
-            let mut body = Vec::new();
-            for (kind, name) in events.iter().skip(next).take(CHUNK) {
-                next += 1;
-                let line = json!({"type": kind, "object": fat_pod(name, LIST_RV + next as u64)});
-                serde_json::to_writer(&mut body, &line).unwrap();
-                body.push(b'\n');
-            }
-            send.send_response(respond(body));
-        }
-    });
+    let (client, mut api) = Script::start(churn_table(&events));
+    let store = Store::new(KubeStore::new(client));
 
     // The consumer: a cache keyed by namespace/name, as the policy engine keeps.
     let mut cache: BTreeMap<(String, String), Pod> = BTreeMap::new();
@@ -198,6 +187,7 @@ async fn a_pod_churn_leaves_only_live_pods_holding_only_what_twill_reads() {
             }
         }
     }
+    api.finish().await;
     drop(w);
     assert_eq!(resyncs, 1, "one listing, then only watch events");
 
@@ -254,8 +244,6 @@ async fn a_pod_churn_leaves_only_live_pods_holding_only_what_twill_reads() {
             "{v}"
         );
     }
-    server.abort();
-    let _ = server.await;
     let full = fat_pod("churn-0", 1).to_string().len();
     eprintln!(
         "one pod: {full} bytes as sent, {} bytes cached ({} pods cached)",
@@ -273,22 +261,19 @@ async fn a_pod_churn_leaves_only_live_pods_holding_only_what_twill_reads() {
 /// Namespace written back would lose everything trimmed. Lists are trimmed.
 #[tokio::test]
 async fn get_returns_the_whole_object_and_list_the_trimmed_one() {
-    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
-    let store = Store::new(KubeStore::new(kube::Client::new(service, "default")));
     let sent = fat_pod("web-1", 42);
-    let server = {
-        let sent = sent.clone();
-        tokio::spawn(async move {
-            let (req, send) = handle.next_request().await.expect("get");
-            assert_eq!(req.uri().path(), "/api/v1/namespaces/churn/pods/web-1");
-            send.send_response(respond(serde_json::to_vec(&sent).unwrap()));
-            let (req, send) = handle.next_request().await.expect("list");
-            assert_eq!(req.uri().path(), "/api/v1/pods");
-            let list = json!({"apiVersion": "v1", "kind": "PodList",
-                "metadata": {"resourceVersion": "42"}, "items": [sent]});
-            send.send_response(respond(serde_json::to_vec(&list).unwrap()));
-        })
-    };
+    let list = json!({"apiVersion": "v1", "kind": "PodList",
+        "metadata": {"resourceVersion": "42"}, "items": [sent]});
+    let (client, mut api) = Script::start(vec![
+        exchange(
+            Method::GET,
+            "/api/v1/namespaces/churn/pods/web-1",
+            200,
+            serde_json::to_vec(&sent).unwrap(),
+        ),
+        exchange(Method::GET, PODS, 200, serde_json::to_vec(&list).unwrap()),
+    ]);
+    let store = Store::new(KubeStore::new(client));
     let key = twill_api::ObjectKey::new(Some("churn"), "web-1");
     let got = store
         .backend()
@@ -306,5 +291,5 @@ async fn get_returns_the_whole_object_and_list_the_trimmed_one() {
         pod.spec.as_ref().unwrap().node_name.as_deref(),
         Some("node-a")
     );
-    server.await.unwrap();
+    api.finish().await;
 }

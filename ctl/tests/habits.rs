@@ -9,7 +9,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
+
 use std::time::{Duration, Instant};
+use twill_testkit::http_fake::HttpFake;
 
 fn cmd(db: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_twillctl"));
@@ -587,52 +589,23 @@ fn version_names_the_client_and_the_server() {
     assert!(v.get("serverVersion").is_none());
 }
 
-/// A loopback HTTP server answering /version once; returns what it got.
-fn fake_version_server(listener: TcpListener, git: &'static str) -> std::thread::JoinHandle<bool> {
-    listener.set_nonblocking(false).expect("blocking");
-    std::thread::spawn(move || {
-        listener
-            .set_nonblocking(true)
-            .expect("nonblocking for the deadline");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            match listener.accept() {
-                Ok((mut s, _)) => {
-                    s.set_nonblocking(false).expect("blocking");
-                    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-                    let mut req = [0u8; 4096];
-                    let n = s.read(&mut req).unwrap_or(0);
-                    let body = format!(
-                        r#"{{"major":"1","minor":"30","gitVersion":"{git}","gitCommit":"x","gitTreeState":"clean","buildDate":"2026-01-01T00:00:00Z","goVersion":"go1","compiler":"gc","platform":"linux/amd64"}}"#
-                    );
-                    let _ = write!(
-                        s,
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    return String::from_utf8_lossy(&req[..n]).starts_with("GET /version");
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if Instant::now() > deadline {
-                        return false;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(_) => return false,
-            }
-        }
+/// A fake API server (loopback) answering every request with a version.
+fn fake_version_server(git: &'static str) -> HttpFake {
+    HttpFake::serve(move |_| {
+        (200, format!(
+            r#"{{"major":"1","minor":"30","gitVersion":"{git}","gitCommit":"x","gitTreeState":"clean","buildDate":"2026-01-01T00:00:00Z","goVersion":"go1","compiler":"gc","platform":"linux/amd64"}}"#
+        ))
     })
+    .expect("fake API server")
 }
 
 #[test]
 fn kubeconfig_and_context_choose_the_cluster() {
     let dir = tempfile::tempdir().expect("tempdir");
+    // Cluster a: a port nobody answers on (bound, then closed below).
     let a = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let b = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let (pa, pb) = (
-        a.local_addr().expect("addr").port(),
-        b.local_addr().expect("addr").port(),
-    );
+    let b = fake_version_server("v1.30.0-cluster-b");
+    let (pa, pb) = (a.local_addr().expect("addr").port(), b.port);
     let kc = dir.path().join("kubeconfig");
     std::fs::write(
         &kc,
@@ -645,7 +618,6 @@ fn kubeconfig_and_context_choose_the_cluster() {
     let db = dir.path().join("unused.db");
     // --context picks cluster b, not the current context a.
     drop(a);
-    let hb = fake_version_server(b, "v1.30.0-cluster-b");
     let o = twillctl(
         &db,
         &[
@@ -662,8 +634,11 @@ fn kubeconfig_and_context_choose_the_cluster() {
     assert!(o.status.success(), "{out}{err}");
     assert!(out.contains("Server Version: v1.30.0-cluster-b"), "{out}");
     assert!(
-        hb.join().expect("server thread"),
-        "cluster b was asked for /version"
+        b.requests()
+            .first()
+            .is_some_and(|r| r.starts_with("GET /version")),
+        "cluster b was asked for /version: {:?}",
+        b.requests()
     );
     // An unknown context is an error naming it.
     let o = twillctl(
@@ -829,73 +804,34 @@ fn help_does_not_repeat_the_global_options_in_every_command() {
     assert!(text(&o).1.contains("/nonexistent/x.db"));
 }
 
-/// A loopback API server for one IPPool collection that holds nothing:
-/// lists are empty, gets are 404, and a POST is answered with its body (as
-/// the API server answers a dry run). Returns the port and the request lines.
-fn empty_pool_server() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let log = seen.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-            let mut line = String::new();
-            if reader.read_line(&mut line).is_err() {
-                continue;
-            }
-            let mut len = 0usize;
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
-                    break;
-                }
-                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0u8; len];
-            if reader.read_exact(&mut body).is_err() {
-                continue;
-            }
-            log.lock().expect("lock").push(line.trim().to_string());
-            let path = line.split(' ').nth(1).unwrap_or("");
-            let (status, answer) = if line.starts_with("POST ") {
-                (201, String::from_utf8_lossy(&body).into_owned())
-            } else if path.split('?').next() == Some("/apis/twill.dev/v1/ippools") {
-                (
-                    200,
-                    r#"{"apiVersion":"twill.dev/v1","kind":"IPPoolList","metadata":{"resourceVersion":"7"},"items":[]}"#.to_string(),
-                )
-            } else {
-                (
-                    404,
-                    r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#.to_string(),
-                )
-            };
-            let _ = write!(
-                stream,
-                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
-                answer.len()
-            );
+/// A fake API server (loopback) for one IPPool collection that holds
+/// nothing: lists are empty, gets are 404, and a POST is answered with its
+/// body (as the API server answers a dry run).
+fn empty_pool_server() -> HttpFake {
+    HttpFake::serve(|req| {
+        if req.method == "POST" {
+            (201, String::from_utf8_lossy(&req.body).into_owned())
+        } else if req.path() == "/apis/twill.dev/v1/ippools" {
+            (
+                200,
+                r#"{"apiVersion":"twill.dev/v1","kind":"IPPoolList","metadata":{"resourceVersion":"7"},"items":[]}"#.to_string(),
+            )
+        } else {
+            (
+                404,
+                r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#.to_string(),
+            )
         }
-    });
-    (port, seen)
+    })
+    .expect("fake API server")
 }
 
 #[test]
 fn server_dry_run_sends_every_write_with_dry_run_all() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (port, seen) = empty_pool_server();
+    let api = empty_pool_server();
     let kc = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kc,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters:\n- name: k\n  cluster:\n    server: http://127.0.0.1:{port}\ncontexts:\n- name: c\n  context:\n    cluster: k\n    user: u\nusers:\n- name: u\n  user:\n    token: t\n"
-        ),
-    )
-    .expect("write");
+    std::fs::write(&kc, api.kubeconfig()).expect("write");
     let f = dir.path().join("p.yaml");
     std::fs::write(&f, pool("dry", "10.80.0.0/16", "")).expect("write");
     let db = dir.path().join("unused.db");
@@ -915,7 +851,7 @@ fn server_dry_run_sends_every_write_with_dry_run_all() {
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}{err}");
     assert_eq!(out.trim(), "ippool/dry created (server dry run)");
-    let requests = seen.lock().expect("lock").clone();
+    let requests = api.requests();
     let posts: Vec<&String> = requests.iter().filter(|r| r.starts_with("POST")).collect();
     assert_eq!(posts.len(), 1, "{requests:?}");
     assert!(posts[0].contains("dryRun=All"), "{requests:?}");

@@ -9,7 +9,11 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
+use crate::peers::{Flavor, Peer};
 use crate::{bins, unique_name};
+
+/// The lab's GoBGP API address (in the ToR namespace).
+pub const GOBGP_API: &str = "127.0.0.1:50051";
 
 pub struct Lab {
     pub dir: PathBuf,
@@ -143,13 +147,7 @@ impl Lab {
 
     /// BIRD's table in the ToR (the lab's BIRD control socket).
     pub fn bird_routes(&self) -> String {
-        let out = Command::new("birdc")
-            .arg("-s")
-            .arg(self.dir.join("tor").join("bird.ctl"))
-            .args(["show", "route"])
-            .output()
-            .expect("birdc");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.tor(Flavor::Bird).cli(&["show", "route"])
     }
 
     /// Any twillctl command against the lab's store.
@@ -206,6 +204,16 @@ impl Lab {
             .as_str()
             .map(PathBuf::from)
             .unwrap_or_else(|| self.dir.join("tor"))
+    }
+
+    /// The lab's ToR (`--tor bird|frr|gobgp`) for queries; the lab owns
+    /// its process.
+    pub fn tor(&self, flavor: Flavor) -> Peer {
+        let dir = match flavor {
+            Flavor::Frr => self.frr_dir(),
+            _ => self.dir.join("tor"),
+        };
+        Peer::attach(flavor, &self.ns("tor"), &dir, GOBGP_API)
     }
 
     /// `twillctl lab restart NODE [--kill]`.

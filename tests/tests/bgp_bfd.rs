@@ -8,74 +8,8 @@
 
 use std::time::{Duration, Instant};
 
-use twill_tests::peers::{Bird, TwillBgpd, add_v6};
-use twill_tests::{Netns, require_binary, require_root, veth_between, wait_until};
-
-fn bird_conf(dir: &std::path::Path, bfd: bool) -> String {
-    let (proto, on) = if bfd {
-        (
-            r#"protocol bfd { interface "*" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }; }"#,
-            "bfd on;",
-        )
-    } else {
-        ("", "")
-    };
-    format!(
-        r#"
-log "{dir}/bird.log" all;
-router id 10.96.0.1;
-protocol device {{ }}
-{proto}
-protocol static s4 {{ ipv4; route 10.60.0.0/24 blackhole; }}
-protocol static s6 {{ ipv6; route fd60::/64 blackhole; }}
-template bgp tw {{
-  local as 65000;
-  hold time 60;
-  connect retry time 2;
-  connect delay time 1;
-  error wait time 1, 5;
-  {on}
-}}
-protocol bgp twill4 from tw {{
-  local 10.96.0.1 as 65000;
-  neighbor 10.96.0.2 as 65001;
-  ipv4 {{ import all; export all; }};
-}}
-protocol bgp twill6 from tw {{
-  local fd96::1 as 65000;
-  neighbor fd96::2 as 65001;
-  ipv6 {{ import all; export all; }};
-}}
-"#,
-        dir = dir.display()
-    )
-}
-
-fn twill_conf(dir: &std::path::Path) -> String {
-    format!(
-        r#"
-asn: 65001
-router_id: 10.96.0.2
-listen_address: "::"
-status_socket: {sock}
-networks: [10.1.0.0/24, "fd00:1::/64"]
-neighbors:
-  - address: 10.96.0.1
-    asn: 65000
-    hold_time: 60
-    connect_retry: 2
-    families: [ipv4]
-    bfd: {{ min_tx_ms: 100, min_rx_ms: 100, multiplier: 3 }}
-  - address: "fd96::1"
-    asn: 65000
-    hold_time: 60
-    connect_retry: 2
-    families: [ipv6]
-    bfd: {{ min_tx_ms: 100, min_rx_ms: 100, multiplier: 3 }}
-"#,
-        sock = TwillBgpd::socket_for(dir).display()
-    )
-}
+use twill_tests::peers::{Peer, TorLink, TwillBgpd};
+use twill_tests::{require_binary, wait_until};
 
 const PEERS: [&str; 2] = ["10.96.0.1", "fd96::1"];
 const OURS: [&str; 2] = ["10.96.0.2", "fd96::2"];
@@ -83,32 +17,31 @@ const OURS: [&str; 2] = ["10.96.0.2", "fd96::2"];
 /// Fields drop in order: the daemons (by PID) before their namespaces.
 struct Lab {
     twill: TwillBgpd,
-    bird: Bird,
-    tor: Netns,
-    _node: Netns,
-    _tmp: tempfile::TempDir,
+    bird: Peer,
+    l: TorLink,
 }
 
+/// BIRD (AS 65000) and us (AS 65001), one session per family, hold time
+/// 60 s; BFD at 100 ms × 3 on our side, and on BIRD's if `bird_bfd`.
 fn lab(bird_bfd: bool) -> Lab {
-    require_root();
     require_binary("nft", "nftables");
-    let tmp = tempfile::tempdir().unwrap();
-    let tor = Netns::new("tfB");
-    let node = Netns::new("tfN");
-    veth_between(&tor, "tor0", "10.96.0.1/30", &node, "node0", "10.96.0.2/30");
-    add_v6(&tor, "fd96::1/64", "tor0");
-    add_v6(&node, "fd96::2/64", "node0");
-    let bird_dir = tmp.path().join("bird");
-    let twill_dir = tmp.path().join("twill");
-    let bird = Bird::start(&tor, &bird_dir, &bird_conf(&bird_dir, bird_bfd));
-    let twill = TwillBgpd::start(&node, &twill_dir, &twill_conf(&twill_dir));
-    Lab {
-        twill,
-        bird,
-        tor,
-        _node: node,
-        _tmp: tmp,
+    let l = TorLink::new("tf");
+    let mut b = Peer::bird()
+        .hold_time(60)
+        .ipv4(65001)
+        .ipv6(65001)
+        .announce(&["10.60.0.0/24", "fd60::/64"]);
+    if bird_bfd {
+        b = b.bfd(100, 100, 3);
     }
+    let bird = l.peer(b);
+    let twill = l.twill_dual(
+        65000,
+        60,
+        "bfd: { min_tx_ms: 100, min_rx_ms: 100, multiplier: 3 }",
+        "",
+    );
+    Lab { twill, bird, l }
 }
 
 impl Lab {
@@ -123,7 +56,7 @@ impl Lab {
     /// BIRD's state of its BFD session towards our address.
     fn bird_bfd(&self, ours: &str) -> String {
         self.bird
-            .birdc(&["show", "bfd", "sessions"])
+            .cli(&["show", "bfd", "sessions"])
             .lines()
             .find(|l| l.split_whitespace().next() == Some(ours))
             .and_then(|l| l.split_whitespace().nth(2).map(str::to_string))
@@ -137,28 +70,23 @@ impl Lab {
             && OURS.iter().all(|o| self.bird_bfd(o) == "Up")
             && self.twill.has_route("10.60.0.0/24")
             && self.twill.has_route("fd60::/64")
-            && self
-                .bird
-                .birdc(&["show", "route", "10.1.0.0/24"])
-                .contains("10.96.0.2")
-            && self
-                .bird
-                .birdc(&["show", "route", "fd00:1::/64"])
-                .contains("fd96::2")
+            && self.bird.has_route_via("10.1.0.0/24", OURS[0])
+            && self.bird.has_route_via("fd00:1::/64", OURS[1])
     }
 
     fn debug(&self) -> String {
         format!(
             "{}\n{}\n{}\n{}",
             self.twill.status_table(),
-            self.bird.birdc(&["show", "bfd", "sessions"]),
-            self.bird.birdc(&["show", "protocols"]),
+            self.bird.cli(&["show", "bfd", "sessions"]),
+            self.bird.cli(&["show", "protocols"]),
             self.twill.log_tail()
         )
     }
 
     fn nft(&self, script: &str) {
         let out = self
+            .l
             .tor
             .command("nft")
             .args(["-f", "-"])

@@ -5,40 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use twill_tests::peers::{Bird, TwillBgpd, add_v6};
-use twill_tests::{Netns, require_root, veth_between, wait_until};
-
-fn bird_conf(dir: &std::path::Path) -> String {
-    format!(
-        r#"
-log "{dir}/bird.log" all;
-router id 10.96.0.1;
-protocol device {{ }}
-protocol static s4 {{ ipv4; route 10.60.0.0/24 blackhole; route 10.60.1.0/24 blackhole; }}
-protocol static s6 {{ ipv6; route fd60::/64 blackhole; }}
-protocol kernel k4 {{ ipv4 {{ export where source = RTS_BGP; }}; }}
-protocol kernel k6 {{ ipv6 {{ export where source = RTS_BGP; }}; }}
-template bgp tw {{
-  local as 65000;
-  hold time 9;
-  connect retry time 2;
-  connect delay time 1;
-  error wait time 1, 5;
-}}
-protocol bgp twill4 from tw {{
-  local 10.96.0.1 as 65000;
-  neighbor 10.96.0.2 as 65001;
-  ipv4 {{ import all; export all; }};
-}}
-protocol bgp twill6 from tw {{
-  local fd96::1 as 65000;
-  neighbor fd96::2 as 65001;
-  ipv6 {{ import all; export all; }};
-}}
-"#,
-        dir = dir.display()
-    )
-}
+use twill_tests::peers::{NODE4, NODE6, Peer, TorLink, TwillBgpd};
+use twill_tests::wait_until;
 
 fn twill_conf(dir: &std::path::Path) -> String {
     format!(
@@ -68,21 +36,19 @@ neighbors:
 
 #[test]
 fn bgp_bird_ebgp_tor_routes_both_ways_ipv4_and_ipv6() {
-    require_root();
-    let tmp = tempfile::tempdir().unwrap();
-    let tor = Netns::new("tbB");
-    let node = Netns::new("tbN");
-    veth_between(&tor, "tor0", "10.96.0.1/30", &node, "node0", "10.96.0.2/30");
-    add_v6(&tor, "fd96::1/64", "tor0");
-    add_v6(&node, "fd96::2/64", "node0");
-
-    let bird_dir = tmp.path().join("bird");
-    let twill_dir = tmp.path().join("twill");
-    std::fs::create_dir_all(&bird_dir).unwrap();
-    std::fs::create_dir_all(&twill_dir).unwrap();
+    let l = TorLink::new("tb");
+    let (tor, node) = (&l.tor, &l.node);
+    let twill_dir = l.dir("twill");
     let t0 = Instant::now();
-    let bird = Bird::start(&tor, &bird_dir, &bird_conf(&bird_dir));
-    let twill = TwillBgpd::start(&node, &twill_dir, &twill_conf(&twill_dir));
+    // AS 65000, one session per family, BGP routes into its kernel table.
+    let bird = l.peer(
+        Peer::bird()
+            .ipv4(65001)
+            .ipv6(65001)
+            .announce(&["10.60.0.0/24", "10.60.1.0/24", "fd60::/64"])
+            .kernel_export(),
+    );
+    let twill = TwillBgpd::start(node, &twill_dir, &twill_conf(&twill_dir));
 
     let up = wait_until(Duration::from_secs(20), || {
         twill.established("10.96.0.1") && twill.established("fd96::1")
@@ -91,29 +57,25 @@ fn bgp_bird_ebgp_tor_routes_both_ways_ipv4_and_ipv6() {
         up,
         "sessions did not establish:\n{}\n{}\n{}",
         twill.status_table(),
-        bird.birdc(&["show", "protocols", "all"]),
+        bird.sessions(),
         twill.log_tail()
     );
     eprintln!("both sessions Established after {:?}", t0.elapsed());
-    assert!(bird.established("twill4") && bird.established("twill6"));
+    assert!(bird.established(NODE4) && bird.established(NODE6));
 
     // Ours -> BIRD, seen by birdc and in BIRD's kernel table.
     assert!(
         wait_until(Duration::from_secs(10), || {
-            bird.birdc(&["show", "route", "10.1.0.0/24"])
-                .contains("10.96.0.2")
-                && bird
-                    .birdc(&["show", "route", "fd00:1::/64"])
-                    .contains("fd96::2")
+            bird.has_route_via("10.1.0.0/24", NODE4) && bird.has_route_via("fd00:1::/64", NODE6)
         }),
         "BIRD did not learn our routes:\n{}",
-        bird.birdc(&["show", "route", "all"])
+        bird.table()
     );
     let k4 = tor.ip(&["route", "show", "10.1.0.0/24"]);
     assert!(k4.contains("via 10.96.0.2"), "BIRD kernel table: {k4}");
     let k6 = tor.ip(&["-6", "route", "show", "fd00:1::/64"]);
     assert!(k6.contains("via fd96::2"), "BIRD kernel table: {k6}");
-    let path = bird.birdc(&["show", "route", "10.1.0.0/24", "all"]);
+    let path = bird.route("10.1.0.0/24");
     assert!(path.contains("BGP.as_path: 65001"), "{path}");
 
     // BIRD -> ours.
@@ -156,7 +118,7 @@ fn bgp_bird_ebgp_tor_routes_both_ways_ipv4_and_ipv6() {
             .unwrap_or(0)
     };
     let before = updates_out(&twill.metrics());
-    bird.birdc(&["reload", "in", "twill4"]);
+    bird.cli(&["reload", "in", "twill4"]);
     assert!(
         wait_until(Duration::from_secs(10), || {
             let m = twill.metrics();
@@ -165,10 +127,7 @@ fn bgp_bird_ebgp_tor_routes_both_ways_ipv4_and_ipv6() {
         "no answer to ROUTE-REFRESH:\n{}",
         twill.metrics()
     );
-    assert!(
-        bird.established("twill4"),
-        "route refresh reset the session"
-    );
+    assert!(bird.established(NODE4), "route refresh reset the session");
     // The same metrics over HTTP for Prometheus, inside the node namespace
     // (bash's /dev/tcp: no HTTP client needed).
     let scrape = node.exec_ok(
@@ -185,7 +144,8 @@ fn bgp_bird_ebgp_tor_routes_both_ways_ipv4_and_ipv6() {
     );
 
     // A withdrawal on BIRD's side reaches us.
-    bird.birdc(&["disable", "s4"]);
+    // s4: the builder's static protocol for the IPv4 prefixes.
+    bird.cli(&["disable", "s4"]);
     assert!(
         wait_until(Duration::from_secs(10), || !twill.has_route("10.60.0.0/24")),
         "withdrawal not seen: {:?}",

@@ -8,16 +8,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use twill_tests::peers::TorLink;
+use twill_tests::peers::{NODE4, TorLink};
 use twill_tests::wait_until;
 
 #[test]
 fn bgp_graceful_restart_bird_keeps_routes_across_a_crash() {
     let l = TorLink::new("tgr");
-    let bird = l.bird(
-        "graceful restart on; graceful restart time 60;",
-        &["10.60.0.0/24"],
-    );
+    let bird = l.bird(&["10.60.0.0/24"], |b| {
+        b.bird_options("graceful restart on; graceful restart time 60;")
+    });
     let state = l.dir("twill").join("gr.state");
     let mut t = l.twill(
         "",
@@ -68,11 +67,11 @@ fn bgp_graceful_restart_bird_keeps_routes_across_a_crash() {
     assert!(state.exists(), "the GR state file must survive a crash");
     // BIRD notices the dead session but keeps the route.
     assert!(
-        wait_until(Duration::from_secs(10), || !bird.established("twill4")),
+        wait_until(Duration::from_secs(10), || !bird.established(NODE4)),
         "BIRD did not notice the crash"
     );
     std::thread::sleep(Duration::from_secs(2));
-    let r = bird.birdc(&["show", "route", "10.1.0.0/24", "all"]);
+    let r = bird.route("10.1.0.0/24");
     assert!(
         r.contains("10.96.0.2"),
         "BIRD dropped our route during the restart:\n{r}"
@@ -85,7 +84,7 @@ fn bgp_graceful_restart_bird_keeps_routes_across_a_crash() {
         t.status_table(),
         t.log_tail()
     );
-    assert!(wait_until(Duration::from_secs(10), || bird.established("twill4")));
+    assert!(wait_until(Duration::from_secs(10), || bird.established(NODE4)));
     // Routes learned from BIRD come back too.
     assert!(wait_until(Duration::from_secs(10), || t.has_route("10.60.0.0/24")));
     std::thread::sleep(Duration::from_secs(2));
@@ -101,7 +100,7 @@ fn bgp_graceful_restart_bird_keeps_routes_across_a_crash() {
         miss, 0,
         "BIRD's kernel route flapped during the graceful restart"
     );
-    let r = bird.birdc(&["show", "route", "10.1.0.0/24", "all"]);
+    let r = bird.route("10.1.0.0/24");
     assert!(
         !r.to_lowercase().contains("stale"),
         "still stale after End-of-RIB:\n{r}"
@@ -116,15 +115,14 @@ fn bgp_graceful_restart_bird_keeps_routes_across_a_crash() {
 #[test]
 fn bgp_graceful_restart_helper_keeps_a_crashed_peers_routes_stale() {
     let l = TorLink::new("tgh");
-    let mut bird = l.bird(
-        "graceful restart on; graceful restart time 30;",
-        &["10.60.0.0/24"],
-    );
+    let mut bird = l.bird(&["10.60.0.0/24"], |b| {
+        b.bird_options("graceful restart on; graceful restart time 30;")
+    });
     let t = l.twill("", "graceful_restart: { restart_time: 60 }");
     assert!(wait_until(Duration::from_secs(20), || t.established("10.96.0.1")));
     assert!(wait_until(Duration::from_secs(10), || t.has_route("10.60.0.0/24")));
 
-    bird.daemon.kill();
+    bird.daemon.as_mut().expect("started").kill();
     assert!(
         wait_until(Duration::from_secs(15), || !t.established("10.96.0.1")),
         "we did not notice BIRD's crash"
@@ -140,9 +138,7 @@ fn bgp_graceful_restart_helper_keeps_a_crashed_peers_routes_stale() {
         std::thread::sleep(Duration::from_millis(200));
     }
     // BIRD comes back; its table replaces the stale one.
-    let conf = std::fs::read_to_string(bird.dir.join("bird.conf")).unwrap();
-    let bird2 = l.bird_restart(&conf);
-    bird = bird2;
+    bird.restart();
     assert!(
         wait_until(Duration::from_secs(20), || t.established("10.96.0.1")),
         "{}\n{}",
@@ -150,5 +146,5 @@ fn bgp_graceful_restart_helper_keeps_a_crashed_peers_routes_stale() {
         t.log_tail()
     );
     assert!(wait_until(Duration::from_secs(10), || t.has_route("10.60.0.0/24")));
-    assert!(bird.established("twill4"));
+    assert!(bird.established(NODE4));
 }

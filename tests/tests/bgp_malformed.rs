@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use twill_tests::peers::{TorLink, TwillBgpd};
+use twill_tests::peers::{NODE4, TorLink, TwillBgpd};
 use twill_tests::wait_until;
 
 const PEER_AS: u32 = 65002;
@@ -166,7 +166,7 @@ fn bgp_malformed_messages_get_the_right_answer_and_other_sessions_stay_up() {
     l.tor.ip(&["addr", "add", "10.96.1.1/24", "dev", "tor0"]);
     l.node
         .ip(&["route", "add", "10.96.1.0/24", "via", "10.96.0.1"]);
-    let bird = l.bird("", &["10.60.0.0/24"]);
+    let bird = l.bird(&["10.60.0.0/24"], |b| b);
     // (last octet, what we send, expected answer)
     type Case = (u8, &'static str, Expect);
     let cases: Vec<Case> = vec![
@@ -290,7 +290,7 @@ fn bgp_malformed_messages_get_the_right_answer_and_other_sessions_stay_up() {
             t.established("10.96.0.1"),
             "{what} disturbed another session"
         );
-        assert!(bird.established("twill4"));
+        assert!(bird.established(NODE4));
     }
     assert!(t.has_route("10.60.0.0/24"));
     let p = t.peer("10.96.0.1").unwrap();

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use twill_tests::peers::{Bird, TwillBgpd};
+use twill_tests::peers::{Peer, TwillBgpd};
 use twill_tests::{Netns, require_root, veth_between, wait_until};
 
 struct Hops {
@@ -41,30 +41,15 @@ fn hops(prefix: &str) -> Hops {
     }
 }
 
-fn start(h: &Hops, multihop: &str) -> (Bird, TwillBgpd) {
-    let bd = h.tmp.path().join("bird");
-    std::fs::create_dir_all(&bd).unwrap();
-    let bird = Bird::start(
-        &h.tor,
-        &bd,
-        &format!(
-            r#"
-log "{dir}/bird.log" all;
-router id 10.96.0.1;
-protocol device {{ }}
-protocol static s4 {{ ipv4; route 10.60.0.0/24 blackhole; }}
-protocol bgp twill4 {{
-  local 10.96.0.1 as 65000;
-  neighbor 10.98.0.2 as 65001;
-  multihop 2;
-  connect retry time 2;
-  connect delay time 1;
-  ipv4 {{ import all; export all; next hop self; }};
-}}
-"#,
-            dir = bd.display()
-        ),
-    );
+/// BIRD (AS 65000, multihop 2 towards 10.98.0.2) and us, whose neighbour
+/// gets the YAML keys `multihop`.
+fn start(h: &Hops, multihop: &str) -> (Peer, TwillBgpd) {
+    let bird = Peer::bird()
+        .neighbor("10.96.0.1", "10.98.0.2", 65001)
+        .multihop(2)
+        .next_hop_self()
+        .announce(&["10.60.0.0/24"])
+        .start(&h.tor, &h.tmp.path().join("bird"));
     let td = h.tmp.path().join("twill");
     std::fs::create_dir_all(&td).unwrap();
     let twill = TwillBgpd::start(
@@ -86,13 +71,12 @@ fn bgp_ebgp_multihop_across_a_router() {
         wait_until(Duration::from_secs(20), || t.established("10.96.0.1")),
         "{}\n{}\n{}",
         t.status_table(),
-        bird.birdc(&["show", "protocols", "all", "twill4"]),
+        bird.session_view("10.98.0.2"),
         t.log_tail()
     );
     assert!(wait_until(Duration::from_secs(10), || t.has_route("10.60.0.0/24")));
     assert!(wait_until(Duration::from_secs(10), || bird
-        .birdc(&["show", "route", "10.1.0.0/24"])
-        .contains("10.98.0.2")));
+        .has_route_via("10.1.0.0/24", "10.98.0.2")));
 }
 
 #[test]
@@ -100,7 +84,7 @@ fn bgp_ebgp_without_multihop_does_not_cross_a_router() {
     let h = hops("tmn");
     let (bird, t) = start(&h, "");
     let up = wait_until(Duration::from_secs(8), || {
-        t.established("10.96.0.1") || bird.established("twill4")
+        t.established("10.96.0.1") || bird.established("10.98.0.2")
     });
     assert!(!up, "a TTL-1 eBGP session crossed a router");
 }

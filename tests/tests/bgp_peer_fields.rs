@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use twill_tests::bins::twillctl_apply;
-use twill_tests::peers::Bird;
+use twill_tests::peers::Peer;
 use twill_tests::{Netns, TestNode, require_root, veth_between, wait_until};
 
 const BGP_CONFIG: &str = r#"
@@ -79,36 +79,19 @@ fn bgppeer_ttl_security_is_a_hop_count_and_the_secret_namespace_is_our_own() {
         .ip(&["route", "add", "10.96.0.0/30", "via", "10.98.0.1"]);
     assert!(node.ns.ping("10.96.0.1"), "no path across the router");
 
-    let bd = tmp.path().join("bird");
-    std::fs::create_dir_all(&bd).unwrap();
-    let bird = Bird::start(
-        &tor,
-        &bd,
-        &format!(
-            r#"
-log "{dir}/bird.log" all;
-router id 10.96.0.1;
-protocol device {{ }}
-protocol static s4 {{ ipv4; route 10.60.0.0/24 blackhole; }}
-protocol bgp tor {{
-  local 10.96.0.1 as 65000;
-  neighbor 10.98.0.2 as 65001;
-  multihop 2;
-  ttl security on;
-  password "two-hop-Secret";
-  hold time 9;
-  connect retry time 2;
-  connect delay time 1;
-  error wait time 1, 3;
-  ipv4 {{ import all; export all; next hop self; }};
-}}
-"#,
-            dir = bd.display()
-        ),
-    );
+    // BIRD two hops away with GTSM and the MD5 password of the Secret.
+    let bird = Peer::bird()
+        .neighbor("10.96.0.1", "10.98.0.2", 65001)
+        .name("tor")
+        .multihop(2)
+        .ttl_security()
+        .password("two-hop-Secret")
+        .next_hop_self()
+        .announce(&["10.60.0.0/24"])
+        .start(&tor, &tmp.path().join("bird"));
 
     // ttlSecurity 1: a direct peer only. BIRD's packets arrive with TTL 254.
-    let up = wait_until(Duration::from_secs(12), || bird.established("tor"));
+    let up = wait_until(Duration::from_secs(12), || bird.established("10.98.0.2"));
     assert!(
         !up,
         "ttlSecurity 1 let a peer two hops away in:\n{}",
@@ -120,7 +103,7 @@ protocol bgp tor {{
             .contains("arrived with TTL 254 (needs 255 or more)")),
         "the GTSM refusal is not logged:\n{}\n{}",
         node.log(),
-        bird.birdc(&["show", "protocols", "all", "tor"])
+        bird.session_view("10.98.0.2")
     );
     assert!(
         !node
@@ -133,13 +116,13 @@ protocol bgp tor {{
     // ttlSecurity 2: one router between us is allowed.
     twillctl_apply(&db, &peer(2));
     assert!(
-        wait_until(Duration::from_secs(40), || bird.established("tor")),
+        wait_until(Duration::from_secs(40), || bird.established("10.98.0.2")),
         "ttlSecurity 2 did not establish with a peer two hops away:\n{}\n{}",
-        bird.birdc(&["show", "protocols", "all", "tor"]),
+        bird.session_view("10.98.0.2"),
         node.log()
     );
     // And it stays up (keepalives pass the TTL check too).
     std::thread::sleep(Duration::from_secs(12));
-    let b = bird.birdc(&["show", "protocols", "all", "tor"]);
+    let b = bird.session_view("10.98.0.2");
     assert!(b.contains("Established"), "{b}");
 }

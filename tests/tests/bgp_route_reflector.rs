@@ -5,31 +5,8 @@
 
 use std::time::Duration;
 
-use twill_tests::peers::{Gobgp, TwillBgpd};
+use twill_tests::peers::{Peer, TwillBgpd};
 use twill_tests::{Netns, require_root, veth_between, wait_until};
-
-fn client_conf(i: u8) -> String {
-    format!(
-        r#"
-[global.config]
-  as = 65001
-  router-id = "10.97.{i}.2"
-  local-address-list = ["10.97.{i}.2"]
-
-[[neighbors]]
-  [neighbors.config]
-    neighbor-address = "10.97.{i}.1"
-    peer-as = 65001
-  [neighbors.timers.config]
-    connect-retry = 2
-    hold-time = 9
-    keepalive-interval = 3
-  [[neighbors.afi-safis]]
-    [neighbors.afi-safis.config]
-      afi-safi-name = "ipv4-unicast"
-"#
-    )
-}
 
 #[test]
 fn bgp_route_reflector_with_three_clients() {
@@ -56,17 +33,14 @@ fn bgp_route_reflector_with_three_clients() {
     let mut gobgps = Vec::new();
     for (i, ns) in clients.iter().enumerate() {
         let n = i as u8 + 1;
-        let g = Gobgp::start(
-            ns,
-            &tmp.path().join(format!("g{n}")),
-            &client_conf(n),
-            50060 + u16::from(n),
-        );
-        assert!(
-            wait_until(Duration::from_secs(10), || !g.cli(&["global"]).is_empty()),
-            "gobgpd {n} API did not come up"
-        );
-        g.cli(&["global", "rib", "add", &format!("10.70.{n}.0/24")]);
+        // An iBGP client (AS 65001) of the reflector, announcing 10.70.N.0/24.
+        let g = Peer::gobgp()
+            .asn(65001)
+            .router_id(&format!("10.97.{n}.2"))
+            .neighbor(&format!("10.97.{n}.2"), &format!("10.97.{n}.1"), 65001)
+            .announce(&[&format!("10.70.{n}.0/24")])
+            .api_port(50060 + u16::from(n))
+            .start(ns, &tmp.path().join(format!("g{n}")));
         gobgps.push(g);
     }
     let dir = tmp.path().join("twill");

@@ -7,8 +7,6 @@
 //! (`kubectl apply --dry-run=client -f deploy/ --recursive`).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -20,6 +18,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use twill_api::Kind;
 use twill_api::resources::IPPool;
+use twill_testkit::http_fake::HttpFake;
 use twill_tests::schema;
 
 fn root() -> PathBuf {
@@ -655,45 +654,6 @@ fn fake_api_answer(path: &str, table: &[(String, String, String, bool)]) -> (u16
     (404, not_found)
 }
 
-/// Serves `fake_api_answer` on a loopback port (one request per connection)
-/// until the test process ends; returns the port and the log of requests.
-fn fake_api_server(
-    table: Vec<(String, String, String, bool)>,
-) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen = log.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut line = String::new();
-            if reader.read_line(&mut line).is_err() {
-                continue;
-            }
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
-                    break;
-                }
-            }
-            let mut parts = line.split_whitespace();
-            let method = parts.next().unwrap_or_default().to_string();
-            let path = parts.next().unwrap_or_default().to_string();
-            seen.lock().unwrap().push(format!("{method} {path}"));
-            let (status, body) = fake_api_answer(&path, &table);
-            let body = body.to_string();
-            let _ = write!(
-                stream,
-                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    (port, log)
-}
-
 /// `kubectl apply --dry-run=client` needs an API server even though it
 /// changes nothing: it maps kinds to resources through discovery and GETs
 /// each object to compute the patch. Offline, it talks to a fake API server
@@ -709,13 +669,19 @@ fn kubectl_client_dry_run_applies_the_whole_directory() {
     let deploy = root().join("deploy");
     let c = load(&deploy);
     let expected = documents(&deploy).len();
-    let (port, log) = fake_api_server(discovery_table(&c.crds));
+    let table = discovery_table(&c.crds);
+    let api = HttpFake::serve(move |req| {
+        let (status, body) = fake_api_answer(&req.target, &table);
+        (status, body.to_string())
+    })
+    .unwrap();
     let home = tempfile::tempdir().unwrap();
     let kubeconfig = home.path().join("config");
     std::fs::write(
         &kubeconfig,
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://127.0.0.1:{port}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\nusers:\n- name: fake\n  user: {{}}\n"
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\nusers:\n- name: fake\n  user: {{}}\n",
+            api.url()
         ),
     )
     .unwrap();
@@ -740,7 +706,7 @@ fn kubectl_client_dry_run_applies_the_whole_directory() {
     assert!(
         out.status.success(),
         "kubectl apply --dry-run=client failed:\n{stderr}\n{stdout}\nrequests: {:?}",
-        log.lock().unwrap()
+        api.requests()
     );
     let created = stdout
         .lines()
@@ -759,7 +725,7 @@ fn kubectl_client_dry_run_applies_the_whole_directory() {
         "{stdout}"
     );
     // A dry run never writes.
-    let requests = log.lock().unwrap().clone();
+    let requests = api.requests();
     assert!(
         requests.iter().all(|r| r.starts_with("GET ")),
         "kubectl sent more than GETs: {requests:?}"

@@ -7,10 +7,10 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::process::Command;
 use std::time::Duration;
 
 use twill_tests::lab::Lab;
+use twill_tests::peers::Flavor;
 use twill_tests::{require_binary, require_root, wait_until};
 
 fn prerequisites(tor: &str) {
@@ -31,30 +31,6 @@ fn prerequisites(tor: &str) {
             require_binary("vtysh", "frr");
         }
     }
-}
-
-/// The ToR's BGP view of one IPv6 prefix, as its own tool shows it.
-fn tor_bgp_view(lab: &Lab, tor: &str, prefix: &str) -> String {
-    let out = if tor == "bird" {
-        Command::new("birdc")
-            .arg("-s")
-            .arg(lab.dir.join("tor").join("bird.ctl"))
-            .args(["show", "route", "for", prefix, "all"])
-            .output()
-    } else if tor == "gobgp" {
-        Command::new("ip")
-            .args(["netns", "exec", &lab.ns("tor"), "gobgp", "--target"])
-            .args(["127.0.0.1:50051", "global", "rib", "-a", "ipv6", prefix])
-            .output()
-    } else {
-        Command::new("vtysh")
-            .arg("--vty_socket")
-            .arg(lab.frr_dir())
-            .args(["-c", &format!("show bgp ipv6 unicast {prefix}")])
-            .output()
-    };
-    out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_else(|e| format!("cannot ask the ToR: {e}"))
 }
 
 fn check_dual_stack(tor: &str, extra: &[&str]) {
@@ -156,12 +132,12 @@ fn check_dual_stack(tor: &str, extra: &[&str]) {
         "one IPv6 block per node (3 nodes, 2 pods each): {:?}",
         lab.blocks()
     );
+    let router = lab.tor(Flavor::from_name(tor));
     for (block, via) in &want {
         assert!(
-            wait_until(Duration::from_secs(10), || tor_bgp_view(&lab, tor, block)
-                .contains(via.as_str())),
+            wait_until(Duration::from_secs(10), || router.has_route_via(block, via)),
             "the ToR's BGP table has {block} without next hop {via}:\n{}",
-            tor_bgp_view(&lab, tor, block)
+            router.route(block)
         );
     }
     if tor == "gobgp" {
@@ -492,11 +468,10 @@ fn restarting_twill_node_under_ipv6_traffic_loses_no_packets() {
         "sessions did not come back"
     );
     assert!(
-        wait_until(Duration::from_secs(10), || tor_bgp_view(
-            &lab, "bird", &n2_block
-        )
-        .contains("fd00:172:30::12")),
+        wait_until(Duration::from_secs(10), || lab
+            .tor(Flavor::Bird)
+            .has_route_via(&n2_block, "fd00:172:30::12")),
         "the ToR lost {n2_block}:\n{}",
-        tor_bgp_view(&lab, "bird", &n2_block)
+        lab.tor(Flavor::Bird).route(&n2_block)
     );
 }

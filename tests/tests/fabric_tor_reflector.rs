@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use twill_tests::lab::Lab;
+use twill_tests::peers::{Flavor, Peer};
 use twill_tests::{require_binary, require_root, wait_until};
 
 #[derive(Clone, Copy, PartialEq)]
@@ -27,9 +28,6 @@ impl Tor {
         }
     }
 }
-
-/// The lab's GoBGP API address (in the ToR namespace).
-const GOBGP_API: &str = "127.0.0.1:50051";
 
 fn prerequisites(tor: Tor) {
     require_root();
@@ -78,102 +76,9 @@ fn node_addrs(lab: &Lab) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The ToR's own BGP table as `prefix via next-hop` pairs, from BIRD or FRR.
-fn tor_bgp_table(lab: &Lab, tor: Tor) -> BTreeSet<(String, String)> {
-    let sock = lab.frr_dir();
-    match tor {
-        // `10.244.0.0/26  unicast [node_1 ...] * (100) [i]` then `\tvia 172.30.0.11 on rack`;
-        // an unresolved next hop shows as `unreachable` with no via line.
-        Tor::Bird => {
-            let text = lab.bird_routes();
-            let mut out = BTreeSet::new();
-            let mut current: Option<String> = None;
-            for l in text.lines() {
-                let w: Vec<&str> = l.split_whitespace().collect();
-                if w.len() >= 2 && w[0].contains('/') {
-                    current = (w[1] == "unicast").then(|| w[0].to_string());
-                } else if w.first() == Some(&"via")
-                    && let (Some(p), Some(nh)) = (&current, w.get(1))
-                {
-                    out.insert((p.clone(), nh.to_string()));
-                }
-            }
-            out
-        }
-        Tor::Frr => {
-            let (_, text) = run(
-                "vtysh",
-                &[
-                    "--vty_socket",
-                    sock.to_str().expect("utf-8"),
-                    "-c",
-                    "show ip bgp json",
-                ],
-            );
-            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-            let mut out = BTreeSet::new();
-            for (prefix, paths) in v["routes"].as_object().into_iter().flatten() {
-                for p in paths.as_array().into_iter().flatten() {
-                    if p["valid"] != true {
-                        continue;
-                    }
-                    for nh in p["nexthops"].as_array().into_iter().flatten() {
-                        if let Some(ip) = nh["ip"].as_str() {
-                            out.insert((prefix.clone(), ip.to_string()));
-                        }
-                    }
-                }
-            }
-            out
-        }
-        // `{"10.244.0.0/26":[{"best":true,"attrs":[...,{"type":3,"nexthop":"172.30.0.11"}]}]}`
-        Tor::Gobgp => {
-            let text = String::from_utf8_lossy(
-                &lab.exec(
-                    "tor",
-                    &["gobgp", "--target", GOBGP_API, "global", "rib", "-j"],
-                )
-                .stdout,
-            )
-            .into_owned();
-            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-            let mut out = BTreeSet::new();
-            for (prefix, paths) in v.as_object().into_iter().flatten() {
-                for p in paths.as_array().into_iter().flatten() {
-                    for a in p["attrs"].as_array().into_iter().flatten() {
-                        if let Some(nh) = a["nexthop"].as_str() {
-                            out.insert((prefix.clone(), nh.to_string()));
-                        }
-                    }
-                }
-            }
-            out
-        }
-    }
-}
-
-/// The ToR's routing table as its router shows it, for failure messages.
-fn tor_table_text(lab: &Lab, tor: Tor) -> String {
-    match tor {
-        Tor::Bird => lab.bird_routes(),
-        Tor::Gobgp => String::from_utf8_lossy(
-            &lab.exec("tor", &["gobgp", "--target", GOBGP_API, "global", "rib"])
-                .stdout,
-        )
-        .into_owned(),
-        Tor::Frr => {
-            run(
-                "vtysh",
-                &[
-                    "--vty_socket",
-                    lab.frr_dir().to_str().expect("utf-8"),
-                    "-c",
-                    "show ip bgp",
-                ],
-            )
-            .1
-        }
-    }
+/// The lab's ToR, for its BGP table.
+fn tor_peer(lab: &Lab, tor: Tor) -> Peer {
+    lab.tor(Flavor::from_name(tor.name()))
 }
 
 fn check_tor_reflector(tor: Tor) {
@@ -295,10 +200,12 @@ fn check_tor_reflector(tor: Tor) {
     // a resolved next hop, in its kernel, and it reaches every pod (the
     // lab's GoBGP has no kernel side: its table only).
     assert!(
-        wait_until(Duration::from_secs(10), || tor_bgp_table(&lab, tor) == want),
+        wait_until(Duration::from_secs(10), || tor_peer(&lab, tor)
+            .ipv4_next_hops()
+            == want),
         "the ToR's BGP table has {:?} (usable routes only), want {want:?}\n{}",
-        tor_bgp_table(&lab, tor),
-        tor_table_text(&lab, tor)
+        tor_peer(&lab, tor).ipv4_next_hops(),
+        tor_peer(&lab, tor).table()
     );
     if tor == Tor::Gobgp {
         return;

@@ -1,6 +1,7 @@
 //! twill-node's whole start-up against the Kubernetes backend, with the
 //! only mock allowed: the API server. A small fake API server (tower-test
-//! under kube-rs) holds the objects from `tests/fixtures/kube/` (list
+//! under kube-rs, wired by `twill_testkit::kube_mock`; it keeps state, so it
+//! answers from objects instead of a table) holds the objects from `tests/fixtures/kube/` (list
 //! responses as an API server returns them: an IPPool for `rack == 'a'`, a
 //! BGPConfiguration, two BGPPeers, the Node with its labels, empty lists for
 //! the rest), answers GET and LIST from them, keeps WATCH requests open
@@ -33,18 +34,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{Method, Request, Response, StatusCode};
-use kube::client::Body;
+use http::Method;
 use serde_json::{Value, json};
-use tower_test::mock;
 use twill_api::Store;
 use twill_api::store::kubernetes::KubeStore;
 use twill_cni::protocol::{Command, Request as CniRequest, Response as CniResponse};
 use twill_felix::agent::{AgentConfig, start_enforcing};
 use twill_felix::health;
+use twill_testkit::kube_mock::{self, Handle, SendResponse};
 use twill_tests::{Netns, require_binary, require_root, wait_until};
-
-type Handle = mock::Handle<Request<Body>, Response<Body>>;
 
 const NODE: &str = "kube-node-1";
 /// The node's address (on a veth in the test's namespace) and the
@@ -103,7 +101,7 @@ struct Api {
     /// Answers are held while false (a slow API server).
     answering: bool,
     /// Watches kept open (by resource) until an event is delivered on them.
-    watches: Vec<(String, mock::SendResponse<Response<Body>>)>,
+    watches: Vec<(String, SendResponse)>,
 }
 
 /// Kinds with a status subresource: the main resource's writes keep the
@@ -250,13 +248,7 @@ impl Api {
         self.watches = keep;
         let any = !notify.is_empty();
         for (_, send) in notify {
-            send.send_response(
-                Response::builder()
-                    .status(StatusCode::OK)
-                    .header("content-type", "application/json")
-                    .body(Body::from(line.clone()))
-                    .unwrap(),
-            );
+            send.send_response(kube_mock::respond(200, line.clone()));
         }
         any
     }
@@ -419,12 +411,8 @@ impl Api {
     }
 }
 
-fn respond(status: u16, body: &Value) -> Response<Body> {
-    Response::builder()
-        .status(StatusCode::from_u16(status).unwrap())
-        .header("content-type", "application/json")
-        .body(Body::from(serde_json::to_vec(body).unwrap()))
-        .unwrap()
+fn respond(status: u16, body: &Value) -> http::Response<kube::client::Body> {
+    kube_mock::respond(status, serde_json::to_vec(body).unwrap())
 }
 
 /// Serves requests from the agent until the client side is dropped.
@@ -517,9 +505,9 @@ fn twill_node_starts_against_the_kubernetes_api() {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+            let (client, handle) = kube_mock::pair();
             tokio::spawn(serve(server_api, handle));
-            let store = Store::new(KubeStore::new(kube::Client::new(service, "default")));
+            let store = Store::new(KubeStore::new(client));
             let cfg = AgentConfig {
                 node_name: NODE.into(),
                 store,

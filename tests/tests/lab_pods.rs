@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use twill_tests::lab::Lab;
+use twill_tests::peers::Flavor;
 use twill_tests::{bins, require_binary, require_root, wait_until};
 
 fn ok(out: &std::process::Output, what: &str) -> String {
@@ -320,13 +321,8 @@ fn frr_tor_in_a_directory_with_a_private_parent() {
     );
     // The ToR learned the nodes' blocks (FRR is really running and peering).
     let learned = wait_until(Duration::from_secs(30), || {
-        let out = Command::new("vtysh")
-            .arg("--vty_socket")
-            .arg(&fdir)
-            .args(["-c", "show ip route bgp"])
-            .output()
-            .expect("vtysh");
-        String::from_utf8_lossy(&out.stdout)
+        lab.tor(Flavor::Frr)
+            .cli(&["show ip route bgp"])
             .lines()
             .filter(|l| l.starts_with("B"))
             .count()

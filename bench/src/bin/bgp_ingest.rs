@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use twill_bench::{ratio, table, write_results};
-use twill_tests::peers::{Bird, Frr, Gobgp, TwillBgpd};
+use twill_tests::peers::{Peer, TwillBgpd};
 use twill_tests::{Netns, require_binary, require_root, veth_between};
 
 const RECEIVER_ASN: u32 = 65001;
@@ -216,9 +216,9 @@ fn receiver_conf(kind: Kind, shape: Shape, dir: &Path) -> String {
 /// A running receiver (the guard stops it by PID on drop).
 enum Receiver {
     Twill(TwillBgpd),
-    Bird(Bird),
-    Gobgp(Gobgp, String, String),
-    Frr(Frr),
+    Bird(Peer),
+    Gobgp(Peer),
+    Frr(Peer),
 }
 
 /// What one poll of a receiver's own CLI shows.
@@ -263,22 +263,28 @@ impl Receiver {
         let conf = receiver_conf(kind, shape, dir);
         match kind {
             Kind::Twill => Receiver::Twill(TwillBgpd::start(ns, dir, &conf)),
-            Kind::Bird => Receiver::Bird(Bird::start(ns, dir, &conf)),
+            Kind::Bird => Receiver::Bird(Peer::bird().raw_config(&conf).start(ns, dir)),
             Kind::Gobgp => Receiver::Gobgp(
-                Gobgp::start(ns, dir, &conf, api_port),
-                ns.name().to_string(),
-                format!("127.0.0.1:{api_port}"),
+                Peer::gobgp()
+                    .raw_config(&conf)
+                    .api_port(api_port)
+                    .start(ns, dir),
             ),
-            Kind::Frr => Receiver::Frr(Frr::start(ns, dir, &conf, shape.receiver_addr())),
+            Kind::Frr => Receiver::Frr(
+                Peer::frr()
+                    .raw_config(&conf)
+                    .listen(shape.receiver_addr())
+                    .start(ns, dir),
+            ),
         }
     }
 
     fn pid(&self) -> i32 {
         match self {
             Receiver::Twill(t) => t.daemon.pid(),
-            Receiver::Bird(b) => b.daemon.pid(),
-            Receiver::Gobgp(g, _, _) => g.daemon.pid(),
-            Receiver::Frr(f) => f.daemon.pid(),
+            Receiver::Bird(b) => b.pid(),
+            Receiver::Gobgp(g) => g.pid(),
+            Receiver::Frr(f) => f.pid(),
         }
     }
 
@@ -303,36 +309,22 @@ impl Receiver {
                 }
             }
             Receiver::Bird(b) => {
-                let birdc =
-                    |args: &[&str]| output(Command::new("birdc").arg("-s").arg(&b.ctl).args(args));
-                let protos = birdc(&["show", "protocols"]);
+                let protos = b.cli(&["show", "protocols"]);
                 Seen {
                     established: protos.matches("Established").count(),
-                    prefixes: bird_networks(&birdc(&["show", "route", "count"])),
+                    prefixes: bird_networks(&b.cli(&["show", "route", "count"])),
                 }
             }
-            Receiver::Gobgp(_, ns, api) => {
-                let gobgp = |args: &[&str]| {
-                    output(
-                        Command::new("ip")
-                            .args(["netns", "exec", ns, "gobgp", "--target", api])
-                            .args(args),
-                    )
-                };
-                let neigh = gobgp(&["neighbor"]);
-                let rib = gobgp(&["global", "rib", "summary", "-a", "ipv4"]);
+            Receiver::Gobgp(g) => {
+                let neigh = g.cli(&["neighbor"]);
+                let rib = g.cli(&["global", "rib", "summary", "-a", "ipv4"]);
                 Seen {
                     established: neigh.matches("Establ").count(),
                     prefixes: gobgp_destinations(&rib),
                 }
             }
             Receiver::Frr(f) => {
-                let text = output(
-                    Command::new("vtysh")
-                        .arg("--vty_socket")
-                        .arg(&f.dir)
-                        .args(["-c", "show bgp ipv4 unicast summary json"]),
-                );
+                let text = f.cli(&["show bgp ipv4 unicast summary json"]);
                 let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
                 let peers = v["peers"].as_object().cloned().unwrap_or_default();
                 let rcvd: usize = peers
@@ -394,7 +386,7 @@ struct Row {
 /// The injector namespace, its BIRD(s) and the receiver's namespace,
 /// linked by a veth (fields drop in order: daemons before namespaces).
 struct Lab {
-    _birds: Vec<Bird>,
+    _birds: Vec<Peer>,
     _inj: Netns,
     rcv: Netns,
 }
@@ -429,7 +421,11 @@ impl Lab {
                 veth_between(&inj, "inj0", "10.97.0.1/30", &rcv, "rcv0", "10.97.0.2/30");
                 let d = dir.join("injector");
                 std::fs::create_dir_all(&d)?;
-                birds.push(Bird::start(&inj, &d, &injector_conf(shape, None, &d)));
+                birds.push(
+                    Peer::bird()
+                        .raw_config(&injector_conf(shape, None, &d))
+                        .start(&inj, &d),
+                );
             }
             Shape::Mesh => {
                 veth_between(&inj, "inj0", "10.98.0.1/24", &rcv, "rcv0", "10.98.0.200/24");
@@ -439,7 +435,11 @@ impl Lab {
                 for i in 1..=MESH_PEERS {
                     let d = dir.join(format!("injector{i}"));
                     std::fs::create_dir_all(&d)?;
-                    birds.push(Bird::start(&inj, &d, &injector_conf(shape, Some(i), &d)));
+                    birds.push(
+                        Peer::bird()
+                            .raw_config(&injector_conf(shape, Some(i), &d))
+                            .start(&inj, &d),
+                    );
                 }
             }
         }
@@ -450,7 +450,7 @@ impl Lab {
         let deadline = Instant::now() + Duration::from_secs(180);
         for b in &birds {
             loop {
-                let n = bird_networks(&b.birdc(&["show", "route", "count"]));
+                let n = bird_networks(&b.cli(&["show", "route", "count"]));
                 if n >= each {
                     break;
                 }

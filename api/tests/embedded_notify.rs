@@ -41,10 +41,20 @@ async fn watch(store: &EmbeddedStore, kind: Kind) -> Watch {
 
 /// Runs a writer process: `n` NodeStatus creates `pace_ms` apart; returns
 /// it and the file where it records "revision commit-time-ns" per write.
-fn spawn_writer(db: &std::path::Path, n: usize, pace_ms: u64) -> (std::process::Child, std::path::PathBuf) {
+fn spawn_writer(
+    db: &std::path::Path,
+    n: usize,
+    pace_ms: u64,
+) -> (std::process::Child, std::path::PathBuf) {
     let out = db.with_extension(format!("writer-{}", now_ns()));
     let child = Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "notify_writer_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--ignored",
+            "--exact",
+            "notify_writer_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("TWILL_NOTIFY_DB", db)
         .env("TWILL_NOTIFY_N", n.to_string())
         .env("TWILL_NOTIFY_PACE_MS", pace_ms.to_string())
@@ -68,7 +78,10 @@ async fn collect(w: &mut Watch, n: usize, limit: Duration) -> Vec<(u64, u128)> {
                 seen.push((revision_of(&v).unwrap().parse().unwrap(), t));
             }
             Ok(other) => panic!("unexpected {other:?} after {} events", seen.len()),
-            Err(_) => panic!("only {} of {n} changes arrived within {limit:?}", seen.len()),
+            Err(_) => panic!(
+                "only {} of {n} changes arrived within {limit:?}",
+                seen.len()
+            ),
         }
     }
     seen
@@ -164,7 +177,10 @@ async fn without_inotify_one_timed_check_still_delivers_every_change_in_order() 
         "{idle} queries in 1 s idle with 11 watches and a 100 ms timer"
     );
 
-    let ns = Kind::ALL.iter().position(|k| *k == Kind::NodeStatus).unwrap();
+    let ns = Kind::ALL
+        .iter()
+        .position(|k| *k == Kind::NodeStatus)
+        .unwrap();
     let (child, out) = spawn_writer(&db, 20, 10);
     let seen = collect(&mut watches[ns], 20, Duration::from_secs(20)).await;
     let lat = check_all_in_order(child, &out, &seen);
@@ -179,7 +195,10 @@ async fn many_watches_share_one_notifier() {
     let db = dir.path().join("m.db");
     let store = EmbeddedStore::open(&db).unwrap();
     let writer = EmbeddedStore::open(&db).unwrap();
-    writer.create(Kind::NodeStatus, status("seed")).await.unwrap();
+    writer
+        .create(Kind::NodeStatus, status("seed"))
+        .await
+        .unwrap();
     // 4 watches of every kind: 44, as four agents' worth in one process.
     let mut watches = Vec::new();
     for kind in Kind::ALL {
@@ -192,12 +211,18 @@ async fn many_watches_share_one_notifier() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let idle = store.queries() - q0;
     // The 1 s safety check only (the old design: 44 × 50 × 3 = 6,600).
-    assert!(idle <= 5, "{idle} store queries in 3 s idle with 44 watches");
+    assert!(
+        idle <= 5,
+        "{idle} store queries in 3 s idle with 44 watches"
+    );
 
     // A write by another handle (its own connection and notifier) wakes
     // the four NodeStatus watches and no other.
     let q0 = store.queries();
-    writer.create(Kind::NodeStatus, status("one")).await.unwrap();
+    writer
+        .create(Kind::NodeStatus, status("one"))
+        .await
+        .unwrap();
     for (kind, w) in watches.iter_mut().filter(|(k, _)| *k == Kind::NodeStatus) {
         let got = collect(w, 1, Duration::from_secs(5)).await;
         assert_eq!(got.len(), 1, "{kind}");
@@ -234,7 +259,10 @@ async fn notify_writer_child() {
     for i in 0..n.parse::<usize>().unwrap() {
         tokio::time::sleep(Duration::from_millis(pace.parse().unwrap())).await;
         let v = store
-            .create(Kind::NodeStatus, status(&format!("w-{i}-{}", std::process::id())))
+            .create(
+                Kind::NodeStatus,
+                status(&format!("w-{i}-{}", std::process::id())),
+            )
             .await
             .unwrap();
         report.push_str(&format!("{} {}\n", revision_of(&v).unwrap(), now_ns()));

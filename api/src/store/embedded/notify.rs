@@ -6,8 +6,8 @@
 //! revision check: a read of the global revision and, if it moved, of which
 //! kinds changed since the last check. It wakes only the watches of those
 //! kinds. The WAL write comes just before the commit becomes visible, so a
-//! wake that finds nothing new re-checks a few times (1 ms doubling to
-//! 64 ms). Every wake checks the whole store, so a queue overflow or a
+//! wake that finds nothing new re-checks a few times (0.25 ms doubling
+//! to 64 ms). Every wake checks the whole store, so a queue overflow or a
 //! coalesced event loses nothing; a wake that never comes is caught by a
 //! slow safety check (default every 1 s). Where inotify is unavailable (the
 //! per-user instance limit `fs.inotify.max_user_instances`, a filesystem
@@ -50,8 +50,9 @@ impl Default for NotifyOptions {
     }
 }
 
-/// Re-checks after an event that showed no new revision yet.
-const SETTLE: [u64; 7] = [1, 2, 4, 8, 16, 32, 64];
+/// Re-checks (µs apart) after an event that showed no new revision yet:
+/// the commit becomes visible microseconds after its last WAL write.
+const SETTLE_US: [u64; 9] = [250, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000];
 
 /// State shared by a store handle, its watches and its notifier thread.
 pub(super) struct Shared {
@@ -214,8 +215,8 @@ impl Loop {
             match self.check() {
                 Ok(true) => {}
                 Ok(false) if expect_news => {
-                    for ms in SETTLE {
-                        std::thread::sleep(Duration::from_millis(ms));
+                    for us in SETTLE_US {
+                        std::thread::sleep(Duration::from_micros(us));
                         if !matches!(self.check(), Ok(false)) {
                             break;
                         }

@@ -153,7 +153,10 @@ fn main() -> anyhow::Result<()> {
         Some(l) => format!("idle_cpu.{l}.json"),
         None => "idle_cpu.json".to_string(),
     };
-    std::fs::write(out.join(name), serde_json::to_string_pretty(&result)? + "\n")?;
+    std::fs::write(
+        out.join(name),
+        serde_json::to_string_pretty(&result)? + "\n",
+    )?;
     drop(agents);
     Ok(())
 }

@@ -243,11 +243,17 @@ fn parent(changes: usize, readers: usize, label: Option<String>) -> anyhow::Resu
         "write_ms": row(&write_ms),
         "reader_cpu_seconds": reader_cpu,
     });
-    println!("## store_notify: {changes} changes, {readers} reader processes × {} watches\n", Kind::ALL.len());
+    println!(
+        "## store_notify: {changes} changes, {readers} reader processes × {} watches\n",
+        Kind::ALL.len()
+    );
     println!("| latency (ms) | p50 | p90 | p99 | max |\n|---|---|---|---|---|");
     for (name, key) in [
         ("commit → other process's watch", "latency_ms_from_commit"),
-        ("write start → other process's watch", "latency_ms_from_write_start"),
+        (
+            "write start → other process's watch",
+            "latency_ms_from_write_start",
+        ),
         ("write (create) itself", "write_ms"),
     ] {
         let r = &result[key];
@@ -256,13 +262,19 @@ fn parent(changes: usize, readers: usize, label: Option<String>) -> anyhow::Resu
             r["p50"], r["p90"], r["p99"], r["max"]
         );
     }
-    println!("\nreader CPU during the run (s): {reader_cpu:?}; load: {}", load.trim());
+    println!(
+        "\nreader CPU during the run (s): {reader_cpu:?}; load: {}",
+        load.trim()
+    );
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
     std::fs::create_dir_all(&out)?;
     let name = match &label {
         Some(l) => format!("store_notify.{l}.json"),
         None => "store_notify.json".to_string(),
     };
-    std::fs::write(out.join(name), serde_json::to_string_pretty(&result)? + "\n")?;
+    std::fs::write(
+        out.join(name),
+        serde_json::to_string_pretty(&result)? + "\n",
+    )?;
     Ok(())
 }

@@ -5,11 +5,12 @@
 //! an inotify watch of that file (`IN_MODIFY`) and, when woken, makes one
 //! revision check: a read of the global revision and, if it moved, of which
 //! kinds changed since the last check. It wakes only the watches of those
-//! kinds. The WAL write comes just before the commit becomes visible, so a
-//! wake that finds nothing new re-checks a few times (0.25 ms doubling
-//! to 64 ms). Every wake checks the whole store, so a queue overflow or a
-//! coalesced event loses nothing; a wake that never comes is caught by a
-//! slow safety check (default every 1 s). Where inotify is unavailable (the
+//! kinds. The WAL writes come just before the commit becomes visible, so
+//! the thread waits 0.2 ms after an event before it checks, and a check
+//! that finds nothing new is repeated a few times (1 ms to 64 ms). Every
+//! wake checks the whole store, so a queue overflow or a coalesced event
+//! loses nothing; a wake that never comes is caught by a slow safety check
+//! (default every 1 s). Where inotify is unavailable (the
 //! per-user instance limit `fs.inotify.max_user_instances`, a filesystem
 //! without it) the same check runs on a timer instead (default 25 ms) and a
 //! warning says why. Writes in this process wake watches directly.
@@ -50,9 +51,16 @@ impl Default for NotifyOptions {
     }
 }
 
-/// Re-checks (µs apart) after an event that showed no new revision yet:
-/// the commit becomes visible microseconds after its last WAL write.
-const SETTLE_US: [u64; 9] = [250, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000];
+/// After an event, the pause before draining and checking: a commit is
+/// several WAL writes and then the index update, microseconds in all, so
+/// one check usually sees it and its later writes' events are drained too
+/// (instead of each waking a check that finds nothing).
+const GATHER: Duration = Duration::from_micros(200);
+
+/// Re-checks (µs apart) after an event whose check showed no new revision:
+/// the writer may have been preempted between its last write and the index
+/// update. Anything later is left to the safety check.
+const SETTLE_US: [u64; 4] = [1_000, 4_000, 16_000, 64_000];
 
 /// State shared by a store handle, its watches and its notifier thread.
 pub(super) struct Shared {
@@ -204,6 +212,7 @@ impl Loop {
             }
             let mut expect_news = false;
             if event && let Some(i) = &self.inotify {
+                std::thread::sleep(GATHER);
                 let d = i.drain();
                 // The file was deleted or moved: watch it again next round
                 // (the check below still runs).

@@ -6,28 +6,37 @@
 //! server. Every write is a `BEGIN IMMEDIATE` transaction that takes the
 //! file's write lock, bumps the one global revision counter, and records an
 //! event; so revisions are strictly increasing, commit in order, and the
-//! event log has no gaps. Watches read the event log after their revision
-//! (woken at once by writes in this process, and by a short poll for other
-//! processes). Old events are compacted; a watch that falls behind the
-//! compaction point gets a `Resync`.
+//! event log has no gaps. A watch reads the event log of its kind after its
+//! revision, then sleeps until its kind changes: writes in this process
+//! wake it at once, writes by other processes through the handle's one
+//! notifier ([`notify`]: inotify on the WAL file, a slow safety check, a
+//! timer where inotify is unavailable) — no watch polls. Old events are
+//! compacted; a watch that falls behind the compaction point gets a
+//! `Resync`. Design and measurements: docs/store.md.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::stream::{BoxStream, StreamExt};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::Value;
-use tokio::sync::watch;
 
 use super::{Backend, Listing, ObjectKey, StoreError, WatchEvent, revision_of};
 use crate::kinds::Kind;
+
+mod notify;
+pub use notify::NotifyOptions;
 
 /// Default location of the embedded store (override with `--path` or `TWILL_DATASTORE_PATH`).
 pub const DEFAULT_PATH: &str = "/var/lib/twill/twill.db";
 
 /// Events kept behind the newest revision before compaction.
 const RETAIN_EVENTS: u64 = 50_000;
+
+/// Events one watch read returns at most.
+const BATCH: usize = 1000;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS objects (
@@ -50,9 +59,11 @@ pub struct EmbeddedStore {
 struct Inner {
     path: PathBuf,
     conn: Mutex<Connection>,
-    /// Newest revision written by this process: wakes local watches at once.
-    local_rev: watch::Sender<u64>,
-    poll: Duration,
+    /// Per-kind change signals for watches, and the query count.
+    shared: Arc<notify::Shared>,
+    /// Started by the first watch; stops when the handle is dropped.
+    notifier: Mutex<Option<notify::Notifier>>,
+    opts: NotifyOptions,
 }
 
 fn db_err(e: impl std::fmt::Display) -> StoreError {
@@ -65,6 +76,11 @@ fn db_err(e: impl std::fmt::Display) -> StoreError {
 impl EmbeddedStore {
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(path, NotifyOptions::default())
+    }
+
+    /// [`EmbeddedStore::open`] with chosen notification timing (tests).
+    pub fn open_with(path: impl AsRef<Path>, opts: NotifyOptions) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
@@ -83,15 +99,37 @@ impl EmbeddedStore {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(db_err)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
-        let (local_rev, _) = watch::channel(0);
         Ok(EmbeddedStore {
             inner: Arc::new(Inner {
                 path,
                 conn: Mutex::new(conn),
-                local_rev,
-                poll: Duration::from_millis(20),
+                shared: Arc::new(notify::Shared::new()),
+                notifier: Mutex::new(None),
+                opts,
             }),
         })
+    }
+
+    /// Store queries made through this handle so far: reads, writes, watch
+    /// reads and the notifier's revision checks (what an idle agent costs).
+    pub fn queries(&self) -> u64 {
+        self.inner.shared.queries.load(Ordering::Relaxed)
+    }
+
+    /// Starts the notifier if no watch has yet.
+    fn ensure_notifier(&self) -> Result<(), StoreError> {
+        let mut n = self
+            .inner
+            .notifier
+            .lock()
+            .map_err(|_| db_err("notifier lock poisoned by a panic"))?;
+        if n.is_none() {
+            *n = Some(
+                notify::start(&self.inner.path, self.inner.shared.clone(), self.inner.opts)
+                    .map_err(db_err)?,
+            );
+        }
+        Ok(())
     }
 
     /// The file behind the store.
@@ -113,6 +151,7 @@ impl EmbeddedStore {
             .conn
             .lock()
             .map_err(|_| db_err("connection lock poisoned by a panic"))?;
+        self.inner.shared.queries.fetch_add(1, Ordering::Relaxed);
         f(&mut guard)
     }
 
@@ -166,7 +205,7 @@ impl EmbeddedStore {
                 Ok((value, rev))
             })
             .await?;
-        self.inner.local_rev.send_modify(|r| *r = (*r).max(rev));
+        self.inner.shared.bump(kind, rev);
         Ok(value)
     }
 
@@ -409,9 +448,36 @@ impl Backend for EmbeddedStore {
         let start = from.and_then(|r| r.parse::<u64>().ok());
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         tokio::spawn(async move {
-            let mut local = this.inner.local_rev.subscribe();
+            // The notifier first: it reads the revision before this watch
+            // does, so no change by another process falls in between.
+            let started = {
+                let this = this.clone();
+                tokio::task::spawn_blocking(move || this.ensure_notifier()).await
+            };
+            let signal = match started {
+                Ok(Ok(())) => this.inner.shared.subscribe(kind),
+                Ok(Err(e)) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx
+                        .send(Err(db_err(format!("datastore task failed: {e}"))))
+                        .await;
+                    return;
+                }
+            };
+            let Some(mut signal) = signal else {
+                let _ = tx
+                    .send(Err(db_err(format!("no change signal for {kind}"))))
+                    .await;
+                return;
+            };
             let mut last = start;
             loop {
+                // Marked seen before reading, so a change during the read
+                // wakes the next wait.
+                signal.borrow_and_update();
                 let batch = {
                     let this = this.clone();
                     this.blocking(move |c| poll_events(c, kind, last)).await
@@ -426,19 +492,19 @@ impl Backend for EmbeddedStore {
                         continue;
                     }
                 };
-                let idle = events.is_empty();
+                let full = events.len() >= BATCH;
                 for ev in events {
                     if tx.send(Ok(ev)).await.is_err() {
                         return;
                     }
                 }
                 last = Some(new_last);
-                if idle {
-                    tokio::select! {
-                        _ = tx.closed() => return,
-                        _ = local.changed() => {}
-                        _ = tokio::time::sleep(this.inner.poll) => {}
-                    }
+                if full {
+                    continue;
+                }
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    changed = signal.changed() => if changed.is_err() { return },
                 }
             }
         });
@@ -543,10 +609,12 @@ fn poll_events(
         }
     };
     let mut stmt = c
-        .prepare_cached("SELECT rev, type, body FROM events WHERE kind = ?1 AND rev > ?2 ORDER BY rev LIMIT 1000")
+        .prepare_cached(
+            "SELECT rev, type, body FROM events WHERE kind = ?1 AND rev > ?2 ORDER BY rev LIMIT ?3",
+        )
         .map_err(db_err)?;
     let rows = stmt
-        .query_map(params![kind.name(), last as i64], |r| {
+        .query_map(params![kind.name(), last as i64, BATCH as i64], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, String>(1)?,

@@ -56,7 +56,7 @@ fn pfx(s: &str) -> Prefix {
 }
 
 fn err(m: &[u8], ctx: &Ctx) -> (u8, u8) {
-    let e: Notification = decode(m, ctx).expect_err("must be rejected");
+    let e: Notification = decode(m, ctx).expect_err("must be rejected").into();
     (e.code, e.subcode)
 }
 
@@ -81,7 +81,7 @@ fn a_good_update_decodes_without_warnings() {
 fn bad_marker_is_connection_not_synchronized() {
     let mut m = encode(&Message::Keepalive, &FOUR);
     m[3] = 0xfe;
-    assert_eq!(frame_len(&m).unwrap_err().subcode, 1);
+    assert_eq!(frame_len(&m).unwrap_err().notification().subcode, 1);
     assert_eq!(err(&m, &FOUR), (1, 1));
 }
 
@@ -90,7 +90,7 @@ fn length_below_19_or_above_4096_is_bad_message_length() {
     for bad in [0u16, 18, 4097, 0xffff] {
         let mut m = encode(&Message::Keepalive, &FOUR);
         m[16..18].copy_from_slice(&bad.to_be_bytes());
-        let e = frame_len(&m).unwrap_err();
+        let e = frame_len(&m).unwrap_err().notification();
         assert_eq!((e.code, e.subcode), (1, 2), "length {bad}");
         assert_eq!(
             e.data,
@@ -110,7 +110,7 @@ fn type_specific_lengths_and_unknown_types() {
     assert_eq!(err(&msg(1, &[4; 9]), &FOUR), (1, 2));
     assert_eq!(err(&msg(3, &[6]), &FOUR), (1, 2));
     assert_eq!(err(&msg(2, &[0, 0, 0]), &FOUR), (1, 2));
-    let e = decode(&msg(9, &[]), &FOUR).unwrap_err();
+    let e = decode(&msg(9, &[]), &FOUR).unwrap_err().notification();
     assert_eq!((e.code, e.subcode, e.data), (1, 3, vec![9]));
 }
 
@@ -229,7 +229,9 @@ fn bad_mp_reach_is_a_session_reset() {
 #[test]
 fn unknown_well_known_attribute_is_a_session_reset() {
     let attrs = [&good_attrs()[..], &[0x40, 99, 1, 7]].concat();
-    let e = decode(&update(&[], &attrs, &NLRI), &FOUR).unwrap_err();
+    let e = decode(&update(&[], &attrs, &NLRI), &FOUR)
+        .unwrap_err()
+        .notification();
     assert_eq!((e.code, e.subcode), (3, 2));
     assert_eq!(e.data, vec![0x40, 99, 1, 7], "data is the attribute");
 }
@@ -349,7 +351,7 @@ fn open_errors() {
         decode(&good(&|_| {}), &FOUR),
         Ok((Message::Open(_), _))
     ));
-    let e = decode(&good(&|b| b[0] = 3), &FOUR).unwrap_err();
+    let e = decode(&good(&|b| b[0] = 3), &FOUR).unwrap_err().notification();
     assert_eq!((e.code, e.subcode, e.data), (2, 1, vec![0, 4]));
     assert_eq!(err(&good(&|b| b[4] = 2), &FOUR), (2, 6));
     assert_eq!(err(&good(&|b| b[5..9].fill(0)), &FOUR), (2, 3));
@@ -619,7 +621,7 @@ fn extended_messages_raise_the_limit_only_when_negotiated() {
     let attrs = [&ORIGIN[..], &AS_PATH4[..], &NEXT_HOP[..], &comm_attr[..]].concat();
     let big = update(&[], &attrs, &[24, 10, 1, 0]);
     assert!(big.len() > 4096);
-    let e = frame_len(&big).unwrap_err();
+    let e = frame_len(&big).unwrap_err().notification();
     assert_eq!(
         (e.code, e.subcode),
         (1, 2),

@@ -85,12 +85,18 @@ fn the_bgpd_library_links_no_cli_crates_and_twill_node_no_fuzz_engine() {
     // The binaries' build does pull them: the check below can see them.
     let bins = cargo_tree_with(&["-p", "twill-bgpd", "-e", "normal"]);
     for c in cli_crates {
-        assert!(depends_on(&bins, c), "twill-bgpd's binaries need {c}:\n{bins}");
+        assert!(
+            depends_on(&bins, c),
+            "twill-bgpd's binaries need {c}:\n{bins}"
+        );
     }
     let lib = cargo_tree_with(&["-p", "twill-bgpd", "--no-default-features", "-e", "normal"]);
     assert!(depends_on(&lib, "tokio"), "{lib}");
     for c in cli_crates.into_iter().chain(["zettabgp"]) {
-        assert!(!depends_on(&lib, c), "the bgpd library depends on {c}:\n{lib}");
+        assert!(
+            !depends_on(&lib, c),
+            "the bgpd library depends on {c}:\n{lib}"
+        );
     }
 
     // What twill-node turns on in the speaker: no default, cli or fuzz.

@@ -27,10 +27,7 @@ const FUZZ_INPUTS: u64 = 500_000;
 
 fn fuzz_set() -> Vec<(Vec<u8>, Ctx)> {
     let corpus = fuzz::seed_corpus();
-    let mut out: Vec<(Vec<u8>, Ctx)> = corpus
-        .iter()
-        .map(|m| (m.clone(), Ctx::default()))
-        .collect();
+    let mut out: Vec<(Vec<u8>, Ctx)> = corpus.iter().map(|m| (m.clone(), Ctx::default())).collect();
     for i in 0..FUZZ_INPUTS {
         let input = fuzz::input(SEED, i, &corpus);
         if let Ok(Some(n)) = wire::frame_len(&input)
@@ -130,7 +127,11 @@ fn main() {
     }
     for (name, set) in [("fuzz", fuzz_set()), ("table", table_set())] {
         if digest_only {
-            println!("{name}: {} messages, digest {:016x}", set.len(), digest(&set));
+            println!(
+                "{name}: {} messages, digest {:016x}",
+                set.len(),
+                digest(&set)
+            );
             continue;
         }
         let bytes: usize = set.iter().map(|(m, _)| m.len()).sum();
@@ -147,7 +148,10 @@ fn main() {
         println!(
             "{{\"set\":\"{name}\",\"messages\":{},\"bytes\":{bytes},\"accepted\":{accepted},\"rounds_ms\":{:?},\"median_ms\":{median:.2},\"min_ms\":{:.2},\"max_ms\":{:.2},\"ns_per_message\":{:.1}}}",
             set.len(),
-            times.iter().map(|t| (t * 100.0).round() / 100.0).collect::<Vec<_>>(),
+            times
+                .iter()
+                .map(|t| (t * 100.0).round() / 100.0)
+                .collect::<Vec<_>>(),
             sorted[0],
             sorted[sorted.len() - 1],
             median * 1e6 / set.len() as f64

@@ -262,7 +262,9 @@ impl Attrs {
         let next_hop = match (afi, nh_len) {
             (Afi::Ipv4, 4) => ipv4(v, 4).map(|a| (IpAddr::V4(a), None)),
             (_, 16) => ipv6(v, 4).map(|a| (unmap(a), None)),
-            (_, 32) => ipv6(v, 4).zip(ipv6(v, 20)).map(|(a, ll)| (unmap(a), Some(ll))),
+            (_, 32) => ipv6(v, 4)
+                .zip(ipv6(v, 20))
+                .map(|(a, ll)| (unmap(a), Some(ll))),
             _ => None,
         };
         // RFC 7606 5.3: NLRI that cannot be parsed reset the session.

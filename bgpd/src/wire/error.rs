@@ -130,9 +130,9 @@ impl OpenError {
     pub fn subcode(&self) -> OpenSubcode {
         match self {
             OpenError::Malformed
-            | OpenError::Capability(CapabilityError::Truncated | CapabilityError::BadLength { .. }) => {
-                OpenSubcode::Unspecific
-            }
+            | OpenError::Capability(
+                CapabilityError::Truncated | CapabilityError::BadLength { .. },
+            ) => OpenSubcode::Unspecific,
             OpenError::UnsupportedVersion(_) => OpenSubcode::UnsupportedVersion,
             OpenError::BadPeerAs | OpenError::Capability(CapabilityError::FourOctetAsZero) => {
                 OpenSubcode::BadPeerAs

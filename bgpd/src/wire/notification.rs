@@ -180,13 +180,17 @@ impl Notification {
     pub fn subcode_name(&self) -> &'static str {
         let s = self.subcode;
         let name = match self.error_code() {
-            Some(ErrorCode::MessageHeader) => HeaderSubcode::try_from(s).ok().map(HeaderSubcode::name),
-            Some(ErrorCode::OpenMessage) => OpenSubcode::try_from(s).ok().map(OpenSubcode::name),
-            Some(ErrorCode::UpdateMessage) => UpdateSubcode::try_from(s).ok().map(UpdateSubcode::name),
-            Some(ErrorCode::Cease) => CeaseSubcode::try_from(s).ok().map(CeaseSubcode::name),
-            Some(ErrorCode::RouteRefresh) => {
-                RouteRefreshSubcode::try_from(s).ok().map(RouteRefreshSubcode::name)
+            Some(ErrorCode::MessageHeader) => {
+                HeaderSubcode::try_from(s).ok().map(HeaderSubcode::name)
             }
+            Some(ErrorCode::OpenMessage) => OpenSubcode::try_from(s).ok().map(OpenSubcode::name),
+            Some(ErrorCode::UpdateMessage) => {
+                UpdateSubcode::try_from(s).ok().map(UpdateSubcode::name)
+            }
+            Some(ErrorCode::Cease) => CeaseSubcode::try_from(s).ok().map(CeaseSubcode::name),
+            Some(ErrorCode::RouteRefresh) => RouteRefreshSubcode::try_from(s)
+                .ok()
+                .map(RouteRefreshSubcode::name),
             _ => None,
         };
         match name {

@@ -101,7 +101,7 @@ fn capability(code: u8, value: &[u8]) -> Option<Result<Capability, CapabilityErr
         },
         // RFC 4724 3: flags (4 bits) + restart time (12 bits), then (AFI,
         // SAFI, flags) per family.
-        cap::GRACEFUL_RESTART if value.len() >= 2 && (value.len() - 2) % 4 == 0 => {
+        cap::GRACEFUL_RESTART if value.len() >= 2 && (value.len() - 2).is_multiple_of(4) => {
             let head = be16(value, 0)?;
             let mut families = Vec::new();
             for f in value.get(2..)?.chunks_exact(4) {

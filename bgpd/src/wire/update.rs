@@ -2,12 +2,12 @@
 //! lengths, prefixes and the attribute walk, checked and decoded in one
 //! pass. Attribute values are read in `attrs.rs`.
 
+use super::Ctx;
 use super::attrs::{Attrs, Fault, attr, flag, known_flags};
 use super::decode::{be16, prefixes};
 use super::error::UpdateError;
 use super::message::Update;
 use super::notification::{Action, UpdateSubcode, Warning};
-use super::Ctx;
 use crate::types::Afi;
 
 /// The UPDATE body (after the header): the message and the RFC 7606
@@ -28,8 +28,12 @@ pub(super) fn update(body: &[u8], ctx: &Ctx) -> Result<(Update, Vec<Warning>), U
     // session reset for NLRI that cannot be parsed.
     let bad_net = || UpdateError::reset(UpdateSubcode::InvalidNetworkField, Vec::new());
     let mut withdrawn = Vec::new();
-    prefixes(body.get(2..2 + wlen).unwrap_or_default(), Afi::Ipv4, &mut withdrawn)
-        .ok_or_else(bad_net)?;
+    prefixes(
+        body.get(2..2 + wlen).unwrap_or_default(),
+        Afi::Ipv4,
+        &mut withdrawn,
+    )
+    .ok_or_else(bad_net)?;
     let classic = body.get(aend..).unwrap_or_default();
     let mut announced = Vec::new();
     prefixes(classic, Afi::Ipv4, &mut announced).ok_or_else(bad_net)?;
@@ -94,7 +98,10 @@ pub(super) fn update(body: &[u8], ctx: &Ctx) -> Result<(Update, Vec<Warning>), U
                 return Err(malformed_list());
             }
             fault(
-                at_fault(UpdateSubcode::MalformedAttributeList, Action::AttributeDiscard),
+                at_fault(
+                    UpdateSubcode::MalformedAttributeList,
+                    Action::AttributeDiscard,
+                ),
                 &mut warnings,
             );
             continue;

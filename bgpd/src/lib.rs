@@ -1,8 +1,8 @@
 //! Twill's embedded BGP-4 speaker.
 //!
 //! Layout: `types` (the shared vocabulary: prefixes, AS paths, attributes),
-//! `wire` (a strict validator in front of the codec: bytes from a peer never
-//! reach a decoder unchecked), `rib` (Adj-RIB-In, Loc-RIB with the decision
+//! `wire` (the codec: one pass that checks every field as it reads it, typed
+//! errors naming their NOTIFICATION), `rib` (Adj-RIB-In, Loc-RIB with the decision
 //! process, Adj-RIB-Out; pure), `policy` (import/export filters; pure),
 //! `session` (per-peer FSM on tokio, sockets with TCP MD5 and GTSM), `bfd`
 //! (single-hop BFD: packet codec, pure session state machine, UDP driver), `speaker`

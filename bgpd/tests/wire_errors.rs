@@ -5,7 +5,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use twill_bgpd::types::{AsPath, AsSegment, Origin, PathAttrs, Prefix};
 use twill_bgpd::wire::{
-    Action, Ctx, Message, Notification, Update, Warning, attr, decode, encode, encode_updates,
+    Action, CeaseSubcode, Ctx, DecodeError, ErrorCode, HeaderError, Message, Notification, Open,
+    OpenError, Update, UpdateSubcode, Warning, attr, decode, encode, encode_updates,
     encode_updates_checked, frame_len, frame_len_in,
 };
 
@@ -56,7 +57,7 @@ fn pfx(s: &str) -> Prefix {
 }
 
 fn err(m: &[u8], ctx: &Ctx) -> (u8, u8) {
-    let e: Notification = decode(m, ctx).expect_err("must be rejected");
+    let e: Notification = decode(m, ctx).expect_err("must be rejected").into();
     (e.code, e.subcode)
 }
 
@@ -81,7 +82,7 @@ fn a_good_update_decodes_without_warnings() {
 fn bad_marker_is_connection_not_synchronized() {
     let mut m = encode(&Message::Keepalive, &FOUR);
     m[3] = 0xfe;
-    assert_eq!(frame_len(&m).unwrap_err().subcode, 1);
+    assert_eq!(frame_len(&m).unwrap_err().notification().subcode, 1);
     assert_eq!(err(&m, &FOUR), (1, 1));
 }
 
@@ -90,7 +91,7 @@ fn length_below_19_or_above_4096_is_bad_message_length() {
     for bad in [0u16, 18, 4097, 0xffff] {
         let mut m = encode(&Message::Keepalive, &FOUR);
         m[16..18].copy_from_slice(&bad.to_be_bytes());
-        let e = frame_len(&m).unwrap_err();
+        let e = frame_len(&m).unwrap_err().notification();
         assert_eq!((e.code, e.subcode), (1, 2), "length {bad}");
         assert_eq!(
             e.data,
@@ -110,7 +111,7 @@ fn type_specific_lengths_and_unknown_types() {
     assert_eq!(err(&msg(1, &[4; 9]), &FOUR), (1, 2));
     assert_eq!(err(&msg(3, &[6]), &FOUR), (1, 2));
     assert_eq!(err(&msg(2, &[0, 0, 0]), &FOUR), (1, 2));
-    let e = decode(&msg(9, &[]), &FOUR).unwrap_err();
+    let e = decode(&msg(9, &[]), &FOUR).unwrap_err().notification();
     assert_eq!((e.code, e.subcode, e.data), (1, 3, vec![9]));
 }
 
@@ -229,7 +230,9 @@ fn bad_mp_reach_is_a_session_reset() {
 #[test]
 fn unknown_well_known_attribute_is_a_session_reset() {
     let attrs = [&good_attrs()[..], &[0x40, 99, 1, 7]].concat();
-    let e = decode(&update(&[], &attrs, &NLRI), &FOUR).unwrap_err();
+    let e = decode(&update(&[], &attrs, &NLRI), &FOUR)
+        .unwrap_err()
+        .notification();
     assert_eq!((e.code, e.subcode), (3, 2));
     assert_eq!(e.data, vec![0x40, 99, 1, 7], "data is the attribute");
 }
@@ -349,7 +352,9 @@ fn open_errors() {
         decode(&good(&|_| {}), &FOUR),
         Ok((Message::Open(_), _))
     ));
-    let e = decode(&good(&|b| b[0] = 3), &FOUR).unwrap_err();
+    let e = decode(&good(&|b| b[0] = 3), &FOUR)
+        .unwrap_err()
+        .notification();
     assert_eq!((e.code, e.subcode, e.data), (2, 1, vec![0, 4]));
     assert_eq!(err(&good(&|b| b[4] = 2), &FOUR), (2, 6));
     assert_eq!(err(&good(&|b| b[5..9].fill(0)), &FOUR), (2, 3));
@@ -370,6 +375,72 @@ fn notification_names_display() {
     assert_eq!(
         Notification::cease(2).to_string(),
         "Cease / Administrative Shutdown (6/2)"
+    );
+}
+
+/// Refusals are typed per message kind; each names exactly one
+/// NOTIFICATION, and UPDATE errors say what RFC 7606 did.
+#[test]
+fn typed_errors_name_their_notification_and_action() {
+    let mut bad_marker = encode(&Message::Keepalive, &FOUR);
+    bad_marker[3] = 0;
+    let e = decode(&bad_marker, &FOUR).unwrap_err();
+    assert_eq!(
+        e,
+        DecodeError::Header(HeaderError::ConnectionNotSynchronized)
+    );
+    assert_eq!(e.code(), ErrorCode::MessageHeader);
+
+    let open = Open {
+        version: 4,
+        asn: 65001,
+        hold_time: 90,
+        router_id: Ipv4Addr::new(192, 0, 2, 1),
+        capabilities: vec![],
+    };
+    let mut v3 = encode(&Message::Open(open), &FOUR);
+    v3[19] = 3;
+    let e = decode(&v3, &FOUR).unwrap_err();
+    assert_eq!(e, DecodeError::Open(OpenError::UnsupportedVersion(3)));
+    assert_eq!(Notification::from(e), Notification::new(2, 1, vec![0, 4]));
+
+    // An unrecognized well-known attribute resets the session ...
+    let attrs = [&good_attrs()[..], &[0x40, 99, 1, 7]].concat();
+    let DecodeError::Update(u) = decode(&update(&[], &attrs, &NLRI), &FOUR).unwrap_err() else {
+        panic!("an UPDATE error expected");
+    };
+    assert_eq!(
+        (u.subcode, u.action, u.attr),
+        (
+            UpdateSubcode::UnrecognizedWellKnownAttribute,
+            Action::SessionReset,
+            Some(99)
+        )
+    );
+    // ... a bad ORIGIN is treat-as-withdraw: a warning, the same subcode
+    // names as a NOTIFICATION would carry.
+    let attrs = [&[0x40, 1, 1, 9][..], &AS_PATH4, &NEXT_HOP].concat();
+    let (u, w) = warned(&update(&[], &attrs, &NLRI), &FOUR);
+    assert_eq!(u.withdrawn, vec![pfx("10.0.1.0/24")]);
+    assert_eq!(w[0].action, Action::TreatAsWithdraw);
+    assert_eq!(
+        UpdateSubcode::try_from(w[0].error.subcode),
+        Ok(UpdateSubcode::InvalidOriginAttribute)
+    );
+
+    // Code points convert both ways; unassigned ones stay octets.
+    for n in 0..=u8::MAX {
+        if let Ok(c) = ErrorCode::try_from(n) {
+            assert_eq!(u8::from(c), n);
+        }
+        if let Ok(c) = CeaseSubcode::try_from(n) {
+            assert_eq!(u8::from(c), n);
+        }
+    }
+    assert_eq!(ErrorCode::try_from(8), Err(8));
+    assert_eq!(
+        Notification::from(CeaseSubcode::BfdDown).to_string(),
+        "Cease / BFD Down (6/10)"
     );
 }
 
@@ -619,7 +690,7 @@ fn extended_messages_raise_the_limit_only_when_negotiated() {
     let attrs = [&ORIGIN[..], &AS_PATH4[..], &NEXT_HOP[..], &comm_attr[..]].concat();
     let big = update(&[], &attrs, &[24, 10, 1, 0]);
     assert!(big.len() > 4096);
-    let e = frame_len(&big).unwrap_err();
+    let e = frame_len(&big).unwrap_err().notification();
     assert_eq!(
         (e.code, e.subcode),
         (1, 2),

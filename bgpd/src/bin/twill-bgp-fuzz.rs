@@ -2,13 +2,13 @@
 //!
 //! Inputs come from `twill_bgpd::wire::fuzz` (input `i` of seed `s` is
 //! reproducible on its own). Targets:
-//! - `ours`: `frame_len` + `decode` (validator, then our decoder), then the
+//! - `ours`: `frame_len` + `decode` (our one checked pass), then the
 //!   re-encoded result decoded again;
 //! - `zetta`: zettabgp 0.6 on raw bytes, no validator (its own header check
 //!   and message decoders), to measure its raw failure rate;
-//! - `zetta-validated`: our validator first, zettabgp only on what passes
-//!   (with `--feed-warned`, also on UPDATEs the validator passed with an
-//!   RFC 7606 warning, as they are on the wire).
+//! - `zetta-validated`: our decoder first, zettabgp only on what it accepts
+//!   (with `--feed-warned`, also on UPDATEs it accepted with an RFC 7606
+//!   warning, as they are on the wire).
 //!
 //! Each input runs under `catch_unwind`; a watchdog thread ends the worker
 //! process when one input takes longer than `--timeout-ms` (a hang) and a
@@ -16,9 +16,11 @@
 //! growth). The parent process restarts the worker after the offending input
 //! and prints a summary. No libFuzzer/cargo-fuzz: no nightly toolchain here.
 //!
-//! The zettabgp targets need the `compare-zettabgp` feature:
-//! `cargo run --release -p twill-bgpd --features compare-zettabgp --bin
-//! twill-bgp-fuzz -- --target zetta --count 100000`.
+//! Needs the `fuzz` feature: `cargo run --release -p twill-bgpd --features
+//! fuzz --bin twill-bgp-fuzz -- --count 10000000`. The zettabgp targets need
+//! `compare-zettabgp` instead (it implies `fuzz`): `cargo run --release -p
+//! twill-bgpd --features compare-zettabgp --bin twill-bgp-fuzz -- --target
+//! zetta --count 100000`.
 //!
 //! Usage: twill-bgp-fuzz [--target ours|zetta|zetta-validated] [--count N]
 //!        [--seed S] [--timeout-ms MS] [--mem-mb MB] [--feed-warned] [--show N]

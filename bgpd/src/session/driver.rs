@@ -125,8 +125,8 @@ async fn read_loop(mut rd: OwnedReadHalf, tx: mpsc::Sender<ConnEvent>) {
         loop {
             let avail = buf.get(start..end).unwrap_or_default();
             let len = match wire::frame_len_in(avail, &ctx) {
-                Err(n) => {
-                    let _ = tx.send(ConnEvent::Error(n)).await;
+                Err(e) => {
+                    let _ = tx.send(ConnEvent::Error(e.into())).await;
                     return;
                 }
                 Ok(None) => break,
@@ -153,8 +153,8 @@ async fn read_loop(mut rd: OwnedReadHalf, tx: mpsc::Sender<ConnEvent>) {
                         return;
                     }
                 }
-                Err(n) => {
-                    let _ = tx.send(ConnEvent::Error(n)).await;
+                Err(e) => {
+                    let _ = tx.send(ConnEvent::Error(e.into())).await;
                     return;
                 }
             }

@@ -7,8 +7,8 @@
 
 use std::net::IpAddr;
 
+use super::attrs::{attr, flag};
 use super::message::{Capability, Message, Open, Update, cap, msg_type};
-use super::validate::{attr, flag};
 use super::{Ctx, HEADER_LEN};
 use crate::types::{AS_TRANS, Afi, AsPath, AsSegment, Asn, PathAttrs, Prefix, SAFI_UNICAST};
 

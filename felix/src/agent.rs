@@ -416,6 +416,7 @@ async fn report_loop(
             endpoints: eps.len() as u32,
             endpoint_handles: eps.values().map(|e| e.container_id.clone()).collect(),
             blocks: owned,
+            service_prefixes: Vec::new(),
             routes: listed_routes,
             route_counts,
             conditions,

@@ -97,6 +97,8 @@ pub fn namespace(ns: &mut Namespace) {
 }
 
 /// `SetDefaults_Service` (core/v1): type ClusterIP, sessionAffinity None,
+/// no node ports on a ClusterIP or ExternalName Service (the update
+/// strategy's `dropTypeDependentFields`),
 /// each port's protocol TCP and targetPort its port,
 /// internalTrafficPolicy Cluster, externalTrafficPolicy Cluster for
 /// NodePort and LoadBalancer Services. (`ipFamilies`, `ipFamilyPolicy`,
@@ -107,6 +109,13 @@ pub fn service(s: &mut Service) {
         return;
     };
     let ty = spec.type_.get_or_insert_with(|| "ClusterIP".into()).clone();
+    if ty == "ClusterIP" || ty == "ExternalName" {
+        // What the API server drops when a Service changes type (node ports
+        // of a former NodePort or LoadBalancer Service).
+        for p in spec.ports.iter_mut().flatten() {
+            p.node_port = None;
+        }
+    }
     if ty == "ExternalName" {
         return;
     }

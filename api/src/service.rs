@@ -131,24 +131,17 @@ pub fn validate_service(s: &Service) -> Result<(), ValidationError> {
         }
         if let Some(np) = p.node_port
             && np != 0
+            && !NODE_PORTS.contains(&np)
         {
-            if ty == "ClusterIP" || ty == "ExternalName" {
-                e.push(
-                    format!("{at}.nodePort"),
-                    np,
-                    format!("a {ty} Service has no node ports"),
-                );
-            } else if !NODE_PORTS.contains(&np) {
-                e.push(
-                    format!("{at}.nodePort"),
-                    np,
-                    format!(
-                        "must be in the node port range {}-{}",
-                        NODE_PORTS.start(),
-                        NODE_PORTS.end()
-                    ),
-                );
-            }
+            e.push(
+                format!("{at}.nodePort"),
+                np,
+                format!(
+                    "must be in the node port range {}-{}",
+                    NODE_PORTS.start(),
+                    NODE_PORTS.end()
+                ),
+            );
         }
     }
     for (i, ip) in spec.cluster_ips.iter().flatten().enumerate() {

@@ -235,6 +235,14 @@ impl LbAllocator {
                     })
                     .collect()
             };
+            let ingress: Vec<LoadBalancerIngress> = ingress
+                .into_iter()
+                .chain(published.iter().map(|a| LoadBalancerIngress {
+                    ip: Some(a.to_string()),
+                    ip_mode: Some("VIP".into()),
+                    ..Default::default()
+                }))
+                .collect();
             status.load_balancer = match (ingress.is_empty(), &before.load_balancer) {
                 (true, None) => None,
                 _ => Some(LoadBalancerStatus {

@@ -566,6 +566,131 @@ pub fn without_holder(
     Some(b)
 }
 
+/// A problem `twillctl ipam check` finds with LoadBalancer addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LbFinding {
+    /// An address held in a block for Services none of which exists (or is
+    /// still Twill's LoadBalancer with that uid).
+    NoService {
+        addr: IpAddr,
+        block: String,
+        holders: Vec<String>,
+    },
+    /// Several Services show the address but do not all hold it (or share it).
+    TwoServices { addr: IpAddr, services: Vec<String> },
+    /// A Service shows an address of a LoadBalancer pool the blocks do not give it.
+    NotHeld { addr: IpAddr, service: String },
+}
+
+impl std::fmt::Display for LbFinding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LbFinding::NoService {
+                addr,
+                block,
+                holders,
+            } => write!(
+                f,
+                "LoadBalancer address {addr} (block {block}) is held for {}, but no such LoadBalancer Service exists: release it",
+                holders.join(", ")
+            ),
+            LbFinding::TwoServices { addr, services } => write!(
+                f,
+                "LoadBalancer address {addr} is shown by Services {} that do not share it: rewrite their status from the blocks",
+                services.join(", ")
+            ),
+            LbFinding::NotHeld { addr, service } => write!(
+                f,
+                "Service {service} shows LoadBalancer address {addr}, which the blocks do not give it: rewrite its status from the blocks"
+            ),
+        }
+    }
+}
+
+impl LbFinding {
+    /// The Services (`namespace/name`) whose reconcile repairs the finding.
+    pub fn services(&self) -> Vec<String> {
+        match self {
+            LbFinding::NoService { holders, .. } => holders.clone(),
+            LbFinding::TwoServices { services, .. } => services.clone(),
+            LbFinding::NotHeld { service, .. } => vec![service.clone()],
+        }
+    }
+}
+
+/// Compares LoadBalancer allocations with the Services that exist and what
+/// their status shows.
+pub fn check(pools: &[IPPool], blocks: &[IPAMBlock], services: &[Service]) -> Vec<LbFinding> {
+    let key = |s: &Service| {
+        format!(
+            "{}/{}",
+            s.metadata.namespace.as_deref().unwrap_or("default"),
+            s.metadata.name.as_deref().unwrap_or_default()
+        )
+    };
+    let live: BTreeMap<String, &Service> = services.iter().map(|s| (key(s), s)).collect();
+    let mut out = Vec::new();
+    let mut holders_of: BTreeMap<IpAddr, BTreeSet<String>> = BTreeMap::new();
+    for l in lb_addresses(blocks) {
+        let ns = namespace_of(&l.allocation);
+        let hs = holders(&l.allocation);
+        let names: Vec<String> = hs.iter().map(|h| format!("{ns}/{}", h.name)).collect();
+        let alive: BTreeSet<String> = hs
+            .iter()
+            .filter(|h| {
+                live.get(&format!("{ns}/{}", h.name)).is_some_and(|s| {
+                    s.metadata.uid.as_deref() == Some(h.uid.as_str())
+                        && twill_api::service::is_twill_lb(s)
+                })
+            })
+            .map(|h| format!("{ns}/{}", h.name))
+            .collect();
+        if alive.is_empty() {
+            out.push(LbFinding::NoService {
+                addr: l.addr,
+                block: l.block.clone(),
+                holders: names,
+            });
+        }
+        holders_of.insert(l.addr, alive);
+    }
+    let lb_nets: Vec<IpNetwork> = pools
+        .iter()
+        .filter(|p| p.spec.allows_load_balancers())
+        .filter_map(|p| p.spec.network())
+        .collect();
+    let mut shown: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
+    for s in services {
+        let k = key(s);
+        let ips = s
+            .status
+            .iter()
+            .filter_map(|st| st.load_balancer.as_ref())
+            .flat_map(|lb| lb.ingress.iter().flatten())
+            .filter_map(|i| i.ip.as_deref()?.parse::<IpAddr>().ok());
+        for a in ips {
+            shown.entry(a).or_default().push(k.clone());
+            let in_lb_pool = lb_nets.iter().any(|n| n.contains(a));
+            if in_lb_pool && !holders_of.get(&a).is_some_and(|h| h.contains(&k)) {
+                out.push(LbFinding::NotHeld {
+                    addr: a,
+                    service: k.clone(),
+                });
+            }
+        }
+    }
+    for (addr, services) in shown {
+        if services.len() > 1
+            && !services
+                .iter()
+                .all(|s| holders_of.get(&addr).is_some_and(|h| h.contains(s)))
+        {
+            out.push(LbFinding::TwoServices { addr, services });
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -186,7 +186,15 @@ impl LbAllocator {
                 return Ok(vec![]);
             }
             let blocks = self.blocks().await?;
+            // Addresses of LoadBalancer pools and blocks are Twill's to write.
+            let pools = self.store.list::<IPPool>().await?.items;
+            let lb_nets: Vec<ipnetwork::IpNetwork> = pools
+                .iter()
+                .filter(|p| p.spec.allows_load_balancers())
+                .filter_map(|p| p.spec.network())
+                .collect();
             let lb_ips: Vec<IpAddr> = lb_addresses(&blocks).iter().map(|l| l.addr).collect();
+            let twills = |a: IpAddr| lb_ips.contains(&a) || lb_nets.iter().any(|n| n.contains(a));
             let mut published = Vec::new();
             let mut condition = None;
             if let Some(result) = result {
@@ -231,7 +239,7 @@ impl LbAllocator {
                     .filter(|i| {
                         i.ip.as_deref()
                             .and_then(|s| s.parse::<IpAddr>().ok())
-                            .is_none_or(|a| !lb_ips.contains(&a))
+                            .is_none_or(|a| !twills(a))
                     })
                     .collect()
             };

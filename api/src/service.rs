@@ -650,48 +650,51 @@ fn assign_node_ports(
         a.port == b.port
             && a.protocol.as_deref().unwrap_or("TCP") == b.protocol.as_deref().unwrap_or("TCP")
     };
+    // First what is given or kept, then free ports for the rest, so a
+    // port given explicitly is never handed to an earlier port.
     let mut mine: BTreeSet<i32> = BTreeSet::new();
-    for i in 0..ports.len() {
-        if ports[i].node_port.unwrap_or(0) == 0 {
-            ports[i].node_port = old
+    for (i, p) in ports.iter_mut().enumerate() {
+        if p.node_port.unwrap_or(0) == 0 {
+            p.node_port = old
                 .ports
                 .iter()
                 .flatten()
-                .find(|o| same(o, &ports[i]))
+                .find(|o| same(o, p))
                 .and_then(|o| o.node_port);
         }
-        match ports[i].node_port.filter(|n| *n != 0) {
+        if let Some(n) = p.node_port.filter(|n| *n != 0) {
+            if let Some(holder) = used.get(&n) {
+                e.push(
+                    format!("spec.ports[{i}].nodePort"),
+                    n,
+                    format!("already allocated to Service {holder}"),
+                );
+            } else if !mine.insert(n) {
+                e.push(
+                    format!("spec.ports[{i}].nodePort"),
+                    n,
+                    "used twice in this Service",
+                );
+            }
+        }
+    }
+    for (i, p) in ports.iter_mut().enumerate() {
+        if p.node_port.unwrap_or(0) != 0 {
+            continue;
+        }
+        let free = NODE_PORTS
+            .clone()
+            .find(|n| !used.contains_key(n) && !mine.contains(n));
+        match free {
             Some(n) => {
-                if let Some(holder) = used.get(&n) {
-                    e.push(
-                        format!("spec.ports[{i}].nodePort"),
-                        n,
-                        format!("already allocated to Service {holder}"),
-                    );
-                } else if !mine.insert(n) {
-                    e.push(
-                        format!("spec.ports[{i}].nodePort"),
-                        n,
-                        "used twice in this Service",
-                    );
-                }
+                mine.insert(n);
+                p.node_port = Some(n);
             }
-            None => {
-                let free = NODE_PORTS
-                    .clone()
-                    .find(|n| !used.contains_key(n) && !mine.contains(n));
-                match free {
-                    Some(n) => {
-                        mine.insert(n);
-                        ports[i].node_port = Some(n);
-                    }
-                    None => e.push(
-                        format!("spec.ports[{i}].nodePort"),
-                        "",
-                        "the node port range 30000-32767 is full",
-                    ),
-                }
-            }
+            None => e.push(
+                format!("spec.ports[{i}].nodePort"),
+                "",
+                "the node port range 30000-32767 is full",
+            ),
         }
     }
 }

@@ -126,13 +126,14 @@ async fn cluster_ips_and_node_ports_are_allocated_and_clashes_refused_by_name() 
         .create_value(
             Kind::Service,
             svc("web", "b", json!({"clusterIP": "10.96.0.77", "type": "LoadBalancer",
-                "ports": [{"name": "a", "port": 80}, {"name": "b", "port": 443, "nodePort": 31000}]})),
+                "ports": [{"name": "a", "port": 80}, {"name": "b", "port": 443, "nodePort": 30001}]})),
         )
         .await
         .expect("create");
     assert_eq!(b["spec"]["clusterIP"], "10.96.0.77");
-    assert_eq!(b["spec"]["ports"][0]["nodePort"], 30001);
-    assert_eq!(b["spec"]["ports"][1]["nodePort"], 31000);
+    // The port given explicitly is not handed to the port before it.
+    assert_eq!(b["spec"]["ports"][0]["nodePort"], 30002);
+    assert_eq!(b["spec"]["ports"][1]["nodePort"], 30001);
 
     // An update keeps what was allocated; the cluster IP cannot change.
     let mut again = b.clone();
@@ -153,7 +154,7 @@ async fn cluster_ips_and_node_ports_are_allocated_and_clashes_refused_by_name() 
         .await
         .expect("update");
     assert_eq!(kept["spec"]["clusterIP"], "10.96.0.77");
-    assert_eq!(kept["spec"]["ports"][0]["nodePort"], 30001);
+    assert_eq!(kept["spec"]["ports"][0]["nodePort"], 30002);
     let mut moved = kept.clone();
     moved["spec"]["clusterIP"] = json!("10.96.0.78");
     moved["spec"]["clusterIPs"] = json!(["10.96.0.78"]);

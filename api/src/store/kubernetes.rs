@@ -447,3 +447,40 @@ fn watch_api(
         })
         .boxed()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn endpoint_slices_convert_between_v1beta1_and_v1() {
+        let mut beta = json!({"apiVersion": SLICE_V1BETA1, "kind": "EndpointSlice",
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.0.0.1"],
+                "topology": {"kubernetes.io/hostname": "n1", "topology.kubernetes.io/zone": "z"}},
+                {"addresses": ["10.0.0.2"], "nodeName": "n2"}]});
+        slice_from_v1beta1(&mut beta);
+        assert_eq!(beta["apiVersion"], "discovery.k8s.io/v1");
+        assert_eq!(beta["endpoints"][0]["nodeName"], "n1");
+        assert_eq!(beta["endpoints"][0]["zone"], "z");
+        assert!(beta["endpoints"][0].get("topology").is_none());
+        assert_eq!(beta["endpoints"][1]["nodeName"], "n2");
+        let mut back = beta.clone();
+        slice_to_v1beta1(&mut back);
+        assert_eq!(back["apiVersion"], SLICE_V1BETA1);
+        assert_eq!(
+            back["endpoints"][0]["topology"],
+            json!({"kubernetes.io/hostname": "n1", "topology.kubernetes.io/zone": "z"})
+        );
+        assert_eq!(
+            back["endpoints"][1]["topology"],
+            json!({"kubernetes.io/hostname": "n2"})
+        );
+        // A v1 object read from a v1 server is left as it is.
+        let v1 = json!({"apiVersion": "discovery.k8s.io/v1", "endpoints": [{"addresses": ["10.0.0.1"], "nodeName": "n1"}]});
+        let mut same = v1.clone();
+        slice_from_v1beta1(&mut same);
+        assert_eq!(same, v1);
+    }
+}

@@ -25,6 +25,7 @@ use twill_api::service::{
 
 use crate::blockmath::{
     addr_at, block_containing, block_len, first_unclaimed_block, next_free_ordinal, ordinal_of,
+    overlapping_claimed,
 };
 use crate::plan::{Family, block_net, with_allocation};
 use crate::{ATTR_CREATED, ATTR_NAMESPACE};
@@ -433,6 +434,19 @@ pub fn plan_lb(
             block_net(b).is_some_and(|n| n.contains(addr) && n.is_ipv4() == addr.is_ipv4())
         });
         let Some(b) = holding else {
+            // A new block never overlaps an existing one of another size (a
+            // pool whose blockSize changed): the largest aligned block
+            // around the address that overlaps none.
+            let claimed: BTreeSet<IpNetwork> = blocks.iter().filter_map(block_net).collect();
+            let width = if addr.is_ipv4() { 32 } else { 128 };
+            let cidr = (cidr.prefix()..=width)
+                .filter_map(|p| IpNetwork::new(addr, p).ok())
+                .filter_map(|n| IpNetwork::new(n.network(), n.prefix()).ok())
+                .find(|n| overlapping_claimed(n, &claimed).is_none())
+                .ok_or(LbRefusal::OutsidePools {
+                    addr,
+                    service: req.key(),
+                })?;
             let ordinal = ordinal_of(&cidr, addr).ok_or(LbRefusal::OutsidePools {
                 addr,
                 service: req.key(),
@@ -800,6 +814,30 @@ mod tests {
         let gone = without_holder(&after, ord, "y", "uid-y", "t").unwrap();
         assert!(gone.spec.allocations.is_empty());
         assert_eq!(gone.spec.empty_since.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn a_requested_address_never_gets_a_block_overlapping_another() {
+        // The pool had /30 blocks; now /28: the block claimed for .9 must not cover .0/30.
+        let mut pool = lb_pool("lb", "192.0.2.0/28");
+        pool.spec.block_size = Some(30);
+        let pools = vec![pool.clone()];
+        let mut blocks = vec![];
+        let first = plan_lb(&pools, &blocks, &req("a"), Family::V4, "t").unwrap();
+        apply(&mut blocks, first);
+        let pools = vec![{
+            let mut p = pool;
+            p.spec.block_size = Some(28);
+            p
+        }];
+        let mut r = req("b");
+        r.requested = vec!["192.0.2.9".parse().unwrap()];
+        let LbStep::Claim { block, addr } = plan_lb(&pools, &blocks, &r, Family::V4, "t").unwrap()
+        else {
+            panic!("expected a new block");
+        };
+        assert_eq!(addr, "192.0.2.9".parse::<IpAddr>().unwrap());
+        assert_eq!(block.spec.cidr, "192.0.2.8/29");
     }
 
     #[test]

@@ -116,9 +116,13 @@ pub fn check(kind: Kind, value: &Value) -> Understanding {
         Kind::BGPPeer => understand::<BGPPeer>(value),
         Kind::GlobalNetworkPolicy => understand::<GlobalNetworkPolicy>(value),
         Kind::NodeStatus => understand::<NodeStatus>(value),
-        Kind::Node | Kind::Namespace | Kind::Pod | Kind::NetworkPolicy | Kind::Secret => {
-            Understanding::default()
-        }
+        Kind::Node
+        | Kind::Namespace
+        | Kind::Pod
+        | Kind::NetworkPolicy
+        | Kind::Secret
+        | Kind::Service
+        | Kind::EndpointSlice => Understanding::default(),
     }
 }
 

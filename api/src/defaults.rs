@@ -10,8 +10,9 @@
 //! idempotent, so the store applies it on every write and again on every
 //! typed read (objects written before this existed, or by another writer).
 
-use k8s_openapi::api::core::v1::{Container, Namespace, Pod};
+use k8s_openapi::api::core::v1::{Container, Namespace, Pod, Service};
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPort};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 /// `kubernetes.io/metadata.name`, set on every Namespace.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -93,6 +94,52 @@ pub fn namespace(ns: &mut Namespace) {
         .labels
         .get_or_insert_with(Default::default)
         .insert(NAMESPACE_NAME_LABEL.to_string(), name);
+}
+
+/// `SetDefaults_Service` (core/v1): type ClusterIP, sessionAffinity None,
+/// no node ports on a ClusterIP or ExternalName Service (the update
+/// strategy's `dropTypeDependentFields`),
+/// each port's protocol TCP and targetPort its port,
+/// internalTrafficPolicy Cluster, externalTrafficPolicy Cluster for
+/// NodePort and LoadBalancer Services. (`ipFamilies`, `ipFamilyPolicy`,
+/// cluster IPs and node ports are allocated, not defaulted: the embedded
+/// store does that in the write, `service::assign_cluster_fields`.)
+pub fn service(s: &mut Service) {
+    let Some(spec) = s.spec.as_mut() else {
+        return;
+    };
+    let ty = spec.type_.get_or_insert_with(|| "ClusterIP".into()).clone();
+    if ty == "ClusterIP" || ty == "ExternalName" {
+        // What the API server drops when a Service changes type (node ports
+        // of a former NodePort or LoadBalancer Service).
+        for p in spec.ports.iter_mut().flatten() {
+            p.node_port = None;
+        }
+    }
+    if ty == "ExternalName" {
+        return;
+    }
+    spec.session_affinity.get_or_insert_with(|| "None".into());
+    for p in spec.ports.iter_mut().flatten() {
+        if p.protocol.as_deref().is_none_or(str::is_empty) {
+            p.protocol = Some("TCP".into());
+        }
+        let unset = match &p.target_port {
+            None => true,
+            Some(IntOrString::Int(0)) => true,
+            Some(IntOrString::String(s)) => s.is_empty(),
+            _ => false,
+        };
+        if unset {
+            p.target_port = Some(IntOrString::Int(p.port));
+        }
+    }
+    spec.internal_traffic_policy
+        .get_or_insert_with(|| "Cluster".into());
+    if ty == "NodePort" || ty == "LoadBalancer" {
+        spec.external_traffic_policy
+            .get_or_insert_with(|| "Cluster".into());
+    }
 }
 
 #[cfg(test)]

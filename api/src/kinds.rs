@@ -6,7 +6,8 @@
 
 use std::fmt;
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::core::ApiResource;
 use serde::Serialize;
@@ -32,11 +33,13 @@ pub enum Kind {
     Pod,
     NetworkPolicy,
     Secret,
+    Service,
+    EndpointSlice,
 }
 
 impl Kind {
     /// All kinds, Twill's first.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 13] = [
         Kind::IPPool,
         Kind::IPAMBlock,
         Kind::BGPConfiguration,
@@ -48,6 +51,8 @@ impl Kind {
         Kind::Pod,
         Kind::NetworkPolicy,
         Kind::Secret,
+        Kind::Service,
+        Kind::EndpointSlice,
     ];
 
     /// Where the kind lives in the Kubernetes API.
@@ -64,6 +69,8 @@ impl Kind {
             Kind::Pod => ApiResource::erase::<Pod>(&()),
             Kind::NetworkPolicy => ApiResource::erase::<NetworkPolicy>(&()),
             Kind::Secret => ApiResource::erase::<Secret>(&()),
+            Kind::Service => ApiResource::erase::<Service>(&()),
+            Kind::EndpointSlice => ApiResource::erase::<EndpointSlice>(&()),
         }
     }
 
@@ -81,6 +88,8 @@ impl Kind {
             Kind::Pod => "Pod",
             Kind::NetworkPolicy => "NetworkPolicy",
             Kind::Secret => "Secret",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
         }
     }
 
@@ -103,12 +112,17 @@ impl Kind {
             Kind::Pod => &["po"],
             Kind::NetworkPolicy => &["netpol"],
             Kind::Secret => &[],
+            Kind::Service => &["svc"],
+            Kind::EndpointSlice => &[],
         }
     }
 
     /// Whether objects of the kind live in a namespace.
     pub fn namespaced(self) -> bool {
-        matches!(self, Kind::Pod | Kind::NetworkPolicy | Kind::Secret)
+        matches!(
+            self,
+            Kind::Pod | Kind::NetworkPolicy | Kind::Secret | Kind::Service | Kind::EndpointSlice
+        )
     }
 
     /// Whether the kind is one of Twill's own CRDs.
@@ -160,6 +174,8 @@ impl Kind {
             Kind::Pod => check_typed::<Pod>(value),
             Kind::NetworkPolicy => check_typed::<NetworkPolicy>(value),
             Kind::Secret => check_typed::<Secret>(value),
+            Kind::Service => check_typed::<Service>(value),
+            Kind::EndpointSlice => check_typed::<EndpointSlice>(value),
         }
     }
 }
@@ -351,6 +367,8 @@ impl Kind {
             Kind::Pod => unknown_of::<Pod>(value),
             Kind::NetworkPolicy => unknown_of::<NetworkPolicy>(value),
             Kind::Secret => unknown_of::<Secret>(value),
+            Kind::Service => unknown_of::<Service>(value),
+            Kind::EndpointSlice => unknown_of::<EndpointSlice>(value),
         }
     }
 }
@@ -430,6 +448,17 @@ object!(
 );
 object!(Pod, Pod, validate_native, defaults = crate::defaults::pod);
 object!(Secret, Secret, validate_native);
+object!(
+    Service,
+    Service,
+    crate::service::validate_service,
+    defaults = crate::defaults::service
+);
+object!(
+    EndpointSlice,
+    EndpointSlice,
+    crate::service::validate_endpoint_slice
+);
 object!(
     NetworkPolicy,
     NetworkPolicy,

@@ -7,6 +7,8 @@
 //!   (NetworkPolicy), which the embedded store gets no API server for;
 //! * [`kinds`]: the registry of every kind the datastore holds, native ones too;
 //! * [`selector`]: the label selector language;
+//! * [`service`]: Services and EndpointSlices: checks, cluster IP and node port
+//!   allocation for the embedded store, which service prefixes a node announces;
 //! * [`store`]: the datastore trait and its Kubernetes and embedded backends;
 //! * [`manifest`]: multi-document YAML in and out; [`crds`]: generated CRDs;
 //! * [`defaults`]: the API server's defaulting of native objects, done for every datastore;
@@ -23,6 +25,7 @@ pub mod names;
 pub mod native;
 pub mod resources;
 pub mod selector;
+pub mod service;
 pub mod store;
 pub mod trim;
 pub mod validate;

@@ -18,6 +18,14 @@
 //!   deletionTimestamp and labels (namespace selectors);
 //! * NetworkPolicy: apiVersion, kind; the same metadata as a Pod without
 //!   annotations; the whole spec.
+//! * Service: apiVersion, kind; the same metadata as a Pod; spec type,
+//!   cluster IPs, IP families and policy, ports, externalIPs,
+//!   loadBalancerIP and class, traffic policies,
+//!   allocateLoadBalancerNodePorts; status loadBalancer and conditions
+//!   (what LoadBalancer IPAM and service advertisement read);
+//! * EndpointSlice: apiVersion, kind; metadata as a Namespace (the
+//!   `kubernetes.io/service-name` label); addressType, ports, and each
+//!   endpoint's addresses, conditions and nodeName.
 
 use serde_json::{Map, Value};
 
@@ -50,6 +58,26 @@ pub fn trim(kind: Kind, obj: &mut Value) {
         Kind::NetworkPolicy => {
             keep(map, &["apiVersion", "kind", "metadata", "spec"]);
             trim_meta(map, false);
+        }
+        Kind::Service => trim_service(map),
+        Kind::EndpointSlice => {
+            keep(
+                map,
+                &[
+                    "apiVersion",
+                    "kind",
+                    "metadata",
+                    "addressType",
+                    "endpoints",
+                    "ports",
+                ],
+            );
+            trim_meta(map, false);
+            if let Some(eps) = map.get_mut("endpoints").and_then(Value::as_array_mut) {
+                for ep in eps.iter_mut().filter_map(Value::as_object_mut) {
+                    keep(ep, &["addresses", "conditions", "nodeName"]);
+                }
+            }
         }
         _ => {
             if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -91,6 +119,33 @@ fn trim_pod(pod: &mut Map<String, Value>) {
     }
     if let Some(status) = pod.get_mut("status").and_then(Value::as_object_mut) {
         keep(status, &["phase", "podIP", "podIPs"]);
+    }
+}
+
+fn trim_service(svc: &mut Map<String, Value>) {
+    keep(svc, &["apiVersion", "kind", "metadata", "spec", "status"]);
+    trim_meta(svc, true);
+    if let Some(spec) = svc.get_mut("spec").and_then(Value::as_object_mut) {
+        keep(
+            spec,
+            &[
+                "type",
+                "clusterIP",
+                "clusterIPs",
+                "ipFamilies",
+                "ipFamilyPolicy",
+                "ports",
+                "externalIPs",
+                "loadBalancerIP",
+                "loadBalancerClass",
+                "externalTrafficPolicy",
+                "internalTrafficPolicy",
+                "allocateLoadBalancerNodePorts",
+            ],
+        );
+    }
+    if let Some(status) = svc.get_mut("status").and_then(Value::as_object_mut) {
+        keep(status, &["loadBalancer", "conditions"]);
     }
 }
 
@@ -240,6 +295,60 @@ mod tests {
             json!({"apiVersion": "twill.dev/v1", "kind": "IPPool",
                 "metadata": {"name": "p"}, "spec": {"cidr": "10.244.0.0/16"}})
         );
+    }
+
+    #[test]
+    fn services_and_endpoint_slices_keep_what_lb_ipam_and_advertisement_read() {
+        use k8s_openapi::api::core::v1::Service;
+        use k8s_openapi::api::discovery::v1::EndpointSlice;
+        let mut svc = json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": "shop", "uid": "s", "resourceVersion": "4",
+                "labels": {"app": "web"},
+                "annotations": {"twill.dev/sharing-key": "k", "other": "x"},
+                "managedFields": managed_fields()},
+            "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.5", "clusterIPs": ["10.96.0.5"],
+                "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+                "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080, "nodePort": 30001}],
+                "selector": {"app": "web"}, "sessionAffinity": "None",
+                "externalTrafficPolicy": "Local", "healthCheckNodePort": 31000},
+            "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1", "ipMode": "VIP"}]},
+                "conditions": [{"type": "x", "status": "True", "reason": "R", "message": "",
+                    "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+        trim(Kind::Service, &mut svc);
+        assert_eq!(
+            svc["metadata"],
+            json!({"name": "web", "namespace": "shop", "uid": "s", "resourceVersion": "4",
+                "labels": {"app": "web"}, "annotations": {"twill.dev/sharing-key": "k"}})
+        );
+        assert!(svc["spec"].get("selector").is_none(), "{svc}");
+        assert!(svc["spec"].get("healthCheckNodePort").is_none(), "{svc}");
+        assert_eq!(svc["spec"]["externalTrafficPolicy"], "Local");
+        assert_eq!(
+            svc["status"]["loadBalancer"]["ingress"][0]["ip"],
+            "192.0.2.1"
+        );
+        serde_json::from_value::<Service>(svc).unwrap();
+        let mut es = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "web-abc", "namespace": "shop", "resourceVersion": "5",
+                "labels": {"kubernetes.io/service-name": "web"},
+                "annotations": {"a": "b"}, "managedFields": managed_fields(),
+                "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": "web", "uid": "s"}]},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.244.0.5"], "conditions": {"ready": true},
+                "nodeName": "node-a", "zone": "z", "hostname": "h",
+                "targetRef": {"kind": "Pod", "name": "web-1", "namespace": "shop"}}],
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]});
+        trim(Kind::EndpointSlice, &mut es);
+        assert_eq!(
+            es["endpoints"],
+            json!([{"addresses": ["10.244.0.5"], "conditions": {"ready": true}, "nodeName": "node-a"}])
+        );
+        assert_eq!(
+            es["metadata"],
+            json!({"name": "web-abc", "namespace": "shop", "resourceVersion": "5",
+                "labels": {"kubernetes.io/service-name": "web"}})
+        );
+        serde_json::from_value::<EndpointSlice>(es).unwrap();
     }
 
     #[test]

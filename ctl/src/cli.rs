@@ -163,8 +163,13 @@ pub enum Command {
     Patch(PatchArgs),
     /// Add, change or remove labels.
     Label(LabelArgs),
-    /// Pod address management: usage, who holds an address, consistency.
+    /// Pod and LoadBalancer address management: usage, who holds an address, consistency.
     Ipam(IpamArgs),
+    /// Settings of the embedded datastore.
+    Datastore {
+        #[command(subcommand)]
+        command: DatastoreCommand,
+    },
     /// What nodes report: BGP sessions, routes, endpoints.
     Node(NodeArgs),
     /// A whole cluster with a ToR router in network namespaces on this machine.
@@ -214,7 +219,8 @@ pub enum OutputFormat {
 #[derive(Args, Debug)]
 pub struct GetArgs {
     /// Kind: ippools, ipamblocks, bgpconfigurations, bgppeers, globalnetworkpolicies,
-    /// nodestatuses, nodes, namespaces, pods, networkpolicies, secrets (or a short name).
+    /// nodestatuses, nodes, namespaces, pods, networkpolicies, secrets, services,
+    /// endpointslices (or a short name).
     pub kind: String,
     /// Names to show (all when none).
     pub names: Vec<String>,
@@ -390,6 +396,16 @@ pub enum PolicyCommand {
 pub struct IpamArgs {
     #[command(subcommand)]
     pub command: IpamCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DatastoreCommand {
+    /// Show or set the range(s) the embedded store takes Service cluster IPs
+    /// from (one CIDR per family, e.g. 10.96.0.0/12,fd00:96::/108; default 10.96.0.0/12).
+    ServiceRange {
+        /// The new range(s); without, print the current one.
+        cidrs: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

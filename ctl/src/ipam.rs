@@ -9,8 +9,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::Service;
 use twill_api::resources::{IPAMBlock, IPPool, NodeStatus};
 use twill_ipam::Ipam;
+use twill_ipam::lb;
+use twill_ipam::lb_alloc::{LbAllocator, LbOutcome};
 use twill_ipam::report::{self, Finding, LiveEndpoints};
 
 use crate::cli::{IpamArgs, IpamCommand, StoreArgs};
@@ -41,8 +44,14 @@ pub async fn run(store_args: &StoreArgs, args: IpamArgs) -> anyhow::Result<ExitC
                     .collect(),
             ];
             for u in report::pool_usage(&pools, &blocks) {
+                let lb = pools.iter().any(|p| {
+                    p.metadata.name.as_deref() == Some(u.name.as_str())
+                        && p.spec.allows_load_balancers()
+                });
                 rows.push(vec![
-                    u.name.clone() + if u.disabled { " (disabled)" } else { "" },
+                    u.name.clone()
+                        + if lb { " (LoadBalancer)" } else { "" }
+                        + if u.disabled { " (disabled)" } else { "" },
                     u.cidr.clone(),
                     u.blocks.to_string(),
                     u.allocated.to_string(),
@@ -73,6 +82,39 @@ pub async fn run(store_args: &StoreArgs, args: IpamArgs) -> anyhow::Result<ExitC
                 ]);
             }
             print!("{}", align(&rows));
+            let lbs = lb::lb_addresses(&blocks);
+            if !lbs.is_empty() {
+                println!();
+                let mut rows = vec![
+                    vec!["LOADBALANCER ADDRESS", "POOL", "SERVICES", "SHARING KEY"]
+                        .into_iter()
+                        .map(String::from)
+                        .collect(),
+                ];
+                for l in &lbs {
+                    let pool = blocks
+                        .iter()
+                        .find(|b| b.metadata.name.as_deref() == Some(l.block.as_str()))
+                        .map(|b| b.spec.pool.clone())
+                        .unwrap_or_default();
+                    let ns = lb::namespace_of(&l.allocation);
+                    let services: Vec<String> = lb::holders(&l.allocation)
+                        .iter()
+                        .map(|h| format!("{ns}/{}", h.name))
+                        .collect();
+                    rows.push(vec![
+                        l.addr.to_string(),
+                        pool,
+                        services.join(","),
+                        l.allocation
+                            .handle
+                            .strip_prefix("lb-share:")
+                            .unwrap_or("-")
+                            .to_string(),
+                    ]);
+                }
+                print!("{}", align(&rows));
+            }
             Ok(ExitCode::SUCCESS)
         }
         IpamCommand::Release { ip } => {
@@ -121,28 +163,71 @@ pub async fn run(store_args: &StoreArgs, args: IpamArgs) -> anyhow::Result<ExitC
                 }
             }
             let findings = report::check(&blocks, &nodes, &live);
-            if findings.is_empty() {
+            let services = store.list::<Service>().await?.items;
+            let lb_findings = lb::check(&pools, &blocks, &services);
+            if findings.is_empty() && lb_findings.is_empty() {
                 println!(
-                    "IPAM is consistent: {} blocks, {} nodes",
+                    "IPAM is consistent: {} blocks, {} nodes, {} LoadBalancer addresses",
                     blocks.len(),
-                    nodes.len()
+                    nodes.len(),
+                    lb::lb_addresses(&blocks).len()
                 );
                 return Ok(ExitCode::SUCCESS);
             }
             for f in &findings {
                 println!("{f}");
             }
+            for f in &lb_findings {
+                println!("{f}");
+            }
             if !repair {
                 println!(
                     "{} problem(s); run `twillctl ipam check --repair` to fix them",
-                    findings.len()
+                    findings.len() + lb_findings.len()
                 );
                 return Ok(ExitCode::from(1));
             }
             repair_findings(&store, &findings).await?;
+            repair_lb(&store, &lb_findings).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Repairs LoadBalancer findings the way the allocator does: reconciling
+/// each Service named (a gone one's addresses are released; a live one's
+/// status is written again from the blocks).
+async fn repair_lb(store: &twill_api::Store, findings: &[lb::LbFinding]) -> anyhow::Result<()> {
+    let alloc = LbAllocator::new(store.clone());
+    let mut done = BTreeSet::new();
+    for f in findings {
+        for key in f.services() {
+            if !done.insert(key.clone()) {
+                continue;
+            }
+            let (ns, name) = key.split_once('/').unwrap_or(("default", key.as_str()));
+            match alloc.reconcile(ns, name).await? {
+                LbOutcome::NotServed { released } if !released.is_empty() => println!(
+                    "released {} held for Service {key}",
+                    released
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                LbOutcome::NotServed { .. } => println!("Service {key}: nothing held"),
+                LbOutcome::Allocated(a) => println!(
+                    "Service {key}: status shows {}",
+                    a.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                LbOutcome::Pending(r) => println!("Service {key}: pending: {r}"),
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn repair_findings(store: &twill_api::Store, findings: &[Finding]) -> anyhow::Result<()> {
@@ -207,6 +292,23 @@ fn describe(info: &report::AddressInfo) -> String {
     }
     s.push('\n');
     match &info.allocation {
+        Some(a) if lb::is_lb(a) => {
+            let ns = lb::namespace_of(a);
+            let services: Vec<String> = lb::holders(a)
+                .iter()
+                .map(|h| format!("{ns}/{}", h.name))
+                .collect();
+            s.push_str(&format!(
+                "LoadBalancer address of Service {} (handle {:?}, sequence {}), since {}\n",
+                services.join(", "),
+                a.handle,
+                a.sequence,
+                a.attributes
+                    .get(twill_ipam::ATTR_CREATED)
+                    .map(String::as_str)
+                    .unwrap_or("-")
+            ));
+        }
         Some(a) => {
             let attr = |k: &str| a.attributes.get(k).cloned().unwrap_or_else(|| "-".into());
             s.push_str(&format!(

@@ -37,6 +37,7 @@ mod out;
 mod output;
 mod policy;
 mod resources;
+mod services;
 
 use std::process::ExitCode;
 
@@ -142,6 +143,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Patch(args) => resources::patch(&cli.store, args).await,
         Command::Label(args) => resources::label(&cli.store, args).await,
         Command::Ipam(args) => ipam::run(&cli.store, args).await,
+        Command::Datastore {
+            command: cli::DatastoreCommand::ServiceRange { cidrs },
+        } => services::service_range(&cli.store, cidrs).await,
         Command::Policy(args) => policy::run(&cli.store, args).await,
         Command::Node(args) => node::run(&cli.store, args).await,
         Command::Lab(args) => lab::run(args).await,

@@ -194,6 +194,9 @@ pub fn render_report(
     if !r.blocks.is_empty() {
         out += &format!("blocks: {}\n", r.blocks.join(", "));
     }
+    if !r.service_prefixes.is_empty() {
+        out += &format!("service prefixes: {}\n", r.service_prefixes.join(", "));
+    }
     out += "\n";
     if r.bgp_peers.is_empty() {
         out += "BGP: no sessions configured\n";

@@ -8,17 +8,35 @@ use twill_api::manifest::to_yaml;
 
 use crate::cli::OutputFormat;
 
-/// One table column: header, JSON path (`.spec.cidr`), shown only with `-o wide`.
+/// One table column: header, JSON path (`.spec.cidr`) or a function of
+/// the object, shown only with `-o wide`.
 struct Column {
     name: String,
     path: String,
+    computed: Option<fn(&Value) -> String>,
     wide: bool,
+}
+
+impl Column {
+    fn value(&self, v: &Value) -> String {
+        match self.computed {
+            Some(f) => f(v),
+            None => cell(lookup(v, &self.path)),
+        }
+    }
 }
 
 fn columns(kind: Kind) -> Vec<Column> {
     let col = |name: &str, path: &str, wide: bool| Column {
         name: name.to_uppercase(),
         path: path.into(),
+        computed: None,
+        wide,
+    };
+    let f = |name: &str, func: fn(&Value) -> String, wide: bool| Column {
+        name: name.into(),
+        path: String::new(),
+        computed: Some(func),
         wide,
     };
     if kind.is_twill() {
@@ -47,6 +65,20 @@ fn columns(kind: Kind) -> Vec<Column> {
         ],
         Kind::NetworkPolicy => vec![col("PodSelector", ".spec.podSelector", false)],
         Kind::Secret => vec![col("Type", ".type", false)],
+        Kind::Service => vec![
+            col("Type", ".spec.type", false),
+            f("CLUSTER-IP", crate::services::cluster_ip, false),
+            f("EXTERNAL-IP", crate::services::external_ip, false),
+            f("PORT(S)", crate::services::ports, false),
+            f("ANNOUNCED-BY", crate::services::announced_by, true),
+            f("LB-STATUS", crate::services::lb_status, false),
+        ],
+        Kind::EndpointSlice => vec![
+            col("AddressType", ".addressType", false),
+            f("PORTS", crate::services::slice_ports, false),
+            f("ENDPOINTS", crate::services::slice_endpoints, false),
+            f("NODES", crate::services::slice_nodes, true),
+        ],
         _ => vec![],
     }
 }
@@ -209,7 +241,7 @@ pub fn render_with(
                     row.push(cell(lookup(v, ".metadata.namespace")));
                 }
                 row.push(cell(lookup(v, ".metadata.name")));
-                row.extend(cols.iter().map(|c| cell(lookup(v, &c.path))));
+                row.extend(cols.iter().map(|c| c.value(v)));
                 row.push(age(v));
                 if show_labels {
                     row.push(labels(v));

@@ -102,6 +102,9 @@ pub async fn get(store: &StoreArgs, args: GetArgs) -> anyhow::Result<ExitCode> {
     items.retain(|v| wanted(v));
     warn_not_understood(kind, &items);
     warn_invalid(kind, &items);
+    if kind == Kind::Service && args.output == OutputFormat::Wide {
+        crate::services::load_announcements(&store).await?;
+    }
     let with_ns = kind.namespaced() && args.all_namespaces;
     if items.is_empty() && matches!(args.output, OutputFormat::Table | OutputFormat::Wide) {
         let mut what = format!("No {} found", kind.plural());

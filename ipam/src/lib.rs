@@ -9,10 +9,14 @@
 //! * [`blockmath`]: pure address arithmetic;
 //! * [`plan`]: pure decisions (which write satisfies a request);
 //! * [`allocator`]: executes them with CAS writes and retries;
-//! * [`report`]: pure summaries and consistency checks for `twillctl ipam`.
+//! * [`report`]: pure summaries and consistency checks for `twillctl ipam`;
+//! * [`lb`]: LoadBalancer IPAM's pure decisions (pool, address, sharing);
+//! * [`lb_alloc`]: the LoadBalancer allocator every node runs ([`lb_alloc::run`]).
 
 pub mod allocator;
 pub mod blockmath;
+pub mod lb;
+pub mod lb_alloc;
 pub mod plan;
 pub mod report;
 

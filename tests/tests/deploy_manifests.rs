@@ -312,6 +312,8 @@ fn rbac_is_least_privilege_and_sufficient() {
         ("twill.dev", "globalnetworkpolicies"),
         ("twill.dev", "ipamblocks"),
         ("twill.dev", "nodestatuses"),
+        ("", "services"),
+        ("discovery.k8s.io", "endpointslices"),
     ] {
         for v in read {
             needed.push((g, r, v));
@@ -325,6 +327,10 @@ fn rbac_is_least_privilege_and_sufficient() {
     needed.push(("twill.dev", "nodestatuses", "create"));
     needed.push(("twill.dev", "nodestatuses", "update"));
     needed.push(("twill.dev", "nodestatuses/status", "update"));
+    // The LoadBalancer allocator writes Services' status (docs/services.md).
+    needed.push(("", "services/status", "get"));
+    needed.push(("", "services/status", "patch"));
+    needed.push(("", "services/status", "update"));
     for (g, r, v) in &needed {
         assert!(
             rule_grants(&rules, g, r, v),

@@ -14,7 +14,10 @@
 //! and NodeStatus, and two agents mesh so pods ping across; twillctl and
 //! kubectl see the same objects; and a 30 s API server outage under
 //! cross-node traffic loses no packet, after which the agents reconnect and
-//! a policy change made then is programmed.
+//! a policy change made then is programmed. Services and EndpointSlices: a
+//! 1.20 server serves EndpointSlice only as discovery.k8s.io/v1beta1, which
+//! the Kubernetes backend reads and writes as v1; the LoadBalancer
+//! allocator writes a Service's status there.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -1064,4 +1067,188 @@ fn twillctl_and_kubectl_agree() {
     api.kubectl_ok(&["delete", "bgppeer", "tor"]);
     let after = twillctl_ok(&api, &["get", "bgppeers"], None);
     assert!(!after.contains("tor"), "{after}");
+}
+
+// ---------------------------------------------------------------------------
+// Services and EndpointSlices on a 1.20 server (EndpointSlice is v1beta1 there).
+
+const SERVICES: &str = r#"
+apiVersion: twill.dev/v1
+kind: IPPool
+metadata:
+  name: lb
+spec:
+  cidr: 192.0.2.0/29
+  allowedUses: [LoadBalancer]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: shop
+spec:
+  type: LoadBalancer
+  ports:
+  - port: 80
+    protocol: TCP
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: copycat
+  namespace: shop
+  annotations:
+    twill.dev/loadBalancerIPs: 192.0.2.0
+spec:
+  type: LoadBalancer
+  ports:
+  - port: 81
+    protocol: TCP
+---
+apiVersion: discovery.k8s.io/v1beta1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  namespace: shop
+  labels:
+    kubernetes.io/service-name: web
+addressType: IPv4
+ports:
+- port: 8080
+  protocol: TCP
+endpoints:
+- addresses: [10.244.0.5]
+  conditions: {ready: true}
+  topology:
+    kubernetes.io/hostname: node-a
+"#;
+
+#[test]
+fn services_and_v1beta1_endpoint_slices_on_a_1_20_server() {
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use twill_api::store::kubernetes::KubeStore;
+    use twill_api::{Store, WatchEvent};
+    use twill_ipam::lb_alloc::{LbAllocator, LbOutcome};
+
+    let api = KubeApi::start();
+    install_crds(&api);
+    api.kubectl_ok(&["create", "namespace", "shop"]);
+    api.apply(SERVICES);
+    // The API server allocated the cluster IP and node port; twillctl shows them.
+    let k = api.get_json(&["svc", "web", "-n", "shop"]);
+    let cluster_ip = k["spec"]["clusterIP"]
+        .as_str()
+        .expect("cluster IP")
+        .to_string();
+    let t = twillctl_ok(&api, &["get", "svc", "-n", "shop"], None);
+    let web = t
+        .lines()
+        .find(|l| l.starts_with("web "))
+        .unwrap_or_else(|| panic!("{t}"));
+    assert!(
+        web.contains(&cluster_ip) && web.contains("<pending>") && web.contains("80:3"),
+        "{t}"
+    );
+    // twillctl reads the v1beta1 slice as v1: nodeName from the topology.
+    let e: Value = serde_json::from_str(&twillctl_ok(
+        &api,
+        &["get", "endpointslices", "web-1", "-n", "shop", "-o", "json"],
+        None,
+    ))
+    .expect("json");
+    assert_eq!(e["apiVersion"], "discovery.k8s.io/v1", "{e}");
+    assert_eq!(e["endpoints"][0]["nodeName"], "node-a", "{e}");
+    assert_eq!(
+        e["endpoints"][0]["deprecatedTopology"]["kubernetes.io/hostname"], "node-a",
+        "{e}"
+    );
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let kc = kube::config::Kubeconfig::read_from(api.kubeconfig()).expect("kubeconfig");
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .expect("config");
+        let store = Store::new(KubeStore::new(kube::Client::try_from(cfg).expect("client")));
+        // The watch delivers v1 objects from the v1beta1 resource.
+        let mut w = store.watch::<EndpointSlice>(None);
+        match futures::StreamExt::next(&mut w).await {
+            Some(Ok(WatchEvent::Resync { items, .. })) => {
+                // Also the API server's own slice for the `kubernetes` Service.
+                let ours: Vec<&EndpointSlice> = items
+                    .iter()
+                    .filter(|s| s.metadata.namespace.as_deref() == Some("shop"))
+                    .collect();
+                assert_eq!(ours.len(), 1, "{items:?}");
+                assert_eq!(ours[0].endpoints[0].node_name.as_deref(), Some("node-a"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A v1 slice written through the store lands as v1beta1 with the node in its topology.
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": "web-2", "namespace": "shop",
+                "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.244.1.5"], "nodeName": "node-b",
+                "conditions": {"ready": true}}]}))
+        .expect("slice");
+        store.create(&slice).await.expect("create v1 slice");
+        let got: EndpointSlice = store
+            .get(Some("shop"), "web-2")
+            .await
+            .expect("get")
+            .expect("exists");
+        assert_eq!(got.endpoints[0].node_name.as_deref(), Some("node-b"));
+        // The LoadBalancer allocator against the real server: first come, first served.
+        let alloc = LbAllocator::new(store.clone());
+        assert_eq!(
+            alloc.reconcile("shop", "web").await.expect("reconcile"),
+            LbOutcome::Allocated(vec!["192.0.2.0".parse().expect("addr")])
+        );
+        let out = alloc.reconcile("shop", "copycat").await.expect("reconcile");
+        assert!(matches!(out, LbOutcome::Pending(_)), "{out:?}");
+        let _ = store.list::<Service>().await.expect("list services");
+    });
+    let b = api.get_json(&[
+        "endpointslices.v1beta1.discovery.k8s.io",
+        "web-2",
+        "-n",
+        "shop",
+    ]);
+    assert_eq!(
+        b["endpoints"][0]["topology"]["kubernetes.io/hostname"], "node-b",
+        "{b}"
+    );
+    let k = api.get_json(&["svc", "web", "-n", "shop"]);
+    assert_eq!(
+        k["status"]["loadBalancer"]["ingress"][0]["ip"], "192.0.2.0",
+        "{k}"
+    );
+    let cond = |v: &Value| {
+        v["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| {
+                cs.iter()
+                    .find(|c| c["type"] == "twill.dev/LoadBalancerAllocated")
+                    .cloned()
+            })
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(cond(&k)["status"], "True", "{k}");
+    let c = api.get_json(&["svc", "copycat", "-n", "shop"]);
+    assert_eq!(cond(&c)["reason"], "AddressTaken", "{c}");
+    assert!(
+        cond(&c)["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("taken by Service shop/web")),
+        "{c}"
+    );
+    let t = twillctl_ok(&api, &["get", "svc", "-n", "shop"], None);
+    assert!(t.contains("192.0.2.0"), "{t}");
+    assert!(t.contains("<pending>") && t.contains("AddressTaken"), "{t}");
 }

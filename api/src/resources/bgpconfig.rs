@@ -70,6 +70,37 @@ pub struct BGPConfigurationSpec {
     /// address must fall in (per-node or cluster-wide; never guessed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_address: Option<NodeAddress>,
+    /// Service cluster IP ranges to announce (whole, from every node); cluster
+    /// IPs of `internalTrafficPolicy: Local` Services inside them are
+    /// announced as host routes by nodes with a local endpoint.
+    #[serde(
+        default,
+        rename = "serviceClusterIPs",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub service_cluster_ips: Vec<ServiceCidr>,
+    /// Only Service `externalIPs` inside these CIDRs are announced.
+    #[serde(
+        default,
+        rename = "serviceExternalIPs",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub service_external_ips: Vec<ServiceCidr>,
+    /// Only LoadBalancer addresses inside these CIDRs are announced.
+    #[serde(
+        default,
+        rename = "serviceLoadBalancerIPs",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub service_load_balancer_ips: Vec<ServiceCidr>,
+}
+
+/// One CIDR of Service addresses to announce (Calico's shape: `{cidr: ...}`).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceCidr {
+    #[schemars(schema_with = "super::schema::cidr")]
+    pub cidr: String,
 }
 
 /// Graceful restart settings.
@@ -159,6 +190,15 @@ impl BGPConfiguration {
                         r,
                     );
                 }
+            }
+        }
+        for (field, list) in [
+            ("serviceClusterIPs", &s.service_cluster_ips),
+            ("serviceExternalIPs", &s.service_external_ips),
+            ("serviceLoadBalancerIPs", &s.service_load_balancer_ips),
+        ] {
+            for (i, c) in list.iter().enumerate() {
+                e.cidr(&format!("spec.{field}[{i}].cidr"), &c.cidr);
             }
         }
         if let Some(id) = &s.route_reflector_cluster_id

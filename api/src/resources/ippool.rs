@@ -63,6 +63,11 @@ pub struct IPPoolSpec {
     /// Never borrow single addresses from another node's block.
     #[serde(default)]
     pub strict_affinity: bool,
+    /// Which Services may take LoadBalancer addresses from this pool
+    /// (selector on the Service's labels, plus `twill.dev/namespace`, its
+    /// namespace; default all()). Only for pools that allow LoadBalancer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_selector: Option<String>,
 }
 
 /// A use an IPPool may serve.
@@ -72,6 +77,8 @@ pub enum AllowedUse {
     Workload,
     /// Addresses for tunnel devices (reserved; Twill routes without tunnels).
     Tunnel,
+    /// Addresses for Services of type LoadBalancer (never given to pods).
+    LoadBalancer,
 }
 
 impl IPPoolSpec {
@@ -80,18 +87,32 @@ impl IPPoolSpec {
         parse_cidr(&self.cidr).ok()
     }
 
-    /// The block prefix length, with the family default applied.
+    /// The block prefix length, with the family default applied (a
+    /// LoadBalancer-only pool smaller than the default block is one block).
     pub fn effective_block_size(&self) -> u8 {
-        match (self.block_size, self.network()) {
-            (Some(b), _) => b,
+        let default = match (self.block_size, self.network()) {
+            (Some(b), _) => return b,
             (None, Some(IpNetwork::V6(_))) => DEFAULT_BLOCK_SIZE_V6,
             (None, _) => DEFAULT_BLOCK_SIZE_V4,
+        };
+        match self.network() {
+            Some(n) if self.only_load_balancer() => default.max(n.prefix()),
+            _ => default,
         }
     }
 
     /// Whether pods may get addresses from this pool.
     pub fn allows_workloads(&self) -> bool {
         self.allowed_uses.is_empty() || self.allowed_uses.contains(&AllowedUse::Workload)
+    }
+
+    /// Whether LoadBalancer Services may get addresses from this pool.
+    pub fn allows_load_balancers(&self) -> bool {
+        self.allowed_uses.contains(&AllowedUse::LoadBalancer)
+    }
+
+    fn only_load_balancer(&self) -> bool {
+        self.allows_load_balancers() && !self.allows_workloads()
     }
 }
 
@@ -156,6 +177,23 @@ impl IPPool {
         }
         if let Some(sel) = &s.node_selector {
             e.selector("spec.nodeSelector", sel);
+        }
+        if let Some(sel) = &s.service_selector {
+            e.selector("spec.serviceSelector", sel);
+            if !s.allows_load_balancers() {
+                e.push(
+                    "spec.serviceSelector",
+                    sel,
+                    "only a pool whose allowedUses include LoadBalancer selects Services",
+                );
+            }
+        }
+        if s.allows_load_balancers() && s.allows_workloads() {
+            e.push(
+                "spec.allowedUses",
+                "Workload,LoadBalancer",
+                "a pool is for pods or for LoadBalancer Services, not both (an address must never serve both)",
+            );
         }
         e.finish("IPPool", &name)
     }

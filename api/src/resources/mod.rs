@@ -15,7 +15,7 @@ pub mod nodestatus;
 mod schema;
 
 pub use bgpconfig::{
-    BGPConfiguration, BGPConfigurationSpec, Community, GracefulRestart, NodeAddress,
+    BGPConfiguration, BGPConfigurationSpec, Community, GracefulRestart, NodeAddress, ServiceCidr,
     parse_community,
 };
 pub use bgppeer::{
@@ -23,7 +23,7 @@ pub use bgppeer::{
 };
 pub use gnp::{GlobalNetworkPolicy, GlobalNetworkPolicySpec};
 pub use ipamblock::{Allocation, IPAMBlock, IPAMBlockSpec, block_name};
-pub use ippool::{IPPool, IPPoolSpec};
+pub use ippool::{AllowedUse, IPPool, IPPoolSpec};
 pub use nodestatus::{
     InvalidObject, NodeStatus, NodeStatusReport, NodeStatusSpec, PeerStatus, ReportCondition,
     RouteStatus,

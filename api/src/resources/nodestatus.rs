@@ -84,6 +84,10 @@ pub struct NodeStatusReport {
     /// Blocks affine to this node.
     #[serde(default)]
     pub blocks: Vec<String>,
+    /// Service prefixes (cluster IP ranges, Service host routes) this node
+    /// announces over BGP (`twill_api::service::announced_prefixes`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_prefixes: Vec<String>,
     /// The readiness conditions behind `ready`, as the node's `/readyz`
     /// shows them (a failing datastore watch names its kind and error).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

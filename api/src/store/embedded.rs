@@ -25,6 +25,8 @@ use serde_json::Value;
 
 use super::{Backend, Listing, ObjectKey, StoreError, WatchEvent, revision_of};
 use crate::kinds::Kind;
+use crate::service::{ServiceRanges, assign_cluster_fields};
+use k8s_openapi::api::core::v1::Service;
 
 mod notify;
 pub use notify::NotifyOptions;
@@ -48,7 +50,11 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_by_kind ON events (kind, rev);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('revision', 0), ('compacted', 0);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 ";
+
+/// The setting holding the service cluster IP range(s) ([`EmbeddedStore::service_ranges`]).
+const SETTING_SERVICE_RANGES: &str = "serviceClusterIPRange";
 
 /// The embedded backend. Cheap to clone; clones share one connection.
 #[derive(Clone)]
@@ -209,6 +215,27 @@ impl EmbeddedStore {
         Ok(value)
     }
 
+    /// The service cluster IP range(s) this store allocates cluster IPs
+    /// from (as a cluster's `--service-cluster-ip-range`): the setting, or
+    /// [`crate::service::DEFAULT_SERVICE_RANGE`] when never set.
+    pub fn service_ranges(&self) -> Result<ServiceRanges, StoreError> {
+        self.with_conn(|c| read_service_ranges(c))
+    }
+
+    /// Sets the service cluster IP range(s) for Services written from now
+    /// on (stored addresses stay as they are, as on a cluster).
+    pub fn set_service_ranges(&self, ranges: &ServiceRanges) -> Result<(), StoreError> {
+        let v = ranges.to_string();
+        self.with_conn(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO settings (key, value) VALUES (?1, ?2)",
+                params![SETTING_SERVICE_RANGES, v],
+            )
+            .map_err(db_err)?;
+            Ok(())
+        })
+    }
+
     /// Forces compaction of every event up to `rev` (tests use it to make a
     /// watch's revision too old).
     pub fn compact(&self, rev: u64) -> Result<(), StoreError> {
@@ -231,6 +258,77 @@ fn read_meta(c: &Connection, key: &str) -> Result<u64, StoreError> {
     })
     .map(|v| v as u64)
     .map_err(db_err)
+}
+
+fn read_service_ranges(c: &Connection) -> Result<ServiceRanges, StoreError> {
+    let v: Option<String> = c
+        .query_row(
+            "SELECT value FROM settings WHERE key = ?1",
+            [SETTING_SERVICE_RANGES],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(db_err)?;
+    match v {
+        None => Ok(ServiceRanges::default()),
+        Some(v) => v.parse().map_err(|e| {
+            db_err(format!(
+                "the stored service range {v:?} is unusable ({e}); set it again with twillctl datastore service-range"
+            ))
+        }),
+    }
+}
+
+/// The API server's part of writing a Service (cluster IPs, node ports),
+/// done inside the write transaction so two writers can never take the
+/// same address or port.
+fn assign_service(
+    tx: &rusqlite::Transaction<'_>,
+    key: &ObjectKey,
+    obj: &mut Value,
+    old: Option<&Value>,
+) -> Result<(), StoreError> {
+    let malformed = |e: serde_json::Error| StoreError::Malformed {
+        kind: Kind::Service,
+        reason: e.to_string(),
+    };
+    let mut svc: Service = serde_json::from_value(obj.clone()).map_err(malformed)?;
+    let old: Option<Service> = old
+        .map(|o| serde_json::from_value(o.clone()))
+        .transpose()
+        .map_err(malformed)?;
+    let ranges = read_service_ranges(tx)?;
+    let mut others = Vec::new();
+    {
+        let mut stmt = tx
+            .prepare_cached("SELECT ns, name, body FROM objects WHERE kind = ?1")
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map([Kind::Service.name()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(db_err)?;
+        for row in rows {
+            let (ns, name, body) = row.map_err(db_err)?;
+            if Some(ns.as_str()) == key.namespace.as_deref() && name == key.name {
+                continue;
+            }
+            if let Ok(o) = serde_json::from_str::<Service>(&body) {
+                others.push(o);
+            }
+        }
+    }
+    assign_cluster_fields(&mut svc, old.as_ref(), &others, &ranges)?;
+    let status = obj.get("status").cloned();
+    *obj = serde_json::to_value(&svc).map_err(malformed)?;
+    if let (Some(s), Some(m)) = (status, obj.as_object_mut()) {
+        m.insert("status".into(), s);
+    }
+    Ok(())
 }
 
 fn ns_of(key: &ObjectKey) -> &str {
@@ -381,6 +479,9 @@ impl Backend for EmbeddedStore {
         self.write(kind, move |tx, rev| {
             if read_object(tx, kind, &key)?.is_some() {
                 return Err(StoreError::AlreadyExists { kind, key });
+            }
+            if kind == Kind::Service {
+                assign_service(tx, &key, &mut obj, None)?;
             }
             stamp(&mut obj, kind, &key, rev, None);
             write_object(tx, kind, &key, rev, &obj)?;
@@ -543,11 +644,16 @@ impl EmbeddedStore {
                         None => map.remove("status"),
                     };
                 }
-            } else if let Some(s) = old.get("status").cloned()
-                && let Some(map) = obj.as_object_mut()
-            {
-                // A plain update never changes status (as with a status subresource).
-                map.insert("status".into(), s);
+            } else {
+                if let Some(s) = old.get("status").cloned()
+                    && let Some(map) = obj.as_object_mut()
+                {
+                    // A plain update never changes status (as with a status subresource).
+                    map.insert("status".into(), s);
+                }
+                if kind == Kind::Service {
+                    assign_service(tx, &key, &mut obj, Some(&old))?;
+                }
             }
             stamp(&mut obj, kind, &key, rev, Some(&old));
             write_object(tx, kind, &key, rev, &obj)?;

@@ -76,6 +76,7 @@ mod tests {
                 disable_bgp_export: false,
                 allowed_uses: vec![],
                 strict_affinity: false,
+                service_selector: None,
             },
         )
     }

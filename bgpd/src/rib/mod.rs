@@ -457,6 +457,11 @@ impl Rib {
         ch
     }
 
+    /// Whether [`Rib::take_exports`] has anything to look at for the peer.
+    pub fn has_exports(&self, id: PeerId) -> bool {
+        self.peers.get(&id).is_some_and(|p| !p.dirty.is_empty())
+    }
+
     /// The Adj-RIB-Out deltas queued for a peer since the last call.
     pub fn take_exports(&mut self, id: PeerId) -> Vec<Export> {
         let Some(t) = self.peers.get_mut(&id) else {

@@ -311,6 +311,7 @@ async fn forward_routes(
                     complete = true;
                     let all: Vec<(IpNetwork, Vec<IpAddr>)> = speaker
                         .best_routes()
+                        .await
                         .into_iter()
                         .filter(|(_, b)| !b.local)
                         .map(|(p, b)| (p, b.next_hops.clone()))

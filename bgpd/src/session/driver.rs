@@ -3,8 +3,9 @@
 //!
 //! Out: [`Event`]s on the instance's bounded channel — `SessionUp`,
 //! `SessionDown`, every UPDATE received while Established, a
-//! ROUTE-REFRESH. In: [`Command`]s — an accepted connection, Stop, BFD Down,
-//! max-prefix, and Adj-RIB-Out deltas, which this task encodes into its
+//! ROUTE-REFRESH, a request for pending exports. In: [`Command`]s — an
+//! accepted connection, Stop, BFD Down, max-prefix, "exports pending", and
+//! Adj-RIB-Out deltas, which this task encodes into its
 //! connection's byte-bounded send queue (a peer that lets it fill goes
 //! down with Cease/Out of Resources). A second connection is handled in
 //! `collision`. Log lines a remote party can trigger at will (GTSM
@@ -234,6 +235,11 @@ impl Runner {
                     for afi in end_of_rib {
                         self.send(&Message::Update(wire::Update::end_of_rib(afi)));
                     }
+                }
+            }
+            Command::ExportsPending { session } => {
+                if self.up(session) {
+                    self.outbox.push(Event::ExportsWanted(self.t.id));
                 }
             }
             Command::MaxPrefix { session, wait } => {

@@ -33,6 +33,10 @@ pub(crate) enum Command {
     Stop,
     /// The peer's BFD session went from Up to Down: Cease/BFD Down.
     BfdDown,
+    /// The peer's Adj-RIB-Out has changes: ask for them (`Event::ExportsWanted`)
+    /// when session `session` is still up. One at a time, so changes made
+    /// meanwhile are taken together and the channel stays short.
+    ExportsPending { session: u64 },
     /// Adj-RIB-Out deltas to encode and send on Established session
     /// `session` (dropped if that session is gone), then End-of-RIB for
     /// `end_of_rib` (the initial table).

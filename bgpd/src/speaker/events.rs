@@ -72,6 +72,9 @@ pub(crate) enum Event {
     Update(PeerId, Box<wire::Update>),
     /// A ROUTE-REFRESH for a negotiated family: send the whole table.
     RouteRefresh(PeerId),
+    /// The driver took `Command::ExportsPending`: send the deltas (or the
+    /// whole table after a ROUTE-REFRESH).
+    ExportsWanted(PeerId),
     /// The peer's BFD session went from Up to Down.
     BfdDown(PeerId),
 }
@@ -135,6 +138,7 @@ impl Instance {
             }
             Event::Update(id, u) => self.process_update(id, *u),
             Event::RouteRefresh(id) => self.process_route_refresh(id),
+            Event::ExportsWanted(id) => self.process_exports_wanted(id),
             Event::BfdDown(id) => self.process_bfd_down(id),
         }
     }
@@ -202,6 +206,8 @@ impl Instance {
                 task: Some(task),
                 _bfd: bfd,
                 session: None,
+                exports_pending: false,
+                full_export: false,
                 stale_until: None,
                 stale_families: Vec::new(),
                 peer_gr_time: None,
@@ -305,6 +311,8 @@ impl Instance {
             return;
         };
         p.session = Some(up.session);
+        p.exports_pending = false;
+        p.full_export = false;
         p.eor_waiting = up.families.clone();
         p.peer_gr_time = up.graceful_restart.as_ref().map(|g| g.time);
         // The whole table, then End-of-RIB for every negotiated family.
@@ -321,6 +329,8 @@ impl Instance {
             return;
         };
         p.session = None;
+        p.exports_pending = false;
+        p.full_export = false;
         match p.peer_gr_time {
             Some(time) if keeps_routes && time > 0 => {
                 self.rib.peer_stale(id);
@@ -378,17 +388,38 @@ impl Instance {
         }
     }
 
+    /// The whole table again, on the driver's next request (refreshes
+    /// asked for meanwhile are one).
     fn process_route_refresh(&mut self, id: PeerId) {
-        let Some(p) = self.peers.get(&id) else {
+        let Some(p) = self.peers.get_mut(&id) else {
             return;
         };
         let Some(session) = p.session else { return };
-        let exports = self.rib.full_export(id);
-        let _ = p.commands.send(Command::Send {
-            session,
-            exports,
-            end_of_rib: Vec::new(),
-        });
+        p.full_export = true;
+        if !std::mem::replace(&mut p.exports_pending, true) {
+            let _ = p.commands.send(Command::ExportsPending { session });
+        }
+    }
+
+    /// The Adj-RIB-Out deltas queued since the last ones, in one command.
+    fn process_exports_wanted(&mut self, id: PeerId) {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        p.exports_pending = false;
+        let Some(session) = p.session else { return };
+        let exports = if std::mem::take(&mut p.full_export) {
+            self.rib.full_export(id)
+        } else {
+            self.rib.take_exports(id)
+        };
+        if !exports.is_empty() {
+            let _ = p.commands.send(Command::Send {
+                session,
+                exports,
+                end_of_rib: Vec::new(),
+            });
+        }
     }
 
     fn process_bfd_down(&mut self, id: PeerId) {

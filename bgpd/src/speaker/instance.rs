@@ -3,11 +3,12 @@
 //! It waits for three things — a [`Request`] from the library API, an
 //! [`Event`] from the accept loop, a session driver or a BFD driver, and
 //! its own timers — and hands each to one `process_*` function
-//! (`speaker::events`). After a batch of inputs it sends every Established
-//! peer its Adj-RIB-Out deltas (one `Command::Send` each) and refreshes the
-//! prefix counts in the status cells. It never awaits a peer: commands go
-//! out on unbounded per-peer channels that the peer's driver drains into
-//! its byte-bounded send queue.
+//! (`speaker::events`). After a batch of inputs it tells every Established
+//! peer whose Adj-RIB-Out changed (`Command::ExportsPending`; the driver
+//! asks back and gets the deltas taken together in one `Command::Send`) and
+//! refreshes the prefix counts in the status cells. It never awaits a peer:
+//! commands go out on unbounded per-peer channels that hold at most a few
+//! commands, which the driver drains into its byte-bounded send queue.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -31,7 +32,7 @@ use crate::types::{Afi, Prefix};
 /// How often refused connections from unknown addresses are summarised.
 pub(super) const REFUSED_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Events taken in one turn before exports are flushed.
+/// Events (or requests) taken in one turn before exports are flushed.
 const BATCH: usize = 64;
 
 /// A peer in the instance's table.
@@ -46,6 +47,10 @@ pub(super) struct Peer {
     pub _bfd: Option<bfd_driver::BfdHandle>,
     /// The driver's number of the Established session, if there is one.
     pub session: Option<u64>,
+    /// `Command::ExportsPending` went out and the driver has not asked yet.
+    pub exports_pending: bool,
+    /// A ROUTE-REFRESH asked for the whole table.
+    pub full_export: bool,
     /// GR helper: the peer's routes are stale until this instant.
     pub stale_until: Option<Instant>,
     /// Families whose End-of-RIB we still wait for (GR helper).
@@ -94,15 +99,23 @@ impl Instance {
             let next = self.next_deadline();
             tokio::select! {
                 r = requests.recv() => match r {
-                    Some(r) => self.process_request(r),
+                    Some(r) => {
+                        self.process_request(r);
+                        for _ in 1..BATCH {
+                            match requests.try_recv() {
+                                Ok(r) => self.process_request(r),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     // Every `Speaker` handle is gone.
                     None => return,
                 },
                 Some(e) = events.recv() => {
-                    self.process_event(e);
+                    self.take_event(e, &mut requests);
                     for _ in 1..BATCH {
                         match events.try_recv() {
-                            Ok(e) => self.process_event(e),
+                            Ok(e) => self.take_event(e, &mut requests),
                             Err(_) => break,
                         }
                     }
@@ -112,6 +125,17 @@ impl Instance {
             self.flush_exports();
             self.refresh_counts();
         }
+    }
+
+    fn take_event(&mut self, e: Event, requests: &mut mpsc::UnboundedReceiver<Request>) {
+        if matches!(e, Event::Accepted(..)) {
+            // A peer added through the API before the connection came is
+            // in the table before the connection is looked up.
+            while let Ok(r) = requests.try_recv() {
+                self.process_request(r);
+            }
+        }
+        self.process_event(e);
     }
 
     fn next_deadline(&self) -> Instant {
@@ -135,21 +159,16 @@ impl Instance {
         self.subscribers.retain(|s| s.send(batch.clone()).is_ok());
     }
 
-    /// Sends each Established peer what changed in its Adj-RIB-Out.
+    /// Tells each Established peer whose Adj-RIB-Out changed (once, until
+    /// its driver asks for the deltas: `process_exports_wanted`).
     fn flush_exports(&mut self) {
-        for p in self.peers.values() {
+        for p in self.peers.values_mut() {
             let Some(session) = p.session else { continue };
-            if !self.rib.has_exports(p.id) {
+            if p.exports_pending || !self.rib.has_exports(p.id) {
                 continue;
             }
-            let exports = self.rib.take_exports(p.id);
-            if !exports.is_empty() {
-                let _ = p.commands.send(Command::Send {
-                    session,
-                    exports,
-                    end_of_rib: Vec::new(),
-                });
-            }
+            p.exports_pending = true;
+            let _ = p.commands.send(Command::ExportsPending { session });
         }
     }
 

@@ -2,7 +2,7 @@
 //! it restarts, and dropped by End-of-RIB when not refreshed.
 
 use super::{Changes, PeerId, Rib};
-use crate::types::{Afi, Prefix};
+use crate::types::Afi;
 
 impl Rib {
     /// Graceful restart helper (RFC 4724): the session went down; keep the
@@ -36,15 +36,7 @@ impl Rib {
                     }
                 });
             } else {
-                let held: Vec<Prefix> = self
-                    .loc
-                    .iter(Some(afi))
-                    .filter(|(_, paths)| paths.get(id).is_some())
-                    .map(|(p, _)| p)
-                    .collect();
-                for p in held {
-                    self.set_path(p, id, None, &mut ch);
-                }
+                self.drop_paths(id, Some(afi), |_| true, &mut ch);
             }
         }
         self.loc.shrink();
@@ -54,16 +46,7 @@ impl Rib {
     /// End-of-RIB for one family: drop what the peer has not refreshed.
     pub fn end_of_rib(&mut self, id: PeerId, afi: Afi) -> Changes {
         let mut ch = Changes::default();
-        let stale: Vec<Prefix> = self
-            .loc
-            .iter(Some(afi))
-            .filter(|(_, paths)| paths.get(id).is_some_and(|p| p.stale))
-            .map(|(p, _)| p)
-            .collect();
-        for p in stale {
-            self.set_path(p, id, None, &mut ch);
-        }
-        self.loc.shrink();
+        self.drop_paths(id, Some(afi), |p| p.stale, &mut ch);
         ch
     }
 }

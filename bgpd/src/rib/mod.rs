@@ -38,7 +38,7 @@ use std::sync::Arc;
 pub use decision::Selection;
 
 use crate::policy::{Decision, EvalCtx, MaxPrefix, MaxPrefixAction, Policy, Source};
-use crate::types::{Asn, PathAttrs, Prefix, normalize};
+use crate::types::{Afi, Asn, PathAttrs, Prefix, normalize};
 use export::Target;
 use hash::{FastMap, FastSet};
 use intern::Interner;
@@ -272,16 +272,7 @@ impl Rib {
         if !self.peers.contains_key(&id) {
             return ch;
         }
-        let held: Vec<Prefix> = self
-            .loc
-            .iter(None)
-            .filter(|(_, paths)| paths.get(id).is_some())
-            .map(|(p, _)| p)
-            .collect();
-        for p in held {
-            self.set_path(p, id, None, &mut ch);
-        }
-        self.loc.shrink();
+        self.drop_paths(id, None, |_| true, &mut ch);
         if let Some(p) = self.peers.remove(&id) {
             for _ in 0..p.adj_out.len() {
                 self.interner.released();
@@ -478,6 +469,27 @@ impl Rib {
             MaxPrefixAction::Warn => ch.max_prefix_warning = Some(id),
             MaxPrefixAction::Restart => ch.max_prefix_exceeded = Some(id),
         }
+    }
+
+    /// Remove `peer`'s paths (of one family, or all) for which `which`
+    /// holds, recording the changes in `ch`.
+    fn drop_paths(
+        &mut self,
+        peer: PeerId,
+        afi: Option<Afi>,
+        which: impl Fn(&Path) -> bool,
+        ch: &mut Changes,
+    ) {
+        let held: Vec<Prefix> = self
+            .loc
+            .iter(afi)
+            .filter(|(_, paths)| paths.get(peer).is_some_and(&which))
+            .map(|(p, _)| p)
+            .collect();
+        for p in held {
+            self.set_path(p, peer, None, ch);
+        }
+        self.loc.shrink();
     }
 
     /// Set (Some) or remove (None) `peer`'s path for `prefix`; record the

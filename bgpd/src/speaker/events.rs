@@ -122,6 +122,11 @@ impl Instance {
                         self.by_addr.remove(&p.cfg.address);
                         let _ = p.commands.send(Command::Stop);
                         tasks.extend(p.task.take());
+                        // A session stopped by us keeps no routes.
+                        if p.session.is_some() {
+                            let ch = self.rib.remove_peer(id);
+                            self.publish(ch.best);
+                        }
                     }
                 }
                 let _ = reply.send(tasks);

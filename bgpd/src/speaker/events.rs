@@ -20,7 +20,7 @@ use super::instance::{Instance, Peer, REFUSED_LOG_INTERVAL};
 use super::view::{RouteChange, StatusCell};
 use crate::bfd::driver as bfd_driver;
 use crate::policy::Policy;
-use crate::rib::{BestRoute, PeerCounts, PeerId, PeerInfo};
+use crate::rib::{BestRoute, PeerId, PeerInfo};
 use crate::session::fsm::PeerGr;
 use crate::session::ratelog::Verdict;
 use crate::session::{Command, driver};
@@ -218,7 +218,7 @@ impl Instance {
                 peer_gr_time: None,
                 eor_waiting: Vec::new(),
                 initial_eor: false,
-                counts: PeerCounts::default(),
+                counts: None,
             },
         );
     }

@@ -62,8 +62,9 @@ pub(super) struct Peer {
     pub eor_waiting: Vec<Afi>,
     /// The first session's End-of-RIB arrived for every negotiated family.
     pub initial_eor: bool,
-    /// Counts last written to the status cell and the metrics.
-    pub counts: PeerCounts,
+    /// Counts last written to the status cell and the metrics (None: not
+    /// yet, so a new peer's zeros show too).
+    pub counts: Option<PeerCounts>,
 }
 
 pub(super) struct Instance {
@@ -176,10 +177,10 @@ impl Instance {
     fn refresh_counts(&mut self) {
         for p in self.peers.values_mut() {
             let c = self.rib.peer_counts(p.id);
-            if c == p.counts {
+            if p.counts == Some(c) {
                 continue;
             }
-            p.counts = c;
+            p.counts = Some(c);
             p.status.update(|s| s.counts = c);
             self.metrics
                 .set_prefixes(&p.name, c.received, c.accepted, c.advertised);

@@ -4,9 +4,10 @@
 //! `wire` (the codec: one pass that checks every field as it reads it, typed
 //! errors naming their NOTIFICATION), `rib` (Adj-RIB-In, Loc-RIB with the decision
 //! process, Adj-RIB-Out; pure), `policy` (import/export filters; pure),
-//! `session` (per-peer FSM on tokio, sockets with TCP MD5 and GTSM), `bfd`
+//! `session` (one driver task per peer around the pure FSM), `bfd`
 //! (single-hop BFD: packet codec, pure session state machine, UDP driver), `speaker`
-//! (peers + RIB + the channel felix reads best routes from), `transport`
+//! (the library API and the instance task that owns the RIB and the peer
+//! table; picture in docs/bgp.md), `transport`
 //! (TCP MD5, GTSM and TTL socket options), `config` (the standalone YAML),
 //! `status` (unix-socket status and HTTP metrics), `metrics` (Prometheus).
 

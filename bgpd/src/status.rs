@@ -32,6 +32,7 @@ pub async fn serve(path: &Path, speaker: Speaker) -> std::io::Result<()> {
                 "routes" => {
                     let v: Vec<serde_json::Value> = sp
                         .best_routes()
+                        .await
                         .into_iter()
                         .map(|(p, b)| {
                             serde_json::json!({

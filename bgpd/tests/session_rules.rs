@@ -204,6 +204,24 @@ async fn wait(mut f: impl FnMut() -> bool, wait: Duration) -> bool {
     f()
 }
 
+/// As `wait`, for a condition on the best routes (read from the instance).
+async fn wait_routes(
+    a: &Speaker,
+    f: impl Fn(&[(Prefix, twill_bgpd::rib::BestRoute)]) -> bool,
+    wait: Duration,
+) -> bool {
+    let end = Instant::now() + wait;
+    loop {
+        if f(&a.best_routes().await) {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// RFC 4271 §6.8: the peer opens a second connection while the first is
 /// in OpenSent and answers it only after the first is Established. The
 /// Established session stays (no flap, keepalives continue); the second
@@ -409,7 +427,7 @@ async fn a_peer_that_stops_reading_is_dropped_after_the_send_hold_time() {
     body.extend_from_slice(&attrs);
     body.extend_from_slice(&[24, 10, 72, 0]);
     r.send(&msg(2, &body)).await;
-    assert!(wait(|| !a.best_routes().is_empty(), Duration::from_secs(3)).await);
+    assert!(wait_routes(&a, |r| !r.is_empty(), Duration::from_secs(3)).await);
     // Reading: 3 s > the send hold time, and 12,000 routes flow through.
     originate_many(&a, 12_000);
     let mut received = 0usize;
@@ -453,8 +471,9 @@ async fn a_peer_that_stops_reading_is_dropped_after_the_send_hold_time() {
     let err = status(&a).last_error.unwrap_or_default();
     assert!(err.contains("Send Hold Timer Expired"), "{err}");
     assert!(
-        wait(
-            || a.best_routes().iter().all(|(_, b)| b.local),
+        wait_routes(
+            &a,
+            |r| r.iter().all(|(_, b)| b.local),
             Duration::from_secs(2)
         )
         .await,
@@ -598,24 +617,25 @@ async fn stale_routes_go_after_the_configured_stale_time() {
     body.extend_from_slice(&attrs);
     body.extend_from_slice(&[24, 10, 74, 0]);
     r.send(&msg(2, &body)).await;
-    let has = |a: &Speaker| {
-        a.best_routes()
-            .iter()
-            .any(|(p, _)| p.to_string() == "10.74.0.0/24")
+    let has = |r: &[(Prefix, twill_bgpd::rib::BestRoute)]| {
+        r.iter().any(|(p, _)| p.to_string() == "10.74.0.0/24")
     };
-    assert!(wait(|| has(&a), Duration::from_secs(3)).await);
+    assert!(wait_routes(&a, has, Duration::from_secs(3)).await);
     // The peer's process dies: TCP closes without a NOTIFICATION.
     drop(r);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(has(&a), "routes must stay stale while the peer restarts");
+    assert!(
+        has(&a.best_routes().await),
+        "routes must stay stale while the peer restarts"
+    );
     // It comes back (Restart State bit set) and never sends End-of-RIB.
     let mut r = Raw::connect_until_open("127.0.0.11", port).await;
     r.establish([127, 0, 0, 11], Some(true)).await;
     let back = Instant::now();
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert!(has(&a), "dropped before the stale time");
+    assert!(has(&a.best_routes().await), "dropped before the stale time");
     assert!(
-        wait(|| !has(&a), Duration::from_secs(3)).await,
+        wait_routes(&a, |r| !has(r), Duration::from_secs(3)).await,
         "stale route still there {:?} after the session came back",
         back.elapsed()
     );

@@ -7,7 +7,7 @@
 //! and we send with TTL 255 from a source port in 49152–65535. Packets are
 //! demultiplexed by source address (one session per peer); the session then
 //! checks your-discriminator against its own. A session going Up → Down
-//! sends `Ctl::BfdDown` to the peer's BGP task.
+//! sends `Event::BfdDown` to the instance task, which closes the BGP session.
 
 use std::collections::HashMap;
 use std::io;
@@ -21,8 +21,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::packet::{self, BfdState, ControlPacket};
 use super::session::{Action, Config, Event, Session};
-use crate::session::driver::Ctl;
-use crate::speaker::{LiveStatus, Shared};
+use crate::metrics::Metrics;
+use crate::rib::PeerId;
+use crate::speaker::{Event as InstanceEvent, StatusCell};
 use crate::transport;
 
 /// RFC 5881 §4: single-hop control packets go to this port.
@@ -242,12 +243,13 @@ pub(crate) struct BfdHandle {
 }
 
 pub(crate) struct PeerBfd {
+    pub id: PeerId,
     pub peer: IpAddr,
     pub source: Option<IpAddr>,
     pub cfg: Config,
-    pub ctl: mpsc::UnboundedSender<Ctl>,
-    pub status: Arc<Mutex<LiveStatus>>,
-    pub shared: Arc<Shared>,
+    pub events: mpsc::Sender<InstanceEvent>,
+    pub status: StatusCell,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Registers the peer with the hub and starts its session task.
@@ -260,19 +262,16 @@ pub(crate) fn spawn(hub: &Arc<Hub>, p: PeerBfd) -> BfdHandle {
         discr = (random_u64() as u32).max(1);
     }
     set_state(&p, BfdState::Down);
-    if let (Some(e), Ok(mut s)) = (&hub.bind_error, p.status.lock()) {
-        s.last_error = Some(e.clone());
+    if let Some(e) = &hub.bind_error {
+        p.status.update(|s| s.last_error = Some(e.clone()));
     }
     tokio::spawn(run(Arc::clone(hub), p, discr, rx, stop_rx));
     BfdHandle { _stop: stop_tx }
 }
 
 fn set_state(p: &PeerBfd, st: BfdState) {
-    if let Ok(mut s) = p.status.lock() {
-        s.bfd = Some(st);
-    }
-    p.shared
-        .metrics
+    p.status.update(|s| s.bfd = Some(st));
+    p.metrics
         .set_bfd_state(&p.peer.to_string(), i64::from(st.wire()));
 }
 
@@ -289,9 +288,8 @@ async fn run(
         Ok(s) => Some(s),
         Err(e) => {
             tracing::warn!(peer = %name, "BFD: cannot open the send socket: {e}");
-            if let Ok(mut s) = p.status.lock() {
-                s.last_error = Some(format!("BFD: cannot open the send socket: {e}"));
-            }
+            p.status
+                .update(|s| s.last_error = Some(format!("BFD: cannot open the send socket: {e}")));
             None
         }
     };
@@ -320,16 +318,19 @@ async fn run(
                 }
             }
         }
+        let mut down = false;
         for a in &acts {
             if let Action::StateChanged { from, to, diag } = a {
                 tracing::info!(peer = %name, "BFD {} -> {} (diag {diag})", from.name(), to.name());
                 set_state(&p, *to);
-                if *from == BfdState::Up && *to == BfdState::Down {
-                    let _ = p.ctl.send(Ctl::BfdDown);
-                }
+                down |= *from == BfdState::Up && *to == BfdState::Down;
             }
         }
         send_all(&sock, &acts).await;
+        if down {
+            // Waits only while the instance is behind; a Down is never lost.
+            let _ = p.events.send(InstanceEvent::BfdDown(p.id)).await;
+        }
     }
     if let Ok(mut s) = hub.sessions.lock() {
         s.remove(&p.peer);

@@ -12,7 +12,8 @@
 //! - `export`: split horizon, route reflection, NO_EXPORT, no transit,
 //!   export policy, eBGP rewrite. Each peer's Adj-RIB-Out holds what it was
 //!   sent; destinations whose best path changed are queued per peer and
-//!   turned into deltas by [`Rib::take_exports`].
+//!   turned into deltas by [`Rib::take_exports`] (`adj_out`).
+//! - `gr`: graceful restart helper (stale routes, End-of-RIB).
 //!
 //! Every mutating call returns [`Changes`]: the best-route changes for felix
 //! and the max-prefix signal for the session (which sends NOTIFICATION
@@ -23,13 +24,14 @@
 //! its AS_PATH (eBGP), our router ID as ORIGINATOR_ID, or our cluster ID in
 //! its CLUSTER_LIST is a loop and treated as a withdrawal.
 
+mod adj_out;
 mod decision;
 mod export;
+mod gr;
 mod hash;
 mod intern;
 mod table;
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
@@ -270,83 +272,12 @@ impl Rib {
         if !self.peers.contains_key(&id) {
             return ch;
         }
-        let held: Vec<Prefix> = self
-            .loc
-            .iter(None)
-            .filter(|(_, paths)| paths.get(id).is_some())
-            .map(|(p, _)| p)
-            .collect();
-        for p in held {
-            self.set_path(p, id, None, &mut ch);
-        }
-        self.loc.shrink();
+        self.drop_paths(id, None, |_| true, &mut ch);
         if let Some(p) = self.peers.remove(&id) {
             for _ in 0..p.adj_out.len() {
                 self.interner.released();
             }
         }
-        ch
-    }
-
-    /// Graceful restart helper (RFC 4724): the session went down; keep the
-    /// peer's routes of both families, marked stale, until
-    /// [`Rib::end_of_rib`] (or the stale timer: call `end_of_rib` then too).
-    pub fn peer_stale(&mut self, id: PeerId) {
-        self.peer_stale_families(id, &[Afi::Ipv4, Afi::Ipv6]);
-    }
-
-    /// As [`Rib::peer_stale`], for the families the peer's GR capability
-    /// preserved forwarding for; its routes of other families are withdrawn
-    /// now (RFC 4724 4.2).
-    pub fn peer_stale_families(&mut self, id: PeerId, keep: &[Afi]) -> Changes {
-        let mut ch = Changes::default();
-        let Some(p) = self.peers.get_mut(&id) else {
-            return ch;
-        };
-        p.rejected.clear();
-        p.dirty.clear();
-        p.over_limit = false;
-        let n = p.adj_out.len();
-        p.adj_out.clear();
-        for _ in 0..n {
-            self.interner.released();
-        }
-        for afi in [Afi::Ipv4, Afi::Ipv6] {
-            if keep.contains(&afi) {
-                self.loc.for_each_path_mut(afi, |path| {
-                    if path.peer == id {
-                        path.stale = true;
-                    }
-                });
-            } else {
-                let held: Vec<Prefix> = self
-                    .loc
-                    .iter(Some(afi))
-                    .filter(|(_, paths)| paths.get(id).is_some())
-                    .map(|(p, _)| p)
-                    .collect();
-                for p in held {
-                    self.set_path(p, id, None, &mut ch);
-                }
-            }
-        }
-        self.loc.shrink();
-        ch
-    }
-
-    /// End-of-RIB for one family: drop what the peer has not refreshed.
-    pub fn end_of_rib(&mut self, id: PeerId, afi: Afi) -> Changes {
-        let mut ch = Changes::default();
-        let stale: Vec<Prefix> = self
-            .loc
-            .iter(Some(afi))
-            .filter(|(_, paths)| paths.get(id).is_some_and(|p| p.stale))
-            .map(|(p, _)| p)
-            .collect();
-        for p in stale {
-            self.set_path(p, id, None, &mut ch);
-        }
-        self.loc.shrink();
         ch
     }
 
@@ -457,132 +388,6 @@ impl Rib {
         ch
     }
 
-    /// The Adj-RIB-Out deltas queued for a peer since the last call.
-    pub fn take_exports(&mut self, id: PeerId) -> Vec<Export> {
-        let Some(t) = self.peers.get_mut(&id) else {
-            return Vec::new();
-        };
-        let mut dirty: Vec<Prefix> = std::mem::take(&mut t.dirty).into_iter().collect();
-        dirty.sort_unstable();
-        let Some(t) = self.peers.get(&id) else {
-            return Vec::new();
-        };
-        let mut new = Vec::with_capacity(dirty.len());
-        let mut cache = export::BuildCache::default();
-        for p in dirty {
-            let attrs = self.loc.get(&p).and_then(|paths| {
-                let b = best_path(paths.as_slice(), &self.cfg, &self.peers)?;
-                let src = self.peers.get(&b.peer).map(|s| &s.info);
-                cache.export(&self.cfg, &mut self.interner, &p, b, src, &t.target())
-            });
-            new.push((p, attrs));
-        }
-        self.apply_exports(id, new, false)
-    }
-
-    /// The whole Adj-RIB-Out, recomputed (session up, route refresh, policy
-    /// change); withdrawals for what was sent before and is no longer.
-    pub fn full_export(&mut self, id: PeerId) -> Vec<Export> {
-        let Some(t) = self.peers.get_mut(&id) else {
-            return Vec::new();
-        };
-        t.dirty.clear();
-        let Some(t) = self.peers.get(&id) else {
-            return Vec::new();
-        };
-        let mut new = Vec::new();
-        let mut cache = export::BuildCache::default();
-        for (p, paths) in self.loc.iter(None) {
-            let Some(b) = best_path(paths.as_slice(), &self.cfg, &self.peers) else {
-                continue;
-            };
-            let src = self.peers.get(&b.peer).map(|s| &s.info);
-            if let Some(a) = cache.export(&self.cfg, &mut self.interner, &p, b, src, &t.target()) {
-                new.push((p, Some(a)));
-            }
-        }
-        new.sort_unstable_by_key(|e| e.0);
-        self.apply_exports(id, new, true)
-    }
-
-    /// Diff `new` against the peer's Adj-RIB-Out, record it, and group the
-    /// announcements by attribute set. `full`: `new` is the whole table.
-    fn apply_exports(
-        &mut self,
-        id: PeerId,
-        new: Vec<(Prefix, Option<Arc<PathAttrs>>)>,
-        full: bool,
-    ) -> Vec<Export> {
-        let Some(t) = self.peers.get_mut(&id) else {
-            return Vec::new();
-        };
-        let mut withdrawn = Vec::new();
-        let mut groups: Vec<(Arc<PathAttrs>, Vec<Prefix>)> = Vec::new();
-        let mut group_of: HashMap<*const PathAttrs, usize> = HashMap::new();
-        let mut released = 0usize;
-        let mut keep: FastSet<Prefix> = FastSet::default();
-        for (p, attrs) in new {
-            match attrs {
-                Some(a) => {
-                    if full {
-                        keep.insert(p);
-                    }
-                    if t.adj_out.get(&p).is_some_and(|old| Arc::ptr_eq(old, &a)) && !full {
-                        released += 1;
-                        continue;
-                    }
-                    if t.adj_out.insert(p, Arc::clone(&a)).is_some() {
-                        released += 1;
-                    }
-                    let g = *group_of.entry(Arc::as_ptr(&a)).or_insert_with(|| {
-                        groups.push((Arc::clone(&a), Vec::new()));
-                        groups.len() - 1
-                    });
-                    if let Some((_, v)) = groups.get_mut(g) {
-                        v.push(p);
-                    }
-                }
-                None => {
-                    if t.adj_out.remove(&p).is_some() {
-                        released += 1;
-                        withdrawn.push(p);
-                    }
-                }
-            }
-        }
-        if full {
-            let gone: Vec<Prefix> = t
-                .adj_out
-                .keys()
-                .filter(|p| !keep.contains(p))
-                .copied()
-                .collect();
-            for p in gone {
-                t.adj_out.remove(&p);
-                released += 1;
-                withdrawn.push(p);
-            }
-            withdrawn.sort_unstable();
-        }
-        for _ in 0..released {
-            self.interner.released();
-        }
-        let mut out = Vec::new();
-        if !withdrawn.is_empty() {
-            out.push(Export {
-                withdrawn,
-                attrs: None,
-                announced: Vec::new(),
-            });
-        }
-        out.extend(groups.into_iter().map(|(a, announced)| Export {
-            withdrawn: Vec::new(),
-            attrs: Some(a),
-            announced,
-        }));
-        out
-    }
-
     /// Every destination's best route.
     pub fn best(&self) -> impl Iterator<Item = (Prefix, BestRoute)> + '_ {
         self.loc.iter(None).filter_map(|(p, paths)| {
@@ -664,6 +469,27 @@ impl Rib {
             MaxPrefixAction::Warn => ch.max_prefix_warning = Some(id),
             MaxPrefixAction::Restart => ch.max_prefix_exceeded = Some(id),
         }
+    }
+
+    /// Remove `peer`'s paths (of one family, or all) for which `which`
+    /// holds, recording the changes in `ch`.
+    fn drop_paths(
+        &mut self,
+        peer: PeerId,
+        afi: Option<Afi>,
+        which: impl Fn(&Path) -> bool,
+        ch: &mut Changes,
+    ) {
+        let held: Vec<Prefix> = self
+            .loc
+            .iter(afi)
+            .filter(|(_, paths)| paths.get(peer).is_some_and(&which))
+            .map(|(p, _)| p)
+            .collect();
+        for p in held {
+            self.set_path(p, peer, None, ch);
+        }
+        self.loc.shrink();
     }
 
     /// Set (Some) or remove (None) `peer`'s path for `prefix`; record the

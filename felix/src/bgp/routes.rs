@@ -46,6 +46,7 @@ pub(super) async fn forward_routes(
                     complete = true;
                     let all: Vec<(IpNetwork, Vec<IpAddr>)> = speaker
                         .best_routes()
+                        .await
                         .into_iter()
                         .filter(|(_, b)| !b.local)
                         .map(|(p, b)| (p, b.next_hops.clone()))

@@ -91,7 +91,10 @@ pub fn ruleset(local_pods: &[Ipv4Addr], policies: &[Policy]) -> Ruleset {
         }
     }
     for pod in local_pods {
-        let selecting: Vec<&Policy> = policies.iter().filter(|p| p.selects.contains(pod)).collect();
+        let selecting: Vec<&Policy> = policies
+            .iter()
+            .filter(|p| p.selects.contains(pod))
+            .collect();
         if selecting.is_empty() {
             continue;
         }

@@ -136,7 +136,11 @@ impl Spread {
 /// in odd ones (so A,B,B,A,A,B,…): neither always goes first on a warmer
 /// (or busier) machine.
 pub fn alternate<T: Copy>(rep: usize, a: T, b: T) -> [T; 2] {
-    if rep % 2 == 0 { [a, b] } else { [b, a] }
+    if rep.is_multiple_of(2) {
+        [a, b]
+    } else {
+        [b, a]
+    }
 }
 
 #[cfg(test)]

@@ -36,7 +36,10 @@ impl std::fmt::Display for TablesError {
         match self {
             TablesError::Unclosed(n) => write!(f, "marker for {n:?} opens but never closes"),
             TablesError::MissingResult(n) => {
-                write!(f, "the page quotes bench/results/{n}.md, which does not exist")
+                write!(
+                    f,
+                    "the page quotes bench/results/{n}.md, which does not exist"
+                )
             }
             TablesError::NoMarkers => write!(f, "no <!-- bench-results NAME begin --> markers"),
         }
@@ -74,9 +77,7 @@ pub fn block(name: &str, r: &ResultFiles) -> String {
             .and_then(|v| v.as_str())
             .map(str::to_string)
     };
-    let mut s = format!(
-        "_Generated from [`bench/results/{name}.md`](../bench/results/{name}.md)"
-    );
+    let mut s = format!("_Generated from [`bench/results/{name}.md`](../bench/results/{name}.md)");
     match (field("recorded"), field("machine")) {
         (Some(at), Some(m)) => s.push_str(&format!(", recorded {at} on {m}")),
         (Some(at), None) => s.push_str(&format!(", recorded {at}")),
@@ -195,7 +196,13 @@ mod tests {
             Err(TablesError::MissingResult("y".into()))
         );
         let open = "<!-- bench-results x begin -->\nrest\n";
-        assert_eq!(render(open, &results("")), Err(TablesError::Unclosed("x".into())));
-        assert_eq!(render("no markers\n", &results("")), Err(TablesError::NoMarkers));
+        assert_eq!(
+            render(open, &results("")),
+            Err(TablesError::Unclosed("x".into()))
+        );
+        assert_eq!(
+            render("no markers\n", &results("")),
+            Err(TablesError::NoMarkers)
+        );
     }
 }

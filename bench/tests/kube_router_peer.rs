@@ -81,7 +81,14 @@ fn kube_router_peer_drops_what_policy_denies_and_passes_what_it_allows() {
     let denied = Netns::new("twkr");
     let server = Netns::new("twkr");
     let open = Netns::new("twkr");
-    veth_between(&node, "va", "10.83.1.1/30", &allowed, "eth0", "10.83.1.2/30");
+    veth_between(
+        &node,
+        "va",
+        "10.83.1.1/30",
+        &allowed,
+        "eth0",
+        "10.83.1.2/30",
+    );
     veth_between(&node, "vd", "10.83.2.1/30", &denied, "eth0", "10.83.2.2/30");
     veth_between(&node, "vs", "10.83.3.1/30", &server, "eth0", "10.83.3.2/30");
     veth_between(&node, "vo", "10.83.4.1/30", &open, "eth0", "10.83.4.2/30");

@@ -44,7 +44,11 @@ fn every_result_file_is_published() {
     for e in std::fs::read_dir(root().join("bench/results")).expect("bench/results") {
         let p = e.expect("dir entry").path();
         if p.extension().is_some_and(|x| x == "md") {
-            let name = p.file_stem().unwrap_or_default().to_string_lossy().to_string();
+            let name = p
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string();
             if !wanted.contains(&name) {
                 missing.push(name);
             }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub mod bgp_lab;
 pub mod kube_router;
 pub mod tables;
 

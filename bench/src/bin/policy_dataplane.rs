@@ -225,6 +225,9 @@ fn throughput(client: &Netns, server: &Netns, secs: u32) -> (f64, f64) {
         .args(["-c", SERVER_IP, "-p", "5201", "-J", "-t", &secs.to_string()])
         .output()
         .expect("iperf3 -c");
+    // The client's JSON has both ends' figures; a server whose client never
+    // reached it (a start-up race on a loaded machine) would wait forever.
+    let _ = srv.kill();
     let _ = srv.wait();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     let num = |p: &str| v.pointer(p).and_then(Value::as_f64).unwrap_or(f64::NAN);

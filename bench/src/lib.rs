@@ -48,6 +48,14 @@ pub fn write_results(name: &str, json: Value, markdown: &str) -> anyhow::Result<
     let mut doc = json;
     doc["recorded"] = Value::String(now());
     doc["machine"] = Value::String(machine());
+    doc["build"] = Value::String(
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+        .into(),
+    );
     std::fs::write(
         dir.join(format!("{name}.json")),
         serde_json::to_string_pretty(&doc)?,

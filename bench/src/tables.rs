@@ -5,9 +5,11 @@
 //! everything between a pair is replaced by `bench/results/NAME.md` (the
 //! tables the benchmark `NAME` wrote in its last run), headed by where it
 //! comes from and when it was recorded (`recorded` / `machine` of
-//! `NAME.json`). Text outside the markers is left alone, so the prose may
-//! explain but every published number sits in a generated block. Pure: the
-//! caller reads and writes the files (`bench/src/bin/tables.rs`).
+//! `NAME.json`). A result that does not exist yet (a benchmark changed and
+//! not run since) gives a block that says so and how to produce it. Text
+//! outside the markers is left alone, so the prose may explain but every
+//! published number sits in a generated block. Pure: the caller reads and
+//! writes the files (`bench/src/bin/tables.rs`).
 
 use std::collections::BTreeMap;
 
@@ -25,8 +27,6 @@ pub struct ResultFiles {
 pub enum TablesError {
     /// A begin marker without its end marker.
     Unclosed(String),
-    /// A marker names a result that `bench/results/` does not hold.
-    MissingResult(String),
     /// The page has no marker at all.
     NoMarkers,
 }
@@ -35,12 +35,6 @@ impl std::fmt::Display for TablesError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TablesError::Unclosed(n) => write!(f, "marker for {n:?} opens but never closes"),
-            TablesError::MissingResult(n) => {
-                write!(
-                    f,
-                    "the page quotes bench/results/{n}.md, which does not exist"
-                )
-            }
             TablesError::NoMarkers => write!(f, "no <!-- bench-results NAME begin --> markers"),
         }
     }
@@ -83,6 +77,9 @@ pub fn block(name: &str, r: &ResultFiles) -> String {
         (Some(at), None) => s.push_str(&format!(", recorded {at}")),
         _ => {}
     }
+    if let Some(b) = field("build") {
+        s.push_str(&format!(", {b} build"));
+    }
     s.push_str("; do not edit by hand: `scripts/bench-tables.sh`._\n\n");
     for line in r.markdown.trim().lines() {
         // The page's own headings structure it; a result's headings become
@@ -113,9 +110,7 @@ pub fn render(page: &str, results: &BTreeMap<String, ResultFiles>) -> Result<Str
         let Some(name) = names.iter().find(|n| line.trim() == begin(n)) else {
             continue;
         };
-        let r = results
-            .get(name)
-            .ok_or_else(|| TablesError::MissingResult(name.clone()))?;
+        let r = results.get(name);
         // Skip the old block up to and including its end marker.
         let closing = end(name);
         let mut closed = false;
@@ -129,7 +124,13 @@ pub fn render(page: &str, results: &BTreeMap<String, ResultFiles>) -> Result<Str
             return Err(TablesError::Unclosed(name.clone()));
         }
         out.push('\n');
-        out.push_str(&block(name, r));
+        match r {
+            Some(r) => out.push_str(&block(name, r)),
+            None => out.push_str(&format!(
+                "_No result at this commit: `bench/results/{name}.md` does not exist (the benchmark changed and has not been run since). `scripts/bench.sh {}` writes it and regenerates this block._\n",
+                name.replace('_', "-")
+            )),
+        }
         out.push('\n');
         out.push_str(&closing);
         out.push('\n');
@@ -189,12 +190,11 @@ mod tests {
     }
 
     #[test]
-    fn refuses_missing_results_and_open_markers() {
-        let page = "<!-- bench-results y begin -->\n<!-- bench-results y end -->\n";
-        assert_eq!(
-            render(page, &results("")),
-            Err(TablesError::MissingResult("y".into()))
-        );
+    fn says_when_a_result_is_missing_and_refuses_open_markers() {
+        let page = "<!-- bench-results y_z begin -->\nold | 1 |\n<!-- bench-results y_z end -->\n";
+        let got = render(page, &results("")).expect("render");
+        assert!(got.contains("No result at this commit") && got.contains("scripts/bench.sh y-z"));
+        assert!(!got.contains("old | 1"));
         let open = "<!-- bench-results x begin -->\nrest\n";
         assert_eq!(
             render(open, &results("")),

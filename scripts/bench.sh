@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the benchmarks (release build, as root): each compares Twill with a
 # real peer on this machine in the same run, prints a markdown table and
-# writes JSON + markdown under bench/results/.
+# writes JSON + markdown under bench/results/; then docs/benchmarks.md is
+# regenerated from those files (scripts/bench-tables.sh).
 #   scripts/bench.sh                 # all of them
 #   scripts/bench.sh cni-latency     # one
 set -euo pipefail
@@ -17,3 +18,4 @@ for b in "${@:-${all[@]}}"; do
   echo "== $b"
   "target/release/${b//-/_}"
 done
+./scripts/bench-tables.sh

@@ -8,6 +8,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub mod bgp_lab;
+pub mod kube_router;
+pub mod tables;
+
 /// The p-th percentile (0..=100) of durations, in milliseconds.
 pub fn percentile_ms(samples: &[Duration], p: f64) -> f64 {
     if samples.is_empty() {
@@ -44,6 +48,14 @@ pub fn write_results(name: &str, json: Value, markdown: &str) -> anyhow::Result<
     let mut doc = json;
     doc["recorded"] = Value::String(now());
     doc["machine"] = Value::String(machine());
+    doc["build"] = Value::String(
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+        .into(),
+    );
     std::fs::write(
         dir.join(format!("{name}.json")),
         serde_json::to_string_pretty(&doc)?,
@@ -79,4 +91,78 @@ pub fn machine() -> String {
 /// Formats a ratio to two decimals.
 pub fn ratio(a: f64, b: f64) -> String {
     format!("{:.2}", a / b)
+}
+
+/// Median, minimum and maximum of repeated samples (NaN when empty).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    pub fn of(v: &[f64]) -> Spread {
+        let mut s: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
+        s.sort_by(|a, b| a.total_cmp(b));
+        let n = s.len();
+        if n == 0 {
+            return Spread {
+                median: f64::NAN,
+                min: f64::NAN,
+                max: f64::NAN,
+            };
+        }
+        let median = if n % 2 == 1 {
+            s[n / 2]
+        } else {
+            (s[n / 2 - 1] + s[n / 2]) / 2.0
+        };
+        Spread {
+            median,
+            min: s[0],
+            max: s[n - 1],
+        }
+    }
+
+    /// `median (min–max)` with `prec` decimals.
+    pub fn show(&self, prec: usize) -> String {
+        format!(
+            "{:.p$} ({:.p$}–{:.p$})",
+            self.median,
+            self.min,
+            self.max,
+            p = prec
+        )
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::json!({"median": self.median, "min": self.min, "max": self.max})
+    }
+}
+
+/// The order of two contenders in repetition `rep`: A,B in even ones, B,A
+/// in odd ones (so A,B,B,A,A,B,…): neither always goes first on a warmer
+/// (or busier) machine.
+pub fn alternate<T: Copy>(rep: usize, a: T, b: T) -> [T; 2] {
+    if rep.is_multiple_of(2) {
+        [a, b]
+    } else {
+        [b, a]
+    }
+}
+
+#[cfg(test)]
+mod spread_tests {
+    use super::*;
+
+    #[test]
+    fn median_and_range() {
+        let s = Spread::of(&[3.0, 1.0, 2.0, 10.0]);
+        assert_eq!((s.median, s.min, s.max), (2.5, 1.0, 10.0));
+        assert_eq!(Spread::of(&[4.0, 1.0, 2.0]).show(1), "2.0 (1.0–4.0)");
+        assert!(Spread::of(&[]).median.is_nan());
+        assert_eq!(alternate(0, 'a', 'b'), ['a', 'b']);
+        assert_eq!(alternate(1, 'a', 'b'), ['b', 'a']);
+    }
 }

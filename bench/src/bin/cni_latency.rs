@@ -1,7 +1,10 @@
 //! CNI ADD and DEL latency: twill-cni + twill-node against Debian's bridge +
 //! host-local setting up the same pods, on this machine, in the same run;
-//! sequentially and 20 at a time. Plus IPAM allocations per second on one
-//! node (embedded store).
+//! sequentially and 20 at a time. Each mode runs `REPS` repetitions of
+//! ADD-all-then-DEL-all per plugin, the order alternating (Twill, bridge,
+//! bridge, Twill, …); the table gives the median over repetitions of each
+//! repetition's p50 and p99, with min–max. Plus IPAM allocations per
+//! second on one node (embedded store).
 //!
 //! Run with `scripts/bench.sh cni-latency` (release build, as root).
 
@@ -9,12 +12,12 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use twill_bench::{percentile_ms, ratio, table, write_results};
+use twill_bench::{Spread, percentile_ms, ratio, table, write_results};
 use twill_tests::cni::{Attachment, call};
 use twill_tests::{Netns, TestNode, bins, require_binary, require_root};
 
 const PODS: usize = 100;
-const ROUNDS: usize = 3;
+const REPS: usize = 5;
 
 struct Samples {
     add: Vec<Duration>,
@@ -30,7 +33,7 @@ fn att(id: &str, pod: &Netns) -> Attachment {
     }
 }
 
-/// ADDs then DELs every pod, `concurrency` at a time, timing each call.
+/// ADDs then DELs every pod once, `concurrency` at a time, timing each call.
 fn run(
     host: &Netns,
     plugin: &std::path::Path,
@@ -43,7 +46,7 @@ fn run(
         add: Vec::new(),
         del: Vec::new(),
     });
-    for round in 0..ROUNDS {
+    {
         for cmd in ["ADD", "DEL"] {
             let next = std::sync::atomic::AtomicUsize::new(0);
             std::thread::scope(|sc| {
@@ -54,7 +57,7 @@ fn run(
                             if i >= pods.len() {
                                 break;
                             }
-                            let a = att(&format!("{tag}r{round}p{i}"), &pods[i]);
+                            let a = att(&format!("{tag}p{i}"), &pods[i]);
                             let t = Instant::now();
                             let out = call(host, plugin, cmd, &a, conf);
                             let d = t.elapsed();
@@ -162,29 +165,56 @@ fn main() -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let mut json_rows = Vec::new();
     for conc in [1usize, 20] {
-        // Alternate who goes first so neither always gets the warmer caches.
-        let tw = run(
-            &twill.ns,
-            &twill_cni,
-            &twill_conf,
-            &pods,
-            conc,
-            &format!("t{conc}"),
-        );
-        let br = run(
-            &bridge_host,
-            &bridge,
-            &bridge_conf,
-            &pods,
-            conc,
-            &format!("b{conc}"),
-        );
-        for (op, t, b) in [("ADD", &tw.add, &br.add), ("DEL", &tw.del, &br.del)] {
+        // Per repetition: (twill, bridge) samples; the order alternates so
+        // neither always gets the warmer caches or the quieter machine.
+        let mut reps: Vec<(Option<Samples>, Option<Samples>)> = Vec::new();
+        for rep in 0..REPS {
+            let mut this = (None, None);
+            for twill_turn in twill_bench::alternate(rep, true, false) {
+                if twill_turn {
+                    this.0 = Some(run(
+                        &twill.ns,
+                        &twill_cni,
+                        &twill_conf,
+                        &pods,
+                        conc,
+                        &format!("t{conc}r{rep}"),
+                    ));
+                } else {
+                    this.1 = Some(run(
+                        &bridge_host,
+                        &bridge,
+                        &bridge_conf,
+                        &pods,
+                        conc,
+                        &format!("b{conc}r{rep}"),
+                    ));
+                }
+            }
+            reps.push(this);
+        }
+        for op in ["ADD", "DEL"] {
+            let pick = |s: &Option<Samples>| -> Vec<Duration> {
+                s.as_ref()
+                    .map(|s| {
+                        if op == "ADD" {
+                            s.add.clone()
+                        } else {
+                            s.del.clone()
+                        }
+                    })
+                    .unwrap_or_default()
+            };
+            let per_rep = |twill_side: bool, p: f64| -> Vec<f64> {
+                reps.iter()
+                    .map(|(t, b)| percentile_ms(&pick(if twill_side { t } else { b }), p))
+                    .collect()
+            };
             let (t50, t99, b50, b99) = (
-                percentile_ms(t, 50.0),
-                percentile_ms(t, 99.0),
-                percentile_ms(b, 50.0),
-                percentile_ms(b, 99.0),
+                Spread::of(&per_rep(true, 50.0)),
+                Spread::of(&per_rep(true, 99.0)),
+                Spread::of(&per_rep(false, 50.0)),
+                Spread::of(&per_rep(false, 99.0)),
             );
             let mode = if conc == 1 {
                 "sequential".to_string()
@@ -193,22 +223,28 @@ fn main() -> anyhow::Result<()> {
             };
             rows.push(vec![
                 format!("{op} {mode}"),
-                format!("{t50:.1}"),
-                format!("{t99:.1}"),
-                format!("{b50:.1}"),
-                format!("{b99:.1}"),
-                ratio(t50, b50),
-                ratio(t99, b99),
+                t50.show(1),
+                t99.show(1),
+                b50.show(1),
+                b99.show(1),
+                ratio(t50.median, b50.median),
+                ratio(t99.median, b99.median),
             ]);
-            json_rows.push(json!({"op": op, "concurrency": conc, "samples": t.len(),
-                "twill_p50_ms": t50, "twill_p99_ms": t99, "bridge_p50_ms": b50, "bridge_p99_ms": b99}));
+            json_rows.push(
+                json!({"op": op, "concurrency": conc, "pods": PODS, "reps": REPS,
+                "twill_p50_ms": per_rep(true, 50.0), "twill_p99_ms": per_rep(true, 99.0),
+                "bridge_p50_ms": per_rep(false, 50.0), "bridge_p99_ms": per_rep(false, 99.0),
+                "ratio_p50": t50.median / b50.median, "ratio_p99": t99.median / b99.median}),
+            );
         }
     }
     let (assign, release) = ipam_rate()?;
     let mut md = String::from(
         "CNI latency, ms (twill-cni + twill-node vs bridge + host-local, same pods, same run; ",
     );
-    md.push_str(&format!("{PODS} pods x {ROUNDS} rounds per mode)\n\n"));
+    md.push_str(&format!(
+        "{PODS} pods per repetition, {REPS} repetitions per mode alternating Twill, bridge, bridge, Twill, …; median (min–max) over repetitions of each repetition's p50 / p99; ratios of the medians, lower is better for Twill)\n\n"
+    ));
     md.push_str(&table(
         &[
             "operation",
@@ -222,13 +258,20 @@ fn main() -> anyhow::Result<()> {
         &rows,
     ));
     md.push_str(&format!(
-        "\nIPAM on one node (embedded store): {assign:.0} allocations/s, {release:.0} releases/s\n"
+        "\nIPAM on one node (embedded store): {assign:.0} allocations/s, {release:.0} releases/s\n\nLoad average at the end of the run: {}.\n",
+        loadavg()
     ));
     println!("{md}");
     write_results(
         "cni_latency",
-        json!({"pods": PODS, "rounds": ROUNDS, "rows": json_rows, "ipam_allocations_per_s": assign, "ipam_releases_per_s": release}),
+        json!({"pods": PODS, "reps": REPS, "loadavg": loadavg(), "rows": json_rows, "ipam_allocations_per_s": assign, "ipam_releases_per_s": release}),
         &md,
     )?;
     Ok(())
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }

@@ -5,25 +5,30 @@
 //! * conntrack only (one `ct state established,related accept` rule), the
 //!   state of any node running kube-proxy, to separate conntrack's cost
 //!   from the rules';
-//! * Twill's table with 0, 1k and 10k policy rules in force on the node;
-//! * the same 1k and 10k rules as one linear iptables chain with one ipset
-//!   per rule (the kube-router way).
+//! * Twill's table with 0, 1k and 10k NetworkPolicies in force;
+//! * the same policies as kube-router programs them
+//!   (`twill_bench::kube_router`: FORWARD → a per-pod chain chosen by
+//!   destination → only the chains of the policies selecting that pod,
+//!   ipsets for the peers).
 //!
 //! Topology: a node namespace with two pod namespaces on veths, routed
-//! (/30 per pod), as on a Twill node. Each rule is one NetworkPolicy
-//! allowing TCP 80 and 5201 from one set of clients to one of the node's
-//! pods: 200 other pods (interface names that exist only in the dispatch
-//! map) share all policies but the last, which selects the measured server
-//! (isolated, the client allowed); with 0 rules both pods are in the
-//! dispatch maps and nothing isolates them. The linear chain walks every
-//! rule for each new connection to the server; Twill's dispatch goes
-//! straight to the server's chain.
+//! (/30 per pod), as on a Twill node. Each policy allows TCP 80 and 5201
+//! from one client address to the pods it selects. Of N policies, the last
+//! S select the measured server and the others select the node's 200 other
+//! pods (addresses and interface names that exist only in the rules); only
+//! the last policy allows the measured client. S = 1 is a server selected
+//! by one policy; S = N a server selected by every policy, which both
+//! dataplanes must walk to find the one that allows the client. In
+//! kube-router's dispatch list the server's jump sits in the middle of the
+//! node's pods.
 //!
 //! Every configuration is loaded, measured and removed again in each of
 //! several repetitions (`TWILL_BENCH_REPS`, default 5), the order rotating
-//! between repetitions; the table gives the median and the spread.
+//! between repetitions; the table gives the median and min–max.
 //!
-//! Run as root: `cargo run --release -p twill-bench --bin policy_dataplane [-- --quick]`.
+//! Run as root: `cargo run --release -p twill-bench --bin policy_dataplane [-- --quick]`
+//! (`--quick`: 2 s / 1 s measurements, no 10k shape; its results are
+//! written too, and say so).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -33,6 +38,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use twill_bench::Spread;
 use twill_policy::model::{Endpoint, Model};
 use twill_tests::{Netns, require_binary, require_root};
 
@@ -82,8 +88,25 @@ fn run_stdin(ns: &Netns, prog: &str, args: &[&str], input: &str) {
     );
 }
 
-/// The Twill table for `n` rules, the server's last.
-fn twill_table(n: usize) -> twill_policy::ir::Table {
+/// Policy `i` of `n` with `sel` selecting the server: which pod it
+/// selects (`None` = the server, `Some(k)` = other pod k) and the client
+/// address it allows.
+fn scenario(i: usize, n: usize, sel: usize) -> (Option<usize>, IpAddr) {
+    let target = (i + sel < n).then_some(i % FAKE_PODS);
+    let from = if i + 1 == n {
+        CLIENT_IP.parse().expect("client ip")
+    } else {
+        client_of(i)
+    };
+    (target, from)
+}
+
+fn fake_pod_ip(k: usize) -> IpAddr {
+    IpAddr::from([10, 81, (k / 250) as u8, (k % 250 + 1) as u8])
+}
+
+/// The Twill table for `n` policies, `sel` of them selecting the server.
+fn twill_table(n: usize, sel: usize) -> twill_policy::ir::Table {
     let mut endpoints = vec![
         Endpoint {
             namespace: "bench".into(),
@@ -97,7 +120,7 @@ fn twill_table(n: usize) -> twill_policy::ir::Table {
         Endpoint {
             namespace: "bench".into(),
             name: "server".into(),
-            labels: [("app".to_string(), format!("svc{}", n.saturating_sub(1)))].into(),
+            labels: [("app".to_string(), "server".to_string())].into(),
             ips: vec![SERVER_IP.parse().unwrap()],
             ports: Vec::new(),
             node: "node".into(),
@@ -105,22 +128,24 @@ fn twill_table(n: usize) -> twill_policy::ir::Table {
         },
     ];
     let mut policies = Vec::new();
-    // The node's other pods: FAKE_PODS interfaces, each selected by every
-    // FAKE_PODS-th policy. The server is selected by the last policy only.
-    for k in 0..FAKE_PODS.min(n.saturating_sub(1)) {
-        endpoints.push(Endpoint {
-            namespace: "bench".into(),
-            name: format!("pod{k}"),
-            labels: [("app".to_string(), format!("svc{k}"))].into(),
-            ips: vec![IpAddr::from([10, 81, (k / 250) as u8, (k % 250 + 1) as u8])],
-            ports: Vec::new(),
-            node: "node".into(),
-            iface: Some(format!("f{k}")),
-        });
+    // The node's other pods: FAKE_PODS interfaces that exist only in the
+    // dispatch map.
+    if n > 0 {
+        for k in 0..FAKE_PODS {
+            endpoints.push(Endpoint {
+                namespace: "bench".into(),
+                name: format!("pod{k}"),
+                labels: [("app".to_string(), format!("svc{k}"))].into(),
+                ips: vec![fake_pod_ip(k)],
+                ports: Vec::new(),
+                node: "node".into(),
+                iface: Some(format!("f{k}")),
+            });
+        }
     }
     for i in 0..n {
-        let last = i + 1 == n;
-        if !last {
+        let (target, _) = scenario(i, n, sel);
+        if i + 1 < n {
             endpoints.push(Endpoint {
                 namespace: "bench".into(),
                 name: format!("client{i}"),
@@ -131,10 +156,9 @@ fn twill_table(n: usize) -> twill_policy::ir::Table {
                 iface: None,
             });
         }
-        let app = if last {
-            format!("svc{i}")
-        } else {
-            format!("svc{}", i % FAKE_PODS)
+        let app = match target {
+            None => "server".to_string(),
+            Some(k) => format!("svc{k}"),
         };
         let np: k8s_openapi::api::networking::v1::NetworkPolicy = serde_json::from_value(json!({
             "metadata": {"name": format!("np{i}"), "namespace": "bench"},
@@ -148,33 +172,27 @@ fn twill_table(n: usize) -> twill_policy::ir::Table {
     twill_policy::render(&Model::new(endpoints, BTreeMap::new(), policies), "node")
 }
 
-/// The same rules as a linear iptables chain with ipsets.
-fn iptables_rules(n: usize) -> (String, String) {
-    let mut ipset = String::new();
-    let mut ipt = String::from("*filter\n:TWBENCH - [0:0]\n-A FORWARD -j TWBENCH\n");
-    ipt.push_str("-A TWBENCH -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n");
-    ipset.push_str("create twb-isolated hash:ip\n");
-    for i in 0..n {
-        let (dst, src) = if i + 1 < n {
-            let k = i % FAKE_PODS;
-            (
-                IpAddr::from([10, 81, (k / 250) as u8, (k % 250 + 1) as u8]),
-                client_of(i),
-            )
-        } else {
-            (SERVER_IP.parse().unwrap(), CLIENT_IP.parse().unwrap())
-        };
-        ipset.push_str(&format!(
-            "create twb-src{i} hash:ip\nadd twb-src{i} {src}\nadd twb-isolated {dst}\n"
-        ));
-        for port in [5201, 80] {
-            ipt.push_str(&format!(
-                "-A TWBENCH -d {dst}/32 -p tcp --dport {port} -m set --match-set twb-src{i} src -j ACCEPT\n"
-            ));
-        }
-    }
-    ipt.push_str("-A TWBENCH -m set --match-set twb-isolated dst -j DROP\nCOMMIT\n");
-    (ipset, ipt)
+/// The same policies as kube-router programs them.
+fn kube_router_rules(n: usize, sel: usize) -> twill_bench::kube_router::Ruleset {
+    let v4 = |a: IpAddr| match a {
+        IpAddr::V4(a) => a,
+        IpAddr::V6(_) => unreachable!("the benchmark's addresses are IPv4"),
+    };
+    let server = v4(SERVER_IP.parse().expect("server ip"));
+    let policies: Vec<_> = (0..n)
+        .map(|i| {
+            let (target, from) = scenario(i, n, sel);
+            twill_bench::kube_router::Policy {
+                name: format!("bench/np{i}"),
+                selects: vec![target.map_or(server, |k| v4(fake_pod_ip(k)))],
+                from: vec![v4(from)],
+                tcp_ports: vec![5201, 80],
+            }
+        })
+        .collect();
+    let mut pods: Vec<_> = (0..FAKE_PODS).map(|k| v4(fake_pod_ip(k))).collect();
+    pods.insert(FAKE_PODS / 2, server);
+    twill_bench::kube_router::ruleset(&pods, &policies)
 }
 
 /// CPU time of the calling thread (with the softirq work the kernel did in
@@ -207,6 +225,9 @@ fn throughput(client: &Netns, server: &Netns, secs: u32) -> (f64, f64) {
         .args(["-c", SERVER_IP, "-p", "5201", "-J", "-t", &secs.to_string()])
         .output()
         .expect("iperf3 -c");
+    // The client's JSON has both ends' figures; a server whose client never
+    // reached it (a start-up race on a loaded machine) would wait forever.
+    let _ = srv.kill();
     let _ = srv.wait();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     let num = |p: &str| v.pointer(p).and_then(Value::as_f64).unwrap_or(f64::NAN);
@@ -301,16 +322,18 @@ enum Config {
     /// Only `ct state established,related accept` in a forward chain:
     /// conntrack active, as on any node running kube-proxy.
     Conntrack,
-    Twill(usize),
-    Iptables(usize),
+    /// Twill's table: N policies, S selecting the server.
+    Twill(usize, usize),
+    /// kube-router's chains: N policies, S selecting the server.
+    KubeRouter(usize, usize),
 }
 
 const CT_TABLE: &str = "inet twbench-ct";
 
 /// What loading and unloading a configuration needs, prepared once.
 struct Prepared {
-    twill: BTreeMap<usize, String>,
-    iptables: BTreeMap<usize, (String, String)>,
+    twill: BTreeMap<(usize, usize), String>,
+    kube_router: BTreeMap<(usize, usize), twill_bench::kube_router::Ruleset>,
     iptables_restore: &'static str,
 }
 
@@ -327,11 +350,11 @@ impl Prepared {
                     "add table {CT_TABLE}\nadd chain {CT_TABLE} fwd-ct {{ type filter hook forward priority 0; policy accept; }}\nadd rule {CT_TABLE} fwd-ct ct state established,related accept\n"
                 ),
             ),
-            Config::Twill(n) => run_stdin(node, "nft", &["-f", "-"], &self.twill[&n]),
-            Config::Iptables(n) => {
-                let (ipset, ipt) = &self.iptables[&n];
-                run_stdin(node, "ipset", &["-exist", "restore"], ipset);
-                run_stdin(node, self.iptables_restore, &[], ipt);
+            Config::Twill(n, s) => run_stdin(node, "nft", &["-f", "-"], &self.twill[&(n, s)]),
+            Config::KubeRouter(n, s) => {
+                let r = &self.kube_router[&(n, s)];
+                run_stdin(node, "ipset", &["-exist", "restore"], &r.ipset);
+                run_stdin(node, self.iptables_restore, &[], &r.iptables);
             }
         }
     }
@@ -346,13 +369,13 @@ impl Prepared {
                 &["-f", "-"],
                 &format!("delete table {CT_TABLE}\n"),
             ),
-            Config::Twill(_) => run_stdin(
+            Config::Twill(..) => run_stdin(
                 node,
                 "nft",
                 &["-f", "-"],
                 &format!("delete table {}\n", twill_policy::ir::TABLE),
             ),
-            Config::Iptables(_) => {
+            Config::KubeRouter(..) => {
                 run_stdin(
                     node,
                     self.iptables_restore,
@@ -375,22 +398,6 @@ struct Samples {
     /// CPU µs per connection.
     conn_cpu: Vec<f64>,
     load: Vec<f64>,
-}
-
-/// Median, minimum and maximum.
-fn stats(v: &[f64]) -> (f64, f64, f64) {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    if s.is_empty() {
-        return (f64::NAN, f64::NAN, f64::NAN);
-    }
-    let n = s.len();
-    let med = if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    };
-    (med, s[0], s[n - 1])
 }
 
 fn loadavg() -> String {
@@ -430,38 +437,46 @@ fn main() {
     } else {
         "iptables-restore"
     };
+    let shapes: Vec<(usize, usize)> = if quick {
+        vec![(1000, 1), (1000, 1000)]
+    } else {
+        vec![(1000, 1), (1000, 1000), (10_000, 1)]
+    };
     let mut prep = Prepared {
         twill: BTreeMap::new(),
-        iptables: BTreeMap::new(),
+        kube_router: BTreeMap::new(),
         iptables_restore,
     };
     let mut render_ms = BTreeMap::new();
-    for n in [0usize, 1000, 10_000] {
+    for &(n, sel) in [(0usize, 0usize)].iter().chain(&shapes) {
         let t = Instant::now();
-        let script = twill_table(n).script();
-        render_ms.insert(n, t.elapsed().as_secs_f64() * 1000.0);
-        prep.twill.insert(n, script);
+        let script = twill_table(n, sel).script();
+        render_ms.insert(format!("{n}/{sel}"), t.elapsed().as_secs_f64() * 1000.0);
+        prep.twill.insert((n, sel), script);
     }
-    for n in [1000usize, 10_000] {
-        prep.iptables.insert(n, iptables_rules(n));
+    for &(n, sel) in &shapes {
+        prep.kube_router.insert((n, sel), kube_router_rules(n, sel));
     }
-    let configs = [
-        Config::None,
-        Config::Conntrack,
-        Config::Twill(0),
-        Config::Twill(1000),
-        Config::Twill(10_000),
-        Config::Iptables(1000),
-        Config::Iptables(10_000),
-    ];
+    let mut configs = vec![Config::None, Config::Conntrack, Config::Twill(0, 0)];
+    for &(n, sel) in &shapes {
+        configs.push(Config::Twill(n, sel));
+        configs.push(Config::KubeRouter(n, sel));
+    }
     let load_before = loadavg();
     let mut samples: Vec<Samples> = configs.iter().map(|_| Samples::default()).collect();
-    // Repetitions alternate the configurations, each starting one later
-    // than the last, so drift in the machine's load spreads over all of
-    // them instead of landing on whichever ran last.
+    // Repetitions rotate the configurations, each starting one later than
+    // the last, and odd repetitions run the rotation backwards (so Twill
+    // and kube-router of a shape go A,B then B,A): drift in the machine's
+    // load spreads over all of them instead of landing on whichever ran
+    // last.
     for rep in 0..reps {
-        for k in 0..configs.len() {
-            let i = (k + rep) % configs.len();
+        let mut order: Vec<usize> = (0..configs.len())
+            .map(|k| (k + rep) % configs.len())
+            .collect();
+        if rep % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
             let c = configs[i];
             let t = Instant::now();
             prep.load(&node, c);
@@ -473,6 +488,15 @@ fn main() {
             let gbps = bps / 1e9;
             let (conns, conn_cpu) = conn_rate(&client, &server, conn_dur);
             prep.unload(&node, c);
+            // Every configuration allows the client: a dataplane that let
+            // no connection through would measure nothing. (A failed iperf3
+            // run gives NaN, left out of the medians and visible in the
+            // JSON.)
+            assert!(
+                conns > 0.0,
+                "{} let no connection through",
+                name(c, iptables_restore)
+            );
             eprintln!(
                 "rep {rep} {:<34} {gbps:.2} Gbit/s ({gb_cpu:.0} CPU ms/GB), {conns:.0} conn/s ({conn_cpu:.1} CPU µs/conn), load {load:.0} ms",
                 name(c, iptables_restore)
@@ -486,56 +510,81 @@ fn main() {
         }
     }
     let load_after = loadavg();
-    let (bg, _, _) = stats(&samples[0].gbps);
-    let (bc, _, _) = stats(&samples[0].conns);
-    let (bgc, _, _) = stats(&samples[0].gb_cpu);
-    let (bcc, _, _) = stats(&samples[0].conn_cpu);
+    let base = &samples[0];
+    let med = |v: &[f64]| Spread::of(v).median;
+    let (bg, bc, bgc, bcc) = (
+        med(&base.gbps),
+        med(&base.conns),
+        med(&base.gb_cpu),
+        med(&base.conn_cpu),
+    );
     let mut rows = Vec::new();
     let mut cpu_rows = Vec::new();
     let mut json_rows = Vec::new();
     for (c, s) in configs.iter().zip(&samples) {
-        let (g, g0, g1) = stats(&s.gbps);
-        let (k, k0, k1) = stats(&s.conns);
-        let (l, _, _) = stats(&s.load);
-        let (gc, gc0, gc1) = stats(&s.gb_cpu);
-        let (kc, kc0, kc1) = stats(&s.conn_cpu);
-        let rules = match c {
-            Config::Twill(n) | Config::Iptables(n) => *n,
-            _ => 0,
+        let (g, k, l, gc, kc) = (
+            Spread::of(&s.gbps),
+            Spread::of(&s.conns),
+            Spread::of(&s.load),
+            Spread::of(&s.gb_cpu),
+            Spread::of(&s.conn_cpu),
+        );
+        let (n, sel) = match c {
+            Config::Twill(n, s) | Config::KubeRouter(n, s) => (*n, *s),
+            _ => (0, 0),
+        };
+        let shape = if n == 0 {
+            "0".to_string()
+        } else {
+            format!("{n} ({sel})")
         };
         rows.push(vec![
             name(*c, iptables_restore),
-            rules.to_string(),
-            format!("{g:.2} ({g0:.2}–{g1:.2})"),
-            format!("{:.2}", g / bg),
-            format!("{k:.0} ({k0:.0}–{k1:.0})"),
-            format!("{:.2}", k / bc),
-            format!("{l:.0} ms"),
+            shape.clone(),
+            g.show(2),
+            format!("{:.2}", g.median / bg),
+            k.show(0),
+            format!("{:.2}", k.median / bc),
+            format!("{:.0} ms", l.median),
         ]);
         // Inverted so that, like the rates, 1.00 is "as cheap as no policy".
         cpu_rows.push(vec![
             name(*c, iptables_restore),
-            rules.to_string(),
-            format!("{gc:.0} ({gc0:.0}–{gc1:.0})"),
-            format!("{:.2}", bgc / gc),
-            format!("{kc:.1} ({kc0:.1}–{kc1:.1})"),
-            format!("{:.2}", bcc / kc),
+            shape,
+            gc.show(0),
+            format!("{:.2}", bgc / gc.median),
+            kc.show(1),
+            format!("{:.2}", bcc / kc.median),
         ]);
         json_rows.push(json!({
-            "dataplane": name(*c, iptables_restore), "rules": rules,
+            "dataplane": name(*c, iptables_restore), "policies": n, "selecting_server": sel,
             "gbps": s.gbps, "conns_per_s": s.conns, "load_ms": s.load,
             "cpu_ms_per_gb": s.gb_cpu, "cpu_us_per_conn": s.conn_cpu,
-            "gbps_median": g, "conns_median": k,
-            "gbps_vs_none": g / bg, "conns_vs_none": k / bc,
-            "cpu_per_gb_none_over_this": bgc / gc, "cpu_per_conn_none_over_this": bcc / kc,
+            "gbps_spread": g.json(), "conns_spread": k.json(),
+            "gbps_vs_none": g.median / bg, "conns_vs_none": k.median / bc,
+            "cpu_per_gb_none_over_this": bgc / gc.median, "cpu_per_conn_none_over_this": bcc / kc.median,
         }));
     }
+    // Twill against kube-router, shape by shape (medians; > 1 is Twill ahead).
+    let mut vs_rows = Vec::new();
+    for &(n, sel) in &shapes {
+        let at = |c: Config| configs.iter().position(|x| *x == c).map(|i| &samples[i]);
+        if let (Some(t), Some(k)) = (at(Config::Twill(n, sel)), at(Config::KubeRouter(n, sel))) {
+            vs_rows.push(vec![
+                format!("{n} ({sel})"),
+                format!("{:.2}", med(&t.gbps) / med(&k.gbps)),
+                format!("{:.2}", med(&t.conns) / med(&k.conns)),
+                format!("{:.2}", med(&k.conn_cpu) / med(&t.conn_cpu)),
+                format!("{:.2}", med(&k.load) / med(&t.load)),
+            ]);
+        }
+    }
     let md = format!(
-        "{}\n{}\nMedian (min–max) of {reps} alternating repetitions ({secs} s iperf3, {} s of connections each); load average {load_before} before, {load_after} after. CPU: client and server together, with the softirq work done in their context; \"none ÷ this\" is 1.00 when a configuration costs what no policy costs. Twill render time: {}.\n",
+        "{}\n{}\nTwill ÷ kube-router (medians; above 1.00 Twill is ahead: faster, or cheaper in CPU and load time):\n\n{}\nMedian (min–max) of {reps} repetitions, the order of the configurations rotating and reversed every other repetition ({secs} s iperf3, {} s of connections each{}); load average {load_before} before, {load_after} after. Policies: N (S) = N NetworkPolicies in force, S of them selecting the server. CPU: client and server together, with the softirq work done in their context; \"none ÷ this\" is 1.00 when a configuration costs what no policy costs. Twill render time (N/S): {}.\n",
         twill_bench::table(
             &[
                 "dataplane",
-                "rules",
+                "policies (selecting)",
                 "TCP Gbit/s",
                 "vs none",
                 "new conn/s",
@@ -547,7 +596,7 @@ fn main() {
         twill_bench::table(
             &[
                 "dataplane",
-                "rules",
+                "policies (selecting)",
                 "CPU ms per GB",
                 "none ÷ this",
                 "CPU µs per connection",
@@ -555,23 +604,32 @@ fn main() {
             ],
             &cpu_rows,
         ),
+        twill_bench::table(
+            &[
+                "policies (selecting)",
+                "Gbit/s",
+                "conn/s",
+                "CPU per connection",
+                "load time",
+            ],
+            &vs_rows,
+        ),
         conn_dur.as_secs(),
+        if quick { "; quick shape" } else { "" },
         render_ms
             .iter()
-            .map(|(n, ms)| format!("{n} rules {ms:.0} ms"))
+            .map(|(n, ms)| format!("{n} {ms:.0} ms"))
             .collect::<Vec<_>>()
             .join(", ")
     );
     print!("{md}");
-    if !quick
-        && let Err(e) = twill_bench::write_results(
-            "policy_dataplane",
-            json!({"reps": reps, "iperf_secs": secs, "conn_secs": conn_dur.as_secs(),
+    if let Err(e) = twill_bench::write_results(
+        "policy_dataplane",
+        json!({"reps": reps, "quick": quick, "iperf_secs": secs, "conn_secs": conn_dur.as_secs(),
                 "loadavg_before": load_before, "loadavg_after": load_after,
                 "render_ms": render_ms, "rows": json_rows}),
-            &md,
-        )
-    {
+        &md,
+    ) {
         eprintln!("policy_dataplane: writing results: {e}");
     }
 }
@@ -580,9 +638,9 @@ fn name(c: Config, iptables_restore: &str) -> String {
     match c {
         Config::None => "none".into(),
         Config::Conntrack => "conntrack only".into(),
-        Config::Twill(_) => "twill".into(),
-        Config::Iptables(_) => format!(
-            "{} + ipset (linear)",
+        Config::Twill(..) => "twill".into(),
+        Config::KubeRouter(..) => format!(
+            "kube-router ({} + ipset)",
             iptables_restore.trim_end_matches("-restore")
         ),
     }

@@ -10,8 +10,18 @@
 //! RIB holds after loading, "peak" the high-water mark during the load (hash
 //! table growth, the Changes handed to felix). Time is wall clock and this
 //! thread's CPU time (the machine is shared; CPU time is the comparable one).
-//! Run:
-//! `cargo run --release -p twill-bench --bin rib_memory`.
+//!
+//! Then, in the same run, the comparison with BIRD (needs root, BIRD and a
+//! release `twill-bgpd` next to this binary): twill-bgpd and BIRD 2 each
+//! receive the same N IPv4 /24s (default 1M) over eBGP from a BIRD
+//! injector (`twill_bench::bgp_lab`), and their resident memory is read
+//! from /proc/PID/status (VmRSS) one second after the last prefix arrived,
+//! minus the VmRSS of the same receiver with its session up and no routes:
+//! retained bytes per route as the kernel counts them, malloc's overhead
+//! and all. `TWILL_BENCH_REPS` repetitions (default 5), the order
+//! alternating (twill, BIRD, BIRD, twill, …); median (min–max).
+//! Run (root): `target/release/rib_memory [PREFIXES]`; without root only
+//! the in-process part runs and nothing is written.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::{IpAddr, Ipv4Addr};
@@ -300,18 +310,71 @@ fn rss_peak_kib() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn main() {
+/// One receiver's resident memory: KiB idle, KiB with the routes, peak KiB.
+type Usage = (u64, u64, u64);
+
+/// VmRSS with N routes and with none, for one receiver.
+fn proc_retained(
+    kind: twill_bench::bgp_lab::Kind,
+    n: usize,
+    dir: &std::path::Path,
+    twill_bin: &std::path::Path,
+) -> anyhow::Result<Usage> {
+    use twill_bench::bgp_lab::{Shape, run_one};
+    let settle = Duration::from_secs(1);
+    let idle = run_one(
+        Shape::Table(0),
+        kind,
+        &dir.join("idle"),
+        50_151,
+        twill_bin,
+        settle,
+    )?;
+    anyhow::ensure!(
+        idle.complete,
+        "{}: no session with the injector",
+        kind.name()
+    );
+    let full = run_one(
+        Shape::Table(n),
+        kind,
+        &dir.join("full"),
+        50_152,
+        twill_bin,
+        settle,
+    )?;
+    anyhow::ensure!(
+        full.complete,
+        "{}: only {} of {n} prefixes arrived",
+        kind.name(),
+        full.prefixes
+    );
+    Ok((idle.rss_kib, full.rss_kib, full.peak_rss_kib))
+}
+
+fn main() -> anyhow::Result<()> {
+    use twill_bench::Spread;
+    use twill_bench::bgp_lab::Kind;
+    let prefixes: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.replace('_', "").parse().ok())
+        .unwrap_or(1_000_000);
+    let reps: usize = std::env::var("TWILL_BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+        .max(1);
     let (load, gone) = full_table();
     let rows = [load, gone, mesh(false), mesh(true)];
-    println!(
-        "| scenario | routes | attribute sets | retained bytes | bytes/route | peak bytes/route | wall | CPU | CPU ns/route |"
+    let mut md = String::from(
+        "**In process: the RIB alone** (bytes requested from the allocator; no sockets, no codec)\n\n| scenario | routes | attribute sets | retained bytes | bytes/route | peak bytes/route | wall | CPU | CPU ns/route |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut json_rows = Vec::new();
     for r in &rows {
         let n = r.routes.max(1) as f64;
-        println!(
-            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1} ms | {} | {} |",
-            r.name,
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1} ms | {} | {} |\n",
+            r.name.trim(),
             r.routes,
             r.attr_sets,
             r.retained,
@@ -322,12 +385,103 @@ fn main() {
                 .map_or("?".into(), |c| format!("{:.1} ms", c.as_secs_f64() * 1e3)),
             r.cpu
                 .map_or("?".into(), |c| format!("{:.0}", c.as_nanos() as f64 / n)),
-        );
+        ));
+        json_rows.push(serde_json::json!({
+            "scenario": r.name.trim(), "routes": r.routes, "attribute_sets": r.attr_sets,
+            "retained_bytes": r.retained, "peak_bytes": r.peak,
+            "wall_ms": r.took.as_secs_f64() * 1e3,
+            "cpu_ms": r.cpu.map(|c| c.as_secs_f64() * 1e3),
+        }));
     }
     if let Some(k) = rss_peak_kib() {
-        println!(
-            "\nprocess peak RSS (inputs included): {:.1} MiB",
+        md.push_str(&format!(
+            "\nThis process's peak RSS (inputs included): {:.1} MiB.\n",
             k as f64 / 1024.0
-        );
+        ));
     }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        print!("{md}");
+        eprintln!(
+            "rib_memory: not root: the comparison with BIRD needs namespaces; nothing written"
+        );
+        return Ok(());
+    }
+    twill_tests::require_binary("bird", "bird2");
+    twill_tests::require_binary("birdc", "bird2");
+    let twill_bin = std::env::current_exe()?
+        .parent()
+        .map(|d| d.join("twill-bgpd"))
+        .filter(|p| p.is_file())
+        .ok_or_else(|| anyhow::anyhow!("twill-bgpd is missing next to this binary: cargo build --release -p twill-bgpd --bins"))?;
+    let tmp = tempfile::tempdir()?;
+    // Per receiver: (idle KiB, loaded KiB, peak KiB) per repetition.
+    let mut got: Vec<(Kind, Vec<Usage>)> =
+        vec![(Kind::Twill, Vec::new()), (Kind::Bird, Vec::new())];
+    for rep in 0..reps {
+        for first in twill_bench::alternate(rep, 0usize, 1) {
+            let kind = got[first].0;
+            let dir = tmp.path().join(format!("r{rep}-{first}"));
+            let r = proc_retained(kind, prefixes, &dir, &twill_bin)?;
+            eprintln!(
+                "rep {rep} {}: idle {} KiB, loaded {} KiB, peak {} KiB",
+                kind.name(),
+                r.0,
+                r.1,
+                r.2
+            );
+            got[first].1.push(r);
+        }
+    }
+    let per_route = |v: &[Usage]| -> Vec<f64> {
+        v.iter()
+            .map(|(i, l, _)| (*l as f64 - *i as f64) * 1024.0 / prefixes as f64)
+            .collect()
+    };
+    let bird_bpr = Spread::of(&per_route(&got[1].1)).median;
+    md.push_str(&format!(
+        "\n**Against BIRD, same run: resident memory from /proc** ({prefixes} IPv4 /24s over eBGP from a BIRD injector; VmRSS 1 s after the last prefix minus VmRSS with the session up and no routes; {reps} repetitions alternating twill-bgpd, BIRD, BIRD, twill-bgpd, …; median (min–max))\n\n"
+    ));
+    let mut proc_rows = Vec::new();
+    let mut proc_json = Vec::new();
+    for (kind, v) in &got {
+        let mib = |f: &dyn Fn(&Usage) -> u64| {
+            Spread::of(&v.iter().map(|x| f(x) as f64 / 1024.0).collect::<Vec<_>>())
+        };
+        let bpr = Spread::of(&per_route(v));
+        proc_rows.push(vec![
+            kind.name().to_string(),
+            mib(&|x| x.0).show(1),
+            mib(&|x| x.1).show(1),
+            bpr.show(1),
+            mib(&|x| x.2).show(1),
+            twill_bench::ratio(bpr.median, bird_bpr),
+        ]);
+        proc_json.push(serde_json::json!({
+            "receiver": kind.name(),
+            "idle_rss_kib": v.iter().map(|x| x.0).collect::<Vec<_>>(),
+            "loaded_rss_kib": v.iter().map(|x| x.1).collect::<Vec<_>>(),
+            "peak_rss_kib": v.iter().map(|x| x.2).collect::<Vec<_>>(),
+            "retained_bytes_per_route": bpr.json(),
+        }));
+    }
+    md.push_str(&twill_bench::table(
+        &[
+            "receiver",
+            "idle RSS (MiB)",
+            "RSS with the routes (MiB)",
+            "retained bytes/route",
+            "peak RSS (MiB)",
+            "bytes/route ÷ BIRD",
+        ],
+        &proc_rows,
+    ));
+    print!("{md}");
+    twill_bench::write_results(
+        "rib_memory",
+        serde_json::json!({"in_process": json_rows, "against_bird": {
+            "prefixes": prefixes, "reps": reps, "receivers": proc_json}}),
+        &md,
+    )?;
+    Ok(())
 }

@@ -1,18 +1,18 @@
 //! Route install benchmark: install, then remove, N routes (default
 //! 100 000 IPv4 /32s via a next hop on a veth, protocol 116) in a fresh
 //! network namespace, once with Twill's route programmer and once with
-//! `ip -batch` of the same routes, interleaved, in the same run. Prints a
-//! markdown table and writes bench/results/route_install.json.
+//! `ip -batch` of the same routes, the order alternating between rounds
+//! (ip, Twill, Twill, ip, …), in the same run. Prints a markdown table and
+//! writes bench/results/route_install.{json,md}.
 //!
 //! `route_install [N] [ROUNDS]` (root). Rates are routes per second over
 //! the whole install (or removal) as the caller sees it: for Twill from
 //! handing the complete set to the programmer until `sync()` returns, for
 //! ip from starting `ip -batch` until it exits. The median of ROUNDS
-//! (default 3) is reported.
+//! (default 5) with min–max is reported.
 
 use std::fmt::Write as _;
 use std::fs::File;
-use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 use std::process::Command;
@@ -148,7 +148,7 @@ fn rate(n: usize, d: Duration) -> f64 {
 fn main() {
     let mut args = std::env::args().skip(1);
     let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
-    let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3).max(1);
+    let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(5).max(1);
     // SAFETY: geteuid has no preconditions.
     assert_eq!(
         unsafe { libc::geteuid() },
@@ -167,12 +167,25 @@ fn main() {
     let (mut ip_in, mut ip_out, mut tw_in, mut tw_out) = (vec![], vec![], vec![], vec![]);
     let mut tw_resync = vec![];
     for round in 0..rounds {
-        let a = ip_batch(&ns, dir.path(), "add", &add);
-        assert_eq!(ns.twill_routes(), n, "ip -batch installed every route");
-        let d = ip_batch(&ns, dir.path(), "del", &del);
-        assert_eq!(ns.twill_routes(), 0, "ip -batch removed every route");
-        let (ti, to, tr) = twill_round(&ns, &routes);
-        assert_eq!(ns.twill_routes(), 0, "twill removed every route");
+        let ip_round = || {
+            let a = ip_batch(&ns, dir.path(), "add", &add);
+            assert_eq!(ns.twill_routes(), n, "ip -batch installed every route");
+            let d = ip_batch(&ns, dir.path(), "del", &del);
+            assert_eq!(ns.twill_routes(), 0, "ip -batch removed every route");
+            (a, d)
+        };
+        let twill = || {
+            let r = twill_round(&ns, &routes);
+            assert_eq!(ns.twill_routes(), 0, "twill removed every route");
+            r
+        };
+        let ((a, d), (ti, to, tr)) = if round % 2 == 0 {
+            let i = ip_round();
+            (i, twill())
+        } else {
+            let t = twill();
+            (ip_round(), t)
+        };
         eprintln!(
             "round {}: ip -batch {:.3}s + {:.3}s, twill {:.3}s + {:.3}s (no-op resync {:.3}s)",
             round + 1,
@@ -188,8 +201,26 @@ fn main() {
         tw_out.push(to);
         tw_resync.push(tr);
     }
-    let resync = median(tw_resync);
-    let (ii, io, ti, to) = (median(ip_in), median(ip_out), median(tw_in), median(tw_out));
+    let secs = |v: &[Duration]| v.iter().map(|d| d.as_secs_f64()).collect::<Vec<_>>();
+    let rates = |v: &[Duration], k: usize| -> Vec<f64> {
+        v.iter().map(|d| (k * n) as f64 / d.as_secs_f64()).collect()
+    };
+    let sum = |a: &[Duration], b: &[Duration]| -> Vec<Duration> {
+        a.iter().zip(b).map(|(x, y)| *x + *y).collect()
+    };
+    let (tw_both, ip_both) = (sum(&tw_in, &tw_out), sum(&ip_in, &ip_out));
+    let phases = [
+        ("install", rates(&tw_in, 1), rates(&ip_in, 1)),
+        ("remove", rates(&tw_out, 1), rates(&ip_out, 1)),
+        ("install + remove", rates(&tw_both, 2), rates(&ip_both, 2)),
+    ];
+    let resync = median(tw_resync.clone());
+    let (ii, io, ti, to) = (
+        median(ip_in.clone()),
+        median(ip_out.clone()),
+        median(tw_in.clone()),
+        median(tw_out.clone()),
+    );
     let rows = [
         ("install", rate(n, ti), rate(n, ii)),
         ("remove", rate(n, to), rate(n, io)),
@@ -200,18 +231,33 @@ fn main() {
         ),
     ];
     let cpus = std::thread::available_parallelism().map_or(0, |p| p.get());
-    println!(
-        "Route install, {n} IPv4 /32 routes via a veth next hop, fresh netns, median of {rounds} rounds ({cpus} CPUs)\n"
+    let mut md = format!(
+        "{n} IPv4 /32 routes via a veth next hop, proto 116, fresh network namespace; {rounds} rounds alternating ip -batch and Twill (ip, Twill, Twill, ip, …); median (min–max) of the per-round rates, ratio of the medians ({cpus} CPUs, target ≥ 0.8 of ip -batch).\n\n"
     );
-    println!("| phase | twill routes/s | ip -batch routes/s | ratio |");
-    println!("|---|---:|---:|---:|");
-    for (phase, t, i) in &rows {
-        println!("| {phase} | {t:.0} | {i:.0} | {:.2} |", t / i);
-    }
-    println!(
-        "\nA full resync with all {n} routes in place (dump of protocol 116, diff, nothing to apply): {:.0} ms\n",
-        resync.as_secs_f64() * 1000.0
-    );
+    let table_rows: Vec<Vec<String>> = phases
+        .iter()
+        .map(|(phase, t, i)| {
+            let (t, i) = (twill_bench::Spread::of(t), twill_bench::Spread::of(i));
+            vec![
+                phase.to_string(),
+                t.show(0),
+                i.show(0),
+                format!("{:.2}", t.median / i.median),
+            ]
+        })
+        .collect();
+    md.push_str(&twill_bench::table(
+        &["phase", "twill routes/s", "ip -batch routes/s", "ratio"],
+        &table_rows,
+    ));
+    let r = twill_bench::Spread::of(&secs(&tw_resync));
+    md.push_str(&format!(
+        "\nA full resync with all {n} routes in place (dump of protocol 116, diff, nothing to apply): {:.0} ms ({:.0}–{:.0}).\n",
+        r.median * 1000.0,
+        r.min * 1000.0,
+        r.max * 1000.0
+    ));
+    print!("{md}");
     let json = serde_json::json!({
         "benchmark": "route_install",
         "routes": n,
@@ -224,14 +270,16 @@ fn main() {
             "phase": p, "twill_routes_per_s": t.round(), "ip_batch_routes_per_s": i.round(),
             "ratio": (t / i * 100.0).round() / 100.0,
         })).collect::<Vec<_>>(),
+        "round_seconds": {
+            "twill_install": secs(&tw_in), "twill_remove": secs(&tw_out),
+            "ip_batch_install": secs(&ip_in), "ip_batch_remove": secs(&ip_out),
+            "twill_noop_resync": secs(&tw_resync),
+        },
         "seconds": {
             "twill_install": ti.as_secs_f64(), "twill_remove": to.as_secs_f64(),
             "ip_batch_install": ii.as_secs_f64(), "ip_batch_remove": io.as_secs_f64(),
             "twill_noop_resync": resync.as_secs_f64(),
         },
     });
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
-    std::fs::create_dir_all(&out).expect("results dir");
-    let mut f = File::create(out.join("route_install.json")).expect("results file");
-    writeln!(f, "{}", serde_json::to_string_pretty(&json).expect("json")).expect("write results");
+    twill_bench::write_results("route_install", json, &md).expect("write results");
 }

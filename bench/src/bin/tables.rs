@@ -1,0 +1,34 @@
+//! Regenerates the tables in docs/benchmarks.md from bench/results/
+//! (`twill_bench::tables`). `--check` changes nothing and exits 1 when the
+//! page is not what the results would produce.
+//!
+//! Run: `scripts/bench-tables.sh [--check]`.
+
+use anyhow::{Context, Result};
+
+fn main() -> Result<()> {
+    let check = std::env::args().any(|a| a == "--check");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("bench/ has a parent")?;
+    let page_path = root.join("docs/benchmarks.md");
+    let page = std::fs::read_to_string(&page_path)
+        .with_context(|| format!("read {}", page_path.display()))?;
+    let results = twill_bench::tables::read_results(&page, &twill_bench::results_dir())?;
+    let new = twill_bench::tables::render(&page, &results)
+        .with_context(|| format!("regenerate {}", page_path.display()))?;
+    if new == page {
+        println!("{} is up to date", page_path.display());
+        return Ok(());
+    }
+    if check {
+        eprintln!(
+            "{} differs from what bench/results/ produces: run scripts/bench-tables.sh",
+            page_path.display()
+        );
+        std::process::exit(1);
+    }
+    std::fs::write(&page_path, new).with_context(|| format!("write {}", page_path.display()))?;
+    println!("{} regenerated", page_path.display());
+    Ok(())
+}

@@ -13,16 +13,17 @@
 //! to test against.
 //!
 //! The library is opened with `dlopen` at first use (`libnftables.so.1`,
-//! installed with the nftables package): nothing links at build time, and
-//! a node without it gets an error saying what to install. There is no
-//! fallback to the `nft` binary: the binary links this very library, so
-//! wherever `nft` works the library loads, and a second path would be code
-//! that is never exercised.
+//! installed with the nftables package): nothing links at build time. Where
+//! it cannot be loaded — the static musl twill-node of the Alpine image
+//! cannot dlopen at all — the same calls run the `nft` binary, one process
+//! per command, as before; [`backend`] says which is in use so the agent
+//! can log it. Both paths are tested against the kernel.
 //!
-//! A context is made per call, in the network namespace of the calling
-//! thread (its netlink socket is opened then); [`Nft`] keeps one for callers
-//! that want to reuse it. libnftables documents no thread safety, so every
-//! call into it holds one process-wide lock. Numbers: docs/nft.md.
+//! A handle ([`Nft`]) is made per call by the free functions, in the
+//! network namespace of the calling thread (libnftables opens its netlink
+//! socket then); keep one to reuse it. libnftables documents no thread
+//! safety, so every call into it holds one process-wide lock. Numbers:
+//! docs/nft.md.
 
 use std::ffi::{CStr, CString, c_char, c_int, c_uint, c_void};
 use std::ptr::NonNull;
@@ -37,6 +38,8 @@ pub enum NftError {
     Load(String),
     #[error("libnftables could not create a context (no netlink socket?)")]
     Context,
+    #[error("cannot run nft ({0}): install the nftables package")]
+    Spawn(std::io::Error),
     #[error("nft rejected the update: {0}")]
     Rejected(String),
     #[error("nft printed JSON Twill cannot read: {0}")]
@@ -154,7 +157,7 @@ fn lock() -> MutexGuard<'static, ()> {
 }
 
 /// Whether libnftables can be loaded here (the error says why not).
-pub fn available() -> Result<(), NftError> {
+pub fn library_available() -> Result<(), NftError> {
     lib().map(|_| ())
 }
 
@@ -168,25 +171,161 @@ enum Mode {
     Json,
 }
 
-/// A libnftables context, bound to the network namespace of the thread
-/// that made it. Reusable for any number of commands.
-pub struct Nft {
+/// Which way commands reach the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// libnftables in this process.
+    Library,
+    /// One `nft` process per command (no libnftables here: a static binary
+    /// cannot load it).
+    Binary,
+}
+
+/// The backend [`Nft::new`] and the free functions use here: the library
+/// when it loads, else the `nft` binary.
+pub fn backend() -> Backend {
+    if lib().is_ok() {
+        Backend::Library
+    } else {
+        Backend::Binary
+    }
+}
+
+/// A handle for nftables commands, bound to the network namespace of the
+/// thread that made it (libnftables opens its netlink socket then; the
+/// binary is started from the calling thread, so runs in its namespace).
+/// Reusable for any number of commands.
+pub struct Nft(Inner);
+
+enum Inner {
+    Library(LibCtx),
+    Binary,
+}
+
+impl Nft {
+    /// libnftables when it loads, else the `nft` binary ([`backend`]).
+    pub fn new() -> Result<Nft, NftError> {
+        match lib() {
+            Ok(_) => Nft::library(),
+            Err(_) => Ok(Nft::binary()),
+        }
+    }
+
+    /// libnftables, or the reason it cannot be loaded.
+    pub fn library() -> Result<Nft, NftError> {
+        LibCtx::new().map(|c| Nft(Inner::Library(c)))
+    }
+
+    /// The `nft` binary, one process per command.
+    pub fn binary() -> Nft {
+        Nft(Inner::Binary)
+    }
+
+    /// Which backend this handle uses.
+    pub fn backend(&self) -> Backend {
+        match self.0 {
+            Inner::Library(_) => Backend::Library,
+            Inner::Binary => Backend::Binary,
+        }
+    }
+
+    fn run(&mut self, script: &str, mode: Mode) -> Result<String, NftError> {
+        match &mut self.0 {
+            Inner::Library(c) => c.run(script, mode),
+            Inner::Binary => run_binary(&[], script, mode),
+        }
+    }
+
+    fn run_line(&mut self, line: &str, mode: Mode) -> Result<String, NftError> {
+        match &mut self.0 {
+            Inner::Library(c) => c.run_line(line, mode),
+            Inner::Binary => {
+                let args: Vec<&str> = line.split_whitespace().collect();
+                run_binary(&args, "", mode)
+            }
+        }
+    }
+
+    /// Runs an nft script as one transaction.
+    pub fn apply(&mut self, script: &str) -> Result<(), NftError> {
+        self.run(script, Mode::Apply).map(drop)
+    }
+
+    /// Has the kernel check a script without committing it (`nft -c`).
+    pub fn check(&mut self, script: &str) -> Result<(), NftError> {
+        self.run(script, Mode::Check).map(drop)
+    }
+
+    /// `nft -j list table FAMILY NAME`, parsed; None when there is no such table.
+    pub fn list_table_json(&mut self, family: &str, name: &str) -> Result<Option<Value>, NftError> {
+        match self.run_line(&format!("list table {family} {name}"), Mode::Json) {
+            Ok(out) => serde_json::from_str(&out)
+                .map(Some)
+                .map_err(|e| NftError::BadJson(e.to_string())),
+            Err(NftError::Rejected(e)) if e.contains("No such file or directory") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// `nft [-c|-j] ARGS` or `nft [-c|-j] -f -` with `script` on stdin.
+fn run_binary(args: &[&str], script: &str, mode: Mode) -> Result<String, NftError> {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut cmd = Command::new("nft");
+    match mode {
+        Mode::Apply => {}
+        Mode::Check => {
+            cmd.arg("-c");
+        }
+        Mode::Json => {
+            cmd.arg("-j");
+        }
+    }
+    if args.is_empty() {
+        cmd.args(["-f", "-"]);
+    } else {
+        cmd.args(args);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(NftError::Spawn)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(NftError::Spawn)?;
+    }
+    let out = child.wait_with_output().map_err(NftError::Spawn)?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr).replace("/dev/stdin", "script");
+        Err(NftError::Rejected(
+            err.trim_end().chars().take(ERROR_MAX).collect(),
+        ))
+    }
+}
+
+/// A libnftables context.
+struct LibCtx {
     lib: &'static Lib,
     ctx: NonNull<c_void>,
 }
 
 // SAFETY: the context has no thread affinity (its netlink socket is an fd);
 // `&mut self` on every use keeps it to one thread at a time.
-unsafe impl Send for Nft {}
+unsafe impl Send for LibCtx {}
 
-impl Nft {
-    /// A context in the calling thread's network namespace.
-    pub fn new() -> Result<Nft, NftError> {
+impl LibCtx {
+    fn new() -> Result<LibCtx, NftError> {
         let lib = lib()?;
         let _g = lock();
         // SAFETY: nft_ctx_new(NFT_CTX_DEFAULT) has no preconditions.
         let ctx = NonNull::new(unsafe { (lib.ctx_new)(0) }).ok_or(NftError::Context)?;
-        let nft = Nft { lib, ctx };
+        let nft = LibCtx { lib, ctx };
         // SAFETY: a live context.
         let (o, e) = unsafe {
             (
@@ -255,27 +394,6 @@ impl Nft {
             }
         }
     }
-
-    /// Runs an nft script as one transaction.
-    pub fn apply(&mut self, script: &str) -> Result<(), NftError> {
-        self.run(script, Mode::Apply).map(drop)
-    }
-
-    /// Has the kernel check a script without committing it (`nft -c`).
-    pub fn check(&mut self, script: &str) -> Result<(), NftError> {
-        self.run(script, Mode::Check).map(drop)
-    }
-
-    /// `nft -j list table FAMILY NAME`, parsed; None when there is no such table.
-    pub fn list_table_json(&mut self, family: &str, name: &str) -> Result<Option<Value>, NftError> {
-        match self.run_line(&format!("list table {family} {name}"), Mode::Json) {
-            Ok(out) => serde_json::from_str(&out)
-                .map(Some)
-                .map_err(|e| NftError::BadJson(e.to_string())),
-            Err(NftError::Rejected(e)) if e.contains("No such file or directory") => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
 }
 
 /// A script in an anonymous in-memory file, closed on drop.
@@ -325,7 +443,7 @@ unsafe fn buffer(p: *const c_char) -> String {
     }
 }
 
-impl Drop for Nft {
+impl Drop for LibCtx {
     fn drop(&mut self) {
         let _g = lock();
         // SAFETY: a live context, freed once.

@@ -7,7 +7,9 @@ use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use twill_nft::{Nft, NftError, apply_script, check_script, delete_table, list_table_json};
+use twill_nft::{
+    Backend, Nft, NftError, apply_script, backend, check_script, delete_table, list_table_json,
+};
 
 /// A network namespace this test made; deleted on drop.
 struct TestNs(String);
@@ -93,6 +95,8 @@ fn apply_list_and_delete_in_a_namespace() {
     let (before, after, gone) = ns.run(|| {
         let before = list_table_json("inet", "twill").expect("list absent");
         apply_script(TABLE).expect("apply");
+        // Checked, not applied: 10.0.0.7 must not appear below.
+        check_script("add element inet twill sel-4 { 10.0.0.7 }\n").expect("check");
         apply_script("add element inet twill sel-4 { 10.0.0.3 }\n").expect("incremental");
         let after = list_table_json("inet", "twill").expect("list");
         delete_table().expect("delete");
@@ -136,59 +140,112 @@ fn the_kernel_sees_what_was_applied_and_other_tables_are_untouched() {
     assert!(out.status.success(), "the other table survives");
 }
 
+/// A fresh handle of each backend, in the calling thread's namespace.
+fn handle(b: Backend) -> Nft {
+    match b {
+        Backend::Library => Nft::library().expect("libnftables loads (nftables package)"),
+        Backend::Binary => Nft::binary(),
+    }
+}
+
+const BACKENDS: [Backend; 2] = [Backend::Library, Backend::Binary];
+
+#[test]
+fn the_library_is_what_the_free_functions_use_here() {
+    // The nftables package installs libnftables.so.1 next to nft: on this
+    // glibc build it must load, or every change costs a process again.
+    twill_nft::library_available().expect("libnftables loads");
+    assert_eq!(backend(), Backend::Library);
+}
+
 #[test]
 fn a_refused_script_names_the_line_and_changes_nothing() {
-    let ns = TestNs::new();
-    let (err, listed) = ns.run(|| {
-        apply_script(TABLE).expect("apply");
-        // Line 2 refers to a chain that does not exist: the whole
-        // transaction, line 1 included, must be refused.
-        let bad =
-            "add element inet twill sel-4 { 10.0.0.9 }\nadd rule inet twill no-such-chain accept\n";
-        let err = apply_script(bad).expect_err("refused");
-        (err, list_table_json("inet", "twill").expect("list"))
-    });
-    let NftError::Rejected(text) = &err else {
-        panic!("not a refusal: {err:?}")
-    };
-    assert!(text.contains("no-such-chain"), "quotes the line: {text}");
-    assert!(text.contains("script:2:"), "names line 2: {text}");
-    let listed = listed.expect("table still there");
-    assert_eq!(set_elements(&listed, "sel-4"), ["10.0.0.1", "10.0.0.2"]);
+    for b in BACKENDS {
+        let ns = TestNs::new();
+        let (err, listed) = ns.run(move || {
+            let mut nft = handle(b);
+            nft.apply(TABLE).expect("apply");
+            // Line 2 refers to a chain that does not exist: the whole
+            // transaction, line 1 included, must be refused.
+            let bad = "add element inet twill sel-4 { 10.0.0.9 }\nadd rule inet twill no-such-chain accept\n";
+            let err = nft.apply(bad).expect_err("refused");
+            (err, nft.list_table_json("inet", "twill").expect("list"))
+        });
+        let NftError::Rejected(text) = &err else {
+            panic!("{b:?}: not a refusal: {err:?}")
+        };
+        assert!(
+            text.contains("no-such-chain"),
+            "{b:?} quotes the line: {text}"
+        );
+        assert!(text.contains("script:2:"), "{b:?} names line 2: {text}");
+        let listed = listed.expect("table still there");
+        assert_eq!(
+            set_elements(&listed, "sel-4"),
+            ["10.0.0.1", "10.0.0.2"],
+            "{b:?}"
+        );
+    }
 }
 
 #[test]
 fn a_syntax_error_names_the_line() {
-    let ns = TestNs::new();
-    let err = ns.run(|| {
-        apply_script(
-            "add table inet twill\nadd chain inet twill c\nadd rule inet twill c frobnicate\n",
-        )
-    });
-    let Err(NftError::Rejected(text)) = err else {
-        panic!("not refused: {err:?}")
-    };
-    assert!(
-        text.contains(":3:") && text.contains("frobnicate"),
-        "{text}"
-    );
+    for b in BACKENDS {
+        let ns = TestNs::new();
+        let err = ns.run(move || {
+            handle(b).apply(
+                "add table inet twill\nadd chain inet twill c\nadd rule inet twill c frobnicate\n",
+            )
+        });
+        let Err(NftError::Rejected(text)) = err else {
+            panic!("{b:?}: not refused: {err:?}")
+        };
+        assert!(
+            text.contains("script:3:") && text.contains("frobnicate"),
+            "{b:?}: {text}"
+        );
+    }
 }
 
 #[test]
 fn a_dry_run_checks_but_changes_nothing() {
+    for b in BACKENDS {
+        let ns = TestNs::new();
+        let (ok, bad, listed) = ns.run(move || {
+            let mut nft = handle(b);
+            let ok = nft.check(TABLE);
+            let bad = nft.check("add table inet twill\nadd rule inet twill nowhere accept\n");
+            (ok, bad, nft.list_table_json("inet", "twill").expect("list"))
+        });
+        ok.unwrap_or_else(|e| panic!("{b:?}: a good script passes the check: {e}"));
+        assert!(
+            matches!(&bad, Err(NftError::Rejected(t)) if t.contains("nowhere")),
+            "{b:?}: {bad:?}"
+        );
+        assert!(listed.is_none(), "{b:?}: nothing applied: {listed:?}");
+        assert_eq!(ns.nft_list(), None);
+    }
+}
+
+#[test]
+fn both_backends_list_the_same_table() {
     let ns = TestNs::new();
-    let (ok, bad, listed) = ns.run(|| {
-        let ok = check_script(TABLE);
-        let bad = check_script("add table inet twill\nadd rule inet twill nowhere accept\n");
-        (ok, bad, list_table_json("inet", "twill").expect("list"))
+    let (lib, bin, lib_absent, bin_absent) = ns.run(|| {
+        let la = handle(Backend::Library).list_table_json("inet", "twill");
+        let ba = handle(Backend::Binary).list_table_json("inet", "twill");
+        handle(Backend::Binary).apply(TABLE).expect("apply");
+        let l = handle(Backend::Library).list_table_json("inet", "twill");
+        let b = handle(Backend::Binary).list_table_json("inet", "twill");
+        (l, b, la, ba)
     });
-    ok.expect("a good script passes the check");
-    assert!(
-        matches!(&bad, Err(NftError::Rejected(t)) if t.contains("nowhere")),
-        "{bad:?}"
+    assert!(matches!(lib_absent, Ok(None)), "{lib_absent:?}");
+    assert!(matches!(bin_absent, Ok(None)), "{bin_absent:?}");
+    let (lib, bin) = (
+        lib.expect("lib").expect("some"),
+        bin.expect("bin").expect("some"),
     );
-    assert!(listed.is_none(), "nothing applied: {listed:?}");
-    assert_eq!(ns.nft_list(), None);
+    assert_eq!(set_elements(&lib, "sel-4"), ["10.0.0.1", "10.0.0.2"]);
+    assert_eq!(lib, bin);
 }
 
 #[test]

@@ -122,8 +122,8 @@ fn client_of(i: usize) -> IpAddr {
 }
 
 fn dataplane_table(n: usize) -> Table {
-    let ep = |name: String, labels: [(String, String); 1], ip: IpAddr, node: &str, iface| {
-        Endpoint {
+    let ep =
+        |name: String, labels: [(String, String); 1], ip: IpAddr, node: &str, iface| Endpoint {
             namespace: "bench".into(),
             name,
             labels: labels.into(),
@@ -131,8 +131,7 @@ fn dataplane_table(n: usize) -> Table {
             ports: Vec::new(),
             node: node.into(),
             iface,
-        }
-    };
+        };
     let last = n.saturating_sub(1);
     let mut endpoints = vec![
         ep(
@@ -245,7 +244,10 @@ impl Kernel {
         };
         let d = t.elapsed();
         if let Err(e) = r {
-            panic!("{via:?} refused:\n{e}\n--- script (start) ---\n{}", head(script));
+            panic!(
+                "{via:?} refused:\n{e}\n--- script (start) ---\n{}",
+                head(script)
+            );
         }
         d
     }
@@ -372,9 +374,7 @@ fn main() {
         .expect("benchmark thread");
     drop(ns);
     print!("{}", report.0);
-    if !quick
-        && let Err(e) = twill_bench::write_results("nft_apply", report.1, &report.0)
-    {
+    if !quick && let Err(e) = twill_bench::write_results("nft_apply", report.1, &report.0) {
         eprintln!("nft_apply: writing results: {e}");
     }
 }
@@ -447,7 +447,10 @@ fn run(quick: bool) -> (String, serde_json::Value) {
             k.apply(via, &format!("delete element {TABLE} {set} {{ {ip} }}\n"));
         }
         for ((via, what), v) in this {
-            round_p50.entry((via, what)).or_default().push(pct(&v, 50.0));
+            round_p50
+                .entry((via, what))
+                .or_default()
+                .push(pct(&v, 50.0));
         }
     }
 
@@ -476,7 +479,10 @@ fn run(quick: bool) -> (String, serde_json::Value) {
             }
         }
     }
-    k.apply(Via::Lib, &format!("add table {TABLE}\ndelete table {TABLE}\n"));
+    k.apply(
+        Via::Lib,
+        &format!("add table {TABLE}\ndelete table {TABLE}\n"),
+    );
     let load_after = loadavg();
 
     // Report.

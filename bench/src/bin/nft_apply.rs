@@ -13,7 +13,10 @@
 //!   variants that locate where the time goes.
 //!
 //! Run as root: `cargo run --release -p twill-bench --bin nft_apply [-- --quick]`.
-//! `--dump DIR` writes the scripts of (b) to DIR and exits.
+//! `--dump DIR` writes the scripts of (b) to DIR and exits;
+//! `--changes-only` runs (a) alone (results in `nft_apply_changes.*`).
+//! Times are wall clock; CPU is this thread's (libnftables and the
+//! kernel's netlink work in its system calls) plus the `nft` children's.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -231,11 +234,32 @@ fn nft_binary(script: &str) -> Result<(), String> {
 
 struct Kernel {
     kept: twill_nft::Nft,
+    /// CPU of the last apply: this thread (libnftables and the kernel's
+    /// netlink work in its syscalls) plus reaped children (nft).
+    last_cpu: Duration,
+}
+
+/// CPU time of this thread plus that of reaped child processes.
+fn cpu_now() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid clock id and a timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    // SAFETY: getrusage fills the struct we pass.
+    let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut r) };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32) + tv(r.ru_utime) + tv(r.ru_stime)
 }
 
 impl Kernel {
     /// Applies `script` via `via`; the wall time.
     fn apply(&mut self, via: Via, script: &str) -> Duration {
+        let c = cpu_now();
         let t = Instant::now();
         let r = match via {
             Via::Lib => twill_nft::apply_script(script).map_err(|e| e.to_string()),
@@ -243,6 +267,7 @@ impl Kernel {
             Via::Binary => nft_binary(script),
         };
         let d = t.elapsed();
+        self.last_cpu = cpu_now().saturating_sub(c);
         if let Err(e) = r {
             panic!(
                 "{via:?} refused:\n{e}\n--- script (start) ---\n{}",
@@ -354,6 +379,9 @@ fn main() {
     }
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
+    // Only (a), written to nft_apply_changes.* (the 10k render is slow in
+    // a debug build).
+    let changes_only = args.iter().any(|a| a == "--changes-only");
     if let Some(i) = args.iter().position(|a| a == "--dump") {
         let dir = args.get(i + 1).expect("--dump DIR");
         std::fs::create_dir_all(dir).expect("mkdir");
@@ -369,22 +397,33 @@ fn main() {
     let name = ns.name().to_string();
     // Everything runs on one thread inside the namespace: libnftables'
     // sockets and the nft processes it forks are all there.
-    let report = twill_tests::netns::spawn_in(&name, move || run(quick))
+    let report = twill_tests::netns::spawn_in(&name, move || run(quick, changes_only))
         .join()
         .expect("benchmark thread");
     drop(ns);
     print!("{}", report.0);
-    if !quick && let Err(e) = twill_bench::write_results("nft_apply", report.1, &report.0) {
+    if !quick
+        && let Err(e) = twill_bench::write_results(
+            if changes_only {
+                "nft_apply_changes"
+            } else {
+                "nft_apply"
+            },
+            report.1,
+            &report.0,
+        )
+    {
         eprintln!("nft_apply: writing results: {e}");
     }
 }
 
-fn run(quick: bool) -> (String, serde_json::Value) {
+fn run(quick: bool, changes_only: bool) -> (String, serde_json::Value) {
     let rounds = if quick { 2 } else { 5 };
     let changes = if quick { 10 } else { 40 };
     let load_before = loadavg();
     let mut k = Kernel {
-        kept: twill_nft::Nft::new().expect("libnftables context"),
+        kept: twill_nft::Nft::library().expect("libnftables context"),
+        last_cpu: Duration::ZERO,
     };
 
     // Context cost: what "per call" adds.
@@ -419,6 +458,8 @@ fn run(quick: bool) -> (String, serde_json::Value) {
     let mut pol: BTreeMap<Via, Vec<Duration>> = BTreeMap::new();
     let mut pol_total: BTreeMap<Via, Vec<Duration>> = BTreeMap::new();
     let mut elem: BTreeMap<Via, Vec<Duration>> = BTreeMap::new();
+    let mut pol_cpu: BTreeMap<Via, Vec<Duration>> = BTreeMap::new();
+    let mut elem_cpu: BTreeMap<Via, Vec<Duration>> = BTreeMap::new();
     let mut round_p50: BTreeMap<(Via, &str), Vec<f64>> = BTreeMap::new();
     let mut script_lines = Vec::new();
     let mut n = 0usize;
@@ -438,11 +479,13 @@ fn run(quick: bool) -> (String, serde_json::Value) {
             script_lines.push(script.lines().count());
             let d = k.apply(via, &script);
             pol.entry(via).or_default().push(d);
+            pol_cpu.entry(via).or_default().push(k.last_cpu);
             pol_total.entry(via).or_default().push(update + d);
             this.entry((via, "policy")).or_default().push(d);
             let ip = IpAddr::from([172, 30, (n / 250) as u8, (n % 250) as u8]);
             let d = k.apply(via, &format!("add element {TABLE} {set} {{ {ip} }}\n"));
             elem.entry(via).or_default().push(d);
+            elem_cpu.entry(via).or_default().push(k.last_cpu);
             this.entry((via, "element")).or_default().push(d);
             k.apply(via, &format!("delete element {TABLE} {set} {{ {ip} }}\n"));
         }
@@ -456,12 +499,20 @@ fn run(quick: bool) -> (String, serde_json::Value) {
 
     // (b) full load of the dataplane benchmark's 10k-rule table.
     let t = Instant::now();
-    let table = dataplane_table(10_000);
+    let table = if changes_only {
+        Table::default()
+    } else {
+        dataplane_table(10_000)
+    };
     let render = t.elapsed();
     let vars = variants(&table);
     let shapes = if quick { 1 } else { vars.len() };
     let mut loads: BTreeMap<(usize, Via), Vec<Duration>> = BTreeMap::new();
-    let load_rounds = if quick { 1 } else { 3 };
+    let load_rounds = match (changes_only, quick) {
+        (true, _) => 0,
+        (_, true) => 1,
+        _ => 3,
+    };
     for round in 0..load_rounds {
         for (vi, (vname, script)) in vars.iter().enumerate().take(shapes) {
             // The variants only locate the kernel's time: once, via libnftables.
@@ -499,11 +550,23 @@ fn run(quick: bool) -> (String, serde_json::Value) {
             format!("{rp:.1} ({rp0:.1}–{rp1:.1})"),
             format!("{:.1} / {:.1}", pct(tot, 50.0), pct(tot, 99.0)),
             format!("{:.1} / {:.1}", pct(e, 50.0), pct(e, 99.0)),
+            format!(
+                "{:.1} / {:.1}",
+                pct(&pol_cpu[&via], 50.0),
+                pct(&pol_cpu[&via], 99.0)
+            ),
+            format!(
+                "{:.1} / {:.1}",
+                pct(&elem_cpu[&via], 50.0),
+                pct(&elem_cpu[&via], 99.0)
+            ),
         ]);
         jrows.push(json!({"via": via.name(),
             "policy_apply_ms": p.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
             "policy_update_plus_apply_ms": tot.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
-            "element_add_ms": e.iter().map(|d| ms(*d)).collect::<Vec<_>>()}));
+            "element_add_ms": e.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+            "policy_apply_cpu_ms": pol_cpu[&via].iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+            "element_add_cpu_ms": elem_cpu[&via].iter().map(|d| ms(*d)).collect::<Vec<_>>()}));
     }
     let mut lrows = Vec::new();
     let mut jloads = Vec::new();
@@ -521,6 +584,9 @@ fn run(quick: bool) -> (String, serde_json::Value) {
             };
             (text, v)
         };
+        if !loads.contains_key(&(vi, Via::Lib)) {
+            continue;
+        }
         let (l, lv) = cell(Via::Lib);
         let (b, bv) = cell(Via::Binary);
         let sets = script.lines().filter(|l| l.starts_with("add set ")).count();
@@ -552,6 +618,8 @@ fn run(quick: bool) -> (String, serde_json::Value) {
                 "per-round p50, median (min–max)",
                 "update + apply p50 / p99",
                 "add one set element p50 / p99",
+                "CPU per policy edit p50 / p99",
+                "CPU per element add p50 / p99",
             ],
             &rows,
         ),
@@ -577,5 +645,12 @@ fn run(quick: bool) -> (String, serde_json::Value) {
         "context_ms_p50": pct(&ctx, 50.0), "context_ms_p99": pct(&ctx, 99.0),
         "incremental": jrows, "full_loads": jloads, "rules": table.rule_count(),
         "render_ms": ms(render), "loadavg_before": load_before, "loadavg_after": load_after});
+    if changes_only {
+        let a = md.split("\n\n(b)").next().unwrap_or_default();
+        return (
+            format!("{a}\n\nLoad average {load_before} before, {load_after} after.\n"),
+            doc,
+        );
+    }
     (md, doc)
 }

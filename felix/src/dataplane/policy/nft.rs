@@ -1,71 +1,25 @@
-//! Running nft for the policy table (`inet twill`): applying a script,
-//! checking one, reading the table back.
+//! The policy table (`inet twill`) in the kernel: applying a script,
+//! checking one, reading the table back — through [`twill_nft`]
+//! (libnftables in this process; the `nft` binary where the library cannot
+//! be loaded, e.g. a static musl build).
 //!
-//! * Writes go through `nft -f -`: a script is one atomic transaction, so a
-//!   full replacement (`add table` + `delete table` + everything) or an
-//!   incremental update ([`twill_policy::diff`]) either happens entirely or
-//!   not at all. Only commands naming `inet twill` are ever sent: other
-//!   tables (kube-proxy's, the distribution's firewall) are never touched.
-//! * Reads list only our table (`nft -j list table inet twill`): the
-//!   `nftables` crate's whole-ruleset read fails on other tables' constructs,
-//!   and we have no business parsing them. The JSON is reduced to a
-//!   [`Fingerprint`] (chains with their rule counts, sets and maps with
-//!   their elements) and compared with the one of the table we meant to
-//!   have; any difference is drift, repaired by a full replacement.
-//!
-//! The `nft` command is used rather than nf_tables netlink directly: it is
-//! the reference parser and batching, present wherever nftables is.
+//! * A script is one atomic transaction, so a full replacement
+//!   (`add table` + `delete table` + everything) or an incremental update
+//!   ([`twill_policy::diff`]) either happens entirely or not at all. Only
+//!   commands naming `inet twill` are ever sent: other tables (kube-proxy's,
+//!   the distribution's firewall) are never touched.
+//! * Reads list only our table: a whole-ruleset read would have to parse
+//!   other tables' constructs, which are none of our business. The JSON is
+//!   reduced to a [`Fingerprint`] (chains with their rule counts, sets and
+//!   maps with their elements) and compared with the one of the table we
+//!   meant to have; any difference is drift, repaired by a full replacement.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
-use std::process::{Command, Stdio};
 
 use serde_json::Value;
 use twill_policy::ir::{Element, Table};
 
-/// Failures talking to nft.
-#[derive(Debug, thiserror::Error)]
-pub enum NftError {
-    #[error("cannot run nft ({0}): install the nftables package")]
-    Spawn(std::io::Error),
-    #[error("nft rejected the update: {0}")]
-    Rejected(String),
-    #[error("nft printed JSON Twill cannot read: {0}")]
-    BadJson(String),
-}
-
-/// Runs an nft script as one transaction.
-pub fn apply_script(script: &str) -> Result<(), NftError> {
-    run_script(&["-f", "-"], script)
-}
-
-/// Has the kernel check a script without applying it (`nft -c`).
-pub fn check_script(script: &str) -> Result<(), NftError> {
-    run_script(&["-c", "-f", "-"], script)
-}
-
-fn run_script(args: &[&str], script: &str) -> Result<(), NftError> {
-    let mut child = Command::new("nft")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(NftError::Spawn)?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .map_err(NftError::Spawn)?;
-    }
-    let out = child.wait_with_output().map_err(NftError::Spawn)?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        let err = String::from_utf8_lossy(&out.stderr);
-        // nft's messages quote the offending line; keep them short in logs.
-        Err(NftError::Rejected(err.chars().take(2000).collect()))
-    }
-}
+pub use twill_nft::{NftError, apply_script, check_script, delete_table};
 
 /// What the table holds, reduced to what drift detection compares.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -217,26 +171,8 @@ impl Fingerprint {
 
 /// Reads our table back; None when it does not exist.
 pub fn read_table() -> Result<Option<Fingerprint>, NftError> {
-    let out = Command::new("nft")
-        .args(["-j", "list", "table", "inet", "twill"])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(NftError::Spawn)?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        if err.contains("No such file or directory") {
-            return Ok(None);
-        }
-        return Err(NftError::Rejected(err.into_owned()));
-    }
-    let v: Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| NftError::BadJson(e.to_string()))?;
-    Fingerprint::from_json(&v).map(Some)
-}
-
-/// Deletes our table (nothing else); fine when it does not exist.
-pub fn delete_table() -> Result<(), NftError> {
-    apply_script("add table inet twill\ndelete table inet twill\n")
+    let v = twill_nft::list_table_json("inet", "twill")?;
+    v.as_ref().map(Fingerprint::from_json).transpose()
 }
 
 #[cfg(test)]

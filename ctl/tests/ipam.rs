@@ -213,7 +213,7 @@ async fn show_and_check_count_each_family() {
         "{text}"
     );
     // With only IPv4 left, `show` has no IPv6 line.
-    let store2 = Store::new(EmbeddedStore::open(&dir.path().join("v4.db")).unwrap());
+    let store2 = Store::new(EmbeddedStore::open(dir.path().join("v4.db")).unwrap());
     store2
         .create(&IPPool::new(
             "p4",

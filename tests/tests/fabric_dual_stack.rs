@@ -647,3 +647,14 @@ fn the_ipv6_next_hop_follows_the_node_addresses() {
     let status = since("n1_v6_new");
     assert!(status.contains("Established"), "{status}");
 }
+
+/// The ToR as the rack's route reflector (one AS, no mesh): BIRD reflects
+/// the IPv6 blocks on its IPv6 sessions with the nodes' IPv6 next hops, so
+/// pods on different nodes reach each other on IPv6 only through it.
+#[test]
+fn bird_tor_reflector_reflects_both_families() {
+    let topo = tempfile::NamedTempFile::new().expect("topology file");
+    std::fs::write(topo.path(), "torReflector: true\n").expect("write topology");
+    let path = topo.path().to_str().expect("utf-8 path").to_string();
+    check_dual_stack("bird", &["--topology", &path]);
+}

@@ -464,10 +464,7 @@ mod tests {
         );
         assert!(b.contains("protocol kernel {\n  ipv6"), "{b}");
         // The IPv4 sessions stay IPv4 only: no ipv6 channel before it.
-        let v4 = b
-            .split("protocol direct { ipv6")
-            .next()
-            .unwrap_or_default();
+        let v4 = b.split("protocol direct { ipv6").next().unwrap_or_default();
         let v4 = v4
             .split("protocol bgp twill_nodes {")
             .nth(1)

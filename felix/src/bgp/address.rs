@@ -87,7 +87,7 @@ const GROUPS: u32 = rtnetlink::constants::RTMGRP_LINK
 /// full socket buffer is caught this way).
 const RESYNC: Duration = Duration::from_secs(30);
 
-/// Keeps `tx` at the node's current addresses: read again after every link
+/// Keeps `tx` at the node's current addresses but IPv6 link-local ones: read again after every link
 /// or address notification (a burst settles for 100 ms first) and every
 /// 30 s; `tx` changes only when the list does. Returns when every receiver
 /// is gone or netlink cannot be opened (logged).
@@ -110,7 +110,12 @@ pub async fn follow_addresses(tx: watch::Sender<Option<Vec<HostAddress>>>) {
     let mut failing = false;
     loop {
         match host_addresses(&h).await {
-            Ok((addrs, _)) => {
+            Ok((mut addrs, _)) => {
+                // Link-local addresses (one per pod veth) never matter here.
+                addrs.retain(|a| match a.addr {
+                    IpNetwork::V6(n) => !n.ip().is_unicast_link_local(),
+                    IpNetwork::V4(_) => true,
+                });
                 if failing {
                     tracing::info!("listing the node's addresses works again");
                     failing = false;

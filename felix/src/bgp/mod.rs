@@ -151,7 +151,8 @@ pub async fn run(cfg: BgpConfig, routes: Arc<RouteProgrammer>, report: SharedRep
     // next hop (over IPv4 sessions too: RFC 4760 carries it in MP_REACH_NLRI).
     // The session follower chooses it (it knows the IPv6 peers) from the
     // addresses the kernel reports as they change; origination follows.
-    let (addrs_tx, addrs_rx) = tokio::sync::watch::channel(None);
+    let first = address::host_addresses(&host).await.ok().map(|(a, _)| a);
+    let (addrs_tx, addrs_rx) = tokio::sync::watch::channel(first);
     tokio::spawn(address::follow_addresses(addrs_tx));
     let (next_hop6_tx, next_hop6_rx) = tokio::sync::watch::channel(None);
     if let Err(e) = node::publish_address(&cfg.store, &cfg.node, &addr).await {

@@ -56,6 +56,7 @@ pub(super) async fn follow_peers(
     let configs = Cache::<BGPConfiguration>::follow(&cfg.store, tx.clone());
     let bgp_peers = Cache::<BGPPeer>::follow(&cfg.store, tx);
     let mut running: BTreeMap<IpAddr, String> = BTreeMap::new();
+    let mut host_alive = true;
     loop {
         // The watches' caches, not a list per round: API load stays flat
         // as the cluster grows.
@@ -137,10 +138,38 @@ pub(super) async fn follow_peers(
                 *s = desired.into_iter().map(|d| (d.address, d)).collect();
             }
         }
+        // Wake for the datastore, every 30 s, or for an address change
+        // that moves the IPv6 next hop (pod veths come and go all the time
+        // and change nothing here).
+        let peers6: Vec<Ipv6Addr> = sources
+            .lock()
+            .map(|s| {
+                s.keys()
+                    .filter_map(|a| match a {
+                        IpAddr::V6(a) => Some(*a),
+                        IpAddr::V4(_) => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let chosen = *addrs.next_hop6.borrow();
         let _ = tokio::time::timeout(Duration::from_secs(30), async {
-            tokio::select! {
-                r = rx.changed() => r.is_ok(),
-                r = addrs.host.changed() => r.is_ok(),
+            loop {
+                tokio::select! {
+                    r = rx.changed() => { let _ = r; return },
+                    r = addrs.host.changed(), if host_alive => {
+                        if r.is_err() {
+                            // The address follower is gone (logged there).
+                            host_alive = false;
+                            continue;
+                        }
+                        let host = addrs.host.borrow_and_update().clone();
+                        let nh = host.map(|h| pick_v6(&h, &addrs.v4, &peers6));
+                        if nh.is_some() && nh != chosen {
+                            return;
+                        }
+                    }
+                }
             }
         })
         .await;

@@ -65,6 +65,14 @@ pub async fn run(store_args: &StoreArgs, args: IpamArgs) -> anyhow::Result<ExitC
             }
             print!("{}", align(&rows));
             println!();
+            print!(
+                "{}",
+                family_table(
+                    &report::pool_usage(&pools, &blocks),
+                    &report::block_usage(&blocks)
+                )
+            );
+            println!();
             let mut rows = vec![
                 vec!["BLOCK", "AFFINITY", "POOL", "ALLOCATED", "SIZE", "USAGE"]
                     .into_iter()
@@ -166,9 +174,11 @@ pub async fn run(store_args: &StoreArgs, args: IpamArgs) -> anyhow::Result<ExitC
             let services = store.list::<Service>().await?.items;
             let lb_findings = lb::check(&pools, &blocks, &services);
             if findings.is_empty() && lb_findings.is_empty() {
+                let v6 = blocks.iter().filter(|b| b.spec.cidr.contains(':')).count();
                 println!(
-                    "IPAM is consistent: {} blocks, {} nodes, {} LoadBalancer addresses",
+                    "IPAM is consistent: {} blocks (IPv4 {}, IPv6 {v6}), {} nodes, {} LoadBalancer addresses",
                     blocks.len(),
+                    blocks.len() - v6,
                     nodes.len(),
                     lb::lb_addresses(&blocks).len()
                 );
@@ -181,9 +191,12 @@ pub async fn run(store_args: &StoreArgs, args: IpamArgs) -> anyhow::Result<ExitC
                 println!("{f}");
             }
             if !repair {
+                let v6 = findings.iter().filter(|f| finding_is_v6(f)).count();
                 println!(
-                    "{} problem(s); run `twillctl ipam check --repair` to fix them",
-                    findings.len() + lb_findings.len()
+                    "{} problem(s) (IPv4 {}, IPv6 {v6}, LoadBalancer {}); run `twillctl ipam check --repair` to fix them",
+                    findings.len() + lb_findings.len(),
+                    findings.len() - v6,
+                    lb_findings.len()
                 );
                 return Ok(ExitCode::from(1));
             }
@@ -326,6 +339,79 @@ fn describe(info: &report::AddressInfo) -> String {
         None => {}
     }
     s
+}
+
+fn finding_is_v6(f: &Finding) -> bool {
+    match f {
+        Finding::Leaked { addr, .. } | Finding::NodeGone { addr, .. } => addr.is_ipv6(),
+        Finding::OrphanBlock { cidr, .. } => cidr.contains(':'),
+    }
+}
+
+/// An address count as people read it: exact up to 2^32, a power of two
+/// beyond (an IPv6 /56 holds 2^72), "huge" when it did not fit.
+fn count_text(n: u128) -> String {
+    if n == u128::MAX {
+        "huge".into()
+    } else if n > 1 << 32 && n.is_power_of_two() {
+        format!("2^{}", n.trailing_zeros())
+    } else {
+        n.to_string()
+    }
+}
+
+/// Totals per address family: pools, blocks, addresses allocated, the
+/// addresses the blocks hold (what nodes can hand out without claiming
+/// another block) and the pools' capacity; a family without pools or
+/// blocks is left out.
+fn family_table(pools: &[report::PoolUsage], blocks: &[report::BlockUsage]) -> String {
+    let mut rows: Vec<Vec<String>> = vec![
+        [
+            "FAMILY",
+            "POOLS",
+            "BLOCKS",
+            "ALLOCATED",
+            "IN BLOCKS",
+            "CAPACITY",
+            "USAGE",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect(),
+    ];
+    for (name, v6) in [("IPv4", false), ("IPv6", true)] {
+        let pools: Vec<&report::PoolUsage> = pools
+            .iter()
+            .filter(|p| p.cidr.contains(':') == v6)
+            .collect();
+        let blocks: Vec<&report::BlockUsage> = blocks
+            .iter()
+            .filter(|b| b.cidr.contains(':') == v6)
+            .collect();
+        if pools.is_empty() && blocks.is_empty() {
+            continue;
+        }
+        let allocated: u128 = blocks.iter().map(|b| b.allocated as u128).sum();
+        let in_blocks: u128 = blocks.iter().map(|b| u128::from(b.size)).sum();
+        let capacity = pools
+            .iter()
+            .fold(0u128, |a, p| a.saturating_add(p.capacity));
+        let usage = if capacity == 0 {
+            0.0
+        } else {
+            allocated as f64 * 100.0 / capacity as f64
+        };
+        rows.push(vec![
+            name.to_string(),
+            pools.len().to_string(),
+            blocks.len().to_string(),
+            allocated.to_string(),
+            in_blocks.to_string(),
+            count_text(capacity),
+            format!("{usage:.2}%"),
+        ]);
+    }
+    align(&rows)
 }
 
 /// Parses an address argument.

@@ -475,3 +475,154 @@ fn restarting_twill_node_under_ipv6_traffic_loses_no_packets() {
         lab.tor(Flavor::Bird).route(&n2_block)
     );
 }
+
+/// n1's IPv6 next hop as its peers see it: the ToR's BGP table and kernel
+/// and n2's kernel all route n1's IPv6 block via `via`, and n2's pod and
+/// the ToR reach n1's pod over IPv6.
+fn n1_block_is_routed_via(lab: &Lab, block: &str, via: &str) -> Result<(), String> {
+    let bgp = lab.tor(Flavor::Bird).route(block);
+    if !bgp.contains(via) {
+        return Err(format!("the ToR's BGP table:\n{bgp}"));
+    }
+    let routed = |who: &str| {
+        lab.sh(who, &["ip", "-6", "route", "show", block])
+            .contains(&format!("via {via} "))
+    };
+    for who in ["tor", "n2"] {
+        if !routed(who) {
+            return Err(format!(
+                "{who}'s kernel route: {}",
+                lab.sh(who, &["ip", "-6", "route", "show", block])
+            ));
+        }
+    }
+    let pod = lab.pod_ip6("n1-p1");
+    for from in ["n2-p1", "tor"] {
+        if !lab.ping(from, &pod) {
+            return Err(format!("{from} does not reach {pod}"));
+        }
+    }
+    Ok(())
+}
+
+/// Several global IPv6 addresses on a node: the next hop is chosen by the
+/// documented rule (in the ToR's subnet, then the lowest), also when
+/// twill-node starts with both; when the chosen address is replaced the
+/// ToR's and the other nodes' next hop follows without a restart.
+#[test]
+fn the_ipv6_next_hop_follows_the_node_addresses() {
+    prerequisites("bird");
+    let lab = Lab::up(&[
+        "--nodes",
+        "2",
+        "--tor",
+        "bird",
+        "--pods-per-node",
+        "1",
+        "--dual-stack",
+    ]);
+    assert!(lab.up_ok, "{}", lab.up_output);
+    let block: String = lab
+        .blocks()
+        .into_iter()
+        .find(|(cidr, node)| cidr.contains(':') && node.as_deref() == Some("n1"))
+        .map(|(cidr, _)| cidr)
+        .unwrap_or_else(|| panic!("n1 has no IPv6 block: {:?}", lab.blocks()));
+    let old = "fd00:172:30::11";
+    let new = "fd00:172:30::a11";
+    let settled = |via: &str| {
+        let mut last = String::new();
+        let ok = wait_until(Duration::from_secs(30), || {
+            match n1_block_is_routed_via(&lab, &block, via) {
+                Ok(()) => true,
+                Err(e) => {
+                    last = e;
+                    false
+                }
+            }
+        });
+        assert!(ok, "{block} not routed via {via}: {last}");
+    };
+    settled(old);
+
+    // The ToR's operator declares the node's coming address beside the old
+    // one (the lab's BIRD names each node's IPv6 neighbour).
+    let conf = lab.dir.join("tor").join("bird.conf");
+    let mut text = std::fs::read_to_string(&conf).expect("the ToR's bird.conf");
+    text += &format!("protocol bgp n1_v6_new from node6 {{ neighbor {new} as 64512; }}\n");
+    std::fs::write(&conf, text).expect("write bird.conf");
+    let tor = lab.tor(Flavor::Bird);
+    let birdc = |args: &[&str]| tor.cli(args);
+    let r = birdc(&["configure"]);
+    assert!(r.contains("Reconfigured"), "birdc configure: {r}");
+
+    // A second global address (higher, same subnet): nothing changes, and
+    // the IPv6 session to the ToR is not replaced.
+    let since = |proto: &str| {
+        birdc(&["show", "protocols", proto])
+            .lines()
+            .find(|l| l.starts_with(proto))
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    let before = since("n1_v6");
+    assert!(before.contains("Established"), "{before}");
+    lab.sh(
+        "n1",
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{new}/64"),
+            "dev",
+            "eth0",
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    settled(old);
+    assert_eq!(
+        since("n1_v6"),
+        before,
+        "the IPv6 session was disturbed by a second address"
+    );
+
+    // twill-node started with both addresses still announces IPv6 (it
+    // used to refuse to choose), with the same next hop.
+    let o = lab.restart("n1", false);
+    assert!(
+        o.status.success(),
+        "lab restart n1: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    settled(old);
+
+    // The chosen address goes: the next hop moves to the remaining one,
+    // at the ToR (a new IPv6 session from it) and on n2 (the mesh).
+    lab.sh(
+        "n1",
+        &[
+            "ip",
+            "-6",
+            "addr",
+            "del",
+            &format!("{old}/64"),
+            "dev",
+            "eth0",
+        ],
+    );
+    settled(new);
+    let status = since("n1_v6_new");
+    assert!(status.contains("Established"), "{status}");
+}
+
+/// The ToR as the rack's route reflector (one AS, no mesh): BIRD reflects
+/// the IPv6 blocks on its IPv6 sessions with the nodes' IPv6 next hops, so
+/// pods on different nodes reach each other on IPv6 only through it.
+#[test]
+fn bird_tor_reflector_reflects_both_families() {
+    let topo = tempfile::NamedTempFile::new().expect("topology file");
+    std::fs::write(topo.path(), "torReflector: true\n").expect("write topology");
+    let path = topo.path().to_str().expect("utf-8 path").to_string();
+    check_dual_stack("bird", &["--topology", &path]);
+}

@@ -5,7 +5,9 @@
 //! * The node address is resolved once from `--node-address` or the
 //!   BGPConfiguration's `nodeAddress` (retried until it resolves; never
 //!   guessed) and published on the Node object ([`node`]) for the other
-//!   nodes' mesh.
+//!   nodes' mesh. The IPv6 next hop follows the kernel's addresses
+//!   ([`address::follow_addresses`]) by the rule of
+//!   [`crate::calc::bgp::address::pick_v6`].
 //! * [`sessions`]: sessions follow BGPConfiguration, BGPPeer and Node
 //!   objects; a changed session is replaced, others stay up.
 //! * [`originate`]: announcements follow the IPAM blocks and pools.
@@ -35,7 +37,7 @@ use twill_api::Store;
 use twill_api::resources::{BGPConfiguration, PeerStatus};
 use twill_bgpd::speaker::{GracefulRestartConfig, Speaker, SpeakerConfig};
 
-use crate::calc::bgp::address::{AddressSpec, pick_v6};
+use crate::calc::bgp::address::AddressSpec;
 use crate::calc::bgp::peers::{self, DesiredPeer};
 use crate::dataplane::routes::RouteProgrammer;
 use crate::health;
@@ -147,19 +149,12 @@ pub async fn run(cfg: BgpConfig, routes: Arc<RouteProgrammer>, report: SharedRep
     };
     // Dual stack: IPv6 blocks are announced with the node's IPv6 address as
     // next hop (over IPv4 sessions too: RFC 4760 carries it in MP_REACH_NLRI).
-    let next_hop6 = match address::host_addresses(&host).await {
-        Ok((addrs, _)) => pick_v6(&addrs, &addr).unwrap_or_else(|e| {
-            tracing::error!("{e}; IPv6 blocks are not announced");
-            None
-        }),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot list the node's IPv6 addresses; IPv6 blocks are not announced");
-            None
-        }
-    };
-    if let Some(a) = next_hop6 {
-        tracing::info!(address = %a, "IPv6 next hop");
-    }
+    // The session follower chooses it (it knows the IPv6 peers) from the
+    // addresses the kernel reports as they change; origination follows.
+    let first = address::host_addresses(&host).await.ok().map(|(a, _)| a);
+    let (addrs_tx, addrs_rx) = tokio::sync::watch::channel(first);
+    tokio::spawn(address::follow_addresses(addrs_tx));
+    let (next_hop6_tx, next_hop6_rx) = tokio::sync::watch::channel(None);
     if let Err(e) = node::publish_address(&cfg.store, &cfg.node, &addr).await {
         tracing::warn!(error = %e, "cannot publish the node address on the Node object; other nodes will not find this one");
     }
@@ -214,7 +209,12 @@ pub async fn run(cfg: BgpConfig, routes: Arc<RouteProgrammer>, report: SharedRep
         cfg.clone(),
         speaker.clone(),
         addr.ip(),
-        next_hop6,
+        next_hop6_rx,
     ));
-    sessions::follow_peers(cfg, speaker, addr.ip(), sources).await;
+    let node_addr = sessions::NodeAddrs {
+        v4: addr,
+        host: addrs_rx,
+        next_hop6: next_hop6_tx,
+    };
+    sessions::follow_peers(cfg, speaker, node_addr, sources).await;
 }

@@ -1,7 +1,7 @@
 //! Announcements follow the IPAM blocks, the pools and the
 //! BGPConfigurations; what to announce is [`crate::calc::bgp::originate`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 
@@ -15,16 +15,19 @@ use crate::calc::bgp::originate::{advertisements, exported, from_blocks};
 use crate::watch::{Cache, follow};
 
 /// Originates owned blocks and borrowed /32s (/128s), following the IPAM
-/// blocks. IPv6 prefixes need `next_hop6`: without one they are not
-/// announced (an IPv4 next hop is no way to reach them).
+/// blocks. IPv6 prefixes need an IPv6 next hop (`next_hop6`, None until
+/// the session follower has chosen it): without one they are not announced
+/// (an IPv4 next hop is no way to reach them); when it changes they are
+/// announced again with the new one. A prefix whose attributes change
+/// (next hop, communities) is announced again; others are left alone.
 pub(super) async fn follow_origination(
     cfg: BgpConfig,
     speaker: Arc<Speaker>,
     next_hop: IpAddr,
-    next_hop6: Option<Ipv6Addr>,
+    mut next_hop6: tokio::sync::watch::Receiver<Option<Option<Ipv6Addr>>>,
 ) {
     let store = cfg.store.clone();
-    let mut originated: BTreeSet<IpNetwork> = BTreeSet::new();
+    let mut originated: BTreeMap<IpNetwork, PathAttrs> = BTreeMap::new();
     // The follower turns every block change into the set of prefixes this
     // node should announce, and wakes the loop only when that set changes:
     // a pod ADD or DEL that only touches allocations costs nothing here.
@@ -49,31 +52,46 @@ pub(super) async fn follow_origination(
     loop {
         let wanted = rx.borrow_and_update().clone();
         poked.borrow_and_update();
-        if let (Some(want), Some(pools), Some(configs)) = (wanted, pools.get(), configs.get()) {
+        let nh6 = *next_hop6.borrow_and_update();
+        if let (Some(want), Some(pools), Some(configs), Some(nh6)) =
+            (wanted, pools.get(), configs.get(), nh6)
+        {
             let adv = advertisements(&cfg.node, &configs).unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "BGPConfiguration prefixAdvertisements ignored");
                 Default::default()
             });
-            let want = exported(want, &pools, next_hop6.is_some());
-            for p in originated.difference(&want) {
+            let want: BTreeMap<IpNetwork, PathAttrs> = exported(want, &pools, nh6.is_some())
+                .into_iter()
+                .map(|p| {
+                    let mut attrs: PathAttrs = adv.attrs_for(&p);
+                    attrs.origin = Origin::Igp;
+                    attrs.next_hop = Some(match (p, nh6) {
+                        (IpNetwork::V6(_), Some(a)) => IpAddr::V6(a),
+                        _ => next_hop,
+                    });
+                    (p, attrs)
+                })
+                .collect();
+            for p in originated.keys().filter(|p| !want.contains_key(p)) {
                 tracing::info!(prefix = %p, "withdrawing");
                 speaker.withdraw(*p);
             }
-            for p in want.difference(&originated) {
-                tracing::info!(prefix = %p, "announcing");
-                let mut attrs: PathAttrs = adv.attrs_for(p);
-                attrs.origin = Origin::Igp;
-                attrs.next_hop = Some(match (p, next_hop6) {
-                    (IpNetwork::V6(_), Some(a)) => IpAddr::V6(a),
-                    _ => next_hop,
-                });
-                speaker.originate(*p, attrs);
+            for (p, attrs) in &want {
+                match originated.get(p) {
+                    Some(a) if a == attrs => continue,
+                    Some(_) => {
+                        tracing::info!(prefix = %p, next_hop = ?attrs.next_hop, "announcing again with new attributes")
+                    }
+                    None => tracing::info!(prefix = %p, "announcing"),
+                }
+                speaker.originate(*p, attrs.clone());
             }
             originated = want;
         }
         tokio::select! {
             r = rx.changed() => if r.is_err() { return },
             r = poked.changed() => if r.is_err() { return },
+            r = next_hop6.changed() => if r.is_err() { return },
         }
     }
 }

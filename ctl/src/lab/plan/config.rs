@@ -114,7 +114,7 @@ impl Plan {
     /// installs the pod routes as unreachable (reflection still works, but
     /// the ToR itself drops traffic to pods).
     fn bird_reflector_conf(&self) -> String {
-        format!(
+        let mut s = format!(
             r#"router id {tor};
 
 protocol device {{}}
@@ -155,7 +155,53 @@ protocol bgp twill_nodes {{
             rack = self.rack_subnet(),
             pool = self.pool,
             bs = self.block_size,
-        )
+        );
+        // Dual stack: the IPv6 blocks on IPv6 sessions (one per family, as
+        // to an eBGP ToR); iBGP reflection keeps the nodes' IPv6 next hops.
+        if let Some(v6) = &self.v6 {
+            s += &format!(
+                r#"
+protocol direct {{ ipv6; interface "rack"; }}
+
+protocol kernel {{
+  ipv6 {{ export where source = RTS_BGP; }};
+  merge paths on;
+}}
+
+filter twill_pods6 {{
+  if net ~ [ {pool6}{{{bs6},128}} ] then accept;
+  reject;
+}}
+
+protocol bgp twill_nodes6 {{
+  local {tor6} as {asn};
+  neighbor range {rack6} as {asn};
+  dynamic name "node6_";
+  direct;
+  rr client;
+  rr cluster id {tor};
+  hold time 9;
+  keepalive time 3;
+  graceful restart on;
+  graceful restart time 120;
+  ipv6 {{
+    import filter twill_pods6;
+    import limit 10000 action restart;
+    export filter twill_pods6;
+  }};
+}}
+"#,
+                tor = self.tor_addr,
+                asn = self.tor_as,
+                tor6 = v6.tor_addr,
+                rack6 = ipnetwork::Ipv6Network::new(v6.tor_addr, v6.prefix_len)
+                    .map(|n| format!("{}/{}", n.network(), v6.prefix_len))
+                    .unwrap_or_else(|_| format!("{}/{}", v6.tor_addr, v6.prefix_len)),
+                pool6 = v6.pool,
+                bs6 = v6.block_size,
+            );
+        }
+        s
     }
 
     /// FRR bgpd configuration for the ToR (with zebra for kernel routes).
@@ -392,6 +438,46 @@ mod tests {
         let f: TopologyFile = serde_saphyr::from_str("torReflector: true\n").unwrap();
         let p = plan("twl", 150, Tor::Frr, 0, Some(f)).unwrap();
         assert!(p.frr_conf().contains(" bgp listen limit 150\n"));
+    }
+
+    #[test]
+    fn a_dual_stack_bird_reflector_reflects_ipv6_on_ipv6_sessions() {
+        let f: TopologyFile =
+            serde_saphyr::from_str("torReflector: true\ndualStack: true\n").unwrap();
+        let p = plan("twl", 3, Tor::Bird, 0, Some(f)).unwrap();
+        let b = p.bird_conf();
+        let v6 = b
+            .split("protocol bgp twill_nodes6 {")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no IPv6 reflector protocol:\n{b}"));
+        for want in [
+            "local fd00:172:30::1 as 64512;",
+            "neighbor range fd00:172:30::/64 as 64512;",
+            "rr client;",
+            "import filter twill_pods6;",
+        ] {
+            assert!(v6.contains(want), "IPv6 reflector lacks {want:?}:\n{b}");
+        }
+        assert!(
+            b.contains("if net ~ [ fd00:10:244::/56{122,128} ] then accept;"),
+            "{b}"
+        );
+        assert!(b.contains("protocol kernel {\n  ipv6"), "{b}");
+        // The IPv4 sessions stay IPv4 only: no ipv6 channel before it.
+        let v4 = b.split("protocol direct { ipv6").next().unwrap_or_default();
+        let v4 = v4
+            .split("protocol bgp twill_nodes {")
+            .nth(1)
+            .unwrap_or_default();
+        assert!(v4.contains("ipv4 {") && !v4.contains("ipv6"), "{b}");
+        // The nodes get an IPv6 BGPPeer to the ToR in the rack's one AS.
+        assert!(
+            p.resources().contains(
+                "name: rack-tor-v6\nspec:\n  peerIP: fd00:172:30::1\n  asNumber: 64512\n"
+            ),
+            "{}",
+            p.resources()
+        );
     }
 
     #[test]

@@ -295,9 +295,9 @@ pub fn plan(
         )
     };
     let v6 = if file.dual_stack.unwrap_or(false) {
-        if tor_reflector {
+        if tor_reflector && tor != Tor::Bird {
             return Err(PlanError::DualStack(
-                "a ToR reflector lab is IPv4 only for now; use the default (eBGP) ToR".into(),
+                "a dual-stack ToR reflector is BIRD only for now (--tor bird); FRR and GoBGP reflect IPv4 only".into(),
             ));
         }
         let pool6 = file.pool6.unwrap_or_else(|| DEFAULT_POOL6.into());
@@ -586,10 +586,25 @@ mod tests {
                 "dualStack: true\npool6: fd00:1::/64\nblockSize6: 60\n",
                 "blockSize6",
             ),
-            ("dualStack: true\ntorReflector: true\n", "IPv4 only"),
         ] {
             let f: TopologyFile = serde_saphyr::from_str(yaml).unwrap();
             let e = plan("twl", 2, Tor::Bird, 0, Some(f)).unwrap_err();
+            assert!(e.to_string().contains(want), "{yaml}: {e}");
+        }
+        for (tor, yaml, want) in [
+            (
+                Tor::Frr,
+                "dualStack: true\ntorReflector: true\n",
+                "BIRD only",
+            ),
+            (
+                Tor::Gobgp,
+                "dualStack: true\ntorReflector: true\n",
+                "BIRD only",
+            ),
+        ] {
+            let f: TopologyFile = serde_saphyr::from_str(yaml).unwrap();
+            let e = plan("twl", 2, tor, 0, Some(f)).unwrap_err();
             assert!(e.to_string().contains(want), "{yaml}: {e}");
         }
     }

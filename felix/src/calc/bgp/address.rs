@@ -3,8 +3,8 @@
 //! `nodeAddress`, and must resolve to exactly one global IPv4 address on the
 //! node — otherwise BGP stays off and the error says why. The choice is
 //! pure ([`pick`]); `crate::bgp::address` lists the kernel's addresses.
-//! In dual stack the node's IPv6 next hop is the one global IPv6 address on
-//! the node address's interface ([`pick_v6`]).
+//! In dual stack the node's IPv6 next hop is a global IPv6 address on the
+//! node address's interface, by the rule of [`pick_v6`].
 
 use ipnetwork::IpNetwork;
 
@@ -69,11 +69,31 @@ pub enum AddressError {
     Netlink(String),
 }
 
-/// One address on the node: interface name and address with prefix length.
+/// One address on the node: interface name, address with prefix length and
+/// what the kernel says about its state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostAddress {
     pub ifname: String,
     pub addr: IpNetwork,
+    pub flags: AddrFlags,
+}
+
+/// The kernel's flags that rule an IPv6 address out as the next hop.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AddrFlags {
+    /// Preferred lifetime over: kept for existing connections only.
+    pub deprecated: bool,
+    /// A privacy address (RFC 8981), which changes by design.
+    pub temporary: bool,
+    /// Duplicate address detection running or failed: not usable yet.
+    pub tentative: bool,
+}
+
+impl AddrFlags {
+    /// Usable as the node's IPv6 next hop.
+    pub fn usable(&self) -> bool {
+        !(self.deprecated || self.temporary || self.tentative)
+    }
 }
 
 fn global_v4(a: &IpNetwork) -> bool {
@@ -108,45 +128,53 @@ pub fn pick(addrs: &[HostAddress], spec: &AddressSpec) -> Result<IpNetwork, Addr
     }
 }
 
-/// The node's IPv6 address for IPv6 next hops: the one global IPv6 address
-/// on the interface that holds the node address `v4`. None when there is
-/// none (an IPv4-only node); an error when there are several (never guessed).
+/// The node's IPv6 address for IPv6 next hops (and the source of its IPv6
+/// sessions), chosen by one rule so every run on the same addresses picks
+/// the same one:
+///
+/// 1. candidates: the global IPv6 addresses on the interface that holds the
+///    node address `v4`, except deprecated (preferred lifetime over),
+///    temporary (privacy) and tentative or DAD-failed ones;
+/// 2. of those, the ones whose own subnet holds an IPv6 BGP peer (`peers6`)
+///    when there are any — the address a router on that link can reach;
+/// 3. the lowest of what is left.
+///
+/// None when there is no candidate (an IPv4-only node: IPv6 blocks are not
+/// announced).
 pub fn pick_v6(
     addrs: &[HostAddress],
     v4: &IpNetwork,
-) -> Result<Option<std::net::Ipv6Addr>, String> {
-    let Some(ifname) = addrs
+    peers6: &[std::net::Ipv6Addr],
+) -> Option<std::net::Ipv6Addr> {
+    let ifname = addrs
         .iter()
         .find(|a| a.addr == *v4)
-        .map(|a| a.ifname.as_str())
-    else {
-        return Ok(None);
-    };
-    let found: Vec<std::net::Ipv6Addr> = addrs
+        .map(|a| a.ifname.as_str())?;
+    let candidates: Vec<ipnetwork::Ipv6Network> = addrs
         .iter()
-        .filter(|a| a.ifname == ifname)
+        .filter(|a| a.ifname == ifname && a.flags.usable())
         .filter_map(|a| match a.addr {
-            IpNetwork::V6(n)
-                if !n.ip().is_loopback()
-                    && !n.ip().is_unicast_link_local()
-                    && !n.ip().is_multicast() =>
-            {
-                Some(n.ip())
-            }
+            IpNetwork::V6(n) if global_v6(&n.ip()) => Some(n),
             _ => None,
         })
         .collect();
-    match found.as_slice() {
-        [] => Ok(None),
-        [one] => Ok(Some(*one)),
-        many => Err(format!(
-            "{ifname} has several global IPv6 addresses ({}): IPv6 blocks need one next hop",
-            many.iter()
-                .map(|a| a.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
+    let near_a_peer: Vec<&ipnetwork::Ipv6Network> = candidates
+        .iter()
+        .filter(|n| peers6.iter().any(|p| n.contains(*p) && *p != n.ip()))
+        .collect();
+    if near_a_peer.is_empty() {
+        candidates.iter().map(|n| n.ip()).min()
+    } else {
+        near_a_peer.iter().map(|n| n.ip()).min()
     }
+}
+
+fn global_v6(a: &std::net::Ipv6Addr) -> bool {
+    !a.is_loopback()
+        && !a.is_unspecified()
+        && !a.is_unicast_link_local()
+        && !a.is_multicast()
+        && a.to_ipv4_mapped().is_none()
 }
 
 #[cfg(test)]
@@ -157,30 +185,102 @@ mod tests {
         HostAddress {
             ifname: ifname.into(),
             addr: addr.parse().unwrap(),
+            flags: AddrFlags::default(),
         }
     }
 
+    fn v6(s: &str) -> std::net::Ipv6Addr {
+        s.parse().unwrap()
+    }
+
     #[test]
-    fn the_ipv6_next_hop_is_the_one_global_ipv6_beside_the_node_address() {
+    fn the_ipv6_next_hop_is_a_global_ipv6_beside_the_node_address() {
         let v4: IpNetwork = "172.30.0.11/24".parse().unwrap();
         let mut addrs = vec![
             a("eth0", "fe80::1/64"),
             a("eth0", "172.30.0.11/24"),
             a("eth1", "fd00:1::1/64"),
+            a("eth0", "::ffff:10.0.0.1/128"),
         ];
-        // IPv4 only on eth0 (link-local does not count, eth1 is not ours).
-        assert_eq!(pick_v6(&addrs, &v4), Ok(None));
+        // IPv4 only on eth0 (link-local and mapped do not count, eth1 is not ours).
+        assert_eq!(pick_v6(&addrs, &v4, &[]), None);
         addrs.push(a("eth0", "fd00:172:30::11/64"));
+        assert_eq!(pick_v6(&addrs, &v4, &[]), Some(v6("fd00:172:30::11")));
+        // A node address that is not on the node: nothing to be beside.
         assert_eq!(
-            pick_v6(&addrs, &v4),
-            Ok(Some("fd00:172:30::11".parse().unwrap()))
+            pick_v6(&addrs, &"172.30.0.99/24".parse().unwrap(), &[]),
+            None
         );
-        addrs.push(a("eth0", "fd00:172:30::99/64"));
-        let e = pick_v6(&addrs, &v4).unwrap_err();
-        assert!(
-            e.contains("fd00:172:30::11") && e.contains("fd00:172:30::99"),
-            "{e}"
+    }
+
+    #[test]
+    fn several_ipv6_addresses_pick_the_lowest_whatever_their_order() {
+        let v4: IpNetwork = "172.30.0.11/24".parse().unwrap();
+        let mut addrs = vec![
+            a("eth0", "172.30.0.11/24"),
+            a("eth0", "fd00:172:30::99/64"),
+            a("eth0", "fd00:172:30::11/64"),
+            a("eth0", "2001:db8::5/64"),
+        ];
+        assert_eq!(pick_v6(&addrs, &v4, &[]), Some(v6("2001:db8::5")));
+        addrs.reverse();
+        assert_eq!(pick_v6(&addrs, &v4, &[]), Some(v6("2001:db8::5")));
+    }
+
+    #[test]
+    fn an_address_in_a_peers_subnet_wins_over_a_lower_one() {
+        let v4: IpNetwork = "172.30.0.11/24".parse().unwrap();
+        let addrs = vec![
+            a("eth0", "172.30.0.11/24"),
+            a("eth0", "2001:db8::5/64"),
+            a("eth0", "fd00:172:30::99/64"),
+            a("eth0", "fd00:172:30::11/64"),
+        ];
+        let tor = [v6("fd00:172:30::1")];
+        assert_eq!(pick_v6(&addrs, &v4, &tor), Some(v6("fd00:172:30::11")));
+        // A peer in no subnet of ours (multihop) changes nothing.
+        assert_eq!(
+            pick_v6(&addrs, &v4, &[v6("fd00:99::1")]),
+            Some(v6("2001:db8::5"))
         );
+        // A "peer" that is our own address is no reason either.
+        assert_eq!(
+            pick_v6(&addrs, &v4, &[v6("fd00:172:30::11")]),
+            Some(v6("fd00:172:30::99"))
+        );
+    }
+
+    #[test]
+    fn deprecated_temporary_and_tentative_addresses_are_never_the_next_hop() {
+        let v4: IpNetwork = "172.30.0.11/24".parse().unwrap();
+        let mut addrs = vec![a("eth0", "172.30.0.11/24"), a("eth0", "fd00:172:30::99/64")];
+        for flags in [
+            AddrFlags {
+                deprecated: true,
+                ..Default::default()
+            },
+            AddrFlags {
+                temporary: true,
+                ..Default::default()
+            },
+            AddrFlags {
+                tentative: true,
+                ..Default::default()
+            },
+        ] {
+            let mut low = a("eth0", "fd00:172:30::11/64");
+            low.flags = flags;
+            addrs.push(low);
+            assert_eq!(
+                pick_v6(&addrs, &v4, &[]),
+                Some(v6("fd00:172:30::99")),
+                "{flags:?}"
+            );
+            addrs.pop();
+        }
+        // The only address deprecated: no next hop rather than a dying one.
+        addrs[1].flags.deprecated = true;
+        assert_eq!(pick_v6(&addrs, &v4, &[]), None);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! BGPPeer's password Secret lives. The Secret itself is read by
 //! `crate::bgp::sessions`.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
 use twill_bgpd::rib::PeerKind;
@@ -42,8 +42,15 @@ pub fn secret_namespace(field: Option<&str>, own: impl FnOnce() -> Option<String
 }
 
 /// Everything of a session's settings but the password (pure): the
-/// BGPPeer's and BGPConfiguration's fields as the speaker takes them.
-pub fn session_settings(d: &DesiredPeer, my_addr: IpAddr) -> Result<PeerConfig, String> {
+/// BGPPeer's and BGPConfiguration's fields as the speaker takes them. The
+/// session starts from the node's address of the peer's family (`my_addr`,
+/// or `my_addr6`, the IPv6 next hop) unless the BGPPeer's `sourceAddress`
+/// says otherwise.
+pub fn session_settings(
+    d: &DesiredPeer,
+    my_addr: IpAddr,
+    my_addr6: Option<Ipv6Addr>,
+) -> Result<PeerConfig, String> {
     let mut pc = PeerConfig::new(d.address, d.asn);
     pc.port = d.port;
     pc.hold_time = d.hold_time;
@@ -62,6 +69,8 @@ pub fn session_settings(d: &DesiredPeer, my_addr: IpAddr) -> Result<PeerConfig, 
     pc.bfd = d.bfd.as_ref().map(bfd_config);
     if my_addr.is_ipv4() == d.address.is_ipv4() {
         pc.source_address = Some(my_addr);
+    } else if d.address.is_ipv6() {
+        pc.source_address = my_addr6.map(IpAddr::V6);
     }
     if let Some(spec) = &d.spec {
         let pol = peer_policies(spec)
@@ -136,7 +145,7 @@ mod tests {
         let (d, problems) = peers::desired_peers("n1", &[], std::slice::from_ref(&cfg), &[peer]);
         assert!(problems.is_empty(), "{problems:?}");
         let me: IpAddr = "10.98.0.2".parse().unwrap();
-        let pc = session_settings(&d[0], me).unwrap();
+        let pc = session_settings(&d[0], me, None).unwrap();
         assert_eq!(pc.address, "10.96.0.1".parse::<IpAddr>().unwrap());
         assert_eq!((pc.port, pc.asn), (1179, 65000));
         assert_eq!((pc.hold_time, pc.keepalive), (9, Some(2)));
@@ -167,7 +176,7 @@ mod tests {
             std::slice::from_ref(&cfg),
             &[BGPPeer::new("tor", spec.clone())],
         );
-        let pc = session_settings(&d[0], me).unwrap();
+        let pc = session_settings(&d[0], me, None).unwrap();
         assert_eq!((pc.multihop, pc.ttl_security), (Some(4), None));
         assert_eq!(pc.source_address, None);
         assert_eq!((pc.hold_time, pc.keepalive), (30, None));
@@ -178,9 +187,46 @@ mod tests {
         };
         let (d, _) = peers::desired_peers("n1", &[], &[cfg], &[BGPPeer::new("tor", spec)]);
         assert_eq!(
-            session_settings(&d[0], me).unwrap().source_address,
+            session_settings(&d[0], me, None).unwrap().source_address,
             Some(me)
         );
+    }
+
+    /// An IPv6 peer's session starts from the node's IPv6 next hop, so an
+    /// eBGP router sees that address as the next hop of the IPv6 blocks;
+    /// without one the kernel picks; an IPv4 peer keeps the node address.
+    #[test]
+    fn an_ipv6_session_starts_from_the_ipv6_next_hop() {
+        use twill_api::resources::BGPPeerSpec;
+        let peer = |ip: &str| {
+            BGPPeer::new(
+                &format!("tor-{}", ip.len()),
+                BGPPeerSpec {
+                    peer_ip: Some(ip.into()),
+                    as_number: Some(65000),
+                    ..Default::default()
+                },
+            )
+        };
+        let (d, problems) = peers::desired_peers(
+            "n1",
+            &[],
+            &[],
+            &[peer("172.30.0.1"), peer("fd00:172:30::1")],
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        let me: IpAddr = "172.30.0.11".parse().unwrap();
+        let me6: Ipv6Addr = "fd00:172:30::11".parse().unwrap();
+        let source = |addr: &str, my6: Option<Ipv6Addr>| {
+            let d = d
+                .iter()
+                .find(|d| d.address.to_string() == addr)
+                .expect("the peer");
+            session_settings(d, me, my6).unwrap().source_address
+        };
+        assert_eq!(source("fd00:172:30::1", Some(me6)), Some(IpAddr::V6(me6)));
+        assert_eq!(source("fd00:172:30::1", None), None);
+        assert_eq!(source("172.30.0.1", Some(me6)), Some(me));
     }
 
     #[test]

@@ -99,7 +99,6 @@ pub async fn link_state(h: &Handle, name: &str) -> Result<Option<LinkState>, Lin
     Ok(Some(st))
 }
 
-/// Deletes a link by name; returns whether it existed.
 /// A netlink connection of its own, in the calling thread's namespace.
 ///
 /// The kernel runs a request inside the sender's `sendmsg`, and deleting a
@@ -115,11 +114,15 @@ pub fn own_connection() -> Result<Handle, LinkError> {
     Ok(h)
 }
 
+/// Deletes a link by name; returns whether it existed. One request: the
+/// kernel resolves the name (index 0 and IFLA_IFNAME), so a DEL does not
+/// queue twice for the RTNL lock behind other netlink users.
 pub async fn delete_link(h: &Handle, name: &str) -> Result<bool, LinkError> {
-    let Some(idx) = link_index(h, name).await? else {
-        return Ok(false);
-    };
-    match h.link().del(idx).execute().await {
+    let mut req = h.link().del(0);
+    req.message_mut()
+        .attributes
+        .push(LinkAttribute::IfName(name.to_string()));
+    match req.execute().await {
         Ok(()) => Ok(true),
         Err(e) if is_missing(&e) => Ok(false),
         Err(e) => Err(ctx(format!("deleting link {name}"))(e)),

@@ -368,9 +368,8 @@ impl Endpoints {
         let _guard = lock.lock().await;
         let t_lock = t0.elapsed();
         let host_if = names::host_veth(&req.container_id, &req.ifname);
-        let own = link::own_connection();
         let t_sock = t0.elapsed();
-        link::delete_link(own.as_ref().unwrap_or(&self.host), &host_if)
+        link::delete_link_off_runtime(&host_if)
             .await
             .map_err(|e| CniError::new(code::TRY_AGAIN_LATER, e.to_string()))?;
         let t_veth = t0.elapsed();

@@ -355,7 +355,7 @@ pub fn without(block: &IPAMBlock, release: Release<'_>, now: &str) -> (IPAMBlock
     let (gone, kept): (Vec<Allocation>, Vec<Allocation>) =
         b.spec.allocations.drain(..).partition(|a| match release {
             Release::Handle(h) => a.handle == h,
-            Release::Handles(hs) => hs.iter().any(|h| a.handle == *h),
+            Release::Handles(hs) => hs.contains(&a.handle),
             Release::Ordinal { ordinal, guard } => {
                 a.ordinal == ordinal && guard.is_none_or(|(h, s)| a.handle == h && a.sequence == s)
             }

@@ -70,6 +70,9 @@ pub struct Endpoints {
     releases: Releases,
 }
 
+/// Where a waiting DEL hears how its release went.
+type ReleaseWaiter = oneshot::Sender<Result<(), CniError>>;
+
 /// DELs waiting for their addresses to be released, and the turn to do
 /// it. Whoever gets the turn releases every waiting handle at once
 /// ([`Ipam::release_handles`]: one compare-and-swap write per block) and
@@ -77,7 +80,7 @@ pub struct Endpoints {
 /// writes instead of queueing for twenty (docs/cni-latency.md).
 #[derive(Default)]
 struct Releases {
-    waiting: Mutex<Vec<(String, oneshot::Sender<Result<(), CniError>>)>>,
+    waiting: Mutex<Vec<(String, ReleaseWaiter)>>,
     turn: tokio::sync::Mutex<()>,
 }
 

@@ -371,7 +371,6 @@ impl Endpoints {
         let _guard = lock.lock().await;
         let t_lock = t0.elapsed();
         let host_if = names::host_veth(&req.container_id, &req.ifname);
-        let t_sock = t0.elapsed();
         link::delete_link_off_runtime(&host_if)
             .await
             .map_err(|e| CniError::new(code::TRY_AGAIN_LATER, e.to_string()))?;
@@ -388,7 +387,7 @@ impl Endpoints {
         self.publish_del(&key);
         let t_pub = t0.elapsed();
         let us = |d: std::time::Duration| d.as_micros() as u64;
-        tracing::debug!(endpoint = %key, lock_us = us(t_lock), sock_us = us(t_sock), veth_us = us(t_veth), ipam_us = us(t_ipam), record_us = us(t_rec), publish_us = us(t_pub), "DEL steps (cumulative)");
+        tracing::debug!(endpoint = %key, lock_us = us(t_lock), veth_us = us(t_veth), ipam_us = us(t_ipam), record_us = us(t_rec), publish_us = us(t_pub), "DEL steps (cumulative)");
         tracing::info!(endpoint = %key, "endpoint deleted");
         Ok(())
     }

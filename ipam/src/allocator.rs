@@ -343,6 +343,20 @@ impl Ipam {
         .await
     }
 
+    /// Releases every allocation of each of `handles`, with one
+    /// compare-and-swap write per block touched (however many handles it
+    /// holds). Handles with nothing allocated are ignored.
+    pub async fn release_handles(&self, handles: &[String]) -> Result<Vec<Released>, IpamError> {
+        self.release_where(|b| {
+            b.spec
+                .allocations
+                .iter()
+                .any(|a| handles.contains(&a.handle))
+                .then_some(Release::Handles(handles))
+        })
+        .await
+    }
+
     /// Releases one address; with `guard`, only while it is still held by
     /// that handle at that sequence number.
     pub async fn release_address(

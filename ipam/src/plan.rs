@@ -338,6 +338,8 @@ pub fn with_allocation(
 pub enum Release<'a> {
     /// Every allocation of a handle.
     Handle(&'a str),
+    /// Every allocation of any of these handles (many releases, one write).
+    Handles(&'a [String]),
     /// One address, optionally only if still held by this handle at this
     /// sequence (a stale release must not free a reused address).
     Ordinal {
@@ -353,6 +355,7 @@ pub fn without(block: &IPAMBlock, release: Release<'_>, now: &str) -> (IPAMBlock
     let (gone, kept): (Vec<Allocation>, Vec<Allocation>) =
         b.spec.allocations.drain(..).partition(|a| match release {
             Release::Handle(h) => a.handle == h,
+            Release::Handles(hs) => hs.contains(&a.handle),
             Release::Ordinal { ordinal, guard } => {
                 a.ordinal == ordinal && guard.is_none_or(|(h, s)| a.handle == h && a.sequence == s)
             }
@@ -481,6 +484,28 @@ mod tests {
             vec!["10.0.0.0".parse::<IpAddr>().unwrap()]
         );
         assert!(borrowed_addresses(&blocks, "a").is_empty());
+    }
+
+    #[test]
+    fn releasing_several_handles_frees_exactly_theirs_in_one_block() {
+        let p = pool("p", "10.0.0.0/30", 30);
+        let pools = vec![&p];
+        let mut blocks = Vec::new();
+        for i in 0..4 {
+            let step = plan(&pools, &blocks, "a", &format!("h{i}"), Family::V4, None).unwrap();
+            put(&mut blocks, apply(&step, &format!("h{i}"), "a"));
+        }
+        let some = ["h0".to_string(), "h2".to_string(), "absent".to_string()];
+        let (b, gone) = without(&blocks[0], Release::Handles(&some), "now");
+        let handles = |v: &[Allocation]| v.iter().map(|a| a.handle.clone()).collect::<Vec<_>>();
+        assert_eq!(handles(&gone), vec!["h0", "h2"]);
+        assert_eq!(handles(&b.spec.allocations), vec!["h1", "h3"]);
+        assert_eq!(b.spec.empty_since, None);
+        let rest = ["h1".to_string(), "h3".to_string()];
+        let (b, gone) = without(&b, Release::Handles(&rest), "now");
+        assert_eq!(gone.len(), 2);
+        assert!(b.spec.allocations.is_empty());
+        assert_eq!(b.spec.empty_since.as_deref(), Some("now"));
     }
 
     #[test]

@@ -542,3 +542,38 @@ fn debian_plugins_chain_after_twill_cni() {
     );
     assert!(node.veths().is_empty());
 }
+
+/// Twenty DELs at once: their address releases are batched (one write per
+/// block for whoever waits together); each DEL frees exactly its own pod's
+/// addresses and veth, the pods not deleted keep theirs, and the same DELs
+/// repeated at once still succeed.
+#[test]
+fn twenty_concurrent_dels_release_exactly_their_own_addresses() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("store.db");
+    apply(&db, &pool("p", "10.62.0.0/24", 27));
+    let node = TestNode::start("twq", "n24", &db, dir.path(), "10.96.62.1/32", &[]);
+    let pods: Vec<Netns> = (0..24).map(|_| Netns::new("twq")).collect();
+    let ids: Vec<usize> = (0..24).collect();
+    for (i, r) in parallel(&ids, 8, |i| node.add(&format!("pod{i}"), &pods[*i]))
+        .iter()
+        .enumerate()
+    {
+        assert!(r.success, "ADD pod{i}: {}", r.json);
+    }
+    assert_eq!(allocations(&db).len(), 24);
+    let gone: Vec<usize> = (0..20).collect();
+    for _ in 0..2 {
+        for (i, r) in parallel(&gone, 20, |i| node.del(&format!("pod{i}"), &pods[*i]))
+            .iter()
+            .enumerate()
+        {
+            assert!(r.success, "DEL pod{i}: {}", r.json);
+        }
+        let held: BTreeSet<String> = allocations(&db).into_iter().map(|(_, h)| h).collect();
+        let kept: BTreeSet<String> = (20..24).map(|i| format!("pod{i}")).collect();
+        assert_eq!(held, kept, "addresses held after 20 concurrent DELs");
+        assert_eq!(node.veths().len(), 4, "veths: {:?}", node.veths());
+    }
+}

@@ -99,27 +99,48 @@ pub async fn link_state(h: &Handle, name: &str) -> Result<Option<LinkState>, Lin
     Ok(Some(st))
 }
 
-/// Deletes a link by name; returns whether it existed.
-/// A netlink connection of its own, in the calling thread's namespace.
+/// [`delete_link`] on a thread of the blocking pool with a netlink
+/// connection of its own, in this process's namespace.
 ///
 /// The kernel runs a request inside the sender's `sendmsg`, and deleting a
-/// veth waits for an RCU grace period there: on one shared socket twenty
-/// concurrent DELs wait for twenty grace periods in a row. Each deletion on
-/// its own socket lets them overlap.
-pub fn own_connection() -> Result<Handle, LinkError> {
-    let (conn, h, _) = rtnetlink::new_connection().map_err(|e| LinkError {
-        what: format!("opening a netlink socket: {e}"),
+/// veth waits there for RCU grace periods (tens of milliseconds on a busy
+/// machine). Sent from the async runtime, that blocks one of its few worker
+/// threads: twenty concurrent DELs stalled every other task of the agent
+/// (accepting CNI connections, IPAM, policy). On blocking-pool threads, each
+/// with its own socket, the deletions overlap and the workers stay free.
+pub async fn delete_link_off_runtime(name: &str) -> Result<bool, LinkError> {
+    let name = name.to_string();
+    let failed = |what: String| LinkError {
+        what,
         source: rtnetlink::Error::RequestFailed,
-    })?;
-    tokio::spawn(conn);
-    Ok(h)
+    };
+    tokio::task::spawn_blocking(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| failed(format!("starting a netlink worker: {e}")))?;
+        rt.block_on(async {
+            let (conn, h, _) = rtnetlink::new_connection()
+                .map_err(|e| failed(format!("opening a netlink socket: {e}")))?;
+            let task = tokio::spawn(conn);
+            let out = delete_link(&h, &name).await;
+            task.abort();
+            out
+        })
+    })
+    .await
+    .map_err(|e| failed(format!("the netlink worker failed: {e}")))?
 }
 
+/// Deletes a link by name; returns whether it existed. One request: the
+/// kernel resolves the name (index 0 and IFLA_IFNAME), so a DEL does not
+/// queue twice for the RTNL lock behind other netlink users.
 pub async fn delete_link(h: &Handle, name: &str) -> Result<bool, LinkError> {
-    let Some(idx) = link_index(h, name).await? else {
-        return Ok(false);
-    };
-    match h.link().del(idx).execute().await {
+    let mut req = h.link().del(0);
+    req.message_mut()
+        .attributes
+        .push(LinkAttribute::IfName(name.to_string()));
+    match req.execute().await {
         Ok(()) => Ok(true),
         Err(e) if is_missing(&e) => Ok(false),
         Err(e) => Err(ctx(format!("deleting link {name}"))(e)),

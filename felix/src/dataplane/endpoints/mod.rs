@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use twill_api::Store;
 use twill_cni::protocol::Request;
 use twill_cni::spec::{CniError, CniResult, code};
@@ -67,6 +67,21 @@ pub struct Endpoints {
     gate: Arc<dyn EndpointGate>,
     locks: Mutex<HashMap<EndpointKey, Arc<tokio::sync::Mutex<()>>>>,
     set: watch::Sender<EndpointSet>,
+    releases: Releases,
+}
+
+/// Where a waiting DEL hears how its release went.
+type ReleaseWaiter = oneshot::Sender<Result<(), CniError>>;
+
+/// DELs waiting for their addresses to be released, and the turn to do
+/// it. Whoever gets the turn releases every waiting handle at once
+/// ([`Ipam::release_handles`]: one compare-and-swap write per block) and
+/// answers each waiter; twenty concurrent DELs then make a few store
+/// writes instead of queueing for twenty (docs/cni-latency.md).
+#[derive(Default)]
+struct Releases {
+    waiting: Mutex<Vec<(String, ReleaseWaiter)>>,
+    turn: tokio::sync::Mutex<()>,
 }
 
 fn now() -> String {
@@ -97,6 +112,7 @@ impl Endpoints {
             gate,
             locks: Mutex::new(HashMap::new()),
             set,
+            releases: Releases::default(),
         }
     }
 
@@ -117,6 +133,56 @@ impl Endpoints {
     fn lock_for(&self, key: &EndpointKey) -> Arc<tokio::sync::Mutex<()>> {
         let mut m = self.locks.lock().unwrap_or_else(|p| p.into_inner());
         m.entry(key.clone()).or_default().clone()
+    }
+
+    /// Releases the addresses of `handle` together with those of every
+    /// other DEL waiting at the same time.
+    async fn release_batched(&self, handle: &str) -> Result<(), CniError> {
+        let (tx, mut rx) = oneshot::channel();
+        self.releases
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((handle.to_string(), tx));
+        let _turn = self.releases.turn.lock().await;
+        match rx.try_recv() {
+            // An earlier turn took this handle along.
+            Ok(r) => return r,
+            Err(oneshot::error::TryRecvError::Empty) => {}
+            // The turn that took it was dropped half-way: release alone
+            // (releasing is idempotent).
+            Err(oneshot::error::TryRecvError::Closed) => {
+                return self
+                    .ipam
+                    .release_handle(handle)
+                    .await
+                    .map(|_| ())
+                    .map_err(ipam_error);
+            }
+        }
+        let batch = std::mem::take(
+            &mut *self
+                .releases
+                .waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        let handles: Vec<String> = batch.iter().map(|(h, _)| h.clone()).collect();
+        let r = self
+            .ipam
+            .release_handles(&handles)
+            .await
+            .map(|_| ())
+            .map_err(ipam_error);
+        tracing::debug!(
+            handles = handles.len(),
+            ok = r.is_ok(),
+            "addresses released"
+        );
+        for (_, waiter) in batch {
+            let _ = waiter.send(r.clone());
+        }
+        rx.try_recv().unwrap_or(r)
     }
 
     /// Records an endpoint as live (routing and policy follow the set).
@@ -300,24 +366,28 @@ impl Endpoints {
             container_id: req.container_id.clone(),
             ifname: req.ifname.clone(),
         };
+        let t0 = std::time::Instant::now();
         let lock = self.lock_for(&key);
         let _guard = lock.lock().await;
+        let t_lock = t0.elapsed();
         let host_if = names::host_veth(&req.container_id, &req.ifname);
-        let own = link::own_connection();
-        link::delete_link(own.as_ref().unwrap_or(&self.host), &host_if)
+        link::delete_link_off_runtime(&host_if)
             .await
             .map_err(|e| CniError::new(code::TRY_AGAIN_LATER, e.to_string()))?;
-        self.ipam
-            .release_handle(&req.container_id)
-            .await
-            .map_err(ipam_error)?;
+        let t_veth = t0.elapsed();
+        self.release_batched(&req.container_id).await?;
+        let t_ipam = t0.elapsed();
         self.state.remove(&key).map_err(|e| {
             CniError::new(
                 code::IO_FAILURE,
                 format!("removing the endpoint record: {e}"),
             )
         })?;
+        let t_rec = t0.elapsed();
         self.publish_del(&key);
+        let t_pub = t0.elapsed();
+        let us = |d: std::time::Duration| d.as_micros() as u64;
+        tracing::debug!(endpoint = %key, lock_us = us(t_lock), veth_us = us(t_veth), ipam_us = us(t_ipam), record_us = us(t_rec), publish_us = us(t_pub), "DEL steps (cumulative)");
         tracing::info!(endpoint = %key, "endpoint deleted");
         Ok(())
     }

@@ -1,27 +1,33 @@
-//! Announcements follow the IPAM blocks, the pools and the
-//! BGPConfigurations; what to announce is [`crate::calc::bgp::originate`].
+//! Announcements follow the IPAM blocks, the pools, the BGPConfigurations,
+//! and the Services and EndpointSlices; what to announce is
+//! [`crate::calc::bgp::originate`]. Service prefixes go out over the same
+//! sessions as blocks, through the same per-peer export filters.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use twill_api::resources::{BGPConfiguration, IPAMBlock, IPPool};
 use twill_bgpd::speaker::Speaker;
 use twill_bgpd::types::{Origin, PathAttrs};
 
-use super::BgpConfig;
-use crate::calc::bgp::originate::{advertisements, exported, from_blocks};
+use super::{BgpConfig, SharedReport};
+use crate::calc::bgp::originate::{advertisements, exported, from_blocks, from_services};
 use crate::watch::{Cache, follow};
 
 /// Originates owned blocks and borrowed /32s (/128s), following the IPAM
-/// blocks. IPv6 prefixes need `next_hop6`: without one they are not
+/// blocks, and the Service prefixes this node announces (kept in `report`
+/// for NodeStatus `servicePrefixes`). IPv6 prefixes need `next_hop6`: without one they are not
 /// announced (an IPv4 next hop is no way to reach them).
 pub(super) async fn follow_origination(
     cfg: BgpConfig,
     speaker: Arc<Speaker>,
     next_hop: IpAddr,
     next_hop6: Option<Ipv6Addr>,
+    report: SharedReport,
 ) {
     let store = cfg.store.clone();
     let mut originated: BTreeSet<IpNetwork> = BTreeSet::new();
@@ -45,7 +51,12 @@ pub(super) async fn follow_origination(
     // caches; a change to either wakes the loop like a block change.
     let (poke, mut poked) = tokio::sync::watch::channel(());
     let pools = Cache::<IPPool>::follow(&store, poke.clone());
-    let configs = Cache::<BGPConfiguration>::follow(&store, poke);
+    let configs = Cache::<BGPConfiguration>::follow(&store, poke.clone());
+    // Services and EndpointSlices: until their first listing there are no
+    // Service prefixes, and blocks are announced meanwhile (a failing
+    // Service watch must not hold back the pod network).
+    let services = Cache::<Service>::follow(&store, poke.clone());
+    let slices = Cache::<EndpointSlice>::follow(&store, poke);
     loop {
         let wanted = rx.borrow_and_update().clone();
         poked.borrow_and_update();
@@ -54,7 +65,23 @@ pub(super) async fn follow_origination(
                 tracing::warn!(error = %e, "BGPConfiguration prefixAdvertisements ignored");
                 Default::default()
             });
+            let svc = from_services(
+                &cfg.node,
+                &services.get().unwrap_or_default(),
+                &slices.get().unwrap_or_default(),
+                &configs,
+            );
+            let mut want = want;
+            want.extend(svc.keys().copied());
             let want = exported(want, &pools, next_hop6.is_some());
+            let announced: Vec<String> = svc
+                .keys()
+                .filter(|p| want.contains(p))
+                .map(ToString::to_string)
+                .collect();
+            if let Ok(mut r) = report.lock() {
+                r.service_prefixes = announced;
+            }
             for p in originated.difference(&want) {
                 tracing::info!(prefix = %p, "withdrawing");
                 speaker.withdraw(*p);

@@ -105,8 +105,9 @@ fn load_balancer_addresses_reach_the_tor_from_the_nodes_the_policy_names() {
     let web = wait_ip(&lab, "web");
     let web32 = format!("{web}/32");
     assert!(
-        LB_POOL.parse::<ipnetwork::IpNetwork>().is_ok_and(|n| n
-            .contains(web.parse().expect("an address"))),
+        LB_POOL
+            .parse::<ipnetwork::IpNetwork>()
+            .is_ok_and(|n| n.contains(web.parse().expect("an address"))),
         "{web} is not from {LB_POOL}"
     );
 

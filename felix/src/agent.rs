@@ -1,7 +1,8 @@
 //! twill-node: one agent per node, wired here. Start-up order matters and
 //! is fixed: datastore → node registration → kernel prerequisites
 //! (forwarding) → endpoint reconcile → route manager, NAT and BGP → CNI
-//! socket → status. The socket opens only after reconcile, so no ADD ever
+//! socket → status. The LoadBalancer allocator runs beside them from the
+//! start (every node runs one; see `twill_ipam::lb_alloc`). The socket opens only after reconcile, so no ADD ever
 //! races with the repair of a previous run's leftovers.
 
 use std::collections::BTreeMap;
@@ -163,6 +164,7 @@ impl Agent {
         let (pools_tx, pools_rx) = tokio::sync::watch::channel(None);
         tasks.push(tokio::spawn(nat::run(pools_rx, cfg.route_resync)));
         tasks.push(tokio::spawn(follow_pools(cfg.store.clone(), pools_tx)));
+        tasks.push(tokio::spawn(lb_alloc_loop(cfg.store.clone(), LB_RESYNC)));
         let bgp_report = crate::bgp::SharedReport::default();
         tasks.push(tokio::spawn(crate::bgp::run(
             crate::bgp::BgpConfig {
@@ -285,6 +287,29 @@ async fn reconcile_until_done(endpoints: &Endpoints) -> ReconcileReport {
                 tokio::time::sleep(requeue.failed(&e)).await;
             }
         }
+    }
+}
+
+/// How often the LoadBalancer allocator settles every Service (pool
+/// changes, what deleted Services held); changes in between are handled as
+/// the Service watch shows them.
+const LB_RESYNC: Duration = Duration::from_secs(30);
+
+/// Runs the LoadBalancer allocator for as long as the agent runs: when it
+/// returns (its Service watch failed or ended) or panics, that is logged
+/// (once per outage) and it starts again after a backoff (1 s doubling to
+/// 30 s); nothing in it can stop the agent.
+async fn lb_alloc_loop(store: Store, resync: Duration) {
+    use futures::FutureExt;
+    let mut requeue = Requeue::new("LoadBalancer allocator", Backoff::watch());
+    loop {
+        let run = std::panic::AssertUnwindSafe(twill_ipam::lb_alloc::run(store.clone(), resync));
+        let error = match run.catch_unwind().await {
+            Ok(Ok(())) => "its Service watch ended".to_string(),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "it panicked".to_string(),
+        };
+        tokio::time::sleep(requeue.failed(&error)).await;
     }
 }
 

@@ -10,7 +10,8 @@
 //!   [`crate::calc::bgp::address::pick_v6`].
 //! * [`sessions`]: sessions follow BGPConfiguration, BGPPeer and Node
 //!   objects; a changed session is replaced, others stay up.
-//! * [`originate`]: announcements follow the IPAM blocks and pools.
+//! * [`originate`]: announcements follow the IPAM blocks and pools, and
+//!   the Services and EndpointSlices (Service addresses).
 //! * [`routes`]: best routes go to the route manager, which deletes stale
 //!   Twill routes only after BGP has delivered a complete table, so a
 //!   restart never withdraws a route peers still announce. On SIGTERM the
@@ -66,6 +67,8 @@ pub struct BgpReport {
     pub address: String,
     pub asn: u32,
     pub peers: Vec<PeerStatus>,
+    /// The Service prefixes announced (NodeStatus `servicePrefixes`).
+    pub service_prefixes: Vec<String>,
     /// Why BGP is not running, when it is not.
     pub problem: Option<String>,
 }
@@ -210,6 +213,7 @@ pub async fn run(cfg: BgpConfig, routes: Arc<RouteProgrammer>, report: SharedRep
         speaker.clone(),
         addr.ip(),
         next_hop6_rx,
+        report.clone(),
     ));
     let node_addr = sessions::NodeAddrs {
         v4: addr,

@@ -1,30 +1,37 @@
-//! Announcements follow the IPAM blocks, the pools and the
-//! BGPConfigurations; what to announce is [`crate::calc::bgp::originate`].
+//! Announcements follow the IPAM blocks, the pools, the BGPConfigurations,
+//! and the Services and EndpointSlices; what to announce is
+//! [`crate::calc::bgp::originate`]. Service prefixes go out over the same
+//! sessions as blocks, through the same per-peer export filters.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use twill_api::resources::{BGPConfiguration, IPAMBlock, IPPool};
 use twill_bgpd::speaker::Speaker;
 use twill_bgpd::types::{Origin, PathAttrs};
 
-use super::BgpConfig;
-use crate::calc::bgp::originate::{advertisements, exported, from_blocks};
+use super::{BgpConfig, SharedReport};
+use crate::calc::bgp::originate::{advertisements, exported, from_blocks, from_services};
 use crate::watch::{Cache, follow};
 
 /// Originates owned blocks and borrowed /32s (/128s), following the IPAM
-/// blocks. IPv6 prefixes need an IPv6 next hop (`next_hop6`, None until
-/// the session follower has chosen it): without one they are not announced
-/// (an IPv4 next hop is no way to reach them); when it changes they are
-/// announced again with the new one. A prefix whose attributes change
-/// (next hop, communities) is announced again; others are left alone.
+/// blocks, and the Service prefixes this node announces (kept in `report`
+/// for NodeStatus `servicePrefixes`). IPv6 prefixes need an IPv6 next hop
+/// (`next_hop6`, None until the session follower has chosen it): without
+/// one they are not announced (an IPv4 next hop is no way to reach them);
+/// when it changes they are announced again with the new one. A prefix
+/// whose attributes change (next hop, communities) is announced again;
+/// others are left alone.
 pub(super) async fn follow_origination(
     cfg: BgpConfig,
     speaker: Arc<Speaker>,
     next_hop: IpAddr,
     mut next_hop6: tokio::sync::watch::Receiver<Option<Option<Ipv6Addr>>>,
+    report: SharedReport,
 ) {
     let store = cfg.store.clone();
     let mut originated: BTreeMap<IpNetwork, PathAttrs> = BTreeMap::new();
@@ -48,7 +55,12 @@ pub(super) async fn follow_origination(
     // caches; a change to either wakes the loop like a block change.
     let (poke, mut poked) = tokio::sync::watch::channel(());
     let pools = Cache::<IPPool>::follow(&store, poke.clone());
-    let configs = Cache::<BGPConfiguration>::follow(&store, poke);
+    let configs = Cache::<BGPConfiguration>::follow(&store, poke.clone());
+    // Services and EndpointSlices: until their first listing there are no
+    // Service prefixes, and blocks are announced meanwhile (a failing
+    // Service watch must not hold back the pod network).
+    let services = Cache::<Service>::follow(&store, poke.clone());
+    let slices = Cache::<EndpointSlice>::follow(&store, poke);
     loop {
         let wanted = rx.borrow_and_update().clone();
         poked.borrow_and_update();
@@ -60,7 +72,24 @@ pub(super) async fn follow_origination(
                 tracing::warn!(error = %e, "BGPConfiguration prefixAdvertisements ignored");
                 Default::default()
             });
-            let want: BTreeMap<IpNetwork, PathAttrs> = exported(want, &pools, nh6.is_some())
+            let svc = from_services(
+                &cfg.node,
+                &services.get().unwrap_or_default(),
+                &slices.get().unwrap_or_default(),
+                &configs,
+            );
+            let mut want = want;
+            want.extend(svc.keys().copied());
+            let want = exported(want, &pools, nh6.is_some());
+            let announced: Vec<String> = svc
+                .keys()
+                .filter(|p| want.contains(p))
+                .map(ToString::to_string)
+                .collect();
+            if let Ok(mut r) = report.lock() {
+                r.service_prefixes = announced;
+            }
+            let want: BTreeMap<IpNetwork, PathAttrs> = want
                 .into_iter()
                 .map(|p| {
                     let mut attrs: PathAttrs = adv.attrs_for(&p);

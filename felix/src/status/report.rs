@@ -154,7 +154,7 @@ pub async fn report_loop(
             route_counts,
             conditions,
             invalid_objects,
-            service_prefixes: Vec::new(),
+            service_prefixes: bgp.service_prefixes,
         };
         let secs = cfg.interval.as_secs().max(1) as u32;
         match super::write_report(&cfg.store, &cfg.node, secs, report, &mut cached).await {

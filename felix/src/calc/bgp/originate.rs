@@ -2,12 +2,18 @@
 //! it borrowed from another node's block as a /32 (/128); nothing from a
 //! pool with `disableBGPExport`; IPv6 prefixes only with an IPv6 next hop;
 //! communities from the BGPConfiguration's `prefixAdvertisements` (the
-//! node's own `node.<name>` list wins over `default`'s).
+//! node's own `node.<name>` list wins over `default`'s); and the Service
+//! prefixes [`from_services`] gives (bounded by the `default`
+//! BGPConfiguration's `serviceClusterIPs`/`serviceExternalIPs`/
+//! `serviceLoadBalancerIPs`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ipnetwork::IpNetwork;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use twill_api::resources::{BGPConfiguration, IPAMBlock, IPPool};
+use twill_api::service::{ServiceAdvertisement, announced_prefixes};
 use twill_bgpd::policy::PolicyError;
 
 use super::from_api::Advertisements;
@@ -22,6 +28,25 @@ pub fn from_blocks(blocks: &[IPAMBlock], node: &str) -> BTreeSet<IpNetwork> {
             .filter_map(|a| IpNetwork::new(a, if a.is_ipv4() { 32 } else { 128 }).ok()),
     );
     want
+}
+
+/// The Service prefixes this node announces, each with the Services that
+/// make it announced: [`announced_prefixes`] under the `default`
+/// BGPConfiguration's service CIDRs (Calico's rule: only the cluster-wide
+/// configuration says which Service addresses are announced; none, or no
+/// `default`, announces nothing).
+pub fn from_services(
+    node: &str,
+    services: &[Service],
+    slices: &[EndpointSlice],
+    configs: &[BGPConfiguration],
+) -> BTreeMap<IpNetwork, BTreeSet<String>> {
+    let adv = configs
+        .iter()
+        .find(|c| c.metadata.name.as_deref() == Some("default"))
+        .map(|c| ServiceAdvertisement::from_spec(&c.spec))
+        .unwrap_or_default();
+    announced_prefixes(node, services, slices, &adv)
 }
 
 /// Of `want`, what is announced: nothing inside a pool that disables BGP
@@ -89,5 +114,39 @@ mod tests {
         assert_eq!(exported(want.clone(), &[], false).len(), 2);
         pool.spec.disable_bgp_export = false;
         assert_eq!(exported(want.clone(), &[pool], true), want);
+    }
+
+    fn config(name: &str, lb: &str) -> BGPConfiguration {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "twill.dev/v1", "kind": "BGPConfiguration",
+            "metadata": {"name": name},
+            "spec": {"serviceLoadBalancerIPs": [{"cidr": lb}]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn service_prefixes_come_only_from_the_default_configuration() {
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "shop", "uid": "u1"},
+            "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.10",
+                     "externalTrafficPolicy": "Cluster",
+                     "ports": [{"port": 80, "protocol": "TCP"}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.5"}]}},
+        }))
+        .unwrap();
+        let svcs = std::slice::from_ref(&svc);
+        // A node's own configuration does not say what Services announce.
+        let own = [config("node.a", "192.0.2.0/24")];
+        assert!(from_services("a", svcs, &[], &own).is_empty());
+        let def = [config("default", "192.0.2.0/24")];
+        let got = from_services("a", svcs, &[], &def);
+        assert_eq!(
+            got.keys().copied().collect::<Vec<_>>(),
+            [net("192.0.2.5/32")]
+        );
+        // Outside the configured CIDR: nothing.
+        let other = [config("default", "198.51.100.0/24")];
+        assert!(from_services("a", svcs, &[], &other).is_empty());
     }
 }

@@ -321,15 +321,9 @@ pub fn requested_lb_ips(s: &Service) -> Result<Vec<IpAddr>, String> {
     Ok(out)
 }
 
-/// The IP families a Service asks for, in order (`true` = IPv4), each with
-/// whether it is required: `ipFamilies` as the API server filled it, cut to
-/// one for SingleStack; the second is optional under PreferDualStack.
-pub fn wanted_families(s: &Service) -> Vec<(bool, bool)> {
-    let Some(spec) = &s.spec else {
-        return vec![(true, true)];
-    };
-    let mut fams: Vec<bool> = spec
-        .ip_families
+/// `spec.ipFamilies` as booleans (true: IPv4), unknown names left out.
+fn spec_families(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<bool> {
+    spec.ip_families
         .iter()
         .flatten()
         .filter_map(|f| match f.as_str() {
@@ -337,7 +331,17 @@ pub fn wanted_families(s: &Service) -> Vec<(bool, bool)> {
             "IPv6" => Some(false),
             _ => None,
         })
-        .collect();
+        .collect()
+}
+
+/// The IP families a Service asks for, in order (`true` = IPv4), each with
+/// whether it is required: `ipFamilies` as the API server filled it, cut to
+/// one for SingleStack; the second is optional under PreferDualStack.
+pub fn wanted_families(s: &Service) -> Vec<(bool, bool)> {
+    let Some(spec) = &s.spec else {
+        return vec![(true, true)];
+    };
+    let mut fams = spec_families(spec);
     fams.dedup();
     if fams.is_empty() {
         fams.push(true);
@@ -496,16 +500,7 @@ pub fn assign_cluster_fields(
         }
     }
     if families.is_empty() {
-        families = spec
-            .ip_families
-            .iter()
-            .flatten()
-            .filter_map(|f| match f.as_str() {
-                "IPv4" => Some(true),
-                "IPv6" => Some(false),
-                _ => None,
-            })
-            .collect();
+        families = spec_families(spec);
     }
     if families.is_empty()
         && let Some(first) = ranges.0.first()

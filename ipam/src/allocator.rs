@@ -489,6 +489,18 @@ impl Ipam {
 
 /// Every allocation whose `node` attribute names `node`.
 pub fn node_allocations(blocks: &[IPAMBlock], node: &str) -> Vec<(IpAddr, String, Allocation)> {
+    allocations_where(blocks, |a| {
+        a.attributes.get(ATTR_NODE).map(String::as_str) == Some(node)
+    })
+}
+
+/// Every allocation `keep` accepts: its address, its block's name, and the
+/// allocation itself.
+pub fn allocations_where(
+    blocks: &[IPAMBlock],
+    keep: impl Fn(&Allocation) -> bool,
+) -> Vec<(IpAddr, String, Allocation)> {
+    let keep = &keep;
     blocks
         .iter()
         .filter_map(|b| Some((b, block_net(b)?)))
@@ -496,7 +508,7 @@ pub fn node_allocations(blocks: &[IPAMBlock], node: &str) -> Vec<(IpAddr, String
             b.spec
                 .allocations
                 .iter()
-                .filter(|a| a.attributes.get(ATTR_NODE).map(String::as_str) == Some(node))
+                .filter(move |a| keep(a))
                 .filter_map(move |a| {
                     Some((
                         addr_at(&net, a.ordinal)?,

@@ -217,21 +217,12 @@ pub struct LbAddress {
 
 /// Every LoadBalancer allocation in the blocks, with its address.
 pub fn lb_addresses(blocks: &[IPAMBlock]) -> Vec<LbAddress> {
-    blocks
-        .iter()
-        .filter_map(|b| Some((b, block_net(b)?)))
-        .flat_map(|(b, net)| {
-            b.spec
-                .allocations
-                .iter()
-                .filter(|a| is_lb(a))
-                .filter_map(move |a| {
-                    Some(LbAddress {
-                        addr: addr_at(&net, a.ordinal)?,
-                        block: b.metadata.name.clone().unwrap_or_default(),
-                        allocation: a.clone(),
-                    })
-                })
+    crate::allocator::allocations_where(blocks, is_lb)
+        .into_iter()
+        .map(|(addr, block, allocation)| LbAddress {
+            addr,
+            block,
+            allocation,
         })
         .collect()
 }

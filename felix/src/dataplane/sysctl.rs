@@ -31,43 +31,33 @@ pub fn read(key: &str) -> std::io::Result<String> {
     Ok(std::fs::read_to_string(path(key))?.trim().to_string())
 }
 
-/// The per-interface key, e.g. `net.ipv4.conf.<if>.proxy_arp`. Interface
-/// names can contain dots, so the path is built segment by segment.
+/// The path of a per-interface key under `net.<family>.<section>.<if>`.
+/// Interface names can contain dots, so the path is built segment by
+/// segment.
+fn if_path(family: &str, section: &str, ifname: &str, key: &str) -> PathBuf {
+    root()
+        .join("net")
+        .join(family)
+        .join(section)
+        .join(ifname)
+        .join(key)
+}
+
+/// Writes a per-interface key, e.g. `net.ipv4.conf.<if>.proxy_arp`.
 pub fn write_if(family: &str, ifname: &str, key: &str, value: &str) -> std::io::Result<()> {
-    std::fs::write(
-        root()
-            .join("net")
-            .join(family)
-            .join("conf")
-            .join(ifname)
-            .join(key),
-        value,
-    )
+    std::fs::write(if_path(family, "conf", ifname, key), value)
 }
 
 /// Writes a per-interface neighbour sysctl, e.g. `net.ipv4.neigh.<if>.proxy_delay`.
 pub fn write_neigh(family: &str, ifname: &str, key: &str, value: &str) -> std::io::Result<()> {
-    std::fs::write(
-        root()
-            .join("net")
-            .join(family)
-            .join("neigh")
-            .join(ifname)
-            .join(key),
-        value,
-    )
+    std::fs::write(if_path(family, "neigh", ifname, key), value)
 }
 
 /// Reads a per-interface sysctl.
 pub fn read_if(family: &str, ifname: &str, key: &str) -> std::io::Result<String> {
-    Ok(std::fs::read_to_string(
-        root()
-            .join("net")
-            .join(family)
-            .join("conf")
-            .join(ifname)
-            .join(key),
-    )?
-    .trim()
-    .to_string())
+    Ok(
+        std::fs::read_to_string(if_path(family, "conf", ifname, key))?
+            .trim()
+            .to_string(),
+    )
 }

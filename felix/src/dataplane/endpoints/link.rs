@@ -39,6 +39,15 @@ fn ctx(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> LinkError {
     move |source| LinkError { what, source }
 }
 
+/// Sets a link up; `what` names it in the error.
+async fn set_up(h: &Handle, index: u32, what: impl Into<String>) -> Result<(), LinkError> {
+    h.link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .map_err(ctx(what))
+}
+
 /// Whether a netlink error is "no such device" / "no such process".
 fn is_missing(e: &rtnetlink::Error) -> bool {
     matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::ENODEV || m.raw_code() == -libc::ESRCH || m.raw_code() == -libc::ENOENT)
@@ -220,11 +229,7 @@ pub async fn configure_host_side(
     // skip duplicate address detection (it is derived from our own fixed MAC
     // on a point-to-point link). Best effort: IPv6 may be disabled.
     let _ = sysctl::write_if("ipv6", host_if, "accept_dad", "0");
-    h.link()
-        .set(LinkUnspec::new_with_index(index).up().build())
-        .execute()
-        .await
-        .map_err(ctx(format!("bringing {host_if} up")))?;
+    set_up(h, index, format!("bringing {host_if} up")).await?;
     for a in addrs {
         h.route()
             .add(host_route(*a, index))
@@ -249,11 +254,7 @@ pub async fn configure_pod_side(
     })?;
     let idx = st.index;
     if let Some(lo) = link_index(h, "lo").await? {
-        h.link()
-            .set(LinkUnspec::new_with_index(lo).up().build())
-            .execute()
-            .await
-            .map_err(ctx("bringing lo up in the pod"))?;
+        set_up(h, lo, "bringing lo up in the pod").await?;
     }
     let has_v6 = addrs.iter().any(|a| a.is_ipv6());
     if has_v6 {
@@ -261,11 +262,7 @@ pub async fn configure_pod_side(
         let _ = sysctl::write_if("ipv6", pod_if, "accept_dad", "0");
         let _ = sysctl::write_if("ipv6", pod_if, "disable_ipv6", "0");
     }
-    h.link()
-        .set(LinkUnspec::new_with_index(idx).up().build())
-        .execute()
-        .await
-        .map_err(ctx(format!("bringing {pod_if} up in the pod")))?;
+    set_up(h, idx, format!("bringing {pod_if} up in the pod")).await?;
     for a in addrs {
         let mut req = h.address().add(idx, a.ip(), a.prefix());
         if a.is_ipv6() {

@@ -290,10 +290,10 @@ async fn reconcile_until_done(endpoints: &Endpoints) -> ReconcileReport {
     }
 }
 
-/// How often the LoadBalancer allocator settles every Service (pool
-/// changes, what deleted Services held); changes in between are handled as
-/// the Service watch shows them.
-const LB_RESYNC: Duration = Duration::from_secs(30);
+/// The LoadBalancer allocator's safety-net resync (a failed pass): Service
+/// and IPPool changes are handled as their watches show them, so at idle
+/// the allocator lists nothing before this.
+const LB_RESYNC: Duration = Duration::from_secs(300);
 
 /// Runs the LoadBalancer allocator for as long as the agent runs: when it
 /// returns (its Service watch failed or ended) or panics, that is logged

@@ -404,37 +404,53 @@ impl LbAllocator {
 }
 
 /// The allocator loop the node agent starts (every node runs one; see the
-/// module docs for why that is safe): reconciles a Service on every change
-/// the Service watch shows, and everything every `resync` (pool and block
-/// changes, and anything a failed pass left). Returns only on a failure of
-/// the watch; the caller restarts it after a backoff.
+/// module docs for why that is safe). A Service change reconciles that
+/// Service; a change that can free or add addresses (a Service deleted or
+/// no longer of type LoadBalancer, any IPPool change) reconciles every
+/// Service, so a pending one gets a freed address at once. `resync` is only
+/// the safety net for a failed pass: at idle nothing is listed before it.
+/// Returns only on a failure of a watch; the caller restarts it after a
+/// backoff.
 pub async fn run(store: Store, resync: Duration) -> Result<(), LbError> {
     let alloc = LbAllocator::new(store.clone());
-    let mut watch = store.watch::<Service>(None);
-    let mut tick = tokio::time::interval(resync);
+    let mut services = store.watch::<Service>(None);
+    let mut pools = store.watch::<IPPool>(None);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + resync, resync);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            ev = watch.next() => {
-                let keys: Vec<(String, String)> = match ev {
+        let all = tokio::select! {
+            ev = services.next() => {
+                let (keys, frees): (Vec<(String, String)>, bool) = match ev {
                     None => return Ok(()),
                     Some(Err(e)) => return Err(e.into()),
-                    Some(Ok(WatchEvent::Resync { items, .. })) => items.iter().map(key_of).collect(),
-                    Some(Ok(WatchEvent::Applied(s) | WatchEvent::Deleted(s))) => vec![key_of(&s)],
+                    Some(Ok(WatchEvent::Resync { items, .. })) => (items.iter().map(key_of).collect(), false),
+                    Some(Ok(WatchEvent::Applied(s))) => (vec![key_of(&s)], !is_load_balancer(&s)),
+                    Some(Ok(WatchEvent::Deleted(s))) => (vec![key_of(&s)], true),
                 };
                 for (ns, name) in keys {
                     if let Err(e) = alloc.reconcile(&ns, &name).await {
                         tracing::warn!(service = %format!("{ns}/{name}"), error = %e, "LoadBalancer allocation failed; retried at the next resync");
                     }
                 }
+                frees
             }
-            _ = tick.tick() => {
-                if let Err(e) = alloc.reconcile_all().await {
-                    tracing::warn!(error = %e, "LoadBalancer resync failed; retried at the next one");
-                }
-            }
+            ev = pools.next() => match ev {
+                None => return Ok(()),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(_)) => true,
+            },
+            _ = tick.tick() => true,
+        };
+        if all && let Err(e) = alloc.reconcile_all().await {
+            tracing::warn!(error = %e, "LoadBalancer resync failed; retried at the next one");
         }
     }
+}
+
+/// Whether a Service is of type LoadBalancer (any class: a Service that
+/// stops being one, or moves to another class, may free addresses).
+fn is_load_balancer(s: &Service) -> bool {
+    s.spec.as_ref().and_then(|p| p.type_.as_deref()) == Some("LoadBalancer")
 }
 
 fn key_of(s: &Service) -> (String, String) {

@@ -49,7 +49,7 @@ const NODE: &str = "kube-node-1";
 /// `--node-address` CIDR that selects it.
 const NODE_ADDR: &str = "172.31.77.10/24";
 const NODE_CIDR: &str = "172.31.77.0/24";
-const FIXTURES: [&str; 11] = [
+const FIXTURES: [&str; 13] = [
     "ippools",
     "ipamblocks",
     "bgpconfigurations",
@@ -61,6 +61,8 @@ const FIXTURES: [&str; 11] = [
     "pods",
     "networkpolicies",
     "secrets",
+    "services",
+    "endpointslices",
 ];
 
 fn root() -> PathBuf {
@@ -147,6 +149,10 @@ fn parse_path(path: &str) -> (String, String, Option<String>, Option<String>) {
         Some(&"apis") => (segs[1].to_string(), &segs[3..]),
         _ => panic!("not an API path: {path}"),
     };
+    if rest.is_empty() {
+        // Discovery (`/apis/GROUP/VERSION`): no resource.
+        return (group, String::new(), None, None);
+    }
     let (ns, rest) = if rest.len() >= 3 && rest[0] == "namespaces" {
         (Some(rest[1].to_string()), &rest[2..])
     } else {
@@ -265,6 +271,26 @@ impl Api {
         uri: &http::Uri,
         body: Option<Value>,
     ) -> (&'static str, String, Option<String>, Option<(u16, Value)>) {
+        // API discovery (`/apis/GROUP/VERSION`): the agent asks once which
+        // EndpointSlice version the server serves.
+        let segs: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
+        if segs.len() == 3 && segs[0] == "apis" {
+            let (group, version) = (segs[1], segs[2]);
+            let resources: Vec<Value> = self
+                .types
+                .iter()
+                .filter(|(_, (v, _))| *v == format!("{group}/{version}"))
+                .map(|(r, (_, kind))| json!({"name": r, "kind": kind, "namespaced": true, "singularName": "", "verbs": ["get", "list", "watch"]}))
+                .collect();
+            let body = json!({"kind": "APIResourceList", "apiVersion": "v1",
+                "groupVersion": format!("{group}/{version}"), "resources": resources});
+            return (
+                "discover",
+                format!("{group}/{version}"),
+                None,
+                Some((200, body)),
+            );
+        }
         let (group, resource, ns, name) = parse_path(uri.path());
         let watch = uri.query().unwrap_or_default().contains("watch=true");
         let verb = match (method.as_str(), &name) {

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 pub mod bgp_lab;
 pub mod kube_router;
+pub mod policy_cluster;
 pub mod tables;
 
 /// The p-th percentile (0..=100) of durations, in milliseconds.

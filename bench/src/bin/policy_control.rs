@@ -14,23 +14,15 @@
 //! Run as root: `cargo run --release -p twill-bench --bin policy_control [-- --quick]`.
 
 use std::io::Write;
-use std::net::IpAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::json;
+use twill_bench::policy_cluster::{NAMESPACES, NODE, inputs, pod, policy, record};
 use twill_bench::write_results;
 use twill_policy::cluster::{Inputs, LocalEndpoint, PodInfo};
 use twill_policy::incremental::Incremental;
-use twill_policy::model::Labels;
 use twill_tests::{Netns, require_binary, require_root};
-
-const NODE: &str = "n0";
-const NAMESPACES: usize = 20;
-const APPS: usize = 100;
-const TIERS: [&str; 3] = ["web", "api", "db"];
 
 fn nft(ns: &Netns, script: &str) {
     let mut child = ns
@@ -53,80 +45,6 @@ fn nft(ns: &Netns, script: &str) {
         "nft: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn ip(i: usize) -> IpAddr {
-    IpAddr::from([
-        10,
-        100 + (i / 65536) as u8,
-        (i / 256 % 256) as u8,
-        (i % 256) as u8,
-    ])
-}
-
-/// Pod `i` as the datastore has it.
-fn pod(i: usize, local: bool) -> Pod {
-    serde_json::from_value(json!({
-        "metadata": {"name": format!("pod{i}"), "namespace": format!("ns{}", i % NAMESPACES),
-            "labels": {"app": format!("app{}", i % APPS), "tier": TIERS[i % 3]}},
-        "spec": {"nodeName": if local { NODE.to_string() } else { format!("n{}", 1 + i % 40) },
-            "containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 8080}]}]},
-        "status": {"podIPs": [{"ip": ip(i).to_string()}]}
-    }))
-    .expect("pod")
-}
-
-/// The node's endpoint record for local pod `i` (what CNI ADD writes).
-fn record(i: usize) -> LocalEndpoint {
-    LocalEndpoint {
-        namespace: Some(format!("ns{}", i % NAMESPACES)),
-        pod: Some(format!("pod{i}")),
-        labels: Labels::new(),
-        ips: vec![ip(i)],
-        iface: format!("tw{i:013x}"),
-        container_id: format!("c{i}"),
-    }
-}
-
-fn policy(j: usize, port: u16) -> NetworkPolicy {
-    serde_json::from_value(json!({
-        "metadata": {"name": format!("np{j}"), "namespace": format!("ns{}", j % NAMESPACES)},
-        "spec": {
-            "podSelector": {"matchLabels": {"app": format!("app{}", j % APPS)}},
-            "policyTypes": ["Ingress", "Egress"],
-            "ingress": [
-                {"from": [{"podSelector": {"matchLabels": {"app": format!("app{}", (j + 1) % APPS)}}},
-                          {"namespaceSelector": {"matchLabels": {"team": format!("t{}", j % 5)}},
-                           "podSelector": {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["web", "api"]}]}}],
-                 "ports": [{"port": port}, {"port": "http"}]},
-                {"from": [{"ipBlock": {"cidr": "192.168.0.0/16", "except": ["192.168.1.0/24"]}}]}
-            ],
-            "egress": [{"to": [{"podSelector": {"matchLabels": {"tier": "db"}}}], "ports": [{"port": 5432}]}]
-        }
-    }))
-    .expect("policy")
-}
-
-/// The engine's inputs: `total` pods of which the first `local` run here,
-/// and `pols` policies; plus the node's endpoint records.
-fn inputs(total: usize, local: usize, pols: usize) -> (Inputs, Vec<LocalEndpoint>) {
-    let mut i = Inputs::default();
-    for n in 0..NAMESPACES {
-        i.namespaces.insert(
-            format!("ns{n}"),
-            Labels::from([("team".to_string(), format!("t{}", n % 5))]),
-        );
-    }
-    // As the engine's first full listing delivers them.
-    i.replace_pods(
-        (0..total)
-            .filter_map(|p| PodInfo::of(&pod(p, p < local)))
-            .collect(),
-    );
-    for j in 0..pols {
-        i.apply_network_policy(&policy(j, 80)).expect("compile");
-    }
-    (i, (0..local).map(record).collect())
 }
 
 /// What the engine does after handling events: endpoints, sync, script.

@@ -28,6 +28,9 @@ pub const ANN_LB_IPS: &str = "twill.dev/loadBalancerIPs";
 pub const ANN_POOL: &str = "twill.dev/ip-pool";
 /// Annotation: Services of one namespace with the same key may share an address.
 pub const ANN_SHARING_KEY: &str = "twill.dev/sharing-key";
+/// Annotation: BGP communities the Service's announced addresses carry,
+/// comma-separated (`65000:100,65000:1:2,no-export`).
+pub const ANN_BGP_COMMUNITIES: &str = "twill.dev/bgp-communities";
 /// The status condition the LoadBalancer allocator keeps on a Service.
 pub const CONDITION_LB: &str = "twill.dev/LoadBalancerAllocated";
 /// The label an EndpointSlice names its Service with.
@@ -92,6 +95,9 @@ pub fn validate_service(s: &Service) -> Result<(), ValidationError> {
         e.push("metadata.name", &name, r);
     }
     check_namespace(&mut e, s.metadata.namespace.as_deref());
+    if let Err((raw, r)) = bgp_communities(s) {
+        e.push(format!("metadata.annotations[{ANN_BGP_COMMUNITIES}]"), raw, r);
+    }
     let Some(spec) = &s.spec else {
         return e.finish("Service", &name);
     };
@@ -316,6 +322,27 @@ pub fn requested_lb_ips(s: &Service) -> Result<Vec<IpAddr>, String> {
             .map_err(|_| format!("requested address {raw:?} is not an IP address"))?;
         if !out.contains(&ip) {
             out.push(ip);
+        }
+    }
+    Ok(out)
+}
+
+/// The communities the [`ANN_BGP_COMMUNITIES`] annotation asks for (none
+/// without it); an entry that is no community is an error naming it and why.
+pub fn bgp_communities(
+    s: &Service,
+) -> Result<Vec<crate::resources::bgpconfig::Community>, (String, String)> {
+    let mut out = Vec::new();
+    for raw in annotation(s, ANN_BGP_COMMUNITIES)
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+    {
+        let c = crate::resources::bgpconfig::parse_community(raw)
+            .map_err(|r| (raw.to_string(), format!("{raw:?} is no BGP community: {r}")))?;
+        if !out.contains(&c) {
+            out.push(c);
         }
     }
     Ok(out)
@@ -645,9 +672,13 @@ fn assign_node_ports(
         a.port == b.port
             && a.protocol.as_deref().unwrap_or("TCP") == b.protocol.as_deref().unwrap_or("TCP")
     };
+    let proto = |p: &ServicePort| p.protocol.clone().unwrap_or_else(|| "TCP".into());
     // First what is given or kept, then free ports for the rest, so a
-    // port given explicitly is never handed to an earlier port.
-    let mut mine: BTreeSet<i32> = BTreeSet::new();
+    // port given explicitly is never handed to an earlier port. One node
+    // port may serve one protocol once: `53/TCP` and `53/UDP` may share
+    // a node port, as Kubernetes allows (and gives them one when neither
+    // has one), two TCP ports may not.
+    let mut mine: BTreeSet<(String, i32)> = BTreeSet::new();
     for (i, p) in ports.iter_mut().enumerate() {
         if p.node_port.unwrap_or(0) == 0 {
             p.node_port = old
@@ -664,26 +695,35 @@ fn assign_node_ports(
                     n,
                     format!("already allocated to Service {holder}"),
                 );
-            } else if !mine.insert(n) {
+            } else if !mine.insert((proto(p), n)) {
                 e.push(
                     format!("spec.ports[{i}].nodePort"),
                     n,
-                    "used twice in this Service",
+                    format!("used twice for {} in this Service", proto(p)),
                 );
             }
         }
     }
-    for (i, p) in ports.iter_mut().enumerate() {
-        if p.node_port.unwrap_or(0) != 0 {
+    for i in 0..ports.len() {
+        if ports[i].node_port.unwrap_or(0) != 0 {
             continue;
         }
-        let free = NODE_PORTS
-            .clone()
-            .find(|n| !used.contains_key(n) && !mine.contains(n));
+        let pr = proto(&ports[i]);
+        // The same port number under another protocol: its node port.
+        let sibling = ports
+            .iter()
+            .filter(|o| o.port == ports[i].port && proto(o) != pr)
+            .filter_map(|o| o.node_port.filter(|n| *n != 0))
+            .find(|n| !mine.contains(&(pr.clone(), *n)));
+        let free = sibling.or_else(|| {
+            NODE_PORTS
+                .clone()
+                .find(|n| !used.contains_key(n) && !mine.iter().any(|(_, m)| m == n))
+        });
         match free {
             Some(n) => {
-                mine.insert(n);
-                p.node_port = Some(n);
+                mine.insert((pr, n));
+                ports[i].node_port = Some(n);
             }
             None => e.push(
                 format!("spec.ports[{i}].nodePort"),

@@ -456,3 +456,125 @@ fn which_service_prefixes_a_node_announces() {
         BTreeSet::from(["shop/local".to_string()])
     );
 }
+
+/// Kubernetes lets one Service use a node port once per protocol: DNS on
+/// `53/TCP` and `53/UDP` gets one node port for both (given or allocated);
+/// the same node port twice for one protocol, or held by another Service,
+/// is refused.
+#[tokio::test]
+async fn one_node_port_serves_tcp_and_udp_of_one_service() {
+    let (_d, store, _emb) = open();
+    let dns = store
+        .create_value(
+            Kind::Service,
+            svc("kube-system", "dns", json!({"type": "NodePort", "ports": [
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+                {"name": "dns-udp", "port": 53, "protocol": "UDP"},
+                {"name": "metrics", "port": 9153, "protocol": "TCP"}]})),
+        )
+        .await
+        .expect("create");
+    let ports = &dns["spec"]["ports"];
+    assert_eq!(ports[0]["nodePort"], 30000, "{dns}");
+    assert_eq!(ports[1]["nodePort"], 30000, "{dns}");
+    assert_eq!(ports[2]["nodePort"], 30001, "{dns}");
+    let given = store
+        .create_value(
+            Kind::Service,
+            svc("kube-system", "dns2", json!({"type": "NodePort", "ports": [
+                {"name": "t", "port": 53, "protocol": "TCP", "nodePort": 31053},
+                {"name": "u", "port": 53, "protocol": "UDP", "nodePort": 31053}]})),
+        )
+        .await
+        .expect("one node port for TCP and UDP, given");
+    assert_eq!(given["spec"]["ports"][1]["nodePort"], 31053);
+    let e = store
+        .create_value(
+            Kind::Service,
+            svc("kube-system", "dns3", json!({"type": "NodePort", "ports": [
+                {"name": "a", "port": 53, "protocol": "TCP", "nodePort": 31054},
+                {"name": "b", "port": 54, "protocol": "TCP", "nodePort": 31054}]})),
+        )
+        .await
+        .expect_err("one node port twice for TCP");
+    assert!(
+        e.to_string().contains("used twice for TCP in this Service"),
+        "{e}"
+    );
+    // Another Service cannot take it for the other protocol either (one
+    // node port belongs to one Service, as on a cluster).
+    let e = store
+        .create_value(
+            Kind::Service,
+            svc("kube-system", "dns4", json!({"type": "NodePort", "ports": [
+                {"name": "u", "port": 53, "protocol": "UDP", "nodePort": 30000}]})),
+        )
+        .await
+        .expect_err("held by dns");
+    assert!(
+        e.to_string()
+            .contains("already allocated to Service kube-system/dns"),
+        "{e}"
+    );
+}
+
+/// `twill.dev/bgp-communities` is checked when the Service is written: a
+/// value that is no community is refused naming the Service, the
+/// annotation and the entry; valid ones (standard, large, well-known) are
+/// stored.
+#[tokio::test]
+async fn bgp_community_annotations_are_checked() {
+    let (_d, store, _emb) = open();
+    let mut bad = svc("shop", "web", json!({"type": "LoadBalancer", "ports": [{"port": 80}]}));
+    bad["metadata"]["annotations"] =
+        json!({"twill.dev/bgp-communities": "65000:100, 65536:1"});
+    let e = store
+        .create_value(Kind::Service, bad.clone())
+        .await
+        .expect_err("not a community");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("web")
+            && msg.contains("twill.dev/bgp-communities")
+            && msg.contains("65536:1"),
+        "{msg}"
+    );
+    bad["metadata"]["annotations"] =
+        json!({"twill.dev/bgp-communities": "65000:100, 65000:1:2,no-export"});
+    let ok = store
+        .create_value(Kind::Service, bad)
+        .await
+        .expect("valid communities");
+    let svc: Service = serde_json::from_value(ok).expect("a Service");
+    assert_eq!(
+        twill_api::service::bgp_communities(&svc).expect("valid").len(),
+        3
+    );
+}
+
+/// An IPPool's `bgpCommunities`: each entry checked (refusal names the
+/// pool and the entry), and only on a LoadBalancer pool.
+#[test]
+fn pool_communities_are_checked_and_only_for_load_balancer_pools() {
+    use twill_api::resources::{AllowedUse, IPPool, IPPoolSpec};
+    let mut p = IPPool::new(
+        "lb",
+        IPPoolSpec {
+            cidr: "192.0.2.0/28".into(),
+            allowed_uses: vec![AllowedUse::LoadBalancer],
+            bgp_communities: vec!["65000:100".into(), "65000:1:2".into(), "no-export".into()],
+            ..Default::default()
+        },
+    );
+    p.validate().expect("valid communities");
+    p.spec.bgp_communities.push("65000:x".into());
+    let e = p.validate().expect_err("not a community").to_string();
+    assert!(
+        e.contains("IPPool") && e.contains("lb") && e.contains("spec.bgpCommunities[3]"),
+        "{e}"
+    );
+    p.spec.bgp_communities.pop();
+    p.spec.allowed_uses = vec![AllowedUse::Workload];
+    let e = p.validate().expect_err("pod pool").to_string();
+    assert!(e.contains("spec.bgpCommunities"), "{e}");
+}

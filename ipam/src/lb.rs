@@ -121,6 +121,15 @@ impl LbRequest {
             .namespace
             .clone()
             .unwrap_or_else(|| "default".into());
+        // Communities are the announcing node's business, but a Service
+        // whose annotation is no community is refused here too, where the
+        // user sees it (on Kubernetes nothing else checks Twill's annotations).
+        twill_api::service::bgp_communities(svc).map_err(|(_, r)| {
+            LbRefusal::BadRequest(format!(
+                "annotation {}: {r}",
+                twill_api::service::ANN_BGP_COMMUNITIES
+            ))
+        })?;
         let mut labels = svc.metadata.labels.clone().unwrap_or_default();
         labels.insert(NAMESPACE_LABEL.into(), namespace.clone());
         Ok(LbRequest {
@@ -381,10 +390,36 @@ fn new_block(pool: &IPPool, cidr: IpNetwork) -> IPAMBlock {
     )
 }
 
+/// The ordinals of `block` never handed out unasked: the first and the last
+/// address of a pool wider than a /31 (/127) — its network and broadcast
+/// addresses, which some routers and clients treat specially (what
+/// Cilium's LB-IPAM does by default). A Service asking for one by name
+/// gets it.
+pub fn never_chosen(pool: &IPPool, block: &IpNetwork) -> BTreeSet<u32> {
+    let Some(pn) = pool.spec.network() else {
+        return BTreeSet::new();
+    };
+    let width = if pn.is_ipv4() { 32 } else { 128 };
+    if pn.prefix() + 1 >= width {
+        return BTreeSet::new();
+    }
+    let last = match pn {
+        IpNetwork::V4(n) => IpAddr::V4(n.broadcast()),
+        IpNetwork::V6(n) => IpAddr::V6(std::net::Ipv6Addr::from(
+            u128::from(n.network()) | (u128::MAX >> n.prefix()),
+        )),
+    };
+    [pn.network(), last]
+        .into_iter()
+        .filter_map(|a| ordinal_of(block, a))
+        .collect()
+}
+
 /// Plans the write that gives `req` an address in `family`: the requested
 /// one, else a shared one under its sharing key, else a free one of the
 /// first pool (by name) with one, claiming a new block when the existing
-/// ones are full. `now` stamps the allocation.
+/// ones are full, never the pool's first or last address unasked
+/// ([`never_chosen`]). `now` stamps the allocation.
 pub fn plan_lb(
     pools: &[IPPool],
     blocks: &[IPAMBlock],
@@ -505,7 +540,8 @@ pub fn plan_lb(
         mine.sort_by(|a, b| a.spec.cidr.cmp(&b.spec.cidr));
         for b in mine {
             let Some(net) = block_net(b) else { continue };
-            let taken: BTreeSet<u32> = b.spec.allocations.iter().map(|a| a.ordinal).collect();
+            let mut taken: BTreeSet<u32> = b.spec.allocations.iter().map(|a| a.ordinal).collect();
+            taken.extend(never_chosen(pool, &net));
             if let Some(ordinal) = next_free_ordinal(block_len(&net), &taken, b.spec.last_ordinal)
                 && let Some(addr) = addr_at(&net, ordinal)
             {
@@ -516,17 +552,29 @@ pub fn plan_lb(
         let Some(pn) = pool.spec.network() else {
             continue;
         };
-        let claimed: BTreeSet<IpNetwork> = blocks
+        let mut claimed: BTreeSet<IpNetwork> = blocks
             .iter()
             .filter_map(block_net)
             .filter(|n| n.is_ipv4() == pn.is_ipv4())
             .collect();
-        if let Some(cidr) = first_unclaimed_block(&pn, pool.spec.effective_block_size(), &claimed)
-            && let Some(addr) = addr_at(&cidr, 0)
+        // A new block whose only addresses are never chosen (a /32 block
+        // on the pool's first address) is passed over.
+        while let Some(cidr) =
+            first_unclaimed_block(&pn, pool.spec.effective_block_size(), &claimed)
         {
-            let (block, _) =
-                with_allocation(&new_block(pool, cidr), 0, &handle, attributes(req, now));
-            return Ok(LbStep::Claim { block, addr });
+            let reserved = never_chosen(pool, &cidr);
+            if let Some(ordinal) = next_free_ordinal(block_len(&cidr), &reserved, None)
+                && let Some(addr) = addr_at(&cidr, ordinal)
+            {
+                let (block, _) = with_allocation(
+                    &new_block(pool, cidr),
+                    ordinal,
+                    &handle,
+                    attributes(req, now),
+                );
+                return Ok(LbStep::Claim { block, addr });
+            }
+            claimed.insert(cidr);
         }
     }
     Err(LbRefusal::Exhausted {
@@ -738,17 +786,64 @@ mod tests {
 
     #[test]
     fn a_small_pool_is_one_block_and_runs_out_with_a_reason() {
-        let pools = vec![lb_pool("lb", "192.0.2.0/30")];
-        assert_eq!(pools[0].spec.effective_block_size(), 30);
+        let pools = vec![lb_pool("lb", "192.0.2.0/29")];
+        assert_eq!(pools[0].spec.effective_block_size(), 29);
         let mut blocks = vec![];
         let mut got = BTreeSet::new();
-        for i in 0..4 {
+        for i in 0..6 {
             let s = plan_lb(&pools, &blocks, &req(&format!("s{i}")), Family::V4, "t").unwrap();
             assert!(got.insert(apply(&mut blocks, s)));
         }
         assert_eq!(blocks.len(), 1);
-        let e = plan_lb(&pools, &blocks, &req("s4"), Family::V4, "t").unwrap_err();
+        // Six addresses: .1 to .6, never the network .0 nor the broadcast .7.
+        let want: BTreeSet<IpAddr> = (1..=6)
+            .map(|i| format!("192.0.2.{i}").parse().unwrap())
+            .collect();
+        assert_eq!(got, want);
+        let e = plan_lb(&pools, &blocks, &req("s6"), Family::V4, "t").unwrap_err();
         assert_eq!(e.reason(), "PoolExhausted", "{e}");
+        // Asked for by name, the broadcast address is given.
+        let mut r = req("s7");
+        r.requested = vec!["192.0.2.7".parse().unwrap()];
+        let s = plan_lb(&pools, &blocks, &r, Family::V4, "t").unwrap();
+        assert_eq!(s.addr(), "192.0.2.7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn first_and_last_of_a_pool_are_skipped_only_when_it_is_wider_than_a_31() {
+        // A /31 (and /127) has no network or broadcast address: both are used.
+        for (cidr, n) in [("192.0.2.0/31", 2), ("fd00:1::/127", 2), ("fd00:1::/126", 2)] {
+            let pools = vec![lb_pool("lb", cidr)];
+            let fam = if cidr.contains(':') { Family::V6 } else { Family::V4 };
+            let mut blocks = vec![];
+            for i in 0..n {
+                let s = plan_lb(&pools, &blocks, &req(&format!("s{i}")), fam, "t").unwrap();
+                apply(&mut blocks, s);
+            }
+            let e = plan_lb(&pools, &blocks, &req("x"), fam, "t").unwrap_err();
+            assert_eq!(e.reason(), "PoolExhausted", "{cidr}: {e}");
+        }
+        // /32 blocks of a /24: the block of .0 is passed over, .255's too.
+        let mut p = lb_pool("lb", "192.0.2.0/24");
+        p.spec.block_size = Some(32);
+        let s = plan_lb(&[p.clone()], &[], &req("a"), Family::V4, "t").unwrap();
+        let LbStep::Claim { block, addr } = s else {
+            panic!("a new block")
+        };
+        assert_eq!(addr, "192.0.2.1".parse::<IpAddr>().unwrap());
+        assert_eq!(block.spec.cidr, "192.0.2.1/32");
+        assert_eq!(
+            never_chosen(&p, &"192.0.2.255/32".parse().unwrap()),
+            BTreeSet::from([0])
+        );
+        // Later blocks of a pool hold neither end.
+        let mut q = lb_pool("lb", "192.0.2.0/24");
+        q.spec.block_size = Some(26);
+        assert!(never_chosen(&q, &"192.0.2.64/26".parse().unwrap()).is_empty());
+        assert_eq!(
+            never_chosen(&q, &"192.0.2.192/26".parse().unwrap()),
+            BTreeSet::from([63])
+        );
     }
 
     #[test]

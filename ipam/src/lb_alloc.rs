@@ -98,11 +98,21 @@ impl LbAllocator {
                 return Ok(LbOutcome::Pending(refusal));
             }
         };
-        let mut refusal = None;
+        // All or nothing, as the API server allocates cluster IPs and as
+        // MetalLB does: a Service that cannot get every family it requires
+        // holds none (a pending Service keeping half its addresses would
+        // starve others). Checked before anything is written, so a pending
+        // Service does not allocate and release on every pass; a race lost
+        // after the check ends the same way (the release below).
+        let mut refusal = self.infeasible(&req).await?;
         for (family, required) in &req.families {
+            if refusal.is_some() {
+                break;
+            }
             match self.ensure(&req, *family).await? {
                 Ok(_) => {}
-                Err(LbRefusal::NoPool { .. }) if !required => {}
+                // PreferDualStack's second family: nice to have, never a reason to wait.
+                Err(_) if !required => {}
                 Err(r) => {
                     refusal = Some(r);
                     break;
@@ -132,6 +142,22 @@ impl LbAllocator {
             .filter(|l| l.allocation.handle == req.handle())
             .filter(|l| want.is_none_or(|w| w == l.addr))
             .collect()
+    }
+
+    /// The refusal of the first required family the Service holds no
+    /// address of and would not get one of now (nothing is written).
+    async fn infeasible(&self, req: &LbRequest) -> Result<Option<LbRefusal>, LbError> {
+        let pools = self.store.list::<IPPool>().await?.items;
+        let blocks = self.blocks().await?;
+        for (family, required) in &req.families {
+            if !required || !Self::keepers(req, &blocks, *family).is_empty() {
+                continue;
+            }
+            if let Err(r) = plan_lb(&pools, &blocks, req, *family, &now()) {
+                return Ok(Some(r));
+            }
+        }
+        Ok(None)
     }
 
     /// Makes sure the Service holds an address of `family` (one CAS write, retried on conflict).

@@ -137,7 +137,8 @@ async fn racing_allocators_never_give_one_address_to_two_services() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("lb.db");
     let store = open(&path);
-    // 16 addresses for 24 Services: the pool runs out while they race.
+    // 14 addresses (a /28 without its network and broadcast addresses)
+    // for 24 Services: the pool runs out while they race.
     store
         .create(&lb_pool("lb", "192.0.2.0/28"))
         .await
@@ -177,8 +178,8 @@ async fn racing_allocators_never_give_one_address_to_two_services() {
     let held = assert_never_doubled(&store).await;
     assert_eq!(
         held.len(),
-        16,
-        "every address of the pool is in use: {held:?}"
+        14,
+        "every address of the pool but .0 and .15 is in use: {held:?}"
     );
     let mut allocated = 0;
     let mut pending = 0;
@@ -193,7 +194,7 @@ async fn racing_allocators_never_give_one_address_to_two_services() {
             other => panic!("s{i:02}: unexpected {other:?}"),
         }
     }
-    assert_eq!((allocated, pending), (16, 8));
+    assert_eq!((allocated, pending), (14, 10));
     // Deleting one frees its address for a pending one.
     let s0 = get(&store, "shop", "s00").await;
     let freed = ingress(&s0);
@@ -353,7 +354,7 @@ async fn a_load_balancer_pool_is_never_used_for_pods() {
         .expect("reconcile");
     assert_eq!(
         out,
-        LbOutcome::Allocated(vec!["192.0.2.0".parse().expect("addr")])
+        LbOutcome::Allocated(vec!["192.0.2.1".parse().expect("addr")])
     );
     let s = get(&store, "default", "web").await;
     let lb = s.status.and_then(|s| s.load_balancer).expect("lb status");
@@ -520,5 +521,88 @@ async fn requests_refusals_sharing_release_and_dual_stack_as_a_user_sees_them() 
     assert_eq!(ips.len(), 2);
     assert!(ips[0].is_ipv6() && ips[1].is_ipv4(), "{ips:?}");
     assert_eq!(ingress(&get(&store, "shop", "dual").await), ips);
+    assert_never_doubled(&store).await;
+}
+
+/// A dual-stack Service that requires both families and can get only one
+/// holds none (all or nothing, as the API server allocates cluster IPs and
+/// as MetalLB does): it stays pending with the reason and the other
+/// family's addresses stay free for other Services; once the missing
+/// family frees up it gets both. PreferDualStack takes what there is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dual_stack_service_gets_both_families_or_holds_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(&dir.path().join("lb.db"));
+    EmbeddedStore::open(dir.path().join("lb.db"))
+        .expect("open")
+        .set_service_ranges(&"10.96.0.0/12,fd00:96::/108".parse().expect("ranges"))
+        .expect("ranges");
+    store
+        .create(&lb_pool("lb", "192.0.2.0/29"))
+        .await
+        .expect("pool");
+    // A /127: two IPv6 addresses (no first/last to skip).
+    store
+        .create(&lb_pool("lb6", "fd00:2::/127"))
+        .await
+        .expect("pool6");
+    let a = LbAllocator::new(store.clone());
+    let dual = |name: &str, policy: &str| {
+        svc(
+            "shop",
+            name,
+            json!({"spec": {"ipFamilyPolicy": policy, "ipFamilies": ["IPv4", "IPv6"]}}),
+        )
+    };
+    for n in ["d1", "d2", "d3"] {
+        store
+            .create(&dual(n, "RequireDualStack"))
+            .await
+            .expect("svc");
+        a.reconcile("shop", n).await.expect("reconcile");
+    }
+    for n in ["d1", "d2"] {
+        let got = ingress(&get(&store, "shop", n).await);
+        assert!(
+            got.len() == 2 && got[0].is_ipv4() && got[1].is_ipv6(),
+            "{n}: {got:?}"
+        );
+    }
+    let d3 = get(&store, "shop", "d3").await;
+    assert!(ingress(&d3).is_empty(), "{:?}", d3.status);
+    let (st, reason, msg) = condition(&d3).expect("condition");
+    assert_eq!((st.as_str(), reason.as_str()), ("False", "PoolExhausted"), "{msg}");
+    let uid3 = d3.metadata.uid.clone().expect("uid");
+    let blocks = store.list::<IPAMBlock>().await.expect("blocks").items;
+    assert!(
+        twill_ipam::lb::held_by(&blocks, "shop", "d3", &uid3).is_empty(),
+        "a pending dual-stack Service holds an address"
+    );
+    // The IPv4 addresses it did not take are free: a single-stack Service gets one.
+    store.create(&svc("shop", "v4", json!({}))).await.expect("svc");
+    assert!(matches!(
+        a.reconcile("shop", "v4").await.expect("reconcile"),
+        LbOutcome::Allocated(_)
+    ));
+    // PreferDualStack: the IPv4 address alone, allocated (not pending).
+    store
+        .create(&dual("pref", "PreferDualStack"))
+        .await
+        .expect("svc");
+    let LbOutcome::Allocated(ips) = a.reconcile("shop", "pref").await.expect("reconcile") else {
+        panic!("PreferDualStack waits for IPv6");
+    };
+    assert!(ips.len() == 1 && ips[0].is_ipv4(), "{ips:?}");
+    // d1 goes: d3 gets both.
+    store
+        .delete::<Service>(Some("shop"), "d1", None)
+        .await
+        .expect("delete");
+    a.reconcile_all().await.expect("resync");
+    let got = ingress(&get(&store, "shop", "d3").await);
+    assert!(
+        got.len() == 2 && got[0].is_ipv4() && got[1].is_ipv6(),
+        "{got:?}"
+    );
     assert_never_doubled(&store).await;
 }

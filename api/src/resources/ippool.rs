@@ -68,6 +68,13 @@ pub struct IPPoolSpec {
     /// namespace; default all()). Only for pools that allow LoadBalancer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_selector: Option<String>,
+    /// BGP communities the pool's LoadBalancer addresses are announced
+    /// with, standard (`65000:100`), large (`65000:1:2`) or `no-export` /
+    /// `no-advertise` (added to the BGPConfiguration's prefixAdvertisements
+    /// and the Service's `twill.dev/bgp-communities`). Only for pools that
+    /// allow LoadBalancer.
+    #[serde(default, rename = "bgpCommunities", skip_serializing_if = "Vec::is_empty")]
+    pub bgp_communities: Vec<String>,
 }
 
 /// A use an IPPool may serve.
@@ -187,6 +194,18 @@ impl IPPool {
                     "only a pool whose allowedUses include LoadBalancer selects Services",
                 );
             }
+        }
+        for (i, c) in s.bgp_communities.iter().enumerate() {
+            if let Err(r) = crate::resources::bgpconfig::parse_community(c) {
+                e.push(format!("spec.bgpCommunities[{i}]"), c, r);
+            }
+        }
+        if !s.bgp_communities.is_empty() && !s.allows_load_balancers() {
+            e.push(
+                "spec.bgpCommunities",
+                s.bgp_communities.join(","),
+                "only a pool whose allowedUses include LoadBalancer has communities (pod blocks take theirs from the BGPConfiguration's prefixAdvertisements)",
+            );
         }
         if s.allows_load_balancers() && s.allows_workloads() {
             e.push(

@@ -77,6 +77,7 @@ mod tests {
                 allowed_uses: vec![],
                 strict_affinity: false,
                 service_selector: None,
+                bgp_communities: vec![],
             },
         )
     }

@@ -69,6 +69,9 @@ pub struct BgpReport {
     pub peers: Vec<PeerStatus>,
     /// The Service prefixes announced (NodeStatus `servicePrefixes`).
     pub service_prefixes: Vec<String>,
+    /// Notified when `service_prefixes` changes, so the status report
+    /// follows without waiting for its interval.
+    pub changed: Arc<tokio::sync::Notify>,
     /// Why BGP is not running, when it is not.
     pub problem: Option<String>,
 }

@@ -1,7 +1,9 @@
 //! Announcements follow the IPAM blocks, the pools, the BGPConfigurations,
 //! and the Services and EndpointSlices; what to announce is
 //! [`crate::calc::bgp::originate`]. Service prefixes go out over the same
-//! sessions as blocks, through the same per-peer export filters.
+//! sessions as blocks, through the same per-peer export filters, with the
+//! communities of their pool and Service added; a change of what Services
+//! are announced wakes the NodeStatus writer.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv6Addr};
@@ -15,7 +17,9 @@ use twill_bgpd::speaker::Speaker;
 use twill_bgpd::types::{Origin, PathAttrs};
 
 use super::{BgpConfig, SharedReport};
-use crate::calc::bgp::originate::{advertisements, exported, from_blocks, from_services};
+use crate::calc::bgp::originate::{
+    advertisements, exported, from_blocks, from_services, service_communities,
+};
 use crate::watch::{Cache, follow};
 
 /// Originates owned blocks and borrowed /32s (/128s), following the IPAM
@@ -35,6 +39,7 @@ pub(super) async fn follow_origination(
 ) {
     let store = cfg.store.clone();
     let mut originated: BTreeMap<IpNetwork, PathAttrs> = BTreeMap::new();
+    let mut warned: BTreeSet<(String, String)> = BTreeSet::new();
     // The follower turns every block change into the set of prefixes this
     // node should announce, and wakes the loop only when that set changes:
     // a pod ADD or DEL that only touches allocations costs nothing here.
@@ -72,12 +77,19 @@ pub(super) async fn follow_origination(
                 tracing::warn!(error = %e, "BGPConfiguration prefixAdvertisements ignored");
                 Default::default()
             });
-            let svc = from_services(
+            let services = services.get().unwrap_or_default();
+            let (svc, refused) = from_services(
                 &cfg.node,
-                &services.get().unwrap_or_default(),
+                &services,
                 &slices.get().unwrap_or_default(),
                 &configs,
             );
+            // Logged once per Service and reason, again after it was fixed.
+            let now_refused: BTreeSet<(String, String)> = refused.into_iter().collect();
+            for (key, reason) in now_refused.difference(&warned) {
+                tracing::warn!(service = %key, %reason, "Service not announced: its twill.dev/bgp-communities annotation is invalid");
+            }
+            warned = now_refused;
             let mut want = want;
             want.extend(svc.keys().copied());
             let want = exported(want, &pools, nh6.is_some());
@@ -86,13 +98,20 @@ pub(super) async fn follow_origination(
                 .filter(|p| want.contains(p))
                 .map(ToString::to_string)
                 .collect();
-            if let Ok(mut r) = report.lock() {
+            if let Ok(mut r) = report.lock()
+                && r.service_prefixes != announced
+            {
                 r.service_prefixes = announced;
+                // NodeStatus follows now, not at the next status interval.
+                r.changed.notify_one();
             }
             let want: BTreeMap<IpNetwork, PathAttrs> = want
                 .into_iter()
                 .map(|p| {
                     let mut attrs: PathAttrs = adv.attrs_for(&p);
+                    if let Some(by) = svc.get(&p) {
+                        service_communities(&mut attrs, &p, by, &services, &pools);
+                    }
                     attrs.origin = Origin::Igp;
                     attrs.next_hop = Some(match (p, nh6) {
                         (IpNetwork::V6(_), Some(a)) => IpAddr::V6(a),

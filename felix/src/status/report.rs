@@ -88,6 +88,7 @@ pub async fn report_loop(
 ) {
     let mut cached: Option<twill_api::resources::NodeStatus> = None;
     let mut outage = Outage::default();
+    let changed = bgp.lock().map(|b| b.changed.clone()).unwrap_or_default();
     loop {
         // Interface names of the local endpoints, for the route listing.
         let mut names = BTreeMap::new();
@@ -169,6 +170,17 @@ pub async fn report_loop(
                 }
             }
         }
-        tokio::time::sleep(cfg.interval).await;
+        // The next report: at the interval, or soon after the announced
+        // Service prefixes change (changes within 200 ms make one write).
+        tokio::select! {
+            _ = tokio::time::sleep(cfg.interval) => {}
+            _ = changed.notified() => {
+                tokio::time::sleep(SERVICE_CHANGE_COALESCE).await;
+            }
+        }
     }
 }
+
+/// How long a report waits after a change of the announced Service
+/// prefixes, so a burst of changes makes one write.
+const SERVICE_CHANGE_COALESCE: std::time::Duration = std::time::Duration::from_millis(200);

@@ -5,7 +5,9 @@
 //! node's own `node.<name>` list wins over `default`'s); and the Service
 //! prefixes [`from_services`] gives (bounded by the `default`
 //! BGPConfiguration's `serviceClusterIPs`/`serviceExternalIPs`/
-//! `serviceLoadBalancerIPs`).
+//! `serviceLoadBalancerIPs`), each with the communities of
+//! [`service_communities`] added: its LoadBalancer pool's `bgpCommunities`
+//! and its Services' `twill.dev/bgp-communities`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -13,8 +15,12 @@ use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use twill_api::resources::{BGPConfiguration, IPAMBlock, IPPool};
-use twill_api::service::{ServiceAdvertisement, announced_prefixes};
+use twill_api::resources::bgpconfig::{Community as ApiCommunity, parse_community};
+use twill_api::service::{
+    ServiceAdvertisement, announced_prefixes, bgp_communities, service_key,
+};
 use twill_bgpd::policy::PolicyError;
+use twill_bgpd::types::{Community, LargeCommunity, PathAttrs};
 
 use super::from_api::Advertisements;
 
@@ -30,23 +36,88 @@ pub fn from_blocks(blocks: &[IPAMBlock], node: &str) -> BTreeSet<IpNetwork> {
     want
 }
 
+/// Service prefixes, each with the Services that make it announced.
+pub type ServicePrefixes = BTreeMap<IpNetwork, BTreeSet<String>>;
+
 /// The Service prefixes this node announces, each with the Services that
 /// make it announced: [`announced_prefixes`] under the `default`
 /// BGPConfiguration's service CIDRs (Calico's rule: only the cluster-wide
 /// configuration says which Service addresses are announced; none, or no
-/// `default`, announces nothing).
+/// `default`, announces nothing). A Service whose
+/// `twill.dev/bgp-communities` is no list of communities makes nothing
+/// announced (announcing it without the communities it asks for, say a
+/// `no-export`, could carry it further than meant); it is in the second
+/// list, `namespace/name` with the reason, for the caller to log.
 pub fn from_services(
     node: &str,
     services: &[Service],
     slices: &[EndpointSlice],
     configs: &[BGPConfiguration],
-) -> BTreeMap<IpNetwork, BTreeSet<String>> {
+) -> (ServicePrefixes, Vec<(String, String)>) {
     let adv = configs
         .iter()
         .find(|c| c.metadata.name.as_deref() == Some("default"))
         .map(|c| ServiceAdvertisement::from_spec(&c.spec))
         .unwrap_or_default();
-    announced_prefixes(node, services, slices, &adv)
+    let mut refused = Vec::new();
+    let valid: Vec<Service> = services
+        .iter()
+        .filter(|s| match bgp_communities(s) {
+            Ok(_) => true,
+            Err((_, r)) => {
+                refused.push((service_key(s), r));
+                false
+            }
+        })
+        .cloned()
+        .collect();
+    (announced_prefixes(node, &valid, slices, &adv), refused)
+}
+
+fn add(attrs: &mut PathAttrs, c: ApiCommunity) {
+    match c {
+        ApiCommunity::Standard(v) => attrs.add_community(Community(v)),
+        ApiCommunity::Large(global, local1, local2) => {
+            attrs.add_large_community(LargeCommunity {
+                global,
+                local1,
+                local2,
+            })
+        }
+    }
+}
+
+/// Adds to `attrs` (already holding the BGPConfiguration's
+/// prefixAdvertisements communities) the communities of a Service prefix:
+/// `bgpCommunities` of the LoadBalancer pool holding its address (host
+/// routes only: a cluster IP CIDR is no pool's), and the
+/// `twill.dev/bgp-communities` of every Service in `by` (the Services that
+/// make it announced; several when they share the address). The union:
+/// nothing anyone asked for is dropped.
+pub fn service_communities(
+    attrs: &mut PathAttrs,
+    prefix: &IpNetwork,
+    by: &BTreeSet<String>,
+    services: &[Service],
+    pools: &[IPPool],
+) {
+    let host = prefix.prefix() == if prefix.is_ipv4() { 32 } else { 128 };
+    if host {
+        for pool in pools.iter().filter(|p| p.spec.allows_load_balancers()) {
+            if pool.spec.network().is_some_and(|n| n.contains(prefix.ip())) {
+                for c in pool.spec.bgp_communities.iter() {
+                    if let Ok(c) = parse_community(c) {
+                        add(attrs, c);
+                    }
+                }
+            }
+        }
+    }
+    for s in services.iter().filter(|s| by.contains(&service_key(s))) {
+        for c in bgp_communities(s).unwrap_or_default() {
+            add(attrs, c);
+        }
+    }
 }
 
 /// Of `want`, what is announced: nothing inside a pool that disables BGP
@@ -138,15 +209,78 @@ mod tests {
         let svcs = std::slice::from_ref(&svc);
         // A node's own configuration does not say what Services announce.
         let own = [config("node.a", "192.0.2.0/24")];
-        assert!(from_services("a", svcs, &[], &own).is_empty());
+        assert!(from_services("a", svcs, &[], &own).0.is_empty());
         let def = [config("default", "192.0.2.0/24")];
-        let got = from_services("a", svcs, &[], &def);
+        let (got, _) = from_services("a", svcs, &[], &def);
         assert_eq!(
             got.keys().copied().collect::<Vec<_>>(),
             [net("192.0.2.5/32")]
         );
         // Outside the configured CIDR: nothing.
         let other = [config("default", "198.51.100.0/24")];
-        assert!(from_services("a", svcs, &[], &other).is_empty());
+        assert!(from_services("a", svcs, &[], &other).0.is_empty());
+    }
+
+    #[test]
+    fn service_prefixes_carry_pool_and_service_communities() {
+        use twill_api::resources::AllowedUse;
+        let svc = |name: &str, ann: &str| -> Service {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "shop",
+                             "annotations": {"twill.dev/bgp-communities": ann}},
+                "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Cluster",
+                         "ports": [{"port": 80, "protocol": "TCP"}]},
+                "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.5"}]}},
+            }))
+            .unwrap()
+        };
+        let pool = IPPool::new(
+            "lb",
+            IPPoolSpec {
+                cidr: "192.0.2.0/28".into(),
+                allowed_uses: vec![AllowedUse::LoadBalancer],
+                bgp_communities: vec!["65000:1".into(), "65000:7:7".into()],
+                ..Default::default()
+            },
+        );
+        let svcs = [svc("a", "65000:100,no-export"), svc("b", "65000:1")];
+        let by: BTreeSet<String> = ["shop/a".to_string(), "shop/b".to_string()].into();
+        // The BGPConfiguration's communities are already there and stay.
+        let mut attrs = PathAttrs::default();
+        attrs.add_community(Community::new(64512, 9));
+        service_communities(
+            &mut attrs,
+            &net("192.0.2.5/32"),
+            &by,
+            &svcs,
+            std::slice::from_ref(&pool),
+        );
+        assert_eq!(
+            attrs.communities,
+            vec![
+                Community::new(64512, 9),
+                Community::new(65000, 1),
+                Community::new(65000, 100),
+                Community::NO_EXPORT
+            ]
+        );
+        assert_eq!(attrs.large_communities.len(), 1);
+        // Only the Services that make the prefix announced, and no pool
+        // community on a CIDR (the cluster IP range).
+        let mut attrs = PathAttrs::default();
+        let only_b: BTreeSet<String> = ["shop/b".to_string()].into();
+        service_communities(&mut attrs, &net("192.0.2.0/28"), &only_b, &svcs, &[pool]);
+        assert_eq!(attrs.communities, vec![Community::new(65000, 1)]);
+        assert!(attrs.large_communities.is_empty());
+        // A Service whose annotation is no community announces nothing and is reported.
+        let bad = [svc("c", "65000:100,70000:1")];
+        let (got, refused) =
+            from_services("a", &bad, &[], &[config("default", "192.0.2.0/24")]);
+        assert!(got.is_empty());
+        assert_eq!(refused.len(), 1);
+        assert!(
+            refused[0].0 == "shop/c" && refused[0].1.contains("70000:1"),
+            "{refused:?}"
+        );
     }
 }

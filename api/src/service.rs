@@ -96,7 +96,11 @@ pub fn validate_service(s: &Service) -> Result<(), ValidationError> {
     }
     check_namespace(&mut e, s.metadata.namespace.as_deref());
     if let Err((raw, r)) = bgp_communities(s) {
-        e.push(format!("metadata.annotations[{ANN_BGP_COMMUNITIES}]"), raw, r);
+        e.push(
+            format!("metadata.annotations[{ANN_BGP_COMMUNITIES}]"),
+            raw,
+            r,
+        );
     }
     let Some(spec) = &s.spec else {
         return e.finish("Service", &name);

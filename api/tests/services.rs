@@ -467,10 +467,14 @@ async fn one_node_port_serves_tcp_and_udp_of_one_service() {
     let dns = store
         .create_value(
             Kind::Service,
-            svc("kube-system", "dns", json!({"type": "NodePort", "ports": [
+            svc(
+                "kube-system",
+                "dns",
+                json!({"type": "NodePort", "ports": [
                 {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
                 {"name": "dns-udp", "port": 53, "protocol": "UDP"},
-                {"name": "metrics", "port": 9153, "protocol": "TCP"}]})),
+                {"name": "metrics", "port": 9153, "protocol": "TCP"}]}),
+            ),
         )
         .await
         .expect("create");
@@ -481,9 +485,13 @@ async fn one_node_port_serves_tcp_and_udp_of_one_service() {
     let given = store
         .create_value(
             Kind::Service,
-            svc("kube-system", "dns2", json!({"type": "NodePort", "ports": [
+            svc(
+                "kube-system",
+                "dns2",
+                json!({"type": "NodePort", "ports": [
                 {"name": "t", "port": 53, "protocol": "TCP", "nodePort": 31053},
-                {"name": "u", "port": 53, "protocol": "UDP", "nodePort": 31053}]})),
+                {"name": "u", "port": 53, "protocol": "UDP", "nodePort": 31053}]}),
+            ),
         )
         .await
         .expect("one node port for TCP and UDP, given");
@@ -491,9 +499,13 @@ async fn one_node_port_serves_tcp_and_udp_of_one_service() {
     let e = store
         .create_value(
             Kind::Service,
-            svc("kube-system", "dns3", json!({"type": "NodePort", "ports": [
+            svc(
+                "kube-system",
+                "dns3",
+                json!({"type": "NodePort", "ports": [
                 {"name": "a", "port": 53, "protocol": "TCP", "nodePort": 31054},
-                {"name": "b", "port": 54, "protocol": "TCP", "nodePort": 31054}]})),
+                {"name": "b", "port": 54, "protocol": "TCP", "nodePort": 31054}]}),
+            ),
         )
         .await
         .expect_err("one node port twice for TCP");
@@ -506,8 +518,12 @@ async fn one_node_port_serves_tcp_and_udp_of_one_service() {
     let e = store
         .create_value(
             Kind::Service,
-            svc("kube-system", "dns4", json!({"type": "NodePort", "ports": [
-                {"name": "u", "port": 53, "protocol": "UDP", "nodePort": 30000}]})),
+            svc(
+                "kube-system",
+                "dns4",
+                json!({"type": "NodePort", "ports": [
+                {"name": "u", "port": 53, "protocol": "UDP", "nodePort": 30000}]}),
+            ),
         )
         .await
         .expect_err("held by dns");
@@ -525,18 +541,19 @@ async fn one_node_port_serves_tcp_and_udp_of_one_service() {
 #[tokio::test]
 async fn bgp_community_annotations_are_checked() {
     let (_d, store, _emb) = open();
-    let mut bad = svc("shop", "web", json!({"type": "LoadBalancer", "ports": [{"port": 80}]}));
-    bad["metadata"]["annotations"] =
-        json!({"twill.dev/bgp-communities": "65000:100, 65536:1"});
+    let mut bad = svc(
+        "shop",
+        "web",
+        json!({"type": "LoadBalancer", "ports": [{"port": 80}]}),
+    );
+    bad["metadata"]["annotations"] = json!({"twill.dev/bgp-communities": "65000:100, 65536:1"});
     let e = store
         .create_value(Kind::Service, bad.clone())
         .await
         .expect_err("not a community");
     let msg = e.to_string();
     assert!(
-        msg.contains("web")
-            && msg.contains("twill.dev/bgp-communities")
-            && msg.contains("65536:1"),
+        msg.contains("web") && msg.contains("twill.dev/bgp-communities") && msg.contains("65536:1"),
         "{msg}"
     );
     bad["metadata"]["annotations"] =
@@ -547,7 +564,9 @@ async fn bgp_community_annotations_are_checked() {
         .expect("valid communities");
     let svc: Service = serde_json::from_value(ok).expect("a Service");
     assert_eq!(
-        twill_api::service::bgp_communities(&svc).expect("valid").len(),
+        twill_api::service::bgp_communities(&svc)
+            .expect("valid")
+            .len(),
         3
     );
 }

@@ -812,9 +812,17 @@ mod tests {
     #[test]
     fn first_and_last_of_a_pool_are_skipped_only_when_it_is_wider_than_a_31() {
         // A /31 (and /127) has no network or broadcast address: both are used.
-        for (cidr, n) in [("192.0.2.0/31", 2), ("fd00:1::/127", 2), ("fd00:1::/126", 2)] {
+        for (cidr, n) in [
+            ("192.0.2.0/31", 2),
+            ("fd00:1::/127", 2),
+            ("fd00:1::/126", 2),
+        ] {
             let pools = vec![lb_pool("lb", cidr)];
-            let fam = if cidr.contains(':') { Family::V6 } else { Family::V4 };
+            let fam = if cidr.contains(':') {
+                Family::V6
+            } else {
+                Family::V4
+            };
             let mut blocks = vec![];
             for i in 0..n {
                 let s = plan_lb(&pools, &blocks, &req(&format!("s{i}")), fam, "t").unwrap();

@@ -571,7 +571,11 @@ async fn a_dual_stack_service_gets_both_families_or_holds_nothing() {
     let d3 = get(&store, "shop", "d3").await;
     assert!(ingress(&d3).is_empty(), "{:?}", d3.status);
     let (st, reason, msg) = condition(&d3).expect("condition");
-    assert_eq!((st.as_str(), reason.as_str()), ("False", "PoolExhausted"), "{msg}");
+    assert_eq!(
+        (st.as_str(), reason.as_str()),
+        ("False", "PoolExhausted"),
+        "{msg}"
+    );
     let uid3 = d3.metadata.uid.clone().expect("uid");
     let blocks = store.list::<IPAMBlock>().await.expect("blocks").items;
     assert!(
@@ -579,7 +583,10 @@ async fn a_dual_stack_service_gets_both_families_or_holds_nothing() {
         "a pending dual-stack Service holds an address"
     );
     // The IPv4 addresses it did not take are free: a single-stack Service gets one.
-    store.create(&svc("shop", "v4", json!({}))).await.expect("svc");
+    store
+        .create(&svc("shop", "v4", json!({})))
+        .await
+        .expect("svc");
     assert!(matches!(
         a.reconcile("shop", "v4").await.expect("reconcile"),
         LbOutcome::Allocated(_)

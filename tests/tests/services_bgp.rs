@@ -267,9 +267,10 @@ fn load_balancer_addresses_reach_the_tor_from_the_nodes_the_policy_names() {
 /// IPv6 link-local next hops left out).
 fn frr_next_hops(lab: &Lab, prefix: &str) -> BTreeSet<String> {
     let fam = if prefix.contains(':') { "ipv6" } else { "ipv4" };
-    let v: Value = serde_json::from_str(&lab.tor(Flavor::Frr).cli(&[
-        "show", "bgp", fam, "unicast", "json",
-    ]))
+    let v: Value = serde_json::from_str(
+        &lab.tor(Flavor::Frr)
+            .cli(&["show", "bgp", fam, "unicast", "json"]),
+    )
     .unwrap_or_default();
     v["routes"][prefix]
         .as_array()
@@ -506,7 +507,12 @@ fn frr_tor_learns_service_addresses_on_both_families_and_follows_endpoints() {
         (&[], BTreeSet::new()),
     ];
     for (i, (on, want)) in steps.iter().enumerate() {
-        apply(&lab, dir.path(), &format!("slice{i}.yaml"), &slice_on("mover", on));
+        apply(
+            &lab,
+            dir.path(),
+            &format!("slice{i}.yaml"),
+            &slice_on("mover", on),
+        );
         assert!(
             wait_until(Duration::from_secs(15), || frr_next_hops(&lab, &mover32)
                 == *want),
@@ -576,7 +582,10 @@ fn node_status_service_prefixes_follow_the_announcement_not_the_interval() {
         )
     };
     let ip = || -> Option<String> {
-        let out = ctl(&db, &["get", "service", "web", "-n", "default", "-o", "json"]);
+        let out = ctl(
+            &db,
+            &["get", "service", "web", "-n", "default", "-o", "json"],
+        );
         let v: Value = serde_json::from_slice(&out.stdout).ok()?;
         v["status"]["loadBalancer"]["ingress"][0]["ip"]
             .as_str()
@@ -602,7 +611,11 @@ fn node_status_service_prefixes_follow_the_announcement_not_the_interval() {
             &format!(r#"{{"spec":{{"serviceLoadBalancerIPs":[{{"cidr":"{LB_POOL}"}}]}}}}"#),
         ],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let listed: BTreeSet<String> = [web32.clone()].into();
     assert!(
         wait_until(Duration::from_secs(10), || prefixes().as_ref()
@@ -612,7 +625,11 @@ fn node_status_service_prefixes_follow_the_announcement_not_the_interval() {
         node.log()
     );
     let out = ctl(&db, &["delete", "service", "web", "-n", "default"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         wait_until(Duration::from_secs(10), || prefixes()
             == Some(BTreeSet::new())),

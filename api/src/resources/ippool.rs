@@ -73,7 +73,11 @@ pub struct IPPoolSpec {
     /// `no-advertise` (added to the BGPConfiguration's prefixAdvertisements
     /// and the Service's `twill.dev/bgp-communities`). Only for pools that
     /// allow LoadBalancer.
-    #[serde(default, rename = "bgpCommunities", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        rename = "bgpCommunities",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub bgp_communities: Vec<String>,
 }
 

@@ -14,11 +14,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use twill_api::resources::{BGPConfiguration, IPAMBlock, IPPool};
 use twill_api::resources::bgpconfig::{Community as ApiCommunity, parse_community};
-use twill_api::service::{
-    ServiceAdvertisement, announced_prefixes, bgp_communities, service_key,
-};
+use twill_api::resources::{BGPConfiguration, IPAMBlock, IPPool};
+use twill_api::service::{ServiceAdvertisement, announced_prefixes, bgp_communities, service_key};
 use twill_bgpd::policy::PolicyError;
 use twill_bgpd::types::{Community, LargeCommunity, PathAttrs};
 
@@ -77,13 +75,11 @@ pub fn from_services(
 fn add(attrs: &mut PathAttrs, c: ApiCommunity) {
     match c {
         ApiCommunity::Standard(v) => attrs.add_community(Community(v)),
-        ApiCommunity::Large(global, local1, local2) => {
-            attrs.add_large_community(LargeCommunity {
-                global,
-                local1,
-                local2,
-            })
-        }
+        ApiCommunity::Large(global, local1, local2) => attrs.add_large_community(LargeCommunity {
+            global,
+            local1,
+            local2,
+        }),
     }
 }
 
@@ -274,8 +270,7 @@ mod tests {
         assert!(attrs.large_communities.is_empty());
         // A Service whose annotation is no community announces nothing and is reported.
         let bad = [svc("c", "65000:100,70000:1")];
-        let (got, refused) =
-            from_services("a", &bad, &[], &[config("default", "192.0.2.0/24")]);
+        let (got, refused) = from_services("a", &bad, &[], &[config("default", "192.0.2.0/24")]);
         assert!(got.is_empty());
         assert_eq!(refused.len(), 1);
         assert!(

@@ -238,6 +238,20 @@ fn load_balancer_addresses_reach_the_tor_from_the_nodes_the_policy_names() {
     apply(&lab, dir.path(), "again.yaml", &want_web);
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(lb_ip(&lab, "again"), None, "{}", service(&lab, "again"));
+    // ... and says why, naming the holder.
+    let get = lab.twillctl(&["get", "svc", "-n", "default"]);
+    let get = String::from_utf8_lossy(&get.stdout).into_owned();
+    let again_line = get
+        .lines()
+        .find(|l| l.starts_with("again"))
+        .unwrap_or_default();
+    assert!(
+        again_line.contains("<pending>")
+            && again_line.contains(&format!(
+                "AddressTaken: requested address {web} is taken by Service default/web"
+            )),
+        "{get}"
+    );
 
     // Delete web: withdrawn from the ToR, and the address is free — the
     // Service waiting for it gets it.

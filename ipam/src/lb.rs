@@ -934,6 +934,29 @@ mod tests {
         assert_eq!(block.spec.cidr, "192.0.2.8/29");
     }
 
+    /// On Kubernetes nothing checks Twill's annotations before the
+    /// allocator: a community list that is not one leaves the Service
+    /// pending with the reason, naming the annotation and the entry.
+    #[test]
+    fn an_invalid_community_annotation_is_an_invalid_request() {
+        let svc = |ann: &str| -> Service {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "web", "namespace": "shop", "uid": "u",
+                             "annotations": {"twill.dev/bgp-communities": ann}},
+                "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]},
+            }))
+            .unwrap()
+        };
+        let e = LbRequest::from_service(&svc("65000:1,1:2:3:4")).unwrap_err();
+        assert_eq!(e.reason(), "InvalidRequest");
+        assert!(
+            e.to_string().contains("twill.dev/bgp-communities")
+                && e.to_string().contains("1:2:3:4"),
+            "{e}"
+        );
+        assert!(LbRequest::from_service(&svc("65000:1,1:2:3")).is_ok());
+    }
+
     #[test]
     fn selection_by_annotation_selector_and_namespace() {
         let mut sel = lb_pool("blue", "192.0.2.0/28");

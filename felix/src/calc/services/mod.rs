@@ -712,4 +712,4 @@ pub fn stale_udp(old: &[ServicePortProxy], new: &[ServicePortProxy]) -> Vec<Stal
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

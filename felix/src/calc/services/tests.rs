@@ -151,6 +151,7 @@ fn external_local_keeps_the_client_address_and_drops_without_a_local_endpoint() 
         &vec![
             "fib saddr type local jump mark-for-masquerade".to_string(),
             "fib saddr type local goto svc-shop/web/http/tcp4".into(),
+            "iifname \"tw*\" goto svc-shop/web/http/tcp4".into(),
             "goto local-shop/web/http/tcp4".into()
         ]
     );

@@ -4,6 +4,8 @@
 //! * [`routes`]: Twill's routes in the main table (protocol 116);
 //! * [`policy`]: the `inet twill` nftables table (network policy);
 //! * [`nat`]: the `inet twill-nat` table (NAT outgoing);
+//! * [`conntrack`]: stale UDP/SCTP conntrack entries of Service
+//!   endpoints that left (deleted, never owned);
 //! * [`endpoints`]: pod veths and their namespaces' side, with the
 //!   records and IPAM allocations behind them.
 //!
@@ -13,6 +15,7 @@
 //! retried after a backoff ([`Requeue`]). [`netns`] and [`sysctl`] are the
 //! small kernel helpers the managers share.
 
+pub mod conntrack;
 pub mod endpoints;
 pub mod nat;
 pub mod netns;

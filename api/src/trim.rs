@@ -21,7 +21,8 @@
 //! * Service: apiVersion, kind; the same metadata as a Pod; spec type,
 //!   cluster IPs, IP families and policy, ports, externalIPs,
 //!   loadBalancerIP and class, traffic policies,
-//!   allocateLoadBalancerNodePorts; status loadBalancer and conditions
+//!   allocateLoadBalancerNodePorts, healthCheckNodePort; status
+//!   loadBalancer and conditions
 //!   (what LoadBalancer IPAM and service advertisement read);
 //! * EndpointSlice: apiVersion, kind; metadata as a Namespace (the
 //!   `kubernetes.io/service-name` label); addressType, ports, and each
@@ -141,6 +142,7 @@ fn trim_service(svc: &mut Map<String, Value>) {
                 "externalTrafficPolicy",
                 "internalTrafficPolicy",
                 "allocateLoadBalancerNodePorts",
+                "healthCheckNodePort",
             ],
         );
     }
@@ -321,7 +323,7 @@ mod tests {
                 "labels": {"app": "web"}, "annotations": {"twill.dev/sharing-key": "k"}})
         );
         assert!(svc["spec"].get("selector").is_none(), "{svc}");
-        assert!(svc["spec"].get("healthCheckNodePort").is_none(), "{svc}");
+        assert_eq!(svc["spec"]["healthCheckNodePort"], 31000, "{svc}");
         assert_eq!(svc["spec"]["externalTrafficPolicy"], "Local");
         assert_eq!(
             svc["status"]["loadBalancer"]["ingress"][0]["ip"],

@@ -3,15 +3,18 @@
 //! A UDP "connection" through a Service's DNAT lives in conntrack for as
 //! long as packets keep coming (120 s after the last one for a stream), so a
 //! client that keeps sending keeps talking to an endpoint that is gone. As
-//! kube-proxy does, twill-node deletes the entries of a UDP (or SCTP)
-//! frontend whose reply comes from an endpoint that left, and every entry of
-//! a frontend that had no endpoints (which were rejected before), so the
-//! next packet is balanced again.
+//! kube-proxy does, twill-node deletes the entries of a UDP frontend whose
+//! reply comes from an endpoint that left ([`filters`] of
+//! [`crate::calc::services::stale_udp`]), right after the new table is in
+//! the kernel, so the next packet is balanced again. (A frontend without
+//! endpoints leaves no entry to flush: the service proxy refuses those
+//! packets before conntrack confirms them.)
 //!
 //! Through ctnetlink (`NETLINK_NETFILTER`), from twill-node itself: one
 //! dump of the family's table, matched here ([`Filter::matches`], pure),
 //! then one `IPCTNL_MSG_CT_DELETE` per match by its original tuple (and
-//! zone). No `conntrack` process per change.
+//! zone). No `conntrack` process per change. The protocol is a field, so
+//! SCTP could follow.
 //!
 //! Crate: `netlink-packet-netfilter` (rust-netlink, the maintainers of the
 //! rtnetlink crates Twill uses) encodes and parses the conntrack messages;
@@ -430,6 +433,34 @@ fn doomed(attrs: Vec<ConntrackAttribute>, family: NetfilterProtoFamily) -> Optio
     })
 }
 
+/// The filters that delete the entries of flows the service proxy no
+/// longer sends where it did ([`crate::calc::services::stale_udp`]): each
+/// by frontend and endpoint; a node port matches on its port alone,
+/// whichever node address it came to (pure).
+pub fn filters(stale: &[crate::calc::services::StaleUdp]) -> Vec<Filter> {
+    use twill_api::service_proxy::Frontend;
+    let mut out: Vec<Filter> = stale
+        .iter()
+        .map(|s| {
+            let (addr, port) = match s.frontend {
+                Frontend::ClusterIp(a, p)
+                | Frontend::LoadBalancer(a, p)
+                | Frontend::ExternalIp(a, p) => (Some(a), p),
+                Frontend::NodePort(p) => (None, p),
+            };
+            Filter {
+                protocol: IPPROTO_UDP,
+                orig_dst: addr,
+                orig_dst_port: Some(port),
+                reply_src: Some(s.endpoint),
+            }
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// The protocol number of a Service port's protocol name.
 pub fn protocol_number(name: &str) -> Option<u8> {
     match name {
@@ -526,5 +557,60 @@ mod tests {
             .is_none(),
             "an entry without an original tuple cannot be named, so is never deleted"
         );
+    }
+
+    fn model(eps: &[(&str, &str, bool)]) -> Vec<twill_api::service_proxy::ServicePortProxy> {
+        let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "dns", "namespace": "kube"},
+            "spec": {"type": "NodePort", "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+                "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "nodePort": 30053},
+                          {"name": "tcp", "port": 53, "protocol": "TCP", "nodePort": 30054}]}
+        }))
+        .unwrap();
+        let endpoints: Vec<serde_json::Value> = eps
+            .iter()
+            .map(|(a, node, ready)| {
+                serde_json::json!({"addresses": [a], "nodeName": node, "conditions": {"ready": ready}})
+            })
+            .collect();
+        let slice: k8s_openapi::api::discovery::v1::EndpointSlice =
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "dns-1", "namespace": "kube",
+                    "labels": {"kubernetes.io/service-name": "dns"}},
+                "addressType": "IPv4",
+                "ports": [{"name": "dns", "port": 5353, "protocol": "UDP"},
+                          {"name": "tcp", "port": 5353, "protocol": "TCP"}],
+                "endpoints": endpoints
+            }))
+            .unwrap();
+        twill_api::service_proxy::proxy_model("n1", &[svc], &[slice])
+    }
+
+    #[test]
+    fn a_gone_udp_endpoint_is_flushed_on_every_frontend_and_tcp_never() {
+        use crate::calc::services::stale_udp;
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let before = model(&[("10.244.0.5", "n1", true), ("10.244.1.6", "n2", true)]);
+        let after = model(&[("10.244.1.6", "n2", true)]);
+        let f = filters(&stale_udp(&before, &after));
+        assert_eq!(
+            f,
+            vec![
+                Filter {
+                    protocol: IPPROTO_UDP,
+                    orig_dst: None,
+                    orig_dst_port: Some(30053),
+                    reply_src: Some(ip("10.244.0.5")),
+                },
+                Filter::endpoint(IPPROTO_UDP, ip("10.96.0.10"), 53, ip("10.244.0.5")),
+            ]
+        );
+        assert!(
+            filters(&stale_udp(&before, &before)).is_empty(),
+            "no change, no flush"
+        );
+        // An endpoint that stops being ready is gone too.
+        let unready = model(&[("10.244.0.5", "n1", false), ("10.244.1.6", "n2", true)]);
+        assert_eq!(filters(&stale_udp(&before, &unready)).len(), 2);
     }
 }

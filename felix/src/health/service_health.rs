@@ -14,21 +14,23 @@
 //!   answers 503, so the load balancer drains it while the endpoints still
 //!   serve what arrives.
 //!
-//! [`ServiceHealth`] starts a listener when a Service gets a health check
+//! [`follow`] serves what [`desired`] reads from each model the service
+//! proxy applies; [`ServiceHealth`] starts a listener when a Service gets a health check
 //! port and stops it when the Service goes (or the port changes); counts
 //! change in place, without rebinding. A port that cannot be bound (taken
 //! by another process) is logged once and tried again at the next update.
 //! The HTTP side reuses the health endpoint's request reader and its
 //! limits ([`super::http`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
+use twill_api::service_proxy::ServicePortProxy;
 
 use super::http::{BadRequest, MAX_CONNECTIONS, READ_TIMEOUT, parse_head, read_head};
 
@@ -39,6 +41,60 @@ pub struct HealthCheck {
     pub name: String,
     /// This node's ready, not terminating endpoints of the Service.
     pub local_endpoints: usize,
+}
+
+/// The health check ports `node` serves and their answers, from the model
+/// the service proxy applied (pure). A port two Services claim (the API
+/// server never allows it) answers for the first by name.
+pub fn desired(node: &str, model: &[ServicePortProxy]) -> BTreeMap<u16, HealthCheck> {
+    let mut local: BTreeMap<&str, BTreeSet<(IpAddr, u16)>> = BTreeMap::new();
+    let mut ports: BTreeMap<u16, &str> = BTreeMap::new();
+    for p in model {
+        let Some(port) = p.health_check_node_port else {
+            continue;
+        };
+        let held = ports.entry(port).or_insert(&p.service);
+        if *held != p.service {
+            continue;
+        }
+        local.entry(&p.service).or_default().extend(
+            p.endpoints
+                .iter()
+                .filter(|e| e.node.as_deref() == Some(node) && e.usable())
+                .map(|e| (e.addr, e.port)),
+        );
+    }
+    ports
+        .into_iter()
+        .map(|(port, service)| {
+            let (namespace, name) = service.split_once('/').unwrap_or(("", service));
+            let n = local.get(service).map_or(0, BTreeSet::len);
+            (
+                port,
+                HealthCheck {
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                    local_endpoints: n,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Serves the health check ports of every model the service proxy
+/// applies, until the sender goes. A port that could not be bound is
+/// tried again every 10 s.
+pub async fn follow(node: String, mut models: watch::Receiver<Arc<Vec<ServicePortProxy>>>) {
+    let mut health = ServiceHealth::new(Vec::new());
+    loop {
+        let model = models.borrow_and_update().clone();
+        health.update(&desired(&node, &model)).await;
+        let retry = !health.failed().is_empty();
+        tokio::select! {
+            r = models.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(10)), if retry => {}
+        }
+    }
 }
 
 /// The response bytes for `check` (`head_only` for HEAD requests).
@@ -368,5 +424,63 @@ mod tests {
         assert!(h.failed().is_empty());
         let r = get(port, "GET / HTTP/1.1\r\n\r\n").await;
         assert!(r.starts_with("HTTP/1.1 200 OK"), "{r}");
+    }
+
+    #[test]
+    fn counts_ready_local_endpoints_once_over_all_ports() {
+        let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                "healthCheckNodePort": 31000, "clusterIP": "10.96.0.9", "clusterIPs": ["10.96.0.9"],
+                "ports": [{"name": "a", "port": 80, "nodePort": 30080},
+                          {"name": "b", "port": 81, "nodePort": 30081}]}
+        }))
+        .unwrap();
+        let slice: k8s_openapi::api::discovery::v1::EndpointSlice =
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "web-1", "namespace": "shop",
+                    "labels": {"kubernetes.io/service-name": "web"}},
+                "addressType": "IPv4",
+                "ports": [{"name": "a", "port": 8080, "protocol": "TCP"},
+                          {"name": "b", "port": 8080, "protocol": "TCP"}],
+                "endpoints": [
+                    {"addresses": ["10.244.0.5"], "nodeName": "n1"},
+                    {"addresses": ["10.244.0.6"], "nodeName": "n1",
+                        "conditions": {"ready": false, "serving": true, "terminating": true}},
+                    {"addresses": ["10.244.1.5"], "nodeName": "n2"}
+                ]
+            }))
+            .unwrap();
+        let model = |node: &str| {
+            twill_api::service_proxy::proxy_model(
+                node,
+                std::slice::from_ref(&svc),
+                std::slice::from_ref(&slice),
+            )
+        };
+        let n1 = desired("n1", &model("n1"));
+        assert_eq!(
+            n1,
+            BTreeMap::from([(
+                31000,
+                HealthCheck {
+                    namespace: "shop".into(),
+                    name: "web".into(),
+                    local_endpoints: 1
+                }
+            )]),
+            "one ready local endpoint, counted once over both ports; the terminating one is not counted"
+        );
+        assert_eq!(desired("n3", &model("n3"))[&31000].local_endpoints, 0);
+        let mut cluster = svc.clone();
+        if let Some(s) = cluster.spec.as_mut() {
+            s.external_traffic_policy = Some("Cluster".into());
+        }
+        let m =
+            twill_api::service_proxy::proxy_model("n1", &[cluster], std::slice::from_ref(&slice));
+        assert!(
+            desired("n1", &m).is_empty(),
+            "no health check port under the Cluster policy"
+        );
     }
 }

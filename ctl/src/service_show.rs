@@ -7,7 +7,7 @@
 //! same reading of it as the node's table: internal traffic (the cluster
 //! IP) follows `internalTrafficPolicy`; external traffic (node ports,
 //! LoadBalancer and external addresses) follows `externalTrafficPolicy`,
-//! except the node's own, which goes to the cluster set.
+//! except the node's own and its pods', which go to the cluster set.
 
 use std::collections::BTreeSet;
 use std::process::ExitCode;
@@ -197,7 +197,7 @@ fn external(p: &ServicePortProxy) -> Route {
             policy,
             verdict: "drop",
             endpoints: Vec::new(),
-            why: "externalTrafficPolicy Local and no endpoint on this node: dropped (the node's own traffic goes to the cluster set)".into(),
+            why: "externalTrafficPolicy Local and no endpoint on this node: dropped (the node's and its pods' own traffic goes to the cluster set)".into(),
         };
     }
     Route {

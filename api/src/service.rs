@@ -638,7 +638,87 @@ pub fn assign_cluster_fields(
     spec.ip_families = Some(families.iter().map(|f| family_name(*f).into()).collect());
     spec.ip_family_policy = Some(policy);
     assign_node_ports(&mut e, spec, &old_spec, others, &ty);
+    if e.is_empty() {
+        assign_health_check_node_port(&mut e, spec, &old_spec, others, &ty);
+    }
     e.finish("Service", &name)
+}
+
+/// `spec.healthCheckNodePort`, as the API server does: a LoadBalancer
+/// Service with `externalTrafficPolicy: Local` gets one from the node port
+/// range (kept from the stored object, or given, when free); any other
+/// Service has none.
+fn assign_health_check_node_port(
+    e: &mut Errors,
+    spec: &mut k8s_openapi::api::core::v1::ServiceSpec,
+    old: &k8s_openapi::api::core::v1::ServiceSpec,
+    others: &[Service],
+    ty: &str,
+) {
+    if ty != "LoadBalancer" || spec.external_traffic_policy.as_deref() != Some("Local") {
+        spec.health_check_node_port = None;
+        return;
+    }
+    let mut used: BTreeMap<i32, String> = BTreeMap::new();
+    for o in others {
+        let key = service_key(o);
+        for sp in o.spec.iter() {
+            for n in sp.ports.iter().flatten().filter_map(|p| p.node_port) {
+                used.insert(n, key.clone());
+            }
+            if let Some(n) = sp.health_check_node_port {
+                used.insert(n, key.clone());
+            }
+        }
+    }
+    let mine: BTreeSet<i32> = spec
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| p.node_port)
+        .collect();
+    let wanted = spec
+        .health_check_node_port
+        .filter(|n| *n != 0)
+        .or(old.health_check_node_port.filter(|n| *n != 0));
+    if let Some(n) = wanted {
+        if !NODE_PORTS.contains(&n) {
+            e.push(
+                "spec.healthCheckNodePort",
+                n,
+                format!(
+                    "must be in the node port range {}-{}",
+                    NODE_PORTS.start(),
+                    NODE_PORTS.end()
+                ),
+            );
+        } else if let Some(holder) = used.get(&n) {
+            e.push(
+                "spec.healthCheckNodePort",
+                n,
+                format!("already allocated to Service {holder}"),
+            );
+        } else if mine.contains(&n) {
+            e.push(
+                "spec.healthCheckNodePort",
+                n,
+                "is also a node port of this Service",
+            );
+        }
+        spec.health_check_node_port = Some(n);
+        return;
+    }
+    match NODE_PORTS
+        .clone()
+        .find(|n| !used.contains_key(n) && !mine.contains(n))
+    {
+        Some(n) => spec.health_check_node_port = Some(n),
+        None => e.push(
+            "spec.healthCheckNodePort",
+            "",
+            "the node port range 30000-32767 is full",
+        ),
+    }
 }
 
 fn assign_node_ports(
@@ -667,8 +747,13 @@ fn assign_node_ports(
             let key = service_key(o);
             o.spec
                 .iter()
-                .flat_map(|sp| sp.ports.iter().flatten())
-                .filter_map(|p| p.node_port)
+                .flat_map(|sp| {
+                    sp.ports
+                        .iter()
+                        .flatten()
+                        .filter_map(|p| p.node_port)
+                        .chain(sp.health_check_node_port)
+                })
                 .map(move |n| (n, key.clone()))
         })
         .collect();

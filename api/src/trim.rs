@@ -21,8 +21,10 @@
 //! * Service: apiVersion, kind; the same metadata as a Pod; spec type,
 //!   cluster IPs, IP families and policy, ports, externalIPs,
 //!   loadBalancerIP and class, traffic policies,
-//!   allocateLoadBalancerNodePorts; status loadBalancer and conditions
-//!   (what LoadBalancer IPAM and service advertisement read);
+//!   allocateLoadBalancerNodePorts, healthCheckNodePort, session
+//!   affinity and its config, loadBalancerSourceRanges; status
+//!   loadBalancer and conditions (what LoadBalancer IPAM, service
+//!   advertisement and the service proxy read);
 //! * EndpointSlice: apiVersion, kind; metadata as a Namespace (the
 //!   `kubernetes.io/service-name` label); addressType, ports, and each
 //!   endpoint's addresses, conditions and nodeName.
@@ -141,6 +143,10 @@ fn trim_service(svc: &mut Map<String, Value>) {
                 "externalTrafficPolicy",
                 "internalTrafficPolicy",
                 "allocateLoadBalancerNodePorts",
+                "healthCheckNodePort",
+                "sessionAffinity",
+                "sessionAffinityConfig",
+                "loadBalancerSourceRanges",
             ],
         );
     }
@@ -310,7 +316,9 @@ mod tests {
                 "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
                 "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080, "nodePort": 30001}],
                 "selector": {"app": "web"}, "sessionAffinity": "None",
-                "externalTrafficPolicy": "Local", "healthCheckNodePort": 31000},
+                "externalTrafficPolicy": "Local", "healthCheckNodePort": 31000,
+                "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}},
+                "loadBalancerSourceRanges": ["198.51.100.0/24"]},
             "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1", "ipMode": "VIP"}]},
                 "conditions": [{"type": "x", "status": "True", "reason": "R", "message": "",
                     "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
@@ -321,7 +329,17 @@ mod tests {
                 "labels": {"app": "web"}, "annotations": {"twill.dev/sharing-key": "k"}})
         );
         assert!(svc["spec"].get("selector").is_none(), "{svc}");
-        assert!(svc["spec"].get("healthCheckNodePort").is_none(), "{svc}");
+        assert_eq!(svc["spec"]["healthCheckNodePort"], 31000, "{svc}");
+        // The service proxy's inputs: affinity, its timeout, source ranges.
+        assert_eq!(svc["spec"]["sessionAffinity"], "None", "{svc}");
+        assert_eq!(
+            svc["spec"]["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"],
+            60
+        );
+        assert_eq!(
+            svc["spec"]["loadBalancerSourceRanges"][0],
+            "198.51.100.0/24"
+        );
         assert_eq!(svc["spec"]["externalTrafficPolicy"], "Local");
         assert_eq!(
             svc["status"]["loadBalancer"]["ingress"][0]["ip"],

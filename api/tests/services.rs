@@ -597,3 +597,103 @@ fn pool_communities_are_checked_and_only_for_load_balancer_pools() {
     let e = p.validate().expect_err("pod pool").to_string();
     assert!(e.contains("spec.bgpCommunities"), "{e}");
 }
+
+#[tokio::test]
+async fn health_check_node_ports_are_allocated_for_local_load_balancers_only() {
+    let (_d, store, _emb) = open();
+    let local = |name: &str, extra: Value| {
+        let mut spec = json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+            "ports": [{"port": 80}]});
+        if let (Some(s), Some(x)) = (spec.as_object_mut(), extra.as_object()) {
+            s.extend(x.clone());
+        }
+        svc("shop", name, spec)
+    };
+    let a = store
+        .create_value(Kind::Service, local("a", json!({})))
+        .await
+        .expect("create");
+    // The node port comes first, then the health check port, both unique.
+    assert_eq!(a["spec"]["ports"][0]["nodePort"], 30000);
+    assert_eq!(a["spec"]["healthCheckNodePort"], 30001, "{a}");
+
+    // A Cluster-policy LoadBalancer gets none, even when it asks.
+    let c = store
+        .create_value(
+            Kind::Service,
+            svc(
+                "shop",
+                "c",
+                json!({"type": "LoadBalancer", "ports": [{"port": 80}], "healthCheckNodePort": 31500}),
+            ),
+        )
+        .await
+        .expect("create");
+    assert!(c["spec"].get("healthCheckNodePort").is_none(), "{c}");
+    assert_eq!(c["spec"]["ports"][0]["nodePort"], 30002, "{c}");
+
+    // Asking for another Service's health check port: refused, naming it.
+    let e = store
+        .create_value(
+            Kind::Service,
+            local("b", json!({"healthCheckNodePort": 30001})),
+        )
+        .await
+        .expect_err("taken health check port");
+    assert!(
+        e.to_string()
+            .contains("already allocated to Service shop/a"),
+        "{e}"
+    );
+    // A node port may not take it either.
+    let e = store
+        .create_value(
+            Kind::Service,
+            svc(
+                "shop",
+                "n",
+                json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30001}]}),
+            ),
+        )
+        .await
+        .expect_err("node port on a health check port");
+    assert!(e.to_string().contains("shop/a"), "{e}");
+    let e = store
+        .create_value(
+            Kind::Service,
+            local("b", json!({"healthCheckNodePort": 80})),
+        )
+        .await
+        .expect_err("outside the node port range");
+    assert!(e.to_string().contains("30000-32767"), "{e}");
+    let b = store
+        .create_value(
+            Kind::Service,
+            local("b", json!({"healthCheckNodePort": 32767})),
+        )
+        .await
+        .expect("a free port asked for");
+    assert_eq!(b["spec"]["healthCheckNodePort"], 32767);
+
+    // Kept across an update that leaves it out; dropped with the Local policy.
+    let mut again = a.clone();
+    again["spec"]
+        .as_object_mut()
+        .expect("spec")
+        .remove("healthCheckNodePort");
+    let again = store
+        .update_value(Kind::Service, again)
+        .await
+        .expect("update");
+    assert_eq!(again["spec"]["healthCheckNodePort"], 30001);
+    let mut cluster = again.clone();
+    cluster["spec"]["externalTrafficPolicy"] = json!("Cluster");
+    let cluster = store
+        .update_value(Kind::Service, cluster)
+        .await
+        .expect("update");
+    assert!(
+        cluster["spec"].get("healthCheckNodePort").is_none(),
+        "{cluster}"
+    );
+}

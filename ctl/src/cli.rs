@@ -176,6 +176,8 @@ pub enum Command {
     Lab(crate::lab::LabArgs),
     /// Network policy: explain a verdict, show a node's rules.
     Policy(PolicyArgs),
+    /// Services: what each node's service proxy does with one.
+    Service(ServiceArgs),
     /// Print or write the CustomResourceDefinitions generated from the types.
     Crds(CrdArgs),
     /// Print shell completions (commands, flags, kinds and object names).
@@ -389,6 +391,27 @@ pub enum PolicyCommand {
     Show {
         /// The node's name.
         node: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ServiceArgs {
+    #[command(subcommand)]
+    pub command: ServiceCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServiceCommand {
+    /// For each node, the endpoints it sends each Service port's traffic to, and why.
+    Show {
+        /// The Service: NAMESPACE/NAME.
+        service: String,
+        /// Only this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// table or json.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: OutputFormat,
     },
 }
 

@@ -37,6 +37,7 @@ mod out;
 mod output;
 mod policy;
 mod resources;
+mod service_show;
 mod services;
 
 use std::process::ExitCode;
@@ -147,6 +148,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: cli::DatastoreCommand::ServiceRange { cidrs },
         } => services::service_range(&cli.store, cidrs).await,
         Command::Policy(args) => policy::run(&cli.store, args).await,
+        Command::Service(cli::ServiceArgs {
+            command:
+                cli::ServiceCommand::Show {
+                    service,
+                    node,
+                    output,
+                },
+        }) => service_show::show(&cli.store, &service, node, output).await,
         Command::Node(args) => node::run(&cli.store, args).await,
         Command::Lab(args) => lab::run(args).await,
     }

@@ -336,7 +336,31 @@ async fn service_proxy(mode: services::Mode, node: String, feed: ServiceFeed, re
                 "service proxy on: Service traffic is handled in the {} table",
                 crate::calc::services::TABLE
             );
-            services::run(node, feed, resync, services::Hooks::default()).await;
+            // The semantics that hang on each applied table: stale UDP
+            // conntrack entries flushed, health check node ports served.
+            let (models, followed) = tokio::sync::watch::channel(Arc::new(Vec::new()));
+            tokio::spawn(crate::health::service_health::follow(
+                node.clone(),
+                followed,
+            ));
+            let hooks = services::Hooks {
+                on_stale_udp: Some(Arc::new(|stale| {
+                    let filters = crate::dataplane::conntrack::filters(&stale);
+                    tokio::spawn(async move {
+                        match crate::dataplane::conntrack::flush_async(filters).await {
+                            Ok(r) if r.deleted > 0 => tracing::info!(
+                                deleted = r.deleted,
+                                "flushed conntrack entries of UDP endpoints that left"
+                            ),
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(error = %e,
+                                "stale UDP conntrack entries of gone endpoints could not be flushed"),
+                        }
+                    });
+                })),
+                model: Some(models),
+            };
+            services::run(node, feed, resync, hooks).await;
         }
         services::Mode::Off => match services::remove_leftover().await {
             Ok(true) => tracing::info!(

@@ -5,6 +5,8 @@
 //! * [`policy`]: the `inet twill` nftables table (network policy);
 //! * [`nat`]: the `inet twill-nat` table (NAT outgoing);
 //! * [`services`]: the `inet twill-svc` table (the service proxy);
+//! * [`conntrack`]: stale UDP/SCTP conntrack entries of Service
+//!   endpoints that left (deleted, never owned);
 //! * [`endpoints`]: pod veths and their namespaces' side, with the
 //!   records and IPAM allocations behind them.
 //!
@@ -14,6 +16,7 @@
 //! retried after a backoff ([`Requeue`]). [`netns`] and [`sysctl`] are the
 //! small kernel helpers the managers share.
 
+pub mod conntrack;
 pub mod endpoints;
 pub mod nat;
 pub mod netns;

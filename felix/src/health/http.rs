@@ -215,7 +215,9 @@ pub async fn serve(
     }
 }
 
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<Result<Vec<u8>, BadRequest>> {
+pub(crate) async fn read_head(
+    stream: &mut TcpStream,
+) -> std::io::Result<Result<Vec<u8>, BadRequest>> {
     let mut buf = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
     loop {

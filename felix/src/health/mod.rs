@@ -10,9 +10,11 @@
 //! policy refused) and `bgp` (at least one configured session
 //! established). `/readyz` answers 200 when all hold and 503 naming those
 //! that do not, in the kube-apiserver style (`[+]name ok` /
-//! `[-]name: reason`).
+//! `[-]name: reason`). [`service_health`] serves Services' health check
+//! node ports (`externalTrafficPolicy: Local`) as kube-proxy does.
 
 pub mod http;
+pub mod service_health;
 pub mod watches;
 
 use std::collections::BTreeMap;

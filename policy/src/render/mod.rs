@@ -21,10 +21,20 @@
 //!   (log prefixes 127) for any legal input: a name too long is cut to a
 //!   readable prefix plus a hash of the whole ([`crate::ir::fit_name`]),
 //!   comments likewise when printed ([`crate::ir::fit_comment`]);
-//! * one named set per distinct selection (`sel-HASH-4`/`-6`, keyed by the
-//!   canonical selector text) holding its members' addresses, and one
-//!   concatenated set per named port (`port-NAME-4`: address . protocol .
-//!   port of every pod that has it).
+//! * a selection (keyed by the canonical selector text) appears in rules,
+//!   per address family, as what its members make cheapest for the kernel
+//!   ([`SelForm`]): no member — a rule needing one is left out, a negated
+//!   match dropped; one member — that address, inline; more — a named set
+//!   `sel-HASH-4`/`-6` shared by every rule using it. nf_tables finds a
+//!   set by walking the table's list of sets by name, on every set and
+//!   every rule referring to one, so a table's load time grows with the
+//!   square of its sets (docs/nft.md); a set is made only where it is
+//!   needed;
+//! * one concatenated set per named port (`port-NAME-4`: address .
+//!   protocol . port of every pod that has it);
+//! * short literal lists (ports, networks) are written without a set: one
+//!   entry as such, a few as one rule per entry (positive) or one atom per
+//!   entry (negated); only longer lists become anonymous sets.
 //!
 //! Egress allowing means `accept` in the egress base chain, after which the
 //! packet still meets the ingress base chain; a drop anywhere is final.
@@ -43,12 +53,35 @@ use crate::model::{Direction, Endpoint, Model, PodSel};
 mod parts;
 mod rules;
 
-pub(crate) use parts::{endpoint_chains, named_port_sets, selection_sets};
+pub(crate) use parts::{endpoint_chains, named_port_sets, selection_set_of, selection_sets};
 pub(crate) use rules::policy_chain_rules;
 
 /// Base name of a selection's sets.
 pub fn selection_set(sel: &PodSel) -> String {
     format!("sel-{:016x}", fnv(&format!("{sel:?}")))
+}
+
+/// How a selection appears in rules for one address family, decided by
+/// its members of that family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SelForm {
+    /// No member: a rule that needs one never matches and is left out; a
+    /// negated match always holds and is dropped.
+    Empty,
+    /// One member: its address, inline (no set for the kernel to find).
+    One(IpAddr),
+    /// More: the named set of that name.
+    Set(String),
+}
+
+/// The form of a selection with these members (every family) in `fam`.
+pub fn sel_form(sel: &PodSel, fam: Fam, members: &BTreeSet<IpAddr>) -> SelForm {
+    let mut it = members.iter().filter(|a| Fam::of(**a) == fam);
+    match (it.next(), it.next()) {
+        (None, _) => SelForm::Empty,
+        (Some(a), None) => SelForm::One(*a),
+        _ => SelForm::Set(format!("{}-{}", selection_set(sel), fam.digit())),
+    }
 }
 
 /// Name of a named port's set (see [`fit_name`] for long names).
@@ -86,6 +119,8 @@ struct Renderer<'a> {
     table: Table,
     sel_sets: BTreeSet<PodSel>,
     port_sets: BTreeSet<String>,
+    /// Members of every selection met so far.
+    members: BTreeMap<PodSel, BTreeSet<IpAddr>>,
 }
 
 impl Renderer<'_> {
@@ -94,7 +129,14 @@ impl Renderer<'_> {
         if self.table.chains.contains_key(&name) {
             return;
         }
-        let (chain, sels, ports) = policy_chain_rules(p, d);
+        let model = self.model;
+        let cache = &mut self.members;
+        let (chain, sels, ports) = policy_chain_rules(p, d, &mut |sel, fam| {
+            let m = cache
+                .entry(sel.clone())
+                .or_insert_with(|| model.members(sel).into_iter().collect());
+            sel_form(sel, fam, m)
+        });
         self.sel_sets.extend(sels);
         self.port_sets.extend(ports);
         self.table.chains.insert(name, chain);
@@ -173,8 +215,9 @@ impl Renderer<'_> {
 
     fn sets(&mut self) {
         for sel in std::mem::take(&mut self.sel_sets) {
-            let members: BTreeSet<IpAddr> = self.model.members(&sel).into_iter().collect();
-            self.table.sets.extend(selection_sets(&sel, &members));
+            if let Some(members) = self.members.get(&sel) {
+                self.table.sets.extend(selection_sets(&sel, members));
+            }
         }
         for name in std::mem::take(&mut self.port_sets) {
             self.table
@@ -197,6 +240,7 @@ pub(crate) fn base_table() -> Table {
         table: Table::default(),
         sel_sets: BTreeSet::new(),
         port_sets: BTreeSet::new(),
+        members: BTreeMap::new(),
     };
     r.base_chains();
     for m in [MAP_EGRESS, MAP_INGRESS] {
@@ -212,6 +256,7 @@ pub fn render(model: &Model, node: &str) -> Table {
         table: Table::default(),
         sel_sets: BTreeSet::new(),
         port_sets: BTreeSet::new(),
+        members: BTreeMap::new(),
     };
     r.base_chains();
     // Which policies select each local endpoint, in evaluation order. Local

@@ -212,8 +212,16 @@ fn run(quick: bool) -> (String, serde_json::Value) {
     let md = format!(
         "| measurement | load | result | target |\n|---|---|---:|---:|\n{}\n\nLoad average {} before, {} after (a shared 2-core machine).\n",
         rows.join("\n"),
-        load_before.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
-        load_after.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        load_before
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+        load_after
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
     );
     let f = |d: Duration| d.as_secs_f64() * 1000.0;
     let doc = json!({

@@ -76,7 +76,20 @@ pub enum SelForm {
 
 /// The form of a selection with these members (every family) in `fam`.
 pub fn sel_form(sel: &PodSel, fam: Fam, members: &BTreeSet<IpAddr>) -> SelForm {
-    let mut it = members.iter().filter(|a| Fam::of(**a) == fam);
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    // Addresses sort by family first: a range finds a family's first two
+    // without walking the other family's members.
+    let (lo, hi) = match fam {
+        Fam::V4 => (
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V4(Ipv4Addr::BROADCAST),
+        ),
+        Fam::V6 => (
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            IpAddr::V6(Ipv6Addr::from(u128::MAX)),
+        ),
+    };
+    let mut it = members.range(lo..=hi);
     match (it.next(), it.next()) {
         (None, _) => SelForm::Empty,
         (Some(a), None) => SelForm::One(*a),

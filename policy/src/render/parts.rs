@@ -112,16 +112,16 @@ pub(crate) fn selection_set_of(
         return None;
     };
     Some((
-            name,
-            NamedSet {
-                kind: SetKind::Addr(fam),
-                elements: members
-                    .iter()
-                    .filter(|a| Fam::of(**a) == fam)
-                    .map(|a| Element::Addr(*a))
-                    .collect(),
-                comment: sel.to_string(),
-            },
+        name,
+        NamedSet {
+            kind: SetKind::Addr(fam),
+            elements: members
+                .iter()
+                .filter(|a| Fam::of(**a) == fam)
+                .map(|a| Element::Addr(*a))
+                .collect(),
+            comment: sel.to_string(),
+        },
     ))
 }
 

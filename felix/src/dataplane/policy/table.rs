@@ -38,7 +38,7 @@ pub struct PolicyTable {
     pub drift_due: bool,
     /// The libnftables context kept between passes (None before the first
     /// apply and after a failed one): a fresh context per transaction
-    /// measured twice the wall time for the same CPU (docs/nft.md).
+    /// measured 15–45 % more wall time for the same CPU (docs/nft.md).
     nft: Option<twill_nft::Nft>,
 }
 

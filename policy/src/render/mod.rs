@@ -329,3 +329,112 @@ pub fn addresses(model: &Model) -> Vec<IpAddr> {
     v.dedup();
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::incremental::Incremental;
+
+    fn ep(name: &str, role: &str, ip: &str, local: bool) -> Endpoint {
+        Endpoint {
+            namespace: "x".into(),
+            name: name.into(),
+            labels: [("role".to_string(), role.to_string())].into(),
+            ips: vec![ip.parse().unwrap()],
+            ports: Vec::new(),
+            node: if local { "n" } else { "m" }.into(),
+            iface: local.then(|| format!("tw{name}")),
+        }
+    }
+
+    fn allow_from_clients() -> crate::model::Policy {
+        let np: k8s_openapi::api::networking::v1::NetworkPolicy =
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p", "namespace": "x"},
+                "spec": {"podSelector": {"matchLabels": {"role": "server"}},
+                    "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client"}}}],
+                        "ports": [{"port": 80}, {"port": 443}]}]}
+            }))
+            .unwrap();
+        crate::compile_network_policy(&np).unwrap()
+    }
+
+    #[test]
+    fn a_selection_is_a_set_only_from_two_members_and_never_for_an_empty_family() {
+        let server = ep("s", "server", "10.0.0.1", true);
+        let c1 = ep("c1", "client", "10.0.0.2", false);
+        let c2 = ep("c2", "client", "10.0.0.3", false);
+        let none = Model::new(
+            vec![server.clone()],
+            Default::default(),
+            vec![allow_from_clients()],
+        );
+        let one = Model::new(
+            vec![server.clone(), c1.clone()],
+            Default::default(),
+            vec![allow_from_clients()],
+        );
+        let two = Model::new(
+            vec![server.clone(), c1.clone(), c2.clone()],
+            Default::default(),
+            vec![allow_from_clients()],
+        );
+        let chain = policy_chain("np/x/p", Direction::Ingress);
+        let rules = |t: &Table| -> Vec<String> {
+            t.chains[&chain].rules.iter().map(NftRule::text).collect()
+        };
+        // No client: no set, no rule (it could never match).
+        let t0 = render(&none, "n");
+        assert!(t0.sets.is_empty(), "{:?}", t0.sets.keys());
+        assert!(rules(&t0).is_empty(), "{:?}", rules(&t0));
+        // One client: its address inline, one rule per port, no IPv6 rule.
+        let t1 = render(&one, "n");
+        assert!(t1.sets.is_empty(), "{:?}", t1.sets.keys());
+        let r1 = rules(&t1);
+        assert_eq!(r1.len(), 2, "{r1:?}");
+        assert!(
+            r1[0].contains("ip saddr 10.0.0.2 th dport 80 accept"),
+            "{r1:?}"
+        );
+        assert!(r1[1].contains("th dport 443 accept"), "{r1:?}");
+        // Two clients: one IPv4 set, none for IPv6.
+        let t2 = render(&two, "n");
+        let names: Vec<&String> = t2.sets.keys().collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert!(names[0].ends_with("-4"));
+        assert_eq!(t2.sets[names[0]].elements.len(), 2);
+        assert!(rules(&t2)[0].contains(&format!("ip saddr @{}", names[0])));
+        // Incrementally, 1 -> 2 -> 1 -> 0 members: the set comes and goes
+        // with the chain rewritten in the same script, as a full render has it.
+        let mut inc = Incremental::new("n");
+        let pols = [std::sync::Arc::new(allow_from_clients())];
+        inc.sync(vec![server.clone(), c1.clone()], &Default::default(), &pols);
+        inc.full_script();
+        assert_eq!(inc.table(), &t1);
+        inc.sync(
+            vec![server.clone(), c1.clone(), c2],
+            &Default::default(),
+            &pols,
+        );
+        let s = inc.commit().unwrap();
+        assert!(
+            s.contains(&format!("add set inet twill {}", names[0])),
+            "{s}"
+        );
+        assert!(
+            s.contains(&format!("flush chain inet twill {chain}")),
+            "{s}"
+        );
+        assert_eq!(inc.table(), &t2);
+        inc.sync(vec![server.clone(), c1], &Default::default(), &pols);
+        let s = inc.commit().unwrap();
+        assert!(
+            s.contains(&format!("delete set inet twill {}", names[0])),
+            "{s}"
+        );
+        assert_eq!(inc.table(), &t1);
+        inc.sync(vec![server], &Default::default(), &pols);
+        inc.commit().unwrap();
+        assert_eq!(inc.table(), &t0);
+    }
+}

@@ -319,6 +319,15 @@ pub struct Table {
     pub chains: BTreeMap<String, Chain>,
 }
 
+/// One entry as such, more as an anonymous set `{ a, b }` (which the
+/// kernel stores as one more set in the table).
+fn list_text(items: Vec<String>) -> String {
+    match items.as_slice() {
+        [one] => one.clone(),
+        _ => format!("{{ {} }}", items.join(", ")),
+    }
+}
+
 fn ranges_text(r: &[(u16, u16)]) -> String {
     let items: Vec<String> = r
         .iter()
@@ -330,7 +339,7 @@ fn ranges_text(r: &[(u16, u16)]) -> String {
             }
         })
         .collect();
-    format!("{{ {} }}", items.join(", "))
+    list_text(items)
 }
 
 fn nets_text(n: &[IpNetwork]) -> String {
@@ -344,7 +353,7 @@ fn nets_text(n: &[IpNetwork]) -> String {
             }
         })
         .collect();
-    format!("{{ {} }}", items.join(", "))
+    list_text(items)
 }
 
 fn neg(n: bool) -> &'static str {

@@ -189,8 +189,11 @@ mod tests {
         let ids: Vec<String> = (0..9).map(|i| format!("gnp/p{i}")).collect();
         let mut t = crate::render::base_table();
         for id in &ids {
-            let (c, _, _) =
-                crate::render::policy_chain_rules(&policy(id, Tier::Global), Direction::Ingress);
+            let (c, _, _) = crate::render::policy_chain_rules(
+                &policy(id, Tier::Global),
+                Direction::Ingress,
+                &mut |_, _| crate::render::SelForm::Empty,
+            );
             t.chains.insert(policy_chain(id, Direction::Ingress), c);
         }
         // A checker that refuses any script filling p3's or p7's chain, as

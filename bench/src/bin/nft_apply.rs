@@ -7,10 +7,12 @@
 //!   policies (policy_control's cluster): a NetworkPolicy edit as the
 //!   engine's incremental renderer scripts it, and one set element added
 //!   and removed; p50 / p99 per method over `rounds` × `changes`;
-//! * (b) the full load of the 10k-rule table of the dataplane benchmark
-//!   (policy_dataplane's `twill_table`, copied here) from nothing, as
-//!   rendered (`Table::script`), timed per method, plus script-shape
-//!   variants that locate where the time goes.
+//! * (b) the full load of the 10k-policy table of the dataplane benchmark
+//!   (policy_dataplane's `twill_table` with one policy per server, copied
+//!   here) from nothing, as rendered (`Table::script`), timed per method
+//!   alternating; and the same table with two pods in every client
+//!   selection, which makes each a named set (10k sets), to show what the
+//!   kernel's set lookup still costs when selections need sets.
 //!
 //! Run as root: `cargo run --release -p twill-bench --bin nft_apply [-- --quick]`.
 //! `--dump DIR` writes the scripts of (b) to DIR and exits;
@@ -49,7 +51,9 @@ fn client_of(i: usize) -> IpAddr {
     ])
 }
 
-fn dataplane_table(n: usize) -> Table {
+/// The dataplane benchmark's table with `n` policies; `per` pods in each
+/// policy's client selection (1: the benchmark's own shape).
+fn dataplane_table(n: usize, per: usize) -> Table {
     let ep =
         |name: String, labels: [(String, String); 1], ip: IpAddr, node: &str, iface| Endpoint {
             namespace: "bench".into(),
@@ -94,6 +98,19 @@ fn dataplane_table(n: usize) -> Table {
                 format!("client{i}"),
                 [("role".into(), format!("client{i}"))],
                 client_of(i),
+                "other",
+                None,
+            ));
+        }
+        for extra in 1..per {
+            let IpAddr::V4(a) = client_of(i) else {
+                unreachable!("IPv4")
+            };
+            let [_, b, c, d] = a.octets();
+            endpoints.push(ep(
+                format!("client{i}x{extra}"),
+                [("role".into(), format!("client{i}"))],
+                IpAddr::from([10, b + 4 * extra as u8, c, d]),
                 "other",
                 None,
             ));
@@ -237,61 +254,17 @@ fn loadavg() -> String {
         .unwrap_or_default()
 }
 
-/// Script-shape variants of a full load, to see where the time goes.
-fn variants(t: &Table) -> Vec<(&'static str, String)> {
-    let full = t.script();
-    let lines: Vec<&str> = full.lines().collect();
-    let keep = |f: &dyn Fn(&str) -> bool| -> String {
-        let mut s: String = lines
-            .iter()
-            .filter(|l| f(l))
-            .flat_map(|l| [*l, "\n"])
-            .collect();
-        s.push('\n');
-        s
-    };
-    let is_rule = |l: &str| l.starts_with("add rule ");
-    let is_elem = |l: &str| l.starts_with("add element ");
-    let is_map_elem = |l: &str| is_elem(l) && l.contains(" : jump ");
-    let v6_set = |l: &str| {
-        (l.starts_with("add set ") && l.contains("type ipv6_addr"))
-            || l.contains("ip6 saddr @")
-            || l.contains("ip6 daddr @")
-    };
-    // `th dport { 80 }` → `th dport 80`: no anonymous set per rule.
-    let single_port: String = lines
-        .iter()
-        .map(|l| {
-            let mut l = l.to_string();
-            while let Some(i) = l.find("dport { ") {
-                let rest = &l[i + 8..];
-                match rest.find(" }") {
-                    Some(j) if rest[..j].bytes().all(|b| b.is_ascii_digit()) => {
-                        l = format!("{}dport {}{}", &l[..i], &rest[..j], &rest[j + 2..]);
-                    }
-                    _ => break,
-                }
-            }
-            l + "\n"
-        })
-        .collect();
+/// The full loads measured: the benchmark's table as rendered, and with
+/// two pods per client selection (every selection a named set).
+fn variants() -> Vec<(&'static str, Table)> {
     vec![
-        ("as rendered (Table::script)", full.clone()),
         (
-            "only sets, elements, chains, maps (no rules)",
-            keep(&|l| !is_rule(l)),
+            "as rendered: one client per selection (inline, no set)",
+            dataplane_table(10_000, 1),
         ),
         (
-            "no set elements (sets stay, empty)",
-            keep(&|l| !is_elem(l) || is_map_elem(l)),
-        ),
-        (
-            "no IPv6 sets nor rules using them (half the named sets)",
-            keep(&|l| !v6_set(l)),
-        ),
-        (
-            "single ports without braces (no anonymous set per rule)",
-            single_port,
+            "two clients per selection (a named set each)",
+            dataplane_table(10_000, 2),
         ),
     ]
 }
@@ -310,10 +283,9 @@ fn main() {
     if let Some(i) = args.iter().position(|a| a == "--dump") {
         let dir = args.get(i + 1).expect("--dump DIR");
         std::fs::create_dir_all(dir).expect("mkdir");
-        let t = dataplane_table(10_000);
-        for (k, (name, s)) in variants(&t).into_iter().enumerate() {
+        for (k, (name, t)) in variants().into_iter().enumerate() {
             let path = format!("{dir}/variant{k}.nft");
-            std::fs::write(&path, s).expect("write");
+            std::fs::write(&path, t.script()).expect("write");
             println!("{path}: {name}");
         }
         return;
@@ -422,30 +394,28 @@ fn run(quick: bool, changes_only: bool) -> (String, serde_json::Value) {
         }
     }
 
-    // (b) full load of the dataplane benchmark's 10k-rule table.
+    // (b) full load of the dataplane benchmark's 10k-policy table.
     let t = Instant::now();
-    let table = if changes_only {
-        Table::default()
-    } else {
-        dataplane_table(10_000)
-    };
-    let render = t.elapsed();
-    let vars = variants(&table);
+    let tables = if changes_only { Vec::new() } else { variants() };
+    let render = t.elapsed() / tables.len().max(1) as u32;
+    let vars: Vec<(&str, String, Table)> = tables
+        .into_iter()
+        .map(|(n, t)| (n, t.script(), t))
+        .collect();
     let shapes = if quick { 1 } else { vars.len() };
     let mut loads: BTreeMap<(usize, Via), Vec<Duration>> = BTreeMap::new();
     let load_rounds = match (changes_only, quick) {
         (true, _) => 0,
         (_, true) => 1,
-        _ => 3,
+        _ => 5,
     };
     for round in 0..load_rounds {
-        for (vi, (vname, script)) in vars.iter().enumerate().take(shapes) {
-            // The variants only locate the kernel's time: once, via libnftables.
+        for (vi, (vname, script, _)) in vars.iter().enumerate().take(shapes) {
+            // The two-client variant only shows the kernel's set cost: via libnftables.
             let methods: &[Via] = match (vi, round % 2) {
                 (0, 0) => &[Via::Lib, Via::Binary],
                 (0, _) => &[Via::Binary, Via::Lib],
-                (_, 0) => &[Via::Lib],
-                _ => &[],
+                _ => &[Via::Lib],
             };
             for &via in methods {
                 k.apply(via, &format!("add table {TABLE}\ndelete table {TABLE}\n"));
@@ -495,7 +465,7 @@ fn run(quick: bool, changes_only: bool) -> (String, serde_json::Value) {
     }
     let mut lrows = Vec::new();
     let mut jloads = Vec::new();
-    for (vi, (vname, script)) in vars.iter().enumerate().take(shapes) {
+    for (vi, (vname, script, table)) in vars.iter().enumerate().take(shapes) {
         let cell = |via| {
             let v: Vec<f64> = loads
                 .get(&(vi, via))
@@ -522,6 +492,7 @@ fn run(quick: bool, changes_only: bool) -> (String, serde_json::Value) {
             .sum();
         lrows.push(vec![
             vname.to_string(),
+            table.rule_count().to_string(),
             script.lines().count().to_string(),
             sets.to_string(),
             anon.to_string(),
@@ -529,12 +500,13 @@ fn run(quick: bool, changes_only: bool) -> (String, serde_json::Value) {
             b,
         ]);
         jloads.push(json!({"script": vname, "lines": script.lines().count(),
+            "rules": table.rule_count(), "named_sets": sets, "anonymous_sets": anon,
             "libnftables_ms": lv, "nft_binary_ms": bv}));
     }
     let sl: Vec<f64> = script_lines.iter().map(|n| *n as f64).collect();
     let (slm, sl0, sl1) = spread(&sl);
     let md = format!(
-        "(a) One change at 1k pods (250 local) / 1k policies, {} changes per method over {rounds} rounds, methods alternating change by change; ms.\n\n{}\nPolicy-edit scripts: median {slm:.0} lines ({sl0:.0}–{sl1:.0}). A libnftables context costs {:.2} ms p50 / {:.2} ms p99 to make and free. The 1k/1k table ({} rules, {small_sets} named sets) loaded in {:.0} ms.\n\n(b) Full load of the dataplane benchmark's 10k-policy table from nothing ({} rules, render {:.0} ms), {load_rounds} rounds alternating; ms, median (min–max).\n\n{}\nLoad average {load_before} before, {load_after} after.\n",
+        "(a) One change at 1k pods (250 local) / 1k policies, {} changes per method over {rounds} rounds, methods alternating change by change; ms.\n\n{}\nPolicy-edit scripts: median {slm:.0} lines ({sl0:.0}–{sl1:.0}). A libnftables context costs {:.2} ms p50 / {:.2} ms p99 to make and free. The 1k/1k table ({} rules, {small_sets} named sets) loaded in {:.0} ms.\n\n(b) Full load of the dataplane benchmark's 10k-policy table from nothing (render {:.0} ms per table), {load_rounds} rounds, methods alternating; ms, median (min–max).\n\n{}\nLoad average {load_before} before, {load_after} after.\n",
         pol[&Via::Lib].len(),
         twill_bench::table(
             &[
@@ -552,11 +524,11 @@ fn run(quick: bool, changes_only: bool) -> (String, serde_json::Value) {
         pct(&ctx, 99.0),
         inc.table().rule_count(),
         ms(small_load),
-        table.rule_count(),
         ms(render),
         twill_bench::table(
             &[
                 "script",
+                "rules",
                 "lines",
                 "named sets",
                 "anonymous sets",
@@ -568,7 +540,7 @@ fn run(quick: bool, changes_only: bool) -> (String, serde_json::Value) {
     );
     let doc = json!({"rounds": rounds, "changes_per_round": changes,
         "context_ms_p50": pct(&ctx, 50.0), "context_ms_p99": pct(&ctx, 99.0),
-        "incremental": jrows, "full_loads": jloads, "rules": table.rule_count(),
+        "incremental": jrows, "full_loads": jloads,
         "render_ms": ms(render), "loadavg_before": load_before, "loadavg_after": load_after});
     if changes_only {
         let a = md.split("\n\n(b)").next().unwrap_or_default();

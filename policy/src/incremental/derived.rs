@@ -2,7 +2,7 @@
 //! they refer to, reference-counted by the endpoint chains that use them,
 //! and the endpoint chains of dirty local endpoints rendered at commit.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use super::{ChainKey, DIRS, Incremental, PolChain, Rendered, SelRef};
@@ -10,14 +10,33 @@ use crate::ir::{Fam, MAP_EGRESS, MAP_INGRESS};
 use crate::model::{Direction, PodSel, Policy, evaluation_order};
 use crate::render::{
     endpoint_chain, endpoint_chains, named_port_sets, policy_chain, policy_chain_rules, port_set,
-    selection_set, selection_sets,
+    sel_form, selection_sets,
 };
 
 impl Incremental {
+    /// Addresses of every endpoint in a selection.
+    fn members(&self, sel: &PodSel) -> BTreeSet<IpAddr> {
+        self.endpoints
+            .values()
+            .filter(|e| self.selects(sel, e))
+            .flat_map(|e| e.ips.iter().copied())
+            .collect()
+    }
+
     pub(super) fn render_policy_chain(&mut self, ck: &ChainKey, p: &Policy) {
-        let (chain, sels, ports) = policy_chain_rules(p, ck.1);
+        // Selections not referenced yet: members found once, kept for ref_sel.
+        let mut fresh: BTreeMap<PodSel, BTreeSet<IpAddr>> = BTreeMap::new();
+        let me = &*self;
+        let (chain, sels, ports) = policy_chain_rules(p, ck.1, &mut |sel, fam| {
+            if let Some(r) = me.sel_refs.get(sel) {
+                return sel_form(sel, fam, &r.members);
+            }
+            let m = fresh.entry(sel.clone()).or_insert_with(|| me.members(sel));
+            sel_form(sel, fam, m)
+        });
         for s in &sels {
-            self.ref_sel(s);
+            let m = fresh.remove(s);
+            self.ref_sel(s, m);
         }
         for n in &ports {
             self.ref_port(n);
@@ -77,27 +96,18 @@ impl Incremental {
         self.put_chain(policy_chain(&ck.0, ck.1), None);
     }
 
-    fn ref_sel(&mut self, sel: &PodSel) {
+    /// One more user of a selection (`members`: its members, if known).
+    fn ref_sel(&mut self, sel: &PodSel, members: Option<BTreeSet<IpAddr>>) {
         if let Some(r) = self.sel_refs.get_mut(sel) {
             r.users += 1;
             return;
         }
-        let members: BTreeSet<IpAddr> = self
-            .endpoints
-            .values()
-            .filter(|e| self.selects(sel, e))
-            .flat_map(|e| e.ips.iter().copied())
-            .collect();
+        let members = members.unwrap_or_else(|| self.members(sel));
         for (name, set) in selection_sets(sel, &members) {
             self.put_set(name, Some(set));
         }
-        self.sel_refs.insert(
-            sel.clone(),
-            SelRef {
-                users: 1,
-                base: selection_set(sel),
-            },
-        );
+        self.sel_refs
+            .insert(sel.clone(), SelRef { users: 1, members });
     }
 
     fn unref_sel(&mut self, sel: &PodSel) {
@@ -109,8 +119,8 @@ impl Incremental {
             return;
         }
         if let Some(r) = self.sel_refs.remove(sel) {
-            for fam in [Fam::V4, Fam::V6] {
-                self.put_set(format!("{}-{}", r.base, fam.digit()), None);
+            for (name, _) in selection_sets(sel, &r.members) {
+                self.put_set(name, None);
             }
         }
     }
@@ -144,6 +154,21 @@ impl Incremental {
     /// rendered before anything old is removed, so an interface that moved
     /// from one endpoint to another keeps its chains.
     pub(super) fn finish(&mut self) {
+        // Policy chains naming a selection whose form changed.
+        let reformed = std::mem::take(&mut self.reformed);
+        if !reformed.is_empty() {
+            let cks: Vec<ChainKey> = self
+                .pol_chains
+                .iter()
+                .filter(|(_, pc)| pc.sels.iter().any(|s| reformed.contains(s)))
+                .map(|(ck, _)| ck.clone())
+                .collect();
+            for ck in cks {
+                if let Some(p) = self.policies.get(&ck.0).cloned() {
+                    self.render_policy_chain(&ck, &p);
+                }
+            }
+        }
         let dirty = std::mem::take(&mut self.dirty);
         if dirty.is_empty() {
             return;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::{DIRS, EpKey, Incremental, Local};
 use crate::ir::{Element, Fam};
 use crate::model::{Endpoint, Labels, NAMESPACE_NAME_LABEL, Policy};
-use crate::render::{base_table, local_iface, port_set};
+use crate::render::{SelForm, base_table, local_iface, port_set, sel_form, selection_set_of};
 
 impl Incremental {
     pub(super) fn set_policy(&mut self, id: &str, new: Option<Arc<Policy>>) {
@@ -145,28 +145,44 @@ impl Incremental {
         if ips.is_empty() {
             return;
         }
-        let sels = std::mem::take(&mut self.sel_refs);
-        for (sel, r) in &sels {
+        let mut sels = std::mem::take(&mut self.sel_refs);
+        for (sel, r) in sels.iter_mut() {
             for ip in ips {
                 let want = self.by_ip.get(ip).is_some_and(|ks| {
                     ks.iter()
                         .filter_map(|k| self.endpoints.get(k))
                         .any(|e| self.selects(sel, e))
                 });
-                let name = format!("{}-{}", r.base, Fam::of(*ip).digit());
-                let el = Element::Addr(*ip);
-                let has = self
-                    .table
-                    .sets
-                    .get(&name)
-                    .is_some_and(|s| s.elements.contains(&el));
-                if want != has
-                    && let Some(s) = self.set_mut(&name)
-                {
-                    if want {
-                        s.elements.insert(el);
-                    } else {
-                        s.elements.remove(&el);
+                if want == r.members.contains(ip) {
+                    continue;
+                }
+                let fam = Fam::of(*ip);
+                let before = sel_form(sel, fam, &r.members);
+                if want {
+                    r.members.insert(*ip);
+                } else {
+                    r.members.remove(ip);
+                }
+                let after = sel_form(sel, fam, &r.members);
+                match (&before, &after) {
+                    (SelForm::Set(name), SelForm::Set(_)) => {
+                        if let Some(s) = self.set_mut(name) {
+                            let el = Element::Addr(*ip);
+                            if want {
+                                s.elements.insert(el);
+                            } else {
+                                s.elements.remove(&el);
+                            }
+                        }
+                    }
+                    _ => {
+                        if let SelForm::Set(name) = before {
+                            self.put_set(name, None);
+                        }
+                        if let Some((name, set)) = selection_set_of(sel, fam, &r.members) {
+                            self.put_set(name, Some(set));
+                        }
+                        self.reformed.insert(sel.clone());
                     }
                 }
             }
@@ -254,6 +270,7 @@ impl Incremental {
         self.sel_refs.clear();
         self.port_refs.clear();
         self.dirty.clear();
+        self.reformed.clear();
         for (k, e) in std::mem::take(&mut self.endpoints) {
             self.set_endpoint(k, Some(e));
         }

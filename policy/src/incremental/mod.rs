@@ -75,10 +75,11 @@ struct PolChain {
     ports: BTreeSet<String>,
 }
 
-/// A referenced selection: reference count and its sets' base name.
+/// A referenced selection: reference count and members (which decide its
+/// form in each family, [`crate::render::SelForm`]).
 struct SelRef {
     users: usize,
-    base: String,
+    members: BTreeSet<IpAddr>,
 }
 
 /// A node's table, kept up to date change by change.
@@ -101,6 +102,9 @@ pub struct Incremental {
     port_refs: BTreeMap<String, usize>,
     /// Local endpoints whose chains must be rendered again.
     dirty: BTreeSet<EpKey>,
+    /// Selections whose form changed: the policy chains naming them are
+    /// rendered again.
+    reformed: BTreeSet<PodSel>,
     table: Table,
     before: Before,
     /// Set when everything was rebuilt: the table to diff against instead.
@@ -124,6 +128,7 @@ impl Incremental {
             sel_refs: BTreeMap::new(),
             port_refs: BTreeMap::new(),
             dirty: BTreeSet::new(),
+            reformed: BTreeSet::new(),
             table: base_table(),
             before: Before::default(),
             full_from: None,

@@ -21,10 +21,20 @@
 //!   (log prefixes 127) for any legal input: a name too long is cut to a
 //!   readable prefix plus a hash of the whole ([`crate::ir::fit_name`]),
 //!   comments likewise when printed ([`crate::ir::fit_comment`]);
-//! * one named set per distinct selection (`sel-HASH-4`/`-6`, keyed by the
-//!   canonical selector text) holding its members' addresses, and one
-//!   concatenated set per named port (`port-NAME-4`: address . protocol .
-//!   port of every pod that has it).
+//! * a selection (keyed by the canonical selector text) appears in rules,
+//!   per address family, as what its members make cheapest for the kernel
+//!   ([`SelForm`]): no member — a rule needing one is left out, a negated
+//!   match dropped; one member — that address, inline; more — a named set
+//!   `sel-HASH-4`/`-6` shared by every rule using it. nf_tables finds a
+//!   set by walking the table's list of sets by name, on every set and
+//!   every rule referring to one, so a table's load time grows with the
+//!   square of its sets (docs/nft.md); a set is made only where it is
+//!   needed;
+//! * one concatenated set per named port (`port-NAME-4`: address .
+//!   protocol . port of every pod that has it);
+//! * short literal lists (ports, networks) are written without a set: one
+//!   entry as such, a few as one rule per entry (positive) or one atom per
+//!   entry (negated); only longer lists become anonymous sets.
 //!
 //! Egress allowing means `accept` in the egress base chain, after which the
 //! packet still meets the ingress base chain; a drop anywhere is final.
@@ -43,12 +53,48 @@ use crate::model::{Direction, Endpoint, Model, PodSel};
 mod parts;
 mod rules;
 
-pub(crate) use parts::{endpoint_chains, named_port_sets, selection_sets};
+pub(crate) use parts::{endpoint_chains, named_port_sets, selection_set_of, selection_sets};
 pub(crate) use rules::policy_chain_rules;
 
 /// Base name of a selection's sets.
 pub fn selection_set(sel: &PodSel) -> String {
     format!("sel-{:016x}", fnv(&format!("{sel:?}")))
+}
+
+/// How a selection appears in rules for one address family, decided by
+/// its members of that family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SelForm {
+    /// No member: a rule that needs one never matches and is left out; a
+    /// negated match always holds and is dropped.
+    Empty,
+    /// One member: its address, inline (no set for the kernel to find).
+    One(IpAddr),
+    /// More: the named set of that name.
+    Set(String),
+}
+
+/// The form of a selection with these members (every family) in `fam`.
+pub fn sel_form(sel: &PodSel, fam: Fam, members: &BTreeSet<IpAddr>) -> SelForm {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    // Addresses sort by family first: a range finds a family's first two
+    // without walking the other family's members.
+    let (lo, hi) = match fam {
+        Fam::V4 => (
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V4(Ipv4Addr::BROADCAST),
+        ),
+        Fam::V6 => (
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            IpAddr::V6(Ipv6Addr::from(u128::MAX)),
+        ),
+    };
+    let mut it = members.range(lo..=hi);
+    match (it.next(), it.next()) {
+        (None, _) => SelForm::Empty,
+        (Some(a), None) => SelForm::One(*a),
+        _ => SelForm::Set(format!("{}-{}", selection_set(sel), fam.digit())),
+    }
 }
 
 /// Name of a named port's set (see [`fit_name`] for long names).
@@ -86,6 +132,8 @@ struct Renderer<'a> {
     table: Table,
     sel_sets: BTreeSet<PodSel>,
     port_sets: BTreeSet<String>,
+    /// Members of every selection met so far.
+    members: BTreeMap<PodSel, BTreeSet<IpAddr>>,
 }
 
 impl Renderer<'_> {
@@ -94,7 +142,14 @@ impl Renderer<'_> {
         if self.table.chains.contains_key(&name) {
             return;
         }
-        let (chain, sels, ports) = policy_chain_rules(p, d);
+        let model = self.model;
+        let cache = &mut self.members;
+        let (chain, sels, ports) = policy_chain_rules(p, d, &mut |sel, fam| {
+            let m = cache
+                .entry(sel.clone())
+                .or_insert_with(|| model.members(sel).into_iter().collect());
+            sel_form(sel, fam, m)
+        });
         self.sel_sets.extend(sels);
         self.port_sets.extend(ports);
         self.table.chains.insert(name, chain);
@@ -173,8 +228,9 @@ impl Renderer<'_> {
 
     fn sets(&mut self) {
         for sel in std::mem::take(&mut self.sel_sets) {
-            let members: BTreeSet<IpAddr> = self.model.members(&sel).into_iter().collect();
-            self.table.sets.extend(selection_sets(&sel, &members));
+            if let Some(members) = self.members.get(&sel) {
+                self.table.sets.extend(selection_sets(&sel, members));
+            }
         }
         for name in std::mem::take(&mut self.port_sets) {
             self.table
@@ -197,6 +253,7 @@ pub(crate) fn base_table() -> Table {
         table: Table::default(),
         sel_sets: BTreeSet::new(),
         port_sets: BTreeSet::new(),
+        members: BTreeMap::new(),
     };
     r.base_chains();
     for m in [MAP_EGRESS, MAP_INGRESS] {
@@ -212,6 +269,7 @@ pub fn render(model: &Model, node: &str) -> Table {
         table: Table::default(),
         sel_sets: BTreeSet::new(),
         port_sets: BTreeSet::new(),
+        members: BTreeMap::new(),
     };
     r.base_chains();
     // Which policies select each local endpoint, in evaluation order. Local
@@ -270,4 +328,113 @@ pub fn addresses(model: &Model) -> Vec<IpAddr> {
     v.sort();
     v.dedup();
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::incremental::Incremental;
+
+    fn ep(name: &str, role: &str, ip: &str, local: bool) -> Endpoint {
+        Endpoint {
+            namespace: "x".into(),
+            name: name.into(),
+            labels: [("role".to_string(), role.to_string())].into(),
+            ips: vec![ip.parse().unwrap()],
+            ports: Vec::new(),
+            node: if local { "n" } else { "m" }.into(),
+            iface: local.then(|| format!("tw{name}")),
+        }
+    }
+
+    fn allow_from_clients() -> crate::model::Policy {
+        let np: k8s_openapi::api::networking::v1::NetworkPolicy =
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p", "namespace": "x"},
+                "spec": {"podSelector": {"matchLabels": {"role": "server"}},
+                    "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client"}}}],
+                        "ports": [{"port": 80}, {"port": 443}]}]}
+            }))
+            .unwrap();
+        crate::compile_network_policy(&np).unwrap()
+    }
+
+    #[test]
+    fn a_selection_is_a_set_only_from_two_members_and_never_for_an_empty_family() {
+        let server = ep("s", "server", "10.0.0.1", true);
+        let c1 = ep("c1", "client", "10.0.0.2", false);
+        let c2 = ep("c2", "client", "10.0.0.3", false);
+        let none = Model::new(
+            vec![server.clone()],
+            Default::default(),
+            vec![allow_from_clients()],
+        );
+        let one = Model::new(
+            vec![server.clone(), c1.clone()],
+            Default::default(),
+            vec![allow_from_clients()],
+        );
+        let two = Model::new(
+            vec![server.clone(), c1.clone(), c2.clone()],
+            Default::default(),
+            vec![allow_from_clients()],
+        );
+        let chain = policy_chain("np/x/p", Direction::Ingress);
+        let rules = |t: &Table| -> Vec<String> {
+            t.chains[&chain].rules.iter().map(NftRule::text).collect()
+        };
+        // No client: no set, no rule (it could never match).
+        let t0 = render(&none, "n");
+        assert!(t0.sets.is_empty(), "{:?}", t0.sets.keys());
+        assert!(rules(&t0).is_empty(), "{:?}", rules(&t0));
+        // One client: its address inline, one rule per port, no IPv6 rule.
+        let t1 = render(&one, "n");
+        assert!(t1.sets.is_empty(), "{:?}", t1.sets.keys());
+        let r1 = rules(&t1);
+        assert_eq!(r1.len(), 2, "{r1:?}");
+        assert!(
+            r1[0].contains("ip saddr 10.0.0.2 th dport 80 accept"),
+            "{r1:?}"
+        );
+        assert!(r1[1].contains("th dport 443 accept"), "{r1:?}");
+        // Two clients: one IPv4 set, none for IPv6.
+        let t2 = render(&two, "n");
+        let names: Vec<&String> = t2.sets.keys().collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert!(names[0].ends_with("-4"));
+        assert_eq!(t2.sets[names[0]].elements.len(), 2);
+        assert!(rules(&t2)[0].contains(&format!("ip saddr @{}", names[0])));
+        // Incrementally, 1 -> 2 -> 1 -> 0 members: the set comes and goes
+        // with the chain rewritten in the same script, as a full render has it.
+        let mut inc = Incremental::new("n");
+        let pols = [std::sync::Arc::new(allow_from_clients())];
+        inc.sync(vec![server.clone(), c1.clone()], &Default::default(), &pols);
+        inc.full_script();
+        assert_eq!(inc.table(), &t1);
+        inc.sync(
+            vec![server.clone(), c1.clone(), c2],
+            &Default::default(),
+            &pols,
+        );
+        let s = inc.commit().unwrap();
+        assert!(
+            s.contains(&format!("add set inet twill {}", names[0])),
+            "{s}"
+        );
+        assert!(
+            s.contains(&format!("flush chain inet twill {chain}")),
+            "{s}"
+        );
+        assert_eq!(inc.table(), &t2);
+        inc.sync(vec![server.clone(), c1], &Default::default(), &pols);
+        let s = inc.commit().unwrap();
+        assert!(
+            s.contains(&format!("delete set inet twill {}", names[0])),
+            "{s}"
+        );
+        assert_eq!(inc.table(), &t1);
+        inc.sync(vec![server], &Default::default(), &pols);
+        inc.commit().unwrap();
+        assert_eq!(inc.table(), &t0);
+    }
 }

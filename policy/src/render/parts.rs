@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use super::{endpoint_chain, endpoint_prefix, policy_chain, port_set, selection_set};
+use super::{SelForm, endpoint_chain, endpoint_prefix, policy_chain, port_set, sel_form};
 use crate::ir::{
     Atom, Chain, Element, Fam, NamedSet, NftRule, PASS_MARK, SetKind, Verdict, fit_name,
 };
@@ -93,22 +93,36 @@ pub(crate) fn endpoint_chains(
     ]
 }
 
-/// The two sets (IPv4, IPv6) of a selection with its members' addresses.
-pub(crate) fn selection_sets(sel: &PodSel, members: &BTreeSet<IpAddr>) -> [(String, NamedSet); 2] {
-    [Fam::V4, Fam::V6].map(|fam| {
-        (
-            format!("{}-{}", selection_set(sel), fam.digit()),
-            NamedSet {
-                kind: SetKind::Addr(fam),
-                elements: members
-                    .iter()
-                    .filter(|a| Fam::of(**a) == fam)
-                    .map(|a| Element::Addr(*a))
-                    .collect(),
-                comment: sel.to_string(),
-            },
-        )
-    })
+/// The sets of a selection with these members: one per family in which it
+/// has the [`SelForm::Set`] form (two members or more).
+pub(crate) fn selection_sets(sel: &PodSel, members: &BTreeSet<IpAddr>) -> Vec<(String, NamedSet)> {
+    [Fam::V4, Fam::V6]
+        .into_iter()
+        .filter_map(|fam| selection_set_of(sel, fam, members))
+        .collect()
+}
+
+/// The set of a selection in one family, if its form there is a set.
+pub(crate) fn selection_set_of(
+    sel: &PodSel,
+    fam: Fam,
+    members: &BTreeSet<IpAddr>,
+) -> Option<(String, NamedSet)> {
+    let SelForm::Set(name) = sel_form(sel, fam, members) else {
+        return None;
+    };
+    Some((
+        name,
+        NamedSet {
+            kind: SetKind::Addr(fam),
+            elements: members
+                .iter()
+                .filter(|a| Fam::of(**a) == fam)
+                .map(|a| Element::Addr(*a))
+                .collect(),
+            comment: sel.to_string(),
+        },
+    ))
 }
 
 /// The two sets (IPv4, IPv6) of a named port: address . protocol . port

@@ -1,20 +1,34 @@
 //! A policy's rules as nft rules: each model rule expands, per address
 //! family, into the alternatives nft can match (one nft rule each), naming
-//! the selection and named-port sets it refers to; the policy's chain is
+//! the selections and named-port sets it refers to; the policy's chain is
 //! those rules with the rule's action as verdict.
+//!
+//! A selection appears as its [`SelForm`] in each family, which the caller
+//! decides from its members; a short list of ports or networks is split
+//! (positive: one rule per entry; negated: one atom per entry) instead of
+//! becoming an anonymous set, which costs the kernel as much as a named one.
 
 use std::collections::BTreeSet;
 
-use super::{port_set, selection_set};
+use ipnetwork::IpNetwork;
+
+use super::{SelForm, port_set};
 use crate::ir::{AddrTarget, Atom, Chain, Fam, NftRule, PASS_MARK, Side, Verdict};
 use crate::model::{Action, Direction, Entity, Peer, PodSel, PortSpec, Rule, proto};
 
+/// Lists of ports or networks up to this long are split rather than
+/// written as an anonymous set.
+pub(crate) const SPLIT_MAX: usize = 4;
+
+/// The form of a selection in a family (see [`super::sel_form`]).
+pub(crate) type Forms<'a> = dyn FnMut(&PodSel, Fam) -> SelForm + 'a;
+
 /// Expands model rules into nft atoms, collecting the selections and named
-/// ports whose sets the atoms refer to.
-#[derive(Default)]
-struct Expander {
+/// ports the atoms depend on.
+struct Expander<'f, 'a> {
     sel_sets: BTreeSet<PodSel>,
     port_sets: BTreeSet<String>,
+    forms: &'f mut Forms<'a>,
 }
 
 /// Alternatives for one part of a rule in one family: None = impossible.
@@ -39,10 +53,34 @@ fn fam_nets(v: &[ipnetwork::IpNetwork], fam: Fam) -> Vec<ipnetwork::IpNetwork> {
         .collect()
 }
 
-impl Expander {
-    fn sel_target(&mut self, sel: &PodSel, fam: Fam) -> AddrTarget {
+/// Address atoms for a list of networks: negated, one per network while
+/// the list is short (all must hold), else one atom.
+fn negated_nets(fam: Fam, side: Side, nets: Vec<IpNetwork>) -> Vec<Atom> {
+    let addr = |target| Atom::Addr {
+        fam,
+        side,
+        neg: true,
+        target,
+    };
+    if nets.len() <= SPLIT_MAX {
+        nets.into_iter()
+            .map(|n| addr(AddrTarget::Nets(vec![n])))
+            .collect()
+    } else {
+        vec![addr(AddrTarget::Nets(nets))]
+    }
+}
+
+impl Expander<'_, '_> {
+    /// What a selection's addresses are matched against in `fam`; None
+    /// when it has no member there.
+    fn sel_target(&mut self, sel: &PodSel, fam: Fam) -> Option<AddrTarget> {
         self.sel_sets.insert(sel.clone());
-        AddrTarget::Set(format!("{}-{}", selection_set(sel), fam.digit()))
+        match (self.forms)(sel, fam) {
+            SelForm::Empty => None,
+            SelForm::One(ip) => Some(AddrTarget::Nets(vec![IpNetwork::from(ip)])),
+            SelForm::Set(name) => Some(AddrTarget::Set(name)),
+        }
     }
 
     /// Atoms for one entity in one family; `specific` is set when an atom
@@ -61,8 +99,10 @@ impl Expander {
                 match p {
                     Peer::Pods(sel) => {
                         *specific = true;
-                        let target = self.sel_target(sel, fam);
-                        peer_alts.push(vec![addr(false, target)]);
+                        // No member in this family: this peer matches nothing.
+                        if let Some(target) = self.sel_target(sel, fam) {
+                            peer_alts.push(vec![addr(false, target)]);
+                        }
                     }
                     Peer::Block { net, except } => {
                         *specific = true;
@@ -70,10 +110,7 @@ impl Expander {
                             continue;
                         }
                         let mut v = vec![addr(false, AddrTarget::Nets(vec![*net]))];
-                        let ex = fam_nets(except, fam);
-                        if !ex.is_empty() {
-                            v.push(addr(true, AddrTarget::Nets(ex)));
-                        }
+                        v.extend(negated_nets(fam, side, fam_nets(except, fam)));
                         peer_alts.push(v);
                     }
                 }
@@ -83,26 +120,31 @@ impl Expander {
             }
             alts = product(alts, peer_alts);
         }
-        let mut fixed = Vec::new();
         if !e.nets.is_empty() {
             *specific = true;
             let n = fam_nets(&e.nets, fam);
             if n.is_empty() {
                 return None;
             }
-            fixed.push(addr(false, AddrTarget::Nets(n)));
+            let net_alts = if n.len() <= SPLIT_MAX {
+                n.into_iter()
+                    .map(|n| vec![addr(false, AddrTarget::Nets(vec![n]))])
+                    .collect()
+            } else {
+                vec![vec![addr(false, AddrTarget::Nets(n))]]
+            };
+            alts = product(alts, net_alts);
         }
-        let nn = fam_nets(&e.not_nets, fam);
         if !e.not_nets.is_empty() {
             *specific = true;
         }
-        if !nn.is_empty() {
-            fixed.push(addr(true, AddrTarget::Nets(nn)));
-        }
+        let mut fixed = negated_nets(fam, side, fam_nets(&e.not_nets, fam));
         if let Some(sel) = &e.not_pods {
             *specific = true;
-            let target = self.sel_target(sel, fam);
-            fixed.push(addr(true, target));
+            // No member in this family: the negation always holds.
+            if let Some(target) = self.sel_target(sel, fam) {
+                fixed.push(addr(true, target));
+            }
         }
         fixed.extend(self.port_atoms(&e.not_ports, side, fam, true, specific));
         alts = product(alts, vec![fixed]);
@@ -117,8 +159,9 @@ impl Expander {
         Some(alts)
     }
 
-    /// Atoms for a port list on one side (its numeric ranges as one atom,
-    /// then one per named port), each negated when `neg`.
+    /// Atoms for a port list on one side (its numeric ranges one atom each
+    /// while they are at most [`SPLIT_MAX`], else one atom; then one per
+    /// named port), each negated when `neg`.
     fn port_atoms(
         &mut self,
         v: &[PortSpec],
@@ -135,7 +178,15 @@ impl Expander {
                 PortSpec::Named(_) => None,
             })
             .collect();
-        if !ranges.is_empty() {
+        if ranges.len() <= SPLIT_MAX {
+            for r in ranges {
+                out.push(Atom::Port {
+                    side,
+                    neg,
+                    ranges: vec![r],
+                });
+            }
+        } else {
             out.push(Atom::Port { side, neg, ranges });
         }
         for p in v {
@@ -217,12 +268,18 @@ impl Expander {
 }
 
 /// A policy's chain for a direction (empty when it does not govern it),
-/// with the selections and named ports its rules refer to.
+/// with the selections and named ports its rules depend on; `forms` says
+/// how each selection appears in each family.
 pub(crate) fn policy_chain_rules(
     p: &crate::model::Policy,
     d: Direction,
+    forms: &mut Forms<'_>,
 ) -> (Chain, BTreeSet<PodSel>, BTreeSet<String>) {
-    let mut x = Expander::default();
+    let mut x = Expander {
+        sel_sets: BTreeSet::new(),
+        port_sets: BTreeSet::new(),
+        forms,
+    };
     let mut rules = Vec::new();
     for r in p.rules(d).unwrap_or_default() {
         let here = format!("{} {}", p.id, r.origin);

@@ -9,6 +9,7 @@
 //! * [`selector`]: the label selector language;
 //! * [`service`]: Services and EndpointSlices: checks, cluster IP and node port
 //!   allocation for the embedded store, which service prefixes a node announces;
+//! * [`service_proxy`]: what a node does with a Service (frontends, endpoints, policies);
 //! * [`store`]: the datastore trait and its Kubernetes and embedded backends;
 //! * [`manifest`]: multi-document YAML in and out; [`crds`]: generated CRDs;
 //! * [`defaults`]: the API server's defaulting of native objects, done for every datastore;
@@ -26,6 +27,7 @@ pub mod native;
 pub mod resources;
 pub mod selector;
 pub mod service;
+pub mod service_proxy;
 pub mod store;
 pub mod trim;
 pub mod validate;

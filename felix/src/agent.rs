@@ -3,7 +3,9 @@
 //! (forwarding) → endpoint reconcile → route manager, NAT and BGP → CNI
 //! socket → status. The LoadBalancer allocator runs beside them from the
 //! start (every node runs one; see `twill_ipam::lb_alloc`). The socket opens only after reconcile, so no ADD ever
-//! races with the repair of a previous run's leftovers.
+//! races with the repair of a previous run's leftovers. The service proxy
+//! (`--service-proxy`) follows the Services beside BGP origination, on the
+//! same Service and EndpointSlice watches.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -22,9 +24,9 @@ use twill_api::store::retry::Backoff;
 use crate::dataplane::endpoints::{EndpointGate, Endpoints, ReconcileReport, StateDir};
 use crate::dataplane::policy::PolicyEngine;
 use crate::dataplane::routes::{RouteConfig, RouteProgrammer, Sources};
-use crate::dataplane::{Requeue, nat, sysctl};
+use crate::dataplane::{Requeue, nat, services, sysctl};
 use crate::status::report::{BlockSummary, ReportConfig, report_loop};
-use crate::watch::feeds::{follow_blocks, follow_endpoints, follow_pools};
+use crate::watch::feeds::{ServiceFeed, follow_blocks, follow_endpoints, follow_pools};
 use crate::{cni_server, health, status};
 
 /// Everything twill-node needs to start.
@@ -47,6 +49,8 @@ pub struct AgentConfig {
     pub node_address: Option<crate::calc::bgp::address::AddressSpec>,
     /// Longest wait for a complete BGP table after a start.
     pub bgp_settle: Duration,
+    /// `--service-proxy`: whether this agent owns Service traffic.
+    pub service_proxy: services::Mode,
 }
 
 /// The MTU of the interface the IPv4 default route leaves by, if any.
@@ -165,6 +169,14 @@ impl Agent {
         tasks.push(tokio::spawn(nat::run(pools_rx, cfg.route_resync)));
         tasks.push(tokio::spawn(follow_pools(cfg.store.clone(), pools_tx)));
         tasks.push(tokio::spawn(lb_alloc_loop(cfg.store.clone(), LB_RESYNC)));
+        let (service_feed, feed_tasks) = ServiceFeed::start(&cfg.store);
+        tasks.extend(feed_tasks);
+        tasks.push(tokio::spawn(service_proxy(
+            cfg.service_proxy,
+            cfg.node_name.clone(),
+            service_feed.clone(),
+            cfg.route_resync,
+        )));
         let bgp_report = crate::bgp::SharedReport::default();
         tasks.push(tokio::spawn(crate::bgp::run(
             crate::bgp::BgpConfig {
@@ -173,6 +185,7 @@ impl Agent {
                 address: cfg.node_address.clone(),
                 state_dir: cfg.state_dir.clone(),
                 settle_timeout: cfg.bgp_settle,
+                services: service_feed,
             },
             routes.clone(),
             bgp_report.clone(),
@@ -310,6 +323,31 @@ async fn lb_alloc_loop(store: Store, resync: Duration) {
             Err(_) => "it panicked".to_string(),
         };
         tokio::time::sleep(requeue.failed(&error)).await;
+    }
+}
+
+/// The service proxy as `--service-proxy` says: the `inet twill-svc`
+/// table kept in line with the Services, or (off) a leftover of a previous
+/// run deleted once.
+async fn service_proxy(mode: services::Mode, node: String, feed: ServiceFeed, resync: Duration) {
+    match mode {
+        services::Mode::Nftables => {
+            tracing::info!(
+                "service proxy on: Service traffic is handled in the {} table",
+                crate::calc::services::TABLE
+            );
+            services::run(node, feed, resync, services::Hooks::default()).await;
+        }
+        services::Mode::Off => match services::remove_leftover().await {
+            Ok(true) => tracing::info!(
+                "service proxy off: deleted the {} table a previous run left",
+                crate::calc::services::TABLE
+            ),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "service proxy off, and the table a previous run may have left cannot be checked")
+            }
+        },
     }
 }
 

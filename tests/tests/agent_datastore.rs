@@ -224,6 +224,7 @@ fn the_agent_tells_the_truth_about_its_datastore() {
                 route_resync: Duration::from_secs(30),
                 node_address: Some(NODE_CIDR.parse().unwrap()),
                 bgp_settle: Duration::from_secs(2),
+                service_proxy: twill_felix::dataplane::services::Mode::Off,
             };
             match start_enforcing(cfg).await {
                 Ok(node) => {

@@ -546,6 +546,7 @@ fn twill_node_starts_against_the_kubernetes_api() {
                 route_resync: Duration::from_secs(30),
                 node_address: Some(NODE_CIDR.parse().unwrap()),
                 bgp_settle: Duration::from_secs(5),
+                service_proxy: twill_felix::dataplane::services::Mode::Off,
             };
             match start_enforcing(cfg).await {
                 Ok(node) => {

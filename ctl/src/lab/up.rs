@@ -316,10 +316,13 @@ async fn build(dir: &Path, st: &mut State, node_bin: &Path, cni_bin: &Path) -> a
 }
 
 /// Extra twill-node flags in the lab: the node address comes from eth0,
-/// reports are frequent and empty blocks go back to the pool after 10 s.
+/// reports are frequent, empty blocks go back to the pool after 10 s, and
+/// twill-node is the service proxy (the lab has no kube-proxy).
 const NODE_BGP_ARGS: &[&str] = &[
     "--node-address",
     "eth0",
+    "--service-proxy",
+    "nftables",
     "--status-interval",
     "2",
     "--block-grace",

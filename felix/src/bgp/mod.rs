@@ -59,6 +59,8 @@ pub struct BgpConfig {
     /// Longest wait for a complete table after a start before the route
     /// programmer may remove stale BGP routes.
     pub settle_timeout: Duration,
+    /// The Services and EndpointSlices (shared with the service proxy).
+    pub services: crate::watch::feeds::ServiceFeed,
 }
 
 /// What the status report shows about BGP.

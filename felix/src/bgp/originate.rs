@@ -8,8 +8,6 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use twill_api::resources::{BGPConfiguration, IPAMBlock, IPPool};
 use twill_bgpd::speaker::Speaker;
 use twill_bgpd::types::{Origin, PathAttrs};
@@ -59,8 +57,12 @@ pub(super) async fn follow_origination(
     // Services and EndpointSlices: until their first listing there are no
     // Service prefixes, and blocks are announced meanwhile (a failing
     // Service watch must not hold back the pod network).
-    let services = Cache::<Service>::follow(&store, poke.clone());
-    let slices = Cache::<EndpointSlice>::follow(&store, poke);
+    let mut feed = cfg.services.clone();
+    tokio::spawn(async move {
+        while feed.changed().await {
+            poke.send_replace(());
+        }
+    });
     loop {
         let wanted = rx.borrow_and_update().clone();
         poked.borrow_and_update();
@@ -74,8 +76,8 @@ pub(super) async fn follow_origination(
             });
             let svc = from_services(
                 &cfg.node,
-                &services.get().unwrap_or_default(),
-                &slices.get().unwrap_or_default(),
+                &cfg.services.services().unwrap_or_default(),
+                &cfg.services.slices().unwrap_or_default(),
                 &configs,
             );
             let mut want = want;

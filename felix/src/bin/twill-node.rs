@@ -62,6 +62,11 @@ struct Args {
     /// before stale BGP routes may be removed from the kernel.
     #[arg(long, default_value = "60")]
     bgp_settle: u64,
+    /// Handle Service traffic (ClusterIP, NodePort, LoadBalancer, external
+    /// IPs) in the `inet twill-svc` nftables table, replacing kube-proxy;
+    /// `off` leaves it to kube-proxy (and deletes a table a previous run left).
+    #[arg(long, env = "TWILL_SERVICE_PROXY", value_enum, default_value = "off")]
+    service_proxy: twill_felix::dataplane::services::Mode,
 }
 
 fn parse_labels(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
@@ -146,6 +151,7 @@ fn main() -> anyhow::Result<()> {
             route_resync: Duration::from_secs(args.route_resync.max(1)),
             node_address: args.node_address,
             bgp_settle: Duration::from_secs(args.bgp_settle.max(1)),
+            service_proxy: args.service_proxy,
         })
         .await
     })

@@ -7,10 +7,12 @@
 //! * [`bgp`]: the sessions, their settings and the prefixes to announce;
 //! * [`endpoint`]: endpoint records, the addresses a pod asks for, the CNI
 //!   result, and what the start-up repair of the endpoints should do;
-//! * [`policy`]: datastore events reduced to the policy renderer's inputs.
+//! * [`policy`]: datastore events reduced to the policy renderer's inputs;
+//! * [`services`]: the service proxy's nftables table from Services and EndpointSlices.
 
 pub mod bgp;
 pub mod endpoint;
 pub mod nat;
 pub mod policy;
 pub mod routes;
+pub mod services;

@@ -4,6 +4,7 @@
 //! * [`routes`]: Twill's routes in the main table (protocol 116);
 //! * [`policy`]: the `inet twill` nftables table (network policy);
 //! * [`nat`]: the `inet twill-nat` table (NAT outgoing);
+//! * [`services`]: the `inet twill-svc` table (the service proxy);
 //! * [`endpoints`]: pod veths and their namespaces' side, with the
 //!   records and IPAM allocations behind them.
 //!
@@ -18,6 +19,7 @@ pub mod nat;
 pub mod netns;
 pub mod policy;
 pub mod routes;
+pub mod services;
 pub mod sysctl;
 
 use std::fmt::Display;

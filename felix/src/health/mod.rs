@@ -32,6 +32,9 @@ pub const DATAPLANE: &str = "dataplane";
 /// The BGP condition (set by the BGP wiring): at least one configured
 /// session is established.
 pub const BGP: &str = "bgp";
+/// The service proxy condition (`--service-proxy=nftables` only): the
+/// `inet twill-svc` table implements the Services as last listed.
+pub const SERVICE_PROXY: &str = "service-proxy";
 
 /// Named readiness conditions; ready when every registered one holds.
 #[derive(Debug, Default)]

@@ -1,9 +1,14 @@
 //! The watches and subscriptions that feed a dataplane manager directly:
 //! owned blocks → blackhole routes (and the status report's block view),
-//! pools → the NAT manager, the endpoint set → endpoint routes.
+//! pools → the NAT manager, the endpoint set → endpoint routes; and the
+//! Services and EndpointSlices ([`ServiceFeed`]), one watch each shared by
+//! BGP origination and the service proxy.
 
 use std::sync::Arc;
 
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use tokio::sync::watch;
 use twill_api::Store;
 use twill_api::resources::{IPAMBlock, IPPool};
 
@@ -48,6 +53,68 @@ pub async fn follow_endpoints(endpoints: Arc<Endpoints>, routes: Arc<RouteProgra
         }));
         if rx.changed().await.is_err() {
             return;
+        }
+    }
+}
+
+/// Services and EndpointSlices as last listed.
+pub type ServiceLists = (Arc<Vec<Service>>, Arc<Vec<EndpointSlice>>);
+
+/// The Services and EndpointSlices as their watches last listed them
+/// (`None` until the first listing), for every consumer in the agent: one
+/// watch per kind, however many follow it.
+#[derive(Clone, Debug)]
+pub struct ServiceFeed {
+    services: watch::Receiver<Option<Arc<Vec<Service>>>>,
+    slices: watch::Receiver<Option<Arc<Vec<EndpointSlice>>>>,
+}
+
+impl ServiceFeed {
+    /// Starts both watches; the tasks follow for as long as they run.
+    pub fn start(store: &Store) -> (ServiceFeed, Vec<tokio::task::JoinHandle<()>>) {
+        let (svc_tx, services) = watch::channel(None);
+        let (sl_tx, slices) = watch::channel(None);
+        let tasks = vec![
+            tokio::spawn(follow::<Service>(store.clone(), move |l| {
+                svc_tx.send_replace(Some(Arc::new(l)));
+            })),
+            tokio::spawn(follow::<EndpointSlice>(store.clone(), move |l| {
+                sl_tx.send_replace(Some(Arc::new(l)));
+            })),
+        ];
+        (ServiceFeed { services, slices }, tasks)
+    }
+
+    /// A feed that never delivers (nothing follows the store).
+    pub fn none() -> ServiceFeed {
+        ServiceFeed {
+            services: watch::channel(None).1,
+            slices: watch::channel(None).1,
+        }
+    }
+
+    /// The Services, once listed.
+    pub fn services(&self) -> Option<Arc<Vec<Service>>> {
+        self.services.borrow().clone()
+    }
+
+    /// The EndpointSlices, once listed.
+    pub fn slices(&self) -> Option<Arc<Vec<EndpointSlice>>> {
+        self.slices.borrow().clone()
+    }
+
+    /// Both, once both are listed; marks them seen.
+    pub fn both(&mut self) -> Option<ServiceLists> {
+        let s = self.services.borrow_and_update().clone();
+        let e = self.slices.borrow_and_update().clone();
+        s.zip(e)
+    }
+
+    /// Waits for a change of either; false when neither can change any more.
+    pub async fn changed(&mut self) -> bool {
+        tokio::select! {
+            r = self.services.changed() => r.is_ok() || self.slices.changed().await.is_ok(),
+            r = self.slices.changed() => r.is_ok() || self.services.changed().await.is_ok(),
         }
     }
 }

@@ -1,0 +1,309 @@
+//! The service proxy (`--service-proxy=nftables`): the only writer of the
+//! `inet twill-svc` table. What the table holds comes from
+//! [`crate::calc::services`]; here it reaches the kernel through
+//! [`twill_nft`] — the whole table replaced in one transaction at start and
+//! after any failure or drift, otherwise only the difference from what was
+//! last applied (map elements, chains flushed and refilled). Every
+//! `resync` the table is read back and compared with what was applied;
+//! any difference is drift, repaired by a full replacement.
+//!
+//! With `--service-proxy=off` (the default: kube-proxy usually runs) the
+//! agent writes nothing here, and deletes a table a previous run with the
+//! proxy on left behind ([`remove_leftover`]): a stale table would keep
+//! translating Service addresses to endpoints that may be gone, in front
+//! of kube-proxy's rules.
+//!
+//! Readiness ([`health::SERVICE_PROXY`]) holds only while the table
+//! implements the Services as last listed, and names nft's error when it
+//! cannot be written.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use tokio::sync::watch;
+use twill_api::service_proxy::ServicePortProxy;
+use twill_api::store::retry::Backoff;
+
+use super::{Manager, Requeue, reconcile};
+use crate::calc::services::{
+    Fingerprint, StaleUdp, SvcTable, TABLE, TABLE_NAME, desired, stale_udp,
+};
+use crate::health;
+use crate::watch::feeds::ServiceFeed;
+
+/// `--service-proxy`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Nothing: Service traffic is someone else's (kube-proxy).
+    #[default]
+    Off,
+    /// The `inet twill-svc` table.
+    Nftables,
+}
+
+/// Why the table could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum SvcError {
+    #[error(transparent)]
+    Nft(#[from] twill_nft::NftError),
+    #[error("the nft task failed: {0}")]
+    Task(String),
+}
+
+/// What other parts of the agent learn from the proxy after each applied
+/// pass (the UDP conntrack flush and the health check port hang here).
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Called with the UDP flows the new table no longer sends where it
+    /// did, after the table is in the kernel.
+    pub on_stale_udp: Option<Arc<dyn Fn(Vec<StaleUdp>) + Send + Sync>>,
+    /// Gets the model the kernel now implements (local endpoint counts:
+    /// [`twill_api::service_proxy::local_endpoint_counts`]).
+    pub model: Option<watch::Sender<Arc<Vec<ServicePortProxy>>>>,
+}
+
+/// The inputs of one pass.
+pub struct Inputs {
+    pub services: Arc<Vec<Service>>,
+    pub slices: Arc<Vec<EndpointSlice>>,
+}
+
+/// What the kernel holds, as far as a pass needs to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kernel {
+    /// What this manager applied last (read back and checked when a read
+    /// was due).
+    AsApplied,
+    /// Something else: rebuild (the reason is logged).
+    Rebuild(String),
+}
+
+/// A pass's plan: the new model and table, and the script to get there.
+pub struct Plan {
+    model: Vec<ServicePortProxy>,
+    table: SvcTable,
+    script: Option<Script>,
+}
+
+/// The script of a pass.
+pub enum Script {
+    Full { text: String, reason: String },
+    Diff(String),
+}
+
+/// What a pass did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    Nothing,
+    Incremental { bytes: usize },
+    Full { reason: String },
+}
+
+/// The manager: what it applied last is all its state.
+pub struct SvcProxy {
+    node: String,
+    applied: Option<(Vec<ServicePortProxy>, SvcTable)>,
+    /// Read the kernel's table on the next pass.
+    pub read_due: bool,
+    hooks: Hooks,
+}
+
+impl SvcProxy {
+    pub fn new(node: &str, hooks: Hooks) -> SvcProxy {
+        SvcProxy {
+            node: node.to_string(),
+            applied: None,
+            read_due: true,
+            hooks,
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, twill_nft::NftError> + Send + 'static,
+) -> Result<T, SvcError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| SvcError::Task(e.to_string()))?
+        .map_err(SvcError::from)
+}
+
+/// The kernel's table as a fingerprint (None: absent; an unreadable
+/// listing reads as an empty fingerprint, which differs from any table).
+async fn read() -> Result<Option<Fingerprint>, SvcError> {
+    let v = blocking(|| twill_nft::list_table_json("inet", TABLE_NAME)).await?;
+    Ok(v.map(|v| Fingerprint::from_json(&v).unwrap_or_default()))
+}
+
+impl Manager for SvcProxy {
+    type Inputs = Inputs;
+    type Desired = (Vec<ServicePortProxy>, SvcTable);
+    type Observed = Kernel;
+    type Diff = Plan;
+    type Report = Applied;
+    type Error = SvcError;
+
+    async fn observe(&mut self, _: &Inputs) -> Result<Kernel, SvcError> {
+        let Some((_, table)) = &self.applied else {
+            return Ok(Kernel::Rebuild("first write by this run".into()));
+        };
+        if !self.read_due {
+            return Ok(Kernel::AsApplied);
+        }
+        let want = table.fingerprint();
+        self.read_due = false;
+        Ok(match read().await? {
+            None => Kernel::Rebuild("the table is missing".into()),
+            Some(f) if f == want => Kernel::AsApplied,
+            Some(f) => Kernel::Rebuild(drift_reason(&want, &f)),
+        })
+    }
+
+    fn desired(&mut self, inputs: &Inputs) -> (Vec<ServicePortProxy>, SvcTable) {
+        desired(&self.node, &inputs.services, &inputs.slices)
+    }
+
+    fn diff(&mut self, (model, table): (Vec<ServicePortProxy>, SvcTable), kernel: Kernel) -> Plan {
+        let script = match (kernel, &self.applied) {
+            (Kernel::AsApplied, Some((_, old))) => {
+                let d = table.diff_script(old);
+                (!d.is_empty()).then_some(Script::Diff(d))
+            }
+            (Kernel::Rebuild(reason), _) => Some(Script::Full {
+                text: table.full_script(),
+                reason,
+            }),
+            (Kernel::AsApplied, None) => Some(Script::Full {
+                text: table.full_script(),
+                reason: "first write by this run".into(),
+            }),
+        };
+        Plan {
+            model,
+            table,
+            script,
+        }
+    }
+
+    async fn apply(&mut self, plan: Plan) -> Result<Applied, SvcError> {
+        let report = match plan.script {
+            None => Applied::Nothing,
+            Some(script) => {
+                let (text, report) = match script {
+                    Script::Full { text, reason } => (text, Applied::Full { reason }),
+                    Script::Diff(text) => {
+                        let bytes = text.len();
+                        (text, Applied::Incremental { bytes })
+                    }
+                };
+                if let Err(e) = blocking(move || twill_nft::apply_script(&text)).await {
+                    // Whatever the kernel holds now, the next pass rebuilds.
+                    self.applied = None;
+                    return Err(e);
+                }
+                report
+            }
+        };
+        let old = self.applied.take().map(|(m, _)| m).unwrap_or_default();
+        if let Some(hook) = &self.hooks.on_stale_udp {
+            let stale = stale_udp(&old, &plan.model);
+            if !stale.is_empty() {
+                hook(stale);
+            }
+        }
+        let model = Arc::new(plan.model);
+        if let Some(tx) = &self.hooks.model {
+            tx.send_replace(model.clone());
+        }
+        self.applied = Some((Arc::unwrap_or_clone(model), plan.table));
+        Ok(report)
+    }
+}
+
+/// One line naming what differs between the table applied and the kernel's.
+fn drift_reason(want: &Fingerprint, seen: &Fingerprint) -> String {
+    let mut parts = Vec::new();
+    for (c, n) in &want.chains {
+        match seen.chains.get(c) {
+            None => parts.push(format!("chain {c} missing")),
+            Some(m) if m != n => parts.push(format!("chain {c} has {m} rules, not {n}")),
+            _ => {}
+        }
+    }
+    for c in seen.chains.keys().filter(|c| !want.chains.contains_key(*c)) {
+        parts.push(format!("unexpected chain {c}"));
+    }
+    for (m, e) in &want.maps {
+        if seen.maps.get(m) != Some(e) {
+            parts.push(format!("map {m} elements differ"));
+        }
+    }
+    if want.sets != seen.sets {
+        parts.push("affinity sets differ".into());
+    }
+    if parts.is_empty() {
+        parts.push("the listing differs".into());
+    }
+    parts.truncate(5);
+    format!("drift: {}", parts.join("; "))
+}
+
+/// Keeps `inet twill-svc` in line with the Services and EndpointSlices:
+/// a pass on every change, and every `resync` a pass that reads the table
+/// back (drift is repaired by a full replacement); a failed pass is
+/// retried with backoff (1 s doubling, at most `resync`). Readiness
+/// follows every pass.
+pub async fn run(node: String, mut feed: ServiceFeed, resync: Duration, hooks: Hooks) {
+    let h = health::global();
+    h.register(
+        health::SERVICE_PROXY,
+        "waiting for the first listing of Services and EndpointSlices",
+    );
+    let mut proxy = SvcProxy::new(&node, hooks);
+    let mut requeue = Requeue::new("service proxy table (inet twill-svc)", Backoff::watch());
+    let mut next_read = Instant::now() + resync;
+    loop {
+        let mut wait = resync;
+        if let Some((services, slices)) = feed.both() {
+            if Instant::now() >= next_read {
+                proxy.read_due = true;
+                next_read = Instant::now() + resync;
+            }
+            let r = reconcile(&mut proxy, &Inputs { services, slices }).await;
+            match &r {
+                Ok(applied) => {
+                    if let Applied::Full { reason } = applied {
+                        tracing::info!(%reason, "service proxy table {TABLE} written whole");
+                    }
+                    h.set_ready(health::SERVICE_PROXY);
+                }
+                Err(e) => h.set_not_ready(
+                    health::SERVICE_PROXY,
+                    &format!("the service proxy table {TABLE} cannot be written: {e}"),
+                ),
+            }
+            if let Some(delay) = requeue.after(&r) {
+                wait = delay.min(resync);
+            }
+        }
+        tokio::select! {
+            alive = feed.changed() => if !alive { return },
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// With the proxy off: deletes `inet twill-svc` if a previous run left it
+/// (only this agent ever writes that table); true when it did.
+pub async fn remove_leftover() -> Result<bool, SvcError> {
+    if blocking(|| twill_nft::list_table_json("inet", TABLE_NAME))
+        .await?
+        .is_none()
+    {
+        return Ok(false);
+    }
+    blocking(|| twill_nft::apply_script(&format!("delete table {TABLE}\n"))).await?;
+    Ok(true)
+}

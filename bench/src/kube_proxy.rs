@@ -119,7 +119,13 @@ pub fn jump_rules() -> Vec<JumpRule> {
     let portals = "kubernetes service portals";
     vec![
         jump("filter", "KUBE-EXTERNAL-SERVICES", "INPUT", external, true),
-        jump("filter", "KUBE-EXTERNAL-SERVICES", "FORWARD", external, true),
+        jump(
+            "filter",
+            "KUBE-EXTERNAL-SERVICES",
+            "FORWARD",
+            external,
+            true,
+        ),
         jump("filter", "KUBE-SERVICES", "FORWARD", portals, true),
         jump("filter", "KUBE-SERVICES", "OUTPUT", portals, true),
         jump("nat", "KUBE-SERVICES", "OUTPUT", portals, false),
@@ -164,7 +170,9 @@ pub fn restore_input(
 ) -> String {
     let mut s = String::with_capacity(ports.len() * 1200 + 2048);
     let m = MASQ_MARK;
-    s.push_str("*filter\n:KUBE-SERVICES - [0:0]\n:KUBE-EXTERNAL-SERVICES - [0:0]\n:KUBE-FORWARD - [0:0]\n");
+    s.push_str(
+        "*filter\n:KUBE-SERVICES - [0:0]\n:KUBE-EXTERNAL-SERVICES - [0:0]\n:KUBE-FORWARD - [0:0]\n",
+    );
     s.push_str("-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP\n");
     let _ = writeln!(
         s,
@@ -249,8 +257,7 @@ pub fn restore_input(
     }
     rules.push_str("-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n");
     for old in existing_nat {
-        if (old.starts_with("KUBE-SVC-") || old.starts_with("KUBE-SEP-")) && !active.contains(old)
-        {
+        if (old.starts_with("KUBE-SVC-") || old.starts_with("KUBE-SEP-")) && !active.contains(old) {
             let _ = writeln!(chains, ":{old} - [0:0]");
             let _ = writeln!(rules, "-X {old}");
         }
@@ -365,7 +372,10 @@ mod tests {
         assert!(picks[0].contains("--probability 0.3333333333"), "{s}");
         assert!(picks[1].contains("--probability 0.5000000000"), "{s}");
         assert!(!picks[2].contains("statistic"), "{s}");
-        assert!(s.contains("-j DNAT --to-destination 10.244.1.3:8080"), "{s}");
+        assert!(
+            s.contains("-j DNAT --to-destination 10.244.1.3:8080"),
+            "{s}"
+        );
         assert!(s.contains("-A KUBE-NODEPORTS -p tcp -m comment --comment \"bench/svc-1:http\" -m tcp --dport 30001 -j KUBE-SVC-"), "{s}");
         // The NodePort jump is the last rule of KUBE-SERVICES.
         let last = s
@@ -373,7 +383,10 @@ mod tests {
             .filter(|l| l.starts_with("-A KUBE-SERVICES"))
             .last()
             .unwrap_or_default();
-        assert!(last.contains("--dst-type LOCAL -j KUBE-NODEPORTS"), "{last}");
+        assert!(
+            last.contains("--dst-type LOCAL -j KUBE-NODEPORTS"),
+            "{last}"
+        );
         assert!(s.ends_with("COMMIT\n"));
     }
 
@@ -453,6 +466,9 @@ mod tests {
         ] {
             assert!(hooks.contains(&want), "{want:?}");
         }
-        assert!(j.iter().all(|r| r.args.last().map(String::as_str) == Some(r.chain)));
+        assert!(
+            j.iter()
+                .all(|r| r.args.last().map(String::as_str) == Some(r.chain))
+        );
     }
 }

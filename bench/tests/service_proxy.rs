@@ -26,7 +26,10 @@ fn short_run_measures_every_contender_and_lands_where_the_services_say() {
         .output()
         .expect("run service_proxy");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "service_proxy --short failed:\n{stderr}");
+    assert!(
+        out.status.success(),
+        "service_proxy --short failed:\n{stderr}"
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("Twill ÷ iptables"), "{stdout}");
     let doc: Value =

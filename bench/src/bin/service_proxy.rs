@@ -201,7 +201,9 @@ fn connect_once(to: SocketAddrV4, timeout: Duration) -> Result<(f64, Ipv4Addr), 
     let connect = t.elapsed().as_secs_f64() * 1000.0;
     let _ = s.set_read_timeout(Some(timeout));
     let mut b = [0u8; 4];
-    let r = s.read_exact(&mut b).map_err(|e| format!("read from {to}: {e}"));
+    let r = s
+        .read_exact(&mut b)
+        .map_err(|e| format!("read from {to}: {e}"));
     rst_close(&s);
     r.map(|_| (connect, Ipv4Addr::from(b)))
 }
@@ -467,7 +469,12 @@ fn iptables_sync(node: &Netns, ports: &[SvcPort]) -> Applied {
     let t = Instant::now();
     for j in kube_proxy::jump_rules() {
         // `-N` fails when the chain exists; kube-proxy takes that as fine.
-        let _ = run(node, "iptables", &["-w", "5", "-W", "100000", "-N", j.chain, "-t", j.table], "");
+        let _ = run(
+            node,
+            "iptables",
+            &["-w", "5", "-W", "100000", "-N", j.chain, "-t", j.table],
+            "",
+        );
         let mut args = vec!["-w", "5", "-W", "100000", "-C", j.hook, "-t", j.table];
         args.extend(j.args.iter().map(String::as_str));
         if !run(node, "iptables", &args, "").ok {
@@ -481,7 +488,8 @@ fn iptables_sync(node: &Netns, ports: &[SvcPort]) -> Applied {
     let nat = run_ok(node, "iptables-save", &["-t", "nat"], "");
     a.parts.insert("save", ms_since(t));
     let t = Instant::now();
-    let input = kube_proxy::restore_input(ports, CLUSTER_CIDR, &kube_proxy::saved_chains(&nat.stdout));
+    let input =
+        kube_proxy::restore_input(ports, CLUSTER_CIDR, &kube_proxy::saved_chains(&nat.stdout));
     a.parts.insert("generate", ms_since(t));
     a.lines = input.lines().count();
     let restore = run_ok(
@@ -491,7 +499,10 @@ fn iptables_sync(node: &Netns, ports: &[SvcPort]) -> Applied {
         &input,
     );
     a.parts.insert("restore", restore.ms);
-    a.maxrss_kib = filter.maxrss_kib.max(nat.maxrss_kib).max(restore.maxrss_kib);
+    a.maxrss_kib = filter
+        .maxrss_kib
+        .max(nat.maxrss_kib)
+        .max(restore.maxrss_kib);
     a
 }
 
@@ -506,9 +517,20 @@ fn unload(node: &Netns, kind: Kind) {
 
 // ---- measurement ---------------------------------------------------------
 
+/// Sizes from here on may run fewer repetitions (`TWILL_BENCH_REPS_LARGE`).
+const LARGE: usize = 10_000;
+
 struct Settings {
     sizes: Vec<usize>,
     reps: usize,
+    /// Repetitions at LARGE Services and more.
+    reps_large: usize,
+    /// The iptables peer's endpoint change is measured below this many
+    /// Services only (`TWILL_BENCH_IPT_CHANGE_BELOW`): at 10k it is another
+    /// whole sync of many minutes on this machine.
+    ipt_change_below: usize,
+    /// Results go to bench/results/NAME.{json,md} (`--name`).
+    name: String,
     probes: usize,
     conn_dur: Duration,
     settle: Duration,
@@ -530,6 +552,15 @@ struct Samples {
 
 fn p50(v: &[f64]) -> f64 {
     Spread::of(v).median
+}
+
+/// `median (min–max)`, or why there is none.
+fn show(sp: Spread, prec: usize) -> String {
+    if sp.median.is_nan() {
+        "not measured".into()
+    } else {
+        sp.show(prec)
+    }
 }
 
 fn check_landed(what: &str, landed: &[Ipv4Addr], allowed: &BTreeSet<Ipv4Addr>) {
@@ -558,11 +589,14 @@ fn measure(t: &Topo, kind: Kind, inp: &Input, s: &Settings, out: &mut Samples) {
     }
     std::thread::sleep(s.settle);
     let after = kernel_kib();
-    out.kernel_kib
-        .push([0, 1, 2].map(|k| after[k] - before[k]));
+    out.kernel_kib.push([0, 1, 2].map(|k| after[k] - before[k]));
 
     let (times, landed) = probe(&t.client, lone, s.probes);
-    check_landed("traffic for no Service", &landed, &BTreeSet::from([LONE_POD]));
+    check_landed(
+        "traffic for no Service",
+        &landed,
+        &BTreeSet::from([LONE_POD]),
+    );
     out.pod_ms.push(p50(&times));
     out.pod_rate.push(rate(&t.client, lone, s.conn_dur));
     if kind == Kind::None {
@@ -577,11 +611,20 @@ fn measure(t: &Topo, kind: Kind, inp: &Input, s: &Settings, out: &mut Samples) {
     let last = inp.n - 1;
     for (i, into) in [(0, &mut out.first_ms), (last, &mut out.last_ms)] {
         let (times, landed) = probe(&t.client, inp.vip(i), s.probes);
-        check_landed(&format!("{} Service {i}", kind.key()), &landed, &inp.endpoints(i, false));
+        check_landed(
+            &format!("{} Service {i}", kind.key()),
+            &landed,
+            &inp.endpoints(i, false),
+        );
         into.push(p50(&times));
     }
-    out.svc_rate.push(rate(&t.client, inp.vip(last), s.conn_dur));
+    out.svc_rate
+        .push(rate(&t.client, inp.vip(last), s.conn_dur));
 
+    if kind == Kind::Iptables && inp.n >= s.ipt_change_below {
+        unload(&t.node, kind);
+        return;
+    }
     let change = match kind {
         Kind::Twill => twill_change(&t.node, inp, twill_table.as_ref().expect("loaded")),
         Kind::Iptables => {
@@ -634,15 +677,37 @@ fn main() {
         version.contains("nf_tables"),
         "iptables is not the nf_tables backend ({version}); the anchor is"
     );
+    let reps: usize = std::env::var("TWILL_BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if short { 2 } else { 5 });
     let s = Settings {
+        reps_large: std::env::var("TWILL_BENCH_REPS_LARGE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(reps)
+            .min(reps),
         sizes: std::env::var("TWILL_BENCH_SIZES")
             .ok()
             .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
-            .unwrap_or_else(|| if short { vec![1, 20] } else { vec![1, 1000, 10_000] }),
-        reps: std::env::var("TWILL_BENCH_REPS")
+            .unwrap_or_else(|| {
+                if short {
+                    vec![1, 20]
+                } else {
+                    vec![1, 1000, 10_000]
+                }
+            }),
+        reps,
+        ipt_change_below: std::env::var("TWILL_BENCH_IPT_CHANGE_BELOW")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(if short { 2 } else { 5 }),
+            .unwrap_or(usize::MAX),
+        name: args
+            .iter()
+            .position(|a| a == "--name")
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+            .unwrap_or_else(|| "service_proxy".into()),
         probes: if short { 20 } else { 200 },
         conn_dur: Duration::from_millis(if short { 300 } else { 3000 }),
         settle: Duration::from_millis(if short { 300 } else { 2000 }),
@@ -650,7 +715,8 @@ fn main() {
     let t = topology();
     // Closed flows leave conntrack at once, so one configuration's
     // connections are gone before the next one's memory is read.
-    t.node.sysctl("net.netfilter.nf_conntrack_tcp_timeout_close", "1");
+    t.node
+        .sysctl("net.netfilter.nf_conntrack_tcp_timeout_close", "1");
 
     // Twill's process memory for the Services, counted by the allocator:
     // what the agent keeps (the objects from its watches, the table) and
@@ -687,6 +753,9 @@ fn main() {
         for i in order {
             let (kind, k) = configs[i];
             let inp = &inputs[k];
+            if kind != Kind::None && inp.n >= LARGE && rep >= s.reps_large {
+                continue;
+            }
             let t0 = Instant::now();
             measure(&t, kind, inp, &s, &mut samples[i]);
             let sm = &samples[i];
@@ -701,20 +770,32 @@ fn main() {
                 sm.pod_rate.last().copied().unwrap_or(f64::NAN),
                 t0.elapsed().as_secs_f64()
             );
+            if let (Some(l), Some(c)) = (sm.load.last(), sm.change.last()) {
+                eprintln!("    load parts {:?}, change parts {:?}", l.parts, c.parts);
+            }
             // Conntrack entries of this configuration expire (close
             // timeout 1 s) before the next one reads memory.
             std::thread::sleep(s.settle);
         }
     }
     let load_after = loadavg();
-    let (md, doc) = report(&s, &inputs, &configs, &samples, &heap, &load_before, &load_after, &version);
+    let (md, doc) = report(
+        &s,
+        &inputs,
+        &configs,
+        &samples,
+        &heap,
+        &load_before,
+        &load_after,
+        &version,
+    );
     print!("{md}");
     if let Some(p) = json_path {
         std::fs::write(&p, serde_json::to_string_pretty(&doc).expect("json"))
             .unwrap_or_else(|e| panic!("write {p}: {e}"));
     }
     if !short {
-        if let Err(e) = twill_bench::write_results("service_proxy", doc, &md) {
+        if let Err(e) = twill_bench::write_results(&s.name, doc, &md) {
             eprintln!("service_proxy: writing results: {e}");
         }
     }
@@ -756,32 +837,59 @@ fn report(
         traffic.push(vec![
             kind.label().to_string(),
             n.to_string(),
-            if svc { Spread::of(&sm.first_ms).show(3) } else { dash() },
-            if svc { Spread::of(&sm.last_ms).show(3) } else { dash() },
+            if svc {
+                Spread::of(&sm.first_ms).show(3)
+            } else {
+                dash()
+            },
+            if svc {
+                Spread::of(&sm.last_ms).show(3)
+            } else {
+                dash()
+            },
             Spread::of(&sm.pod_ms).show(3),
-            if svc { Spread::of(&sm.svc_rate).show(0) } else { dash() },
+            if svc {
+                Spread::of(&sm.svc_rate).show(0)
+            } else {
+                dash()
+            },
             pod.show(0),
             format!("{:.2}", pod.median / base_rate),
         ]);
-        let kernel = spread(sm.kernel_kib.iter().map(|k| mib(k.iter().sum::<i64>() as f64)));
+        let kernel = spread(
+            sm.kernel_kib
+                .iter()
+                .map(|k| mib(k.iter().sum::<i64>() as f64)),
+        );
         if svc {
             let load = spread(sm.load.iter().map(Applied::total));
             let change = spread(sm.change.iter().map(Applied::total));
             let change_kernel = spread(sm.change.iter().map(|a| {
-                a.parts.get("apply").or(a.parts.get("restore")).copied().unwrap_or(f64::NAN)
+                a.parts
+                    .get("apply")
+                    .or(a.parts.get("restore"))
+                    .copied()
+                    .unwrap_or(f64::NAN)
             }));
-            let rss = spread(sm.load.iter().chain(&sm.change).map(|a| mib(a.maxrss_kib as f64)));
+            let rss = spread(
+                sm.load
+                    .iter()
+                    .chain(&sm.change)
+                    .map(|a| mib(a.maxrss_kib as f64)),
+            );
             let (_, kept, peak) = heap.get(&n).copied().unwrap_or_default();
             control.push(vec![
                 kind.label().to_string(),
                 n.to_string(),
                 load.show(1),
-                change.show(1),
-                change_kernel.show(1),
+                show(change, 1),
+                show(change_kernel, 1),
                 format!(
                     "{} / {}",
                     sm.load.first().map_or(0, |a| a.lines),
-                    sm.change.first().map_or(0, |a| a.lines)
+                    sm.change
+                        .first()
+                        .map_or("–".into(), |a| a.lines.to_string())
                 ),
                 kernel.show(1),
                 match kind {
@@ -822,14 +930,23 @@ fn report(
             continue;
         };
         let tot = |v: &[Applied]| p50(&v.iter().map(Applied::total).collect::<Vec<_>>());
-        let kern = |v: &[[i64; 3]]| p50(&v.iter().map(|k| k.iter().sum::<i64>() as f64).collect::<Vec<_>>());
+        let kern = |v: &[[i64; 3]]| {
+            p50(&v
+                .iter()
+                .map(|k| k.iter().sum::<i64>() as f64)
+                .collect::<Vec<_>>())
+        };
         vs.push(vec![
             inp.n.to_string(),
             format!("{:.2}", p50(&ip.last_ms) / p50(&tw.last_ms)),
             format!("{:.2}", p50(&tw.svc_rate) / p50(&ip.svc_rate)),
             format!("{:.2}", p50(&tw.pod_rate) / p50(&ip.pod_rate)),
             format!("{:.2}", tot(&ip.load) / tot(&tw.load)),
-            format!("{:.2}", tot(&ip.change) / tot(&tw.change)),
+            if ip.change.is_empty() {
+                "–".into()
+            } else {
+                format!("{:.2}", tot(&ip.change) / tot(&tw.change))
+            },
             format!("{:.2}", kern(&ip.kernel_kib) / kern(&tw.kernel_kib)),
         ]);
     }
@@ -853,7 +970,7 @@ fn report(
         }
     }
     let md = format!(
-        "**Traffic**: TCP connect time (ms, p50 of {} connections per repetition) and new connections/s ({:.1} s per repetition)\n\n{}\n**Control plane and memory**: ms to get all Services into the kernel from nothing and one endpoint change (Twill: render + libnftables apply; iptables: kube-proxy's whole sync — `-N`/`-C` per jump, `iptables-save` ×2, generate, `iptables-restore`), and kernel memory (Slab + Percpu + VmallocUsed after load minus before, MiB)\n\n{}\nTwill ÷ iptables (medians; above 1.00 Twill is ahead: quicker, faster, or smaller):\n\n{}\n{goals}\nMedian (min–max) of {} repetitions, the order of the {} configurations rotating and reversed every other repetition; {} endpoints per Service, every tenth a NodePort; \"none\" has no rules and no conntrack (a cluster IP leads nowhere there, which the run checks). Every connection's landing address is checked: a Service's on its endpoints, after the change on the new set (the moved endpoint included), traffic for no Service unchanged. {version}. Load average {load_before} before, {load_after} after (a shared 2-core machine). kube-proxy's own process is not run here; the anchor (issue 17) measured it at 150–164 MiB with 10k Services.\n",
+        "**Traffic**: TCP connect time (ms, p50 of {} connections per repetition) and new connections/s ({:.1} s per repetition)\n\n{}\n**Control plane and memory**: ms to get all Services into the kernel from nothing and one endpoint change (Twill: render + libnftables apply; iptables: kube-proxy's whole sync — `-N`/`-C` per jump, `iptables-save` ×2, generate, `iptables-restore`), and kernel memory (Slab + Percpu + VmallocUsed after load minus before, MiB)\n\n{}\nTwill ÷ iptables (medians; above 1.00 Twill is ahead: quicker, faster, or smaller):\n\n{}\n{goals}\nMedian (min–max) of {}, the order of the {} configurations rotating and reversed every other repetition; {} endpoints per Service, every tenth a NodePort; \"none\" has no rules and no conntrack (a cluster IP leads nowhere there, which the run checks). Every connection's landing address is checked: a Service's on its endpoints, after the change on the new set (the moved endpoint included), traffic for no Service unchanged. {version}. Load average {load_before} before, {load_after} after (a shared 2-core machine). kube-proxy's own process is not run here; the anchor (issue 17) measured it at 150–164 MiB with 10k Services.\n",
         s.probes,
         s.conn_dur.as_secs_f64(),
         twill_bench::table(
@@ -894,13 +1011,20 @@ fn report(
             ],
             &vs,
         ),
-        s.reps,
+        if s.reps_large < s.reps && s.sizes.iter().any(|&n| n >= LARGE) {
+            format!(
+                "{} repetitions ({} at {LARGE} Services and more: one kube-proxy-style sync takes minutes on this machine)",
+                s.reps, s.reps_large
+            )
+        } else {
+            format!("{} repetitions", s.reps)
+        },
         configs.len(),
         ENDPOINTS,
     );
     let _ = base_ms;
     let doc = json!({
-        "reps": s.reps, "sizes": s.sizes, "endpoints_per_service": ENDPOINTS,
+        "reps": s.reps, "reps_large": s.reps_large, "large_from": LARGE, "sizes": s.sizes, "endpoints_per_service": ENDPOINTS,
         "probes": s.probes, "conn_secs": s.conn_dur.as_secs_f64(),
         "iptables": version,
         "loadavg_before": load_before, "loadavg_after": load_after,

@@ -350,7 +350,7 @@ impl SvcTable {
         // External traffic: masqueraded under the Cluster policy (the reply
         // must come back through this node); under Local, the client's
         // address is kept and only local endpoints serve, but the node's own
-        // traffic goes to the cluster set like any internal traffic.
+        // traffic and its pods' go to the cluster set like any internal traffic.
         let external = match (&cluster, p.external_local) {
             (None, _) => Target::Refuse,
             (Some(c), false) => {
@@ -360,9 +360,13 @@ impl SvcTable {
             }
             (Some(c), true) => {
                 let name = chain_name("ext", p);
+                // Pods of this node (their veths) are inside the cluster
+                // too: the cluster set, unmasqueraded (kube-proxy's
+                // interface-prefix local detection).
                 let mut rules = vec![
                     "fib saddr type local jump mark-for-masquerade".into(),
                     format!("fib saddr type local goto {c}"),
+                    format!("iifname \"{}*\" goto {c}", twill_api::names::VETH_PREFIX),
                 ];
                 match &local {
                     Some(l) => rules.push(format!("goto {l}")),
@@ -712,4 +716,4 @@ pub fn stale_udp(old: &[ServicePortProxy], new: &[ServicePortProxy]) -> Vec<Stal
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -6,7 +6,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::*;
 
-fn svc(yaml: &str) -> Service {
+pub(crate) fn svc(yaml: &str) -> Service {
     serde_json::from_value(yaml_value(yaml)).expect("a Service")
 }
 fn slice(yaml: &str) -> EndpointSlice {
@@ -17,7 +17,7 @@ fn yaml_value(yaml: &str) -> serde_json::Value {
     twill_api::manifest::parse_document(&docs[0]).expect("YAML")
 }
 
-const WEB: &str = "
+pub(crate) const WEB: &str = "
 apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: shop}
@@ -33,7 +33,7 @@ status:
     ingress: [{ip: 203.0.113.5}]
 ";
 
-fn web_slice(eps: &str) -> EndpointSlice {
+pub(crate) fn web_slice(eps: &str) -> EndpointSlice {
     slice(&format!(
         "
 apiVersion: discovery.k8s.io/v1
@@ -49,7 +49,7 @@ endpoints:
     ))
 }
 
-const TWO: &str = "
+pub(crate) const TWO: &str = "
 - {addresses: [10.244.1.5], nodeName: n1}
 - {addresses: [10.244.2.5], nodeName: n2}
 ";
@@ -151,6 +151,7 @@ fn external_local_keeps_the_client_address_and_drops_without_a_local_endpoint() 
         &vec![
             "fib saddr type local jump mark-for-masquerade".to_string(),
             "fib saddr type local goto svc-shop/web/http/tcp4".into(),
+            "iifname \"tw*\" goto svc-shop/web/http/tcp4".into(),
             "goto local-shop/web/http/tcp4".into()
         ]
     );
@@ -382,10 +383,10 @@ fn synthetic_services_render_one_element_per_frontend() {
 }
 
 /// A network namespace this test made (`ip netns add`), deleted on drop.
-struct TestNs(String);
+pub(crate) struct TestNs(String);
 
 impl TestNs {
-    fn new() -> TestNs {
+    pub(crate) fn new() -> TestNs {
         static N: AtomicUsize = AtomicUsize::new(0);
         let name = format!(
             "twsvc-{}-{}",
@@ -404,7 +405,9 @@ impl TestNs {
         TestNs(name)
     }
 
-    fn run<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
+    /// Runs `f` on a fresh thread inside the namespace (threads it starts
+    /// inherit the namespace).
+    pub(crate) fn run<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
         let path = format!("/run/netns/{}", self.0);
         std::thread::spawn(move || {
             let file = std::fs::File::open(&path).expect("open netns");

@@ -307,3 +307,103 @@ pub async fn remove_leftover() -> Result<bool, SvcError> {
     blocking(|| twill_nft::apply_script(&format!("delete table {TABLE}\n"))).await?;
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calc::services::tests::{TWO, TestNs, WEB, svc, web_slice};
+    use crate::dataplane::reconcile;
+
+    fn inputs(slice: &str) -> Inputs {
+        Inputs {
+            services: Arc::new(vec![svc(WEB)]),
+            slices: Arc::new(vec![web_slice(slice)]),
+        }
+    }
+
+    fn listed() -> Fingerprint {
+        let v = twill_nft::list_table_json("inet", TABLE_NAME)
+            .expect("list")
+            .expect("the table exists");
+        Fingerprint::from_json(&v).expect("readable")
+    }
+
+    /// The manager against the kernel, in a namespace of its own: a full
+    /// write first, then diffs only, nothing when nothing changes, drift
+    /// found by the read-back and repaired whole; the UDP hook hears of an
+    /// endpoint that went away.
+    #[test]
+    fn writes_whole_then_diffs_and_repairs_drift() {
+        let ns = TestNs::new();
+        ns.run(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let stale = Arc::new(std::sync::Mutex::new(Vec::new()));
+                let seen = stale.clone();
+                let (tx, rx) = watch::channel(Arc::new(Vec::new()));
+                let hooks = Hooks {
+                    on_stale_udp: Some(Arc::new(move |s| seen.lock().unwrap().extend(s))),
+                    model: Some(tx),
+                };
+                let mut m = SvcProxy::new("n1", hooks);
+                let two = inputs(TWO);
+                let r = reconcile(&mut m, &two).await.expect("first pass");
+                assert!(matches!(r, Applied::Full { .. }), "{r:?}");
+                let (_, want) = desired("n1", &two.services, &two.slices);
+                assert_eq!(listed(), want.fingerprint());
+                assert_eq!(rx.borrow().len(), 2, "the model is published");
+                // Nothing changed: nothing written, also after a read-back.
+                assert_eq!(reconcile(&mut m, &two).await.unwrap(), Applied::Nothing);
+                m.read_due = true;
+                assert_eq!(reconcile(&mut m, &two).await.unwrap(), Applied::Nothing);
+                // An endpoint goes: a diff, and the UDP flows to it are stale.
+                let one = inputs("- {addresses: [10.244.1.5], nodeName: n1}");
+                let r = reconcile(&mut m, &one).await.unwrap();
+                assert!(matches!(r, Applied::Incremental { .. }), "{r:?}");
+                let (_, want) = desired("n1", &one.services, &one.slices);
+                assert_eq!(listed(), want.fingerprint());
+                let gone = stale.lock().unwrap().clone();
+                assert!(!gone.is_empty());
+                assert!(gone.iter().all(|g| g.endpoint.to_string() == "10.244.2.5"));
+                // Someone flushes a chain: found at the next read-back and
+                // repaired by a full write.
+                twill_nft::apply_script(&format!("flush chain {TABLE} services\n")).unwrap();
+                assert_ne!(listed(), want.fingerprint());
+                assert_eq!(
+                    reconcile(&mut m, &one).await.unwrap(),
+                    Applied::Nothing,
+                    "not read yet"
+                );
+                m.read_due = true;
+                match reconcile(&mut m, &one).await.unwrap() {
+                    Applied::Full { reason } => {
+                        assert!(reason.contains("chain services has 0 rules"), "{reason}")
+                    }
+                    other => panic!("drift not repaired: {other:?}"),
+                }
+                assert_eq!(listed(), want.fingerprint());
+                // The table deleted: written whole again.
+                twill_nft::apply_script(&format!("delete table {TABLE}\n")).unwrap();
+                m.read_due = true;
+                let r = reconcile(&mut m, &one).await.unwrap();
+                assert_eq!(
+                    r,
+                    Applied::Full {
+                        reason: "the table is missing".into()
+                    }
+                );
+                // Off: the leftover is deleted, once.
+                assert!(remove_leftover().await.unwrap());
+                assert!(!remove_leftover().await.unwrap());
+                assert!(
+                    twill_nft::list_table_json("inet", TABLE_NAME)
+                        .unwrap()
+                        .is_none()
+                );
+            });
+        });
+    }
+}

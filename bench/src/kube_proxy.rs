@@ -380,8 +380,7 @@ mod tests {
         // The NodePort jump is the last rule of KUBE-SERVICES.
         let last = s
             .lines()
-            .filter(|l| l.starts_with("-A KUBE-SERVICES"))
-            .last()
+            .rfind(|l| l.starts_with("-A KUBE-SERVICES"))
             .unwrap_or_default();
         assert!(
             last.contains("--dst-type LOCAL -j KUBE-NODEPORTS"),

@@ -268,6 +268,9 @@ struct Ran {
 
 /// Runs `prog ARGS` in `ns` with `input` on stdin; waits with wait4 for
 /// the child's own peak RSS.
+// The child is reaped by wait4 below, not by `Child::wait` (which would
+// not report its rusage).
+#[allow(clippy::zombie_processes)]
 fn run(ns: &Netns, prog: &str, args: &[&str], input: &str) -> Ran {
     let t = Instant::now();
     let mut child = ns
@@ -794,10 +797,8 @@ fn main() {
         std::fs::write(&p, serde_json::to_string_pretty(&doc).expect("json"))
             .unwrap_or_else(|e| panic!("write {p}: {e}"));
     }
-    if !short {
-        if let Err(e) = twill_bench::write_results(&s.name, doc, &md) {
-            eprintln!("service_proxy: writing results: {e}");
-        }
+    if !short && let Err(e) = twill_bench::write_results(&s.name, doc, &md) {
+        eprintln!("service_proxy: writing results: {e}");
     }
     drop(t);
 }

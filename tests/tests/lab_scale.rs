@@ -41,7 +41,10 @@ fn twenty_nodes_behind_reflectors_converge_to_a_full_matrix() {
     assert_eq!(t["pairs"], 380, "{t}");
     assert!(t["total_s"].as_f64().unwrap_or(0.0) > 0.0, "{t}");
     // n1 and n2 reflect, the other 18 peer with them only.
-    assert_eq!(st["plan"]["route_reflectors"], serde_json::json!(["n1", "n2"]));
+    assert_eq!(
+        st["plan"]["route_reflectors"],
+        serde_json::json!(["n1", "n2"])
+    );
     // 20 nodes report every 4 s (5 reports a second in all), not every 2 s.
     let args = st["node_args"]["n7"]
         .as_array()

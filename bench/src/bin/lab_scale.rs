@@ -227,7 +227,15 @@ fn main() -> anyhow::Result<()> {
             .collect();
         rows.push(vec![
             nodes.to_string(),
-            format!("{}{}", mine.len(), if failed > 0 { format!(" ({failed} failed)") } else { String::new() }),
+            format!(
+                "{}{}",
+                mine.len(),
+                if failed > 0 {
+                    format!(" ({failed} failed)")
+                } else {
+                    String::new()
+                }
+            ),
             cell(col("/lab_up_s"), 1),
             cell(col("/timings/agents_s"), 1),
             cell(col("/timings/pods_s"), 1),
@@ -240,7 +248,11 @@ fn main() -> anyhow::Result<()> {
     }
     let md = format!(
         "`twillctl lab up --nodes N --pods-per-node 1 --route-reflectors 2 --tor bird`, {} build; median (min–max) over the runs; idle CPU of all twill-node agents from `/proc/<pid>/stat` over {} s after `lab up` returned. `lab up` returns after one round in which every pod answered every other pod (N·(N−1) pairs). Written by `bench/src/bin/lab_scale.rs` (every run in `lab_scale.json`). The machine ({}) is shared with other work: the load average (1 min) after each run's idle window is in the last column.\n\n{}",
-        if cfg!(debug_assertions) { "debug" } else { "release" },
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
         idle.as_secs(),
         machine(),
         table(

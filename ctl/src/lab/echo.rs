@@ -287,7 +287,10 @@ mod tests {
         // Someone else's ping (no token) is not ours either.
         let mut other = request(false, 0x1234, 1, 5);
         other[8..12].copy_from_slice(b"abcd");
-        assert_eq!(parse_reply(false, &reply_to(false, &other), 0x1234, 5), None);
+        assert_eq!(
+            parse_reply(false, &reply_to(false, &other), 0x1234, 5),
+            None
+        );
     }
 
     /// Two namespaces joined by a veth pair, deleted on drop (by the names

@@ -203,7 +203,7 @@ pub(super) fn raise(plan: &Plan) -> anyhow::Result<Vec<Raised>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lab::plan::{Tor, TopologyFile, plan};
+    use crate::lab::plan::{TopologyFile, Tor, plan};
 
     fn defaults() -> Current {
         Current {

@@ -168,10 +168,10 @@ fn print_family(fam: &str, pods: &[Pod], result: &[Vec<bool>]) -> usize {
         ];
         for (s, (name, _, ip)) in pods.iter().enumerate() {
             let mut row = vec![format!("{name} ({ip})")];
-            for d in 0..pods.len() {
+            for (d, ok) in result[s].iter().enumerate() {
                 row.push(if s == d {
                     "-".into()
-                } else if result[s][d] {
+                } else if *ok {
                     "ok".into()
                 } else {
                     "FAIL".into()

@@ -176,12 +176,14 @@ pub async fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
             up::up(
                 &args.dir,
                 &name,
-                nodes,
-                tor,
-                topology,
-                dual_stack,
-                pods_per_node,
-                route_reflectors,
+                up::Shape {
+                    nodes,
+                    tor,
+                    topology,
+                    dual_stack,
+                    pods_per_node,
+                    route_reflectors,
+                },
             )
             .await
         }

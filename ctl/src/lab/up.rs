@@ -21,17 +21,26 @@ use super::{dir_flag, pods};
 use crate::UsageError;
 use crate::cli::{Backend, FileArgs, OutputFormat, StoreArgs};
 
+/// `lab up`'s shape flags.
+pub(super) struct Shape {
+    pub(super) nodes: usize,
+    pub(super) tor: Tor,
+    pub(super) topology: Option<PathBuf>,
+    pub(super) dual_stack: bool,
+    pub(super) pods_per_node: usize,
+    pub(super) route_reflectors: Option<usize>,
+}
+
 /// `twillctl lab up`.
-pub(super) async fn up(
-    dir: &Path,
-    name: &str,
-    nodes: usize,
-    tor: Tor,
-    topology: Option<PathBuf>,
-    dual_stack: bool,
-    pods_per_node: usize,
-    route_reflectors: Option<usize>,
-) -> anyhow::Result<ExitCode> {
+pub(super) async fn up(dir: &Path, name: &str, shape: Shape) -> anyhow::Result<ExitCode> {
+    let Shape {
+        nodes,
+        tor,
+        topology,
+        dual_stack,
+        pods_per_node,
+        route_reflectors,
+    } = shape;
     let started = Instant::now();
     need_root()?;
     if state_path(dir).exists() {

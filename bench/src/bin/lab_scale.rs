@@ -215,7 +215,7 @@ fn main() -> anyhow::Result<()> {
             .iter()
             .filter(|r| r["nodes"].as_u64() == Some(nodes as u64))
             .collect();
-        let col = |p: &str| mine.iter().filter_map(|r| f(*r, p)).collect::<Vec<_>>();
+        let col = |p: &str| mine.iter().filter_map(|r| f(r, p)).collect::<Vec<_>>();
         let failed = failures
             .iter()
             .filter(|r| r["nodes"].as_u64() == Some(nodes as u64))

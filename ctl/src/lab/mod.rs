@@ -19,7 +19,9 @@
 //! execs in and removes it, `pods` adds and deletes pods, `traffic` serves
 //! and probes their ports; `host` runs the commands and processes.
 
+mod echo;
 mod host;
+mod limits;
 mod manage;
 mod matrix;
 pub mod plan;
@@ -73,6 +75,10 @@ pub enum LabCommand {
         dual_stack: bool,
         #[arg(long, default_value_t = 2)]
         pods_per_node: usize,
+        /// Make the first N nodes route reflectors (the mesh off; the others
+        /// peer with them), as `routeReflectors` in a topology file.
+        #[arg(long)]
+        route_reflectors: Option<usize>,
         /// Namespace name prefix (several labs can run side by side with
         /// different prefixes and directories).
         #[arg(long, default_value = plan::DEFAULT_PREFIX)]
@@ -164,16 +170,20 @@ pub async fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
             topology,
             dual_stack,
             pods_per_node,
+            route_reflectors,
             name,
         } => {
             up::up(
                 &args.dir,
                 &name,
-                nodes,
-                tor,
-                topology,
-                dual_stack,
-                pods_per_node,
+                up::Shape {
+                    nodes,
+                    tor,
+                    topology,
+                    dual_stack,
+                    pods_per_node,
+                    route_reflectors,
+                },
             )
             .await
         }

@@ -28,6 +28,28 @@ pub(super) struct State {
     /// The ToR FRR's own run directory (sockets, PID files), when FRR runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) frr_dir: Option<PathBuf>,
+    /// Host limits `lab up` raised (machine-wide; `lab down` leaves them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) raised: Vec<super::limits::Raised>,
+    /// How long `lab up` took, by phase (for people and benchmarks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) timings: Option<Timings>,
+}
+
+/// `lab up`'s phases in seconds: building the rack (namespaces, links),
+/// starting the agents until every CNI socket answers, creating the pods,
+/// and from the last pod to the round in which every pod pair answered.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(super) struct Timings {
+    pub(super) rack_s: f64,
+    pub(super) agents_s: f64,
+    pub(super) pods_s: f64,
+    pub(super) converge_s: f64,
+    pub(super) rounds: u32,
+    pub(super) pairs: usize,
+    pub(super) converged: bool,
+    /// From `lab up`'s start to the converged matrix.
+    pub(super) total_s: f64,
 }
 
 /// A process the lab started.

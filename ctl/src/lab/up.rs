@@ -6,30 +6,42 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
 use super::host::{need, need_root, run_cmd, sibling, spawn_in, sysctl_in, wait_for};
-use super::matrix::matrix;
+use super::limits;
+use super::matrix::{converge_timeout, matrix};
 use super::plan::{self, Tor};
-use super::state::{State, state_path};
+use super::state::{State, Timings, state_path};
 use super::status::print_status;
 use super::tor::start_tor;
 use super::{dir_flag, pods};
 use crate::UsageError;
 use crate::cli::{Backend, FileArgs, OutputFormat, StoreArgs};
 
+/// `lab up`'s shape flags.
+pub(super) struct Shape {
+    pub(super) nodes: usize,
+    pub(super) tor: Tor,
+    pub(super) topology: Option<PathBuf>,
+    pub(super) dual_stack: bool,
+    pub(super) pods_per_node: usize,
+    pub(super) route_reflectors: Option<usize>,
+}
+
 /// `twillctl lab up`.
-pub(super) async fn up(
-    dir: &Path,
-    name: &str,
-    nodes: usize,
-    tor: Tor,
-    topology: Option<PathBuf>,
-    dual_stack: bool,
-    pods_per_node: usize,
-) -> anyhow::Result<ExitCode> {
+pub(super) async fn up(dir: &Path, name: &str, shape: Shape) -> anyhow::Result<ExitCode> {
+    let Shape {
+        nodes,
+        tor,
+        topology,
+        dual_stack,
+        pods_per_node,
+        route_reflectors,
+    } = shape;
+    let started = Instant::now();
     need_root()?;
     if state_path(dir).exists() {
         bail!(
@@ -56,6 +68,7 @@ pub(super) async fn up(
     } else {
         file
     };
+    let file = with_reflectors(file, nodes, route_reflectors)?;
     let plan =
         plan::plan(name, nodes, tor, pods_per_node, file).map_err(|e| UsageError(e.to_string()))?;
     let node_bin = sibling("twill-node");
@@ -90,9 +103,14 @@ pub(super) async fn up(
         pod_ips6: BTreeMap::new(),
         node_args: BTreeMap::new(),
         frr_dir: None,
+        raised: vec![],
+        timings: None,
     };
     st.save(dir)?;
-    let result = build(dir, &mut st, &node_bin, &cni_bin).await;
+    st.raised = limits::raise(&plan)?;
+    st.save(dir)?;
+    let mut timings = Timings::default();
+    let result = build(dir, &mut st, &node_bin, &cni_bin, &mut timings).await;
     if let Err(e) = result {
         eprintln!(
             "lab up failed: {e:#}\n(what was built is recorded; `twillctl lab down` removes it; logs are in {})",
@@ -116,11 +134,31 @@ pub(super) async fn up(
             ""
         }
     );
-    let ok = matrix(&st)?;
+    let m = matrix(&st, converge_timeout(plan.nodes.len()))?;
+    timings.converge_s = m.elapsed.as_secs_f64();
+    timings.rounds = m.rounds;
+    timings.pairs = m.pairs;
+    timings.converged = m.ok;
+    timings.total_s = started.elapsed().as_secs_f64();
+    println!(
+        "lab up: rack {:.1} s, agents {:.1} s, pods {:.1} s, matrix {:.1} s; {:.1} s in all",
+        timings.rack_s, timings.agents_s, timings.pods_s, timings.converge_s, timings.total_s
+    );
+    st.timings = Some(timings);
+    st.save(dir)?;
+    let ok = m.ok;
     println!();
-    // Reports come every 2 s: show ones written after the matrix settled.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    print_status(dir, &st).await?;
+    if plan.nodes.len() <= SHOW_NODES {
+        // Show reports written after the matrix settled.
+        tokio::time::sleep(status_interval(plan.nodes.len()) + Duration::from_millis(500)).await;
+        print_status(dir, &st).await?;
+    } else {
+        println!(
+            "{} nodes: `twillctl lab status{}` shows each node's report",
+            plan.nodes.len(),
+            dir_flag(dir)
+        );
+    }
     let d = dir_flag(dir);
     let first_node = plan.nodes.first().map(|n| n.name.as_str()).unwrap_or("n1");
     println!(
@@ -152,7 +190,14 @@ pub(super) async fn up(
 
 /// Builds the planned lab, recording each namespace and process in `st`
 /// the moment it exists.
-async fn build(dir: &Path, st: &mut State, node_bin: &Path, cni_bin: &Path) -> anyhow::Result<()> {
+async fn build(
+    dir: &Path,
+    st: &mut State,
+    node_bin: &Path,
+    cni_bin: &Path,
+    timings: &mut Timings,
+) -> anyhow::Result<()> {
+    let phase = Instant::now();
     let plan = st.plan.clone();
     let tor_ns = plan.tor_ns.as_str();
     let rack = format!("{}/{}", plan.tor_addr, plan.prefix_len);
@@ -246,6 +291,8 @@ async fn build(dir: &Path, st: &mut State, node_bin: &Path, cni_bin: &Path) -> a
         )?;
         sysctl_in(&n.ns, "net.ipv4.ip_forward=1")?;
     }
+    timings.rack_s = phase.elapsed().as_secs_f64();
+    let phase = Instant::now();
     // The store and the resources.
     let db = dir.join("twill.db");
     let res = dir.join("resources.yaml");
@@ -293,6 +340,8 @@ async fn build(dir: &Path, st: &mut State, node_bin: &Path, cni_bin: &Path) -> a
             args.push(l.join(","));
         }
         args.extend(NODE_BGP_ARGS.iter().map(|s| s.to_string()));
+        args.push("--status-interval".into());
+        args.push(status_interval(plan.nodes.len()).as_secs().to_string());
         let pid = spawn_in(&n.ns, node_bin, &args, &ndir.join("twill-node.log"))?;
         st.add_proc(dir, &format!("twill-node {}", n.name), pid, "twill-node")?;
         st.node_args.insert(n.name.clone(), args);
@@ -307,24 +356,66 @@ async fn build(dir: &Path, st: &mut State, node_bin: &Path, cni_bin: &Path) -> a
         )
         .with_context(|| format!("see {}", dir.join(&n.name).join("twill-node.log").display()))?;
     }
+    timings.agents_s = phase.elapsed().as_secs_f64();
+    let phase = Instant::now();
     // The pods: objects in the store, then twill-cni as a runtime calls it.
     let store = pods::open_store(dir).await?;
     for p in &plan.pods {
         pods::start_pod(dir, st, &store, cni_bin, p).await?;
     }
+    timings.pods_s = phase.elapsed().as_secs_f64();
     Ok(())
 }
 
 /// Extra twill-node flags in the lab: the node address comes from eth0,
-/// reports are frequent, empty blocks go back to the pool after 10 s, and
-/// twill-node is the service proxy (the lab has no kube-proxy).
+/// empty blocks go back to the pool after 10 s, and twill-node is the
+/// service proxy (the lab has no kube-proxy).
 const NODE_BGP_ARGS: &[&str] = &[
     "--node-address",
     "eth0",
     "--service-proxy",
     "nftables",
-    "--status-interval",
-    "2",
     "--block-grace",
     "10",
 ];
+
+/// Up to this many nodes `lab up` prints every node's report.
+const SHOW_NODES: usize = 16;
+
+/// Seconds between a lab node's status reports: 2 s in a small lab, then
+/// longer so that all nodes together write at most 5 reports a second.
+/// Every write wakes every agent's store notifier (one revision check
+/// each), so at 2 s a 100-node lab made 5,000 checks a second while idle.
+pub(super) fn status_interval(nodes: usize) -> Duration {
+    Duration::from_secs((nodes as u64).div_ceil(5).max(2))
+}
+
+/// `--route-reflectors N`: the first N nodes become route reflectors (as
+/// `routeReflectors` in a topology file, which may not say so too).
+fn with_reflectors(
+    file: Option<plan::TopologyFile>,
+    nodes: usize,
+    count: Option<usize>,
+) -> Result<Option<plan::TopologyFile>, UsageError> {
+    let Some(count) = count else {
+        return Ok(file);
+    };
+    let mut f = file.unwrap_or_default();
+    if f.route_reflectors.is_some() {
+        return Err(UsageError(
+            "--route-reflectors and the topology file's routeReflectors both name reflectors: give one".into(),
+        ));
+    }
+    let names: Vec<String> = match &f.nodes {
+        Some(n) => n.iter().map(|s| s.name.clone()).collect(),
+        None => (1..=nodes).map(|i| format!("n{i}")).collect(),
+    };
+    if count == 0 || count > names.len() {
+        return Err(UsageError(format!(
+            "--route-reflectors {count}: give 1 to {} (the lab's node count)",
+            names.len()
+        )));
+    }
+    f.route_reflectors = Some(names.into_iter().take(count).collect());
+    Ok(Some(f))
+}

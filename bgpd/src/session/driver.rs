@@ -82,7 +82,22 @@ pub(super) struct Runner {
     overflow: Cell<bool>,
     /// GTSM refusals, logged once per interval.
     pub gtsm_log: RateLog,
+    /// When our last KEEPALIVE was written.
+    keepalive_sent: Option<Instant>,
+    /// UPDATEs of a new session wait until then (`INITIAL_GAP`), in order
+    /// in `held`.
+    hold_sends: Option<Instant>,
+    held: Vec<(Vec<Export>, Vec<crate::types::Afi>)>,
 }
+
+/// How long after our OpenConfirm KEEPALIVE the session's first UPDATE
+/// waits. A peer whose read takes the KEEPALIVE (which makes it
+/// Established) together with our first UPDATE may only start sending its
+/// own table when something next arrives: BIRD 2 then waits for its
+/// event loop's 3 s poll (docs/bgp.md, "Session start"). The gap lets the
+/// peer read the KEEPALIVE alone; FIRST_KEEPALIVE bounds the wait when
+/// even that was not enough.
+pub(super) const INITIAL_GAP: Duration = Duration::from_millis(50);
 
 /// How often a repeated refusal is logged.
 pub(super) const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
@@ -123,6 +138,9 @@ pub(crate) async fn run(t: PeerTask) {
         stopped: false,
         overflow: Cell::new(false),
         gtsm_log: RateLog::new(REFUSAL_LOG_INTERVAL),
+        keepalive_sent: None,
+        hold_sends: None,
+        held: Vec::new(),
     };
     r.event(FsmEvent::Start);
     r.sync_status();
@@ -154,6 +172,7 @@ impl Runner {
                         .as_ref()
                         .map(|p| p.since + self.t.cfg.open_wait),
                 )
+                .chain(self.hold_sends)
                 .min();
             tokio::select! {
                 c = self.t.commands.recv() => match c {
@@ -231,9 +250,10 @@ impl Runner {
                 end_of_rib,
             } => {
                 if self.up(session) {
-                    self.send_exports(exports);
-                    for afi in end_of_rib {
-                        self.send(&Message::Update(wire::Update::end_of_rib(afi)));
+                    if self.hold_sends.is_some() {
+                        self.held.push((exports, end_of_rib));
+                    } else {
+                        self.send_updates(exports, end_of_rib);
                     }
                 }
             }
@@ -375,7 +395,10 @@ impl Runner {
                     let open = self.open_message();
                     self.send(&open);
                 }
-                Action::SendKeepalive => self.send(&Message::Keepalive),
+                Action::SendKeepalive => {
+                    self.send(&Message::Keepalive);
+                    self.keepalive_sent = Some(Instant::now());
+                }
                 Action::SendNotification(n) => self.send(&Message::Notification(
                     Notification::new(n.code, n.subcode, n.data),
                 )),
@@ -397,6 +420,14 @@ impl Runner {
 
     fn fire_timers(&mut self) {
         let now = Instant::now();
+        if self.hold_sends.is_some_and(|t| t <= now) {
+            self.hold_sends = None;
+            if self.fsm.state() == State::Established {
+                for (exports, end_of_rib) in std::mem::take(&mut self.held) {
+                    self.send_updates(exports, end_of_rib);
+                }
+            }
+        }
         if self
             .pending
             .as_ref()
@@ -501,7 +532,13 @@ impl Runner {
             .status
             .update(|s| s.established_at = Some(std::time::Instant::now()));
         tracing::info!(peer = %self.name, hold = n.hold_time, "session established");
-        // The instance answers with the whole table and End-of-RIB.
+        // The instance answers with the whole table and End-of-RIB, sent
+        // no sooner than INITIAL_GAP after our KEEPALIVE.
+        self.hold_sends = self
+            .keepalive_sent
+            .map(|k| k + INITIAL_GAP)
+            .filter(|t| *t > Instant::now());
+        self.held.clear();
         self.session += 1;
         self.outbox.push(Event::SessionUp(
             self.t.id,
@@ -516,6 +553,8 @@ impl Runner {
     }
 
     fn session_down(&mut self, r: DownReason) {
+        self.hold_sends = None;
+        self.held.clear();
         self.t.metrics.flap(&self.name);
         self.t.status.update(|s| s.flaps += 1);
         tracing::info!(peer = %self.name, "session down: {r}");
@@ -524,6 +563,14 @@ impl Runner {
             keeps_routes: r.keeps_routes(),
         });
         self.ctx = Ctx::default();
+    }
+
+    /// Adj-RIB-Out deltas, then End-of-RIB for `end_of_rib`.
+    fn send_updates(&mut self, exports: Vec<Export>, end_of_rib: Vec<crate::types::Afi>) {
+        self.send_exports(exports);
+        for afi in end_of_rib {
+            self.send(&Message::Update(wire::Update::end_of_rib(afi)));
+        }
     }
 
     /// Encodes Adj-RIB-Out deltas into the send queue.

@@ -57,6 +57,11 @@ impl State {
     }
 }
 
+/// Delay of the first KEEPALIVE after Established: with the driver's
+/// jitter (× 0.75–1.0) never less than the one second RFC 4271 §4.4 asks
+/// between KEEPALIVEs (the previous one went in OpenSent → OpenConfirm).
+pub const FIRST_KEEPALIVE: Duration = Duration::from_millis(1334);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Timer {
     ConnectRetry,
@@ -318,6 +323,16 @@ impl Fsm {
                         out.push(A::StartTimer(
                             Timer::Hold,
                             Duration::from_secs(n.hold_time.into()),
+                        ));
+                        // The first KEEPALIVE after Established goes out
+                        // soon (FIRST_KEEPALIVE), then every keepalive
+                        // interval: a peer that went Established on our
+                        // OpenConfirm KEEPALIVE but only sends its table
+                        // when something next arrives (BIRD 2's event
+                        // loop) waits for it instead of its 3 s poll.
+                        out.push(A::StartTimer(
+                            Timer::Keepalive,
+                            FIRST_KEEPALIVE.min(Duration::from_secs(n.keepalive.into())),
                         ));
                     }
                     out.push(A::SessionUp(n.clone()));

@@ -75,6 +75,53 @@ fn active_open_reaches_established_with_negotiated_timers() {
 }
 
 #[test]
+fn first_keepalive_after_established_comes_soon_then_every_interval() {
+    // Keepalive interval 30 s: the first one after Established is due
+    // after FIRST_KEEPALIVE, the next ones every 30 s.
+    let mut f = Fsm::new(Params {
+        hold_time: 90,
+        keepalive: Some(30),
+        ..params()
+    });
+    f.handle(Event::Start);
+    f.handle(Event::TcpConnected);
+    let a = f.handle(Event::OpenReceived(open()));
+    assert!(a.contains(&Action::StartTimer(
+        Timer::Keepalive,
+        Duration::from_secs(30)
+    )));
+    let a = f.handle(Event::KeepaliveReceived);
+    assert_eq!(f.state(), State::Established);
+    assert!(a.contains(&Action::StartTimer(Timer::Keepalive, FIRST_KEEPALIVE)));
+    // × 0.75, the driver's smallest jitter, still keeps RFC 4271's 1 s.
+    assert!(FIRST_KEEPALIVE.mul_f64(0.75) >= Duration::from_secs(1));
+    let a = f.handle(Event::TimerExpired(Timer::Keepalive));
+    assert!(a.contains(&Action::SendKeepalive));
+    assert!(a.contains(&Action::StartTimer(
+        Timer::Keepalive,
+        Duration::from_secs(30)
+    )));
+    // An interval shorter than FIRST_KEEPALIVE (hold time 3 s, keepalive
+    // 1 s) stays as it is.
+    let mut f = Fsm::new(Params {
+        hold_time: 3,
+        keepalive: Some(1),
+        ..params()
+    });
+    f.handle(Event::Start);
+    f.handle(Event::TcpConnected);
+    f.handle(Event::OpenReceived(PeerOpen {
+        hold_time: 3,
+        ..open()
+    }));
+    let a = f.handle(Event::KeepaliveReceived);
+    assert!(a.contains(&Action::StartTimer(
+        Timer::Keepalive,
+        Duration::from_secs(1)
+    )));
+}
+
+#[test]
 fn bfd_down_ceases_the_session_and_drops_its_routes_and_is_ignored_when_not_connected() {
     let mut f = established(params());
     let a = f.handle(Event::BfdDown);

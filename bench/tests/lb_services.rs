@@ -55,7 +55,7 @@ fn short_run_allocates_announces_and_follows_moves() {
         .filter_map(Value::as_f64)
         .collect();
     assert!(
-        alloc.iter().all(|&x| x >= 0.0 && x < 120_000.0),
+        alloc.iter().all(|x| (0.0..120_000.0).contains(x)),
         "{alloc:?}"
     );
     let moves = rep["moves"].as_array().cloned().unwrap_or_default();

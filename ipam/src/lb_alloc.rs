@@ -17,11 +17,11 @@
 //! allocation whose status is not written yet (the next pass publishes
 //! it) or an extra address (the next pass releases it).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, Service, ServiceStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use twill_api::resources::{IPAMBlock, IPPool};
@@ -444,32 +444,80 @@ pub async fn run(store: Store, resync: Duration) -> Result<(), LbError> {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + resync, resync);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let all = tokio::select! {
-            ev = services.next() => {
-                let (keys, frees): (Vec<(String, String)>, bool) = match ev {
-                    None => return Ok(()),
-                    Some(Err(e)) => return Err(e.into()),
-                    Some(Ok(WatchEvent::Resync { items, .. })) => (items.iter().map(key_of).collect(), false),
-                    Some(Ok(WatchEvent::Applied(s))) => (vec![key_of(&s)], !is_load_balancer(&s)),
-                    Some(Ok(WatchEvent::Deleted(s))) => (vec![key_of(&s)], true),
-                };
-                for (ns, name) in keys {
-                    if let Err(e) = alloc.reconcile(&ns, &name).await {
-                        tracing::warn!(service = %format!("{ns}/{name}"), error = %e, "LoadBalancer allocation failed; retried at the next resync");
-                    }
-                }
-                frees
-            }
-            ev = pools.next() => match ev {
-                None => return Ok(()),
-                Some(Err(e)) => return Err(e.into()),
-                Some(Ok(_)) => true,
-            },
-            _ = tick.tick() => true,
-        };
-        if all && let Err(e) = alloc.reconcile_all().await {
-            tracing::warn!(error = %e, "LoadBalancer resync failed; retried at the next one");
+        // One event wakes the loop; every event already waiting joins it
+        // (a burst of creates, and every node's status write echoing back
+        // to every allocator), so each Service is reconciled once per batch
+        // instead of once per event.
+        let mut batch = Batch::default();
+        tokio::select! {
+            ev = services.next() => batch.service(ev)?,
+            ev = pools.next() => batch.pool(ev)?,
+            _ = tick.tick() => batch.all = true,
         }
+        while let Some(ev) = services.next().now_or_never() {
+            batch.service(ev)?;
+        }
+        while let Some(ev) = pools.next().now_or_never() {
+            batch.pool(ev)?;
+        }
+        if batch.stopped {
+            return Ok(());
+        }
+        if batch.all {
+            // Every Service, also those in the batch.
+            if let Err(e) = alloc.reconcile_all().await {
+                tracing::warn!(error = %e, "LoadBalancer resync failed; retried at the next one");
+            }
+            continue;
+        }
+        for (ns, name) in batch.keys {
+            if let Err(e) = alloc.reconcile(&ns, &name).await {
+                tracing::warn!(service = %format!("{ns}/{name}"), error = %e, "LoadBalancer allocation failed; retried at the next resync");
+            }
+        }
+    }
+}
+
+/// The Services one pass of [`run`] reconciles: those named by the events
+/// taken together, or all of them when an event can free or add addresses.
+#[derive(Default)]
+struct Batch {
+    keys: BTreeSet<(String, String)>,
+    all: bool,
+    /// A watch ended (the store closed): the loop returns.
+    stopped: bool,
+}
+
+impl Batch {
+    fn service(
+        &mut self,
+        ev: Option<Result<WatchEvent<Service>, StoreError>>,
+    ) -> Result<(), LbError> {
+        match ev {
+            None => self.stopped = true,
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(WatchEvent::Resync { items, .. })) => {
+                self.keys.extend(items.iter().map(key_of))
+            }
+            Some(Ok(WatchEvent::Applied(s))) => {
+                self.all |= !is_load_balancer(&s);
+                self.keys.insert(key_of(&s));
+            }
+            Some(Ok(WatchEvent::Deleted(s))) => {
+                self.all = true;
+                self.keys.insert(key_of(&s));
+            }
+        }
+        Ok(())
+    }
+
+    fn pool(&mut self, ev: Option<Result<WatchEvent<IPPool>, StoreError>>) -> Result<(), LbError> {
+        match ev {
+            None => self.stopped = true,
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(_)) => self.all = true,
+        }
+        Ok(())
     }
 }
 

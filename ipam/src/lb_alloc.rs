@@ -463,17 +463,17 @@ pub async fn run(store: Store, resync: Duration) -> Result<(), LbError> {
         if batch.stopped {
             return Ok(());
         }
-        if batch.all {
-            // Every Service, also those in the batch.
-            if let Err(e) = alloc.reconcile_all().await {
-                tracing::warn!(error = %e, "LoadBalancer resync failed; retried at the next one");
-            }
-            continue;
-        }
+        // The Services named first: a deleted one's addresses are released
+        // before the pass over every Service, where a pending one takes them.
         for (ns, name) in batch.keys {
             if let Err(e) = alloc.reconcile(&ns, &name).await {
                 tracing::warn!(service = %format!("{ns}/{name}"), error = %e, "LoadBalancer allocation failed; retried at the next resync");
             }
+        }
+        if batch.all
+            && let Err(e) = alloc.reconcile_all().await
+        {
+            tracing::warn!(error = %e, "LoadBalancer resync failed; retried at the next one");
         }
     }
 }

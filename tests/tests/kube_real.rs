@@ -1098,7 +1098,7 @@ metadata:
   name: copycat
   namespace: shop
   annotations:
-    twill.dev/loadBalancerIPs: 192.0.2.0
+    twill.dev/loadBalancerIPs: 192.0.2.1
 spec:
   type: LoadBalancer
   ports:
@@ -1204,11 +1204,13 @@ fn services_and_v1beta1_endpoint_slices_on_a_1_20_server() {
             .expect("get")
             .expect("exists");
         assert_eq!(got.endpoints[0].node_name.as_deref(), Some("node-b"));
-        // The LoadBalancer allocator against the real server: first come, first served.
+        // The LoadBalancer allocator against the real server: first come,
+        // first served (the pool's first address, its network address, is
+        // skipped unless asked for by name).
         let alloc = LbAllocator::new(store.clone());
         assert_eq!(
             alloc.reconcile("shop", "web").await.expect("reconcile"),
-            LbOutcome::Allocated(vec!["192.0.2.0".parse().expect("addr")])
+            LbOutcome::Allocated(vec!["192.0.2.1".parse().expect("addr")])
         );
         let out = alloc.reconcile("shop", "copycat").await.expect("reconcile");
         assert!(matches!(out, LbOutcome::Pending(_)), "{out:?}");
@@ -1226,7 +1228,7 @@ fn services_and_v1beta1_endpoint_slices_on_a_1_20_server() {
     );
     let k = api.get_json(&["svc", "web", "-n", "shop"]);
     assert_eq!(
-        k["status"]["loadBalancer"]["ingress"][0]["ip"], "192.0.2.0",
+        k["status"]["loadBalancer"]["ingress"][0]["ip"], "192.0.2.1",
         "{k}"
     );
     let cond = |v: &Value| {
@@ -1249,6 +1251,6 @@ fn services_and_v1beta1_endpoint_slices_on_a_1_20_server() {
         "{c}"
     );
     let t = twillctl_ok(&api, &["get", "svc", "-n", "shop"], None);
-    assert!(t.contains("192.0.2.0"), "{t}");
+    assert!(t.contains("192.0.2.1"), "{t}");
     assert!(t.contains("<pending>") && t.contains("AddressTaken"), "{t}");
 }

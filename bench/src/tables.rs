@@ -10,6 +10,13 @@
 //! outside the markers is left alone, so the prose may explain but every
 //! published number sits in a generated block. Pure: the caller reads and
 //! writes the files (`bench/src/bin/tables.rs`).
+//!
+//! The README quotes parts of results the same way: a marker
+//! `<!-- bench-results NAME from "A" to "B" begin -->` takes the lines of
+//! `NAME.md` from the first one starting with `A` through the first one
+//! after it starting with `B` ([`render_quotes`]); a quote whose lines are
+//! gone is an error, so a README that quotes a changed result goes stale
+//! loudly.
 
 use std::collections::BTreeMap;
 
@@ -29,6 +36,8 @@ pub enum TablesError {
     Unclosed(String),
     /// The page has no marker at all.
     NoMarkers,
+    /// A quote's first or last line is not in the result.
+    QuoteNotFound { name: String, line: String },
 }
 
 impl std::fmt::Display for TablesError {
@@ -36,6 +45,10 @@ impl std::fmt::Display for TablesError {
         match self {
             TablesError::Unclosed(n) => write!(f, "marker for {n:?} opens but never closes"),
             TablesError::NoMarkers => write!(f, "no <!-- bench-results NAME begin --> markers"),
+            TablesError::QuoteNotFound { name, line } => write!(
+                f,
+                "bench/results/{name}.md has no line starting with {line:?} (the quote's bounds)"
+            ),
         }
     }
 }
@@ -50,20 +63,67 @@ fn end(name: &str) -> String {
     format!("<!-- bench-results {name} end -->")
 }
 
-/// The result names the page's markers ask for, in order.
-pub fn wanted(page: &str) -> Vec<String> {
+/// A marker's content: the result's name and, for a quote, its bounds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Marker {
+    key: String,
+    name: String,
+    quote: Option<(String, String)>,
+}
+
+fn markers(page: &str) -> Vec<Marker> {
     page.lines()
         .filter_map(|l| {
-            l.trim()
+            let key = l
+                .trim()
                 .strip_prefix("<!-- bench-results ")?
-                .strip_suffix(" begin -->")
-                .map(str::to_string)
+                .strip_suffix(" begin -->")?;
+            let (name, rest) = key.split_once(' ').unwrap_or((key, ""));
+            let quote = rest
+                .strip_prefix("from \"")
+                .and_then(|r| r.strip_suffix('"'))
+                .and_then(|r| r.split_once("\" to \""))
+                .map(|(a, b)| (a.to_string(), b.to_string()));
+            Some(Marker {
+                key: key.to_string(),
+                name: name.to_string(),
+                quote,
+            })
         })
         .collect()
 }
 
+/// The result names the page's markers ask for, in order.
+pub fn wanted(page: &str) -> Vec<String> {
+    markers(page).into_iter().map(|m| m.name).collect()
+}
+
+/// The lines of `markdown` from the first starting with `from` through the
+/// first after it starting with `to`.
+fn quote(name: &str, markdown: &str, from: &str, to: &str) -> Result<String, TablesError> {
+    let missing = |line: &str| TablesError::QuoteNotFound {
+        name: name.to_string(),
+        line: line.to_string(),
+    };
+    let lines: Vec<&str> = markdown.lines().collect();
+    let a = lines
+        .iter()
+        .position(|l| l.starts_with(from))
+        .ok_or_else(|| missing(from))?;
+    let b = lines[a..]
+        .iter()
+        .position(|l| l.starts_with(to))
+        .ok_or_else(|| missing(to))?;
+    Ok(lines[a..=a + b].join("\n") + "\n")
+}
+
 /// The block that stands between a result's markers.
 pub fn block(name: &str, r: &ResultFiles) -> String {
+    block_at(name, r, "../")
+}
+
+/// [`block`] for a page at `link_prefix` from the repository root.
+fn block_at(name: &str, r: &ResultFiles, link_prefix: &str) -> String {
     let field = |k: &str| {
         r.json
             .as_ref()
@@ -71,7 +131,9 @@ pub fn block(name: &str, r: &ResultFiles) -> String {
             .and_then(|v| v.as_str())
             .map(str::to_string)
     };
-    let mut s = format!("_Generated from [`bench/results/{name}.md`](../bench/results/{name}.md)");
+    let mut s = format!(
+        "_Generated from [`bench/results/{name}.md`]({link_prefix}bench/results/{name}.md)"
+    );
     match (field("recorded"), field("machine")) {
         (Some(at), Some(m)) => s.push_str(&format!(", recorded {at} on {m}")),
         (Some(at), None) => s.push_str(&format!(", recorded {at}")),
@@ -99,20 +161,38 @@ pub fn block(name: &str, r: &ResultFiles) -> String {
 
 /// The page with every marked block regenerated from `results`.
 pub fn render(page: &str, results: &BTreeMap<String, ResultFiles>) -> Result<String, TablesError> {
-    let names = wanted(page);
-    if names.is_empty() {
+    if markers(page).is_empty() {
         return Err(TablesError::NoMarkers);
     }
+    render_at(page, results, "../")
+}
+
+/// The README (at the repository root) with its quoted blocks regenerated;
+/// a README without markers is returned as it is.
+pub fn render_quotes(
+    page: &str,
+    results: &BTreeMap<String, ResultFiles>,
+) -> Result<String, TablesError> {
+    render_at(page, results, "")
+}
+
+fn render_at(
+    page: &str,
+    results: &BTreeMap<String, ResultFiles>,
+    link_prefix: &str,
+) -> Result<String, TablesError> {
+    let names = markers(page);
     let mut out = String::with_capacity(page.len());
     let mut lines = page.split_inclusive('\n');
     while let Some(line) = lines.next() {
         out.push_str(line);
-        let Some(name) = names.iter().find(|n| line.trim() == begin(n)) else {
+        let Some(m) = names.iter().find(|m| line.trim() == begin(&m.key)) else {
             continue;
         };
+        let name = &m.name;
         let r = results.get(name);
         // Skip the old block up to and including its end marker.
-        let closing = end(name);
+        let closing = end(&m.key);
         let mut closed = false;
         for old in lines.by_ref() {
             if old.trim() == closing {
@@ -121,12 +201,19 @@ pub fn render(page: &str, results: &BTreeMap<String, ResultFiles>) -> Result<Str
             }
         }
         if !closed {
-            return Err(TablesError::Unclosed(name.clone()));
+            return Err(TablesError::Unclosed(m.key.clone()));
         }
         out.push('\n');
-        match r {
-            Some(r) => out.push_str(&block(name, r)),
-            None => out.push_str(&format!(
+        match (r, &m.quote) {
+            (Some(r), Some((from, to))) => {
+                let part = ResultFiles {
+                    markdown: quote(name, &r.markdown, from, to)?,
+                    json: r.json.clone(),
+                };
+                out.push_str(&block_at(name, &part, link_prefix));
+            }
+            (Some(r), None) => out.push_str(&block_at(name, r, link_prefix)),
+            (None, _) => out.push_str(&format!(
                 "_No result at this commit: `bench/results/{name}.md` does not exist (the benchmark changed and has not been run since). `scripts/bench.sh {}` writes it and regenerates this block._\n",
                 name.replace('_', "-")
             )),
@@ -187,6 +274,26 @@ mod tests {
         assert_eq!(render(&got, &results("## Head\n| a | 1 |\n")).unwrap(), got);
         // A changed result changes the page: stale tables are caught.
         assert_ne!(render(&got, &results("| a | 2 |\n")).unwrap(), got);
+    }
+
+    #[test]
+    fn quotes_take_only_their_lines_and_fail_when_they_are_gone() {
+        let md = "intro\n\nRatios:\n\n| a | 1 |\n\nGoals: met\n\nfooter 7\n";
+        let page = "# R\n<!-- bench-results x from \"Ratios\" to \"Goals\" begin -->\nold\n<!-- bench-results x from \"Ratios\" to \"Goals\" end -->\nrest\n";
+        let got = render_quotes(page, &results(md)).expect("render");
+        assert!(got.contains("| a | 1 |") && got.contains("Goals: met"));
+        assert!(!got.contains("intro") && !got.contains("footer 7") && !got.contains("old"));
+        assert!(got.contains("](bench/results/x.md)"), "{got}");
+        assert_eq!(wanted(page), vec!["x".to_string()]);
+        assert_eq!(render_quotes(&got, &results(md)).unwrap(), got);
+        assert_eq!(
+            render_quotes(page, &results("| a | 1 |\n")),
+            Err(TablesError::QuoteNotFound {
+                name: "x".into(),
+                line: "Ratios".into()
+            })
+        );
+        assert_eq!(render_quotes("plain\n", &results(md)).unwrap(), "plain\n");
     }
 
     #[test]

@@ -37,6 +37,23 @@ fn docs_benchmarks_is_what_the_results_generate() {
 }
 
 #[test]
+fn the_readme_quotes_only_what_the_results_say() {
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("read README.md");
+    assert!(
+        !twill_bench::tables::wanted(&readme).is_empty(),
+        "the README quotes no benchmark result (issue 17 wants the service proxy table there)"
+    );
+    let results = twill_bench::tables::read_results(&readme, &root().join("bench/results"))
+        .expect("read bench/results");
+    let generated = twill_bench::tables::render_quotes(&readme, &results)
+        .unwrap_or_else(|e| panic!("README.md: {e}"));
+    assert!(
+        generated == readme,
+        "README.md's quoted results are stale: run scripts/bench-tables.sh"
+    );
+}
+
+#[test]
 fn every_result_file_is_published() {
     let page = page();
     let wanted = twill_bench::tables::wanted(&page);

@@ -66,7 +66,8 @@ pub fn write_results(name: &str, json: Value, markdown: &str) -> anyhow::Result<
     Ok(())
 }
 
-fn now() -> String {
+/// The current UTC time, RFC 3339 (for the record).
+pub fn now() -> String {
     std::process::Command::new("date")
         .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
         .output()

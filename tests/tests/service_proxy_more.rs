@@ -575,6 +575,7 @@ fn source_ranges_sctp_local_policy_flush_and_the_nodes_udp_refusal() {
     assert_eq!(wait_tcp(&ns1, sa(&mix_s, 7000), p2).as_deref(), Ok(p2));
     assert_eq!(wait_tcp(&ns1, sa(&tonly_s, 7000), p2).as_deref(), Ok(p2));
     let cap_stop = Arc::new(AtomicBool::new(false));
+    let _cap_guard = Servers(cap_stop.clone());
     let capture = capture_sctp(&ns2, cap_stop.clone());
     let (to_mix, to_tonly) = (0x5c7a_0001u32, 0x5c7a_0002u32);
     let pod_a: Ipv4Addr = a.parse().expect("IPv4");

@@ -5,7 +5,9 @@
 //! client that keeps sending keeps talking to an endpoint that is gone. As
 //! kube-proxy does, twill-node deletes the entries of a UDP frontend whose
 //! reply comes from an endpoint that left ([`filters`] of
-//! [`crate::calc::services::stale_udp`]), right after the new table is in
+//! [`crate::calc::services::stale_udp`]; under `externalTrafficPolicy:
+//! Local` an external frontend's cluster set counts too, since the node's
+//! own traffic and its pods' go there), right after the new table is in
 //! the kernel, so the next packet is balanced again. (A frontend without
 //! endpoints leaves no entry to flush: the service proxy refuses those
 //! packets before conntrack confirms them.)

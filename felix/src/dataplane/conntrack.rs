@@ -5,7 +5,9 @@
 //! client that keeps sending keeps talking to an endpoint that is gone. As
 //! kube-proxy does, twill-node deletes the entries of a UDP frontend whose
 //! reply comes from an endpoint that left ([`filters`] of
-//! [`crate::calc::services::stale_udp`]), right after the new table is in
+//! [`crate::calc::services::stale_udp`]; under `externalTrafficPolicy:
+//! Local` an external frontend's cluster set counts too, since the node's
+//! own traffic and its pods' go there), right after the new table is in
 //! the kernel, so the next packet is balanced again. (A frontend without
 //! endpoints leaves no entry to flush: the service proxy refuses those
 //! packets before conntrack confirms them.)
@@ -612,5 +614,56 @@ mod tests {
         // An endpoint that stops being ready is gone too.
         let unready = model(&[("10.244.0.5", "n1", false), ("10.244.1.6", "n2", true)]);
         assert_eq!(filters(&stale_udp(&before, &unready)).len(), 2);
+    }
+
+    #[test]
+    fn under_the_local_policy_the_nodes_own_flows_to_a_remote_endpoint_are_flushed_too() {
+        use crate::calc::services::stale_udp;
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        // n2's view: the Service's one endpoint moves from n1 to n2. n2's
+        // own traffic (and its pods') to the LB address and the node port
+        // went to the cluster set, i.e. to n1's endpoint: those entries go.
+        let model = |addr: &str, node: &str| {
+            let svc: k8s_openapi::api::core::v1::Service =
+                serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": "dns", "namespace": "kube"},
+                    "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                        "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+                        "healthCheckNodePort": 32000,
+                        "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "nodePort": 30053}]},
+                    "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.5"}]}}
+                }))
+                .unwrap();
+            let slice: k8s_openapi::api::discovery::v1::EndpointSlice =
+                serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": "dns-1", "namespace": "kube",
+                        "labels": {"kubernetes.io/service-name": "dns"}},
+                    "addressType": "IPv4",
+                    "ports": [{"name": "dns", "port": 5353, "protocol": "UDP"}],
+                    "endpoints": [{"addresses": [addr], "nodeName": node}]
+                }))
+                .unwrap();
+            twill_api::service_proxy::proxy_model("n2", &[svc], &[slice])
+        };
+        let before = model("10.244.0.5", "n1");
+        let after = model("10.244.1.6", "n2");
+        let f = filters(&stale_udp(&before, &after));
+        let gone = ip("10.244.0.5");
+        for want in [
+            Filter::endpoint(IPPROTO_UDP, ip("10.96.0.10"), 53, gone),
+            Filter::endpoint(IPPROTO_UDP, ip("203.0.113.5"), 53, gone),
+            Filter {
+                protocol: IPPROTO_UDP,
+                orig_dst: None,
+                orig_dst_port: Some(30053),
+                reply_src: Some(gone),
+            },
+        ] {
+            assert!(f.contains(&want), "{want:?} missing from {f:?}");
+        }
+        assert_eq!(f.len(), 3, "{f:?}");
+        // The endpoint that stays local (and in the cluster set) is never flushed.
+        let other = model("10.244.1.6", "n2");
+        assert!(filters(&stale_udp(&after, &other)).is_empty());
     }
 }

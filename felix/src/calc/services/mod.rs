@@ -692,18 +692,26 @@ pub struct StaleUdp {
 
 /// The UDP (frontend, endpoint) pairs `old` sent to that `new` no longer
 /// does: the entries a conntrack flush should remove after the new table
-/// is applied (kube-proxy does the same).
+/// is applied (kube-proxy does the same). Under `externalTrafficPolicy:
+/// Local` an external frontend sends the node's own traffic and its pods'
+/// to the cluster set, so both sets count there.
 pub fn stale_udp(old: &[ServicePortProxy], new: &[ServicePortProxy]) -> Vec<StaleUdp> {
     let pairs = |m: &[ServicePortProxy]| -> BTreeSet<StaleUdp> {
         m.iter()
             .filter(|p| p.protocol == twill_api::service_proxy::Protocol::Udp)
             .flat_map(|p| {
                 p.frontends.iter().flat_map(move |f| {
-                    p.chosen(p.targets(f)).map(move |e| StaleUdp {
-                        frontend: *f,
-                        endpoint: e.addr,
-                        port: e.port,
-                    })
+                    let also_cluster = (f.is_external() && p.external_local)
+                        .then(|| p.chosen(&p.cluster))
+                        .into_iter()
+                        .flatten();
+                    p.chosen(p.targets(f))
+                        .chain(also_cluster)
+                        .map(move |e| StaleUdp {
+                            frontend: *f,
+                            endpoint: e.addr,
+                            port: e.port,
+                        })
                 })
             })
             .collect()

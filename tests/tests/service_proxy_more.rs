@@ -1,0 +1,788 @@
+//! More of the service proxy's semantics in the lab (issue 17, item 2),
+//! each with its positive case in the same set-up:
+//!
+//! * `loadBalancerSourceRanges`: from the ToR's network, a source inside
+//!   the range reaches the LoadBalancer address, one outside does not (the
+//!   node port stays open to both, as in kube-proxy);
+//! * SCTP: this kernel has no SCTP sockets, but netfilter tracks and NATs
+//!   SCTP, so a crafted INIT sent over a raw socket to a cluster IP arrives
+//!   at the endpoint with its address and target port, and a TCP port of
+//!   the same number does not catch it;
+//! * `externalTrafficPolicy: Local`: the node's own UDP to the LoadBalancer
+//!   address and its node port (served by the cluster set) moves when its
+//!   remote endpoint goes (stale conntrack entries flushed);
+//! * the node's own UDP to a Service without endpoints: `send()` fails at
+//!   once with EPERM and the socket then reports ECONNREFUSED — what
+//!   kube-proxy (iptables and nftables modes) gives too (docs/services.md);
+//! * IPv6: a UDP client of an IPv6 cluster IP and one of an IPv6 node port
+//!   (from the ToR) move when the endpoint goes, and the IPv6 node port
+//!   answers TCP from the ToR.
+//!
+//! EndpointSlices are written by the test (the lab has no endpoint
+//! controller), pointing at the lab's pods.
+
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use twill_tests::lab::Lab;
+use twill_tests::netns::spawn_in;
+use twill_tests::{require_binary, require_root, wait_until};
+
+const NS: &str = "lab";
+const LB_POOL: &str = "10.251.9.0/28";
+/// A second address the test gives the ToR's rack bridge: the source
+/// inside the load balancer's source ranges (172.30.0.1 is outside).
+const TOR_ALLOWED: &str = "172.30.0.250";
+const TOR_OTHER: &str = "172.30.0.1";
+
+fn apply(lab: &Lab, yaml: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let f = dir.path().join("obj.yaml");
+    std::fs::write(&f, yaml).expect("write manifest");
+    let out = lab.twillctl(&["apply", "-f", f.to_str().expect("utf-8")]);
+    assert!(
+        out.status.success(),
+        "apply: {}{}\n{yaml}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn service(lab: &Lab, name: &str) -> Value {
+    let out = lab.twillctl(&["get", "service", name, "-n", NS, "-o", "json"]);
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+fn cluster_ip(lab: &Lab, name: &str) -> String {
+    service(lab, name)["spec"]["clusterIP"]
+        .as_str()
+        .unwrap_or_else(|| panic!("Service {name} has no cluster IP"))
+        .to_string()
+}
+
+fn node_port(lab: &Lab, name: &str, i: usize) -> u16 {
+    let s = service(lab, name);
+    s["spec"]["ports"][i]["nodePort"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or_else(|| panic!("no node port {i}: {s}"))
+}
+
+/// The LoadBalancer address the lab's allocator gave `name`.
+fn lb_ip(lab: &Lab, name: &str) -> String {
+    let mut lb = None;
+    wait_until(Duration::from_secs(20), || {
+        lb = service(lab, name)["status"]["loadBalancer"]["ingress"][0]["ip"]
+            .as_str()
+            .map(str::to_string);
+        lb.is_some()
+    });
+    lb.unwrap_or_else(|| panic!("no LoadBalancer address: {}", service(lab, name)))
+}
+
+/// A Service `name` with `ports` (`(name, protocol, port, targetPort)`).
+fn svc(name: &str, extra: &str, ports: &[(&str, &str, u16, u16)]) -> String {
+    let mut y = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {NS}\nspec:\n{extra}  ports:\n"
+    );
+    for (n, proto, port, target) in ports {
+        y.push_str(&format!(
+            "  - {{name: {n}, port: {port}, targetPort: {target}, protocol: {proto}}}\n"
+        ));
+    }
+    y
+}
+
+/// The EndpointSlice of `svc`: its ports (`(name, protocol, port)`) and
+/// ready endpoints (`(address, node)`).
+fn slice(svc: &str, family: &str, ports: &[(&str, &str, u16)], eps: &[(&str, &str)]) -> String {
+    let mut y = format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {svc}-1\n  namespace: {NS}\n  labels: {{kubernetes.io/service-name: {svc}}}\naddressType: {family}\nports:\n"
+    );
+    for (n, proto, port) in ports {
+        y.push_str(&format!(
+            "- {{name: {n}, port: {port}, protocol: {proto}}}\n"
+        ));
+    }
+    y.push_str(if eps.is_empty() {
+        "endpoints: []\n"
+    } else {
+        "endpoints:\n"
+    });
+    for (addr, node) in eps {
+        y.push_str(&format!(
+            "- addresses: ['{addr}']\n  nodeName: {node}\n  conditions: {{ready: true}}\n"
+        ));
+    }
+    y
+}
+
+fn sa(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().expect("an address"), port)
+}
+
+/// The lab's node address (`addr` or `addr6`) by name.
+fn node_addr(lab: &Lab, node: &str, field: &str) -> String {
+    lab.state()["plan"]["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["name"] == node)
+        .and_then(|n| n[field].as_str())
+        .unwrap_or_else(|| panic!("no {field} of node {node}: {}", lab.state()["plan"]))
+        .to_string()
+}
+
+/// Servers a test runs inside pods' namespaces; stopped on drop.
+struct Servers(Arc<AtomicBool>);
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A UDP server in `ns` on `[::]:port` (both families) answering every
+/// datagram with `tag`.
+fn udp_server(ns: &str, port: u16, tag: &'static str, stop: Arc<AtomicBool>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    spawn_in(ns, move || {
+        let s = UdpSocket::bind(("::", port)).expect("bind UDP server");
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        let _ = tx.send(());
+        let mut b = [0u8; 64];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((_, from)) = s.recv_from(&mut b) {
+                let _ = s.send_to(tag.as_bytes(), from);
+            }
+        }
+    });
+    rx.recv().expect("UDP server started");
+}
+
+/// One UDP exchange from `ns`, from a socket bound to `from` (any address
+/// when None): the answer, or None after 1 s of silence.
+fn udp_once(ns: &str, from: Option<&str>, to: SocketAddr) -> Option<String> {
+    let bind = match (from, to) {
+        (Some(a), _) => sa(a, 0),
+        (None, SocketAddr::V4(_)) => sa("0.0.0.0", 0),
+        (None, SocketAddr::V6(_)) => sa("::", 0),
+    };
+    spawn_in(ns, move || {
+        let s = UdpSocket::bind(bind).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        s.send_to(b"who", to).ok()?;
+        let mut b = [0u8; 64];
+        let (n, _) = s.recv_from(&mut b).ok()?;
+        Some(String::from_utf8_lossy(&b[..n]).into_owned())
+    })
+    .join()
+    .ok()
+    .flatten()
+}
+
+/// A UDP client that keeps one socket (so one conntrack entry) in `ns` and
+/// asks `to` on demand; stopped on drop.
+struct UdpClient {
+    ask: std::sync::mpsc::Sender<bool>,
+    answers: std::sync::mpsc::Receiver<Option<String>>,
+}
+
+impl UdpClient {
+    fn new(ns: &str, to: SocketAddr) -> UdpClient {
+        let (ask, asks) = std::sync::mpsc::channel::<bool>();
+        let (tell, answers) = std::sync::mpsc::channel();
+        let bind = if to.is_ipv4() {
+            sa("0.0.0.0", 0)
+        } else {
+            sa("::", 0)
+        };
+        spawn_in(ns, move || {
+            let s = UdpSocket::bind(bind).expect("client socket");
+            s.set_read_timeout(Some(Duration::from_millis(300)))
+                .expect("timeout");
+            while let Ok(true) = asks.recv() {
+                let _ = s.send_to(b"who", to);
+                let mut b = [0u8; 64];
+                let got = s
+                    .recv_from(&mut b)
+                    .ok()
+                    .map(|(n, _)| String::from_utf8_lossy(&b[..n]).into_owned());
+                if tell.send(got).is_err() {
+                    return;
+                }
+            }
+        });
+        UdpClient { ask, answers }
+    }
+
+    fn who(&self) -> Option<String> {
+        self.ask.send(true).ok()?;
+        self.answers.recv().ok().flatten()
+    }
+
+    /// Asks until the answer is `want` (true) or `within` passed (false).
+    fn until(&self, want: &str, within: Duration) -> (bool, Option<String>) {
+        let t = Instant::now();
+        let mut last = None;
+        while t.elapsed() < within {
+            last = self.who();
+            if last.as_deref() == Some(want) {
+                return (true, last);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (false, last)
+    }
+}
+
+impl Drop for UdpClient {
+    fn drop(&mut self) {
+        let _ = self.ask.send(false);
+    }
+}
+
+/// One TCP exchange from `ns`: the first line the server sends.
+fn tcp(ns: &str, to: SocketAddr) -> Result<String, String> {
+    spawn_in(ns, move || {
+        let s = TcpStream::connect_timeout(&to, Duration::from_millis(800))
+            .map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(1)))
+            .map_err(|e| e.to_string())?;
+        let mut b = Vec::new();
+        s.take(512).read_to_end(&mut b).map_err(|e| e.to_string())?;
+        Ok(String::from_utf8_lossy(&b).trim().to_string())
+    })
+    .join()
+    .unwrap_or_else(|_| Err("client thread panicked".into()))
+}
+
+fn wait_tcp(ns: &str, to: SocketAddr, want: &str) -> Result<String, String> {
+    let mut last = Err("never tried".to_string());
+    wait_until(Duration::from_secs(20), || {
+        last = tcp(ns, to);
+        last.as_deref() == Ok(want)
+    });
+    last
+}
+
+// --- SCTP over raw sockets -------------------------------------------------
+
+/// CRC-32C (Castagnoli), the SCTP checksum (RFC 9260, appendix A).
+fn crc32c(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// An SCTP packet holding one INIT chunk from `sport` to `dport`, told
+/// apart from others by its initiate tag.
+fn sctp_init(sport: u16, dport: u16, tag: u32) -> Vec<u8> {
+    let mut p = Vec::with_capacity(32);
+    p.extend_from_slice(&sport.to_be_bytes());
+    p.extend_from_slice(&dport.to_be_bytes());
+    p.extend_from_slice(&0u32.to_be_bytes()); // verification tag: 0 in an INIT
+    p.extend_from_slice(&0u32.to_be_bytes()); // checksum, filled below
+    p.extend_from_slice(&[1, 0]); // chunk type INIT, flags
+    p.extend_from_slice(&20u16.to_be_bytes()); // chunk length
+    p.extend_from_slice(&tag.to_be_bytes()); // initiate tag
+    p.extend_from_slice(&65535u32.to_be_bytes()); // a_rwnd
+    p.extend_from_slice(&1u16.to_be_bytes()); // outbound streams
+    p.extend_from_slice(&1u16.to_be_bytes()); // inbound streams
+    p.extend_from_slice(&tag.wrapping_add(1).to_be_bytes()); // initial TSN
+    let sum = crc32c(&p);
+    p[8..12].copy_from_slice(&sum.to_le_bytes());
+    p
+}
+
+/// A raw IPv4 socket for protocol 132 (SCTP), or why there is none.
+fn raw_sctp_socket() -> Result<std::os::fd::OwnedFd, String> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket(2); the fd is owned by the OwnedFd at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_SCTP) };
+    if fd < 0 {
+        return Err(format!(
+            "socket(AF_INET, SOCK_RAW, IPPROTO_SCTP): {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: fd is a fresh, valid descriptor nobody else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends `packet` (an SCTP packet) to `dst` over a raw socket from `ns`.
+fn send_sctp(ns: &str, dst: Ipv4Addr, packet: Vec<u8>) -> Result<(), String> {
+    spawn_in(ns, move || {
+        use std::os::fd::AsRawFd;
+        let fd = raw_sctp_socket()?;
+        let to = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(dst).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: buffer and address are valid for the lengths given.
+        let n = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                packet.as_ptr().cast(),
+                packet.len(),
+                0,
+                (&raw const to).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if n < 0 {
+            return Err(format!(
+                "sendto {dst} (raw SCTP): {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(())
+    })
+    .join()
+    .unwrap_or_else(|_| Err("sender thread panicked".into()))
+}
+
+/// One SCTP packet seen at an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    tag: u32,
+}
+
+/// Parses an IPv4 packet carrying an SCTP INIT (what a raw socket reads).
+fn parse_init(b: &[u8]) -> Option<Seen> {
+    let ihl = usize::from(*b.first()? & 0x0f) * 4;
+    let ip4 = |o: usize| -> Option<Ipv4Addr> {
+        Some(Ipv4Addr::new(
+            *b.get(o)?,
+            *b.get(o + 1)?,
+            *b.get(o + 2)?,
+            *b.get(o + 3)?,
+        ))
+    };
+    let be16 = |o: usize| -> Option<u16> { Some(u16::from_be_bytes([*b.get(o)?, *b.get(o + 1)?])) };
+    let s = b.get(ihl..)?;
+    if *s.get(12)? != 1 {
+        return None;
+    }
+    Some(Seen {
+        src: ip4(12)?,
+        dst: ip4(16)?,
+        sport: be16(ihl)?,
+        dport: be16(ihl + 2)?,
+        tag: u32::from_be_bytes(s.get(16..20)?.try_into().ok()?),
+    })
+}
+
+/// Captures SCTP INITs arriving in `ns` until `stop`; the packets seen.
+fn capture_sctp(
+    ns: &str,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Result<Vec<Seen>, String>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = spawn_in(ns, move || {
+        use std::os::fd::AsRawFd;
+        let fd = match raw_sctp_socket() {
+            Ok(fd) => fd,
+            Err(e) => {
+                let _ = tx.send(());
+                return Err(e);
+            }
+        };
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        // SAFETY: a valid fd and a timeval of the right size.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const tv).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        let _ = tx.send(());
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 2048];
+        while !stop.load(Ordering::Relaxed) {
+            // SAFETY: buf is valid for its length.
+            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if let Ok(n) = usize::try_from(n)
+                && let Some(s) = buf.get(..n).and_then(parse_init)
+            {
+                seen.push(s);
+            }
+        }
+        Ok(seen)
+    });
+    let _ = rx.recv();
+    h
+}
+
+#[test]
+fn crc32c_is_the_sctp_checksum() {
+    // RFC 3720, B.4: 32 bytes of zeros.
+    assert_eq!(crc32c(&[0u8; 32]), 0x8A91_36AA);
+    assert_eq!(crc32c(b"123456789"), 0xE306_9283);
+}
+
+#[test]
+fn source_ranges_sctp_local_policy_flush_and_the_nodes_udp_refusal() {
+    require_root();
+    require_binary("bird", "bird2");
+    require_binary("birdc", "bird2");
+    let lab = Lab::up(&["--nodes", "2", "--tor", "bird", "--pods-per-node", "1"]);
+    assert!(lab.up_ok, "{}", lab.up_output);
+    let (p1, p2) = ("n1-p1", "n2-p1");
+    let (a, b) = (lab.pod_ip(p1), lab.pod_ip(p2));
+    let (ns1, ns2) = (lab.ns(p1), lab.ns(p2));
+    let tor = lab.ns("tor");
+    let stop = Arc::new(AtomicBool::new(false));
+    let _servers = Servers(stop.clone());
+    udp_server(&ns1, 5353, "one", stop.clone());
+    udp_server(&ns2, 5353, "two", stop.clone());
+
+    apply(
+        &lab,
+        &format!(
+            "apiVersion: twill.dev/v1\nkind: IPPool\nmetadata:\n  name: lb\nspec:\n  cidr: {LB_POOL}\n  allowedUses: [LoadBalancer]\n"
+        ),
+    );
+    let out = lab.twillctl(&[
+        "patch",
+        "bgpconfiguration",
+        "default",
+        "-p",
+        &format!(r#"{{"spec":{{"serviceLoadBalancerIPs":[{{"cidr":"{LB_POOL}"}}]}}}}"#),
+    ]);
+    assert!(
+        out.status.success(),
+        "patch bgpconfiguration: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // --- loadBalancerSourceRanges, from the ToR's network.
+    lab.sh(
+        "tor",
+        &[
+            "ip",
+            "addr",
+            "add",
+            &format!("{TOR_ALLOWED}/24"),
+            "dev",
+            "rack",
+        ],
+    );
+    apply(
+        &lab,
+        &svc(
+            "fw",
+            &format!("  type: LoadBalancer\n  loadBalancerSourceRanges: [{TOR_ALLOWED}/32]\n"),
+            &[("p", "UDP", 53, 5353)],
+        ),
+    );
+    apply(
+        &lab,
+        &slice("fw", "IPv4", &[("p", "UDP", 5353)], &[(&a, "n1")]),
+    );
+    let fw = sa(&lb_ip(&lab, "fw"), 53);
+    assert!(
+        wait_until(Duration::from_secs(20), || udp_once(
+            &tor,
+            Some(TOR_ALLOWED),
+            fw
+        )
+        .as_deref()
+            == Some("one")),
+        "{TOR_ALLOWED} (inside the source ranges) never reached {fw}"
+    );
+    for _ in 0..4 {
+        assert_eq!(
+            udp_once(&tor, Some(TOR_ALLOWED), fw).as_deref(),
+            Some("one"),
+            "inside the source ranges"
+        );
+        assert_eq!(
+            udp_once(&tor, Some(TOR_OTHER), fw),
+            None,
+            "{TOR_OTHER} is outside the source ranges but reached {fw}"
+        );
+    }
+    // The ranges guard the LoadBalancer address only: the node port answers both.
+    let fw_np = node_port(&lab, "fw", 0);
+    let n1 = node_addr(&lab, "n1", "addr");
+    for from in [TOR_ALLOWED, TOR_OTHER] {
+        assert_eq!(
+            udp_once(&tor, Some(from), sa(&n1, fw_np)).as_deref(),
+            Some("one"),
+            "node port from {from}"
+        );
+    }
+
+    // --- SCTP: a crafted INIT to a cluster IP is translated to the endpoint.
+    // One Service, the same port number for SCTP (→ 7100) and TCP (→ 80).
+    apply(
+        &lab,
+        &svc(
+            "mix",
+            "",
+            &[("s", "SCTP", 7000, 7100), ("t", "TCP", 7000, 80)],
+        ),
+    );
+    apply(
+        &lab,
+        &slice(
+            "mix",
+            "IPv4",
+            &[("s", "SCTP", 7100), ("t", "TCP", 80)],
+            &[(&b, "n2")],
+        ),
+    );
+    // And a TCP-only Service: SCTP to its port is not for it.
+    apply(&lab, &svc("tonly", "", &[("t", "TCP", 7000, 80)]));
+    apply(
+        &lab,
+        &slice("tonly", "IPv4", &[("t", "TCP", 80)], &[(&b, "n2")]),
+    );
+    let mix: Ipv4Addr = cluster_ip(&lab, "mix").parse().expect("IPv4");
+    let tonly: Ipv4Addr = cluster_ip(&lab, "tonly").parse().expect("IPv4");
+    let mix_s = mix.to_string();
+    let tonly_s = tonly.to_string();
+    // The TCP port answers (so both Services are in the table).
+    assert_eq!(wait_tcp(&ns1, sa(&mix_s, 7000), p2).as_deref(), Ok(p2));
+    assert_eq!(wait_tcp(&ns1, sa(&tonly_s, 7000), p2).as_deref(), Ok(p2));
+    let cap_stop = Arc::new(AtomicBool::new(false));
+    let _cap_guard = Servers(cap_stop.clone());
+    let capture = capture_sctp(&ns2, cap_stop.clone());
+    let (to_mix, to_tonly) = (0x5c7a_0001u32, 0x5c7a_0002u32);
+    let pod_a: Ipv4Addr = a.parse().expect("IPv4");
+    let pod_b: Ipv4Addr = b.parse().expect("IPv4");
+    for _ in 0..3 {
+        send_sctp(&ns1, mix, sctp_init(40123, 7000, to_mix)).unwrap_or_else(|e| {
+            panic!("no raw SCTP socket in the pod, so SCTP cannot be tested here: {e}")
+        });
+        send_sctp(&ns1, tonly, sctp_init(40124, 7000, to_tonly)).expect("send SCTP");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    cap_stop.store(true, Ordering::Relaxed);
+    let seen = capture
+        .join()
+        .expect("capture thread")
+        .unwrap_or_else(|e| panic!("no raw SCTP socket at the endpoint: {e}"));
+    let at_mix: Vec<&Seen> = seen.iter().filter(|s| s.tag == to_mix).collect();
+    assert!(
+        !at_mix.is_empty(),
+        "no SCTP INIT to {mix}:7000 arrived at {b} (seen: {seen:?})"
+    );
+    for s in &at_mix {
+        assert_eq!(
+            (s.src, s.dst, s.sport, s.dport),
+            (pod_a, pod_b, 40123, 7100),
+            "the INIT arrives from the client's address at the endpoint's address and SCTP target port"
+        );
+    }
+    assert!(
+        !seen.iter().any(|s| s.tag == to_tonly),
+        "SCTP to {tonly}:7000 (a TCP-only Service) was translated: {seen:?}"
+    );
+    let ct = lab.sh("n1", &["cat", "/proc/net/nf_conntrack"]);
+    assert!(
+        ct.lines().any(|l| l.contains("sctp")
+            && l.contains(&format!("dst={mix}"))
+            && l.contains(&format!("src={b}"))
+            && l.contains("sport=7100")),
+        "no SCTP conntrack entry from {mix}:7000 to {b}:7100 on n1:\n{ct}"
+    );
+
+    // --- externalTrafficPolicy Local: the node's own UDP to the LB address
+    // and its node port is served by the cluster set; when that endpoint
+    // goes, the same client sockets move (stale entries flushed).
+    apply(
+        &lab,
+        &svc(
+            "loc",
+            "  type: LoadBalancer\n  externalTrafficPolicy: Local\n",
+            &[("p", "UDP", 53, 5353)],
+        ),
+    );
+    apply(
+        &lab,
+        &slice("loc", "IPv4", &[("p", "UDP", 5353)], &[(&a, "n1")]),
+    );
+    let loc_lb = sa(&lb_ip(&lab, "loc"), 53);
+    let n2 = node_addr(&lab, "n2", "addr");
+    let loc_np = sa(&n2, node_port(&lab, "loc", 0));
+    let node_ns = lab.ns("n2");
+    let via_lb = UdpClient::new(&node_ns, loc_lb);
+    let via_np = UdpClient::new(&node_ns, loc_np);
+    for (c, to) in [(&via_lb, loc_lb), (&via_np, loc_np)] {
+        let (ok, last) = c.until("one", Duration::from_secs(20));
+        assert!(
+            ok,
+            "n2 -> {to} (Local policy, endpoint on n1) never answered: {last:?}"
+        );
+    }
+    apply(
+        &lab,
+        &slice("loc", "IPv4", &[("p", "UDP", 5353)], &[(&b, "n2")]),
+    );
+    for (c, to) in [(&via_lb, loc_lb), (&via_np, loc_np)] {
+        let (ok, last) = c.until("two", Duration::from_secs(5));
+        assert!(
+            ok,
+            "n2 -> {to}: the same socket still reaches the gone endpoint on n1 \
+             (stale conntrack entry of the node's own traffic under the Local policy): {last:?}"
+        );
+        for _ in 0..3 {
+            assert_eq!(c.who().as_deref(), Some("two"));
+        }
+    }
+
+    // --- The node's own UDP to a Service without endpoints.
+    apply(&lab, &svc("none", "", &[("p", "UDP", 53, 5353)]));
+    let none = sa(&cluster_ip(&lab, "none"), 53);
+    let n1_ns = lab.ns("n1");
+    // (send error, recv error or answer, time taken) of one connected exchange.
+    let exchange = |ns: &str| {
+        spawn_in(ns, move || {
+            let u = UdpSocket::bind("0.0.0.0:0").expect("bind");
+            u.connect(none).expect("connect");
+            u.set_read_timeout(Some(Duration::from_millis(1500)))
+                .expect("timeout");
+            let t = Instant::now();
+            let sent = u.send(b"who").map(|_| ()).map_err(|e| e.raw_os_error());
+            let mut buf = [0u8; 64];
+            let got = u
+                .recv(&mut buf)
+                .map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+                .map_err(|e| e.raw_os_error());
+            (sent, got, t.elapsed())
+        })
+        .join()
+        .expect("exchange thread")
+    };
+    let refused = |ns: &str, node: bool| {
+        let mut last = None;
+        let ok = wait_until(Duration::from_secs(20), || {
+            let r = exchange(ns);
+            let want_send = if node { Err(Some(libc::EPERM)) } else { Ok(()) };
+            let ok = r.0 == want_send && r.1 == Err(Some(libc::ECONNREFUSED));
+            last = Some(r);
+            ok
+        });
+        (ok, last)
+    };
+    let (ok, last) = refused(&n1_ns, true);
+    assert!(
+        ok,
+        "the node's own UDP to {none} (no endpoints): want send() EPERM then ECONNREFUSED, got {last:?}"
+    );
+    let t = last.map(|l| l.2).unwrap_or_default();
+    assert!(t < Duration::from_millis(500), "refused only after {t:?}");
+    let (ok, last) = refused(&ns1, false);
+    assert!(
+        ok,
+        "a pod's UDP to {none} (no endpoints): want ECONNREFUSED, got {last:?}"
+    );
+    // With an endpoint, the same kind of socket from the node gets the answer.
+    apply(
+        &lab,
+        &slice("none", "IPv4", &[("p", "UDP", 5353)], &[(&a, "n1")]),
+    );
+    let mut last = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let r = exchange(&n1_ns);
+            let ok = r.0 == Ok(()) && r.1.as_deref() == Ok("one");
+            last = Some(r);
+            ok
+        }),
+        "the node's UDP to {none} after an endpoint came: {last:?}"
+    );
+}
+
+#[test]
+fn ipv6_udp_flush_and_ipv6_node_port_from_the_tor() {
+    require_root();
+    let lab = Lab::up(&["--nodes", "2", "--pods-per-node", "1", "--dual-stack"]);
+    assert!(lab.up_ok, "{}", lab.up_output);
+    let out = lab.twillctl(&["datastore", "service-range", "10.96.0.0/12,fd00:96::/108"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (p1, p2) = ("n1-p1", "n2-p1");
+    let (a6, b6) = (lab.pod_ip6(p1), lab.pod_ip6(p2));
+    let stop = Arc::new(AtomicBool::new(false));
+    let _servers = Servers(stop.clone());
+    udp_server(&lab.ns(p1), 5353, "one", stop.clone());
+    udp_server(&lab.ns(p2), 5353, "two", stop.clone());
+    apply(
+        &lab,
+        &svc(
+            "dns6",
+            "  type: NodePort\n  ipFamilies: [IPv6]\n  ipFamilyPolicy: SingleStack\n",
+            &[("u", "UDP", 53, 5353), ("t", "TCP", 80, 80)],
+        ),
+    );
+    let ports = [("u", "UDP", 5353), ("t", "TCP", 80)];
+    apply(&lab, &slice("dns6", "IPv6", &ports, &[(&a6, "n1")]));
+    let ip = cluster_ip(&lab, "dns6");
+    assert!(ip.starts_with("fd00:96::"), "{ip}");
+    let (udp_np, tcp_np) = (node_port(&lab, "dns6", 0), node_port(&lab, "dns6", 1));
+    let n1_6 = node_addr(&lab, "n1", "addr6");
+    let tor = lab.ns("tor");
+
+    // TCP through the IPv6 node port from the ToR.
+    let np_tcp = SocketAddr::new(n1_6.parse::<IpAddr>().expect("IPv6"), tcp_np);
+    assert_eq!(wait_tcp(&tor, np_tcp, p1).as_deref(), Ok(p1));
+
+    // UDP clients that keep their socket: the node n2 to the cluster IP,
+    // the ToR to n1's IPv6 node port.
+    let to_cip = sa(&ip, 53);
+    let to_np = SocketAddr::new(n1_6.parse::<IpAddr>().expect("IPv6"), udp_np);
+    let from_node = UdpClient::new(&lab.ns("n2"), to_cip);
+    let from_tor = UdpClient::new(&tor, to_np);
+    for (c, to) in [(&from_node, to_cip), (&from_tor, to_np)] {
+        let (ok, last) = c.until("one", Duration::from_secs(20));
+        assert!(ok, "{to} never answered over IPv6: {last:?}");
+    }
+    apply(&lab, &slice("dns6", "IPv6", &ports, &[(&b6, "n2")]));
+    for (c, to) in [(&from_node, to_cip), (&from_tor, to_np)] {
+        let (ok, last) = c.until("two", Duration::from_secs(5));
+        assert!(
+            ok,
+            "{to}: the same IPv6 client socket still reaches the gone endpoint \
+             (stale conntrack entry): {last:?}"
+        );
+        for _ in 0..3 {
+            assert_eq!(c.who().as_deref(), Some("two"));
+        }
+    }
+    assert_eq!(wait_tcp(&tor, np_tcp, p2).as_deref(), Ok(p2));
+}

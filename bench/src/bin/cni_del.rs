@@ -10,6 +10,9 @@
 //! `cni_del [PODS] [REPS]` (defaults 60 and 5), as root, after
 //! `cargo build --workspace --bins` (debug or release: it uses the
 //! binaries next to itself). docs/cni-latency.md explains the numbers.
+//! With `CNI_DEL_STEPS=FILE` (and `TWILL_LOG` enabling debug for
+//! `twill_felix::dataplane::endpoints`) twill-node's per-step DEL timings
+//! are copied to FILE at the end.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -72,6 +75,13 @@ fn spread(v: &[f64]) -> String {
     format!("{:.1} ({lo:.1}–{hi:.1})", median(v.to_vec()))
 }
 
+/// The 1, 5 and 15 minute load averages (the machine is shared).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
 fn main() -> anyhow::Result<()> {
     require_root();
     for p in ["bridge", "ptp", "host-local"] {
@@ -117,6 +127,7 @@ fn main() -> anyhow::Result<()> {
         ),
     ];
 
+    let load_before = loadavg();
     let mut rows = Vec::new();
     let mut json_rows = Vec::new();
     for conc in [1usize, 20] {
@@ -160,9 +171,16 @@ fn main() -> anyhow::Result<()> {
             "p50_ms": {"twill": p50[0], "ptp": p50[1], "bridge": p50[2]},
             "p99_ms": {"twill": p99[0], "ptp": p99[1], "bridge": p99[2]}}));
     }
+    let load_after = loadavg();
+    let build = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
     let mut md = format!(
         "CNI DEL latency, ms: median (min–max) over {reps} repetitions of each repetition's \
-         p50 / p99, {pods_n} pods each; order alternating; host sides in one namespace\n\n"
+         p50 / p99, {pods_n} pods each; order alternating; host sides in one namespace; \
+         {build} build; load average {load_before} before, {load_after} after\n\n"
     );
     md.push_str(&table(
         &[
@@ -179,9 +197,19 @@ fn main() -> anyhow::Result<()> {
         &rows,
     ));
     println!("{md}");
+    if let Ok(path) = std::env::var("CNI_DEL_STEPS") {
+        let steps: String = twill
+            .log()
+            .lines()
+            .filter(|l| l.contains("DEL steps"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&path, steps)?;
+    }
     write_results(
         "cni_del",
-        json!({"rows": json_rows, "binaries": bins::binary("twill-node").display().to_string()}),
+        json!({"rows": json_rows, "binaries": bins::binary("twill-node").display().to_string(),
+            "loadavg_before": load_before, "loadavg_after": load_after}),
         &md,
     )?;
     Ok(())

@@ -162,6 +162,7 @@ fn main() -> anyhow::Result<()> {
     let twill_cni = bins::binary("twill-cni");
     let bridge = std::path::PathBuf::from("/usr/lib/cni/bridge");
 
+    let load_before = loadavg();
     let mut rows = Vec::new();
     let mut json_rows = Vec::new();
     for conc in [1usize, 20] {
@@ -238,6 +239,7 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
+    let load_after = loadavg();
     let (assign, release) = ipam_rate()?;
     let mut md = String::from(
         "CNI latency, ms (twill-cni + twill-node vs bridge + host-local, same pods, same run; ",
@@ -258,13 +260,17 @@ fn main() -> anyhow::Result<()> {
         &rows,
     ));
     md.push_str(&format!(
-        "\nIPAM on one node (embedded store): {assign:.0} allocations/s, {release:.0} releases/s\n\nLoad average at the end of the run: {}.\n",
-        loadavg()
+        "\nIPAM on one node (embedded store): {assign:.0} allocations/s, {release:.0} releases/s\n\n{} build; load average {load_before} before the CNI runs, {load_after} after (shared machine).\n",
+        if cfg!(debug_assertions) {
+            "Debug"
+        } else {
+            "Release"
+        }
     ));
     println!("{md}");
     write_results(
         "cni_latency",
-        json!({"pods": PODS, "reps": REPS, "loadavg": loadavg(), "rows": json_rows, "ipam_allocations_per_s": assign, "ipam_releases_per_s": release}),
+        json!({"pods": PODS, "reps": REPS, "loadavg_before": load_before, "loadavg_after": load_after, "rows": json_rows, "ipam_allocations_per_s": assign, "ipam_releases_per_s": release}),
         &md,
     )?;
     Ok(())

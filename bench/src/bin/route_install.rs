@@ -155,6 +155,7 @@ fn main() {
         0,
         "needs root (network namespaces)"
     );
+    let load_before = loadavg();
     let ns = Ns::new();
     let dir = tempfile::tempdir().expect("tempdir");
     let routes = prefixes(n);
@@ -257,9 +258,20 @@ fn main() {
         r.min * 1000.0,
         r.max * 1000.0
     ));
+    let load_after = loadavg();
+    md.push_str(&format!(
+        "\n{} build; load average {load_before} before, {load_after} after (shared machine).\n",
+        if cfg!(debug_assertions) {
+            "Debug"
+        } else {
+            "Release"
+        }
+    ));
     print!("{md}");
     let json = serde_json::json!({
         "benchmark": "route_install",
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
         "routes": n,
         "rounds": rounds,
         "cpus": cpus,
@@ -282,4 +294,11 @@ fn main() {
         },
     });
     twill_bench::write_results("route_install", json, &md).expect("write results");
+}
+
+/// The 1, 5 and 15 minute load averages (the machine is shared).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }

@@ -13,7 +13,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 ./scripts/deps.sh
 cargo build --release --locked --workspace --bins
-all=(cni-latency route-install rib-memory bgp-ingest policy-control policy-dataplane fabric-convergence service-proxy lab-scale lb-services)
+all=(cni-latency cni-del route-install rib-memory bgp-ingest policy-control policy-dataplane fabric-convergence service-proxy lab-scale lb-services)
 for b in "${@:-${all[@]}}"; do
   echo "== $b"
   "target/release/${b//-/_}"

@@ -543,6 +543,10 @@ struct Settings {
     /// Services only (`TWILL_BENCH_IPT_CHANGE_BELOW`): at 10k it is another
     /// whole sync of many minutes on this machine.
     ipt_change_below: usize,
+    /// The iptables peer runs below this many Services only
+    /// (`TWILL_BENCH_IPT_BELOW`): at 10k one iptables-restore of its rules
+    /// takes longer on this machine than a run can wait for it.
+    ipt_below: usize,
     /// Results go to bench/results/NAME.{json,md} (`--name`).
     name: String,
     probes: usize,
@@ -716,6 +720,10 @@ fn main() {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(usize::MAX),
+        ipt_below: std::env::var("TWILL_BENCH_IPT_BELOW")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(usize::MAX),
         name: args
             .iter()
             .position(|a| a == "--name")
@@ -751,9 +759,11 @@ fn main() {
     }
 
     let mut configs = vec![(Kind::None, 0usize)];
-    for (k, _) in inputs.iter().enumerate() {
+    for (k, inp) in inputs.iter().enumerate() {
         configs.push((Kind::Twill, k));
-        configs.push((Kind::Iptables, k));
+        if inp.n < s.ipt_below {
+            configs.push((Kind::Iptables, k));
+        }
     }
     let load_before = loadavg();
     let mut samples: Vec<Samples> = configs.iter().map(|_| Samples::default()).collect();
@@ -938,7 +948,13 @@ fn report(
     };
     let mut vs = Vec::new();
     for (k, inp) in inputs.iter().enumerate() {
-        let (Some(tw), Some(ip)) = (at(Kind::Twill, k), at(Kind::Iptables, k)) else {
+        let Some(tw) = at(Kind::Twill, k) else {
+            continue;
+        };
+        let Some(ip) = at(Kind::Iptables, k) else {
+            let mut row = vec![inp.n.to_string()];
+            row.extend((0..6).map(|_| "peer not run".to_string()));
+            vs.push(row);
             continue;
         };
         let tot = |v: &[Applied]| p50(&v.iter().map(Applied::total).collect::<Vec<_>>());
@@ -988,8 +1004,22 @@ fn report(
             );
         }
     }
+    let skipped: Vec<String> = inputs
+        .iter()
+        .filter(|i| i.n >= s.ipt_below)
+        .map(|i| i.n.to_string())
+        .collect();
+    let peer_note = if skipped.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "The iptables peer was not run at {} Services in this run (`TWILL_BENCH_IPT_BELOW={}`): one `iptables-restore` of its rules there takes longer on this machine than the run could wait (see docs/benchmarks.md).\n",
+            skipped.join(", "),
+            s.ipt_below
+        )
+    };
     let md = format!(
-        "**Traffic**: TCP connect time (ms, p50 of {} connections per repetition) and new connections/s ({:.1} s per repetition)\n\n{}\n**Control plane and memory**: ms to get all Services into the kernel from nothing and one endpoint change (Twill: render, then from nothing one libnftables transaction of nft text, a change one netlink batch of the diff's steps; iptables: kube-proxy's whole sync — `-N`/`-C` per jump, `iptables-save` ×2, generate, `iptables-restore`), and kernel memory (Slab + Percpu + VmallocUsed after load minus before, MiB)\n\n{}\nTwill ÷ iptables (medians; above 1.00 Twill is ahead: quicker, faster, or smaller):\n\n{}\n{goals}\nMedian (min–max) of {}, the order of the {} configurations rotating and reversed every other repetition; {} endpoints per Service, every tenth a NodePort; \"none\" has no rules and no conntrack (a cluster IP leads nowhere there, which the run checks). Every connection's landing address is checked: a Service's on its endpoints, after the change on the new set (the moved endpoint included), traffic for no Service unchanged. {version}. Load average {load_before} before, {load_after} after (a shared 2-core machine). kube-proxy's own process is not run here; the anchor (issue 17) measured it at 150–164 MiB with 10k Services.\n",
+        "**Traffic**: TCP connect time (ms, p50 of {} connections per repetition) and new connections/s ({:.1} s per repetition)\n\n{}\n**Control plane and memory**: ms to get all Services into the kernel from nothing and one endpoint change (Twill: render, then from nothing one libnftables transaction of nft text, a change one netlink batch of the diff's steps; iptables: kube-proxy's whole sync — `-N`/`-C` per jump, `iptables-save` ×2, generate, `iptables-restore`), and kernel memory (Slab + Percpu + VmallocUsed after load minus before, MiB)\n\n{}\nTwill ÷ iptables (medians; above 1.00 Twill is ahead: quicker, faster, or smaller):\n\n{}\n{goals}{peer_note}\nMedian (min–max) of {}, the order of the {} configurations rotating and reversed every other repetition; {} endpoints per Service, every tenth a NodePort; \"none\" has no rules and no conntrack (a cluster IP leads nowhere there, which the run checks). Every connection's landing address is checked: a Service's on its endpoints, after the change on the new set (the moved endpoint included), traffic for no Service unchanged. {version}. Load average {load_before} before, {load_after} after (a shared 2-core machine). kube-proxy's own process is not run here; the anchor (issue 17) measured it at 150–164 MiB with 10k Services.\n",
         s.probes,
         s.conn_dur.as_secs_f64(),
         twill_bench::table(
@@ -1043,6 +1073,7 @@ fn report(
     );
     let _ = base_ms;
     let doc = json!({
+        "ipt_below": (s.ipt_below != usize::MAX).then_some(s.ipt_below),
         "reps": s.reps, "reps_large": s.reps_large, "large_from": LARGE, "sizes": s.sizes, "endpoints_per_service": ENDPOINTS,
         "probes": s.probes, "conn_secs": s.conn_dur.as_secs_f64(),
         "iptables": version,

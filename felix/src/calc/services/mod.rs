@@ -7,8 +7,10 @@
 //! The design is kube-proxy's nftables mode: one verdict-map lookup keyed
 //! `daddr . l4proto . dport` per packet (`svc4`/`svc6`; node ports in
 //! `nodeports4`/`6` behind `fib daddr type local`), whatever the number of
-//! Services; a chain per Service port that picks an endpoint with `numgen
-//! random mod N vmap`; a chain per endpoint that DNATs. Frontends with
+//! Services; a chain per Service port that picks an endpoint with one
+//! `numgen random mod k 0 goto` rule per endpoint (kube-proxy's anonymous
+//! `vmap` here made a full load quadratic in the kernel); a chain per
+//! endpoint that DNATs. Frontends with
 //! nothing to send to are refused at once from filter chains before the
 //! policy table (`refuse*` maps: TCP reset, ICMP port unreachable), or
 //! dropped where Kubernetes says so (external traffic under the Local

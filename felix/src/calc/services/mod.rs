@@ -7,8 +7,10 @@
 //! The design is kube-proxy's nftables mode: one verdict-map lookup keyed
 //! `daddr . l4proto . dport` per packet (`svc4`/`svc6`; node ports in
 //! `nodeports4`/`6` behind `fib daddr type local`), whatever the number of
-//! Services; a chain per Service port that picks an endpoint with `numgen
-//! random mod N vmap`; a chain per endpoint that DNATs. Frontends with
+//! Services; a chain per Service port that picks an endpoint with one
+//! `numgen random mod k 0 goto` rule per endpoint (kube-proxy's anonymous
+//! `vmap` here made a full load quadratic in the kernel); a chain per
+//! endpoint that DNATs. Frontends with
 //! nothing to send to are refused at once from filter chains before the
 //! policy table (`refuse*` maps: TCP reset, ICMP port unreachable), or
 //! dropped where Kubernetes says so (external traffic under the Local
@@ -293,7 +295,7 @@ impl SvcTable {
         let mut rules = Vec::new();
         let eps: Vec<&Endpoint> = p.chosen(set).collect();
         let mut arms = Vec::new();
-        for (i, e) in eps.iter().enumerate() {
+        for e in &eps {
             let ep_chain = endpoint_chain(p, e);
             if !self.chains.contains_key(&ep_chain) {
                 let mut ep_rules = vec![format!("{ip} saddr {} jump mark-for-masquerade", e.addr)];
@@ -328,13 +330,19 @@ impl SvcTable {
                     affinity_set(p, e, t)
                 ));
             }
-            arms.push(format!("{i} : goto {ep_chain}"));
+            arms.push(ep_chain);
         }
-        rules.push(format!(
-            "numgen random mod {} vmap {{ {} }}",
-            eps.len(),
-            arms.join(", ")
-        ));
+        // One rule per endpoint, each taking 1 of the k not yet passed:
+        // uniform, and no anonymous map (binding one costs the kernel a walk
+        // of the whole transaction, quadratic in a full load).
+        let n = arms.len();
+        for (i, ep_chain) in arms.into_iter().enumerate() {
+            if i + 1 < n {
+                rules.push(format!("numgen random mod {} 0 goto {ep_chain}", n - i));
+            } else {
+                rules.push(format!("goto {ep_chain}"));
+            }
+        }
         *self.chain(&name) = rules;
         Some(name)
     }
@@ -488,62 +496,74 @@ impl SvcTable {
     }
 
     /// The script that takes the kernel from `old` (what it holds, as
-    /// applied) to `self`: new chains and sets, changed chains flushed and
-    /// filled again, map elements deleted and added, chains and sets no
-    /// longer wanted flushed and deleted — in an order in which nothing is
-    /// deleted while something still refers to it. Empty when nothing
-    /// changes. The fixed part is the same in every table, so a diff never
-    /// touches it.
+    /// applied) to `self`: [`SvcTable::diff_ops`] as nft text. Empty when
+    /// nothing changes.
     pub fn diff_script(&self, old: &SvcTable) -> String {
-        let mut s = String::new();
-        let new_chains: Vec<&String> = self
-            .chains
-            .keys()
-            .filter(|n| !old.chains.contains_key(*n))
-            .collect();
-        let new_sets: Vec<&String> = self
-            .sets
-            .keys()
-            .filter(|n| old.sets.get(*n) != self.sets.get(*n))
-            .collect();
-        self.create(
-            &mut s,
-            new_chains.iter().copied(),
-            new_sets.iter().copied(),
-            false,
-        );
+        render_ops(&self.diff_ops(old))
+    }
+
+    /// The steps that take the kernel from `old` to `self`: new chains and
+    /// sets, changed chains flushed and filled again, map elements deleted
+    /// and added, chains and sets no longer wanted flushed and deleted — in
+    /// an order in which nothing is deleted while something still refers to
+    /// it. The fixed part is the same in every table, so a diff never
+    /// touches it.
+    pub fn diff_ops(&self, old: &SvcTable) -> Vec<Op> {
+        let mut ops = Vec::new();
+        for name in self.chains.keys().filter(|n| !old.chains.contains_key(*n)) {
+            let hook = self.chains.get(name).and_then(|c| c.hook.clone());
+            ops.push(Op::AddChain {
+                name: name.clone(),
+                hook,
+            });
+        }
+        for (name, decl) in &self.sets {
+            if old.sets.get(name) != Some(decl) {
+                ops.push(Op::AddSet {
+                    name: name.clone(),
+                    decl: decl.clone(),
+                });
+            }
+        }
         for (name, c) in &self.chains {
             match old.chains.get(name) {
                 Some(o) if o.rules == c.rules => continue,
-                Some(_) => {
-                    let _ = writeln!(s, "flush chain {TABLE} {name}");
-                }
+                Some(_) => ops.push(Op::FlushChain(name.clone())),
                 None => {}
             }
             for r in &c.rules {
-                let _ = writeln!(s, "add rule {TABLE} {name} {r}");
+                ops.push(Op::AddRule {
+                    chain: name.clone(),
+                    rule: r.clone(),
+                });
             }
         }
         let empty = BTreeMap::new();
         for (map, _) in MAPS {
             let want = self.maps.get(map).unwrap_or(&empty);
             let have = old.maps.get(map).unwrap_or(&empty);
-            let gone: Vec<&String> = have
+            let gone: Vec<String> = have
                 .iter()
                 .filter(|(k, v)| want.get(*k) != Some(*v))
-                .map(|(k, _)| k)
+                .map(|(k, _)| k.clone())
                 .collect();
             if !gone.is_empty() {
-                let keys: Vec<&str> = gone.iter().map(|k| k.as_str()).collect();
-                for chunk in keys.chunks(ELEMENTS_PER_COMMAND) {
-                    let _ = writeln!(s, "delete element {TABLE} {map} {{ {} }}", chunk.join(", "));
-                }
+                ops.push(Op::DelElements {
+                    map: map.into(),
+                    keys: gone,
+                });
             }
-            add_elements(
-                &mut s,
-                map,
-                want.iter().filter(|(k, v)| have.get(*k) != Some(*v)),
-            );
+            let new: Vec<(String, String)> = want
+                .iter()
+                .filter(|(k, v)| have.get(*k) != Some(*v))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if !new.is_empty() {
+                ops.push(Op::AddElements {
+                    map: map.into(),
+                    elems: new,
+                });
+            }
         }
         let dead: Vec<&String> = old
             .chains
@@ -551,17 +571,17 @@ impl SvcTable {
             .filter(|n| !self.chains.contains_key(*n))
             .collect();
         for name in &dead {
-            let _ = writeln!(s, "flush chain {TABLE} {name}");
+            ops.push(Op::FlushChain((*name).clone()));
         }
         for name in &dead {
-            let _ = writeln!(s, "delete chain {TABLE} {name}");
+            ops.push(Op::DelChain((*name).clone()));
         }
         for name in old.sets.keys() {
-            if self.sets.get(name) != old.sets.get(name) && !self.sets.contains_key(name) {
-                let _ = writeln!(s, "delete set {TABLE} {name}");
+            if !self.sets.contains_key(name) {
+                ops.push(Op::DelSet(name.clone()));
             }
         }
-        s
+        ops
     }
 
     /// What a listing of this table should show ([`Fingerprint`]).
@@ -600,6 +620,77 @@ fn add_elements<'a>(
     for chunk in all.chunks(ELEMENTS_PER_COMMAND) {
         let _ = writeln!(s, "add element {TABLE} {map} {{ {} }}", chunk.join(", "));
     }
+}
+
+/// One step of a diff ([`SvcTable::diff_ops`]), in table `inet twill-svc`.
+/// Rules, keys and verdicts are nft text as the table holds them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    AddChain {
+        name: String,
+        hook: Option<String>,
+    },
+    AddSet {
+        name: String,
+        decl: String,
+    },
+    FlushChain(String),
+    AddRule {
+        chain: String,
+        rule: String,
+    },
+    DelElements {
+        map: String,
+        keys: Vec<String>,
+    },
+    AddElements {
+        map: String,
+        elems: Vec<(String, String)>,
+    },
+    DelChain(String),
+    DelSet(String),
+}
+
+/// Steps as one nft script (one transaction when applied whole).
+pub fn render_ops(ops: &[Op]) -> String {
+    let mut s = String::new();
+    for op in ops {
+        match op {
+            Op::AddChain {
+                name,
+                hook: Some(h),
+            } => {
+                let _ = writeln!(s, "add chain {TABLE} {name} {{ {h} }}");
+            }
+            Op::AddChain { name, hook: None } => {
+                let _ = writeln!(s, "add chain {TABLE} {name}");
+            }
+            Op::AddSet { name, decl } => {
+                let _ = writeln!(s, "add set {TABLE} {name} {{ {decl} }}");
+            }
+            Op::FlushChain(name) => {
+                let _ = writeln!(s, "flush chain {TABLE} {name}");
+            }
+            Op::AddRule { chain, rule } => {
+                let _ = writeln!(s, "add rule {TABLE} {chain} {rule}");
+            }
+            Op::DelElements { map, keys } => {
+                for chunk in keys.chunks(ELEMENTS_PER_COMMAND) {
+                    let _ = writeln!(s, "delete element {TABLE} {map} {{ {} }}", chunk.join(", "));
+                }
+            }
+            Op::AddElements { map, elems } => {
+                add_elements(&mut s, map, elems.iter().map(|(k, v)| (k, v)));
+            }
+            Op::DelChain(name) => {
+                let _ = writeln!(s, "delete chain {TABLE} {name}");
+            }
+            Op::DelSet(name) => {
+                let _ = writeln!(s, "delete set {TABLE} {name}");
+            }
+        }
+    }
+    s
 }
 
 /// What drift detection compares: chains with their rule counts, the sets

@@ -9,7 +9,7 @@ use super::*;
 pub(crate) fn svc(yaml: &str) -> Service {
     serde_json::from_value(yaml_value(yaml)).expect("a Service")
 }
-fn slice(yaml: &str) -> EndpointSlice {
+pub(crate) fn slice(yaml: &str) -> EndpointSlice {
     serde_json::from_value(yaml_value(yaml)).expect("an EndpointSlice")
 }
 fn yaml_value(yaml: &str) -> serde_json::Value {
@@ -82,8 +82,8 @@ fn each_frontend_is_one_map_element_and_endpoints_are_picked_at_random() {
     assert_eq!(
         rules,
         &vec![
-            "numgen random mod 2 vmap { 0 : goto ep-shop/web/http/tcp4/10.244.1.5.8080, 1 : goto ep-shop/web/http/tcp4/10.244.2.5.8080 }"
-                .to_string()
+            "numgen random mod 2 0 goto ep-shop/web/http/tcp4/10.244.1.5.8080".to_string(),
+            "goto ep-shop/web/http/tcp4/10.244.2.5.8080".into(),
         ]
     );
     assert_eq!(
@@ -107,6 +107,37 @@ fn each_frontend_is_one_map_element_and_endpoints_are_picked_at_random() {
         vec!["jump mark-for-masquerade", "goto svc-shop/web/http/tcp4"]
     );
     assert!(t.maps["refuse4"].is_empty() && t.maps["refuse-nodeports4"].is_empty());
+}
+
+/// The pick rules (one per endpoint, `numgen random mod k 0`, the last a
+/// plain goto) give every endpoint the same share.
+#[test]
+fn the_pick_rules_give_every_endpoint_the_same_share() {
+    let five: String = (1..=5)
+        .map(|i| format!("- {{addresses: [10.244.{i}.5], nodeName: n1}}\n"))
+        .collect();
+    let t = table("n1", &[svc(WEB)], &[web_slice(&five)]);
+    let rules = &t.chains["svc-shop/web/http/tcp4"].rules;
+    assert_eq!(rules.len(), 5, "{rules:?}");
+    let mut left = 1.0f64;
+    let mut shares = Vec::new();
+    let mut targets = BTreeSet::new();
+    for r in rules {
+        let w: Vec<&str> = r.split_whitespace().collect();
+        let (p, target) = match w.as_slice() {
+            ["numgen", "random", "mod", k, "0", "goto", c] => (1.0 / k.parse::<f64>().unwrap(), c),
+            ["goto", c] => (1.0, c),
+            _ => panic!("unexpected pick rule {r}"),
+        };
+        shares.push(left * p);
+        left *= 1.0 - p;
+        targets.insert(target.to_string());
+    }
+    assert_eq!(targets.len(), 5, "each endpoint once: {rules:?}");
+    assert!(left.abs() < 1e-12, "nothing falls through");
+    for s in shares {
+        assert!((s - 0.2).abs() < 1e-12, "{s}");
+    }
 }
 
 #[test]
@@ -157,10 +188,10 @@ fn external_local_keeps_the_client_address_and_drops_without_a_local_endpoint() 
     );
     assert_eq!(
         t.chains["local-shop/web/http/tcp4"].rules,
-        vec!["numgen random mod 1 vmap { 0 : goto ep-shop/web/http/tcp4/10.244.1.5.8080 }"]
+        vec!["goto ep-shop/web/http/tcp4/10.244.1.5.8080"]
     );
     // The cluster IP still uses every endpoint.
-    assert!(t.chains["svc-shop/web/http/tcp4"].rules[0].contains("mod 2"));
+    assert!(t.chains["svc-shop/web/http/tcp4"].rules[0].contains("mod 2 0 goto"));
     // n3 has none: dropped (not refused: another node may serve it), but
     // the node's own traffic still reaches the cluster set.
     let t = table("n3", &[s], &[web_slice(TWO)]);
@@ -211,7 +242,11 @@ fn session_affinity_remembers_the_client_per_endpoint_with_its_timeout() {
         rules[0],
         format!("ip saddr @{set} goto ep-shop/web/http/tcp4/10.244.1.5.8080")
     );
-    assert!(rules.last().unwrap().starts_with("numgen random mod 2"));
+    assert!(
+        rules[2].starts_with("numgen random mod 2 0 goto ep-"),
+        "{rules:?}"
+    );
+    assert!(rules[3].starts_with("goto ep-"), "{rules:?}");
     assert!(
         t.chains["ep-shop/web/http/tcp4/10.244.1.5.8080"]
             .rules
@@ -341,7 +376,10 @@ fn a_diff_touches_only_what_changed_and_a_no_change_is_empty() {
         "{d}"
     );
     assert!(!d.contains("element"), "{d}");
-    assert!(!d.contains("10.244.1.5.8080\n"), "{d}");
+    assert!(
+        !d.contains("chain inet twill-svc ep-shop/web/http/tcp4/10.244.1.5.8080"),
+        "the kept endpoint's chain is left alone: {d}"
+    );
     // The last endpoint goes: the frontends move to the refuse map.
     let c = table("n1", &[svc(WEB)], &[]);
     let d = c.diff_script(&b);

@@ -501,6 +501,14 @@ pub fn run_one(
         std::thread::sleep(POLL);
     }
     let (peak_rss_kib, _, cpu_s) = proc_usage(rcv.pid()).unwrap_or((0, 0, f64::NAN));
+    // TWILL_BENCH_SMAPS=DIR keeps the receiver's /proc/PID/smaps at this
+    // moment (where its memory is: docs/bgp.md#memory).
+    if let Some(out) = std::env::var_os("TWILL_BENCH_SMAPS") {
+        let to = Path::new(&out).join(format!("{}-{}.smaps", kind.name(), rcv.pid()));
+        if let Err(e) = std::fs::copy(format!("/proc/{}/smaps", rcv.pid()), &to) {
+            eprintln!("  smaps of {} to {}: {e}", rcv.pid(), to.display());
+        }
+    }
     std::thread::sleep(settle);
     let (_, rss_kib, _) = proc_usage(rcv.pid()).unwrap_or((0, 0, f64::NAN));
     let row = Row {

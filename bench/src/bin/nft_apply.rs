@@ -17,6 +17,12 @@
 //! Run as root: `cargo run --release -p twill-bench --bin nft_apply [-- --quick]`.
 //! `--dump DIR` writes the scripts of (b) to DIR and exits;
 //! `--changes-only` runs (a) alone (results in `nft_apply_changes.*`).
+//! `--phases [--script FILE]` splits (b)'s full load of the as-rendered
+//! table (or FILE, e.g. from `--dump`) into where its time goes: `nft -c -f`
+//! (nft parses, evaluates and encodes; the kernel takes the batch message by
+//! message, then aborts it: no batch end), `nft -f` (the same and the
+//! commit) and libnftables in this thread, each with its user and system
+//! CPU (results in `nft_apply_phases.*`).
 //! Times are wall clock; CPU is this thread's (libnftables and the
 //! kernel's netlink work in its system calls) plus the `nft` children's.
 
@@ -290,6 +296,26 @@ fn main() {
         }
         return;
     }
+    if args.iter().any(|a| a == "--phases") {
+        let script = match args.iter().position(|a| a == "--script") {
+            Some(i) => std::fs::read_to_string(args.get(i + 1).expect("--script FILE"))
+                .expect("read --script"),
+            None => dataplane_table(10_000, 1).script(),
+        };
+        let ns = Netns::new("twnp");
+        let name = ns.name().to_string();
+        let report = twill_tests::netns::spawn_in(&name, move || phases(quick, &script))
+            .join()
+            .expect("benchmark thread");
+        drop(ns);
+        print!("{}", report.0);
+        if !quick
+            && let Err(e) = twill_bench::write_results("nft_apply_phases", report.1, &report.0)
+        {
+            eprintln!("nft_apply: writing results: {e}");
+        }
+        return;
+    }
     let ns = Netns::new("twna");
     let name = ns.name().to_string();
     // Everything runs on one thread inside the namespace: libnftables'
@@ -549,5 +575,150 @@ fn run(quick: bool, changes_only: bool) -> (String, serde_json::Value) {
             doc,
         );
     }
+    (md, doc)
+}
+
+// ---- --phases: where a full load's time goes ----
+
+/// User and system CPU of this thread and of reaped children.
+fn rusage_split() -> (Duration, Duration) {
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    let get = |who| {
+        // SAFETY: getrusage fills the struct we pass.
+        let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(who, &mut r) };
+        (tv(r.ru_utime), tv(r.ru_stime))
+    };
+    let (tu, ts) = get(libc::RUSAGE_THREAD);
+    let (cu, cs) = get(libc::RUSAGE_CHILDREN);
+    (tu + cu, ts + cs)
+}
+
+fn nft_file(check: bool, file: &std::path::Path) -> Result<(), String> {
+    let mut cmd = Command::new("nft");
+    if check {
+        cmd.arg("-c");
+    }
+    let out = cmd
+        .arg("-f")
+        .arg(file)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn phases(quick: bool, script: &str) -> (String, serde_json::Value) {
+    let load_before = loadavg();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("table.nft");
+    std::fs::write(&file, script).expect("write script");
+    let empty = format!("add table {TABLE}\ndelete table {TABLE}\n");
+    let methods: [(&str, &str); 3] = [
+        (
+            "check",
+            "nft -c -f: parse, evaluate, encode; kernel takes each message, then aborts",
+        ),
+        ("apply", "nft -f: the same, then the kernel commits"),
+        (
+            "lib",
+            "libnftables in this thread (twill-node's way): parse … commit",
+        ),
+    ];
+    let rounds = if quick { 1 } else { 5 };
+    // (wall, user, sys) per method
+    let mut got: BTreeMap<&str, Vec<(Duration, Duration, Duration)>> = BTreeMap::new();
+    for round in 0..rounds {
+        let mut order: Vec<usize> = (0..methods.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let (key, _) = methods[i];
+            twill_nft::apply_script(&empty).expect("empty the table");
+            let (u0, s0) = rusage_split();
+            let t = Instant::now();
+            let r = match key {
+                "check" => nft_file(true, &file),
+                "apply" => nft_file(false, &file),
+                _ => twill_nft::apply_script(script).map_err(|e| e.to_string()),
+            };
+            let wall = t.elapsed();
+            let (u1, s1) = rusage_split();
+            if let Err(e) = r {
+                panic!(
+                    "{key} refused:\n{e}\n--- script (start) ---\n{}",
+                    head(script)
+                );
+            }
+            eprintln!(
+                "{key}: {:.0} ms (user {:.0}, sys {:.0})",
+                ms(wall),
+                ms(u1 - u0),
+                ms(s1 - s0)
+            );
+            got.entry(key).or_default().push((wall, u1 - u0, s1 - s0));
+        }
+    }
+    twill_nft::apply_script(&empty).expect("empty the table");
+    let load_after = loadavg();
+    let cell = |v: &[f64]| {
+        let (m, lo, hi) = spread(v);
+        format!("{m:.0} ({lo:.0}–{hi:.0})")
+    };
+    let mut rows = Vec::new();
+    let mut jrows = Vec::new();
+    let mut med = BTreeMap::new();
+    for (key, what) in methods {
+        let v = &got[key];
+        let wall: Vec<f64> = v.iter().map(|x| ms(x.0)).collect();
+        let user: Vec<f64> = v.iter().map(|x| ms(x.1)).collect();
+        let sys: Vec<f64> = v.iter().map(|x| ms(x.2)).collect();
+        let cpu: Vec<f64> = v.iter().map(|x| ms(x.1 + x.2)).collect();
+        med.insert(
+            key,
+            (
+                spread(&user).0,
+                spread(&sys).0,
+                spread(&cpu).0,
+                spread(&wall).0,
+            ),
+        );
+        rows.push(vec![
+            what.to_string(),
+            cell(&wall),
+            cell(&user),
+            cell(&sys),
+            cell(&cpu),
+        ]);
+        jrows.push(
+            json!({"method": key, "what": what, "wall_ms": wall, "user_ms": user, "sys_ms": sys}),
+        );
+    }
+    let (cu, cs, _, _) = med["check"];
+    let (au, asys, _, _) = med["apply"];
+    let (lu, ls, lc, lw) = med["lib"];
+    // Within 10 % of the check's kernel time is within this machine's noise.
+    let commit = if asys <= cs * 1.1 {
+        "the commit adds nothing measurable to taking the messages".to_string()
+    } else {
+        format!("the commit adds about {:.0} ms", asys - cs)
+    };
+    let md = format!(
+        "Full load of the dataplane benchmark's 10k-policy table from nothing ({} `add rule` lines, {} script lines), {rounds} rounds, methods alternating; ms, median (min–max). CPU: user = nft/libnftables in user space (parse, evaluate, netlink encoding), sys = the kernel (nf_tables taking the batch; with -f also the commit).\n\n{}\nFrom the medians: user space (parse, evaluate, encode) takes {cu:.0} ms (check) / {au:.0} ms (nft -f) / {lu:.0} ms (libnftables); the kernel {cs:.0} ms to take the batch and abort it, {asys:.0} ms to take it and commit it, {ls:.0} ms through libnftables — {commit}. A full load through libnftables needs {lc:.0} ms of CPU, about half in each; its wall time ({lw:.0} ms) above that is waiting for a core on this shared machine.\n\nLoad average {load_before} before, {load_after} after.\n",
+        script
+            .lines()
+            .filter(|l| l.trim_start().starts_with("add rule"))
+            .count(),
+        script.lines().count(),
+        twill_bench::table(&["method", "wall", "user CPU", "sys CPU", "CPU"], &rows),
+    );
+    let doc = json!({"benchmark": "nft_apply_phases", "rounds": rounds, "rows": jrows,
+        "loadavg_before": load_before, "loadavg_after": load_after});
     (md, doc)
 }

@@ -1,67 +1,68 @@
 //! `twill-bgpd --config FILE` runs a standalone speaker from a YAML file;
 //! `twill-bgpd status [-o json] [--socket PATH]` asks a running one.
+//!
+//! Built to stay small in memory (docs/bgp.md#memory): the command line is
+//! parsed by hand (`args`) and log lines are written by a ~100-line
+//! subscriber (`log`) instead of clap and tracing-subscriber's env-filter,
+//! whose code the kernel would otherwise map at start-up; the runtime is
+//! tokio's current-thread one (one thread, one malloc arena: every task is
+//! I/O bound, and the mesh benchmark's 100 sessions take 0.01 s of CPU).
 
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
 use twill_bgpd::config::Config;
 use twill_bgpd::speaker::{PeerStatus, Speaker};
 use twill_bgpd::status;
 
-#[derive(Parser)]
-#[command(name = "twill-bgpd", about = "Twill's BGP speaker, standalone")]
-struct Cli {
-    /// YAML configuration (see the README's bgpd section).
-    #[arg(long, short = 'c')]
-    config: Option<PathBuf>,
-    #[command(subcommand)]
-    cmd: Option<Cmd>,
-}
+#[path = "twill-bgpd/args.rs"]
+mod args;
+#[path = "twill-bgpd/log.rs"]
+mod log;
 
-#[derive(Subcommand)]
-enum Cmd {
-    /// Show each peer's state, uptime, prefixes and last error.
-    Status {
-        #[arg(short = 'o', long, value_enum, default_value = "table")]
-        output: Output,
-        /// The status socket (default: the config's status_socket, else /run/twill-bgpd.sock).
-        #[arg(long)]
-        socket: Option<PathBuf>,
-    },
-    /// Best routes as JSON.
-    Routes {
-        #[arg(long)]
-        socket: Option<PathBuf>,
-    },
-    /// Prometheus metrics.
-    Metrics {
-        #[arg(long)]
-        socket: Option<PathBuf>,
-    },
-}
+use args::{Cmd, Output};
 
-#[derive(Clone, Copy, ValueEnum)]
-enum Output {
-    Table,
-    Json,
-}
+const USAGE: &str = "\
+twill-bgpd: Twill's BGP speaker, standalone
 
-fn socket_path(cli: &Cli, given: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
+Usage:
+  twill-bgpd --config FILE                 run the speaker (-c FILE)
+  twill-bgpd status [-o table|json] [--socket PATH]
+                                           each peer's state, uptime, prefixes, last error
+  twill-bgpd routes [--socket PATH]        best routes as JSON
+  twill-bgpd metrics [--socket PATH]       Prometheus metrics
+  twill-bgpd --help
+
+The socket defaults to the config's status_socket (with --config), else
+/run/twill-bgpd.sock. RUST_LOG sets the log level (error, warn, info, debug,
+trace; `target=level` for one module, e.g. info,twill_bgpd::session=debug).
+";
+
+fn socket_path(config: &Option<PathBuf>, given: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(p) = given {
         return Ok(p.clone());
     }
-    if let Some(c) = &cli.config {
+    if let Some(c) = config {
         return Ok(Config::from_file(c)?.status_socket);
     }
     Ok(PathBuf::from("/run/twill-bgpd.sock"))
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = match args::parse(std::env::args_os().skip(1)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("twill-bgpd: {e}\n\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
     match &cli.cmd {
-        Some(Cmd::Status { output, socket }) => {
-            let path = socket_path(&cli, socket)?;
+        Cmd::Help => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        Cmd::Status { output, socket } => {
+            let path = socket_path(&cli.config, socket)?;
             let text = status::query(&path, "status")
                 .with_context(|| format!("ask twill-bgpd at {}", path.display()))?;
             match output {
@@ -74,32 +75,25 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Some(Cmd::Routes { socket }) => {
-            let path = socket_path(&cli, socket)?;
+        Cmd::Routes { socket } => {
+            let path = socket_path(&cli.config, socket)?;
             println!("{}", status::query(&path, "routes")?);
             Ok(())
         }
-        Some(Cmd::Metrics { socket }) => {
-            let path = socket_path(&cli, socket)?;
+        Cmd::Metrics { socket } => {
+            let path = socket_path(&cli.config, socket)?;
             print!("{}", status::query(&path, "metrics")?);
             Ok(())
         }
-        None => {
+        Cmd::Run => {
             let Some(path) = &cli.config else {
                 anyhow::bail!("give --config FILE to run, or a subcommand (status)");
             };
-            // Colour only for a person at a terminal, never into log files.
-            use std::io::IsTerminal;
-            tracing_subscriber::fmt()
-                .with_ansi(std::io::stderr().is_terminal())
-                .with_writer(std::io::stderr)
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info".into()),
-                )
-                .init();
+            log::init(std::env::var("RUST_LOG").ok().as_deref());
             let loaded = Config::from_file(path)?.load()?;
-            let rt = tokio::runtime::Runtime::new()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(run(loaded))
         }
     }

@@ -265,24 +265,48 @@ enum Verdict {
 /// status write echoing back, another node writing the same status) needs
 /// no pass.
 fn fingerprint(s: &Service) -> u64 {
+    hash_json(&serde_json::json!({"in": inputs(s), "out": shown(s)}))
+}
+
+/// What the allocator decides from: identity, labels, annotations, spec.
+fn inputs(s: &Service) -> serde_json::Value {
+    serde_json::json!({
+        "uid": s.metadata.uid,
+        "deleting": s.metadata.deletion_timestamp,
+        "labels": s.metadata.labels,
+        "annotations": s.metadata.annotations,
+        "spec": s.spec,
+    })
+}
+
+fn hash_json(v: &serde_json::Value) -> u64 {
+    let mut h = DefaultHasher::new();
+    v.to_string().hash(&mut h);
+    h.finish()
+}
+
+/// What the allocator writes: the ingress and its condition.
+fn shown(s: &Service) -> serde_json::Value {
     let cond = s
         .status
         .as_ref()
         .and_then(|st| st.conditions.as_ref())
         .and_then(|cs| cs.iter().find(|c| c.type_ == CONDITION_LB))
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()));
-    let parts = serde_json::json!({
-        "uid": s.metadata.uid,
-        "deleting": s.metadata.deletion_timestamp,
-        "labels": s.metadata.labels,
-        "annotations": s.metadata.annotations,
-        "spec": s.spec,
+    serde_json::json!({
         "lb": s.status.as_ref().and_then(|st| st.load_balancer.as_ref()),
         "cond": cond,
-    });
-    let mut h = DefaultHasher::new();
-    parts.to_string().hash(&mut h);
-    h.finish()
+    })
+}
+
+/// What publishing a status ended in.
+struct Published {
+    /// The addresses the status shows.
+    addrs: Vec<IpAddr>,
+    /// The Service's fingerprint as left; `None`: gone, another
+    /// incarnation, or changed since it was read (its own event brings it
+    /// back; nothing is released meanwhile).
+    fp: Option<u64>,
 }
 
 /// What one pass did: each Service's outcome, the fingerprint of each
@@ -387,8 +411,12 @@ impl LbAllocator {
             let stale = self.release(&mut view, &key, |u, _| u != uid).await?;
             out.freed |= !stale.is_empty();
             if !is_twill_lb(&svc) {
-                let (_, fp) = self.publish(&mut view, svc, &Verdict::NotServed).await?;
-                let released = self.release(&mut view, &key, |u, _| u == uid).await?;
+                let p = self.publish(&mut view, svc, &Verdict::NotServed).await?;
+                let released = match p.fp {
+                    Some(_) => self.release(&mut view, &key, |u, _| u == uid).await?,
+                    None => vec![],
+                };
+                let fp = p.fp;
                 out.freed |= !released.is_empty();
                 out.outcomes
                     .insert(label, LbOutcome::NotServed { released });
@@ -406,11 +434,15 @@ impl LbAllocator {
             view.reload_blocks(&self.store).await?;
             for ((key, svc), verdict) in chunk.iter().zip(verdicts) {
                 let uid = svc.metadata.uid.clone().unwrap_or_default();
-                let (published, fp) = self.publish(&mut view, svc.clone(), &verdict).await?;
-                out.seen.push((key.clone(), fp));
+                let p = self.publish(&mut view, svc.clone(), &verdict).await?;
+                out.seen.push((key.clone(), p.fp));
+                let published = p.addrs;
                 let outcome = match verdict {
                     // An invalid request keeps what it holds (a typo does not give an address away).
                     Verdict::Invalid(r) => LbOutcome::Pending(r),
+                    // Changed or gone since it was read: the next pass decides.
+                    Verdict::Pending(r) if p.fp.is_none() => LbOutcome::Pending(r),
+                    _ if p.fp.is_none() => LbOutcome::Allocated(published),
                     v => {
                         // Only now that the status no longer shows them: give back extras.
                         let extra = self
@@ -514,22 +546,32 @@ impl LbAllocator {
         view: &mut View,
         mut svc: Service,
         verdict: &Verdict,
-    ) -> Result<(Vec<IpAddr>, Option<u64>), LbError> {
+    ) -> Result<Published, LbError> {
         let (ns, name) = key_of(&svc);
-        let uid = svc.metadata.uid.clone();
+        let read = hash_json(&inputs(&svc));
+        let gone = Published {
+            addrs: vec![],
+            fp: None,
+        };
         for _ in 0..MAX_ATTEMPTS {
-            let (next, published) = status_for(view, &svc, verdict);
+            let (next, addrs) = status_for(view, &svc, verdict);
             if next.status == svc.status {
-                return Ok((published, Some(fingerprint(&svc))));
+                let fp = Some(fingerprint(&svc));
+                return Ok(Published { addrs, fp });
             }
             match self.store.update_status(&next).await {
-                Ok(written) => return Ok((published, Some(fingerprint(&written)))),
+                Ok(written) => {
+                    let fp = Some(fingerprint(&written));
+                    return Ok(Published { addrs, fp });
+                }
                 Err(e) if e.is_conflict() => {
                     let Some(cur) = self.store.get::<Service>(Some(&ns), &name).await? else {
-                        return Ok((vec![], None));
+                        return Ok(gone);
                     };
-                    if cur.metadata.uid != uid {
-                        return Ok((vec![], None));
+                    // Another incarnation, or changed in what the verdict
+                    // was made from: its own event brings it back.
+                    if hash_json(&inputs(&cur)) != read {
+                        return Ok(gone);
                     }
                     svc = cur;
                     // Most often another allocator wrote what this one
@@ -539,7 +581,7 @@ impl LbAllocator {
                         view.reload_blocks(&self.store).await?;
                     }
                 }
-                Err(e) if e.is_not_found() => return Ok((vec![], None)),
+                Err(e) if e.is_not_found() => return Ok(gone),
                 Err(e) => return Err(e.into()),
             }
         }
@@ -557,11 +599,13 @@ impl LbAllocator {
         let (ns, name) = key;
         let mut released = Vec::new();
         let mut attempts = 0;
+        // Holdings the block has nothing to remove for (left alone, as before).
+        let mut skip: Vec<(String, IpAddr)> = Vec::new();
         loop {
             let Some(h) = view
                 .held(ns, name)
                 .iter()
-                .find(|h| pick(&h.uid, h.addr))
+                .find(|h| pick(&h.uid, h.addr) && !skip.contains(&(h.block.clone(), h.addr)))
                 .cloned()
             else {
                 return Ok(released);
@@ -576,8 +620,7 @@ impl LbAllocator {
                 without_holder(b, ordinal, name, &h.uid, &now())
             });
             let Some(next) = next else {
-                // The index and the block disagree: read it again.
-                view.refresh(&self.store, &h.block).await?;
+                skip.push((h.block.clone(), h.addr));
                 continue;
             };
             match self.store.update(&next).await {
@@ -723,8 +766,9 @@ fn status_for(view: &View, svc: &Service, verdict: &Verdict) -> (Service, Vec<Ip
 /// pass reconciles; an event whose Service this loop already left in the
 /// state it shows is skipped ([`fingerprint`]). A pass that released an
 /// address, and any IPPool change, is followed by a pass over every
-/// Service, so a pending one gets a freed address at once. `resync` is
-/// only the safety net for a failed pass. Returns only on a failure of a
+/// Service, so a pending one gets a freed address at once. A failed pass
+/// is retried with its Services after a backoff (1 s doubling to 30 s);
+/// `resync` is the safety net beyond that. Returns only on a failure of a
 /// watch; the caller restarts it after a backoff.
 pub async fn run(store: Store, resync: Duration) -> Result<(), LbError> {
     let alloc = LbAllocator::new(store.clone());
@@ -734,16 +778,28 @@ pub async fn run(store: Store, resync: Duration) -> Result<(), LbError> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The fingerprint of each Service as the last pass left it.
     let mut seen: HashMap<Key, u64> = HashMap::new();
+    // The work of a failed pass, retried when `retry` comes (or with the next event).
+    let mut failed = Batch::default();
+    let mut retry: Option<tokio::time::Instant> = None;
+    let mut backoff = RETRY_MIN;
     loop {
         // One event wakes the loop; every event already waiting joins it
         // (a burst of creates), so each Service is reconciled once per
         // pass instead of once per event.
-        let mut batch = Batch::default();
+        let mut batch = std::mem::take(&mut failed);
+        let retry_due = async {
+            match retry {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             ev = services.next() => batch.service(ev, &mut seen)?,
             ev = pools.next() => batch.pool(ev)?,
             _ = tick.tick() => batch.all = true,
+            _ = retry_due => {}
         }
+        retry = None;
         while let Some(ev) = services.next().now_or_never() {
             batch.service(ev, &mut seen)?;
         }
@@ -754,8 +810,9 @@ pub async fn run(store: Store, resync: Duration) -> Result<(), LbError> {
             return Ok(());
         }
         let mut all = batch.all;
+        let mut ok = true;
         if !all && !batch.keys.is_empty() {
-            let keys: Vec<Key> = batch.keys.into_iter().collect();
+            let keys: Vec<Key> = batch.keys.iter().cloned().collect();
             let done = match alloc.read(&keys).await {
                 Ok(items) => alloc.pass(items, false).await,
                 Err(e) => Err(e),
@@ -766,7 +823,9 @@ pub async fn run(store: Store, resync: Duration) -> Result<(), LbError> {
                     remember(&mut seen, p.seen);
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, services = keys.len(), "LoadBalancer allocation failed; retried at the next resync")
+                    tracing::warn!(error = %e, services = keys.len(), retry_in = ?backoff, "LoadBalancer allocation failed");
+                    failed.keys = batch.keys;
+                    ok = false;
                 }
             }
         }
@@ -774,12 +833,24 @@ pub async fn run(store: Store, resync: Duration) -> Result<(), LbError> {
             match alloc.pass_all().await {
                 Ok(p) => remember(&mut seen, p.seen),
                 Err(e) => {
-                    tracing::warn!(error = %e, "LoadBalancer resync failed; retried at the next one")
+                    tracing::warn!(error = %e, retry_in = ?backoff, "LoadBalancer pass over every Service failed");
+                    failed.all = true;
+                    ok = false;
                 }
             }
         }
+        if ok {
+            backoff = RETRY_MIN;
+        } else {
+            retry = Some(tokio::time::Instant::now() + backoff);
+            backoff = (backoff * 2).min(RETRY_MAX);
+        }
     }
 }
+
+/// First and longest wait before a failed pass is retried.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 fn remember(seen: &mut HashMap<Key, u64>, pass: Vec<(Key, Option<u64>)>) {
     for (k, fp) in pass {

@@ -125,8 +125,9 @@ pub fn ports(v: &Value) -> String {
         .join(",")
 }
 
-/// LB-STATUS: why a LoadBalancer Service is pending (the allocator's
-/// condition), empty when it is not.
+/// LB-STATUS: why a LoadBalancer Service is pending, or why a
+/// PreferDualStack one has only its first family (the allocator's
+/// condition); empty when it is fully served.
 pub fn lb_status(v: &Value) -> String {
     let cond = v
         .pointer("/status/conditions")
@@ -136,11 +137,17 @@ pub fn lb_status(v: &Value) -> String {
                 .find(|c| c.get("type").and_then(Value::as_str) == Some(CONDITION_LB))
         });
     match cond {
-        Some(c) if c.get("status").and_then(Value::as_str) == Some("False") => format!(
-            "{}: {}",
-            c.get("reason").and_then(Value::as_str).unwrap_or(""),
-            c.get("message").and_then(Value::as_str).unwrap_or("")
-        ),
+        Some(c)
+            if c.get("status").and_then(Value::as_str) == Some("False")
+                || c.get("reason").and_then(Value::as_str)
+                    == Some(twill_ipam::lb_alloc::REASON_PARTIAL) =>
+        {
+            format!(
+                "{}: {}",
+                c.get("reason").and_then(Value::as_str).unwrap_or(""),
+                c.get("message").and_then(Value::as_str).unwrap_or("")
+            )
+        }
         _ => String::new(),
     }
 }
@@ -277,6 +284,20 @@ mod tests {
             "{}",
             lb_status(&v)
         );
+        let partial = json!({"spec": {"type": "LoadBalancer"},
+            "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]},
+                "conditions": [{"type": CONDITION_LB, "status": "True",
+                "reason": twill_ipam::lb_alloc::REASON_PARTIAL,
+                "message": "allocated 192.0.2.1; no IPv6 address (PreferDualStack): IPv6 LoadBalancer pools [\"lb6\"] have no free address"}]}});
+        assert!(
+            lb_status(&partial).starts_with("PartiallyAllocated: allocated 192.0.2.1; no IPv6"),
+            "{}",
+            lb_status(&partial)
+        );
+        let full = json!({"spec": {"type": "LoadBalancer"},
+            "status": {"conditions": [{"type": CONDITION_LB, "status": "True",
+                "reason": "Allocated", "message": "allocated 192.0.2.1"}]}});
+        assert_eq!(lb_status(&full), "");
         let c = json!({"spec": {"clusterIP": "None"}});
         assert_eq!(
             (cluster_ip(&c), external_ip(&c)),

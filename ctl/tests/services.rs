@@ -267,3 +267,73 @@ async fn services_from_files_through_allocation_to_ipam_check() {
     assert!(row(&t, "copycat").contains("192.0.2.5"), "{t}");
     assert!(!row(&ok(&db, &["get", "svc", "-n", "shop"]), "inner").contains("192.0.2.6"));
 }
+
+/// A PreferDualStack Service that gets only its first family: `get svc`
+/// shows its address and, in LB-STATUS, why the second is missing (here:
+/// no IPv6 LoadBalancer pool); a single-stack Service beside it, fully
+/// served, shows an empty LB-STATUS.
+#[tokio::test]
+async fn get_svc_says_why_prefer_dual_stack_has_one_family() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("s.db");
+    let file = dir.path().join("pref.yaml");
+    std::fs::write(
+        &file,
+        r#"
+apiVersion: twill.dev/v1
+kind: IPPool
+metadata:
+  name: lb
+spec:
+  cidr: 192.0.2.0/29
+  allowedUses: [LoadBalancer]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: pref
+  namespace: shop
+spec:
+  type: LoadBalancer
+  ipFamilyPolicy: PreferDualStack
+  ipFamilies: [IPv4, IPv6]
+  ports:
+  - port: 80
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: plain
+  namespace: shop
+spec:
+  type: LoadBalancer
+  ports:
+  - port: 80
+"#,
+    )
+    .expect("write manifest");
+    // Dual-stack cluster IPs need a service range of each family.
+    ok(
+        &db,
+        &["datastore", "service-range", "10.43.0.0/16,fd00:43::/108"],
+    );
+    ok(&db, &["apply", "-f", file.to_str().expect("utf-8")]);
+    let store = Store::new(EmbeddedStore::open(&db).expect("open"));
+    LbAllocator::new(store)
+        .reconcile_all()
+        .await
+        .expect("allocate");
+    let t = ok(&db, &["get", "svc", "-n", "shop"]);
+    let pref = row(&t, "pref");
+    assert!(
+        pref.contains("192.0.2.")
+            && pref.contains("PartiallyAllocated: allocated 192.0.2.")
+            && pref.contains("no IPv6 address (PreferDualStack): no enabled IPv6 IPPool with allowedUses LoadBalancer selects Service shop/pref"),
+        "{t}"
+    );
+    let plain = row(&t, "plain");
+    assert!(
+        plain.contains("192.0.2.") && !plain.contains("Allocated"),
+        "{t}"
+    );
+}

@@ -528,7 +528,8 @@ async fn requests_refusals_sharing_release_and_dual_stack_as_a_user_sees_them() 
 /// holds none (all or nothing, as the API server allocates cluster IPs and
 /// as MetalLB does): it stays pending with the reason and the other
 /// family's addresses stay free for other Services; once the missing
-/// family frees up it gets both. PreferDualStack takes what there is.
+/// family frees up it gets both. PreferDualStack takes what there is and
+/// says why the second family is missing, until it frees up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dual_stack_service_gets_both_families_or_holds_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -600,6 +601,23 @@ async fn a_dual_stack_service_gets_both_families_or_holds_nothing() {
         panic!("PreferDualStack waits for IPv6");
     };
     assert!(ips.len() == 1 && ips[0].is_ipv4(), "{ips:?}");
+    // ... and its condition says why it has no IPv6 address (the pool is
+    // full), while a fully served Service's says plain Allocated.
+    let (st, reason, msg) = condition(&get(&store, "shop", "pref").await).expect("condition");
+    assert_eq!(
+        (st.as_str(), reason.as_str()),
+        ("True", twill_ipam::lb_alloc::REASON_PARTIAL),
+        "{msg}"
+    );
+    assert!(
+        msg.starts_with(&format!(
+            "allocated {}; no IPv6 address (PreferDualStack): ",
+            ips[0]
+        )) && msg.contains("IPv6 LoadBalancer pools [\"lb6\"] have no free address"),
+        "{msg}"
+    );
+    let (_, reason, _) = condition(&get(&store, "shop", "d2").await).expect("condition");
+    assert_eq!(reason, "Allocated");
     // d1 goes: d3 gets both.
     store
         .delete::<Service>(Some("shop"), "d1", None)
@@ -611,5 +629,19 @@ async fn a_dual_stack_service_gets_both_families_or_holds_nothing() {
         got.len() == 2 && got[0].is_ipv4() && got[1].is_ipv6(),
         "{got:?}"
     );
+    // d2 goes: its IPv6 address completes the PreferDualStack Service,
+    // whose condition turns plain Allocated.
+    store
+        .delete::<Service>(Some("shop"), "d2", None)
+        .await
+        .expect("delete");
+    a.reconcile_all().await.expect("resync");
+    let pref = get(&store, "shop", "pref").await;
+    let got = ingress(&pref);
+    assert!(
+        got.len() == 2 && got[0] == ips[0] && got[1].is_ipv6(),
+        "{got:?}"
+    );
+    assert_eq!(condition(&pref).expect("condition").1, "Allocated");
     assert_never_doubled(&store).await;
 }

@@ -10,7 +10,9 @@
 //!    (first path, and a path from every node).
 //! 2. A Local-policy Service whose one ready endpoint moves from node to
 //!    node (EndpointSlice update): time until BIRD's next hops for its /32
-//!    are exactly the new node (`birdc show route PREFIX`, polled every 10 ms).
+//!    are exactly the new node (`birdc show route PREFIX`, polled every 10 ms);
+//!    once before the N Services exist and once (another Service) with all
+//!    N present, after the burst.
 //! 3. Each agent's CPU (utime+stime from /proc) over an idle window with 0
 //!    and with N Services and while the N were being served; VmRSS with 0
 //!    and N.
@@ -177,6 +179,8 @@ struct Rep {
     tor_every_ms: Vec<f64>,
     agents: Vec<Agent>,
     moves: Vec<Move>,
+    /// The same, with the N Services present (after the burst).
+    moves_n: Vec<Move>,
     /// One Service created after the N are at the ToR → allocated.
     late_allocated_s: Option<f64>,
     floor: Option<Floor>,
@@ -372,9 +376,8 @@ async fn one_rep(a: &Args, rep: usize, work: &Path) -> Result<Rep> {
     tokio::time::sleep(a.idle).await;
     let u1: Vec<Usage> = nodes.iter().map(|n| usage(n.2)).collect::<Result<_>>()?;
 
-    // 2. Endpoint moves (before the N: with them, the allocators' backlog
-    // of status events delays a new Service's address by minutes).
-    r.moves = moves(a, &store, &tor, &nodes).await?;
+    // 2. Endpoint moves, with no other Service (again with the N, below).
+    r.moves = moves(a, &store, &tor, &nodes, "mover", 200).await?;
 
     // 1. N Services at once.
     let allocated: Arc<Mutex<HashMap<String, (Instant, String)>>> = Default::default();
@@ -513,6 +516,9 @@ async fn one_rep(a: &Args, rep: usize, work: &Path) -> Result<Rep> {
         r.late_allocated_s
     );
 
+    // 2. Endpoint moves again, with the N Services present.
+    r.moves_n = moves(a, &store, &tor, &nodes, "mover-n", 201).await?;
+
     // 3. idle again, with the N Services.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let u3: Vec<Usage> = nodes.iter().map(|n| usage(n.2)).collect::<Result<_>>()?;
@@ -546,48 +552,53 @@ async fn one_rep(a: &Args, rep: usize, work: &Path) -> Result<Rep> {
     Ok(r)
 }
 
-fn slice(node: &str, addr: &str) -> Value {
+/// The EndpointSlice `<svc>-1` of Service `svc`: one ready endpoint on `node`.
+fn slice(svc: &str, node: &str, addr: &str) -> Value {
     json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": "mover-1", "namespace": NAMESPACE,
-                     "labels": {"kubernetes.io/service-name": "mover"}},
+        "metadata": {"name": format!("{svc}-1"), "namespace": NAMESPACE,
+                     "labels": {"kubernetes.io/service-name": svc}},
         "addressType": "IPv4",
         "ports": [{"port": 80, "protocol": "TCP"}],
         "endpoints": [{"addresses": [addr], "conditions": {"ready": true}, "nodeName": node}],
     })
 }
 
-/// A Local-policy Service whose one ready endpoint moves round the nodes.
+/// A Local-policy Service `name` whose one ready endpoint (in
+/// 10.244.`net`.0/24) moves round the nodes.
 async fn moves(
     a: &Args,
     store: &Store,
     tor: &Peer,
     nodes: &[(String, String, i32)],
+    name: &str,
+    net: u8,
 ) -> Result<Vec<Move>> {
     apply(
         store,
         Kind::Service,
         json!({"apiVersion": "v1", "kind": "Service",
-               "metadata": {"name": "mover", "namespace": NAMESPACE},
+               "metadata": {"name": name, "namespace": NAMESPACE},
                "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
-                        "selector": {"app": "mover"}, "ports": [{"port": 80, "protocol": "TCP"}]}}),
+                        "selector": {"app": name}, "ports": [{"port": 80, "protocol": "TCP"}]}}),
     )
     .await?;
     apply(
         store,
         Kind::EndpointSlice,
-        slice(&nodes[0].0, "10.244.200.1"),
+        slice(name, &nodes[0].0, &format!("10.244.{net}.1")),
     )
     .await?;
+    let slice_name = format!("{name}-1");
     let deadline = Instant::now() + Duration::from_secs(60);
     let ip = loop {
-        if let Some(s) = store.get::<Service>(Some(NAMESPACE), "mover").await?
+        if let Some(s) = store.get::<Service>(Some(NAMESPACE), name).await?
             && let Some(ip) = lb_ip(&s)
         {
             break ip;
         }
         if Instant::now() > deadline {
-            bail!("the Local Service got no address in 60 s");
+            bail!("the Local Service {name} got no address in 60 s");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -609,14 +620,20 @@ async fn moves(
         let from = &nodes[m % NODES];
         let to = &nodes[(m + 1) % NODES];
         let mut s: EndpointSlice = store
-            .get(Some(NAMESPACE), "mover-1")
+            .get(Some(NAMESPACE), &slice_name)
             .await?
-            .context("mover-1 is gone")?;
-        let fresh: EndpointSlice =
-            serde_json::from_value(slice(&to.0, &format!("10.244.200.{}", 1 + (m + 1) % 200)))?;
+            .with_context(|| format!("{slice_name} is gone"))?;
+        let fresh: EndpointSlice = serde_json::from_value(slice(
+            name,
+            &to.0,
+            &format!("10.244.{net}.{}", 1 + (m + 1) % 200),
+        ))?;
         s.endpoints = fresh.endpoints;
         let t0 = Instant::now();
-        store.update(&s).await.context("update mover-1")?;
+        store
+            .update(&s)
+            .await
+            .with_context(|| format!("update {slice_name}"))?;
         let mut mv = Move::default();
         let deadline = t0 + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -769,6 +786,31 @@ fn over<T>(reps: &[T], f: impl Fn(&T) -> f64) -> Spread {
     Spread::of(&reps.iter().map(f).collect::<Vec<_>>())
 }
 
+fn move_json(m: &Move) -> Value {
+    json!({
+        "new_node_present_ms": m.present_ms, "old_node_gone_ms": m.gone_ms, "exactly_new_node_ms": m.exact_ms,
+    })
+}
+
+/// Moves pooled over repetitions: (present, gone, exact, incomplete).
+fn pooled(moves: &[&Move]) -> (Vec<f64>, Vec<f64>, Vec<f64>, usize) {
+    let present: Vec<f64> = moves.iter().filter_map(|m| m.present_ms).collect();
+    let gone: Vec<f64> = moves.iter().filter_map(|m| m.gone_ms).collect();
+    let exact: Vec<f64> = moves.iter().filter_map(|m| m.exact_ms).collect();
+    let incomplete = moves.len() - exact.len();
+    (present, gone, exact, incomplete)
+}
+
+fn pooled_json(moves: &[&Move]) -> Value {
+    let (present, gone, exact, incomplete) = pooled(moves);
+    json!({
+        "exact": {"p50": pctl(&exact, 50.0), "p99": pctl(&exact, 99.0), "max": pctl(&exact, 100.0), "n": exact.len()},
+        "present": {"p50": pctl(&present, 50.0), "p99": pctl(&present, 99.0)},
+        "gone": {"p50": pctl(&gone, 50.0), "p99": pctl(&gone, 99.0)},
+        "incomplete": incomplete,
+    })
+}
+
 fn rep_json(r: &Rep) -> Value {
     json!({
         "loadavg_start": r.load_start, "loadavg_end": r.load_end,
@@ -785,9 +827,8 @@ fn rep_json(r: &Rep) -> Value {
             "serving_cpu_s": g.busy_cpu_s, "serving_pct_of_core": g.busy_pct,
             "idle_n_pct_of_core": g.idle_n_pct, "rss_n_kib": g.rss_n_kib,
         })).collect::<Vec<_>>(),
-        "moves": r.moves.iter().map(|m| json!({
-            "new_node_present_ms": m.present_ms, "old_node_gone_ms": m.gone_ms, "exactly_new_node_ms": m.exact_ms,
-        })).collect::<Vec<_>>(),
+        "moves": r.moves.iter().map(move_json).collect::<Vec<_>>(),
+        "moves_with_n": r.moves_n.iter().map(move_json).collect::<Vec<_>>(),
         "floor": r.floor.as_ref().map(|f| json!({"all_s": f.all_s, "per_route_ms": f.per_route_ms})),
     })
 }
@@ -831,13 +872,7 @@ fn main() -> Result<()> {
         )
     };
     let moves: Vec<&Move> = reps.iter().flat_map(|r| r.moves.iter()).collect();
-    let mv = |f: &dyn Fn(&Move) -> Option<f64>| -> Vec<f64> {
-        moves.iter().filter_map(|m| f(m)).collect()
-    };
-    let exact = mv(&|m| m.exact_ms);
-    let present = mv(&|m| m.present_ms);
-    let gone = mv(&|m| m.gone_ms);
-    let incomplete = moves.len() - exact.len();
+    let moves_n: Vec<&Move> = reps.iter().flat_map(|r| r.moves_n.iter()).collect();
 
     let mut md = format!(
         "**{n} LoadBalancer Services created at once** ({NODES} twill-node agents on one embedded store, BIRD ToR; created back to back through `twill_api`, as `twillctl apply` does; {} repetitions, each a fresh lab; median (min–max) over repetitions; ToR polled with `birdc show route` every {} ms)\n\n",
@@ -905,31 +940,47 @@ fn main() -> Result<()> {
         );
     }
     md += &format!(
-        "\n**Endpoint moves** (a Local-policy LoadBalancer Service, its one ready endpoint moved to the next node by an EndpointSlice update; {} moves over {} repetitions, made before the {n} Services were created; `birdc show route PREFIX` polled every {} ms; goal p99 < 1 s)\n\n",
-        moves.len(),
+        "\n**Endpoint moves** (a Local-policy LoadBalancer Service, its one ready endpoint moved to the next node by an EndpointSlice update; {} moves per repetition over {} repetitions, once before the {n} Services were created and once, with another such Service, after all {n} were at the ToR; `birdc show route PREFIX` polled every {} ms; goal p99 < 1 s)\n\n",
+        a.moves,
         a.reps,
         MOVE_POLL.as_millis()
     );
-    let mrow = |what: &str, v: &[f64]| {
-        vec![
-            what.to_string(),
-            format!("{:.0}", pctl(v, 50.0)),
-            format!("{:.0}", pctl(v, 99.0)),
-            format!("{:.0}", pctl(v, 100.0)),
-            v.len().to_string(),
-        ]
-    };
-    md += &table(
-        &["slice written → ToR", "p50 ms", "p99 ms", "max ms", "moves"],
-        &[
-            mrow("new node's path present", &present),
-            mrow("old node's path gone", &gone),
-            mrow("next hops exactly the new node", &exact),
-        ],
-    );
-    if incomplete > 0 {
-        md += &format!("\n{incomplete} moves did not complete within 10 s.\n");
+    let mut mrows = Vec::new();
+    let mut incomplete_note = String::new();
+    for (present_n, set) in [(0, &moves), (n, &moves_n)] {
+        let (present, gone, exact, incomplete) = pooled(set);
+        for (what, v) in [
+            ("new node's path present", &present),
+            ("old node's path gone", &gone),
+            ("next hops exactly the new node", &exact),
+        ] {
+            mrows.push(vec![
+                present_n.to_string(),
+                what.to_string(),
+                format!("{:.0}", pctl(v, 50.0)),
+                format!("{:.0}", pctl(v, 99.0)),
+                format!("{:.0}", pctl(v, 100.0)),
+                v.len().to_string(),
+            ]);
+        }
+        if incomplete > 0 {
+            incomplete_note += &format!(
+                "\nWith {present_n} Services present, {incomplete} moves did not complete within 10 s.\n"
+            );
+        }
     }
+    md += &table(
+        &[
+            "Services present",
+            "slice written → ToR",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "moves",
+        ],
+        &mrows,
+    );
+    md += &incomplete_note;
     md += &format!(
         "\n**Agent CPU and memory** (per agent, from /proc; median (min–max) over {} agents × {} repetitions; idle windows {} s)\n\n",
         NODES,
@@ -992,12 +1043,8 @@ fn main() -> Result<()> {
         "idle_window_s": a.idle.as_secs(), "lb_pool": LB_POOL,
         "tor_poll_ms": TOR_POLL.as_millis() as u64, "move_poll_ms": MOVE_POLL.as_millis() as u64,
         "reps": reps.iter().map(rep_json).collect::<Vec<_>>(),
-        "moves_pooled_ms": {
-            "exact": {"p50": pctl(&exact, 50.0), "p99": pctl(&exact, 99.0), "max": pctl(&exact, 100.0), "n": exact.len()},
-            "present": {"p50": pctl(&present, 50.0), "p99": pctl(&present, 99.0)},
-            "gone": {"p50": pctl(&gone, 50.0), "p99": pctl(&gone, 99.0)},
-            "incomplete": incomplete,
-        },
+        "moves_pooled_ms": pooled_json(&moves),
+        "moves_with_n_pooled_ms": pooled_json(&moves_n),
     });
     write_to(&a.out, doc, &md)
 }

@@ -169,14 +169,13 @@ pub async fn report_loop(
         let secs = cfg.heartbeat.max(cfg.interval).as_secs().max(1) as u32;
         let due = match &written {
             Some((last, at)) => {
-                !same_but_time(last, &report)
-                    || at.elapsed() + cfg.interval / 2 >= cfg.heartbeat
+                !same_but_time(last, &report) || at.elapsed() + cfg.interval / 2 >= cfg.heartbeat
             }
             None => true,
         };
         let result = if due {
-            let r = super::write_report(&cfg.store, &cfg.node, secs, report.clone(), &mut cached)
-                .await;
+            let r =
+                super::write_report(&cfg.store, &cfg.node, secs, report.clone(), &mut cached).await;
             if r.is_ok() {
                 written = Some((report, Instant::now()));
             }
@@ -221,3 +220,27 @@ fn same_but_time(a: &NodeStatusReport, b: &NodeStatusReport) -> bool {
 /// How long a report waits after a change of the announced Service
 /// prefixes, so a burst of changes makes one write.
 const SERVICE_CHANGE_COALESCE: std::time::Duration = std::time::Duration::from_millis(200);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_time_of_a_report_does_not_make_it_new() {
+        let a = NodeStatusReport {
+            updated: "2026-01-01T00:00:00Z".into(),
+            endpoints: 1,
+            ..Default::default()
+        };
+        let later = NodeStatusReport {
+            updated: "2026-01-01T00:01:00Z".into(),
+            ..a.clone()
+        };
+        assert!(same_but_time(&a, &later));
+        let more = NodeStatusReport {
+            endpoints: 2,
+            ..later.clone()
+        };
+        assert!(!same_but_time(&a, &more));
+    }
+}

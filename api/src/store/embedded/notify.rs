@@ -257,7 +257,10 @@ impl Loop {
         // snapshot (BEGIN/COMMIT as cached statements, not parsed each time).
         self.conn.prepare_cached("BEGIN")?.execute([])?;
         let changes = self.changes();
-        let end = self.conn.prepare_cached("COMMIT").and_then(|mut s| s.execute([]));
+        let end = self
+            .conn
+            .prepare_cached("COMMIT")
+            .and_then(|mut s| s.execute([]));
         if end.is_err() {
             // A read transaction that cannot commit still must end.
             let _ = self.conn.execute_batch("ROLLBACK");

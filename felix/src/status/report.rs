@@ -206,15 +206,20 @@ pub async fn report_loop(
     }
 }
 
-/// Whether two reports say the same but for when they were made.
+/// Whether two reports say the same but for when they were made. A
+/// session's `since` is computed from its uptime at each report, so it
+/// moves by milliseconds between reports of the same session; a session
+/// that went down in between changes its state or `lastDownAt`.
 fn same_but_time(a: &NodeStatusReport, b: &NodeStatusReport) -> bool {
-    NodeStatusReport {
-        updated: String::new(),
-        ..a.clone()
-    } == NodeStatusReport {
-        updated: String::new(),
-        ..b.clone()
-    }
+    let timeless = |r: &NodeStatusReport| {
+        let mut r = r.clone();
+        r.updated.clear();
+        for p in &mut r.bgp_peers {
+            p.since.clear();
+        }
+        r
+    };
+    timeless(a) == timeless(b)
 }
 
 /// How long a report waits after a change of the announced Service
@@ -237,6 +242,21 @@ mod tests {
             ..a.clone()
         };
         assert!(same_but_time(&a, &later));
+        // A session's `since`, recomputed from its uptime, jitters.
+        let peer = |since: &str| twill_api::resources::PeerStatus {
+            since: since.into(),
+            state: "Established".into(),
+            ..Default::default()
+        };
+        let a = NodeStatusReport {
+            bgp_peers: vec![peer("2026-01-01T00:00:00.001Z")],
+            ..a
+        };
+        let jitter = NodeStatusReport {
+            bgp_peers: vec![peer("2026-01-01T00:00:00.003Z")],
+            ..a.clone()
+        };
+        assert!(same_but_time(&a, &jitter));
         let more = NodeStatusReport {
             endpoints: 2,
             ..later.clone()

@@ -41,6 +41,10 @@ pub struct AgentConfig {
     /// Create the Node object (with these labels) if it does not exist.
     pub register_node: Option<BTreeMap<String, String>>,
     pub status_interval: Duration,
+    /// The longest time between two NodeStatus writes when the report
+    /// does not change (at least `status_interval`; the report is built
+    /// every `status_interval` and written when it differs).
+    pub status_heartbeat: Duration,
     /// How long a block stays empty before it returns to the pool.
     pub block_grace: Duration,
     /// Time between full route resyncs (and NAT table checks).
@@ -206,6 +210,7 @@ impl Agent {
                 node: cfg.node_name.clone(),
                 store: cfg.store.clone(),
                 interval: cfg.status_interval,
+                heartbeat: cfg.status_heartbeat,
             },
             endpoints.clone(),
             routes.clone(),

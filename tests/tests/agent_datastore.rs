@@ -220,6 +220,7 @@ fn the_agent_tells_the_truth_about_its_datastore() {
                 mtu: None,
                 register_node: Some(BTreeMap::new()),
                 status_interval: STATUS_INTERVAL,
+                status_heartbeat: STATUS_INTERVAL,
                 block_grace: Duration::from_secs(240),
                 route_resync: Duration::from_secs(30),
                 node_address: Some(NODE_CIDR.parse().unwrap()),

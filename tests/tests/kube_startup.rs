@@ -542,6 +542,7 @@ fn twill_node_starts_against_the_kubernetes_api() {
                 mtu: None,
                 register_node: None,
                 status_interval: Duration::from_secs(1),
+                status_heartbeat: Duration::from_secs(1),
                 block_grace: Duration::from_secs(300),
                 route_resync: Duration::from_secs(30),
                 node_address: Some(NODE_CIDR.parse().unwrap()),

@@ -7,8 +7,9 @@
 //! (which returns only after a round in which every pod answered every
 //! other pod's ping, or fails), its phases from lab.json (rack, agents,
 //! pods, matrix = convergence), then the idle CPU of every twill-node over
-//! IDLE_SECONDS from `/proc/<pid>/stat` (utime+stime; BIRD and the pods'
-//! responders are counted apart), then `lab down`. Every run is in the JSON;
+//! IDLE_SECONDS from `/proc/<pid>/stat` (utime+stime with the children it
+//! waited for; BIRD and the pods' responders are counted apart), then
+//! `lab down`. Every run is in the JSON;
 //! the markdown gives median and min–max per size, and the load average.
 //!
 //! Run with `scripts/bench.sh lab-scale` (release build, as root).
@@ -26,11 +27,13 @@ fn clk_tck() -> f64 {
     if t > 0 { t as f64 } else { 100.0 }
 }
 
-/// utime + stime of a process in ticks (None when it is gone).
+/// utime + stime of a process and of the children it waited for (an
+/// agent's `nft` processes, if it starts any), in ticks (None when it is
+/// gone).
 fn cpu_ticks(pid: i64) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    (11..=14).map(|i| f.get(i)?.parse::<u64>().ok()).sum()
 }
 
 fn loadavg() -> String {
@@ -247,7 +250,7 @@ fn main() -> anyhow::Result<()> {
         ]);
     }
     let md = format!(
-        "`twillctl lab up --nodes N --pods-per-node 1 --route-reflectors 2 --tor bird`, {} build; median (min–max) over the runs; idle CPU of all twill-node agents from `/proc/<pid>/stat` over {} s after `lab up` returned. `lab up` returns after one round in which every pod answered every other pod (N·(N−1) pairs). Written by `bench/src/bin/lab_scale.rs` (every run in `lab_scale.json`). The machine ({}) is shared with other work: the load average (1 min) after each run's idle window is in the last column.\n\n{}",
+        "`twillctl lab up --nodes N --pods-per-node 1 --route-reflectors 2 --tor bird`, {} build; median (min–max) over the runs; idle CPU of all twill-node agents (with the processes they started) from `/proc/<pid>/stat` over {} s after `lab up` returned. `lab up` returns after one round in which every pod answered every other pod (N·(N−1) pairs). Written by `bench/src/bin/lab_scale.rs` (every run in `lab_scale.json`). The machine ({}) is shared with other work: the load average (1 min) after each run's idle window is in the last column.\n\n{}",
         if cfg!(debug_assertions) {
             "debug"
         } else {

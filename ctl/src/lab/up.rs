@@ -342,6 +342,8 @@ async fn build(
         args.extend(NODE_BGP_ARGS.iter().map(|s| s.to_string()));
         args.push("--status-interval".into());
         args.push(status_interval(plan.nodes.len()).as_secs().to_string());
+        args.push("--status-heartbeat".into());
+        args.push(status_heartbeat(plan.nodes.len()).as_secs().to_string());
         let pid = spawn_in(&n.ns, node_bin, &args, &ndir.join("twill-node.log"))?;
         st.add_proc(dir, &format!("twill-node {}", n.name), pid, "twill-node")?;
         st.node_args.insert(n.name.clone(), args);
@@ -388,6 +390,14 @@ const SHOW_NODES: usize = 16;
 /// each), so at 2 s a 100-node lab made 5,000 checks a second while idle.
 pub(super) fn status_interval(nodes: usize) -> Duration {
     Duration::from_secs((nodes as u64).div_ceil(5).max(2))
+}
+
+/// The longest a lab node leaves an unchanged report unwritten: three
+/// status intervals, so an idle lab writes at most 5/3 reports a second in
+/// all (a changed report is still written within one interval). A report
+/// is stale after three of these (`twillctl node status`).
+pub(super) fn status_heartbeat(nodes: usize) -> Duration {
+    3 * status_interval(nodes)
 }
 
 /// `--route-reflectors N`: the first N nodes become route reflectors (as

@@ -43,6 +43,11 @@ struct Args {
     /// Seconds between NodeStatus reports.
     #[arg(long, default_value = "10")]
     status_interval: u64,
+    /// Seconds a report that has not changed (but for its time) may go
+    /// unwritten; its `reportInterval`, by which readers judge it stale.
+    /// Default: the status interval (every report is written).
+    #[arg(long)]
+    status_heartbeat: Option<u64>,
     /// Seconds a block stays empty before it returns to the pool.
     #[arg(long, default_value = "300")]
     block_grace: u64,
@@ -147,6 +152,11 @@ fn main() -> anyhow::Result<()> {
             mtu: args.mtu,
             register_node: register,
             status_interval: Duration::from_secs(args.status_interval),
+            status_heartbeat: Duration::from_secs(
+                args.status_heartbeat
+                    .unwrap_or(args.status_interval)
+                    .max(args.status_interval),
+            ),
             block_grace: Duration::from_secs(args.block_grace),
             route_resync: Duration::from_secs(args.route_resync.max(1)),
             node_address: args.node_address,

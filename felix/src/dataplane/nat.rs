@@ -42,6 +42,8 @@ const PRIORITY: i32 = 100;
 pub enum NatError {
     #[error("nft: {0}")]
     Nft(#[from] NftablesError),
+    #[error("reading table inet {NAT_TABLE}: {0}")]
+    Read(String),
 }
 
 fn table() -> Table<'static> {
@@ -223,18 +225,19 @@ pub fn observed(listing: &Nftables) -> Option<NatConfig> {
     (sets_seen == SETS.len() && chain_ok && rules == want).then_some(cfg)
 }
 
-/// Our table as nft lists it, or None when it does not exist.
+/// Our table as nft lists it, or None when it does not exist. Read through
+/// libnftables in this process when it loads (the `nft` binary otherwise):
+/// the check runs every resync interval on every node, and a process
+/// start per check was most of an idle agent's nft cost.
 pub async fn read() -> Result<Option<Nftables<'static>>, NatError> {
-    match helper::get_current_ruleset_with_args_async(
-        helper::DEFAULT_NFT,
-        ["list", "table", "inet", NAT_TABLE],
-    )
-    .await
-    {
-        Ok(n) => Ok(Some(n)),
-        Err(NftablesError::NftFailed { stderr, .. }) if stderr.contains("No such file") => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    let listing = tokio::task::spawn_blocking(|| twill_nft::list_table_json("inet", NAT_TABLE))
+        .await
+        .map_err(|e| NatError::Read(e.to_string()))?
+        .map_err(|e| NatError::Read(e.to_string()))?;
+    listing
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|e| NatError::Read(format!("nft's listing of {NAT_TABLE}: {e}")))
 }
 
 /// The NAT table's manager: the kernel table is all its state.

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use twill_api::Store;
 use twill_api::resources::{
@@ -23,7 +23,11 @@ use crate::{health, metrics};
 pub struct ReportConfig {
     pub node: String,
     pub store: Store,
+    /// How often the report is built (and written if it changed).
     pub interval: Duration,
+    /// The longest time an unchanged report goes unwritten; the object's
+    /// `reportInterval`, by which readers judge a report stale.
+    pub heartbeat: Duration,
 }
 
 /// The status report's view of a programmed route.
@@ -75,9 +79,13 @@ pub fn block_summary(blocks: &[IPAMBlock], node: &str) -> BlockSummary {
     }
 }
 
-/// The periodic NodeStatus report. It makes one datastore request per
-/// interval at idle (the status write; a GET only when the cached object is
-/// stale): blocks come from the block watch, readiness from the watches.
+/// The periodic NodeStatus report, built every interval from the managers
+/// and the watches (blocks from the block watch, readiness from the
+/// watches), and written when it differs from the last one written (but
+/// for its time) or when the last write is a heartbeat old. Every write
+/// wakes every agent on the embedded store, so an idle node writes once a
+/// heartbeat. One datastore request per write (a GET only when the cached
+/// object is stale).
 pub async fn report_loop(
     cfg: ReportConfig,
     endpoints: Arc<Endpoints>,
@@ -87,6 +95,7 @@ pub async fn report_loop(
     blocks: tokio::sync::watch::Receiver<Option<BlockSummary>>,
 ) {
     let mut cached: Option<twill_api::resources::NodeStatus> = None;
+    let mut written: Option<(NodeStatusReport, Instant)> = None;
     let mut outage = Outage::default();
     let changed = bgp.lock().map(|b| b.changed.clone()).unwrap_or_default();
     loop {
@@ -157,8 +166,24 @@ pub async fn report_loop(
             invalid_objects,
             service_prefixes: bgp.service_prefixes,
         };
-        let secs = cfg.interval.as_secs().max(1) as u32;
-        match super::write_report(&cfg.store, &cfg.node, secs, report, &mut cached).await {
+        let secs = cfg.heartbeat.max(cfg.interval).as_secs().max(1) as u32;
+        let due = match &written {
+            Some((last, at)) => {
+                !same_but_time(last, &report) || at.elapsed() + cfg.interval / 2 >= cfg.heartbeat
+            }
+            None => true,
+        };
+        let result = if due {
+            let r =
+                super::write_report(&cfg.store, &cfg.node, secs, report.clone(), &mut cached).await;
+            if r.is_ok() {
+                written = Some((report, Instant::now()));
+            }
+            r
+        } else {
+            Ok(())
+        };
+        match result {
             Ok(()) => {
                 if let Change::Recovered { attempts } = outage.succeeded() {
                     tracing::info!(attempts, "the node status is written again");
@@ -181,6 +206,61 @@ pub async fn report_loop(
     }
 }
 
+/// Whether two reports say the same but for when they were made. A
+/// session's `since` is computed from its uptime at each report, so it
+/// moves by milliseconds between reports of the same session; a session
+/// that went down in between changes its state or `lastDownAt`.
+fn same_but_time(a: &NodeStatusReport, b: &NodeStatusReport) -> bool {
+    let timeless = |r: &NodeStatusReport| {
+        let mut r = r.clone();
+        r.updated.clear();
+        for p in &mut r.bgp_peers {
+            p.since.clear();
+        }
+        r
+    };
+    timeless(a) == timeless(b)
+}
+
 /// How long a report waits after a change of the announced Service
 /// prefixes, so a burst of changes makes one write.
 const SERVICE_CHANGE_COALESCE: std::time::Duration = std::time::Duration::from_millis(200);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_time_of_a_report_does_not_make_it_new() {
+        let a = NodeStatusReport {
+            updated: "2026-01-01T00:00:00Z".into(),
+            endpoints: 1,
+            ..Default::default()
+        };
+        let later = NodeStatusReport {
+            updated: "2026-01-01T00:01:00Z".into(),
+            ..a.clone()
+        };
+        assert!(same_but_time(&a, &later));
+        // A session's `since`, recomputed from its uptime, jitters.
+        let peer = |since: &str| twill_api::resources::PeerStatus {
+            since: since.into(),
+            state: "Established".into(),
+            ..Default::default()
+        };
+        let a = NodeStatusReport {
+            bgp_peers: vec![peer("2026-01-01T00:00:00.001Z")],
+            ..a
+        };
+        let jitter = NodeStatusReport {
+            bgp_peers: vec![peer("2026-01-01T00:00:00.003Z")],
+            ..a.clone()
+        };
+        assert!(same_but_time(&a, &jitter));
+        let more = NodeStatusReport {
+            endpoints: 2,
+            ..later.clone()
+        };
+        assert!(!same_but_time(&a, &more));
+    }
+}

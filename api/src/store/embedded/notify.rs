@@ -5,9 +5,13 @@
 //! an inotify watch of that file (`IN_MODIFY`) and, when woken, makes one
 //! revision check: a read of the global revision and, if it moved, of which
 //! kinds changed since the last check. It wakes only the watches of those
-//! kinds. The WAL writes come just before the commit becomes visible, so
-//! the thread waits 0.2 ms after an event before it checks, and a check
-//! that finds nothing new is repeated a few times (1 ms to 64 ms). Every
+//! kinds. The revision is read first on its own (a cached statement, no
+//! explicit transaction): most checks end there, and only one that finds a
+//! new revision opens a transaction for the events. The WAL writes come
+//! just before the commit becomes visible, so the thread waits 2 ms after
+//! an event before it checks (writers that commit together, as agents
+//! writing their reports, then make one check), and a check that finds
+//! nothing new is repeated a few times (1 ms to 64 ms). Every
 //! wake checks the whole store, so a queue overflow or a coalesced event
 //! loses nothing; a wake that never comes is caught by a slow safety check
 //! (default every 1 s). Where inotify is unavailable (the
@@ -52,10 +56,12 @@ impl Default for NotifyOptions {
 }
 
 /// After an event, the pause before draining and checking: a commit is
-/// several WAL writes and then the index update, microseconds in all, so
-/// one check usually sees it and its later writes' events are drained too
-/// (instead of each waking a check that finds nothing).
-const GATHER: Duration = Duration::from_micros(200);
+/// several WAL writes and then the index update, microseconds on an idle
+/// machine but longer on a loaded one, so one check usually sees it and its
+/// later writes' events are drained too (instead of each waking a check
+/// that finds nothing); commits by other writers within the pause join the
+/// same check. 2 ms of the 50 ms a change may take to reach a watch.
+const GATHER: Duration = Duration::from_millis(2);
 
 /// Re-checks (µs apart) after an event whose check showed no new revision:
 /// the writer may have been preempted between its last write and the index
@@ -158,10 +164,9 @@ fn wal_path(db: &Path) -> PathBuf {
 }
 
 fn revision(c: &Connection) -> rusqlite::Result<u64> {
-    c.query_row("SELECT value FROM meta WHERE key = 'revision'", [], |r| {
-        r.get::<_, i64>(0)
-    })
-    .map(|v| v as u64)
+    c.prepare_cached("SELECT value FROM meta WHERE key = 'revision'")?
+        .query_row([], |r| r.get::<_, i64>(0))
+        .map(|v| v as u64)
 }
 
 struct Loop {
@@ -244,34 +249,60 @@ impl Loop {
     /// Returns whether the revision moved.
     fn check(&mut self) -> rusqlite::Result<bool> {
         self.shared.count();
-        let tx = self.conn.transaction()?;
-        let rev = revision(&tx)?;
-        if rev == self.seen {
+        // Most checks end here: one statement, its own read snapshot.
+        if revision(&self.conn)? == self.seen {
             return Ok(false);
         }
-        let compacted: i64 =
-            tx.query_row("SELECT value FROM meta WHERE key = 'compacted'", [], |r| {
-                r.get(0)
-            })?;
-        if rev < self.seen || compacted as u64 > self.seen {
+        // News: the revision, the compaction mark and the events in one
+        // snapshot (BEGIN/COMMIT as cached statements, not parsed each time).
+        self.conn.prepare_cached("BEGIN")?.execute([])?;
+        let changes = self.changes();
+        let end = self
+            .conn
+            .prepare_cached("COMMIT")
+            .and_then(|mut s| s.execute([]));
+        if end.is_err() {
+            // A read transaction that cannot commit still must end.
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        let (rev, kinds) = changes?;
+        end?;
+        match kinds {
             // A different file, or events gone: every watch looks itself.
-            self.shared.wake_all();
-        } else {
-            let mut stmt = tx
-                .prepare_cached("SELECT kind, max(rev) FROM events WHERE rev > ?1 GROUP BY kind")?;
-            let rows = stmt.query_map(params![self.seen as i64], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-            })?;
-            for row in rows {
-                let (name, max) = row?;
-                match Kind::ALL.iter().find(|k| k.name() == name) {
-                    Some(k) => self.shared.bump(*k, max as u64),
-                    None => self.shared.wake_all(),
+            None => self.shared.wake_all(),
+            Some(kinds) => {
+                for (name, max) in kinds {
+                    match Kind::ALL.iter().find(|k| k.name() == name) {
+                        Some(k) => self.shared.bump(*k, max),
+                        None => self.shared.wake_all(),
+                    }
                 }
             }
         }
         self.seen = rev;
         Ok(true)
+    }
+
+    /// Inside a read transaction: the revision and the kinds changed since
+    /// the last check with their newest revision (None: cannot tell, the
+    /// events since then are compacted or the file is another one).
+    #[allow(clippy::type_complexity)]
+    fn changes(&self) -> rusqlite::Result<(u64, Option<Vec<(String, u64)>>)> {
+        let rev = revision(&self.conn)?;
+        let compacted: i64 = self
+            .conn
+            .prepare_cached("SELECT value FROM meta WHERE key = 'compacted'")?
+            .query_row([], |r| r.get(0))?;
+        if rev < self.seen || compacted as u64 > self.seen {
+            return Ok((rev, None));
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT kind, max(rev) FROM events WHERE rev > ?1 GROUP BY kind")?;
+        let rows = stmt.query_map(params![self.seen as i64], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })?;
+        Ok((rev, Some(rows.collect::<rusqlite::Result<Vec<_>>>()?)))
     }
 }
 

@@ -10,6 +10,7 @@ use super::{Plan, REFLECTOR_LABEL, Tor};
 impl Plan {
     /// The Twill resources the lab applies to its store.
     pub fn resources(&self) -> String {
+        let (ka, hold) = self.bgp_timers();
         let mut docs = vec![format!(
             "apiVersion: twill.dev/v1\nkind: IPPool\nmetadata:\n  name: lab-ipv4\nspec:\n  cidr: {}\n  blockSize: {}\n  natOutgoing: true\n  nodeSelector: all()\n",
             self.pool, self.block_size
@@ -21,7 +22,7 @@ impl Plan {
             ));
         }
         docs.push(format!(
-            "apiVersion: twill.dev/v1\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  asNumber: {}\n  nodeToNodeMeshEnabled: {}\n  holdTime: 9\n  keepaliveTime: 3\n  gracefulRestart:\n    enabled: true\n    restartTime: 20\n",
+            "apiVersion: twill.dev/v1\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  asNumber: {}\n  nodeToNodeMeshEnabled: {}\n  holdTime: {hold}\n  keepaliveTime: {ka}\n  gracefulRestart:\n    enabled: true\n    restartTime: 20\n",
             self.node_as,
             self.route_reflectors.is_empty() && !self.tor_reflector
         ));
@@ -58,6 +59,18 @@ impl Plan {
     }
 
     /// The rack's subnet (the nodes' and the ToR's addresses), e.g. 172.30.0.0/24.
+    /// BGP keepalive and hold time (seconds) on every session of the lab,
+    /// both ends: 3 and 9 below 20 nodes (a silent peer is noticed within
+    /// 9 s), then a keepalive every nodes/5 s (at most 20 s), hold three
+    /// keepalives. A reflector or the ToR keeps one session per node, so at
+    /// 3 s a 100-node lab sent and read about 130 keepalives a second while
+    /// idle; at 20 s it is 20. A stopped agent still ends its sessions at
+    /// once (its sockets close); only a silent peer waits for the hold time.
+    pub fn bgp_timers(&self) -> (u64, u64) {
+        let ka = (self.nodes.len() as u64 / 5).clamp(3, 20);
+        (ka, 3 * ka)
+    }
+
     pub fn rack_subnet(&self) -> String {
         let net = ipnetwork::Ipv4Network::new(self.tor_addr, self.prefix_len)
             .map(|n| n.network())
@@ -68,12 +81,13 @@ impl Plan {
     /// BIRD 2 configuration for the ToR: learn every node's routes into the
     /// kernel, send nothing back — or, as the rack's reflector, reflect them.
     pub fn bird_conf(&self) -> String {
+        let (_, hold) = self.bgp_timers();
         if self.tor_reflector {
             return self.bird_reflector_conf();
         }
         let mut s = format!(
             "router id {tor};\nprotocol device {{}}\nprotocol direct {{ ipv4; interface \"rack\"; }}\nprotocol kernel {{ ipv4 {{ export where source = RTS_BGP; }}; merge paths on; }}\n\
-             template bgp node {{\n  local {tor} as {tas};\n  hold time 9;\n  graceful restart on;\n  ipv4 {{ import all; export none; }};\n}}\n",
+             template bgp node {{\n  local {tor} as {tas};\n  hold time {hold};\n  graceful restart on;\n  ipv4 {{ import all; export none; }};\n}}\n",
             tor = self.tor_addr,
             tas = self.tor_as
         );
@@ -88,7 +102,7 @@ impl Plan {
         if let Some(v6) = &self.v6 {
             s += &format!(
                 "protocol direct {{ ipv6; interface \"rack\"; }}\nprotocol kernel {{ ipv6 {{ export where source = RTS_BGP; }}; merge paths on; }}\n\
-                 template bgp node6 {{\n  local {tor6} as {tas};\n  hold time 9;\n  graceful restart on;\n  ipv6 {{ import all; export none; }};\n}}\n",
+                 template bgp node6 {{\n  local {tor6} as {tas};\n  hold time {hold};\n  graceful restart on;\n  ipv6 {{ import all; export none; }};\n}}\n",
                 tor6 = v6.tor_addr,
                 tas = self.tor_as
             );
@@ -114,6 +128,7 @@ impl Plan {
     /// installs the pod routes as unreachable (reflection still works, but
     /// the ToR itself drops traffic to pods).
     fn bird_reflector_conf(&self) -> String {
+        let (ka, hold) = self.bgp_timers();
         let mut s = format!(
             r#"router id {tor};
 
@@ -139,8 +154,8 @@ protocol bgp twill_nodes {{
   direct;
   rr client;
   rr cluster id {tor};
-  hold time 9;
-  keepalive time 3;
+  hold time {hold};
+  keepalive time {ka};
   graceful restart on;
   graceful restart time 120;
   ipv4 {{
@@ -180,8 +195,8 @@ protocol bgp twill_nodes6 {{
   direct;
   rr client;
   rr cluster id {tor};
-  hold time 9;
-  keepalive time 3;
+  hold time {hold};
+  keepalive time {ka};
   graceful restart on;
   graceful restart time 120;
   ipv6 {{
@@ -206,6 +221,7 @@ protocol bgp twill_nodes6 {{
 
     /// FRR bgpd configuration for the ToR (with zebra for kernel routes).
     pub fn frr_conf(&self) -> String {
+        let (ka, hold) = self.bgp_timers();
         if self.tor_reflector {
             return self.frr_reflector_conf();
         }
@@ -215,7 +231,7 @@ protocol bgp twill_nodes6 {{
         );
         for n in &self.nodes {
             s += &format!(
-                " neighbor {} remote-as {}\n neighbor {} timers 3 9\n",
+                " neighbor {} remote-as {}\n neighbor {} timers {ka} {hold}\n",
                 n.addr, self.node_as, n.addr
             );
         }
@@ -234,7 +250,7 @@ protocol bgp twill_nodes6 {{
             let mut neighbors = String::new();
             for a in &v6_nodes {
                 neighbors += &format!(
-                    " neighbor {a} remote-as {}\n neighbor {a} timers 3 9\n",
+                    " neighbor {a} remote-as {}\n neighbor {a} timers {ka} {hold}\n",
                     self.node_as
                 );
             }
@@ -271,6 +287,7 @@ protocol bgp twill_nodes6 {{
     /// clients, the pool's blocks and /32s in and out, iBGP multipath into the
     /// kernel.
     fn frr_reflector_conf(&self) -> String {
+        let (ka, hold) = self.bgp_timers();
         let limit = if self.nodes.len() > 100 {
             format!(" bgp listen limit {}\n", self.nodes.len())
         } else {
@@ -288,7 +305,7 @@ router bgp {asn}
  bgp graceful-restart
  neighbor twill peer-group
  neighbor twill remote-as internal
- neighbor twill timers 3 9
+ neighbor twill timers {ka} {hold}
  bgp listen range {rack} peer-group twill
 {limit} !
  address-family ipv4 unicast
@@ -313,6 +330,7 @@ router bgp {asn}
     /// As the rack's reflector, every node is an RR client (next hops stay
     /// the nodes', so pods reach each other without the ToR forwarding).
     pub fn gobgp_toml(&self) -> String {
+        let (ka, hold) = self.bgp_timers();
         if self.tor_reflector {
             return self.gobgp_reflector_toml();
         }
@@ -327,7 +345,7 @@ router bgp {asn}
         // One neighbor per node address; the ToR sends nothing back.
         let neighbor = |addr: String| {
             format!(
-                "\n[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{addr}\"\n    peer-as = {}\n  [neighbors.timers.config]\n    hold-time = 9\n    keepalive-interval = 3\n  [neighbors.apply-policy.config]\n    default-export-policy = \"reject-route\"\n",
+                "\n[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{addr}\"\n    peer-as = {}\n  [neighbors.timers.config]\n    hold-time = {hold}\n    keepalive-interval = {ka}\n  [neighbors.apply-policy.config]\n    default-export-policy = \"reject-route\"\n",
                 self.node_as
             )
         };
@@ -341,6 +359,7 @@ router bgp {asn}
     }
 
     fn gobgp_reflector_toml(&self) -> String {
+        let (ka, hold) = self.bgp_timers();
         let mut s = format!(
             "[global.config]\n  as = {asn}\n  router-id = \"{tor}\"\n  local-address-list = [\"{tor}\"]\n",
             asn = self.tor_as,
@@ -348,7 +367,7 @@ router bgp {asn}
         );
         for n in &self.nodes {
             s += &format!(
-                "\n[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{addr}\"\n    peer-as = {asn}\n  [neighbors.timers.config]\n    hold-time = 9\n    keepalive-interval = 3\n  [neighbors.route-reflector.config]\n    route-reflector-client = true\n    route-reflector-cluster-id = \"{tor}\"\n",
+                "\n[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{addr}\"\n    peer-as = {asn}\n  [neighbors.timers.config]\n    hold-time = {hold}\n    keepalive-interval = {ka}\n  [neighbors.route-reflector.config]\n    route-reflector-client = true\n    route-reflector-cluster-id = \"{tor}\"\n",
                 addr = n.addr,
                 asn = self.tor_as,
                 tor = self.tor_addr

@@ -160,6 +160,27 @@ impl Lab {
             .expect("run twillctl")
     }
 
+    /// `twillctl apply -f` of a manifest; panics with twillctl's output
+    /// when it is refused.
+    pub fn apply(&self, yaml: &str) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let f = dir.path().join("obj.yaml");
+        std::fs::write(&f, yaml).expect("write manifest");
+        let out = self.twillctl(&["apply", "-f", f.to_str().expect("utf-8")]);
+        assert!(
+            out.status.success(),
+            "apply: {}{}\n{yaml}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `twillctl get KIND NAME -n NAMESPACE -o json` (Null when absent).
+    pub fn get_json(&self, kind: &str, namespace: &str, name: &str) -> Value {
+        let out = self.twillctl(&["get", kind, name, "-n", namespace, "-o", "json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    }
+
     /// `twillctl lab --dir DIR ARGS` (any lab subcommand).
     pub fn lab(&self, args: &[&str]) -> Output {
         twillctl()

@@ -39,22 +39,8 @@ const LB_POOL: &str = "10.251.9.0/28";
 const TOR_ALLOWED: &str = "172.30.0.250";
 const TOR_OTHER: &str = "172.30.0.1";
 
-fn apply(lab: &Lab, yaml: &str) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let f = dir.path().join("obj.yaml");
-    std::fs::write(&f, yaml).expect("write manifest");
-    let out = lab.twillctl(&["apply", "-f", f.to_str().expect("utf-8")]);
-    assert!(
-        out.status.success(),
-        "apply: {}{}\n{yaml}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn service(lab: &Lab, name: &str) -> Value {
-    let out = lab.twillctl(&["get", "service", name, "-n", NS, "-o", "json"]);
-    serde_json::from_slice(&out.stdout).unwrap_or_default()
+    lab.get_json("service", NS, name)
 }
 
 fn cluster_ip(lab: &Lab, name: &str) -> String {
@@ -465,9 +451,7 @@ fn source_ranges_sctp_local_policy_flush_and_the_nodes_udp_refusal() {
     udp_server(&ns1, 5353, "one", stop.clone());
     udp_server(&ns2, 5353, "two", stop.clone());
 
-    apply(
-        &lab,
-        &format!(
+    lab.apply(&format!(
             "apiVersion: twill.dev/v1\nkind: IPPool\nmetadata:\n  name: lb\nspec:\n  cidr: {LB_POOL}\n  allowedUses: [LoadBalancer]\n"
         ),
     );
@@ -496,18 +480,12 @@ fn source_ranges_sctp_local_policy_flush_and_the_nodes_udp_refusal() {
             "rack",
         ],
     );
-    apply(
-        &lab,
-        &svc(
-            "fw",
-            &format!("  type: LoadBalancer\n  loadBalancerSourceRanges: [{TOR_ALLOWED}/32]\n"),
-            &[("p", "UDP", 53, 5353)],
-        ),
-    );
-    apply(
-        &lab,
-        &slice("fw", "IPv4", &[("p", "UDP", 5353)], &[(&a, "n1")]),
-    );
+    lab.apply(&svc(
+        "fw",
+        &format!("  type: LoadBalancer\n  loadBalancerSourceRanges: [{TOR_ALLOWED}/32]\n"),
+        &[("p", "UDP", 53, 5353)],
+    ));
+    lab.apply(&slice("fw", "IPv4", &[("p", "UDP", 5353)], &[(&a, "n1")]));
     let fw = sa(&lb_ip(&lab, "fw"), 53);
     assert!(
         wait_until(Duration::from_secs(20), || udp_once(
@@ -544,29 +522,20 @@ fn source_ranges_sctp_local_policy_flush_and_the_nodes_udp_refusal() {
 
     // --- SCTP: a crafted INIT to a cluster IP is translated to the endpoint.
     // One Service, the same port number for SCTP (→ 7100) and TCP (→ 80).
-    apply(
-        &lab,
-        &svc(
-            "mix",
-            "",
-            &[("s", "SCTP", 7000, 7100), ("t", "TCP", 7000, 80)],
-        ),
-    );
-    apply(
-        &lab,
-        &slice(
-            "mix",
-            "IPv4",
-            &[("s", "SCTP", 7100), ("t", "TCP", 80)],
-            &[(&b, "n2")],
-        ),
-    );
+    lab.apply(&svc(
+        "mix",
+        "",
+        &[("s", "SCTP", 7000, 7100), ("t", "TCP", 7000, 80)],
+    ));
+    lab.apply(&slice(
+        "mix",
+        "IPv4",
+        &[("s", "SCTP", 7100), ("t", "TCP", 80)],
+        &[(&b, "n2")],
+    ));
     // And a TCP-only Service: SCTP to its port is not for it.
-    apply(&lab, &svc("tonly", "", &[("t", "TCP", 7000, 80)]));
-    apply(
-        &lab,
-        &slice("tonly", "IPv4", &[("t", "TCP", 80)], &[(&b, "n2")]),
-    );
+    lab.apply(&svc("tonly", "", &[("t", "TCP", 7000, 80)]));
+    lab.apply(&slice("tonly", "IPv4", &[("t", "TCP", 80)], &[(&b, "n2")]));
     let mix: Ipv4Addr = cluster_ip(&lab, "mix").parse().expect("IPv4");
     let tonly: Ipv4Addr = cluster_ip(&lab, "tonly").parse().expect("IPv4");
     let mix_s = mix.to_string();
@@ -621,18 +590,12 @@ fn source_ranges_sctp_local_policy_flush_and_the_nodes_udp_refusal() {
     // --- externalTrafficPolicy Local: the node's own UDP to the LB address
     // and its node port is served by the cluster set; when that endpoint
     // goes, the same client sockets move (stale entries flushed).
-    apply(
-        &lab,
-        &svc(
-            "loc",
-            "  type: LoadBalancer\n  externalTrafficPolicy: Local\n",
-            &[("p", "UDP", 53, 5353)],
-        ),
-    );
-    apply(
-        &lab,
-        &slice("loc", "IPv4", &[("p", "UDP", 5353)], &[(&a, "n1")]),
-    );
+    lab.apply(&svc(
+        "loc",
+        "  type: LoadBalancer\n  externalTrafficPolicy: Local\n",
+        &[("p", "UDP", 53, 5353)],
+    ));
+    lab.apply(&slice("loc", "IPv4", &[("p", "UDP", 5353)], &[(&a, "n1")]));
     let loc_lb = sa(&lb_ip(&lab, "loc"), 53);
     let n2 = node_addr(&lab, "n2", "addr");
     let loc_np = sa(&n2, node_port(&lab, "loc", 0));
@@ -646,10 +609,7 @@ fn source_ranges_sctp_local_policy_flush_and_the_nodes_udp_refusal() {
             "n2 -> {to} (Local policy, endpoint on n1) never answered: {last:?}"
         );
     }
-    apply(
-        &lab,
-        &slice("loc", "IPv4", &[("p", "UDP", 5353)], &[(&b, "n2")]),
-    );
+    lab.apply(&slice("loc", "IPv4", &[("p", "UDP", 5353)], &[(&b, "n2")]));
     for (c, to) in [(&via_lb, loc_lb), (&via_np, loc_np)] {
         let (ok, last) = c.until("two", Duration::from_secs(5));
         assert!(
@@ -663,7 +623,7 @@ fn source_ranges_sctp_local_policy_flush_and_the_nodes_udp_refusal() {
     }
 
     // --- The node's own UDP to a Service without endpoints.
-    apply(&lab, &svc("none", "", &[("p", "UDP", 53, 5353)]));
+    lab.apply(&svc("none", "", &[("p", "UDP", 53, 5353)]));
     let none = sa(&cluster_ip(&lab, "none"), 53);
     let n1_ns = lab.ns("n1");
     // (send error, recv error or answer, time taken) of one connected exchange.
@@ -709,10 +669,7 @@ fn source_ranges_sctp_local_policy_flush_and_the_nodes_udp_refusal() {
         "a pod's UDP to {none} (no endpoints): want ECONNREFUSED, got {last:?}"
     );
     // With an endpoint, the same kind of socket from the node gets the answer.
-    apply(
-        &lab,
-        &slice("none", "IPv4", &[("p", "UDP", 5353)], &[(&a, "n1")]),
-    );
+    lab.apply(&slice("none", "IPv4", &[("p", "UDP", 5353)], &[(&a, "n1")]));
     let mut last = None;
     assert!(
         wait_until(Duration::from_secs(20), || {
@@ -742,16 +699,13 @@ fn ipv6_udp_flush_and_ipv6_node_port_from_the_tor() {
     let _servers = Servers(stop.clone());
     udp_server(&lab.ns(p1), 5353, "one", stop.clone());
     udp_server(&lab.ns(p2), 5353, "two", stop.clone());
-    apply(
-        &lab,
-        &svc(
-            "dns6",
-            "  type: NodePort\n  ipFamilies: [IPv6]\n  ipFamilyPolicy: SingleStack\n",
-            &[("u", "UDP", 53, 5353), ("t", "TCP", 80, 80)],
-        ),
-    );
+    lab.apply(&svc(
+        "dns6",
+        "  type: NodePort\n  ipFamilies: [IPv6]\n  ipFamilyPolicy: SingleStack\n",
+        &[("u", "UDP", 53, 5353), ("t", "TCP", 80, 80)],
+    ));
     let ports = [("u", "UDP", 5353), ("t", "TCP", 80)];
-    apply(&lab, &slice("dns6", "IPv6", &ports, &[(&a6, "n1")]));
+    lab.apply(&slice("dns6", "IPv6", &ports, &[(&a6, "n1")]));
     let ip = cluster_ip(&lab, "dns6");
     assert!(ip.starts_with("fd00:96::"), "{ip}");
     let (udp_np, tcp_np) = (node_port(&lab, "dns6", 0), node_port(&lab, "dns6", 1));
@@ -772,7 +726,7 @@ fn ipv6_udp_flush_and_ipv6_node_port_from_the_tor() {
         let (ok, last) = c.until("one", Duration::from_secs(20));
         assert!(ok, "{to} never answered over IPv6: {last:?}");
     }
-    apply(&lab, &slice("dns6", "IPv6", &ports, &[(&b6, "n2")]));
+    lab.apply(&slice("dns6", "IPv6", &ports, &[(&b6, "n2")]));
     for (c, to) in [(&from_node, to_cip), (&from_tor, to_np)] {
         let (ok, last) = c.until("two", Duration::from_secs(5));
         assert!(

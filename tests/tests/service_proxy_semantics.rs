@@ -24,22 +24,8 @@ use twill_tests::{require_root, wait_until};
 
 const NS: &str = "lab";
 
-fn apply(lab: &Lab, yaml: &str) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let f = dir.path().join("obj.yaml");
-    std::fs::write(&f, yaml).expect("write manifest");
-    let out = lab.twillctl(&["apply", "-f", f.to_str().expect("utf-8")]);
-    assert!(
-        out.status.success(),
-        "apply: {}{}\n{yaml}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn service(lab: &Lab, name: &str) -> Value {
-    let out = lab.twillctl(&["get", "service", name, "-n", NS, "-o", "json"]);
-    serde_json::from_slice(&out.stdout).unwrap_or_default()
+    lab.get_json("service", NS, name)
 }
 
 fn cluster_ip(lab: &Lab, name: &str) -> String {
@@ -213,16 +199,13 @@ fn endpoint_conditions_affinity_hairpin_and_traffic_policies() {
     let (p1s, p2s) = (p1.to_string(), p2.to_string());
 
     // --- EndpointSlice conditions: both ready → both used.
-    apply(&lab, &svc("cond", "", "TCP", 80, 80));
-    apply(
-        &lab,
-        &slice(
-            "cond",
-            "TCP",
-            80,
-            &[(&a, "n1", true, true, false), (&b, "n2", true, true, false)],
-        ),
-    );
+    lab.apply(&svc("cond", "", "TCP", 80, 80));
+    lab.apply(&slice(
+        "cond",
+        "TCP",
+        80,
+        &[(&a, "n1", true, true, false), (&b, "n2", true, true, false)],
+    ));
     let cond = sa(&cluster_ip(&lab, "cond"), 80);
     let first = wait_answer(&ns1, cond, |r| r.is_ok());
     assert!(first.is_ok(), "the cluster IP never answered: {first:?}");
@@ -238,18 +221,15 @@ fn endpoint_conditions_affinity_hairpin_and_traffic_policies() {
         "two ready endpoints: both are picked"
     );
     // Not ready (and not serving): never used.
-    apply(
-        &lab,
-        &slice(
-            "cond",
-            "TCP",
-            80,
-            &[
-                (&a, "n1", true, true, false),
-                (&b, "n2", false, false, false),
-            ],
-        ),
-    );
+    lab.apply(&slice(
+        "cond",
+        "TCP",
+        80,
+        &[
+            (&a, "n1", true, true, false),
+            (&b, "n2", false, false, false),
+        ],
+    ));
     assert!(wait_until(Duration::from_secs(10), || {
         (0..8).all(|_| tcp(&ns1, cond).as_deref() == Ok(p1))
     }));
@@ -261,18 +241,15 @@ fn endpoint_conditions_affinity_hairpin_and_traffic_policies() {
         );
     }
     // No ready endpoint: the serving terminating one is the fallback.
-    apply(
-        &lab,
-        &slice(
-            "cond",
-            "TCP",
-            80,
-            &[
-                (&a, "n1", false, true, true),
-                (&b, "n2", false, false, false),
-            ],
-        ),
-    );
+    lab.apply(&slice(
+        "cond",
+        "TCP",
+        80,
+        &[
+            (&a, "n1", false, true, true),
+            (&b, "n2", false, false, false),
+        ],
+    ));
     std::thread::sleep(Duration::from_secs(1));
     for _ in 0..10 {
         assert_eq!(
@@ -282,18 +259,15 @@ fn endpoint_conditions_affinity_hairpin_and_traffic_policies() {
         );
     }
     // Nothing serving: refused at once (a reset, no hang).
-    apply(
-        &lab,
-        &slice(
-            "cond",
-            "TCP",
-            80,
-            &[
-                (&a, "n1", false, false, true),
-                (&b, "n2", false, false, false),
-            ],
-        ),
-    );
+    lab.apply(&slice(
+        "cond",
+        "TCP",
+        80,
+        &[
+            (&a, "n1", false, false, true),
+            (&b, "n2", false, false, false),
+        ],
+    ));
     let r = wait_answer(&ns1, cond, |r| {
         r.as_ref().err().map(String::as_str) == Some("refused")
     });
@@ -311,25 +285,19 @@ fn endpoint_conditions_affinity_hairpin_and_traffic_policies() {
     );
 
     // --- Session affinity ClientIP: one endpoint per client, with the timeout in the kernel.
-    apply(
-        &lab,
-        &svc(
-            "sticky",
-            "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 90}}\n",
-            "TCP",
-            80,
-            80,
-        ),
-    );
-    apply(
-        &lab,
-        &slice(
-            "sticky",
-            "TCP",
-            80,
-            &[(&a, "n1", true, true, false), (&b, "n2", true, true, false)],
-        ),
-    );
+    lab.apply(&svc(
+        "sticky",
+        "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 90}}\n",
+        "TCP",
+        80,
+        80,
+    ));
+    lab.apply(&slice(
+        "sticky",
+        "TCP",
+        80,
+        &[(&a, "n1", true, true, false), (&b, "n2", true, true, false)],
+    ));
     let sticky = sa(&cluster_ip(&lab, "sticky"), 80);
     let first = wait_answer(&ns1, sticky, |r| r.is_ok()).expect("sticky answers");
     for _ in 0..20 {
@@ -354,11 +322,8 @@ fn endpoint_conditions_affinity_hairpin_and_traffic_policies() {
     );
 
     // --- Hairpin: a pod reaching itself through its Service.
-    apply(&lab, &svc("self", "", "TCP", 80, 80));
-    apply(
-        &lab,
-        &slice("self", "TCP", 80, &[(&a, "n1", true, true, false)]),
-    );
+    lab.apply(&svc("self", "", "TCP", 80, 80));
+    lab.apply(&slice("self", "TCP", 80, &[(&a, "n1", true, true, false)]));
     let me = sa(&cluster_ip(&lab, "self"), 80);
     let r = wait_answer(&ns1, me, |r| r.is_ok());
     assert_eq!(
@@ -369,14 +334,14 @@ fn endpoint_conditions_affinity_hairpin_and_traffic_policies() {
     assert_eq!(tcp(&ns2, me).as_deref(), Ok(p1), "and others reach it too");
 
     // --- internalTrafficPolicy Local: only clients on the endpoint's node.
-    apply(
-        &lab,
-        &svc("near", "  internalTrafficPolicy: Local\n", "TCP", 80, 80),
-    );
-    apply(
-        &lab,
-        &slice("near", "TCP", 80, &[(&a, "n1", true, true, false)]),
-    );
+    lab.apply(&svc(
+        "near",
+        "  internalTrafficPolicy: Local\n",
+        "TCP",
+        80,
+        80,
+    ));
+    lab.apply(&slice("near", "TCP", 80, &[(&a, "n1", true, true, false)]));
     let near = sa(&cluster_ip(&lab, "near"), 80);
     assert_eq!(wait_answer(&ns1, near, |r| r.is_ok()).as_deref(), Ok(p1));
     let r = wait_answer(&ns2, near, |r| {
@@ -392,20 +357,14 @@ fn endpoint_conditions_affinity_hairpin_and_traffic_policies() {
     let stop = Arc::new(AtomicBool::new(false));
     let _servers = Servers(stop.clone());
     peer_server(&ns1, 8081, stop.clone());
-    apply(
-        &lab,
-        &svc(
-            "ext",
-            "  type: LoadBalancer\n  externalTrafficPolicy: Local\n",
-            "TCP",
-            81,
-            8081,
-        ),
-    );
-    apply(
-        &lab,
-        &slice("ext", "TCP", 8081, &[(&a, "n1", true, true, false)]),
-    );
+    lab.apply(&svc(
+        "ext",
+        "  type: LoadBalancer\n  externalTrafficPolicy: Local\n",
+        "TCP",
+        81,
+        8081,
+    ));
+    lab.apply(&slice("ext", "TCP", 8081, &[(&a, "n1", true, true, false)]));
     let s = service(&lab, "ext");
     let node_port = s["spec"]["ports"][0]["nodePort"]
         .as_u64()
@@ -445,16 +404,13 @@ fn endpoint_conditions_affinity_hairpin_and_traffic_policies() {
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("\"localEndpoints\":0"), "{body}");
     // The same Service under the Cluster policy: both nodes answer, masqueraded.
-    apply(
-        &lab,
-        &svc(
-            "ext",
-            "  type: LoadBalancer\n  externalTrafficPolicy: Cluster\n",
-            "TCP",
-            81,
-            8081,
-        ),
-    );
+    lab.apply(&svc(
+        "ext",
+        "  type: LoadBalancer\n  externalTrafficPolicy: Cluster\n",
+        "TCP",
+        81,
+        8081,
+    ));
     let r = wait_answer(&tor, sa(&n2, node_port), |r| r.is_ok());
     assert_eq!(
         r.as_deref(),
@@ -470,11 +426,8 @@ fn endpoint_conditions_affinity_hairpin_and_traffic_policies() {
     // --- Stale UDP conntrack: a client that keeps sending moves when its endpoint goes.
     udp_server(&ns1, 5353, "one", stop.clone());
     udp_server(&ns2, 5353, "two", stop.clone());
-    apply(&lab, &svc("dns", "", "UDP", 53, 5353));
-    apply(
-        &lab,
-        &slice("dns", "UDP", 5353, &[(&a, "n1", true, true, false)]),
-    );
+    lab.apply(&svc("dns", "", "UDP", 53, 5353));
+    lab.apply(&slice("dns", "UDP", 5353, &[(&a, "n1", true, true, false)]));
     let dns = sa(&cluster_ip(&lab, "dns"), 53);
     let (ask, asks) = std::sync::mpsc::channel::<bool>();
     let (tell, answers) = std::sync::mpsc::channel::<Option<String>>();
@@ -512,10 +465,7 @@ fn endpoint_conditions_affinity_hairpin_and_traffic_policies() {
             == Some("one")),
         "the UDP Service never answered"
     );
-    apply(
-        &lab,
-        &slice("dns", "UDP", 5353, &[(&b, "n2", true, true, false)]),
-    );
+    lab.apply(&slice("dns", "UDP", 5353, &[(&b, "n2", true, true, false)]));
     let t = Instant::now();
     let mut last = None;
     while t.elapsed() < Duration::from_secs(5) {
@@ -546,16 +496,13 @@ fn ipv6_cluster_ip_in_a_dual_stack_lab() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    apply(
-        &lab,
-        &svc(
-            "web6",
-            "  ipFamilies: [IPv6]\n  ipFamilyPolicy: SingleStack\n",
-            "TCP",
-            80,
-            80,
-        ),
-    );
+    lab.apply(&svc(
+        "web6",
+        "  ipFamilies: [IPv6]\n  ipFamilyPolicy: SingleStack\n",
+        "TCP",
+        80,
+        80,
+    ));
     let ip = cluster_ip(&lab, "web6");
     assert!(ip.starts_with("fd00:96::"), "{ip}");
     let target = lab.pod_ip6("n2-p1");
@@ -570,16 +517,13 @@ fn ipv6_cluster_ip_in_a_dual_stack_lab() {
         Some("refused"),
         "an IPv6 Service without endpoints"
     );
-    apply(
-        &lab,
-        &slice_of(
-            "web6",
-            "IPv6",
-            "TCP",
-            80,
-            &[(&target, "n2", true, true, false)],
-        ),
-    );
+    lab.apply(&slice_of(
+        "web6",
+        "IPv6",
+        "TCP",
+        80,
+        &[(&target, "n2", true, true, false)],
+    ));
     let r = wait_answer(&ns1, to, |r| r.is_ok());
     assert_eq!(
         r.as_deref(),

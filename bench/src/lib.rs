@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 pub mod bgp_lab;
+pub mod heap;
 pub mod kube_proxy;
 pub mod kube_router;
 pub mod policy_cluster;

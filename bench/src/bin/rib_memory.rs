@@ -23,70 +23,17 @@
 //! Run (root): `target/release/rib_memory [PREFIXES]`; without root only
 //! the in-process part runs and nothing is written.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use twill_bench::heap;
 
 use ipnetwork::{IpNetwork, Ipv4Network};
 use twill_bgpd::policy::Policy;
 use twill_bgpd::rib::{LocalConfig, PeerInfo, PeerKind, Rib};
 use twill_bgpd::types::{AsPath, Community, Origin, PathAttrs, Prefix};
 
-struct Counting;
-
-static CURRENT: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-fn grew(n: usize) {
-    let now = CURRENT.fetch_add(n, Ordering::Relaxed) + n;
-    PEAK.fetch_max(now, Ordering::Relaxed);
-}
-
-fn shrank(n: usize) {
-    CURRENT.fetch_sub(n, Ordering::Relaxed);
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator; the
-// wrapper only counts sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        // SAFETY: same contract as the caller's.
-        let p = unsafe { System.alloc(l) };
-        if !p.is_null() {
-            grew(l.size());
-        }
-        p
-    }
-    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        // SAFETY: same contract as the caller's.
-        let p = unsafe { System.alloc_zeroed(l) };
-        if !p.is_null() {
-            grew(l.size());
-        }
-        p
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(p, l) };
-        shrank(l.size());
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        // SAFETY: same contract as the caller's.
-        let q = unsafe { System.realloc(p, l, new) };
-        if !q.is_null() {
-            if new >= l.size() {
-                grew(new - l.size());
-            } else {
-                shrank(l.size() - new);
-            }
-        }
-        q
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: heap::Counting = heap::Counting;
 
 const LOCAL_AS: u32 = 65000;
 
@@ -170,8 +117,8 @@ fn cpu_since(start: Option<Duration>) -> Option<Duration> {
 }
 
 fn mark() -> usize {
-    let now = CURRENT.load(Ordering::Relaxed);
-    PEAK.store(now, Ordering::Relaxed);
+    let now = heap::current();
+    heap::set_peak(now);
     now
 }
 
@@ -212,8 +159,8 @@ fn full_table() -> (Row, Row) {
         name: "1M IPv4 /24s, 1 eBGP peer, 5k attribute sets",
         routes: rib.len(),
         attr_sets,
-        retained: CURRENT.load(Ordering::Relaxed) - base,
-        peak: PEAK.load(Ordering::Relaxed) - base,
+        retained: heap::current() - base,
+        peak: heap::peak() - base,
         took,
         cpu: cpu_since(cpu),
     };
@@ -229,8 +176,8 @@ fn full_table() -> (Row, Row) {
         name: "  then session down (remove_peer)",
         routes: withdrawn,
         attr_sets: left,
-        retained: CURRENT.load(Ordering::Relaxed).saturating_sub(base),
-        peak: PEAK.load(Ordering::Relaxed) - base,
+        retained: heap::current().saturating_sub(base),
+        peak: heap::peak() - base,
         took,
         cpu: cpu_since(cpu),
     };
@@ -297,8 +244,8 @@ fn mesh(reflector: bool) -> Row {
         },
         routes: rib.len(),
         attr_sets,
-        retained: CURRENT.load(Ordering::Relaxed) - base,
-        peak: PEAK.load(Ordering::Relaxed) - base,
+        retained: heap::current() - base,
+        peak: heap::peak() - base,
         took,
         cpu: cpu_since(cpu),
     }

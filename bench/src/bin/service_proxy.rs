@@ -35,14 +35,13 @@
 //! 2 repetitions, short measurements; used by `bench/tests/service_proxy.rs`)
 //! writes nothing under bench/results, only `--json PATH` when given.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use twill_bench::heap;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -56,56 +55,8 @@ use twill_tests::{Netns, require_binary, require_root, veth_between};
 
 // ---- heap accounting (Twill's in-process memory) -------------------------
 
-struct Counting;
-
-static CURRENT: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-fn grew(n: usize) {
-    let now = CURRENT.fetch_add(n, Ordering::Relaxed) + n;
-    PEAK.fetch_max(now, Ordering::Relaxed);
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator; the
-// wrapper only counts sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        // SAFETY: same contract as the caller's.
-        let p = unsafe { System.alloc(l) };
-        if !p.is_null() {
-            grew(l.size());
-        }
-        p
-    }
-    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        // SAFETY: same contract as the caller's.
-        let p = unsafe { System.alloc_zeroed(l) };
-        if !p.is_null() {
-            grew(l.size());
-        }
-        p
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(p, l) };
-        CURRENT.fetch_sub(l.size(), Ordering::Relaxed);
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        // SAFETY: same contract as the caller's.
-        let q = unsafe { System.realloc(p, l, new) };
-        if !q.is_null() {
-            if new >= l.size() {
-                grew(new - l.size());
-            } else {
-                CURRENT.fetch_sub(l.size() - new, Ordering::Relaxed);
-            }
-        }
-        q
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: heap::Counting = heap::Counting;
 
 // ---- topology and addresses ---------------------------------------------
 
@@ -746,14 +697,14 @@ fn main() {
     let mut heap = BTreeMap::new();
     let inputs: Vec<Input> = s.sizes.iter().map(|&n| Input::new(n)).collect();
     for inp in &inputs {
-        let base = CURRENT.load(Ordering::Relaxed);
-        PEAK.store(base, Ordering::Relaxed);
+        let base = heap::current();
+        heap::set_peak(base);
         let (svcs, slices) = synthetic::services(inp.n, ENDPOINTS);
-        let objects = CURRENT.load(Ordering::Relaxed) - base;
+        let objects = heap::current() - base;
         let (model, table) = desired("n1", &svcs, &slices);
-        let kept = CURRENT.load(Ordering::Relaxed) - base;
+        let kept = heap::current() - base;
         let script = table.full_script();
-        let peak = PEAK.load(Ordering::Relaxed) - base;
+        let peak = heap::peak() - base;
         drop((script, model, table, svcs, slices));
         heap.insert(inp.n, (objects, kept, peak));
     }

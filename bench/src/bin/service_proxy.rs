@@ -49,7 +49,7 @@ use serde_json::{Value, json};
 use twill_bench::Spread;
 use twill_bench::kube_proxy::{self, SvcPort};
 use twill_felix::calc::services::{Renderer, SHARDS, Tables, synthetic, table_name};
-use twill_felix::dataplane::services::{Via, apply_ops};
+use twill_felix::dataplane::services::{Via, apply_ops_on, nfnl};
 use twill_tests::netns::spawn_in;
 use twill_tests::{Netns, require_binary, require_root, veth_between};
 
@@ -309,6 +309,7 @@ impl Input {
         let changed = n / 2;
         let mut changed_slices = slices.clone();
         changed_slices[changed].endpoints[0].addresses = vec![MOVED.to_string()];
+        changed_slices[changed].metadata.resource_version = Some("2".into());
         Input {
             n,
             services,
@@ -396,6 +397,9 @@ fn ms_since(t: Instant) -> f64 {
 struct Kept {
     renderer: Renderer,
     tables: Tables,
+    /// The netlink socket the agent keeps for its diffs (opened by the
+    /// first change, in the node's namespace).
+    sock: Option<nfnl::Socket>,
 }
 
 /// Twill: all tables from nothing, rendered as the agent renders them.
@@ -408,7 +412,14 @@ fn twill_load(node: &Netns, inp: &Input) -> (Kept, Applied) {
     a.parts.insert("render", ms_since(t));
     a.lines = script.lines().count();
     a.parts.insert("apply", nft_apply(node, script));
-    (Kept { renderer, tables }, a)
+    (
+        Kept {
+            renderer,
+            tables,
+            sock: None,
+        },
+        a,
+    )
 }
 
 /// Twill: one endpoint change as the agent applies it: the renderer given
@@ -424,14 +435,17 @@ fn twill_change(node: &Netns, inp: &Input, kept: &mut Kept) -> Applied {
     let ops = tables.diff_ops(&kept.tables);
     a.parts.insert("render", ms_since(t));
     a.lines = ops.iter().map(|(_, o)| o.len()).sum();
-    let apply = spawn_in(node.name(), move || {
+    let mut sock = kept.sock.take();
+    let (apply, sock) = spawn_in(node.name(), move || {
         let t = Instant::now();
-        let via = apply_ops(&ops).unwrap_or_else(|e| panic!("the kernel refused the change: {e}"));
+        let via = apply_ops_on(&mut sock, &ops)
+            .unwrap_or_else(|e| panic!("the kernel refused the change: {e}"));
         assert_eq!(via, Via::Netlink, "the change went as nft text");
-        ms_since(t)
+        (ms_since(t), sock)
     })
     .join()
     .expect("netlink thread");
+    kept.sock = sock;
     a.parts.insert("apply", apply);
     a
 }

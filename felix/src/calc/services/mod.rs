@@ -360,7 +360,12 @@ impl SvcTable {
 
     fn add_port(&mut self, p: &ServicePortProxy) {
         let cluster = self.pick_chain("svc", p, &p.cluster);
-        let local = self.pick_chain("local", p, &p.local);
+        // The local set's chain only where a traffic policy sends there.
+        let local = if p.internal_local || p.external_local {
+            self.pick_chain("local", p, &p.local)
+        } else {
+            None
+        };
         let internal = if p.internal_local { &local } else { &cluster };
         let internal = match internal {
             Some(c) => Target::Chain(c.clone()),

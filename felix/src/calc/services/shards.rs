@@ -19,8 +19,8 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use twill_api::service::service_key;
-use twill_api::service_proxy::{ServicePortProxy, service_ports, slices_by_service};
+use twill_api::service::{SERVICE_NAME_LABEL, service_key};
+use twill_api::service_proxy::{ServicePortProxy, service_ports};
 
 use super::{
     Fingerprint, LEGACY_TABLE_NAME, MAPS, Op, SHARDS, StaleUdp, SvcTable, stale_udp, table_name,
@@ -351,12 +351,14 @@ impl Tables {
 }
 
 /// Renders Services into [`Tables`], keeping each Service's part for as
-/// long as the Service and its EndpointSlices stay the same (same
+/// long as the Service and its EndpointSlices stay the same (same uid and
 /// resourceVersion, or equal when there is none): a pass over 10,000
-/// Services where one changed renders one.
+/// Services where one changed renders one. A pass allocates only for what
+/// it renders (lookups borrow the names).
 pub struct Renderer {
     node: String,
-    memo: HashMap<String, Memo>,
+    /// Namespace → name → what the Service was last rendered from.
+    memo: HashMap<String, HashMap<String, Memo>>,
     tables: Tables,
     pass: u64,
     rendered: usize,
@@ -376,6 +378,13 @@ fn same<T: PartialEq>(a: &T, am: &ObjectMeta, b: &T, bm: &ObjectMeta) -> bool {
         return true;
     }
     a == b
+}
+
+fn ns_name(m: &ObjectMeta) -> (&str, &str) {
+    (
+        m.namespace.as_deref().unwrap_or("default"),
+        m.name.as_deref().unwrap_or_default(),
+    )
 }
 
 impl Renderer {
@@ -399,11 +408,27 @@ impl Renderer {
     pub fn render(&mut self, services: &[Service], slices: &[EndpointSlice]) -> Tables {
         self.pass += 1;
         self.rendered = 0;
-        let by_service = slices_by_service(slices);
+        let pass = self.pass;
+        let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+        for s in slices {
+            let Some(name) = s
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+            else {
+                continue;
+            };
+            let ns = s.metadata.namespace.as_deref().unwrap_or("default");
+            by_service.entry((ns, name)).or_default().push(s);
+        }
         for svc in services {
-            let key = service_key(svc);
-            let mine = by_service.get(&key).map(Vec::as_slice).unwrap_or_default();
-            if let Some(m) = self.memo.get_mut(&key) {
+            let (ns, name) = ns_name(&svc.metadata);
+            let mine = by_service
+                .get(&(ns, name))
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            if let Some(m) = self.memo.get_mut(ns).and_then(|n| n.get_mut(name)) {
                 let unchanged = same(&m.service, &m.service.metadata, svc, &svc.metadata)
                     && m.slices.len() == mine.len()
                     && m.slices
@@ -411,31 +436,34 @@ impl Renderer {
                         .zip(mine)
                         .all(|(a, b)| same(a, &a.metadata, *b, &b.metadata));
                 if unchanged {
-                    m.pass = self.pass;
+                    m.pass = pass;
                     continue;
                 }
             }
             self.rendered += 1;
             let part = Part::new(service_ports(&self.node, svc, mine));
-            self.tables.set(&key, Some(Arc::new(part)));
-            self.memo.insert(
-                key,
+            self.tables.set(&service_key(svc), Some(Arc::new(part)));
+            self.memo.entry(ns.to_string()).or_default().insert(
+                name.to_string(),
                 Memo {
                     service: svc.clone(),
                     slices: mine.iter().map(|s| (*s).clone()).collect(),
-                    pass: self.pass,
+                    pass,
                 },
             );
         }
-        let pass = self.pass;
-        let gone: Vec<String> = self
-            .memo
-            .iter()
-            .filter(|(_, m)| m.pass != pass)
-            .map(|(k, _)| k.clone())
-            .collect();
+        let mut gone = Vec::new();
+        for (ns, names) in &mut self.memo {
+            names.retain(|name, m| {
+                let keep = m.pass == pass;
+                if !keep {
+                    gone.push(format!("{ns}/{name}"));
+                }
+                keep
+            });
+        }
+        self.memo.retain(|_, names| !names.is_empty());
         for k in gone {
-            self.memo.remove(&k);
             self.tables.set(&k, None);
         }
         self.tables.clone()

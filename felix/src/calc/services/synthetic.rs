@@ -31,7 +31,9 @@ pub fn endpoint_ip(i: usize, j: usize, endpoints: usize) -> Ipv4Addr {
 }
 
 /// `n` Services named `svc-<i>` in namespace `bench`, port 80 → 8080, and
-/// one EndpointSlice each with `endpoints` ready endpoints.
+/// one EndpointSlice each with `endpoints` ready endpoints; each object
+/// with a uid and resourceVersion "1", as an API server would list them
+/// (a caller that edits one bumps its resourceVersion, as the server would).
 pub fn services(n: usize, endpoints: usize) -> (Vec<Service>, Vec<EndpointSlice>) {
     let mut svcs = Vec::with_capacity(n);
     let mut slices = Vec::with_capacity(n);
@@ -43,6 +45,8 @@ pub fn services(n: usize, endpoints: usize) -> (Vec<Service>, Vec<EndpointSlice>
             metadata: ObjectMeta {
                 name: Some(name.clone()),
                 namespace: Some("bench".into()),
+                uid: Some(format!("svc-uid-{i}")),
+                resource_version: Some("1".into()),
                 ..ObjectMeta::default()
             },
             spec: Some(ServiceSpec {
@@ -79,6 +83,8 @@ pub fn slice(name: &str, i: usize, endpoints: usize) -> EndpointSlice {
         metadata: ObjectMeta {
             name: Some(format!("{name}-1")),
             namespace: Some("bench".into()),
+            uid: Some(format!("slice-uid-{i}")),
+            resource_version: Some("1".into()),
             labels: Some(BTreeMap::from([(
                 twill_api::service::SERVICE_NAME_LABEL.to_string(),
                 name.to_string(),

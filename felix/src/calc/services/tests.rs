@@ -550,6 +550,11 @@ fn the_renderer_renders_what_changed_and_diffs_like_a_whole_render() {
     assert!(again.diff_ops(&a).is_empty());
     let mut moved = slices.clone();
     moved[77].endpoints[0].addresses = vec!["10.244.200.1".into()];
+    // Same uid and resourceVersion: the same object, whatever it holds
+    // (the API server's promise); the edit counts once the version moves.
+    assert_eq!(r.render(&svcs, &moved).diff_ops(&a), vec![]);
+    assert_eq!(r.rendered(), 0);
+    moved[77].metadata.resource_version = Some("2".into());
     let b = r.render(&svcs, &moved);
     assert_eq!(r.rendered(), 1);
     let ops = b.diff_ops(&a);

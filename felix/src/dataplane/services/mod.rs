@@ -74,12 +74,27 @@ pub enum Via {
 /// calling thread's network namespace: as a netlink batch when
 /// [`nfnl::encode`] takes them, else as nft text; says which.
 pub fn apply_ops(tables: &[(String, Vec<crate::calc::services::Op>)]) -> Result<Via, SvcError> {
+    apply_ops_on(&mut None, tables)
+}
+
+/// [`apply_ops`] on a netlink socket the caller keeps between calls
+/// (opened here, in the calling thread's namespace, when `sock` is None;
+/// dropped after an error, so the next call opens a fresh one).
+pub fn apply_ops_on(
+    sock: &mut Option<nfnl::Socket>,
+    tables: &[(String, Vec<crate::calc::services::Op>)],
+) -> Result<Via, SvcError> {
     static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
     let n: usize = tables.iter().map(|(_, o)| o.len()).sum();
     let seq = SEQ.fetch_add(n as u32 + 2, std::sync::atomic::Ordering::Relaxed);
     match nfnl::encode(tables, seq) {
         Ok(batch) => {
-            nfnl::send(&batch)?;
+            let s = match sock.take() {
+                Some(s) => s,
+                None => nfnl::Socket::open().map_err(nfnl::NfnlError::from)?,
+            };
+            nfnl::send_on(&s, &batch)?;
+            *sock = Some(s);
             Ok(Via::Netlink)
         }
         Err(why) => {
@@ -151,6 +166,8 @@ pub struct SvcProxy {
     hooks: Hooks,
     /// The health-checked ports last handed to [`Hooks::model`].
     health_ports: Option<Vec<ServicePortProxy>>,
+    /// The netlink socket diffs go through, kept (see [`nfnl::Socket`]).
+    sock: Option<nfnl::Socket>,
 }
 
 impl SvcProxy {
@@ -161,6 +178,7 @@ impl SvcProxy {
             read_due: true,
             hooks,
             health_ports: None,
+            sock: None,
         }
     }
 }
@@ -254,10 +272,17 @@ impl Manager for SvcProxy {
             }
             Some(Script::Diff(ops)) => {
                 let steps = ops.iter().map(|(_, o)| o.len()).sum();
-                let r = tokio::task::spawn_blocking(move || apply_ops(&ops))
-                    .await
-                    .map_err(|e| SvcError::Task(e.to_string()))
-                    .and_then(|r| r);
+                let mut sock = self.sock.take();
+                let r = tokio::task::spawn_blocking(move || {
+                    let r = apply_ops_on(&mut sock, &ops);
+                    (sock, r)
+                })
+                .await
+                .map_err(|e| SvcError::Task(e.to_string()))
+                .and_then(|(sock, r)| {
+                    self.sock = sock;
+                    r
+                });
                 match r {
                     Ok(via) => Applied::Incremental { steps, via },
                     Err(e) => {

@@ -564,11 +564,15 @@ pub fn encode(tables: &[(String, Vec<Op>)], seq: u32) -> Result<Batch, String> {
     })
 }
 
-/// A `NETLINK_NETFILTER` socket, closed on drop.
-struct Socket(std::os::fd::OwnedFd);
+/// A `NETLINK_NETFILTER` socket in the network namespace of the thread
+/// that opened it, closed on drop. Keep one: closing it makes the kernel
+/// wait for an RCU grace period (about 10 ms here, more than a whole
+/// change at a thousand Services), so the service proxy holds its socket
+/// for as long as it runs ([`send_on`]).
+pub struct Socket(std::os::fd::OwnedFd);
 
 impl Socket {
-    fn open() -> std::io::Result<Socket> {
+    pub fn open() -> std::io::Result<Socket> {
         use std::os::fd::{AsRawFd, FromRawFd};
         // SAFETY: plain socket(2) call; the fd is owned from here on.
         let fd = unsafe {
@@ -712,11 +716,17 @@ fn answers(mut b: &[u8]) -> Vec<Answer> {
 /// message acknowledged, nothing refused); otherwise the first refused
 /// message and the reason.
 pub fn send(batch: &Batch) -> Result<(), NfnlError> {
-    let sock = Socket::open()?;
+    send_on(&Socket::open()?, batch)
+}
+
+/// [`send`] on a socket the caller keeps; answers left from an earlier
+/// batch are read and dropped first.
+pub fn send_on(sock: &Socket, batch: &Batch) -> Result<(), NfnlError> {
+    let mut buf = vec![0u8; 64 * 1024];
+    while sock.recv(&mut buf)?.is_some() {}
     sock.send(&batch.bytes)?;
     // nfnetlink runs the whole batch inside the send: every answer is
     // queued when it returns.
-    let mut buf = vec![0u8; 64 * 1024];
     let mut got = Vec::new();
     while let Some(n) = sock.recv(&mut buf)? {
         got.extend(answers(&buf[..n]));

@@ -56,6 +56,9 @@ pub struct Metrics {
     nft_apply: Family<NftLabels, Histogram, fn() -> Histogram>,
     routes: Family<RouteLabels, Gauge>,
     route_failures: Counter,
+    service_sync: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    service_ports: Gauge,
+    services_rendered: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -83,6 +86,9 @@ impl Metrics {
             nft_apply: Family::new_with_constructor(nft_histogram),
             routes: Family::default(),
             route_failures: Counter::default(),
+            service_sync: Family::new_with_constructor(nft_histogram),
+            service_ports: Gauge::default(),
+            services_rendered: Counter::default(),
         };
         m.register(
             "cni_request_duration_seconds",
@@ -119,7 +125,40 @@ impl Metrics {
             "Route adds, replaces and deletes the kernel refused (retried at the next resync)",
             m.route_failures.clone(),
         );
+        m.register(
+            "service_proxy_sync_duration_seconds",
+            "Time of one service proxy pass, from the Services and EndpointSlices to the kernel, by outcome (nothing, incremental, full, error)",
+            m.service_sync.clone(),
+        );
+        m.register(
+            "service_proxy_ports",
+            "Service ports (per port and IP family) the service proxy's tables implement",
+            m.service_ports.clone(),
+        );
+        m.register(
+            "service_proxy_services_rendered",
+            "Services the service proxy rendered again because they or their EndpointSlices changed",
+            m.services_rendered.clone(),
+        );
         m
+    }
+
+    /// Records one service proxy pass: its outcome (`nothing`,
+    /// `incremental`, `full`, `error`), its time, the Services it rendered
+    /// and the Service ports the tables now implement.
+    pub fn observe_service_proxy(
+        &self,
+        outcome: &'static str,
+        took: Duration,
+        rendered: usize,
+        ports: usize,
+    ) {
+        self.service_sync
+            .get_or_create(&vec![("outcome", outcome)])
+            .observe(took.as_secs_f64());
+        self.services_rendered.inc_by(rendered as u64);
+        self.service_ports
+            .set(i64::try_from(ports).unwrap_or(i64::MAX));
     }
 
     /// Records one nft transaction: a whole-table replacement or an
@@ -290,6 +329,30 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn service_proxy_passes_are_exposed() {
+        let m = Metrics::new();
+        m.observe_service_proxy("full", Duration::from_millis(900), 10, 12);
+        m.observe_service_proxy("incremental", Duration::from_millis(20), 1, 12);
+        m.observe_service_proxy("incremental", Duration::from_millis(30), 1, 11);
+        let text = m.encode();
+        assert!(
+            text.contains(
+                r#"twill_service_proxy_sync_duration_seconds_count{outcome="incremental"} 2"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"twill_service_proxy_sync_duration_seconds_count{outcome="full"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("twill_service_proxy_ports 11"), "{text}");
+        assert!(
+            text.contains("twill_service_proxy_services_rendered_total 12"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -400,5 +400,28 @@ spec:
             .cloned()
             .unwrap_or_default();
         assert_eq!(cond["ready"], true, "{node}: {status}");
+        // And the agent's metrics say what the proxy did: passes that
+        // changed the tables, Services rendered, ports implemented.
+        let metrics = lab.sh(
+            node,
+            &[
+                "bash",
+                "-c",
+                "exec 3<>/dev/tcp/127.0.0.1/9099; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3",
+            ],
+        );
+        let value = |prefix: &str| -> f64 {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{node}: no {prefix}:\n{metrics}"))
+        };
+        assert!(
+            value(r#"twill_service_proxy_sync_duration_seconds_count{outcome="incremental"} "#)
+                >= 1.0
+        );
+        assert!(value("twill_service_proxy_services_rendered_total ") >= 1.0);
+        assert!(value("twill_service_proxy_ports ") >= 1.0);
     }
 }

@@ -57,6 +57,8 @@ type ElementChanges = (Vec<String>, Vec<(String, String)>);
 #[derive(Clone, Debug, Default)]
 pub struct Shard {
     parts: BTreeMap<String, Arc<Part>>,
+    /// Service ports in `parts`.
+    ports: usize,
     /// (map, key) → Service → verdict; the first Service's is the kernel's.
     claims: BTreeMap<(String, String), BTreeMap<String, String>>,
 }
@@ -64,6 +66,7 @@ pub struct Shard {
 impl Shard {
     fn set(&mut self, service: &str, part: Option<Arc<Part>>) {
         if let Some(old) = self.parts.remove(service) {
+            self.ports -= old.model.len();
             for (map, elems) in &old.objects.maps {
                 for key in elems.keys() {
                     let k = (map.clone(), key.clone());
@@ -85,6 +88,7 @@ impl Shard {
                         .insert(service.to_string(), verdict.clone());
                 }
             }
+            self.ports += p.model.len();
             self.parts.insert(service.to_string(), p);
         }
     }
@@ -320,6 +324,11 @@ impl Tables {
             .enumerate()
             .map(|(i, s)| (table_name(i), s.fingerprint()))
             .collect()
+    }
+
+    /// How many Service ports (per port and family) the tables implement.
+    pub fn ports(&self) -> usize {
+        self.shards.iter().map(|s| s.ports).sum()
     }
 
     /// Every Service port the tables implement, Service by Service.

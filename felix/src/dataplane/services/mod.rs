@@ -364,7 +364,20 @@ pub async fn run(node: String, mut feed: ServiceFeed, resync: Duration, hooks: H
                 proxy.read_due = true;
                 next_read = Instant::now() + resync;
             }
+            let started = Instant::now();
             let r = reconcile(&mut proxy, &Inputs { services, slices }).await;
+            let outcome = match &r {
+                Ok(Applied::Nothing) => "nothing",
+                Ok(Applied::Incremental { .. }) => "incremental",
+                Ok(Applied::Full { .. }) => "full",
+                Err(_) => "error",
+            };
+            crate::metrics::global().observe_service_proxy(
+                outcome,
+                started.elapsed(),
+                proxy.renderer.rendered(),
+                proxy.applied.as_ref().map_or(0, Tables::ports),
+            );
             match &r {
                 Ok(applied) => {
                     if let Applied::Full { reason } = applied {

@@ -16,7 +16,10 @@
 //!   kube-proxy (iptables and nftables modes) gives too (docs/services.md);
 //! * IPv6: a UDP client of an IPv6 cluster IP and one of an IPv6 node port
 //!   (from the ToR) move when the endpoint goes, and the IPv6 node port
-//!   answers TCP from the ToR.
+//!   answers TCP from the ToR; an IPv6 LoadBalancer address from the ToR
+//!   (refused without endpoints, then answered by the endpoint),
+//!   `loadBalancerSourceRanges` over IPv6 and SCTP over IPv6 — the IPv4
+//!   checks of ranges and SCTP are helpers taking the family.
 //!
 //! EndpointSlices are written by the test (the lab has no endpoint
 //! controller), pointing at the lab's pods.

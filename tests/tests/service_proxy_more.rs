@@ -16,13 +16,16 @@
 //!   kube-proxy (iptables and nftables modes) gives too (docs/services.md);
 //! * IPv6: a UDP client of an IPv6 cluster IP and one of an IPv6 node port
 //!   (from the ToR) move when the endpoint goes, and the IPv6 node port
-//!   answers TCP from the ToR.
+//!   answers TCP from the ToR; an IPv6 LoadBalancer address from the ToR
+//!   (refused without endpoints, then answered by the endpoint),
+//!   `loadBalancerSourceRanges` over IPv6 and SCTP over IPv6 — the IPv4
+//!   checks of ranges and SCTP are helpers taking the family.
 //!
 //! EndpointSlices are written by the test (the lab has no endpoint
 //! controller), pointing at the lab's pods.
 
 use std::io::Read;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -38,6 +41,12 @@ const LB_POOL: &str = "10.251.9.0/28";
 /// inside the load balancer's source ranges (172.30.0.1 is outside).
 const TOR_ALLOWED: &str = "172.30.0.250";
 const TOR_OTHER: &str = "172.30.0.1";
+/// The IPv6 LoadBalancer pool of the dual-stack test.
+const LB_POOL6: &str = "fd00:251:9::/124";
+/// The same two sources on the ToR's IPv6 rack network: the second address
+/// the test gives it (inside the ranges) and its own (outside).
+const TOR_ALLOWED6: &str = "fd00:172:30::250";
+const TOR_OTHER6: &str = "fd00:172:30::1";
 
 fn service(lab: &Lab, name: &str) -> Value {
     lab.get_json("service", NS, name)
@@ -295,14 +304,19 @@ fn sctp_init(sport: u16, dport: u16, tag: u32) -> Vec<u8> {
     p
 }
 
-/// A raw IPv4 socket for protocol 132 (SCTP), or why there is none.
-fn raw_sctp_socket() -> Result<std::os::fd::OwnedFd, String> {
+/// A raw IPv4 or (`v6`) IPv6 socket for protocol 132 (SCTP), or why there is none.
+fn raw_sctp_socket(v6: bool) -> Result<std::os::fd::OwnedFd, String> {
     use std::os::fd::FromRawFd;
+    let (family, name) = if v6 {
+        (libc::AF_INET6, "AF_INET6")
+    } else {
+        (libc::AF_INET, "AF_INET")
+    };
     // SAFETY: plain socket(2); the fd is owned by the OwnedFd at once.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_SCTP) };
+    let fd = unsafe { libc::socket(family, libc::SOCK_RAW, libc::IPPROTO_SCTP) };
     if fd < 0 {
         return Err(format!(
-            "socket(AF_INET, SOCK_RAW, IPPROTO_SCTP): {}",
+            "socket({name}, SOCK_RAW, IPPROTO_SCTP): {}",
             std::io::Error::last_os_error()
         ));
     }
@@ -310,29 +324,56 @@ fn raw_sctp_socket() -> Result<std::os::fd::OwnedFd, String> {
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
-/// Sends `packet` (an SCTP packet) to `dst` over a raw socket from `ns`.
-fn send_sctp(ns: &str, dst: Ipv4Addr, packet: Vec<u8>) -> Result<(), String> {
+/// Sends `packet` (an SCTP packet) to `dst` over a raw socket from `ns`;
+/// the kernel adds the IP header (the SCTP checksum covers no pseudo-header,
+/// so the same packet goes over either family).
+fn send_sctp(ns: &str, dst: IpAddr, packet: Vec<u8>) -> Result<(), String> {
     spawn_in(ns, move || {
         use std::os::fd::AsRawFd;
-        let fd = raw_sctp_socket()?;
-        let to = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: 0,
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(dst).to_be(),
-            },
-            sin_zero: [0; 8],
+        let fd = raw_sctp_socket(dst.is_ipv6())?;
+        let send = |to: *const libc::sockaddr, len: usize| {
+            // SAFETY: buffer and address are valid for the lengths given.
+            unsafe {
+                libc::sendto(
+                    fd.as_raw_fd(),
+                    packet.as_ptr().cast(),
+                    packet.len(),
+                    0,
+                    to,
+                    len as libc::socklen_t,
+                )
+            }
         };
-        // SAFETY: buffer and address are valid for the lengths given.
-        let n = unsafe {
-            libc::sendto(
-                fd.as_raw_fd(),
-                packet.as_ptr().cast(),
-                packet.len(),
-                0,
-                (&raw const to).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
+        let n = match dst {
+            IpAddr::V4(d) => {
+                let to = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: 0,
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from(d).to_be(),
+                    },
+                    sin_zero: [0; 8],
+                };
+                send(
+                    (&raw const to).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>(),
+                )
+            }
+            IpAddr::V6(d) => {
+                let to = libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: 0,
+                    sin6_flowinfo: 0,
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: d.octets(),
+                    },
+                    sin6_scope_id: 0,
+                };
+                send(
+                    (&raw const to).cast(),
+                    std::mem::size_of::<libc::sockaddr_in6>(),
+                )
+            }
         };
         if n < 0 {
             return Err(format!(
@@ -349,83 +390,176 @@ fn send_sctp(ns: &str, dst: Ipv4Addr, packet: Vec<u8>) -> Result<(), String> {
 /// One SCTP packet seen at an endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Seen {
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
+    src: IpAddr,
+    dst: IpAddr,
     sport: u16,
     dport: u16,
     tag: u32,
 }
 
-/// Parses an IPv4 packet carrying an SCTP INIT (what a raw socket reads).
-fn parse_init(b: &[u8]) -> Option<Seen> {
-    let ihl = usize::from(*b.first()? & 0x0f) * 4;
-    let ip4 = |o: usize| -> Option<Ipv4Addr> {
-        Some(Ipv4Addr::new(
-            *b.get(o)?,
-            *b.get(o + 1)?,
-            *b.get(o + 2)?,
-            *b.get(o + 3)?,
-        ))
-    };
-    let be16 = |o: usize| -> Option<u16> { Some(u16::from_be_bytes([*b.get(o)?, *b.get(o + 1)?])) };
-    let s = b.get(ihl..)?;
+/// Ports and initiate tag of an SCTP packet whose first chunk is an INIT.
+fn parse_init_chunk(s: &[u8]) -> Option<(u16, u16, u32)> {
     if *s.get(12)? != 1 {
         return None;
     }
+    Some((
+        u16::from_be_bytes(s.get(0..2)?.try_into().ok()?),
+        u16::from_be_bytes(s.get(2..4)?.try_into().ok()?),
+        u32::from_be_bytes(s.get(16..20)?.try_into().ok()?),
+    ))
+}
+
+/// Parses an IPv4 packet carrying an SCTP INIT (what a raw IPv4 socket reads).
+fn parse_init4(b: &[u8]) -> Option<Seen> {
+    let ihl = usize::from(*b.first()? & 0x0f) * 4;
+    let ip4 = |o: usize| -> Option<IpAddr> {
+        let a: [u8; 4] = b.get(o..o + 4)?.try_into().ok()?;
+        Some(IpAddr::from(a))
+    };
+    let (sport, dport, tag) = parse_init_chunk(b.get(ihl..)?)?;
     Some(Seen {
         src: ip4(12)?,
         dst: ip4(16)?,
-        sport: be16(ihl)?,
-        dport: be16(ihl + 2)?,
-        tag: u32::from_be_bytes(s.get(16..20)?.try_into().ok()?),
+        sport,
+        dport,
+        tag,
     })
 }
 
-/// Captures SCTP INITs arriving in `ns` until `stop`; the packets seen.
+/// Sets an integer socket option, or says which one failed.
+fn set_opt<T>(fd: &std::os::fd::OwnedFd, level: i32, opt: i32, v: &T) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid fd and a value of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            (v as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(format!(
+            "setsockopt({level}, {opt}): {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+/// Reads one packet from a raw IPv6 SCTP socket: an IPv6 raw socket gets
+/// no IP header, so the source comes from the sender's address and the
+/// destination from `IPV6_PKTINFO`.
+fn recv_init6(fd: &std::os::fd::OwnedFd, buf: &mut [u8]) -> Option<Seen> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: all-zero is a valid sockaddr_in6.
+    let mut from: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    let mut control = [0u64; 16];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: all-zero is a valid msghdr; the pointers are set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&raw mut from).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: msg points at buffers valid for the lengths it names.
+    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &raw mut msg, 0) };
+    let n = usize::try_from(n).ok()?;
+    let mut dst = None;
+    // SAFETY: the CMSG_* walk stays inside msg_control as recvmsg filled it.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&raw const msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::IPPROTO_IPV6 && (*c).cmsg_type == libc::IPV6_PKTINFO {
+                let info: libc::in6_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                dst = Some(IpAddr::from(info.ipi6_addr.s6_addr));
+            }
+            c = libc::CMSG_NXTHDR(&raw const msg, c);
+        }
+    }
+    let (sport, dport, tag) = parse_init_chunk(buf.get(..n)?)?;
+    Some(Seen {
+        src: IpAddr::from(from.sin6_addr.s6_addr),
+        dst: dst?,
+        sport,
+        dport,
+        tag,
+    })
+}
+
+/// Captures SCTP INITs of one family arriving in `ns` until `stop`; the
+/// packets seen.
 fn capture_sctp(
     ns: &str,
+    v6: bool,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<Result<Vec<Seen>, String>> {
     let (tx, rx) = std::sync::mpsc::channel();
     let h = spawn_in(ns, move || {
         use std::os::fd::AsRawFd;
-        let fd = match raw_sctp_socket() {
-            Ok(fd) => fd,
-            Err(e) => {
-                let _ = tx.send(());
-                return Err(e);
+        let ready = || -> Result<std::os::fd::OwnedFd, String> {
+            let fd = raw_sctp_socket(v6)?;
+            let tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 100_000,
+            };
+            set_opt(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;
+            if v6 {
+                set_opt(&fd, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, &1i32)?;
             }
+            Ok(fd)
         };
-        let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 100_000,
-        };
-        // SAFETY: a valid fd and a timeval of the right size.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&raw const tv).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
+        let fd = ready();
         let _ = tx.send(());
+        let fd = fd?;
         let mut seen = Vec::new();
         let mut buf = [0u8; 2048];
         while !stop.load(Ordering::Relaxed) {
-            // SAFETY: buf is valid for its length.
-            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if let Ok(n) = usize::try_from(n)
-                && let Some(s) = buf.get(..n).and_then(parse_init)
-            {
-                seen.push(s);
-            }
+            let got = if v6 {
+                recv_init6(&fd, &mut buf)
+            } else {
+                // SAFETY: buf is valid for its length.
+                let n =
+                    unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+                usize::try_from(n)
+                    .ok()
+                    .and_then(|n| buf.get(..n))
+                    .and_then(parse_init4)
+            };
+            seen.extend(got);
         }
         Ok(seen)
     });
     let _ = rx.recv();
     h
+}
+
+/// Whether `/proc/net/nf_conntrack` text holds an SCTP entry to `frontend`
+/// answered by `endpoint` from `port` (IPv6 addresses are written in full
+/// there, so they are compared parsed).
+fn has_sctp_entry(ct: &str, frontend: IpAddr, endpoint: IpAddr, port: u16) -> bool {
+    ct.lines().any(|l| {
+        let words: Vec<&str> = l.split_whitespace().collect();
+        if !words.contains(&"sctp") {
+            return false;
+        }
+        let all = |key: &str| -> Vec<&str> {
+            words
+                .iter()
+                .filter_map(|w| w.strip_prefix(key))
+                .collect::<Vec<_>>()
+        };
+        let (src, dst, sport) = (all("src="), all("dst="), all("sport="));
+        dst.first().and_then(|a| a.parse::<IpAddr>().ok()) == Some(frontend)
+            && src.get(1).and_then(|a| a.parse::<IpAddr>().ok()) == Some(endpoint)
+            && sport.get(1).and_then(|p| p.parse::<u16>().ok()) == Some(port)
+    })
 }
 
 #[test]
@@ -436,119 +570,230 @@ fn crc32c_is_the_sctp_checksum() {
 }
 
 #[test]
-fn source_ranges_sctp_local_policy_flush_and_the_nodes_udp_refusal() {
+fn sctp_entries_are_found_in_both_families_conntrack_lines() {
+    // As /proc/net/nf_conntrack writes them: IPv6 addresses in full.
+    let ct = "\
+ipv4     2 sctp     132 2 CLOSED src=10.244.0.1 dst=10.96.0.9 sport=40123 dport=7000 [UNREPLIED] src=10.244.0.65 dst=10.244.0.1 sport=7100 dport=40123 mark=0 zone=0 use=2
+ipv6     10 sctp     132 2 CLOSED src=fd00:0010:0244:0000:0000:0000:0000:0001 dst=fd00:0096:0000:0000:0000:0000:0000:0009 sport=40123 dport=7000 [UNREPLIED] src=fd00:0010:0244:0000:0000:0000:0000:0041 dst=fd00:0010:0244:0000:0000:0000:0000:0001 sport=7100 dport=40123 mark=0 zone=0 use=2
+ipv6     10 tcp      6 119 TIME_WAIT src=fd00:0010:0244:0000:0000:0000:0000:0001 dst=fd00:0096:0000:0000:0000:0000:0000:000a sport=40125 dport=7000 src=fd00:0010:0244:0000:0000:0000:0000:0041 dst=fd00:0010:0244:0000:0000:0000:0000:0001 sport=80 dport=40125 [ASSURED] mark=0 zone=0 use=2
+";
+    let ip = |s: &str| s.parse::<IpAddr>().expect("an address");
+    assert!(has_sctp_entry(ct, ip("10.96.0.9"), ip("10.244.0.65"), 7100));
+    assert!(has_sctp_entry(
+        ct,
+        ip("fd00:96::9"),
+        ip("fd00:10:244::41"),
+        7100
+    ));
+    // The wrong target port, the wrong endpoint, a TCP entry: none.
+    assert!(!has_sctp_entry(
+        ct,
+        ip("fd00:96::9"),
+        ip("fd00:10:244::41"),
+        80
+    ));
+    assert!(!has_sctp_entry(
+        ct,
+        ip("fd00:96::9"),
+        ip("fd00:10:244::42"),
+        7100
+    ));
+    assert!(!has_sctp_entry(
+        ct,
+        ip("fd00:96::a"),
+        ip("fd00:10:244::41"),
+        80
+    ));
+}
+
+// --- Set-ups and checks both families share ---------------------------------
+
+/// The `spec` lines that make a Service single-stack IPv6 (nothing for
+/// IPv4, the lab's first family).
+fn family_spec(v6: bool) -> &'static str {
+    if v6 {
+        "  ipFamilies: [IPv6]\n  ipFamilyPolicy: SingleStack\n"
+    } else {
+        ""
+    }
+}
+
+/// An EndpointSlice's `addressType` for the family.
+fn address_type(v6: bool) -> &'static str {
+    if v6 { "IPv6" } else { "IPv4" }
+}
+
+/// A pod's address of the family.
+fn pod_addr(lab: &Lab, pod: &str, v6: bool) -> String {
+    if v6 {
+        lab.pod_ip6(pod)
+    } else {
+        lab.pod_ip(pod)
+    }
+}
+
+/// A dual-stack lab (two nodes, one pod each) with a BIRD ToR holding an
+/// IPv6 session to every node, whose store gives cluster IPs of both
+/// families.
+fn dual_stack_lab() -> Lab {
     require_root();
     require_binary("bird", "bird2");
     require_binary("birdc", "bird2");
-    let lab = Lab::up(&["--nodes", "2", "--tor", "bird", "--pods-per-node", "1"]);
+    let lab = Lab::up(&[
+        "--nodes",
+        "2",
+        "--tor",
+        "bird",
+        "--pods-per-node",
+        "1",
+        "--dual-stack",
+    ]);
     assert!(lab.up_ok, "{}", lab.up_output);
-    let (p1, p2) = ("n1-p1", "n2-p1");
-    let (a, b) = (lab.pod_ip(p1), lab.pod_ip(p2));
-    let (ns1, ns2) = (lab.ns(p1), lab.ns(p2));
-    let tor = lab.ns("tor");
-    let stop = Arc::new(AtomicBool::new(false));
-    let _servers = Servers(stop.clone());
-    udp_server(&ns1, 5353, "one", stop.clone());
-    udp_server(&ns2, 5353, "two", stop.clone());
-
-    lab.apply(&format!(
-            "apiVersion: twill.dev/v1\nkind: IPPool\nmetadata:\n  name: lb\nspec:\n  cidr: {LB_POOL}\n  allowedUses: [LoadBalancer]\n"
-        ),
+    let out = lab.twillctl(&["datastore", "service-range", "10.96.0.0/12,fd00:96::/108"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    lab
+}
+
+/// LoadBalancer addresses from `pools` (an IPPool `lbN` each), announced by
+/// the nodes to the ToR.
+fn lb_pools(lab: &Lab, pools: &[&str]) {
+    for (i, cidr) in pools.iter().enumerate() {
+        lab.apply(&format!(
+            "apiVersion: twill.dev/v1\nkind: IPPool\nmetadata:\n  name: lb{i}\nspec:\n  cidr: {cidr}\n  allowedUses: [LoadBalancer]\n"
+        ));
+    }
+    let cidrs: Vec<String> = pools
+        .iter()
+        .map(|c| format!(r#"{{"cidr":"{c}"}}"#))
+        .collect();
     let out = lab.twillctl(&[
         "patch",
         "bgpconfiguration",
         "default",
         "-p",
-        &format!(r#"{{"spec":{{"serviceLoadBalancerIPs":[{{"cidr":"{LB_POOL}"}}]}}}}"#),
+        &format!(
+            r#"{{"spec":{{"serviceLoadBalancerIPs":[{}]}}}}"#,
+            cidrs.join(",")
+        ),
     ]);
     assert!(
         out.status.success(),
         "patch bgpconfiguration: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
 
-    // --- loadBalancerSourceRanges, from the ToR's network.
-    lab.sh(
-        "tor",
-        &[
-            "ip",
-            "addr",
-            "add",
-            &format!("{TOR_ALLOWED}/24"),
-            "dev",
-            "rack",
-        ],
-    );
+/// `loadBalancerSourceRanges` from the ToR's network, in `inside`'s family:
+/// the ToR's rack bridge gets `inside` (`/len`) as a second address; a
+/// LoadBalancer Service `fw` whose only source range is `inside` (endpoint:
+/// n1-p1's UDP server on 5353, which answers "one") answers `inside` and
+/// gives `outside` (the ToR's own address) nothing; its node port on n1
+/// answers both, as the ranges guard the LoadBalancer address only.
+fn source_ranges_hold(lab: &Lab, (inside, len): (&str, u8), outside: &str) {
+    let v6 = inside.contains(':');
+    let tor = lab.ns("tor");
+    let with_len = format!("{inside}/{len}");
+    let mut add = vec!["ip", "addr", "add", &with_len, "dev", "rack"];
+    if v6 {
+        // Usable at once, without duplicate address detection's wait.
+        add.push("nodad");
+    }
+    lab.sh("tor", &add);
+    let host = if v6 { 128 } else { 32 };
     lab.apply(&svc(
         "fw",
-        &format!("  type: LoadBalancer\n  loadBalancerSourceRanges: [{TOR_ALLOWED}/32]\n"),
+        &format!(
+            "  type: LoadBalancer\n{}  loadBalancerSourceRanges: [{inside}/{host}]\n",
+            family_spec(v6)
+        ),
         &[("p", "UDP", 53, 5353)],
     ));
-    lab.apply(&slice("fw", "IPv4", &[("p", "UDP", 5353)], &[(&a, "n1")]));
-    let fw = sa(&lb_ip(&lab, "fw"), 53);
+    let ep = pod_addr(lab, "n1-p1", v6);
+    lab.apply(&slice(
+        "fw",
+        address_type(v6),
+        &[("p", "UDP", 5353)],
+        &[(&ep, "n1")],
+    ));
+    let lb = lb_ip(lab, "fw");
+    assert_eq!(
+        lb.parse::<IpAddr>().map(|a| a.is_ipv6()),
+        Ok(v6),
+        "the LoadBalancer address of fw"
+    );
+    let fw = sa(&lb, 53);
     assert!(
-        wait_until(Duration::from_secs(20), || udp_once(
-            &tor,
-            Some(TOR_ALLOWED),
-            fw
-        )
-        .as_deref()
+        wait_until(Duration::from_secs(20), || udp_once(&tor, Some(inside), fw)
+            .as_deref()
             == Some("one")),
-        "{TOR_ALLOWED} (inside the source ranges) never reached {fw}"
+        "{inside} (inside the source ranges) never reached {fw}; the ToR's route:\n{}",
+        lab.sh("tor", &["ip", "route", "get", &lb])
     );
     for _ in 0..4 {
         assert_eq!(
-            udp_once(&tor, Some(TOR_ALLOWED), fw).as_deref(),
+            udp_once(&tor, Some(inside), fw).as_deref(),
             Some("one"),
             "inside the source ranges"
         );
         assert_eq!(
-            udp_once(&tor, Some(TOR_OTHER), fw),
+            udp_once(&tor, Some(outside), fw),
             None,
-            "{TOR_OTHER} is outside the source ranges but reached {fw}"
+            "{outside} is outside the source ranges but reached {fw}"
         );
     }
-    // The ranges guard the LoadBalancer address only: the node port answers both.
-    let fw_np = node_port(&lab, "fw", 0);
-    let n1 = node_addr(&lab, "n1", "addr");
-    for from in [TOR_ALLOWED, TOR_OTHER] {
+    let np = node_port(lab, "fw", 0);
+    let n1 = node_addr(lab, "n1", if v6 { "addr6" } else { "addr" });
+    for from in [inside, outside] {
         assert_eq!(
-            udp_once(&tor, Some(from), sa(&n1, fw_np)).as_deref(),
+            udp_once(&tor, Some(from), sa(&n1, np)).as_deref(),
             Some("one"),
-            "node port from {from}"
+            "node port {n1}:{np} from {from}"
         );
     }
+}
 
-    // --- SCTP: a crafted INIT to a cluster IP is translated to the endpoint.
-    // One Service, the same port number for SCTP (→ 7100) and TCP (→ 80).
+/// SCTP through a cluster IP of one family, from pod n1-p1 to the endpoint
+/// n2-p1: one Service `mix` with SCTP and TCP on port 7000 (→ 7100 and
+/// → 80) and a TCP-only Service `tonly` on 7000. A crafted INIT to `mix`
+/// arrives at the endpoint from the client's address at the endpoint's
+/// address and the SCTP target port, n1's conntrack holds the SCTP entry,
+/// and an INIT to `tonly` is not translated (never arrives).
+fn sctp_through_a_cluster_ip(lab: &Lab, v6: bool) {
+    let (p1, p2) = ("n1-p1", "n2-p1");
+    let (ns1, ns2) = (lab.ns(p1), lab.ns(p2));
+    let (a, b) = (pod_addr(lab, p1, v6), pod_addr(lab, p2, v6));
+    let fam = address_type(v6);
     lab.apply(&svc(
         "mix",
-        "",
+        family_spec(v6),
         &[("s", "SCTP", 7000, 7100), ("t", "TCP", 7000, 80)],
     ));
     lab.apply(&slice(
         "mix",
-        "IPv4",
+        fam,
         &[("s", "SCTP", 7100), ("t", "TCP", 80)],
         &[(&b, "n2")],
     ));
-    // And a TCP-only Service: SCTP to its port is not for it.
-    lab.apply(&svc("tonly", "", &[("t", "TCP", 7000, 80)]));
-    lab.apply(&slice("tonly", "IPv4", &[("t", "TCP", 80)], &[(&b, "n2")]));
-    let mix: Ipv4Addr = cluster_ip(&lab, "mix").parse().expect("IPv4");
-    let tonly: Ipv4Addr = cluster_ip(&lab, "tonly").parse().expect("IPv4");
-    let mix_s = mix.to_string();
-    let tonly_s = tonly.to_string();
+    lab.apply(&svc("tonly", family_spec(v6), &[("t", "TCP", 7000, 80)]));
+    lab.apply(&slice("tonly", fam, &[("t", "TCP", 80)], &[(&b, "n2")]));
+    let mix: IpAddr = cluster_ip(lab, "mix").parse().expect("an address");
+    let tonly: IpAddr = cluster_ip(lab, "tonly").parse().expect("an address");
+    assert_eq!((mix.is_ipv6(), tonly.is_ipv6()), (v6, v6), "{mix} {tonly}");
     // The TCP port answers (so both Services are in the table).
-    assert_eq!(wait_tcp(&ns1, sa(&mix_s, 7000), p2).as_deref(), Ok(p2));
-    assert_eq!(wait_tcp(&ns1, sa(&tonly_s, 7000), p2).as_deref(), Ok(p2));
+    for ip in [mix, tonly] {
+        let to = SocketAddr::new(ip, 7000);
+        assert_eq!(wait_tcp(&ns1, to, p2).as_deref(), Ok(p2), "TCP to {to}");
+    }
     let cap_stop = Arc::new(AtomicBool::new(false));
     let _cap_guard = Servers(cap_stop.clone());
-    let capture = capture_sctp(&ns2, cap_stop.clone());
+    let capture = capture_sctp(&ns2, v6, cap_stop.clone());
     let (to_mix, to_tonly) = (0x5c7a_0001u32, 0x5c7a_0002u32);
-    let pod_a: Ipv4Addr = a.parse().expect("IPv4");
-    let pod_b: Ipv4Addr = b.parse().expect("IPv4");
+    let pod_a: IpAddr = a.parse().expect("an address");
+    let pod_b: IpAddr = b.parse().expect("an address");
     for _ in 0..3 {
         send_sctp(&ns1, mix, sctp_init(40123, 7000, to_mix)).unwrap_or_else(|e| {
             panic!("no raw SCTP socket in the pod, so SCTP cannot be tested here: {e}")
@@ -565,7 +810,7 @@ fn source_ranges_sctp_local_policy_flush_and_the_nodes_udp_refusal() {
     let at_mix: Vec<&Seen> = seen.iter().filter(|s| s.tag == to_mix).collect();
     assert!(
         !at_mix.is_empty(),
-        "no SCTP INIT to {mix}:7000 arrived at {b} (seen: {seen:?})"
+        "no SCTP INIT to {mix} port 7000 arrived at {b} (seen: {seen:?})"
     );
     for s in &at_mix {
         assert_eq!(
@@ -576,16 +821,37 @@ fn source_ranges_sctp_local_policy_flush_and_the_nodes_udp_refusal() {
     }
     assert!(
         !seen.iter().any(|s| s.tag == to_tonly),
-        "SCTP to {tonly}:7000 (a TCP-only Service) was translated: {seen:?}"
+        "SCTP to {tonly} port 7000 (a TCP-only Service) was translated: {seen:?}"
     );
     let ct = lab.sh("n1", &["cat", "/proc/net/nf_conntrack"]);
     assert!(
-        ct.lines().any(|l| l.contains("sctp")
-            && l.contains(&format!("dst={mix}"))
-            && l.contains(&format!("src={b}"))
-            && l.contains("sport=7100")),
-        "no SCTP conntrack entry from {mix}:7000 to {b}:7100 on n1:\n{ct}"
+        has_sctp_entry(&ct, mix, pod_b, 7100),
+        "no SCTP conntrack entry from {mix} port 7000 to {b} port 7100 on n1:\n{ct}"
     );
+}
+
+#[test]
+fn source_ranges_sctp_local_policy_flush_and_the_nodes_udp_refusal() {
+    require_root();
+    require_binary("bird", "bird2");
+    require_binary("birdc", "bird2");
+    let lab = Lab::up(&["--nodes", "2", "--tor", "bird", "--pods-per-node", "1"]);
+    assert!(lab.up_ok, "{}", lab.up_output);
+    let (p1, p2) = ("n1-p1", "n2-p1");
+    let (a, b) = (lab.pod_ip(p1), lab.pod_ip(p2));
+    let (ns1, ns2) = (lab.ns(p1), lab.ns(p2));
+    let stop = Arc::new(AtomicBool::new(false));
+    let _servers = Servers(stop.clone());
+    udp_server(&ns1, 5353, "one", stop.clone());
+    udp_server(&ns2, 5353, "two", stop.clone());
+
+    lb_pools(&lab, &[LB_POOL]);
+
+    // --- loadBalancerSourceRanges, from the ToR's network.
+    source_ranges_hold(&lab, (TOR_ALLOWED, 24), TOR_OTHER);
+
+    // --- SCTP: a crafted INIT to a cluster IP is translated to the endpoint.
+    sctp_through_a_cluster_ip(&lab, false);
 
     // --- externalTrafficPolicy Local: the node's own UDP to the LB address
     // and its node port is served by the cluster set; when that endpoint
@@ -684,15 +950,7 @@ fn source_ranges_sctp_local_policy_flush_and_the_nodes_udp_refusal() {
 
 #[test]
 fn ipv6_udp_flush_and_ipv6_node_port_from_the_tor() {
-    require_root();
-    let lab = Lab::up(&["--nodes", "2", "--pods-per-node", "1", "--dual-stack"]);
-    assert!(lab.up_ok, "{}", lab.up_output);
-    let out = lab.twillctl(&["datastore", "service-range", "10.96.0.0/12,fd00:96::/108"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let lab = dual_stack_lab();
     let (p1, p2) = ("n1-p1", "n2-p1");
     let (a6, b6) = (lab.pod_ip6(p1), lab.pod_ip6(p2));
     let stop = Arc::new(AtomicBool::new(false));
@@ -739,4 +997,72 @@ fn ipv6_udp_flush_and_ipv6_node_port_from_the_tor() {
         }
     }
     assert_eq!(wait_tcp(&tor, np_tcp, p2).as_deref(), Ok(p2));
+}
+
+#[test]
+fn ipv6_load_balancer_source_ranges_and_sctp_from_the_tor() {
+    let lab = dual_stack_lab();
+    let (p1, p2) = ("n1-p1", "n2-p1");
+    let (a6, b6) = (lab.pod_ip6(p1), lab.pod_ip6(p2));
+    let tor = lab.ns("tor");
+    let stop = Arc::new(AtomicBool::new(false));
+    let _servers = Servers(stop.clone());
+    udp_server(&lab.ns(p1), 5353, "one", stop.clone());
+    udp_server(&lab.ns(p2), 5353, "two", stop.clone());
+    lb_pools(&lab, &[LB_POOL6]);
+
+    // --- An IPv6 LoadBalancer address, from the ToR: refused at once while
+    // the Service has no endpoint (so the ToR's route leads to a node that
+    // proxies it), then answered by the endpoint, and by the next one when
+    // the endpoint moves.
+    lab.apply(&svc(
+        "lb6",
+        &format!("  type: LoadBalancer\n{}", family_spec(true)),
+        &[("t", "TCP", 80, 80)],
+    ));
+    let lb = lb_ip(&lab, "lb6");
+    let pool: ipnetwork::IpNetwork = LB_POOL6.parse().expect("a CIDR");
+    let lb_addr: IpAddr = lb.parse().expect("an address");
+    assert!(pool.contains(lb_addr), "{lb} is not from {LB_POOL6}");
+    let to = SocketAddr::new(lb_addr, 80);
+    let route = || lab.sh("tor", &["ip", "-6", "route", "show", &format!("{lb}/128")]);
+    let mut last = (Err("never tried".to_string()), Duration::ZERO);
+    let refused = wait_until(Duration::from_secs(20), || {
+        let t = Instant::now();
+        let r = tcp(&tor, to);
+        last = (r, t.elapsed());
+        last.0.as_ref().is_err_and(|e| e.contains("refused"))
+    });
+    assert!(
+        refused,
+        "{to} without endpoints: want a refusal from the ToR, got {last:?}; the ToR's route: {}",
+        route()
+    );
+    assert!(
+        last.1 < Duration::from_millis(500),
+        "refused only after {:?}",
+        last.1
+    );
+    lab.apply(&slice("lb6", "IPv6", &[("t", "TCP", 80)], &[(&a6, "n1")]));
+    assert_eq!(
+        wait_tcp(&tor, to, p1).as_deref(),
+        Ok(p1),
+        "{to} from the ToR; its route: {}",
+        route()
+    );
+    lab.apply(&slice("lb6", "IPv6", &[("t", "TCP", 80)], &[(&b6, "n2")]));
+    assert_eq!(
+        wait_tcp(&tor, to, p2).as_deref(),
+        Ok(p2),
+        "{to} after the endpoint moved"
+    );
+    for _ in 0..3 {
+        assert_eq!(tcp(&tor, to).as_deref(), Ok(p2));
+    }
+
+    // --- loadBalancerSourceRanges over IPv6, from the ToR's network.
+    source_ranges_hold(&lab, (TOR_ALLOWED6, 64), TOR_OTHER6);
+
+    // --- SCTP over IPv6 through a cluster IP.
+    sctp_through_a_cluster_ip(&lab, true);
 }

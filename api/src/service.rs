@@ -6,6 +6,7 @@
 //! ([`announced_prefixes`]) that the node agent's BGP origination uses.
 //! Pure functions only; `docs/services.md` tells the whole story.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -858,11 +859,12 @@ fn host_net(a: IpAddr) -> IpNetwork {
 /// Whether `node` has an endpoint that should receive Local-policy traffic
 /// for the Service: a ready one, or when the node has no ready one, a
 /// serving terminating one (kube-proxy's rule).
-fn has_local_endpoint(svc: &Service, slices: &[EndpointSlice], node: &str) -> bool {
+fn has_local_endpoint(svc: &Service, slices: &[impl Borrow<EndpointSlice>], node: &str) -> bool {
     let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
     let name = svc.metadata.name.as_deref().unwrap_or_default();
     let local = slices
         .iter()
+        .map(Borrow::borrow)
         .filter(|s| s.metadata.namespace.as_deref().unwrap_or("default") == ns)
         .filter(|s| {
             s.metadata
@@ -900,8 +902,8 @@ fn has_local_endpoint(svc: &Service, slices: &[EndpointSlice], node: &str) -> bo
 /// addresses). Pure: the node agent calls it on every change of its inputs.
 pub fn announced_prefixes(
     node: &str,
-    services: &[Service],
-    slices: &[EndpointSlice],
+    services: &[impl Borrow<Service>],
+    slices: &[impl Borrow<EndpointSlice>],
     adv: &ServiceAdvertisement,
 ) -> BTreeMap<IpNetwork, BTreeSet<String>> {
     let mut out: BTreeMap<IpNetwork, BTreeSet<String>> = BTreeMap::new();
@@ -912,6 +914,7 @@ pub fn announced_prefixes(
     }
     let inside = |cidrs: &[IpNetwork], a: IpAddr| cidrs.iter().any(|c| c.contains(a));
     for svc in services {
+        let svc = svc.borrow();
         let ty = service_type(svc);
         if ty == "ExternalName" {
             continue;

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use twill_api::Store;
 use twill_api::resources::{IPAMBlock, IPPool};
 
-use super::follow;
+use super::{follow, follow_shared};
 use crate::dataplane::endpoints::Endpoints;
 use crate::dataplane::routes::RouteProgrammer;
 use crate::status::report::{BlockSummary, block_summary};
@@ -57,16 +57,20 @@ pub async fn follow_endpoints(endpoints: Arc<Endpoints>, routes: Arc<RouteProgra
     }
 }
 
+/// Services as last listed, each object shared.
+pub type Services = Arc<Vec<Arc<Service>>>;
+/// EndpointSlices as last listed, each object shared.
+pub type Slices = Arc<Vec<Arc<EndpointSlice>>>;
 /// Services and EndpointSlices as last listed.
-pub type ServiceLists = (Arc<Vec<Service>>, Arc<Vec<EndpointSlice>>);
+pub type ServiceLists = (Services, Slices);
 
 /// The Services and EndpointSlices as their watches last listed them
 /// (`None` until the first listing), for every consumer in the agent: one
 /// watch per kind, however many follow it.
 #[derive(Clone, Debug)]
 pub struct ServiceFeed {
-    services: watch::Receiver<Option<Arc<Vec<Service>>>>,
-    slices: watch::Receiver<Option<Arc<Vec<EndpointSlice>>>>,
+    services: watch::Receiver<Option<Services>>,
+    slices: watch::Receiver<Option<Slices>>,
 }
 
 impl ServiceFeed {
@@ -75,10 +79,10 @@ impl ServiceFeed {
         let (svc_tx, services) = watch::channel(None);
         let (sl_tx, slices) = watch::channel(None);
         let tasks = vec![
-            tokio::spawn(follow::<Service>(store.clone(), move |l| {
+            tokio::spawn(follow_shared::<Service>(store.clone(), move |l| {
                 svc_tx.send_replace(Some(Arc::new(l)));
             })),
-            tokio::spawn(follow::<EndpointSlice>(store.clone(), move |l| {
+            tokio::spawn(follow_shared::<EndpointSlice>(store.clone(), move |l| {
                 sl_tx.send_replace(Some(Arc::new(l)));
             })),
         ];
@@ -94,12 +98,12 @@ impl ServiceFeed {
     }
 
     /// The Services, once listed.
-    pub fn services(&self) -> Option<Arc<Vec<Service>>> {
+    pub fn services(&self) -> Option<Services> {
         self.services.borrow().clone()
     }
 
     /// The EndpointSlices, once listed.
-    pub fn slices(&self) -> Option<Arc<Vec<EndpointSlice>>> {
+    pub fn slices(&self) -> Option<Slices> {
         self.slices.borrow().clone()
     }
 

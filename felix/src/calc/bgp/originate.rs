@@ -9,6 +9,7 @@
 //! [`service_communities`] added: its LoadBalancer pool's `bgpCommunities`
 //! and its Services' `twill.dev/bgp-communities`.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use ipnetwork::IpNetwork;
@@ -48,8 +49,8 @@ pub type ServicePrefixes = BTreeMap<IpNetwork, BTreeSet<String>>;
 /// list, `namespace/name` with the reason, for the caller to log.
 pub fn from_services(
     node: &str,
-    services: &[Service],
-    slices: &[EndpointSlice],
+    services: &[impl Borrow<Service>],
+    slices: &[impl Borrow<EndpointSlice>],
     configs: &[BGPConfiguration],
 ) -> (ServicePrefixes, Vec<(String, String)>) {
     let adv = configs
@@ -58,8 +59,9 @@ pub fn from_services(
         .map(|c| ServiceAdvertisement::from_spec(&c.spec))
         .unwrap_or_default();
     let mut refused = Vec::new();
-    let valid: Vec<Service> = services
+    let valid: Vec<&Service> = services
         .iter()
+        .map(Borrow::borrow)
         .filter(|s| match bgp_communities(s) {
             Ok(_) => true,
             Err((_, r)) => {
@@ -67,7 +69,6 @@ pub fn from_services(
                 false
             }
         })
-        .cloned()
         .collect();
     (announced_prefixes(node, &valid, slices, &adv), refused)
 }
@@ -94,7 +95,7 @@ pub fn service_communities(
     attrs: &mut PathAttrs,
     prefix: &IpNetwork,
     by: &BTreeSet<String>,
-    services: &[Service],
+    services: &[impl Borrow<Service>],
     pools: &[IPPool],
 ) {
     let host = prefix.prefix() == if prefix.is_ipv4() { 32 } else { 128 };
@@ -109,7 +110,11 @@ pub fn service_communities(
             }
         }
     }
-    for s in services.iter().filter(|s| by.contains(&service_key(s))) {
+    for s in services
+        .iter()
+        .map(Borrow::borrow)
+        .filter(|s| by.contains(&service_key(s)))
+    {
         for c in bgp_communities(s).unwrap_or_default() {
             add(attrs, c);
         }
@@ -205,16 +210,24 @@ mod tests {
         let svcs = std::slice::from_ref(&svc);
         // A node's own configuration does not say what Services announce.
         let own = [config("node.a", "192.0.2.0/24")];
-        assert!(from_services("a", svcs, &[], &own).0.is_empty());
+        assert!(
+            from_services("a", svcs, &[] as &[EndpointSlice], &own)
+                .0
+                .is_empty()
+        );
         let def = [config("default", "192.0.2.0/24")];
-        let (got, _) = from_services("a", svcs, &[], &def);
+        let (got, _) = from_services("a", svcs, &[] as &[EndpointSlice], &def);
         assert_eq!(
             got.keys().copied().collect::<Vec<_>>(),
             [net("192.0.2.5/32")]
         );
         // Outside the configured CIDR: nothing.
         let other = [config("default", "198.51.100.0/24")];
-        assert!(from_services("a", svcs, &[], &other).0.is_empty());
+        assert!(
+            from_services("a", svcs, &[] as &[EndpointSlice], &other)
+                .0
+                .is_empty()
+        );
     }
 
     #[test]
@@ -270,7 +283,12 @@ mod tests {
         assert!(attrs.large_communities.is_empty());
         // A Service whose annotation is no community announces nothing and is reported.
         let bad = [svc("c", "65000:100,70000:1")];
-        let (got, refused) = from_services("a", &bad, &[], &[config("default", "192.0.2.0/24")]);
+        let (got, refused) = from_services(
+            "a",
+            &bad,
+            &[] as &[EndpointSlice],
+            &[config("default", "192.0.2.0/24")],
+        );
         assert!(got.is_empty());
         assert_eq!(refused.len(), 1);
         assert!(

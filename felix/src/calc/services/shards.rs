@@ -13,6 +13,7 @@
 //! list) in one table: the first by name wins, as a Go map's order decides
 //! it for kube-proxy.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -414,12 +415,17 @@ impl Renderer {
     }
 
     /// The tables for these Services and EndpointSlices.
-    pub fn render(&mut self, services: &[Service], slices: &[EndpointSlice]) -> Tables {
+    pub fn render(
+        &mut self,
+        services: &[impl Borrow<Service>],
+        slices: &[impl Borrow<EndpointSlice>],
+    ) -> Tables {
         self.pass += 1;
         self.rendered = 0;
         let pass = self.pass;
         let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
         for s in slices {
+            let s = s.borrow();
             let Some(name) = s
                 .metadata
                 .labels
@@ -432,6 +438,7 @@ impl Renderer {
             by_service.entry((ns, name)).or_default().push(s);
         }
         for svc in services {
+            let svc = svc.borrow();
             let (ns, name) = ns_name(&svc.metadata);
             let mine = by_service
                 .get(&(ns, name))

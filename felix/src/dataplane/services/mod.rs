@@ -121,8 +121,8 @@ pub struct Hooks {
 
 /// The inputs of one pass.
 pub struct Inputs {
-    pub services: Arc<Vec<Service>>,
-    pub slices: Arc<Vec<EndpointSlice>>,
+    pub services: Arc<Vec<Arc<Service>>>,
+    pub slices: Arc<Vec<Arc<EndpointSlice>>>,
 }
 
 /// What the kernel holds, as far as a pass needs to know.
@@ -444,13 +444,18 @@ mod tests {
 
     fn inputs(slice: &str) -> Inputs {
         Inputs {
-            services: Arc::new(vec![local_web()]),
-            slices: Arc::new(vec![web_slice(slice)]),
+            services: Arc::new(vec![Arc::new(local_web())]),
+            slices: Arc::new(vec![Arc::new(web_slice(slice))]),
         }
     }
 
-    fn tables(svcs: &[Service], slices: &[EndpointSlice]) -> Tables {
-        Tables::from_model(&proxy_model("n1", svcs, slices))
+    fn tables(
+        svcs: &[impl std::borrow::Borrow<Service>],
+        slices: &[impl std::borrow::Borrow<EndpointSlice>],
+    ) -> Tables {
+        let svcs: Vec<Service> = svcs.iter().map(|s| s.borrow().clone()).collect();
+        let slices: Vec<EndpointSlice> = slices.iter().map(|s| s.borrow().clone()).collect();
+        Tables::from_model(&proxy_model("n1", &svcs, &slices))
     }
 
     /// Every table's listing, as fingerprints.

@@ -168,6 +168,26 @@ pub struct SvcProxy {
     health_ports: Option<Vec<ServicePortProxy>>,
     /// The netlink socket diffs go through, kept (see [`nfnl::Socket`]).
     sock: Option<nfnl::Socket>,
+    /// The ruleset generation at which the kernel held exactly `applied`
+    /// (our write the only commit between two reads of it): while the
+    /// generation stays there, nothing can have drifted and a due read is
+    /// skipped (listing the tables costs about as much as writing them).
+    known_generation: Option<u32>,
+    /// How many times the tables were listed (read back).
+    pub reads: usize,
+}
+
+/// The kept socket's namespace's ruleset generation (opening the socket
+/// if needed); None when it cannot be read (then reads are not skipped).
+fn generation_of(sock: &mut Option<nfnl::Socket>) -> Option<u32> {
+    if sock.is_none() {
+        *sock = nfnl::Socket::open().ok();
+    }
+    let g = nfnl::generation(sock.as_ref()?).ok();
+    if g.is_none() {
+        *sock = None;
+    }
+    g
 }
 
 impl SvcProxy {
@@ -179,6 +199,8 @@ impl SvcProxy {
             hooks,
             health_ports: None,
             sock: None,
+            known_generation: None,
+            reads: 0,
         }
     }
 }
@@ -215,8 +237,20 @@ impl Manager for SvcProxy {
         if !self.read_due {
             return Ok(Kernel::AsApplied);
         }
-        let want = tables.fingerprints();
         self.read_due = false;
+        let mut sock = self.sock.take();
+        let (sock, now) = tokio::task::spawn_blocking(move || {
+            let g = generation_of(&mut sock);
+            (sock, g)
+        })
+        .await
+        .unwrap_or((None, None));
+        self.sock = sock;
+        if now.is_some() && now == self.known_generation {
+            return Ok(Kernel::AsApplied);
+        }
+        self.reads += 1;
+        let want = tables.fingerprints();
         for (name, want) in want {
             match read(name.clone()).await? {
                 None => return Ok(Kernel::Rebuild(format!("the table inet {name} is missing"))),
@@ -234,6 +268,9 @@ impl Manager for SvcProxy {
                 "an earlier version's table inet {LEGACY_TABLE_NAME} is there"
             )));
         }
+        // As applied at `now` (read before the listing: a commit during it
+        // moves the generation and brings the next read).
+        self.known_generation = now;
         Ok(Kernel::AsApplied)
     }
 
@@ -262,31 +299,40 @@ impl Manager for SvcProxy {
     async fn apply(&mut self, plan: Plan) -> Result<Applied, SvcError> {
         let report = match plan.script {
             None => Applied::Nothing,
-            Some(Script::Full { text, reason }) => {
-                if let Err(e) = blocking(move || twill_nft::apply_script(&text)).await {
-                    // Whatever the kernel holds now, the next pass rebuilds.
-                    self.applied = None;
-                    return Err(e);
-                }
-                Applied::Full { reason }
-            }
-            Some(Script::Diff(ops)) => {
-                let steps = ops.iter().map(|(_, o)| o.len()).sum();
+            Some(script) => {
                 let mut sock = self.sock.take();
                 let r = tokio::task::spawn_blocking(move || {
-                    let r = apply_ops_on(&mut sock, &ops);
-                    (sock, r)
+                    let before = generation_of(&mut sock);
+                    let r = match script {
+                        Script::Full { text, reason } => twill_nft::apply_script(&text)
+                            .map(|()| Applied::Full { reason })
+                            .map_err(SvcError::from),
+                        Script::Diff(ops) => {
+                            let steps = ops.iter().map(|(_, o)| o.len()).sum();
+                            apply_ops_on(&mut sock, &ops)
+                                .map(|via| Applied::Incremental { steps, via })
+                        }
+                    };
+                    let after = generation_of(&mut sock);
+                    let only_ours = match (before, after) {
+                        (Some(b), Some(a)) if a == b.wrapping_add(1) => Some(a),
+                        _ => None,
+                    };
+                    (sock, r, only_ours)
                 })
                 .await
                 .map_err(|e| SvcError::Task(e.to_string()))
-                .and_then(|(sock, r)| {
+                .and_then(|(sock, r, only_ours)| {
                     self.sock = sock;
+                    self.known_generation = only_ours;
                     r
                 });
                 match r {
-                    Ok(via) => Applied::Incremental { steps, via },
+                    Ok(applied) => applied,
                     Err(e) => {
+                        // Whatever the kernel holds now, the next pass rebuilds.
                         self.applied = None;
+                        self.known_generation = None;
                         return Err(e);
                     }
                 }
@@ -501,10 +547,21 @@ mod tests {
                     2,
                     "the health-checked ports are published"
                 );
-                // Nothing changed: nothing written, also after a read-back.
+                // Nothing changed: nothing written; a due read-back is
+                // skipped while nothing was committed since our write.
                 assert_eq!(reconcile(&mut m, &two).await.unwrap(), Applied::Nothing);
                 m.read_due = true;
                 assert_eq!(reconcile(&mut m, &two).await.unwrap(), Applied::Nothing);
+                assert_eq!(m.reads, 0, "the generation did not move: no listing");
+                // Someone writes another table: the tables are read, found
+                // as applied, and the next due read is skipped again.
+                twill_nft::apply_script("add table inet someone-else\n").unwrap();
+                m.read_due = true;
+                assert_eq!(reconcile(&mut m, &two).await.unwrap(), Applied::Nothing);
+                assert_eq!(m.reads, 1);
+                m.read_due = true;
+                assert_eq!(reconcile(&mut m, &two).await.unwrap(), Applied::Nothing);
+                assert_eq!(m.reads, 1);
                 // An endpoint goes: a diff, and the UDP flows to it are stale.
                 let one = inputs("- {addresses: [10.244.1.5], nodeName: n1}");
                 let r = reconcile(&mut m, &one).await.unwrap();
@@ -531,6 +588,7 @@ mod tests {
                     }
                     other => panic!("drift not repaired: {other:?}"),
                 }
+                assert_eq!(m.reads, 2, "the flush moved the generation");
                 assert_eq!(listed(), want.fingerprints());
                 // A table deleted: written whole again.
                 twill_nft::apply_script(&format!("delete table inet {web}\n")).unwrap();

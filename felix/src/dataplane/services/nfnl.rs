@@ -46,6 +46,9 @@ const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_DELRULE: u16 = 8;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
+const NFT_MSG_NEWGEN: u16 = 15;
+const NFT_MSG_GETGEN: u16 = 16;
+const NFTA_GEN_ID: u16 = 1;
 
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
@@ -629,6 +632,24 @@ impl Socket {
         Ok(())
     }
 
+    /// One datagram, waiting for it (at most a second: the kernel answers
+    /// a request inside the send, so a missing answer is an error).
+    fn recv_wait(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        let mut pfd = libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, 1000) };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        self.recv(buf)?
+            .ok_or_else(|| std::io::Error::other("no answer from nf_tables"))
+    }
+
     /// One datagram, or None when nothing is queued.
     fn recv(&self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
         use std::os::fd::AsRawFd;
@@ -752,9 +773,66 @@ pub fn send_on(sock: &Socket, batch: &Batch) -> Result<(), NfnlError> {
     Ok(())
 }
 
+/// The ruleset generation of the socket's namespace: nf_tables counts
+/// every committed transaction, whatever table it touched, so an unchanged
+/// generation means nothing was written since it was read.
+pub fn generation(sock: &Socket) -> Result<u32, NfnlError> {
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut buf = vec![0u8; 64 * 1024];
+    while sock.recv(&mut buf)?.is_some() {}
+    let m = Msg::new(msg_type(NFT_MSG_GETGEN), NLM_F_REQUEST, seq, 0, 0);
+    sock.send(&m.finish())?;
+    let n = sock.recv_wait(&mut buf)?;
+    gen_id(&buf[..n], seq).ok_or(NfnlError::Unanswered)
+}
+
+/// NFTA_GEN_ID of the NFT_MSG_NEWGEN answer to `seq` in one datagram.
+fn gen_id(mut b: &[u8], seq: u32) -> Option<u32> {
+    while b.len() >= 16 {
+        let len = u32_at(b, 0)? as usize;
+        if len < 16 || len > b.len() {
+            return None;
+        }
+        if u16_at(b, 4) == Some(msg_type(NFT_MSG_NEWGEN)) && u32_at(b, 8) == Some(seq) {
+            // nlmsghdr (16), nfgenmsg (4), then attributes.
+            let mut at = 20;
+            while let (Some(alen), Some(aty)) = (u16_at(b, at), u16_at(b, at + 2)) {
+                let alen = alen as usize;
+                if alen < 4 || at + alen > len {
+                    return None;
+                }
+                if aty & 0x3fff == NFTA_GEN_ID && alen >= 8 {
+                    let v: [u8; 4] = b.get(at + 4..at + 8)?.try_into().ok()?;
+                    return Some(u32::from_be_bytes(v));
+                }
+                at += alen.div_ceil(4) * 4;
+            }
+            return None;
+        }
+        let step = (len.div_ceil(4) * 4).min(b.len());
+        b = &b[step..];
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The generation moves with every commit, in any table, and only then.
+    #[test]
+    fn the_generation_counts_commits() {
+        let ns = crate::calc::services::tests::TestNs::new();
+        ns.run(|| {
+            let sock = Socket::open().expect("socket");
+            let g0 = generation(&sock).expect("generation");
+            assert_eq!(generation(&sock).expect("again"), g0, "nothing written");
+            twill_nft::apply_script("add table inet gen-test\n").expect("nft");
+            let g1 = generation(&sock).expect("after");
+            assert_eq!(g1, g0.wrapping_add(1), "one commit");
+        });
+    }
 
     #[test]
     fn keys_are_laid_out_in_four_byte_fields() {

@@ -10,7 +10,14 @@
 //!   same Services (`twill_bench::kube_proxy`), synced the way it syncs
 //!   every time: `iptables -N`/`-C` per jump, `iptables-save` of filter
 //!   and nat, the whole KUBE chains in one `iptables-restore --noflush
-//!   --counters` (Debian's iptables: the nf_tables backend).
+//!   --counters` (Debian's iptables: the nf_tables backend; not run from
+//!   `TWILL_BENCH_IPT_BELOW` Services on);
+//! * kube-proxy iptables, legacy backend: the same rules and sync through
+//!   `iptables-legacy`, `-save`, `-restore` (x_tables, which kube-proxy's
+//!   image uses whenever the host does), at every size, in client, node
+//!   and server namespaces of its own: a legacy table stays in its
+//!   namespace once made. Its unload deletes its jumps and `KUBE-` chains
+//!   and checks that nothing of them is left.
 //!
 //! Topology: client (a pod address, 10.244.255.2) — node (the namespace
 //! holding the rules, routing) — server, which answers on port 8080 at
@@ -338,7 +345,10 @@ impl Input {
 enum Kind {
     None,
     Twill,
+    /// kube-proxy's rules through iptables on the nf_tables backend.
     Iptables,
+    /// The same through the legacy x_tables backend (`iptables-legacy*`).
+    IptablesLegacy,
 }
 
 impl Kind {
@@ -347,6 +357,7 @@ impl Kind {
             Kind::None => "none",
             Kind::Twill => "twill (nftables)",
             Kind::Iptables => "kube-proxy 1.20 iptables (nft backend)",
+            Kind::IptablesLegacy => "kube-proxy 1.20 iptables (legacy backend)",
         }
     }
     fn key(self) -> &'static str {
@@ -354,8 +365,33 @@ impl Kind {
             Kind::None => "none",
             Kind::Twill => "twill",
             Kind::Iptables => "iptables",
+            Kind::IptablesLegacy => "iptables-legacy",
         }
     }
+    /// The iptables peers' `iptables`, `-save` and `-restore` binaries.
+    fn tools(self) -> Option<IptTools> {
+        match self {
+            Kind::None | Kind::Twill => None,
+            Kind::Iptables => Some(IptTools {
+                iptables: "iptables",
+                save: "iptables-save",
+                restore: "iptables-restore",
+            }),
+            Kind::IptablesLegacy => Some(IptTools {
+                iptables: "iptables-legacy",
+                save: "iptables-legacy-save",
+                restore: "iptables-legacy-restore",
+            }),
+        }
+    }
+}
+
+/// The binaries of one iptables backend.
+#[derive(Clone, Copy)]
+struct IptTools {
+    iptables: &'static str,
+    save: &'static str,
+    restore: &'static str,
 }
 
 /// Times of one load or change, in ms, by part; and the loaders' peak RSS.
@@ -427,30 +463,30 @@ fn twill_change(node: &Netns, inp: &Input, old: &SvcTable) -> Applied {
     a
 }
 
-/// kube-proxy 1.20's sync: make sure of the jumps, save filter and nat,
-/// generate, restore everything.
-fn iptables_sync(node: &Netns, ports: &[SvcPort]) -> Applied {
+/// kube-proxy 1.20's sync through one iptables backend: make sure of the
+/// jumps, save filter and nat, generate, restore everything.
+fn iptables_sync(node: &Netns, ipt: IptTools, ports: &[SvcPort]) -> Applied {
     let mut a = Applied::default();
     let t = Instant::now();
     for j in kube_proxy::jump_rules() {
         // `-N` fails when the chain exists; kube-proxy takes that as fine.
         let _ = run(
             node,
-            "iptables",
+            ipt.iptables,
             &["-w", "5", "-W", "100000", "-N", j.chain, "-t", j.table],
             "",
         );
         let mut args = vec!["-w", "5", "-W", "100000", "-C", j.hook, "-t", j.table];
         args.extend(j.args.iter().map(String::as_str));
-        if !run(node, "iptables", &args, "").ok {
+        if !run(node, ipt.iptables, &args, "").ok {
             args[4] = "-I";
-            run_ok(node, "iptables", &args, "");
+            run_ok(node, ipt.iptables, &args, "");
         }
     }
     a.parts.insert("ensure jumps", ms_since(t));
     let t = Instant::now();
-    let filter = run_ok(node, "iptables-save", &["-t", "filter"], "");
-    let nat = run_ok(node, "iptables-save", &["-t", "nat"], "");
+    let filter = run_ok(node, ipt.save, &["-t", "filter"], "");
+    let nat = run_ok(node, ipt.save, &["-t", "nat"], "");
     a.parts.insert("save", ms_since(t));
     let t = Instant::now();
     let input =
@@ -459,7 +495,7 @@ fn iptables_sync(node: &Netns, ports: &[SvcPort]) -> Applied {
     a.lines = input.lines().count();
     let restore = run_ok(
         node,
-        "iptables-restore",
+        ipt.restore,
         &["-w", "5", "-W", "100000", "--noflush", "--counters"],
         &input,
     );
@@ -471,13 +507,55 @@ fn iptables_sync(node: &Netns, ports: &[SvcPort]) -> Applied {
     a
 }
 
+/// Removes what `kind` loaded into the node namespace, and only that.
 fn unload(node: &Netns, kind: Kind) {
     let script = match kind {
         Kind::None => return,
         Kind::Twill => "delete table inet twill-svc\n",
         Kind::Iptables => "delete table ip nat\ndelete table ip filter\n",
+        Kind::IptablesLegacy => return unload_legacy(node),
     };
     run_ok(node, "nft", &["-f", "-"], script);
+}
+
+/// The legacy peer's unload: legacy tables are x_tables, not nft tables
+/// (`delete table ip nat` does not reach them), and a built-in table
+/// stays in a namespace once made. So: delete the jumps the sync
+/// inserted, flush and delete every `KUBE-` chain of filter and nat in one
+/// `iptables-legacy-restore --noflush`, and check that no rule and no
+/// `KUBE-` chain is left.
+fn unload_legacy(node: &Netns) {
+    let ipt = Kind::IptablesLegacy.tools().expect("an iptables peer");
+    for j in kube_proxy::jump_rules() {
+        let mut args = vec!["-w", "5", "-W", "100000", "-D", j.hook, "-t", j.table];
+        args.extend(j.args.iter().map(String::as_str));
+        run_ok(node, ipt.iptables, &args, "");
+    }
+    let mut input = String::new();
+    for table in ["filter", "nat"] {
+        let save = run_ok(node, ipt.save, &["-t", table], "");
+        let kube: Vec<String> = kube_proxy::saved_chains(&save.stdout)
+            .into_iter()
+            .filter(|c| c.starts_with("KUBE-"))
+            .collect();
+        input.push_str(&kube_proxy::delete_chains_input(table, &kube));
+    }
+    run_ok(
+        node,
+        ipt.restore,
+        &["-w", "5", "-W", "100000", "--noflush"],
+        &input,
+    );
+    let left = run_ok(node, ipt.save, &[], "");
+    assert!(
+        !left
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("-A") || l.contains("KUBE-")),
+        "[{}] the legacy peer's unload left rules or chains behind:\n{}",
+        node.name(),
+        left.stdout
+    );
 }
 
 // ---- measurement ---------------------------------------------------------
@@ -490,13 +568,14 @@ struct Settings {
     reps: usize,
     /// Repetitions at LARGE Services and more.
     reps_large: usize,
-    /// The iptables peer's endpoint change is measured below this many
-    /// Services only (`TWILL_BENCH_IPT_CHANGE_BELOW`): at 10k it is another
-    /// whole sync of many minutes on this machine.
+    /// The nft-backend iptables peer's endpoint change is measured below
+    /// this many Services only (`TWILL_BENCH_IPT_CHANGE_BELOW`): at 10k it
+    /// is another whole sync of many minutes on this machine.
     ipt_change_below: usize,
-    /// The iptables peer runs below this many Services only
+    /// The nft-backend iptables peer runs below this many Services only
     /// (`TWILL_BENCH_IPT_BELOW`): at 10k one iptables-restore of its rules
-    /// takes longer on this machine than a run can wait for it.
+    /// takes longer on this machine than a run can wait for it. The legacy
+    /// peer runs at every size.
     ipt_below: usize,
     /// Results go to bench/results/NAME.{json,md} (`--name`).
     name: String,
@@ -554,7 +633,10 @@ fn measure(t: &Topo, kind: Kind, inp: &Input, s: &Settings, out: &mut Samples) {
             twill_table = Some(table);
             out.load.push(a);
         }
-        Kind::Iptables => out.load.push(iptables_sync(&t.node, &ports)),
+        Kind::Iptables | Kind::IptablesLegacy => {
+            let ipt = kind.tools().expect("an iptables peer");
+            out.load.push(iptables_sync(&t.node, ipt, &ports));
+        }
     }
     std::thread::sleep(s.settle);
     let after = kernel_kib();
@@ -596,9 +678,10 @@ fn measure(t: &Topo, kind: Kind, inp: &Input, s: &Settings, out: &mut Samples) {
     }
     let change = match kind {
         Kind::Twill => twill_change(&t.node, inp, twill_table.as_ref().expect("loaded")),
-        Kind::Iptables => {
+        Kind::Iptables | Kind::IptablesLegacy => {
+            let ipt = kind.tools().expect("an iptables peer");
             let ports = kube_proxy::from_objects(&inp.services, &inp.changed_slices);
-            iptables_sync(&t.node, &ports)
+            iptables_sync(&t.node, ipt, &ports)
         }
         Kind::None => unreachable!("returned above"),
     };
@@ -627,6 +710,9 @@ fn main() {
         ("iptables", "iptables"),
         ("iptables-save", "iptables"),
         ("iptables-restore", "iptables"),
+        ("iptables-legacy", "iptables"),
+        ("iptables-legacy-save", "iptables"),
+        ("iptables-legacy-restore", "iptables"),
     ] {
         require_binary(b, p);
     }
@@ -637,14 +723,22 @@ fn main() {
         .position(|a| a == "--json")
         .and_then(|i| args.get(i + 1))
         .cloned();
-    let version = std::process::Command::new("iptables")
-        .arg("-V")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
+    let version_of = |prog: &str| {
+        std::process::Command::new(prog)
+            .arg("-V")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let version = version_of("iptables");
     assert!(
         version.contains("nf_tables"),
         "iptables is not the nf_tables backend ({version}); the anchor is"
+    );
+    let legacy_version = version_of("iptables-legacy");
+    assert!(
+        legacy_version.contains("legacy"),
+        "iptables-legacy is not the legacy backend ({legacy_version})"
     );
     let reps: usize = std::env::var("TWILL_BENCH_REPS")
         .ok()
@@ -686,10 +780,16 @@ fn main() {
         settle: Duration::from_millis(if short { 300 } else { 2000 }),
     };
     let t = topology();
+    // The legacy peer's own namespaces: x_tables tables, once made, stay in
+    // a namespace (their hooks, and conntrack for nat) until it is gone,
+    // and would tax every configuration measured after them.
+    let legacy = topology();
     // Closed flows leave conntrack at once, so one configuration's
     // connections are gone before the next one's memory is read.
-    t.node
-        .sysctl("net.netfilter.nf_conntrack_tcp_timeout_close", "1");
+    for topo in [&t, &legacy] {
+        topo.node
+            .sysctl("net.netfilter.nf_conntrack_tcp_timeout_close", "1");
+    }
 
     // Twill's process memory for the Services, counted by the allocator:
     // what the agent keeps (the objects from its watches, the table) and
@@ -715,6 +815,7 @@ fn main() {
         if inp.n < s.ipt_below {
             configs.push((Kind::Iptables, k));
         }
+        configs.push((Kind::IptablesLegacy, k));
     }
     let load_before = loadavg();
     let mut samples: Vec<Samples> = configs.iter().map(|_| Samples::default()).collect();
@@ -732,7 +833,12 @@ fn main() {
                 continue;
             }
             let t0 = Instant::now();
-            measure(&t, kind, inp, &s, &mut samples[i]);
+            let topo = if kind == Kind::IptablesLegacy {
+                &legacy
+            } else {
+                &t
+            };
+            measure(topo, kind, inp, &s, &mut samples[i]);
             let sm = &samples[i];
             eprintln!(
                 "rep {rep} {:<40} n={:<6} load {:>9.1} ms, change {:>9.1} ms, last svc {:.3} ms, {:.0} conn/s svc, {:.0} conn/s pod ({:.0} s)",
@@ -763,6 +869,7 @@ fn main() {
         &load_before,
         &load_after,
         &version,
+        &legacy_version,
     );
     print!("{md}");
     if let Some(p) = json_path {
@@ -772,7 +879,7 @@ fn main() {
     if !short && let Err(e) = twill_bench::write_results(&s.name, doc, &md) {
         eprintln!("service_proxy: writing results: {e}");
     }
-    drop(t);
+    drop((t, legacy));
 }
 
 // ---- report ----------------------------------------------------------------
@@ -795,7 +902,9 @@ fn report(
     load_before: &str,
     load_after: &str,
     version: &str,
+    legacy_version: &str,
 ) -> (String, Value) {
+    use std::fmt::Write as _;
     let base = &samples[0];
     let base_ms = p50(&base.pod_ms);
     let base_rate = p50(&base.pod_rate);
@@ -898,12 +1007,20 @@ fn report(
             .map(|i| &samples[i])
     };
     let mut vs = Vec::new();
-    for (k, inp) in inputs.iter().enumerate() {
+    let peers = [
+        (Kind::Iptables, "kube-proxy iptables, nft backend"),
+        (Kind::IptablesLegacy, "kube-proxy iptables, legacy backend"),
+    ];
+    for ((k, inp), (peer, against)) in inputs
+        .iter()
+        .enumerate()
+        .flat_map(|ki| peers.iter().map(move |p| (ki, *p)))
+    {
         let Some(tw) = at(Kind::Twill, k) else {
             continue;
         };
-        let Some(ip) = at(Kind::Iptables, k) else {
-            let mut row = vec![inp.n.to_string()];
+        let Some(ip) = at(peer, k) else {
+            let mut row = vec![inp.n.to_string(), against.to_string()];
             row.extend((0..6).map(|_| "peer not run".to_string()));
             vs.push(row);
             continue;
@@ -917,6 +1034,7 @@ fn report(
         };
         vs.push(vec![
             inp.n.to_string(),
+            against.to_string(),
             format!("{:.2}", p50(&ip.last_ms) / p50(&tw.last_ms)),
             format!("{:.2}", p50(&tw.svc_rate) / p50(&ip.svc_rate)),
             format!("{:.2}", p50(&tw.pod_rate) / p50(&ip.pod_rate)),
@@ -955,22 +1073,50 @@ fn report(
             );
         }
     }
-    let skipped: Vec<String> = inputs
-        .iter()
-        .filter(|i| i.n >= s.ipt_below)
-        .map(|i| i.n.to_string())
-        .collect();
-    let peer_note = if skipped.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "The iptables peer was not run at {} Services in this run (`TWILL_BENCH_IPT_BELOW={}`): one `iptables-restore` of its rules there takes longer on this machine than the run could wait (see docs/benchmarks.md).\n",
-            skipped.join(", "),
-            s.ipt_below
-        )
+    let sizes = |f: &dyn Fn(&Input) -> bool| {
+        inputs
+            .iter()
+            .filter(|i| f(i))
+            .map(|i| i.n.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     };
+    let (nft_ran, skipped) = (
+        sizes(&|i| i.n < s.ipt_below),
+        sizes(&|i| i.n >= s.ipt_below),
+    );
+    let nft_change_skipped = sizes(&|i| i.n < s.ipt_below && i.n >= s.ipt_change_below);
+    let mut peer_note = format!(
+        "Peers: {} ran at {} Services",
+        Kind::Iptables.label(),
+        if nft_ran.is_empty() {
+            "no size of"
+        } else {
+            &nft_ran
+        }
+    );
+    if !skipped.is_empty() {
+        let _ = write!(
+            peer_note,
+            ", not at {skipped} (`TWILL_BENCH_IPT_BELOW={}`): one `iptables-restore` of its rules there did not finish on this machine in the time a run can give it (see docs/benchmarks.md)",
+            s.ipt_below
+        );
+    }
+    if !nft_change_skipped.is_empty() {
+        let _ = write!(
+            peer_note,
+            "; its endpoint change not measured at {nft_change_skipped} (`TWILL_BENCH_IPT_CHANGE_BELOW={}`)",
+            s.ipt_change_below
+        );
+    }
+    let _ = writeln!(
+        peer_note,
+        ". {} ran and was measured at {} Services, in namespaces of its own (legacy tables stay in a namespace once made).",
+        Kind::IptablesLegacy.label(),
+        sizes(&|_| true)
+    );
     let md = format!(
-        "**Traffic**: TCP connect time (ms, p50 of {} connections per repetition) and new connections/s ({:.1} s per repetition)\n\n{}\n**Control plane and memory**: ms to get all Services into the kernel from nothing and one endpoint change (Twill: render, then from nothing one libnftables transaction of nft text, a change one netlink batch of the diff's steps; iptables: kube-proxy's whole sync — `-N`/`-C` per jump, `iptables-save` ×2, generate, `iptables-restore`), and kernel memory (Slab + Percpu + VmallocUsed after load minus before, MiB)\n\n{}\nTwill ÷ iptables (medians; above 1.00 Twill is ahead: quicker, faster, or smaller):\n\n{}\n{goals}{peer_note}\nMedian (min–max) of {}, the order of the {} configurations rotating and reversed every other repetition; {} endpoints per Service, every tenth a NodePort; \"none\" has no rules and no conntrack (a cluster IP leads nowhere there, which the run checks). Every connection's landing address is checked: a Service's on its endpoints, after the change on the new set (the moved endpoint included), traffic for no Service unchanged. {version}. Load average {load_before} before, {load_after} after (a shared 2-core machine). kube-proxy's own process is not run here; the anchor (issue 17) measured it at 150–164 MiB with 10k Services.\n",
+        "**Traffic**: TCP connect time (ms, p50 of {} connections per repetition) and new connections/s ({:.1} s per repetition)\n\n{}\n**Control plane and memory**: ms to get all Services into the kernel from nothing and one endpoint change (Twill: render, then from nothing one libnftables transaction of nft text, a change one netlink batch of the diff's steps; iptables: kube-proxy's whole sync — `-N`/`-C` per jump, `iptables-save` ×2, generate, `iptables-restore`, through `iptables-legacy*` for the legacy backend), and kernel memory (Slab + Percpu + VmallocUsed after load minus before, MiB)\n\n{}\nTwill ÷ iptables, one row per size and peer (medians; above 1.00 Twill is ahead: quicker, faster, or smaller):\n\n{}\n{goals}{peer_note}\nMedian (min–max) of {}, the order of the {} configurations rotating and reversed every other repetition; {} endpoints per Service, every tenth a NodePort; \"none\" has no rules and no conntrack (a cluster IP leads nowhere there, which the run checks). Every connection's landing address is checked: a Service's on its endpoints, after the change on the new set (the moved endpoint included), traffic for no Service unchanged. {version}; {legacy_version}. Load average {load_before} before, {load_after} after (a shared 2-core machine). kube-proxy's own process is not run here; the anchor (issue 17) measured it at 150–164 MiB with 10k Services.\n",
         s.probes,
         s.conn_dur.as_secs_f64(),
         twill_bench::table(
@@ -1002,6 +1148,7 @@ fn report(
         twill_bench::table(
             &[
                 "Services",
+                "against",
                 "connect: last Service",
                 "conn/s: last Service",
                 "conn/s: no Service",
@@ -1027,7 +1174,7 @@ fn report(
         "ipt_below": (s.ipt_below != usize::MAX).then_some(s.ipt_below),
         "reps": s.reps, "reps_large": s.reps_large, "large_from": LARGE, "sizes": s.sizes, "endpoints_per_service": ENDPOINTS,
         "probes": s.probes, "conn_secs": s.conn_dur.as_secs_f64(),
-        "iptables": version,
+        "iptables": version, "iptables_legacy": legacy_version,
         "loadavg_before": load_before, "loadavg_after": load_after,
         "twill_heap_bytes": heap.iter().map(|(n, (o, k, p))| json!({"services": n, "objects": o, "objects_model_table": k, "peak_render": p})).collect::<Vec<_>>(),
         "rows": rows_json,

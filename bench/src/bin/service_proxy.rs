@@ -221,26 +221,63 @@ struct Ran {
     ok: bool,
     stdout: String,
     stderr: String,
+    /// From spawn to exit of the program itself (not of `ip netns exec`
+    /// or the helper around it).
     ms: f64,
     maxrss_kib: i64,
 }
 
-/// Runs `prog ARGS` in `ns` with `input` on stdin; waits with wait4 for
-/// the child's own peak RSS.
-// The child is reaped by wait4 below, not by `Child::wait` (which would
-// not report its rusage).
-#[allow(clippy::zombie_processes)]
-fn run(ns: &Netns, prog: &str, args: &[&str], input: &str) -> Ran {
+/// The first argument of this binary's helper mode ([`maxrss_helper`]).
+const MAXRSS_OF: &str = "--maxrss-of";
+/// How the helper's report, the last line of its stderr, starts.
+const MAXRSS_LINE: &str = "service_proxy helper: maxrss_kib ms ";
+
+/// `service_proxy --maxrss-of PROG ARGS…`: runs PROG on this process's
+/// stdin, stdout and stderr, writes its peak RSS (KiB) and wall time (ms)
+/// as the last line of stderr, and exits with its status. Why a helper:
+/// Linux carries the high-water RSS of the process a child was forked
+/// from over its `exec`, so a child of this benchmark (which holds
+/// hundreds of MiB of Services) would report the benchmark's peak, not
+/// its own. The helper is a fresh, small process (a few MiB: the floor of
+/// what it reports).
+fn maxrss_helper(args: &[String]) -> ! {
+    let Some((prog, rest)) = args.split_first() else {
+        eprintln!("usage: service_proxy {MAXRSS_OF} PROG [ARGS…]");
+        std::process::exit(2);
+    };
     let t = Instant::now();
+    let status = match std::process::Command::new(prog).args(rest).status() {
+        Ok(st) => st,
+        Err(e) => {
+            eprintln!("spawn {prog}: {e}");
+            std::process::exit(127);
+        }
+    };
+    let ms = ms_since(t);
+    // SAFETY: an all-zero rusage is a valid value for getrusage to fill.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid out-pointer; RUSAGE_CHILDREN covers the one child
+    // reaped above.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    eprintln!("{MAXRSS_LINE}{} {ms}", ru.ru_maxrss);
+    std::process::exit(status.code().unwrap_or(128));
+}
+
+/// Runs `prog ARGS` in `ns` with `input` on stdin, through
+/// [`maxrss_helper`] for the program's own peak RSS and time.
+fn run(ns: &Netns, prog: &str, args: &[&str], input: &str) -> Ran {
+    let exe = std::env::current_exe().expect("this benchmark's own path");
+    let exe = exe.to_string_lossy();
     let mut child = ns
-        .command(prog)
+        .command(&exe)
+        .arg(MAXRSS_OF)
+        .arg(prog)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {prog}: {e}"));
-    let pid = child.id() as libc::pid_t;
     let mut stdin = child.stdin.take().expect("stdin");
     let input = input.to_string();
     let writer = std::thread::spawn(move || {
@@ -257,19 +294,26 @@ fn run(ns: &Netns, prog: &str, args: &[&str], input: &str) -> Ran {
     let _ = err.read_to_string(&mut stderr);
     let _ = writer.join();
     let stdout = reader.join().unwrap_or_default();
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value for wait4 to fill.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waiting for our own child, with valid out-pointers; the
-    // Child is not waited for again (dropping it does not wait).
-    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-    let ok = rc == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    let ok = child.wait().is_ok_and(|st| st.success());
+    let report = stderr
+        .lines()
+        .rfind(|l| l.starts_with(MAXRSS_LINE))
+        .map(str::to_string);
+    let (maxrss_kib, ms) = report
+        .as_deref()
+        .and_then(|l| l.strip_prefix(MAXRSS_LINE))
+        .and_then(|v| v.split_once(' '))
+        .and_then(|(k, m)| Some((k.parse().ok()?, m.parse().ok()?)))
+        .unwrap_or((0, f64::NAN));
+    if let Some(l) = &report {
+        stderr = stderr.replace(&format!("{l}\n"), "");
+    }
     Ran {
-        ok,
+        ok: ok && report.is_some(),
         stdout,
         stderr,
-        ms: t.elapsed().as_secs_f64() * 1000.0,
-        maxrss_kib: ru.ru_maxrss,
+        ms,
+        maxrss_kib,
     }
 }
 
@@ -467,27 +511,30 @@ fn twill_change(node: &Netns, inp: &Input, old: &SvcTable) -> Applied {
 /// jumps, save filter and nat, generate, restore everything.
 fn iptables_sync(node: &Netns, ipt: IptTools, ports: &[SvcPort]) -> Applied {
     let mut a = Applied::default();
-    let t = Instant::now();
+    // The programs' own times (not `ip netns exec`'s or the helper's).
+    let mut jumps_ms = 0.0;
     for j in kube_proxy::jump_rules() {
         // `-N` fails when the chain exists; kube-proxy takes that as fine.
-        let _ = run(
+        jumps_ms += run(
             node,
             ipt.iptables,
             &["-w", "5", "-W", "100000", "-N", j.chain, "-t", j.table],
             "",
-        );
+        )
+        .ms;
         let mut args = vec!["-w", "5", "-W", "100000", "-C", j.hook, "-t", j.table];
         args.extend(j.args.iter().map(String::as_str));
-        if !run(node, ipt.iptables, &args, "").ok {
+        let check = run(node, ipt.iptables, &args, "");
+        jumps_ms += check.ms;
+        if !check.ok {
             args[4] = "-I";
-            run_ok(node, ipt.iptables, &args, "");
+            jumps_ms += run_ok(node, ipt.iptables, &args, "").ms;
         }
     }
-    a.parts.insert("ensure jumps", ms_since(t));
-    let t = Instant::now();
+    a.parts.insert("ensure jumps", jumps_ms);
     let filter = run_ok(node, ipt.save, &["-t", "filter"], "");
     let nat = run_ok(node, ipt.save, &["-t", "nat"], "");
-    a.parts.insert("save", ms_since(t));
+    a.parts.insert("save", filter.ms + nat.ms);
     let t = Instant::now();
     let input =
         kube_proxy::restore_input(ports, CLUSTER_CIDR, &kube_proxy::saved_chains(&nat.stdout));
@@ -704,6 +751,10 @@ fn measure(t: &Topo, kind: Kind, inp: &Input, s: &Settings, out: &mut Samples) {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(MAXRSS_OF) {
+        maxrss_helper(&args[2..]);
+    }
     require_root();
     for (b, p) in [
         ("nft", "nftables"),
@@ -716,7 +767,6 @@ fn main() {
     ] {
         require_binary(b, p);
     }
-    let args: Vec<String> = std::env::args().collect();
     let short = args.iter().any(|a| a == "--short");
     let json_path = args
         .iter()

@@ -1210,7 +1210,7 @@ fn report(
         ),
         if s.reps_large < s.reps && s.sizes.iter().any(|&n| n >= LARGE) {
             format!(
-                "{} repetitions ({} at {LARGE} Services and more: one kube-proxy-style sync takes minutes on this machine)",
+                "{} repetitions ({} at {LARGE} Services and more, `TWILL_BENCH_REPS_LARGE`)",
                 s.reps, s.reps_large
             )
         } else {

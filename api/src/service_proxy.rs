@@ -321,19 +321,10 @@ fn endpoints_of(
     by_addr.into_values().collect()
 }
 
-/// What `node` does with every Service: one [`ServicePortProxy`] per
-/// Service port and IP family, sorted by Service, port name, protocol and
-/// family. Left out: ExternalName and headless Services (no cluster IP:
-/// nothing to proxy), ports with an unknown protocol, and families the
-/// Service has no cluster IP of. Pure: the node agent calls it on every
-/// change of its inputs.
-pub fn proxy_model(
-    node: &str,
-    services: &[Service],
-    slices: &[EndpointSlice],
-) -> Vec<ServicePortProxy> {
-    // Slices by Service, once.
-    let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
+/// The EndpointSlices of each Service (`namespace/name`, by the
+/// `kubernetes.io/service-name` label); slices without it belong to none.
+pub fn slices_by_service(slices: &[EndpointSlice]) -> BTreeMap<String, Vec<&EndpointSlice>> {
+    let mut by_service: BTreeMap<String, Vec<&EndpointSlice>> = BTreeMap::new();
     for s in slices {
         let Some(name) = s
             .metadata
@@ -343,128 +334,34 @@ pub fn proxy_model(
         else {
             continue;
         };
-        let ns = s
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
-        by_service.entry((ns, name.clone())).or_default().push(s);
+        let ns = s.metadata.namespace.as_deref().unwrap_or("default");
+        by_service
+            .entry(format!("{ns}/{name}"))
+            .or_default()
+            .push(s);
     }
+    by_service
+}
+
+/// What `node` does with every Service: one [`ServicePortProxy`] per
+/// Service port and IP family, sorted by Service, port name, protocol and
+/// family. Left out: ExternalName and headless Services (no cluster IP:
+/// nothing to proxy), ports with an unknown protocol, and families the
+/// Service has no cluster IP of. Pure: the node agent calls
+/// [`service_ports`] for each Service that changed.
+pub fn proxy_model(
+    node: &str,
+    services: &[Service],
+    slices: &[EndpointSlice],
+) -> Vec<ServicePortProxy> {
+    let by_service = slices_by_service(slices);
     let mut out = Vec::new();
     for svc in services {
-        let ty = service_type(svc);
-        let Some(spec) = &svc.spec else { continue };
-        if ty == "ExternalName" {
-            continue;
-        }
-        let mut cluster_ips = parse_ips(spec.cluster_ips.iter().flatten());
-        if cluster_ips.is_empty() {
-            cluster_ips = parse_ips(spec.cluster_ip.iter());
-        }
-        if cluster_ips.is_empty() {
-            continue; // headless, or not allocated yet
-        }
-        let ns = svc
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
-        let name = svc.metadata.name.clone().unwrap_or_default();
-        let my_slices = by_service
-            .get(&(ns, name))
+        let mine = by_service
+            .get(&service_key(svc))
             .map(Vec::as_slice)
             .unwrap_or_default();
-        let external_ips = parse_ips(spec.external_ips.iter().flatten());
-        let lb_ips: Vec<IpAddr> = if ty == "LoadBalancer" {
-            svc.status
-                .iter()
-                .filter_map(|s| s.load_balancer.as_ref())
-                .flat_map(|lb| lb.ingress.iter().flatten())
-                .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
-                .filter_map(|i| i.ip.as_deref()?.trim().parse().ok())
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let ranges: Vec<IpNetwork> = spec
-            .load_balancer_source_ranges
-            .iter()
-            .flatten()
-            .filter_map(|r| crate::validate::parse_cidr(r.trim()).ok())
-            .collect();
-        let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
-        let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
-        let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
-            spec.session_affinity_config
-                .as_ref()
-                .and_then(|c| c.client_ip.as_ref())
-                .and_then(|c| c.timeout_seconds)
-                .and_then(|t| u32::try_from(t).ok())
-                .filter(|t| (1..=MAX_AFFINITY_TIMEOUT).contains(t))
-                .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
-        });
-        let health_check_node_port = (ty == "LoadBalancer" && external_local)
-            .then_some(spec.health_check_node_port)
-            .flatten()
-            .and_then(port_u16);
-        let families: BTreeSet<Family> = cluster_ips.iter().map(Family::of).collect();
-        for sp in spec.ports.iter().flatten() {
-            let Some(proto) = Protocol::parse(sp.protocol.as_deref()) else {
-                continue;
-            };
-            let Some(port) = port_u16(sp.port) else {
-                continue;
-            };
-            let node_port = (ty == "NodePort" || ty == "LoadBalancer")
-                .then_some(sp.node_port)
-                .flatten()
-                .and_then(port_u16);
-            for &fam in &families {
-                let in_fam = |a: &&IpAddr| Family::of(a) == fam;
-                let mut frontends: Vec<Frontend> = cluster_ips
-                    .iter()
-                    .filter(in_fam)
-                    .map(|a| Frontend::ClusterIp(*a, port))
-                    .collect();
-                frontends.extend(node_port.map(Frontend::NodePort));
-                frontends.extend(
-                    lb_ips
-                        .iter()
-                        .filter(in_fam)
-                        .map(|a| Frontend::LoadBalancer(*a, port)),
-                );
-                frontends.extend(
-                    external_ips
-                        .iter()
-                        .filter(in_fam)
-                        .map(|a| Frontend::ExternalIp(*a, port)),
-                );
-                frontends.sort();
-                frontends.dedup();
-                let endpoints = endpoints_of(my_slices, sp, proto, fam);
-                let cluster = EndpointSet::pick(&endpoints, |_| true);
-                let local = EndpointSet::pick(&endpoints, |e| e.node.as_deref() == Some(node));
-                out.push(ServicePortProxy {
-                    service: service_key(svc),
-                    port_name: sp.name.clone().unwrap_or_default(),
-                    protocol: proto,
-                    family: fam,
-                    frontends,
-                    endpoints,
-                    cluster,
-                    local,
-                    external_local,
-                    internal_local,
-                    affinity_timeout,
-                    source_ranges: ranges
-                        .iter()
-                        .filter(|r| Family::of(&r.ip()) == fam)
-                        .copied()
-                        .collect(),
-                    health_check_node_port,
-                });
-            }
-        }
+        out.extend(service_ports(node, svc, mine));
     }
     out.sort_by(|a, b| {
         (&a.service, &a.port_name, a.protocol, a.family).cmp(&(
@@ -473,6 +370,123 @@ pub fn proxy_model(
             b.protocol,
             b.family,
         ))
+    });
+    out
+}
+
+/// [`proxy_model`] for one Service and its EndpointSlices (`my_slices`),
+/// sorted by port name, protocol and family.
+pub fn service_ports(
+    node: &str,
+    svc: &Service,
+    my_slices: &[&EndpointSlice],
+) -> Vec<ServicePortProxy> {
+    let mut out = Vec::new();
+    let ty = service_type(svc);
+    let Some(spec) = &svc.spec else { return out };
+    if ty == "ExternalName" {
+        return out;
+    }
+    let mut cluster_ips = parse_ips(spec.cluster_ips.iter().flatten());
+    if cluster_ips.is_empty() {
+        cluster_ips = parse_ips(spec.cluster_ip.iter());
+    }
+    if cluster_ips.is_empty() {
+        return out; // headless, or not allocated yet
+    }
+    let external_ips = parse_ips(spec.external_ips.iter().flatten());
+    let lb_ips: Vec<IpAddr> = if ty == "LoadBalancer" {
+        svc.status
+            .iter()
+            .filter_map(|s| s.load_balancer.as_ref())
+            .flat_map(|lb| lb.ingress.iter().flatten())
+            .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
+            .filter_map(|i| i.ip.as_deref()?.trim().parse().ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let ranges: Vec<IpNetwork> = spec
+        .load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .filter_map(|r| crate::validate::parse_cidr(r.trim()).ok())
+        .collect();
+    let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+    let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .and_then(|t| u32::try_from(t).ok())
+            .filter(|t| (1..=MAX_AFFINITY_TIMEOUT).contains(t))
+            .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
+    });
+    let health_check_node_port = (ty == "LoadBalancer" && external_local)
+        .then_some(spec.health_check_node_port)
+        .flatten()
+        .and_then(port_u16);
+    let families: BTreeSet<Family> = cluster_ips.iter().map(Family::of).collect();
+    for sp in spec.ports.iter().flatten() {
+        let Some(proto) = Protocol::parse(sp.protocol.as_deref()) else {
+            continue;
+        };
+        let Some(port) = port_u16(sp.port) else {
+            continue;
+        };
+        let node_port = (ty == "NodePort" || ty == "LoadBalancer")
+            .then_some(sp.node_port)
+            .flatten()
+            .and_then(port_u16);
+        for &fam in &families {
+            let in_fam = |a: &&IpAddr| Family::of(a) == fam;
+            let mut frontends: Vec<Frontend> = cluster_ips
+                .iter()
+                .filter(in_fam)
+                .map(|a| Frontend::ClusterIp(*a, port))
+                .collect();
+            frontends.extend(node_port.map(Frontend::NodePort));
+            frontends.extend(
+                lb_ips
+                    .iter()
+                    .filter(in_fam)
+                    .map(|a| Frontend::LoadBalancer(*a, port)),
+            );
+            frontends.extend(
+                external_ips
+                    .iter()
+                    .filter(in_fam)
+                    .map(|a| Frontend::ExternalIp(*a, port)),
+            );
+            frontends.sort();
+            frontends.dedup();
+            let endpoints = endpoints_of(my_slices, sp, proto, fam);
+            let cluster = EndpointSet::pick(&endpoints, |_| true);
+            let local = EndpointSet::pick(&endpoints, |e| e.node.as_deref() == Some(node));
+            out.push(ServicePortProxy {
+                service: service_key(svc),
+                port_name: sp.name.clone().unwrap_or_default(),
+                protocol: proto,
+                family: fam,
+                frontends,
+                endpoints,
+                cluster,
+                local,
+                external_local,
+                internal_local,
+                affinity_timeout,
+                source_ranges: ranges
+                    .iter()
+                    .filter(|r| Family::of(&r.ip()) == fam)
+                    .copied()
+                    .collect(),
+                health_check_node_port,
+            });
+        }
+    }
+    out.sort_by(|a, b| {
+        (&a.port_name, a.protocol, a.family).cmp(&(&b.port_name, b.protocol, b.family))
     });
     out
 }

@@ -338,8 +338,8 @@ async fn service_proxy(mode: services::Mode, node: String, feed: ServiceFeed, re
     match mode {
         services::Mode::Nftables => {
             tracing::info!(
-                "service proxy on: Service traffic is handled in the {} table",
-                crate::calc::services::TABLE
+                "service proxy on: Service traffic is handled in the {} tables",
+                crate::calc::services::TABLES
             );
             // The semantics that hang on each applied table: stale UDP
             // conntrack entries flushed, health check node ports served.
@@ -369,8 +369,8 @@ async fn service_proxy(mode: services::Mode, node: String, feed: ServiceFeed, re
         }
         services::Mode::Off => match services::remove_leftover().await {
             Ok(true) => tracing::info!(
-                "service proxy off: deleted the {} table a previous run left",
-                crate::calc::services::TABLE
+                "service proxy off: deleted the {} tables a previous run left",
+                crate::calc::services::TABLES
             ),
             Ok(false) => {}
             Err(e) => {

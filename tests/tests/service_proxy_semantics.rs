@@ -315,7 +315,7 @@ fn endpoint_conditions_affinity_hairpin_and_traffic_policies() {
             "affinity broken for the other client"
         );
     }
-    let table = lab.sh("n1", &["nft", "list", "table", "inet", "twill-svc"]);
+    let table = lab.sh("n1", &["nft", "list", "ruleset"]);
     assert!(
         table.contains("timeout 1m30s"),
         "the affinity timeout is not in the table:\n{table}"

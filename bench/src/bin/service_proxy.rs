@@ -55,7 +55,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::{Value, json};
 use twill_bench::Spread;
 use twill_bench::kube_proxy::{self, SvcPort};
-use twill_felix::calc::services::{SvcTable, desired, synthetic};
+use twill_felix::calc::services::{Renderer, SHARDS, Tables, synthetic, table_name};
 use twill_felix::dataplane::services::{Via, apply_ops};
 use twill_tests::netns::spawn_in;
 use twill_tests::{Netns, require_binary, require_root, veth_between};
@@ -471,30 +471,39 @@ fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
 }
 
-/// Twill: the whole table from nothing. Returns the table (what the agent
-/// keeps to diff the next change against).
-fn twill_load(node: &Netns, inp: &Input) -> (SvcTable, Applied) {
+/// What the agent keeps between passes: its renderer (each Service's part)
+/// and the tables in the kernel, to diff the next change against.
+struct Kept {
+    renderer: Renderer,
+    tables: Tables,
+}
+
+/// Twill: all tables from nothing, rendered as the agent renders them.
+fn twill_load(node: &Netns, inp: &Input) -> (Kept, Applied) {
     let mut a = Applied::default();
     let t = Instant::now();
-    let (_, table) = desired("n1", &inp.services, &inp.slices);
-    let script = table.full_script();
+    let mut renderer = Renderer::new("n1");
+    let tables = renderer.render(&inp.services, &inp.slices);
+    let script = tables.full_script();
     a.parts.insert("render", ms_since(t));
     a.lines = script.lines().count();
     a.parts.insert("apply", nft_apply(node, script));
-    (table, a)
+    (Kept { renderer, tables }, a)
 }
 
-/// Twill: one endpoint change as the agent applies it: the steps from the
-/// table in the kernel to the new one, as one netlink batch
-/// (`twill_felix::dataplane::services::apply_ops`; nft text only for what
-/// its encoder does not take, which this benchmark's Services never need).
-fn twill_change(node: &Netns, inp: &Input, old: &SvcTable) -> Applied {
+/// Twill: one endpoint change as the agent applies it: the renderer given
+/// all Services and EndpointSlices (it renders the one that changed), the
+/// steps from the tables in the kernel to the new ones, as one netlink
+/// batch (`twill_felix::dataplane::services::apply_ops`; nft text only for
+/// what its encoder does not take, which this benchmark's Services never
+/// need).
+fn twill_change(node: &Netns, inp: &Input, kept: &mut Kept) -> Applied {
     let mut a = Applied::default();
     let t = Instant::now();
-    let (_, table) = desired("n1", &inp.services, &inp.changed_slices);
-    let ops = table.diff_ops(old);
+    let tables = kept.renderer.render(&inp.services, &inp.changed_slices);
+    let ops = tables.diff_ops(&kept.tables);
     a.parts.insert("render", ms_since(t));
-    a.lines = ops.len();
+    a.lines = ops.iter().map(|(_, o)| o.len()).sum();
     let apply = spawn_in(node.name(), move || {
         let t = Instant::now();
         let via = apply_ops(&ops).unwrap_or_else(|e| panic!("the kernel refused the change: {e}"));
@@ -558,7 +567,9 @@ fn iptables_sync(node: &Netns, ipt: IptTools, ports: &[SvcPort]) -> Applied {
 fn unload(node: &Netns, kind: Kind) {
     let script = match kind {
         Kind::None => return,
-        Kind::Twill => "delete table inet twill-svc\n",
+        Kind::Twill => &(0..SHARDS)
+            .map(|i| format!("delete table inet {}\n", table_name(i)))
+            .collect::<String>(),
         Kind::Iptables => "delete table ip nat\ndelete table ip filter\n",
         Kind::IptablesLegacy => return unload_legacy(node),
     };
@@ -724,7 +735,7 @@ fn measure(t: &Topo, kind: Kind, inp: &Input, s: &Settings, out: &mut Samples) {
         return;
     }
     let change = match kind {
-        Kind::Twill => twill_change(&t.node, inp, twill_table.as_ref().expect("loaded")),
+        Kind::Twill => twill_change(&t.node, inp, twill_table.as_mut().expect("loaded")),
         Kind::Iptables | Kind::IptablesLegacy => {
             let ipt = kind.tools().expect("an iptables peer");
             let ports = kube_proxy::from_objects(&inp.services, &inp.changed_slices);
@@ -851,11 +862,12 @@ fn main() {
         heap::set_peak(base);
         let (svcs, slices) = synthetic::services(inp.n, ENDPOINTS);
         let objects = heap::current() - base;
-        let (model, table) = desired("n1", &svcs, &slices);
+        let mut renderer = Renderer::new("n1");
+        let tables = renderer.render(&svcs, &slices);
         let kept = heap::current() - base;
-        let script = table.full_script();
+        let script = tables.full_script();
         let peak = heap::peak() - base;
-        drop((script, model, table, svcs, slices));
+        drop((script, renderer, tables, svcs, slices));
         heap.insert(inp.n, (objects, kept, peak));
     }
 

@@ -68,7 +68,7 @@ struct Args {
     #[arg(long, default_value = "60")]
     bgp_settle: u64,
     /// Handle Service traffic (ClusterIP, NodePort, LoadBalancer, external
-    /// IPs) in the `inet twill-svc` nftables table, replacing kube-proxy;
+    /// IPs) in the `inet twill-svc-0` … `twill-svc-7` nftables tables, replacing kube-proxy;
     /// `off` leaves it to kube-proxy (and deletes a table a previous run left).
     #[arg(long, env = "TWILL_SERVICE_PROXY", value_enum, default_value = "off")]
     service_proxy: twill_felix::dataplane::services::Mode,

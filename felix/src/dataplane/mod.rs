@@ -4,7 +4,7 @@
 //! * [`routes`]: Twill's routes in the main table (protocol 116);
 //! * [`policy`]: the `inet twill` nftables table (network policy);
 //! * [`nat`]: the `inet twill-nat` table (NAT outgoing);
-//! * [`services`]: the `inet twill-svc` table (the service proxy);
+//! * [`services`]: the `inet twill-svc-N` tables (the service proxy);
 //! * [`conntrack`]: stale UDP/SCTP conntrack entries of Service
 //!   endpoints that left (deleted, never owned);
 //! * [`endpoints`]: pod veths and their namespaces' side, with the

@@ -35,7 +35,7 @@ pub const DATAPLANE: &str = "dataplane";
 /// session is established.
 pub const BGP: &str = "bgp";
 /// The service proxy condition (`--service-proxy=nftables` only): the
-/// `inet twill-svc` table implements the Services as last listed.
+/// `inet twill-svc-N` tables implement the Services as last listed.
 pub const SERVICE_PROXY: &str = "service-proxy";
 
 /// Named readiness conditions; ready when every registered one holds.

@@ -19,7 +19,10 @@
 //! Cluster policy, and a pod reaching itself (hairpin). Layout and
 //! reasons: docs/service-proxy.md.
 
+pub mod shards;
 pub mod synthetic;
+
+pub use shards::{Part, Renderer, TableOps, Tables, shard_of};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -29,10 +32,18 @@ use twill_api::service_proxy::{
     Endpoint, EndpointSet, Family, Frontend, ServicePortProxy, proxy_model,
 };
 
-/// Family and name of the service proxy's table.
-pub const TABLE: &str = "inet twill-svc";
-/// The table's name alone.
-pub const TABLE_NAME: &str = "twill-svc";
+/// How many tables the Services are spread over ([`shards`]): a commit
+/// makes the kernel re-check the jumps of the whole table it touches, so a
+/// change at 10,000 Services re-checks one eighth of them.
+pub const SHARDS: usize = 8;
+/// The tables' names: `twill-svc-0` … `twill-svc-7` (family `inet`).
+pub fn table_name(shard: usize) -> String {
+    format!("twill-svc-{shard}")
+}
+/// The tables, for people: `inet twill-svc-0 … twill-svc-7`.
+pub const TABLES: &str = "inet twill-svc-0 … twill-svc-7";
+/// The one table earlier versions wrote; deleted by every full write.
+pub const LEGACY_TABLE_NAME: &str = "twill-svc";
 /// The packet mark bit that asks for masquerade in postrouting (distinct
 /// from the policy table's pass mark, 0x02000000).
 pub const MASQ_MARK: u32 = 0x0400_0000;
@@ -448,19 +459,19 @@ impl SvcTable {
 
     /// The script that replaces whatever table is there with this one, in
     /// one transaction (`add` first, so the `delete` cannot fail).
-    pub fn full_script(&self) -> String {
+    pub fn full_script(&self, table: &str) -> String {
         let mut s = String::with_capacity(256 + self.chains.len() * 160);
-        let _ = writeln!(s, "add table {TABLE}");
-        let _ = writeln!(s, "delete table {TABLE}");
-        let _ = writeln!(s, "add table {TABLE}");
-        self.create(&mut s, self.chains.keys(), self.sets.keys(), true);
+        let _ = writeln!(s, "add table inet {table}");
+        let _ = writeln!(s, "delete table inet {table}");
+        let _ = writeln!(s, "add table inet {table}");
+        self.create(&mut s, table, self.chains.keys(), self.sets.keys(), true);
         for (name, c) in &self.chains {
             for r in &c.rules {
-                let _ = writeln!(s, "add rule {TABLE} {name} {r}");
+                let _ = writeln!(s, "add rule inet {table} {name} {r}");
             }
         }
         for (map, elems) in &self.maps {
-            add_elements(&mut s, map, elems.iter());
+            add_elements(&mut s, table, map, elems.iter());
         }
         s
     }
@@ -469,6 +480,7 @@ impl SvcTable {
     fn create<'a>(
         &self,
         s: &mut String,
+        table: &str,
         chains: impl Iterator<Item = &'a String>,
         sets: impl Iterator<Item = &'a String>,
         maps: bool,
@@ -476,21 +488,21 @@ impl SvcTable {
         for name in chains {
             match self.chains.get(name).and_then(|c| c.hook.as_deref()) {
                 Some(h) => {
-                    let _ = writeln!(s, "add chain {TABLE} {name} {{ {h} }}");
+                    let _ = writeln!(s, "add chain inet {table} {name} {{ {h} }}");
                 }
                 None => {
-                    let _ = writeln!(s, "add chain {TABLE} {name}");
+                    let _ = writeln!(s, "add chain inet {table} {name}");
                 }
             }
         }
         if maps {
             for (name, ty) in MAPS {
-                let _ = writeln!(s, "add map {TABLE} {name} {{ type {ty} : verdict; }}");
+                let _ = writeln!(s, "add map inet {table} {name} {{ type {ty} : verdict; }}");
             }
         }
         for name in sets {
             if let Some(decl) = self.sets.get(name) {
-                let _ = writeln!(s, "add set {TABLE} {name} {{ {decl} }}");
+                let _ = writeln!(s, "add set inet {table} {name} {{ {decl} }}");
             }
         }
     }
@@ -498,8 +510,8 @@ impl SvcTable {
     /// The script that takes the kernel from `old` (what it holds, as
     /// applied) to `self`: [`SvcTable::diff_ops`] as nft text. Empty when
     /// nothing changes.
-    pub fn diff_script(&self, old: &SvcTable) -> String {
-        render_ops(&self.diff_ops(old))
+    pub fn diff_script(&self, old: &SvcTable, table: &str) -> String {
+        render_ops(table, &self.diff_ops(old))
     }
 
     /// The steps that take the kernel from `old` to `self`: new chains and
@@ -613,16 +625,21 @@ const ELEMENTS_PER_COMMAND: usize = 1000;
 
 fn add_elements<'a>(
     s: &mut String,
+    table: &str,
     map: &str,
     elems: impl Iterator<Item = (&'a String, &'a String)>,
 ) {
     let all: Vec<String> = elems.map(|(k, v)| format!("{k} : {v}")).collect();
     for chunk in all.chunks(ELEMENTS_PER_COMMAND) {
-        let _ = writeln!(s, "add element {TABLE} {map} {{ {} }}", chunk.join(", "));
+        let _ = writeln!(
+            s,
+            "add element inet {table} {map} {{ {} }}",
+            chunk.join(", ")
+        );
     }
 }
 
-/// One step of a diff ([`SvcTable::diff_ops`]), in table `inet twill-svc`.
+/// One step of a diff ([`SvcTable::diff_ops`]), in one of the tables.
 /// Rules, keys and verdicts are nft text as the table holds them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -651,8 +668,9 @@ pub enum Op {
     DelSet(String),
 }
 
-/// Steps as one nft script (one transaction when applied whole).
-pub fn render_ops(ops: &[Op]) -> String {
+/// Steps in table `inet <table>` as nft script (one transaction when
+/// applied whole).
+pub fn render_ops(table: &str, ops: &[Op]) -> String {
     let mut s = String::new();
     for op in ops {
         match op {
@@ -660,33 +678,37 @@ pub fn render_ops(ops: &[Op]) -> String {
                 name,
                 hook: Some(h),
             } => {
-                let _ = writeln!(s, "add chain {TABLE} {name} {{ {h} }}");
+                let _ = writeln!(s, "add chain inet {table} {name} {{ {h} }}");
             }
             Op::AddChain { name, hook: None } => {
-                let _ = writeln!(s, "add chain {TABLE} {name}");
+                let _ = writeln!(s, "add chain inet {table} {name}");
             }
             Op::AddSet { name, decl } => {
-                let _ = writeln!(s, "add set {TABLE} {name} {{ {decl} }}");
+                let _ = writeln!(s, "add set inet {table} {name} {{ {decl} }}");
             }
             Op::FlushChain(name) => {
-                let _ = writeln!(s, "flush chain {TABLE} {name}");
+                let _ = writeln!(s, "flush chain inet {table} {name}");
             }
             Op::AddRule { chain, rule } => {
-                let _ = writeln!(s, "add rule {TABLE} {chain} {rule}");
+                let _ = writeln!(s, "add rule inet {table} {chain} {rule}");
             }
             Op::DelElements { map, keys } => {
                 for chunk in keys.chunks(ELEMENTS_PER_COMMAND) {
-                    let _ = writeln!(s, "delete element {TABLE} {map} {{ {} }}", chunk.join(", "));
+                    let _ = writeln!(
+                        s,
+                        "delete element inet {table} {map} {{ {} }}",
+                        chunk.join(", ")
+                    );
                 }
             }
             Op::AddElements { map, elems } => {
-                add_elements(&mut s, map, elems.iter().map(|(k, v)| (k, v)));
+                add_elements(&mut s, table, map, elems.iter().map(|(k, v)| (k, v)));
             }
             Op::DelChain(name) => {
-                let _ = writeln!(s, "delete chain {TABLE} {name}");
+                let _ = writeln!(s, "delete chain inet {table} {name}");
             }
             Op::DelSet(name) => {
-                let _ = writeln!(s, "delete set {TABLE} {name}");
+                let _ = writeln!(s, "delete set inet {table} {name}");
             }
         }
     }
@@ -703,7 +725,7 @@ pub struct Fingerprint {
 }
 
 impl Fingerprint {
-    /// Reads `nft -j list table inet twill-svc` output; None when it holds
+    /// Reads `nft -j list table inet twill-svc-N` output; None when it holds
     /// something this reader does not know (which is drift too).
     pub fn from_json(v: &serde_json::Value) -> Option<Fingerprint> {
         use serde_json::Value;

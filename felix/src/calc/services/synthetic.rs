@@ -13,7 +13,7 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{SvcTable, desired};
+use super::{SvcTable, Tables, desired};
 
 /// Every this many Services, one is a NodePort.
 pub const NODE_PORT_EVERY: usize = 10;
@@ -113,8 +113,14 @@ pub fn table(n: usize, endpoints: usize) -> SvcTable {
     desired("n1", &svcs, &slices).1
 }
 
+/// The tables node `n1` renders for `n` synthetic Services.
+pub fn tables(n: usize, endpoints: usize) -> Tables {
+    let (svcs, slices) = services(n, endpoints);
+    Tables::from_model(&twill_api::service_proxy::proxy_model("n1", &svcs, &slices))
+}
+
 /// The full script (one transaction) for `n` synthetic Services with
 /// `endpoints` endpoints each, as node `n1` would apply it.
 pub fn full_script(n: usize, endpoints: usize) -> String {
-    table(n, endpoints).full_script()
+    tables(n, endpoints).full_script()
 }

@@ -6,6 +6,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::*;
 
+/// The table the flat-table tests write.
+const T: &str = "twill-svc-0";
+
 pub(crate) fn svc(yaml: &str) -> Service {
     serde_json::from_value(yaml_value(yaml)).expect("a Service")
 }
@@ -358,7 +361,7 @@ endpoints: [{{addresses: ['fd00:10:244:ffff:ffff:ffff:ffff:ffff']}}]
 #[test]
 fn a_diff_touches_only_what_changed_and_a_no_change_is_empty() {
     let a = table("n1", &[svc(WEB)], &[web_slice(TWO)]);
-    assert_eq!(a.diff_script(&a), "");
+    assert_eq!(a.diff_script(&a, T), "");
     // One endpoint goes: its chains are flushed and deleted, the picking
     // chains replaced, the map elements untouched.
     let b = table(
@@ -366,26 +369,26 @@ fn a_diff_touches_only_what_changed_and_a_no_change_is_empty() {
         &[svc(WEB)],
         &[web_slice("- {addresses: [10.244.1.5], nodeName: n1}")],
     );
-    let d = b.diff_script(&a);
+    let d = b.diff_script(&a, T);
     assert!(
-        d.contains("flush chain inet twill-svc svc-shop/web/http/tcp4\n"),
+        d.contains("flush chain inet twill-svc-0 svc-shop/web/http/tcp4\n"),
         "{d}"
     );
     assert!(
-        d.contains("delete chain inet twill-svc ep-shop/web/http/tcp4/10.244.2.5.8080\n"),
+        d.contains("delete chain inet twill-svc-0 ep-shop/web/http/tcp4/10.244.2.5.8080\n"),
         "{d}"
     );
     assert!(!d.contains("element"), "{d}");
     assert!(
-        !d.contains("chain inet twill-svc ep-shop/web/http/tcp4/10.244.1.5.8080"),
+        !d.contains("chain inet twill-svc-0 ep-shop/web/http/tcp4/10.244.1.5.8080"),
         "the kept endpoint's chain is left alone: {d}"
     );
     // The last endpoint goes: the frontends move to the refuse map.
     let c = table("n1", &[svc(WEB)], &[]);
-    let d = c.diff_script(&b);
-    assert!(d.contains("delete element inet twill-svc svc4 {"), "{d}");
-    assert!(d.contains("add element inet twill-svc refuse4 {"), "{d}");
-    let del = d.find("delete element inet twill-svc svc4").unwrap();
+    let d = c.diff_script(&b, T);
+    assert!(d.contains("delete element inet twill-svc-0 svc4 {"), "{d}");
+    assert!(d.contains("add element inet twill-svc-0 refuse4 {"), "{d}");
+    let del = d.find("delete element inet twill-svc-0 svc4").unwrap();
     let drop_chain = d.find("delete chain").unwrap();
     assert!(
         del < drop_chain,
@@ -417,7 +420,14 @@ fn synthetic_services_render_one_element_per_frontend() {
     let t = synthetic::table(100, 2);
     assert_eq!(t.maps["svc4"].len(), 100);
     assert_eq!(t.maps["nodeports4"].len(), 100 / synthetic::NODE_PORT_EVERY);
-    assert!(synthetic::full_script(3, 1).starts_with("add table inet twill-svc\n"));
+    let full = synthetic::full_script(3, 1);
+    assert!(full.starts_with("add table inet twill-svc\ndelete table inet twill-svc\n"));
+    for i in 0..SHARDS {
+        assert!(
+            full.contains(&format!("add table inet twill-svc-{i}\n")),
+            "{full}"
+        );
+    }
 }
 
 /// A network namespace this test made (`ip netns add`), deleted on drop.
@@ -490,15 +500,15 @@ fn the_kernel_takes_full_and_diff_scripts_and_they_agree() {
         let mut prev: Option<SvcTable> = None;
         for (i, t) in steps.iter().enumerate() {
             let script = match &prev {
-                None => t.full_script(),
-                Some(p) => t.diff_script(p),
+                None => t.full_script(T),
+                Some(p) => t.diff_script(p, T),
             };
             if !script.is_empty() {
                 nft.apply(&script)
                     .unwrap_or_else(|e| panic!("step {i}: {e}\n{script}"));
             }
             let listed = nft
-                .list_table_json("inet", TABLE_NAME)
+                .list_table_json("inet", T)
                 .expect("list")
                 .expect("the table exists");
             let seen = Fingerprint::from_json(&listed).expect("readable listing");
@@ -508,16 +518,129 @@ fn the_kernel_takes_full_and_diff_scripts_and_they_agree() {
         // And a full script replaces a drifted table.
         let t = &steps[0];
         nft.apply(
-            &format!("delete chain {TABLE} refuse-check\n").replace("delete chain", "flush chain"),
+            &format!("delete chain inet {T} refuse-check\n").replace("delete chain", "flush chain"),
         )
         .expect("flush");
-        let listed = nft.list_table_json("inet", TABLE_NAME).unwrap().unwrap();
+        let listed = nft.list_table_json("inet", T).unwrap().unwrap();
         assert_ne!(
             Fingerprint::from_json(&listed).unwrap(),
             SvcTable::empty().fingerprint()
         );
-        nft.apply(&t.full_script()).expect("full");
-        let listed = nft.list_table_json("inet", TABLE_NAME).unwrap().unwrap();
+        nft.apply(&t.full_script(T)).expect("full");
+        let listed = nft.list_table_json("inet", T).unwrap().unwrap();
         assert_eq!(Fingerprint::from_json(&listed).unwrap(), t.fingerprint());
     });
+}
+
+/// The renderer renders only the Services that changed, and its tables'
+/// diff is the same as the diff between two whole renders: one endpoint
+/// moved touches one table; a Service gone deletes its objects.
+#[test]
+fn the_renderer_renders_what_changed_and_diffs_like_a_whole_render() {
+    let (svcs, slices) = synthetic::services(200, 3);
+    let whole = |svcs: &[Service], slices: &[EndpointSlice]| {
+        Tables::from_model(&proxy_model("n1", svcs, slices))
+    };
+    let mut r = Renderer::new("n1");
+    let a = r.render(&svcs, &slices);
+    assert_eq!(r.rendered(), 200);
+    assert!(whole(&svcs, &slices).diff_ops(&a).is_empty());
+    let again = r.render(&svcs, &slices);
+    assert_eq!(r.rendered(), 0, "nothing changed, nothing rendered");
+    assert!(again.diff_ops(&a).is_empty());
+    let mut moved = slices.clone();
+    moved[77].endpoints[0].addresses = vec!["10.244.200.1".into()];
+    let b = r.render(&svcs, &moved);
+    assert_eq!(r.rendered(), 1);
+    let ops = b.diff_ops(&a);
+    assert_eq!(ops, whole(&svcs, &moved).diff_ops(&whole(&svcs, &slices)));
+    assert_eq!(ops.len(), 1, "one table: {ops:?}");
+    let key = twill_api::service::service_key(&svcs[77]);
+    assert_eq!(ops[0].0, table_name(shard_of(&key)));
+    assert!(
+        ops[0]
+            .1
+            .iter()
+            .any(|op| matches!(op, Op::AddRule { rule, .. } if rule.contains("10.244.200.1"))),
+        "{ops:?}"
+    );
+    // A Service and its slice gone: its chains and elements go.
+    let c = r.render(&svcs[1..], &moved[1..]);
+    assert_eq!(r.rendered(), 0);
+    let ops = c.diff_ops(&b);
+    assert_eq!(
+        ops,
+        whole(&svcs[1..], &moved[1..]).diff_ops(&whole(&svcs, &moved))
+    );
+    let text: String = ops.iter().map(|(t, o)| render_ops(t, o)).collect();
+    assert!(text.contains("delete chain"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "delete element inet {} svc4",
+            table_name(shard_of(&twill_api::service::service_key(&svcs[0])))
+        )),
+        "{text}"
+    );
+}
+
+/// Two Services in one table claiming the same external address and port:
+/// the first by name holds the element; when it goes, the other's verdict
+/// takes its place (deleted and added in one diff).
+#[test]
+fn a_frontend_two_services_claim_passes_to_the_second_when_the_first_goes() {
+    // Two names in the same table.
+    let names: Vec<String> = (0..100).map(|i| format!("s{i}")).collect();
+    let first = &names[0];
+    let second = names
+        .iter()
+        .skip(1)
+        .find(|n| shard_of(&format!("shop/{n}")) == shard_of(&format!("shop/{first}")))
+        .expect("two names share a table");
+    let mk = |name: &str, ip: &str| {
+        svc(&format!(
+            "
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  clusterIPs: [{ip}]
+  externalIPs: [192.0.2.7]
+  ports: [{{name: http, port: 80, protocol: TCP}}]
+"
+        ))
+    };
+    let ep = |name: &str, addr: &str| {
+        slice(&format!(
+            "
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}-1, namespace: shop, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv4
+ports: [{{name: http, port: 8080, protocol: TCP}}]
+endpoints: [{{addresses: [{addr}], nodeName: n1}}]
+"
+        ))
+    };
+    let both = [mk(first, "10.96.0.11"), mk(second, "10.96.0.12")];
+    let slices = [ep(first, "10.244.1.1"), ep(second, "10.244.1.2")];
+    let mut r = Renderer::new("n1");
+    let a = r.render(&both, &slices);
+    let table = table_name(shard_of(&format!("shop/{first}")));
+    let flat = a.tables().find(|(n, _)| *n == table).expect("table").1;
+    let verdict = &flat.maps["svc4"]["192.0.2.7 . tcp . 80"];
+    assert!(verdict.contains(&format!("shop/{first}/")), "{verdict}");
+    let b = r.render(&both[1..], &slices[1..]);
+    let ops = b.diff_ops(&a);
+    let text: String = ops.iter().map(|(t, o)| render_ops(t, o)).collect();
+    let del = text
+        .lines()
+        .find(|l| l.starts_with(&format!("delete element inet {table} svc4 {{")))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(del.contains("192.0.2.7 . tcp . 80"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "add element inet {table} svc4 {{ 192.0.2.7 . tcp . 80 : goto ext-shop/{second}/"
+        )),
+        "{text}"
+    );
 }

@@ -1,24 +1,24 @@
 //! The service proxy (`--service-proxy=nftables`): the only writer of the
-//! `inet twill-svc` table. What the table holds comes from
-//! [`crate::calc::services`]; here it reaches the kernel through
-//! [`twill_nft`] — the whole table replaced in one transaction at start and
-//! after any failure or drift, otherwise only the difference from what was
-//! last applied (map elements, chains flushed and refilled), as one netlink
-//! batch of our own ([`nfnl`]: libnftables would list the whole ruleset
-//! first, ~200 ms at 10,000 Services) or, for what that encoder does not
-//! know (session affinity, source ranges, the Local policy's entry), as nft
-//! text. Every
-//! `resync` the table is read back and compared with what was applied;
+//! `inet twill-svc-0` … `twill-svc-7` tables. What they hold comes from
+//! [`crate::calc::services`] (rendered only for the Services that changed);
+//! here it reaches the kernel through [`twill_nft`] — all tables replaced
+//! in one transaction at start and after any failure or drift, otherwise
+//! only the difference from what was last applied (map elements, chains
+//! flushed and refilled) in the tables of the Services that changed, as
+//! one netlink batch of our own ([`nfnl`]: libnftables would list the
+//! whole ruleset first) or, for what that encoder does not know (session
+//! affinity, source ranges, the Local policy's entry), as nft text. Every
+//! `resync` the tables are read back and compared with what was applied;
 //! any difference is drift, repaired by a full replacement.
 //!
 //! With `--service-proxy=off` (the default: kube-proxy usually runs) the
-//! agent writes nothing here, and deletes a table a previous run with the
-//! proxy on left behind ([`remove_leftover`]): a stale table would keep
+//! agent writes nothing here, and deletes the tables a previous run with
+//! the proxy on left behind ([`remove_leftover`]): a stale table would keep
 //! translating Service addresses to endpoints that may be gone, in front
 //! of kube-proxy's rules.
 //!
-//! Readiness ([`health::SERVICE_PROXY`]) holds only while the table
-//! implements the Services as last listed, and names nft's error when it
+//! Readiness ([`health::SERVICE_PROXY`]) holds only while the tables
+//! implement the Services as last listed, and names nft's error when they
 //! cannot be written.
 
 use std::sync::Arc;
@@ -34,7 +34,8 @@ pub mod nfnl;
 
 use super::{Manager, Requeue, reconcile};
 use crate::calc::services::{
-    Fingerprint, Op, StaleUdp, SvcTable, TABLE, TABLE_NAME, desired, render_ops, stale_udp,
+    Fingerprint, LEGACY_TABLE_NAME, Renderer, SHARDS, StaleUdp, TABLES, TableOps, Tables,
+    render_ops, table_name,
 };
 use crate::health;
 use crate::watch::feeds::ServiceFeed;
@@ -45,11 +46,11 @@ pub enum Mode {
     /// Nothing: Service traffic is someone else's (kube-proxy).
     #[default]
     Off,
-    /// The `inet twill-svc` table.
+    /// The `inet twill-svc-N` tables.
     Nftables,
 }
 
-/// Why the table could not be read or written.
+/// Why the tables could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum SvcError {
     #[error(transparent)]
@@ -69,20 +70,22 @@ pub enum Via {
     Script,
 }
 
-/// Applies the steps of a diff in one transaction, in the calling thread's
-/// network namespace: as a netlink batch when [`nfnl::encode`] takes them,
-/// else as nft text; says which.
-pub fn apply_ops(ops: &[Op]) -> Result<Via, SvcError> {
+/// Applies the steps of a diff, table by table, in one transaction, in the
+/// calling thread's network namespace: as a netlink batch when
+/// [`nfnl::encode`] takes them, else as nft text; says which.
+pub fn apply_ops(tables: &[(String, Vec<crate::calc::services::Op>)]) -> Result<Via, SvcError> {
     static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
-    let seq = SEQ.fetch_add(ops.len() as u32 + 2, std::sync::atomic::Ordering::Relaxed);
-    match nfnl::encode(ops, seq) {
+    let n: usize = tables.iter().map(|(_, o)| o.len()).sum();
+    let seq = SEQ.fetch_add(n as u32 + 2, std::sync::atomic::Ordering::Relaxed);
+    match nfnl::encode(tables, seq) {
         Ok(batch) => {
             nfnl::send(&batch)?;
             Ok(Via::Netlink)
         }
         Err(why) => {
             tracing::debug!(%why, "service proxy diff sent as nft text");
-            twill_nft::apply_script(&render_ops(ops))?;
+            let text: String = tables.iter().map(|(t, ops)| render_ops(t, ops)).collect();
+            twill_nft::apply_script(&text)?;
             Ok(Via::Script)
         }
     }
@@ -92,11 +95,12 @@ pub fn apply_ops(ops: &[Op]) -> Result<Via, SvcError> {
 /// pass (the UDP conntrack flush and the health check port hang here).
 #[derive(Clone, Default)]
 pub struct Hooks {
-    /// Called with the UDP flows the new table no longer sends where it
-    /// did, after the table is in the kernel.
+    /// Called with the UDP flows the new tables no longer send where they
+    /// did, after the tables are in the kernel.
     pub on_stale_udp: Option<Arc<dyn Fn(Vec<StaleUdp>) + Send + Sync>>,
-    /// Gets the model the kernel now implements (local endpoint counts:
-    /// [`twill_api::service_proxy::local_endpoint_counts`]).
+    /// Gets the Service ports with a health check node port, as the kernel
+    /// now implements them (local endpoint counts:
+    /// [`twill_api::service_proxy::local_endpoint_counts`]), when they change.
     pub model: Option<watch::Sender<Arc<Vec<ServicePortProxy>>>>,
 }
 
@@ -116,17 +120,16 @@ pub enum Kernel {
     Rebuild(String),
 }
 
-/// A pass's plan: the new model and table, and the script to get there.
+/// A pass's plan: the new tables, and the script to get there.
 pub struct Plan {
-    model: Vec<ServicePortProxy>,
-    table: SvcTable,
+    tables: Tables,
     script: Option<Script>,
 }
 
 /// The script of a pass.
 pub enum Script {
     Full { text: String, reason: String },
-    Diff(Vec<Op>),
+    Diff(TableOps),
 }
 
 /// What a pass did.
@@ -137,22 +140,27 @@ pub enum Applied {
     Full { reason: String },
 }
 
-/// The manager: what it applied last is all its state.
+/// The manager: what it applied last is its state; the renderer keeps
+/// each Service's part between passes so that a pass renders only the
+/// Services that changed.
 pub struct SvcProxy {
-    node: String,
-    applied: Option<(Vec<ServicePortProxy>, SvcTable)>,
-    /// Read the kernel's table on the next pass.
+    renderer: Renderer,
+    applied: Option<Tables>,
+    /// Read the kernel's tables on the next pass.
     pub read_due: bool,
     hooks: Hooks,
+    /// The health-checked ports last handed to [`Hooks::model`].
+    health_ports: Option<Vec<ServicePortProxy>>,
 }
 
 impl SvcProxy {
     pub fn new(node: &str, hooks: Hooks) -> SvcProxy {
         SvcProxy {
-            node: node.to_string(),
+            renderer: Renderer::new(node),
             applied: None,
             read_due: true,
             hooks,
+            health_ports: None,
         }
     }
 }
@@ -166,61 +174,71 @@ async fn blocking<T: Send + 'static>(
         .map_err(SvcError::from)
 }
 
-/// The kernel's table as a fingerprint (None: absent; an unreadable
-/// listing reads as an empty fingerprint, which differs from any table).
-async fn read() -> Result<Option<Fingerprint>, SvcError> {
-    let v = blocking(|| twill_nft::list_table_json("inet", TABLE_NAME)).await?;
+/// The kernel's table `inet <name>` as a fingerprint (None: absent; an
+/// unreadable listing reads as an empty fingerprint, which differs from
+/// any table).
+async fn read(name: String) -> Result<Option<Fingerprint>, SvcError> {
+    let v = blocking(move || twill_nft::list_table_json("inet", &name)).await?;
     Ok(v.map(|v| Fingerprint::from_json(&v).unwrap_or_default()))
 }
 
 impl Manager for SvcProxy {
     type Inputs = Inputs;
-    type Desired = (Vec<ServicePortProxy>, SvcTable);
+    type Desired = Tables;
     type Observed = Kernel;
     type Diff = Plan;
     type Report = Applied;
     type Error = SvcError;
 
     async fn observe(&mut self, _: &Inputs) -> Result<Kernel, SvcError> {
-        let Some((_, table)) = &self.applied else {
+        let Some(tables) = &self.applied else {
             return Ok(Kernel::Rebuild("first write by this run".into()));
         };
         if !self.read_due {
             return Ok(Kernel::AsApplied);
         }
-        let want = table.fingerprint();
+        let want = tables.fingerprints();
         self.read_due = false;
-        Ok(match read().await? {
-            None => Kernel::Rebuild("the table is missing".into()),
-            Some(f) if f == want => Kernel::AsApplied,
-            Some(f) => Kernel::Rebuild(drift_reason(&want, &f)),
-        })
+        for (name, want) in want {
+            match read(name.clone()).await? {
+                None => return Ok(Kernel::Rebuild(format!("the table inet {name} is missing"))),
+                Some(f) if f == want => {}
+                Some(f) => {
+                    return Ok(Kernel::Rebuild(format!(
+                        "inet {name}: {}",
+                        drift_reason(&want, &f)
+                    )));
+                }
+            }
+        }
+        if read(LEGACY_TABLE_NAME.into()).await?.is_some() {
+            return Ok(Kernel::Rebuild(format!(
+                "an earlier version's table inet {LEGACY_TABLE_NAME} is there"
+            )));
+        }
+        Ok(Kernel::AsApplied)
     }
 
-    fn desired(&mut self, inputs: &Inputs) -> (Vec<ServicePortProxy>, SvcTable) {
-        desired(&self.node, &inputs.services, &inputs.slices)
+    fn desired(&mut self, inputs: &Inputs) -> Tables {
+        self.renderer.render(&inputs.services, &inputs.slices)
     }
 
-    fn diff(&mut self, (model, table): (Vec<ServicePortProxy>, SvcTable), kernel: Kernel) -> Plan {
+    fn diff(&mut self, tables: Tables, kernel: Kernel) -> Plan {
         let script = match (kernel, &self.applied) {
-            (Kernel::AsApplied, Some((_, old))) => {
-                let d = table.diff_ops(old);
+            (Kernel::AsApplied, Some(old)) => {
+                let d = tables.diff_ops(old);
                 (!d.is_empty()).then_some(Script::Diff(d))
             }
             (Kernel::Rebuild(reason), _) => Some(Script::Full {
-                text: table.full_script(),
+                text: tables.full_script(),
                 reason,
             }),
             (Kernel::AsApplied, None) => Some(Script::Full {
-                text: table.full_script(),
+                text: tables.full_script(),
                 reason: "first write by this run".into(),
             }),
         };
-        Plan {
-            model,
-            table,
-            script,
-        }
+        Plan { tables, script }
     }
 
     async fn apply(&mut self, plan: Plan) -> Result<Applied, SvcError> {
@@ -235,7 +253,7 @@ impl Manager for SvcProxy {
                 Applied::Full { reason }
             }
             Some(Script::Diff(ops)) => {
-                let steps = ops.len();
+                let steps = ops.iter().map(|(_, o)| o.len()).sum();
                 let r = tokio::task::spawn_blocking(move || apply_ops(&ops))
                     .await
                     .map_err(|e| SvcError::Task(e.to_string()))
@@ -249,18 +267,25 @@ impl Manager for SvcProxy {
                 }
             }
         };
-        let old = self.applied.take().map(|(m, _)| m).unwrap_or_default();
-        if let Some(hook) = &self.hooks.on_stale_udp {
-            let stale = stale_udp(&old, &plan.model);
+        if let (Some(hook), Some(old)) = (&self.hooks.on_stale_udp, &self.applied) {
+            let stale = plan.tables.stale_udp(old);
             if !stale.is_empty() {
                 hook(stale);
             }
         }
-        let model = Arc::new(plan.model);
         if let Some(tx) = &self.hooks.model {
-            tx.send_replace(model.clone());
+            let ports: Vec<ServicePortProxy> = plan
+                .tables
+                .model()
+                .filter(|p| p.health_check_node_port.is_some())
+                .cloned()
+                .collect();
+            if self.health_ports.as_ref() != Some(&ports) {
+                tx.send_replace(Arc::new(ports.clone()));
+                self.health_ports = Some(ports);
+            }
         }
-        self.applied = Some((Arc::unwrap_or_clone(model), plan.table));
+        self.applied = Some(plan.tables);
         Ok(report)
     }
 }
@@ -293,11 +318,11 @@ fn drift_reason(want: &Fingerprint, seen: &Fingerprint) -> String {
     format!("drift: {}", parts.join("; "))
 }
 
-/// Keeps `inet twill-svc` in line with the Services and EndpointSlices:
-/// a pass on every change, and every `resync` a pass that reads the table
-/// back (drift is repaired by a full replacement); a failed pass is
-/// retried with backoff (1 s doubling, at most `resync`). Readiness
-/// follows every pass.
+/// Keeps the `inet twill-svc-N` tables in line with the Services and
+/// EndpointSlices: a pass on every change, and every `resync` a pass that
+/// reads the tables back (drift is repaired by a full replacement); a
+/// failed pass is retried with backoff (1 s doubling, at most `resync`).
+/// Readiness follows every pass.
 pub async fn run(node: String, mut feed: ServiceFeed, resync: Duration, hooks: Hooks) {
     let h = health::global();
     h.register(
@@ -305,7 +330,7 @@ pub async fn run(node: String, mut feed: ServiceFeed, resync: Duration, hooks: H
         "waiting for the first listing of Services and EndpointSlices",
     );
     let mut proxy = SvcProxy::new(&node, hooks);
-    let mut requeue = Requeue::new("service proxy table (inet twill-svc)", Backoff::watch());
+    let mut requeue = Requeue::new("service proxy tables (inet twill-svc-N)", Backoff::watch());
     let mut next_read = Instant::now() + resync;
     loop {
         let mut wait = resync;
@@ -318,13 +343,13 @@ pub async fn run(node: String, mut feed: ServiceFeed, resync: Duration, hooks: H
             match &r {
                 Ok(applied) => {
                     if let Applied::Full { reason } = applied {
-                        tracing::info!(%reason, "service proxy table {TABLE} written whole");
+                        tracing::info!(%reason, "service proxy tables {TABLES} written whole");
                     }
                     h.set_ready(health::SERVICE_PROXY);
                 }
                 Err(e) => h.set_not_ready(
                     health::SERVICE_PROXY,
-                    &format!("the service proxy table {TABLE} cannot be written: {e}"),
+                    &format!("the service proxy tables {TABLES} cannot be written: {e}"),
                 ),
             }
             if let Some(delay) = requeue.after(&r) {
@@ -338,16 +363,25 @@ pub async fn run(node: String, mut feed: ServiceFeed, resync: Duration, hooks: H
     }
 }
 
-/// With the proxy off: deletes `inet twill-svc` if a previous run left it
-/// (only this agent ever writes that table); true when it did.
+/// With the proxy off: deletes the `inet twill-svc-N` tables (and an
+/// earlier version's `inet twill-svc`) that a previous run left (only
+/// this agent ever writes them); true when it deleted any.
 pub async fn remove_leftover() -> Result<bool, SvcError> {
-    if blocking(|| twill_nft::list_table_json("inet", TABLE_NAME))
-        .await?
-        .is_none()
-    {
+    let mut script = String::new();
+    let names = std::iter::once(LEGACY_TABLE_NAME.to_string()).chain((0..SHARDS).map(table_name));
+    for name in names {
+        let n = name.clone();
+        if blocking(move || twill_nft::list_table_json("inet", &n))
+            .await?
+            .is_some()
+        {
+            script.push_str(&format!("delete table inet {name}\n"));
+        }
+    }
+    if script.is_empty() {
         return Ok(false);
     }
-    blocking(|| twill_nft::apply_script(&format!("delete table {TABLE}\n"))).await?;
+    blocking(move || twill_nft::apply_script(&script)).await?;
     Ok(true)
 }
 
@@ -356,22 +390,41 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::calc::services::synthetic;
     use crate::calc::services::tests::{TWO, TestNs, WEB, slice, svc, web_slice};
+    use crate::calc::services::{Op, shard_of, synthetic};
     use crate::dataplane::reconcile;
+    use twill_api::service_proxy::proxy_model;
+
+    /// WEB under the Local policy, with a health check node port.
+    fn local_web() -> Service {
+        let mut s = svc(WEB);
+        let spec = s.spec.as_mut().expect("spec");
+        spec.external_traffic_policy = Some("Local".into());
+        spec.health_check_node_port = Some(32000);
+        s
+    }
 
     fn inputs(slice: &str) -> Inputs {
         Inputs {
-            services: Arc::new(vec![svc(WEB)]),
+            services: Arc::new(vec![local_web()]),
             slices: Arc::new(vec![web_slice(slice)]),
         }
     }
 
-    fn listed() -> Fingerprint {
-        let v = twill_nft::list_table_json("inet", TABLE_NAME)
-            .expect("list")
-            .expect("the table exists");
-        Fingerprint::from_json(&v).expect("readable")
+    fn tables(svcs: &[Service], slices: &[EndpointSlice]) -> Tables {
+        Tables::from_model(&proxy_model("n1", svcs, slices))
+    }
+
+    /// Every table's listing, as fingerprints.
+    fn listed() -> Vec<(String, Fingerprint)> {
+        (0..SHARDS)
+            .map(|i| {
+                let v = twill_nft::list_table_json("inet", &table_name(i))
+                    .expect("list")
+                    .expect("the table exists");
+                (table_name(i), Fingerprint::from_json(&v).expect("readable"))
+            })
+            .collect()
     }
 
     /// The manager against the kernel, in a namespace of its own: a full
@@ -398,9 +451,13 @@ mod tests {
                 let two = inputs(TWO);
                 let r = reconcile(&mut m, &two).await.expect("first pass");
                 assert!(matches!(r, Applied::Full { .. }), "{r:?}");
-                let (_, want) = desired("n1", &two.services, &two.slices);
-                assert_eq!(listed(), want.fingerprint());
-                assert_eq!(rx.borrow().len(), 2, "the model is published");
+                let want = tables(&two.services, &two.slices);
+                assert_eq!(listed(), want.fingerprints());
+                assert_eq!(
+                    rx.borrow().len(),
+                    2,
+                    "the health-checked ports are published"
+                );
                 // Nothing changed: nothing written, also after a read-back.
                 assert_eq!(reconcile(&mut m, &two).await.unwrap(), Applied::Nothing);
                 m.read_due = true;
@@ -409,15 +466,16 @@ mod tests {
                 let one = inputs("- {addresses: [10.244.1.5], nodeName: n1}");
                 let r = reconcile(&mut m, &one).await.unwrap();
                 assert!(matches!(r, Applied::Incremental { .. }), "{r:?}");
-                let (_, want) = desired("n1", &one.services, &one.slices);
-                assert_eq!(listed(), want.fingerprint());
+                let want = tables(&one.services, &one.slices);
+                assert_eq!(listed(), want.fingerprints());
                 let gone = stale.lock().unwrap().clone();
                 assert!(!gone.is_empty());
                 assert!(gone.iter().all(|g| g.endpoint.to_string() == "10.244.2.5"));
                 // Someone flushes a chain: found at the next read-back and
                 // repaired by a full write.
-                twill_nft::apply_script(&format!("flush chain {TABLE} services\n")).unwrap();
-                assert_ne!(listed(), want.fingerprint());
+                let web = table_name(shard_of("shop/web"));
+                twill_nft::apply_script(&format!("flush chain inet {web} services\n")).unwrap();
+                assert_ne!(listed(), want.fingerprints());
                 assert_eq!(
                     reconcile(&mut m, &one).await.unwrap(),
                     Applied::Nothing,
@@ -430,25 +488,40 @@ mod tests {
                     }
                     other => panic!("drift not repaired: {other:?}"),
                 }
-                assert_eq!(listed(), want.fingerprint());
-                // The table deleted: written whole again.
-                twill_nft::apply_script(&format!("delete table {TABLE}\n")).unwrap();
+                assert_eq!(listed(), want.fingerprints());
+                // A table deleted: written whole again.
+                twill_nft::apply_script(&format!("delete table inet {web}\n")).unwrap();
                 m.read_due = true;
                 let r = reconcile(&mut m, &one).await.unwrap();
                 assert_eq!(
                     r,
                     Applied::Full {
-                        reason: "the table is missing".into()
+                        reason: format!("the table inet {web} is missing")
                     }
                 );
-                // Off: the leftover is deleted, once.
-                assert!(remove_leftover().await.unwrap());
-                assert!(!remove_leftover().await.unwrap());
+                assert_eq!(listed(), want.fingerprints());
+                // An earlier version's single table: deleted by a full write.
+                twill_nft::apply_script(&format!("add table inet {LEGACY_TABLE_NAME}\n")).unwrap();
+                m.read_due = true;
+                match reconcile(&mut m, &one).await.unwrap() {
+                    Applied::Full { reason } => assert!(reason.contains("earlier"), "{reason}"),
+                    other => panic!("legacy table kept: {other:?}"),
+                }
                 assert!(
-                    twill_nft::list_table_json("inet", TABLE_NAME)
+                    twill_nft::list_table_json("inet", LEGACY_TABLE_NAME)
                         .unwrap()
                         .is_none()
                 );
+                // Off: the leftovers are deleted, once.
+                assert!(remove_leftover().await.unwrap());
+                assert!(!remove_leftover().await.unwrap());
+                for i in 0..SHARDS {
+                    assert!(
+                        twill_nft::list_table_json("inet", &table_name(i))
+                            .unwrap()
+                            .is_none()
+                    );
+                }
             });
         });
     }
@@ -484,9 +557,20 @@ mod tests {
     }
 
     fn listing() -> serde_json::Value {
-        twill_nft::list_table_json("inet", TABLE_NAME)
+        listing_of(&table_name(0))
+    }
+
+    fn listing_of(table: &str) -> serde_json::Value {
+        twill_nft::list_table_json("inet", table)
             .expect("list")
             .expect("the table exists")
+    }
+
+    /// Every table's listing, canonical.
+    fn all_listings() -> Vec<BTreeMap<String, Vec<String>>> {
+        (0..SHARDS)
+            .map(|i| canonical(&listing_of(&table_name(i))))
+            .collect()
     }
 
     /// Diffs sent as netlink batches leave exactly what nft lists for the
@@ -527,7 +611,7 @@ endpoints: {eps}
             edit(&mut slices);
             svcs.extend(extra_svcs);
             slices.extend(extra_slices);
-            desired("n1", &svcs, &slices).1
+            tables(&svcs, &slices)
         };
         let moved = |sl: &mut Vec<EndpointSlice>| {
             sl[5].endpoints[0].addresses = vec!["10.244.127.200".into()];
@@ -559,7 +643,7 @@ endpoints: {eps}
         let v6_one = "[{addresses: ['fd00:10:244::6'], nodeName: n2}]";
         let mut aff = svc(WEB);
         aff.spec.as_mut().unwrap().session_affinity = Some("ClientIP".into());
-        let steps: Vec<(SvcTable, Via)> = vec![
+        let steps: Vec<(Tables, Via)> = vec![
             (step(vec![], vec![], &moved), Via::Netlink),
             (step(vec![], vec![], &fewer), Via::Netlink),
             (step(vec![], vec![], &none), Via::Netlink),
@@ -577,10 +661,7 @@ endpoints: {eps}
                 (step(s, sl, &|_| {}), Via::Netlink)
             },
             (step(vec![aff], vec![web_slice(TWO)], &|_| {}), Via::Script),
-            (
-                desired("n1", &base_svcs[..12], &base_slices[..12]).1,
-                Via::Script,
-            ),
+            (tables(&base_svcs[..12], &base_slices[..12]), Via::Script),
             (step(vec![], vec![], &|_| {}), Via::Netlink),
         ];
         let first = step(vec![], vec![], &|_| {});
@@ -592,23 +673,28 @@ endpoints: {eps}
         for (i, (t, via)) in steps.into_iter().enumerate() {
             let ops = t.diff_ops(&prev);
             assert!(!ops.is_empty(), "step {i} changes something");
-            let script = render_ops(&ops);
+            if i == 0 {
+                assert_eq!(ops.len(), 1, "one Service changed: one table touched");
+            }
+            let script: String = ops.iter().map(|(t, o)| render_ops(t, o)).collect();
             let got = incremental.run(move || {
                 let via = apply_ops(&ops).unwrap_or_else(|e| panic!("step {i}: {e}\n{script}"));
-                (via, listing())
+                let fps: Vec<(String, Fingerprint)> = (0..SHARDS)
+                    .map(|s| {
+                        let l = listing_of(&table_name(s));
+                        (table_name(s), Fingerprint::from_json(&l).expect("readable"))
+                    })
+                    .collect();
+                (via, all_listings(), fps)
             });
             assert_eq!(got.0, via, "step {i}");
             let load = t.full_script();
             let want = whole.run(move || {
                 twill_nft::apply_script(&load).expect("full load");
-                listing()
+                all_listings()
             });
-            assert_eq!(canonical(&got.1), canonical(&want), "step {i}");
-            assert_eq!(
-                Fingerprint::from_json(&got.1).expect("readable"),
-                t.fingerprint(),
-                "step {i}"
-            );
+            assert_eq!(got.1, want, "step {i}");
+            assert_eq!(got.2, t.fingerprints(), "step {i}");
             prev = t;
         }
     }
@@ -618,24 +704,27 @@ endpoints: {eps}
     fn a_refused_batch_changes_nothing_and_names_the_step() {
         let ns = TestNs::new();
         let t = synthetic::table(3, 2);
-        let load = t.full_script();
+        let load = t.full_script(&table_name(0));
         ns.run(move || {
             twill_nft::apply_script(&load).expect("load");
             let before = listing();
-            let ops = vec![
-                Op::AddChain {
-                    name: "ep-new".into(),
-                    hook: None,
-                },
-                Op::AddElements {
-                    map: "svc4".into(),
-                    elems: vec![("10.99.0.1 . tcp . 80".into(), "goto ep-new".into())],
-                },
-                Op::AddRule {
-                    chain: "no-such-chain".into(),
-                    rule: "goto ep-new".into(),
-                },
-            ];
+            let ops = vec![(
+                table_name(0),
+                vec![
+                    Op::AddChain {
+                        name: "ep-new".into(),
+                        hook: None,
+                    },
+                    Op::AddElements {
+                        map: "svc4".into(),
+                        elems: vec![("10.99.0.1 . tcp . 80".into(), "goto ep-new".into())],
+                    },
+                    Op::AddRule {
+                        chain: "no-such-chain".into(),
+                        rule: "goto ep-new".into(),
+                    },
+                ],
+            )];
             match apply_ops(&ops) {
                 Err(SvcError::Netlink(nfnl::NfnlError::Refused { what, reason })) => {
                     assert!(what.contains("no-such-chain"), "{what}");
@@ -645,7 +734,9 @@ endpoints: {eps}
             }
             assert_eq!(canonical(&listing()), canonical(&before));
             // The same batch without the bad rule goes in.
-            assert_eq!(apply_ops(&ops[..2]).unwrap(), Via::Netlink);
+            let mut good = ops.clone();
+            good[0].1.truncate(2);
+            assert_eq!(apply_ops(&good).unwrap(), Via::Netlink);
             let after = listing();
             assert!(after.to_string().contains("10.99.0.1"), "{after}");
         });

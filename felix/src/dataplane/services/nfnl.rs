@@ -24,7 +24,7 @@
 
 use std::net::IpAddr;
 
-use crate::calc::services::{Op, TABLE_NAME};
+use crate::calc::services::Op;
 
 /// Why a batch was not applied.
 #[derive(Debug, thiserror::Error)]
@@ -385,9 +385,10 @@ fn msg_type(m: u16) -> u16 {
     (NFNL_SUBSYS_NFTABLES << 8) | m
 }
 
-/// The batch for `ops` (sequence numbers from `seq`), or why this encoder
-/// does not take them (then send them as nft text).
-pub fn encode(ops: &[Op], seq: u32) -> Result<Batch, String> {
+/// The batch for the steps of each table (`inet` family; sequence numbers
+/// from `seq`), or why this encoder does not take them (then send them as
+/// nft text).
+pub fn encode(tables: &[(String, Vec<Op>)], seq: u32) -> Result<Batch, String> {
     let mut bytes = Vec::new();
     let mut what = Vec::new();
     let mut s = seq;
@@ -408,8 +409,15 @@ pub fn encode(ops: &[Op], seq: u32) -> Result<Batch, String> {
     // Only the last message asks for an acknowledgement (errors are
     // answered anyway): one ack per message would overflow the socket's
     // receive buffer at a few hundred messages.
-    let last = ops.len().saturating_sub(1);
-    for (n, op) in ops.iter().enumerate() {
+    let last = tables
+        .iter()
+        .map(|(_, o)| o.len())
+        .sum::<usize>()
+        .saturating_sub(1);
+    let ops = tables
+        .iter()
+        .flat_map(|(t, ops)| ops.iter().map(move |op| (t.as_str(), op)));
+    for (n, (table, op)) in ops.enumerate() {
         let req = if n == last {
             NLM_F_REQUEST | NLM_F_ACK
         } else {
@@ -425,21 +433,36 @@ pub fn encode(ops: &[Op], seq: u32) -> Result<Batch, String> {
                     NFPROTO_INET,
                     0,
                 );
-                m.str(NFTA_CHAIN_TABLE, TABLE_NAME);
+                m.str(NFTA_CHAIN_TABLE, table);
                 m.str(NFTA_CHAIN_NAME, name);
-                push(m, format!("add chain {name}"), &mut bytes, &mut what);
+                push(
+                    m,
+                    format!("{table}: add chain {name}"),
+                    &mut bytes,
+                    &mut what,
+                );
             }
             Op::DelChain(name) => {
                 let mut m = Msg::new(msg_type(NFT_MSG_DELCHAIN), req, seq, NFPROTO_INET, 0);
-                m.str(NFTA_CHAIN_TABLE, TABLE_NAME);
+                m.str(NFTA_CHAIN_TABLE, table);
                 m.str(NFTA_CHAIN_NAME, name);
-                push(m, format!("delete chain {name}"), &mut bytes, &mut what);
+                push(
+                    m,
+                    format!("{table}: delete chain {name}"),
+                    &mut bytes,
+                    &mut what,
+                );
             }
             Op::FlushChain(name) => {
                 let mut m = Msg::new(msg_type(NFT_MSG_DELRULE), req, seq, NFPROTO_INET, 0);
-                m.str(NFTA_RULE_TABLE, TABLE_NAME);
+                m.str(NFTA_RULE_TABLE, table);
                 m.str(NFTA_RULE_CHAIN, name);
-                push(m, format!("flush chain {name}"), &mut bytes, &mut what);
+                push(
+                    m,
+                    format!("{table}: flush chain {name}"),
+                    &mut bytes,
+                    &mut what,
+                );
             }
             Op::AddRule { chain, rule } => {
                 let exprs = rule_exprs(rule).ok_or_else(|| format!("rule shape: {rule}"))?;
@@ -450,14 +473,19 @@ pub fn encode(ops: &[Op], seq: u32) -> Result<Batch, String> {
                     NFPROTO_INET,
                     0,
                 );
-                m.str(NFTA_RULE_TABLE, TABLE_NAME);
+                m.str(NFTA_RULE_TABLE, table);
                 m.str(NFTA_RULE_CHAIN, chain);
                 m.nest(NFTA_RULE_EXPRESSIONS, |m| {
                     for e in &exprs {
                         put_expr(m, e);
                     }
                 });
-                push(m, format!("add rule {chain} {rule}"), &mut bytes, &mut what);
+                push(
+                    m,
+                    format!("{table}: add rule {chain} {rule}"),
+                    &mut bytes,
+                    &mut what,
+                );
             }
             Op::AddElements { map, elems } => {
                 let mut parsed = Vec::with_capacity(elems.len());
@@ -473,7 +501,7 @@ pub fn encode(ops: &[Op], seq: u32) -> Result<Batch, String> {
                     NFPROTO_INET,
                     0,
                 );
-                m.str(NFTA_SET_ELEM_LIST_TABLE, TABLE_NAME);
+                m.str(NFTA_SET_ELEM_LIST_TABLE, table);
                 m.str(NFTA_SET_ELEM_LIST_SET, map);
                 m.nest(NFTA_SET_ELEM_LIST_ELEMENTS, |m| {
                     for (key, v) in &parsed {
@@ -485,7 +513,7 @@ pub fn encode(ops: &[Op], seq: u32) -> Result<Batch, String> {
                 });
                 push(
                     m,
-                    format!("add {} element(s) to map {map}", elems.len()),
+                    format!("{table}: add {} element(s) to map {map}", elems.len()),
                     &mut bytes,
                     &mut what,
                 );
@@ -496,7 +524,7 @@ pub fn encode(ops: &[Op], seq: u32) -> Result<Batch, String> {
                     parsed.push(key_bytes(k).ok_or_else(|| format!("map key: {k}"))?);
                 }
                 let mut m = Msg::new(msg_type(NFT_MSG_DELSETELEM), req, seq, NFPROTO_INET, 0);
-                m.str(NFTA_SET_ELEM_LIST_TABLE, TABLE_NAME);
+                m.str(NFTA_SET_ELEM_LIST_TABLE, table);
                 m.str(NFTA_SET_ELEM_LIST_SET, map);
                 m.nest(NFTA_SET_ELEM_LIST_ELEMENTS, |m| {
                     for key in &parsed {
@@ -507,7 +535,7 @@ pub fn encode(ops: &[Op], seq: u32) -> Result<Batch, String> {
                 });
                 push(
                     m,
-                    format!("delete {} element(s) from map {map}", keys.len()),
+                    format!("{table}: delete {} element(s) from map {map}", keys.len()),
                     &mut bytes,
                     &mut what,
                 );
@@ -760,7 +788,11 @@ mod tests {
             chain: "svc-a".into(),
             rule: "update @aff-x { ip saddr }".into(),
         }];
-        assert!(encode(&ops, 1).unwrap_err().contains("rule shape"));
+        assert!(
+            encode(&[("t".to_string(), ops)], 1)
+                .unwrap_err()
+                .contains("rule shape")
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The Service dataplane kube-proxy v1.20 builds in iptables mode, built
 //! the same way (learned from its `pkg/proxy/iptables/proxier.go`; written
 //! here from that description, no code taken), for the service proxy
-//! benchmark's iptables peer:
+//! benchmark's iptables peers (the same input for the nf_tables and the
+//! legacy backend):
 //!
 //! * nat `PREROUTING` and `OUTPUT` jump to `KUBE-SERVICES`, `POSTROUTING`
 //!   to `KUBE-POSTROUTING`; filter `INPUT` (new) to
@@ -268,6 +269,23 @@ pub fn restore_input(
     s
 }
 
+/// The `iptables-restore --noflush` input that deletes `chains` from
+/// `table`: each declared (which flushes it, so no rule of one still
+/// jumps to another), then each deleted. What the benchmark's legacy peer
+/// unloads with: kube-proxy's chains, not the table, which x_tables
+/// cannot delete.
+pub fn delete_chains_input(table: &str, chains: &[String]) -> String {
+    let mut s = format!("*{table}\n");
+    for c in chains {
+        let _ = writeln!(s, ":{c} - [0:0]");
+    }
+    for c in chains {
+        let _ = writeln!(s, "-X {c}");
+    }
+    s.push_str("COMMIT\n");
+    s
+}
+
 /// The Service ports kube-proxy would program from these objects: IPv4
 /// cluster IPs, each port's endpoints from the EndpointSlices labelled
 /// with the Service's name (port matched by name and protocol, endpoints
@@ -405,6 +423,17 @@ mod tests {
         assert!(s.contains(&format!("-X {old_sep}\n")), "{s}");
         assert!(!s.contains(&format!("-X {kept}")), "{s}");
         assert!(!s.contains("-X KUBE-SERVICES"), "{s}");
+    }
+
+    #[test]
+    fn deleting_chains_flushes_all_of_them_before_deleting_any() {
+        let chains = vec!["KUBE-SERVICES".to_string(), "KUBE-SVC-X".to_string()];
+        let s = delete_chains_input("nat", &chains);
+        assert_eq!(
+            s,
+            "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-X - [0:0]\n-X KUBE-SERVICES\n-X KUBE-SVC-X\nCOMMIT\n"
+        );
+        assert_eq!(delete_chains_input("filter", &[]), "*filter\nCOMMIT\n");
     }
 
     #[test]

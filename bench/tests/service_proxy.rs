@@ -2,11 +2,13 @@
 //! Services, 2 repetitions) runs every contender in real namespaces with
 //! the real nft and iptables, and fails unless a cluster IP leads nowhere
 //! without rules, every Service connection lands on one of that Service's
-//! endpoints under Twill's table and under the kube-proxy-style chains,
-//! traffic for no Service keeps its address, and after one endpoint change
-//! the moved endpoint gets connections and the old one none (the binary
-//! checks each connection's landing address, which the server sends back).
-//! Root; fails (does not skip) without nft or iptables.
+//! endpoints under Twill's table and under the kube-proxy-style chains
+//! (iptables on the nf_tables and on the legacy backend), traffic for no
+//! Service keeps its address, and after one endpoint change the moved
+//! endpoint gets connections and the old one none (the binary checks each
+//! connection's landing address, which the server sends back, and that
+//! the legacy peer's unload leaves no rule behind). Root; fails (does not
+//! skip) without nft, iptables or iptables-legacy.
 
 use serde_json::Value;
 use twill_tests::{require_binary, require_root};
@@ -16,6 +18,7 @@ fn short_run_measures_every_contender_and_lands_where_the_services_say() {
     require_root();
     require_binary("nft", "nftables");
     require_binary("iptables-restore", "iptables");
+    require_binary("iptables-legacy-restore", "iptables");
     let dir = tempfile::tempdir().expect("temp dir");
     let json = dir.path().join("service_proxy.json");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_service_proxy"))
@@ -23,6 +26,8 @@ fn short_run_measures_every_contender_and_lands_where_the_services_say() {
         .arg(&json)
         .env_remove("TWILL_BENCH_SIZES")
         .env_remove("TWILL_BENCH_REPS")
+        .env_remove("TWILL_BENCH_IPT_BELOW")
+        .env_remove("TWILL_BENCH_IPT_CHANGE_BELOW")
         .output()
         .expect("run service_proxy");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -32,6 +37,15 @@ fn short_run_measures_every_contender_and_lands_where_the_services_say() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("Twill ÷ iptables"), "{stdout}");
+    // One ratio row per size and peer, each naming its peer.
+    for n in [1, 20] {
+        for peer in ["nft backend", "legacy backend"] {
+            assert!(
+                stdout.contains(&format!("| {n} | kube-proxy iptables, {peer} | ")),
+                "no ratio row against the {peer} at {n}: {stdout}"
+            );
+        }
+    }
     let doc: Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("parse json");
     assert_eq!(doc["reps"], 2);
@@ -50,7 +64,7 @@ fn short_run_measures_every_contender_and_lands_where_the_services_say() {
         );
     };
     positive(row("none", 0), "conns_per_s_no_service");
-    for dp in ["twill", "iptables"] {
+    for dp in ["twill", "iptables", "iptables-legacy"] {
         for n in [1, 20] {
             let r = row(dp, n);
             for k in [
@@ -76,5 +90,7 @@ fn short_run_measures_every_contender_and_lands_where_the_services_say() {
     // kube-proxy 1.20 writes everything again, so its change grows.
     let lines = |dp: &str, n: u64| row(dp, n)["change"][0]["lines"].as_u64().unwrap_or(0);
     assert_eq!(lines("twill", 1), lines("twill", 20), "{doc}");
-    assert!(lines("iptables", 20) > lines("iptables", 1) + 100, "{doc}");
+    for dp in ["iptables", "iptables-legacy"] {
+        assert!(lines(dp, 20) > lines(dp, 1) + 100, "{dp}: {doc}");
+    }
 }

@@ -10,7 +10,14 @@
 //!   same Services (`twill_bench::kube_proxy`), synced the way it syncs
 //!   every time: `iptables -N`/`-C` per jump, `iptables-save` of filter
 //!   and nat, the whole KUBE chains in one `iptables-restore --noflush
-//!   --counters` (Debian's iptables: the nf_tables backend).
+//!   --counters` (Debian's iptables: the nf_tables backend; not run from
+//!   `TWILL_BENCH_IPT_BELOW` Services on);
+//! * kube-proxy iptables, legacy backend: the same rules and sync through
+//!   `iptables-legacy`, `-save`, `-restore` (x_tables, which kube-proxy's
+//!   image uses whenever the host does), at every size, in client, node
+//!   and server namespaces of its own: a legacy table stays in its
+//!   namespace once made. Its unload deletes its jumps and `KUBE-` chains
+//!   and checks that nothing of them is left.
 //!
 //! Topology: client (a pod address, 10.244.255.2) — node (the namespace
 //! holding the rules, routing) — server, which answers on port 8080 at
@@ -214,26 +221,63 @@ struct Ran {
     ok: bool,
     stdout: String,
     stderr: String,
+    /// From spawn to exit of the program itself (not of `ip netns exec`
+    /// or the helper around it).
     ms: f64,
     maxrss_kib: i64,
 }
 
-/// Runs `prog ARGS` in `ns` with `input` on stdin; waits with wait4 for
-/// the child's own peak RSS.
-// The child is reaped by wait4 below, not by `Child::wait` (which would
-// not report its rusage).
-#[allow(clippy::zombie_processes)]
-fn run(ns: &Netns, prog: &str, args: &[&str], input: &str) -> Ran {
+/// The first argument of this binary's helper mode ([`maxrss_helper`]).
+const MAXRSS_OF: &str = "--maxrss-of";
+/// How the helper's report, the last line of its stderr, starts.
+const MAXRSS_LINE: &str = "service_proxy helper: maxrss_kib ms ";
+
+/// `service_proxy --maxrss-of PROG ARGS…`: runs PROG on this process's
+/// stdin, stdout and stderr, writes its peak RSS (KiB) and wall time (ms)
+/// as the last line of stderr, and exits with its status. Why a helper:
+/// Linux carries the high-water RSS of the process a child was forked
+/// from over its `exec`, so a child of this benchmark (which holds
+/// hundreds of MiB of Services) would report the benchmark's peak, not
+/// its own. The helper is a fresh, small process (a few MiB: the floor of
+/// what it reports).
+fn maxrss_helper(args: &[String]) -> ! {
+    let Some((prog, rest)) = args.split_first() else {
+        eprintln!("usage: service_proxy {MAXRSS_OF} PROG [ARGS…]");
+        std::process::exit(2);
+    };
     let t = Instant::now();
+    let status = match std::process::Command::new(prog).args(rest).status() {
+        Ok(st) => st,
+        Err(e) => {
+            eprintln!("spawn {prog}: {e}");
+            std::process::exit(127);
+        }
+    };
+    let ms = ms_since(t);
+    // SAFETY: an all-zero rusage is a valid value for getrusage to fill.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid out-pointer; RUSAGE_CHILDREN covers the one child
+    // reaped above.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    eprintln!("{MAXRSS_LINE}{} {ms}", ru.ru_maxrss);
+    std::process::exit(status.code().unwrap_or(128));
+}
+
+/// Runs `prog ARGS` in `ns` with `input` on stdin, through
+/// [`maxrss_helper`] for the program's own peak RSS and time.
+fn run(ns: &Netns, prog: &str, args: &[&str], input: &str) -> Ran {
+    let exe = std::env::current_exe().expect("this benchmark's own path");
+    let exe = exe.to_string_lossy();
     let mut child = ns
-        .command(prog)
+        .command(&exe)
+        .arg(MAXRSS_OF)
+        .arg(prog)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {prog}: {e}"));
-    let pid = child.id() as libc::pid_t;
     let mut stdin = child.stdin.take().expect("stdin");
     let input = input.to_string();
     let writer = std::thread::spawn(move || {
@@ -250,19 +294,26 @@ fn run(ns: &Netns, prog: &str, args: &[&str], input: &str) -> Ran {
     let _ = err.read_to_string(&mut stderr);
     let _ = writer.join();
     let stdout = reader.join().unwrap_or_default();
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value for wait4 to fill.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waiting for our own child, with valid out-pointers; the
-    // Child is not waited for again (dropping it does not wait).
-    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-    let ok = rc == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    let ok = child.wait().is_ok_and(|st| st.success());
+    let report = stderr
+        .lines()
+        .rfind(|l| l.starts_with(MAXRSS_LINE))
+        .map(str::to_string);
+    let (maxrss_kib, ms) = report
+        .as_deref()
+        .and_then(|l| l.strip_prefix(MAXRSS_LINE))
+        .and_then(|v| v.split_once(' '))
+        .and_then(|(k, m)| Some((k.parse().ok()?, m.parse().ok()?)))
+        .unwrap_or((0, f64::NAN));
+    if let Some(l) = &report {
+        stderr = stderr.replace(&format!("{l}\n"), "");
+    }
     Ran {
-        ok,
+        ok: ok && report.is_some(),
         stdout,
         stderr,
-        ms: t.elapsed().as_secs_f64() * 1000.0,
-        maxrss_kib: ru.ru_maxrss,
+        ms,
+        maxrss_kib,
     }
 }
 
@@ -339,7 +390,10 @@ impl Input {
 enum Kind {
     None,
     Twill,
+    /// kube-proxy's rules through iptables on the nf_tables backend.
     Iptables,
+    /// The same through the legacy x_tables backend (`iptables-legacy*`).
+    IptablesLegacy,
 }
 
 impl Kind {
@@ -348,6 +402,7 @@ impl Kind {
             Kind::None => "none",
             Kind::Twill => "twill (nftables)",
             Kind::Iptables => "kube-proxy 1.20 iptables (nft backend)",
+            Kind::IptablesLegacy => "kube-proxy 1.20 iptables (legacy backend)",
         }
     }
     fn key(self) -> &'static str {
@@ -355,8 +410,33 @@ impl Kind {
             Kind::None => "none",
             Kind::Twill => "twill",
             Kind::Iptables => "iptables",
+            Kind::IptablesLegacy => "iptables-legacy",
         }
     }
+    /// The iptables peers' `iptables`, `-save` and `-restore` binaries.
+    fn tools(self) -> Option<IptTools> {
+        match self {
+            Kind::None | Kind::Twill => None,
+            Kind::Iptables => Some(IptTools {
+                iptables: "iptables",
+                save: "iptables-save",
+                restore: "iptables-restore",
+            }),
+            Kind::IptablesLegacy => Some(IptTools {
+                iptables: "iptables-legacy",
+                save: "iptables-legacy-save",
+                restore: "iptables-legacy-restore",
+            }),
+        }
+    }
+}
+
+/// The binaries of one iptables backend.
+#[derive(Clone, Copy)]
+struct IptTools {
+    iptables: &'static str,
+    save: &'static str,
+    restore: &'static str,
 }
 
 /// Times of one load or change, in ms, by part; and the loaders' peak RSS.
@@ -450,31 +530,34 @@ fn twill_change(node: &Netns, inp: &Input, kept: &mut Kept) -> Applied {
     a
 }
 
-/// kube-proxy 1.20's sync: make sure of the jumps, save filter and nat,
-/// generate, restore everything.
-fn iptables_sync(node: &Netns, ports: &[SvcPort]) -> Applied {
+/// kube-proxy 1.20's sync through one iptables backend: make sure of the
+/// jumps, save filter and nat, generate, restore everything.
+fn iptables_sync(node: &Netns, ipt: IptTools, ports: &[SvcPort]) -> Applied {
     let mut a = Applied::default();
-    let t = Instant::now();
+    // The programs' own times (not `ip netns exec`'s or the helper's).
+    let mut jumps_ms = 0.0;
     for j in kube_proxy::jump_rules() {
         // `-N` fails when the chain exists; kube-proxy takes that as fine.
-        let _ = run(
+        jumps_ms += run(
             node,
-            "iptables",
+            ipt.iptables,
             &["-w", "5", "-W", "100000", "-N", j.chain, "-t", j.table],
             "",
-        );
+        )
+        .ms;
         let mut args = vec!["-w", "5", "-W", "100000", "-C", j.hook, "-t", j.table];
         args.extend(j.args.iter().map(String::as_str));
-        if !run(node, "iptables", &args, "").ok {
+        let check = run(node, ipt.iptables, &args, "");
+        jumps_ms += check.ms;
+        if !check.ok {
             args[4] = "-I";
-            run_ok(node, "iptables", &args, "");
+            jumps_ms += run_ok(node, ipt.iptables, &args, "").ms;
         }
     }
-    a.parts.insert("ensure jumps", ms_since(t));
-    let t = Instant::now();
-    let filter = run_ok(node, "iptables-save", &["-t", "filter"], "");
-    let nat = run_ok(node, "iptables-save", &["-t", "nat"], "");
-    a.parts.insert("save", ms_since(t));
+    a.parts.insert("ensure jumps", jumps_ms);
+    let filter = run_ok(node, ipt.save, &["-t", "filter"], "");
+    let nat = run_ok(node, ipt.save, &["-t", "nat"], "");
+    a.parts.insert("save", filter.ms + nat.ms);
     let t = Instant::now();
     let input =
         kube_proxy::restore_input(ports, CLUSTER_CIDR, &kube_proxy::saved_chains(&nat.stdout));
@@ -482,7 +565,7 @@ fn iptables_sync(node: &Netns, ports: &[SvcPort]) -> Applied {
     a.lines = input.lines().count();
     let restore = run_ok(
         node,
-        "iptables-restore",
+        ipt.restore,
         &["-w", "5", "-W", "100000", "--noflush", "--counters"],
         &input,
     );
@@ -494,6 +577,7 @@ fn iptables_sync(node: &Netns, ports: &[SvcPort]) -> Applied {
     a
 }
 
+/// Removes what `kind` loaded into the node namespace, and only that.
 fn unload(node: &Netns, kind: Kind) {
     let script = match kind {
         Kind::None => return,
@@ -501,8 +585,49 @@ fn unload(node: &Netns, kind: Kind) {
             .map(|i| format!("delete table inet {}\n", table_name(i)))
             .collect::<String>(),
         Kind::Iptables => "delete table ip nat\ndelete table ip filter\n",
+        Kind::IptablesLegacy => return unload_legacy(node),
     };
     run_ok(node, "nft", &["-f", "-"], script);
+}
+
+/// The legacy peer's unload: legacy tables are x_tables, not nft tables
+/// (`delete table ip nat` does not reach them), and a built-in table
+/// stays in a namespace once made. So: delete the jumps the sync
+/// inserted, flush and delete every `KUBE-` chain of filter and nat in one
+/// `iptables-legacy-restore --noflush`, and check that no rule and no
+/// `KUBE-` chain is left.
+fn unload_legacy(node: &Netns) {
+    let ipt = Kind::IptablesLegacy.tools().expect("an iptables peer");
+    for j in kube_proxy::jump_rules() {
+        let mut args = vec!["-w", "5", "-W", "100000", "-D", j.hook, "-t", j.table];
+        args.extend(j.args.iter().map(String::as_str));
+        run_ok(node, ipt.iptables, &args, "");
+    }
+    let mut input = String::new();
+    for table in ["filter", "nat"] {
+        let save = run_ok(node, ipt.save, &["-t", table], "");
+        let kube: Vec<String> = kube_proxy::saved_chains(&save.stdout)
+            .into_iter()
+            .filter(|c| c.starts_with("KUBE-"))
+            .collect();
+        input.push_str(&kube_proxy::delete_chains_input(table, &kube));
+    }
+    run_ok(
+        node,
+        ipt.restore,
+        &["-w", "5", "-W", "100000", "--noflush"],
+        &input,
+    );
+    let left = run_ok(node, ipt.save, &[], "");
+    assert!(
+        !left
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("-A") || l.contains("KUBE-")),
+        "[{}] the legacy peer's unload left rules or chains behind:\n{}",
+        node.name(),
+        left.stdout
+    );
 }
 
 // ---- measurement ---------------------------------------------------------
@@ -515,13 +640,14 @@ struct Settings {
     reps: usize,
     /// Repetitions at LARGE Services and more.
     reps_large: usize,
-    /// The iptables peer's endpoint change is measured below this many
-    /// Services only (`TWILL_BENCH_IPT_CHANGE_BELOW`): at 10k it is another
-    /// whole sync of many minutes on this machine.
+    /// The nft-backend iptables peer's endpoint change is measured below
+    /// this many Services only (`TWILL_BENCH_IPT_CHANGE_BELOW`): at 10k it
+    /// is another whole sync of many minutes on this machine.
     ipt_change_below: usize,
-    /// The iptables peer runs below this many Services only
+    /// The nft-backend iptables peer runs below this many Services only
     /// (`TWILL_BENCH_IPT_BELOW`): at 10k one iptables-restore of its rules
-    /// takes longer on this machine than a run can wait for it.
+    /// takes longer on this machine than a run can wait for it. The legacy
+    /// peer runs at every size.
     ipt_below: usize,
     /// Results go to bench/results/NAME.{json,md} (`--name`).
     name: String,
@@ -579,7 +705,10 @@ fn measure(t: &Topo, kind: Kind, inp: &Input, s: &Settings, out: &mut Samples) {
             twill_table = Some(table);
             out.load.push(a);
         }
-        Kind::Iptables => out.load.push(iptables_sync(&t.node, &ports)),
+        Kind::Iptables | Kind::IptablesLegacy => {
+            let ipt = kind.tools().expect("an iptables peer");
+            out.load.push(iptables_sync(&t.node, ipt, &ports));
+        }
     }
     std::thread::sleep(s.settle);
     let after = kernel_kib();
@@ -621,9 +750,10 @@ fn measure(t: &Topo, kind: Kind, inp: &Input, s: &Settings, out: &mut Samples) {
     }
     let change = match kind {
         Kind::Twill => twill_change(&t.node, inp, twill_table.as_mut().expect("loaded")),
-        Kind::Iptables => {
+        Kind::Iptables | Kind::IptablesLegacy => {
+            let ipt = kind.tools().expect("an iptables peer");
             let ports = kube_proxy::from_objects(&inp.services, &inp.changed_slices);
-            iptables_sync(&t.node, &ports)
+            iptables_sync(&t.node, ipt, &ports)
         }
         Kind::None => unreachable!("returned above"),
     };
@@ -646,30 +776,44 @@ fn measure(t: &Topo, kind: Kind, inp: &Input, s: &Settings, out: &mut Samples) {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(MAXRSS_OF) {
+        maxrss_helper(&args[2..]);
+    }
     require_root();
     for (b, p) in [
         ("nft", "nftables"),
         ("iptables", "iptables"),
         ("iptables-save", "iptables"),
         ("iptables-restore", "iptables"),
+        ("iptables-legacy", "iptables"),
+        ("iptables-legacy-save", "iptables"),
+        ("iptables-legacy-restore", "iptables"),
     ] {
         require_binary(b, p);
     }
-    let args: Vec<String> = std::env::args().collect();
     let short = args.iter().any(|a| a == "--short");
     let json_path = args
         .iter()
         .position(|a| a == "--json")
         .and_then(|i| args.get(i + 1))
         .cloned();
-    let version = std::process::Command::new("iptables")
-        .arg("-V")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
+    let version_of = |prog: &str| {
+        std::process::Command::new(prog)
+            .arg("-V")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let version = version_of("iptables");
     assert!(
         version.contains("nf_tables"),
         "iptables is not the nf_tables backend ({version}); the anchor is"
+    );
+    let legacy_version = version_of("iptables-legacy");
+    assert!(
+        legacy_version.contains("legacy"),
+        "iptables-legacy is not the legacy backend ({legacy_version})"
     );
     let reps: usize = std::env::var("TWILL_BENCH_REPS")
         .ok()
@@ -711,10 +855,16 @@ fn main() {
         settle: Duration::from_millis(if short { 300 } else { 2000 }),
     };
     let t = topology();
+    // The legacy peer's own namespaces: x_tables tables, once made, stay in
+    // a namespace (their hooks, and conntrack for nat) until it is gone,
+    // and would tax every configuration measured after them.
+    let legacy = topology();
     // Closed flows leave conntrack at once, so one configuration's
     // connections are gone before the next one's memory is read.
-    t.node
-        .sysctl("net.netfilter.nf_conntrack_tcp_timeout_close", "1");
+    for topo in [&t, &legacy] {
+        topo.node
+            .sysctl("net.netfilter.nf_conntrack_tcp_timeout_close", "1");
+    }
 
     // Twill's process memory for the Services, counted by the allocator:
     // what the agent keeps (the objects from its watches, the table) and
@@ -741,6 +891,7 @@ fn main() {
         if inp.n < s.ipt_below {
             configs.push((Kind::Iptables, k));
         }
+        configs.push((Kind::IptablesLegacy, k));
     }
     let load_before = loadavg();
     let mut samples: Vec<Samples> = configs.iter().map(|_| Samples::default()).collect();
@@ -758,7 +909,12 @@ fn main() {
                 continue;
             }
             let t0 = Instant::now();
-            measure(&t, kind, inp, &s, &mut samples[i]);
+            let topo = if kind == Kind::IptablesLegacy {
+                &legacy
+            } else {
+                &t
+            };
+            measure(topo, kind, inp, &s, &mut samples[i]);
             let sm = &samples[i];
             eprintln!(
                 "rep {rep} {:<40} n={:<6} load {:>9.1} ms, change {:>9.1} ms, last svc {:.3} ms, {:.0} conn/s svc, {:.0} conn/s pod ({:.0} s)",
@@ -789,6 +945,7 @@ fn main() {
         &load_before,
         &load_after,
         &version,
+        &legacy_version,
     );
     print!("{md}");
     if let Some(p) = json_path {
@@ -798,7 +955,7 @@ fn main() {
     if !short && let Err(e) = twill_bench::write_results(&s.name, doc, &md) {
         eprintln!("service_proxy: writing results: {e}");
     }
-    drop(t);
+    drop((t, legacy));
 }
 
 // ---- report ----------------------------------------------------------------
@@ -821,7 +978,9 @@ fn report(
     load_before: &str,
     load_after: &str,
     version: &str,
+    legacy_version: &str,
 ) -> (String, Value) {
+    use std::fmt::Write as _;
     let base = &samples[0];
     let base_ms = p50(&base.pod_ms);
     let base_rate = p50(&base.pod_rate);
@@ -924,12 +1083,20 @@ fn report(
             .map(|i| &samples[i])
     };
     let mut vs = Vec::new();
-    for (k, inp) in inputs.iter().enumerate() {
+    let peers = [
+        (Kind::Iptables, "kube-proxy iptables, nft backend"),
+        (Kind::IptablesLegacy, "kube-proxy iptables, legacy backend"),
+    ];
+    for ((k, inp), (peer, against)) in inputs
+        .iter()
+        .enumerate()
+        .flat_map(|ki| peers.iter().map(move |p| (ki, *p)))
+    {
         let Some(tw) = at(Kind::Twill, k) else {
             continue;
         };
-        let Some(ip) = at(Kind::Iptables, k) else {
-            let mut row = vec![inp.n.to_string()];
+        let Some(ip) = at(peer, k) else {
+            let mut row = vec![inp.n.to_string(), against.to_string()];
             row.extend((0..6).map(|_| "peer not run".to_string()));
             vs.push(row);
             continue;
@@ -943,6 +1110,7 @@ fn report(
         };
         vs.push(vec![
             inp.n.to_string(),
+            against.to_string(),
             format!("{:.2}", p50(&ip.last_ms) / p50(&tw.last_ms)),
             format!("{:.2}", p50(&tw.svc_rate) / p50(&ip.svc_rate)),
             format!("{:.2}", p50(&tw.pod_rate) / p50(&ip.pod_rate)),
@@ -981,22 +1149,50 @@ fn report(
             );
         }
     }
-    let skipped: Vec<String> = inputs
-        .iter()
-        .filter(|i| i.n >= s.ipt_below)
-        .map(|i| i.n.to_string())
-        .collect();
-    let peer_note = if skipped.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "The iptables peer was not run at {} Services in this run (`TWILL_BENCH_IPT_BELOW={}`): one `iptables-restore` of its rules there takes longer on this machine than the run could wait (see docs/benchmarks.md).\n",
-            skipped.join(", "),
-            s.ipt_below
-        )
+    let sizes = |f: &dyn Fn(&Input) -> bool| {
+        inputs
+            .iter()
+            .filter(|i| f(i))
+            .map(|i| i.n.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     };
+    let (nft_ran, skipped) = (
+        sizes(&|i| i.n < s.ipt_below),
+        sizes(&|i| i.n >= s.ipt_below),
+    );
+    let nft_change_skipped = sizes(&|i| i.n < s.ipt_below && i.n >= s.ipt_change_below);
+    let mut peer_note = format!(
+        "Peers: {} ran at {} Services",
+        Kind::Iptables.label(),
+        if nft_ran.is_empty() {
+            "no size of"
+        } else {
+            &nft_ran
+        }
+    );
+    if !skipped.is_empty() {
+        let _ = write!(
+            peer_note,
+            ", not at {skipped} (`TWILL_BENCH_IPT_BELOW={}`): one `iptables-restore` of its rules there did not finish on this machine in the time a run can give it (see docs/benchmarks.md)",
+            s.ipt_below
+        );
+    }
+    if !nft_change_skipped.is_empty() {
+        let _ = write!(
+            peer_note,
+            "; its endpoint change not measured at {nft_change_skipped} (`TWILL_BENCH_IPT_CHANGE_BELOW={}`)",
+            s.ipt_change_below
+        );
+    }
+    let _ = writeln!(
+        peer_note,
+        ". {} ran and was measured at {} Services, in namespaces of its own (legacy tables stay in a namespace once made).",
+        Kind::IptablesLegacy.label(),
+        sizes(&|_| true)
+    );
     let md = format!(
-        "**Traffic**: TCP connect time (ms, p50 of {} connections per repetition) and new connections/s ({:.1} s per repetition)\n\n{}\n**Control plane and memory**: ms to get all Services into the kernel from nothing and one endpoint change (Twill: render, then from nothing one libnftables transaction of nft text, a change one netlink batch of the diff's steps; iptables: kube-proxy's whole sync — `-N`/`-C` per jump, `iptables-save` ×2, generate, `iptables-restore`), and kernel memory (Slab + Percpu + VmallocUsed after load minus before, MiB)\n\n{}\nTwill ÷ iptables (medians; above 1.00 Twill is ahead: quicker, faster, or smaller):\n\n{}\n{goals}{peer_note}\nMedian (min–max) of {}, the order of the {} configurations rotating and reversed every other repetition; {} endpoints per Service, every tenth a NodePort; \"none\" has no rules and no conntrack (a cluster IP leads nowhere there, which the run checks). Every connection's landing address is checked: a Service's on its endpoints, after the change on the new set (the moved endpoint included), traffic for no Service unchanged. {version}. Load average {load_before} before, {load_after} after (a shared 2-core machine). kube-proxy's own process is not run here; the anchor (issue 17) measured it at 150–164 MiB with 10k Services.\n",
+        "**Traffic**: TCP connect time (ms, p50 of {} connections per repetition) and new connections/s ({:.1} s per repetition)\n\n{}\n**Control plane and memory**: ms to get all Services into the kernel from nothing and one endpoint change (Twill: render, then from nothing one libnftables transaction of nft text, a change one netlink batch of the diff's steps; iptables: kube-proxy's whole sync — `-N`/`-C` per jump, `iptables-save` ×2, generate, `iptables-restore`, through `iptables-legacy*` for the legacy backend), and kernel memory (Slab + Percpu + VmallocUsed after load minus before, MiB)\n\n{}\nTwill ÷ iptables, one row per size and peer (medians; above 1.00 Twill is ahead: quicker, faster, or smaller):\n\n{}\n{goals}{peer_note}\nMedian (min–max) of {}, the order of the {} configurations rotating and reversed every other repetition; {} endpoints per Service, every tenth a NodePort; \"none\" has no rules and no conntrack (a cluster IP leads nowhere there, which the run checks). Every connection's landing address is checked: a Service's on its endpoints, after the change on the new set (the moved endpoint included), traffic for no Service unchanged. {version}; {legacy_version}. Load average {load_before} before, {load_after} after (a shared 2-core machine). kube-proxy's own process is not run here; the anchor (issue 17) measured it at 150–164 MiB with 10k Services.\n",
         s.probes,
         s.conn_dur.as_secs_f64(),
         twill_bench::table(
@@ -1028,6 +1224,7 @@ fn report(
         twill_bench::table(
             &[
                 "Services",
+                "against",
                 "connect: last Service",
                 "conn/s: last Service",
                 "conn/s: no Service",
@@ -1039,7 +1236,7 @@ fn report(
         ),
         if s.reps_large < s.reps && s.sizes.iter().any(|&n| n >= LARGE) {
             format!(
-                "{} repetitions ({} at {LARGE} Services and more: one kube-proxy-style sync takes minutes on this machine)",
+                "{} repetitions ({} at {LARGE} Services and more, `TWILL_BENCH_REPS_LARGE`)",
                 s.reps, s.reps_large
             )
         } else {
@@ -1053,7 +1250,7 @@ fn report(
         "ipt_below": (s.ipt_below != usize::MAX).then_some(s.ipt_below),
         "reps": s.reps, "reps_large": s.reps_large, "large_from": LARGE, "sizes": s.sizes, "endpoints_per_service": ENDPOINTS,
         "probes": s.probes, "conn_secs": s.conn_dur.as_secs_f64(),
-        "iptables": version,
+        "iptables": version, "iptables_legacy": legacy_version,
         "loadavg_before": load_before, "loadavg_after": load_after,
         "twill_heap_bytes": heap.iter().map(|(n, (o, k, p))| json!({"services": n, "objects": o, "objects_model_table": k, "peak_render": p})).collect::<Vec<_>>(),
         "rows": rows_json,

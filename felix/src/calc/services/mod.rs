@@ -1,8 +1,10 @@
-//! The service proxy's table `inet twill-svc` (pure): from what the node
-//! does with each Service ([`twill_api::service_proxy::proxy_model`]) to
-//! the nftables objects that do it ([`SvcTable`]), as one script that
-//! replaces the whole table ([`SvcTable::full_script`]) or one that takes
-//! the kernel from one table to the next ([`SvcTable::diff_script`]).
+//! The service proxy's tables (pure): from what the node does with each
+//! Service ([`twill_api::service_proxy::proxy_model`]) to the nftables
+//! objects that do it ([`SvcTable`], one table's worth), as one script that
+//! replaces a table ([`SvcTable::full_script`]) or one that takes the
+//! kernel from one table to the next ([`SvcTable::diff_script`]); the
+//! Services spread over [`SHARDS`] tables and rendered only when they
+//! change: [`shards`].
 //!
 //! The design is kube-proxy's nftables mode: one verdict-map lookup keyed
 //! `daddr . l4proto . dport` per packet (`svc4`/`svc6`; node ports in
@@ -11,8 +13,9 @@
 //! `numgen random mod k 0 goto` rule per endpoint (kube-proxy's anonymous
 //! `vmap` here made a full load quadratic in the kernel); a chain per
 //! endpoint that DNATs. Frontends with
-//! nothing to send to are refused at once from filter chains before the
-//! policy table (`refuse*` maps: TCP reset, ICMP port unreachable), or
+//! nothing to send to are refused at once (their element's verdict is
+//! `goto refuse`: TCP reset, ICMP port unreachable, from the same NAT
+//! chains, which only a connection's first packet passes), or
 //! dropped where Kubernetes says so (external traffic under the Local
 //! policy on a node without a local endpoint). Masquerade only where the
 //! reply would otherwise miss this node: external traffic under the
@@ -53,20 +56,12 @@ pub const MASQ_MARK: u32 = 0x0400_0000;
 pub const DSTNAT_PRIORITY: i32 = -100;
 /// Priority of the masquerade chain (`srcnat`).
 pub const SRCNAT_PRIORITY: i32 = 100;
-/// Priority of the filter chains that refuse traffic to a Service port
-/// without endpoints (before the policy table's, -1 and 0).
-pub const REFUSE_PRIORITY: i32 = -110;
-
 /// One of the fixed verdict maps, with its key type.
-const MAPS: [(&str, &str); 8] = [
+const MAPS: [(&str, &str); 4] = [
     ("svc4", "ipv4_addr . inet_proto . inet_service"),
     ("svc6", "ipv6_addr . inet_proto . inet_service"),
     ("nodeports4", "inet_proto . inet_service"),
     ("nodeports6", "inet_proto . inet_service"),
-    ("refuse4", "ipv4_addr . inet_proto . inet_service"),
-    ("refuse6", "ipv6_addr . inet_proto . inet_service"),
-    ("refuse-nodeports4", "inet_proto . inet_service"),
-    ("refuse-nodeports6", "inet_proto . inet_service"),
 ];
 
 /// The fixed chains: base chains (with their hook) and the helpers every
@@ -77,7 +72,6 @@ fn fixed_chains() -> Vec<(&'static str, Option<String>, Vec<String>)> {
             "type {ty} hook {hook} priority {prio}; policy accept;"
         ))
     };
-    let refuse_check = "ct state new jump refuse-check".to_string();
     vec![
         (
             "nat-prerouting",
@@ -95,21 +89,6 @@ fn fixed_chains() -> Vec<(&'static str, Option<String>, Vec<String>)> {
             vec!["jump masquerading".into()],
         ),
         (
-            "filter-input",
-            base("filter", "input", REFUSE_PRIORITY),
-            vec![refuse_check.clone()],
-        ),
-        (
-            "filter-forward",
-            base("filter", "forward", REFUSE_PRIORITY),
-            vec![refuse_check.clone()],
-        ),
-        (
-            "filter-output",
-            base("filter", "output", REFUSE_PRIORITY),
-            vec![refuse_check],
-        ),
-        (
             "services",
             None,
             vec![
@@ -117,16 +96,6 @@ fn fixed_chains() -> Vec<(&'static str, Option<String>, Vec<String>)> {
                 "ip6 daddr . meta l4proto . th dport vmap @svc6".into(),
                 "meta nfproto ipv4 fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @nodeports4".into(),
                 "meta nfproto ipv6 fib daddr type local ip6 daddr != ::1 meta l4proto . th dport vmap @nodeports6".into(),
-            ],
-        ),
-        (
-            "refuse-check",
-            None,
-            vec![
-                "ip daddr . meta l4proto . th dport vmap @refuse4".into(),
-                "ip6 daddr . meta l4proto . th dport vmap @refuse6".into(),
-                "meta nfproto ipv4 fib daddr type local meta l4proto . th dport vmap @refuse-nodeports4".into(),
-                "meta nfproto ipv6 fib daddr type local meta l4proto . th dport vmap @refuse-nodeports6".into(),
             ],
         ),
         (
@@ -409,12 +378,7 @@ impl SvcTable {
                 }
                 Frontend::NodePort(port) => {
                     let key = format!("{proto} . {port}");
-                    self.put(
-                        format!("nodeports{fam}"),
-                        format!("refuse-nodeports{fam}"),
-                        key,
-                        &external,
-                    );
+                    self.put(format!("nodeports{fam}"), key, &external);
                     continue;
                 }
                 Frontend::LoadBalancer(a, port) if !p.source_ranges.is_empty() => {
@@ -436,7 +400,7 @@ impl SvcTable {
                         }
                         Target::Refuse => Target::Refuse,
                     };
-                    self.put(format!("svc{fam}"), format!("refuse{fam}"), key, &fw);
+                    self.put(format!("svc{fam}"), key, &fw);
                     continue;
                 }
                 Frontend::LoadBalancer(a, port) | Frontend::ExternalIp(a, port) => {
@@ -448,17 +412,16 @@ impl SvcTable {
                     Target::Chain(c) => Target::Chain(c.clone()),
                     Target::Refuse => Target::Refuse,
                 };
-                self.put(format!("svc{fam}"), format!("refuse{fam}"), key, &target);
+                self.put(format!("svc{fam}"), key, &target);
             }
         }
     }
 
-    /// One frontend's element: a chain in the service map, or a verdict
-    /// in the refuse map.
-    fn put(&mut self, map: String, refuse_map: String, key: String, target: &Target) {
+    /// One frontend's element: a chain to go to, or `refuse`.
+    fn put(&mut self, map: String, key: String, target: &Target) {
         match target {
             Target::Chain(c) => self.element(map, key, format!("goto {c}")),
-            Target::Refuse => self.element(refuse_map, key, "goto refuse".into()),
+            Target::Refuse => self.element(map, key, "goto refuse".into()),
         }
     }
 

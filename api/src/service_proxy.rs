@@ -11,12 +11,14 @@
 //! show it as it is (the "why" is in the fields). docs/service-proxy.md
 //! tells the whole story.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::service::{SERVICE_NAME_LABEL, service_key, service_type};
 
@@ -321,11 +323,15 @@ fn endpoints_of(
     by_addr.into_values().collect()
 }
 
-/// The EndpointSlices of each Service (`namespace/name`, by the
-/// `kubernetes.io/service-name` label); slices without it belong to none.
-pub fn slices_by_service(slices: &[EndpointSlice]) -> BTreeMap<String, Vec<&EndpointSlice>> {
-    let mut by_service: BTreeMap<String, Vec<&EndpointSlice>> = BTreeMap::new();
+/// The EndpointSlices of each Service, by (namespace, name) as the
+/// `kubernetes.io/service-name` label says; slices without it belong to
+/// none. Borrows the names: building it allocates only the lists.
+pub fn slices_by_service<E: Borrow<EndpointSlice>>(
+    slices: &[E],
+) -> HashMap<(&str, &str), Vec<&EndpointSlice>> {
+    let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
     for s in slices {
+        let s = s.borrow();
         let Some(name) = s
             .metadata
             .labels
@@ -335,12 +341,17 @@ pub fn slices_by_service(slices: &[EndpointSlice]) -> BTreeMap<String, Vec<&Endp
             continue;
         };
         let ns = s.metadata.namespace.as_deref().unwrap_or("default");
-        by_service
-            .entry(format!("{ns}/{name}"))
-            .or_default()
-            .push(s);
+        by_service.entry((ns, name)).or_default().push(s);
     }
     by_service
+}
+
+/// The (namespace, name) a Service or EndpointSlice is known by.
+pub fn namespace_name(m: &ObjectMeta) -> (&str, &str) {
+    (
+        m.namespace.as_deref().unwrap_or("default"),
+        m.name.as_deref().unwrap_or_default(),
+    )
 }
 
 /// What `node` does with every Service: one [`ServicePortProxy`] per
@@ -358,7 +369,7 @@ pub fn proxy_model(
     let mut out = Vec::new();
     for svc in services {
         let mine = by_service
-            .get(&service_key(svc))
+            .get(&namespace_name(&svc.metadata))
             .map(Vec::as_slice)
             .unwrap_or_default();
         out.extend(service_ports(node, svc, mine));

@@ -20,8 +20,10 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use twill_api::service::{SERVICE_NAME_LABEL, service_key};
-use twill_api::service_proxy::{ServicePortProxy, service_ports};
+use twill_api::service::service_key;
+use twill_api::service_proxy::{
+    ServicePortProxy, namespace_name, service_ports, slices_by_service,
+};
 
 use super::{
     Fingerprint, LEGACY_TABLE_NAME, MAPS, Op, SHARDS, StaleUdp, SvcTable, stale_udp, table_name,
@@ -390,13 +392,6 @@ fn same<T: PartialEq>(a: &T, am: &ObjectMeta, b: &T, bm: &ObjectMeta) -> bool {
     a == b
 }
 
-fn ns_name(m: &ObjectMeta) -> (&str, &str) {
-    (
-        m.namespace.as_deref().unwrap_or("default"),
-        m.name.as_deref().unwrap_or_default(),
-    )
-}
-
 impl Renderer {
     pub fn new(node: &str) -> Renderer {
         Renderer {
@@ -423,23 +418,10 @@ impl Renderer {
         self.pass += 1;
         self.rendered = 0;
         let pass = self.pass;
-        let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
-        for s in slices {
-            let s = s.borrow();
-            let Some(name) = s
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SERVICE_NAME_LABEL))
-            else {
-                continue;
-            };
-            let ns = s.metadata.namespace.as_deref().unwrap_or("default");
-            by_service.entry((ns, name)).or_default().push(s);
-        }
+        let by_service = slices_by_service(slices);
         for svc in services {
             let svc = svc.borrow();
-            let (ns, name) = ns_name(&svc.metadata);
+            let (ns, name) = namespace_name(&svc.metadata);
             let mine = by_service
                 .get(&(ns, name))
                 .map(Vec::as_slice)

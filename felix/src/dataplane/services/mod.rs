@@ -214,12 +214,21 @@ async fn blocking<T: Send + 'static>(
         .map_err(SvcError::from)
 }
 
-/// The kernel's table `inet <name>` as a fingerprint (None: absent; an
-/// unreadable listing reads as an empty fingerprint, which differs from
-/// any table).
-async fn read(name: String) -> Result<Option<Fingerprint>, SvcError> {
-    let v = blocking(move || twill_nft::list_table_json("inet", &name)).await?;
-    Ok(v.map(|v| Fingerprint::from_json(&v).unwrap_or_default()))
+/// The kernel's tables `inet <name>` as fingerprints, listed through one
+/// libnftables context (None: absent; an unreadable listing reads as an
+/// empty fingerprint, which differs from any table).
+async fn read(names: Vec<String>) -> Result<Vec<Option<Fingerprint>>, SvcError> {
+    blocking(move || {
+        let mut nft = twill_nft::Nft::new()?;
+        names
+            .iter()
+            .map(|n| {
+                let v = nft.list_table_json("inet", n)?;
+                Ok(v.map(|v| Fingerprint::from_json(&v).unwrap_or_default()))
+            })
+            .collect()
+    })
+    .await
 }
 
 impl Manager for SvcProxy {
@@ -251,19 +260,22 @@ impl Manager for SvcProxy {
         }
         self.reads += 1;
         let want = tables.fingerprints();
-        for (name, want) in want {
-            match read(name.clone()).await? {
+        let mut names: Vec<String> = want.iter().map(|(n, _)| n.clone()).collect();
+        names.push(LEGACY_TABLE_NAME.into());
+        let seen = read(names).await?;
+        for ((name, want), seen) in want.iter().zip(&seen) {
+            match seen {
                 None => return Ok(Kernel::Rebuild(format!("the table inet {name} is missing"))),
                 Some(f) if f == want => {}
                 Some(f) => {
                     return Ok(Kernel::Rebuild(format!(
                         "inet {name}: {}",
-                        drift_reason(&want, &f)
+                        drift_reason(want, f)
                     )));
                 }
             }
         }
-        if read(LEGACY_TABLE_NAME.into()).await?.is_some() {
+        if seen.last().is_some_and(Option::is_some) {
             return Ok(Kernel::Rebuild(format!(
                 "an earlier version's table inet {LEGACY_TABLE_NAME} is there"
             )));
@@ -451,17 +463,16 @@ pub async fn run(node: String, mut feed: ServiceFeed, resync: Duration, hooks: H
 /// earlier version's `inet twill-svc`) that a previous run left (only
 /// this agent ever writes them); true when it deleted any.
 pub async fn remove_leftover() -> Result<bool, SvcError> {
-    let mut script = String::new();
-    let names = std::iter::once(LEGACY_TABLE_NAME.to_string()).chain((0..SHARDS).map(table_name));
-    for name in names {
-        let n = name.clone();
-        if blocking(move || twill_nft::list_table_json("inet", &n))
-            .await?
-            .is_some()
-        {
-            script.push_str(&format!("delete table inet {name}\n"));
-        }
-    }
+    let names: Vec<String> = std::iter::once(LEGACY_TABLE_NAME.to_string())
+        .chain((0..SHARDS).map(table_name))
+        .collect();
+    let seen = read(names.clone()).await?;
+    let script: String = names
+        .iter()
+        .zip(&seen)
+        .filter(|(_, s)| s.is_some())
+        .map(|(n, _)| format!("delete table inet {n}\n"))
+        .collect();
     if script.is_empty() {
         return Ok(false);
     }

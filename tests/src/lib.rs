@@ -16,6 +16,7 @@ pub mod peers;
 pub mod process;
 pub mod require;
 pub mod schema;
+pub mod services;
 pub mod wait;
 
 pub use netns::{Netns, unique_name, veth_between};

@@ -24,18 +24,16 @@
 //! EndpointSlices are written by the test (the lab has no endpoint
 //! controller), pointing at the lab's pods.
 
-use std::io::Read;
-use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use twill_tests::lab::Lab;
 use twill_tests::netns::spawn_in;
+use twill_tests::services::{NS, Servers, cluster_ip, node_addr, sa, service, tcp, udp_server};
 use twill_tests::{require_binary, require_root, wait_until};
 
-const NS: &str = "lab";
 const LB_POOL: &str = "10.251.9.0/28";
 /// A second address the test gives the ToR's rack bridge: the source
 /// inside the load balancer's source ranges (172.30.0.1 is outside).
@@ -47,17 +45,6 @@ const LB_POOL6: &str = "fd00:251:9::/124";
 /// the test gives it (inside the ranges) and its own (outside).
 const TOR_ALLOWED6: &str = "fd00:172:30::250";
 const TOR_OTHER6: &str = "fd00:172:30::1";
-
-fn service(lab: &Lab, name: &str) -> Value {
-    lab.get_json("service", NS, name)
-}
-
-fn cluster_ip(lab: &Lab, name: &str) -> String {
-    service(lab, name)["spec"]["clusterIP"]
-        .as_str()
-        .unwrap_or_else(|| panic!("Service {name} has no cluster IP"))
-        .to_string()
-}
 
 fn node_port(lab: &Lab, name: &str, i: usize) -> u16 {
     let s = service(lab, name);
@@ -116,52 +103,6 @@ fn slice(svc: &str, family: &str, ports: &[(&str, &str, u16)], eps: &[(&str, &st
     y
 }
 
-fn sa(ip: &str, port: u16) -> SocketAddr {
-    SocketAddr::new(ip.parse().expect("an address"), port)
-}
-
-/// The lab's node address (`addr` or `addr6`) by name.
-fn node_addr(lab: &Lab, node: &str, field: &str) -> String {
-    lab.state()["plan"]["nodes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|n| n["name"] == node)
-        .and_then(|n| n[field].as_str())
-        .unwrap_or_else(|| panic!("no {field} of node {node}: {}", lab.state()["plan"]))
-        .to_string()
-}
-
-/// Servers a test runs inside pods' namespaces; stopped on drop.
-struct Servers(Arc<AtomicBool>);
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-/// A UDP server in `ns` on `[::]:port` (both families) answering every
-/// datagram with `tag`.
-fn udp_server(ns: &str, port: u16, tag: &'static str, stop: Arc<AtomicBool>) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    spawn_in(ns, move || {
-        let s = UdpSocket::bind(("::", port)).expect("bind UDP server");
-        s.set_read_timeout(Some(Duration::from_millis(100)))
-            .expect("timeout");
-        let _ = tx.send(());
-        let mut b = [0u8; 64];
-        while !stop.load(Ordering::Relaxed) {
-            if let Ok((_, from)) = s.recv_from(&mut b) {
-                let _ = s.send_to(tag.as_bytes(), from);
-            }
-        }
-    });
-    rx.recv().expect("UDP server started");
-}
-
-/// One UDP exchange from `ns`, from a socket bound to `from` (any address
-/// when None): the answer, or None after 1 s of silence.
 fn udp_once(ns: &str, from: Option<&str>, to: SocketAddr) -> Option<String> {
     let bind = match (from, to) {
         (Some(a), _) => sa(a, 0),
@@ -240,21 +181,6 @@ impl Drop for UdpClient {
     fn drop(&mut self) {
         let _ = self.ask.send(false);
     }
-}
-
-/// One TCP exchange from `ns`: the first line the server sends.
-fn tcp(ns: &str, to: SocketAddr) -> Result<String, String> {
-    spawn_in(ns, move || {
-        let s = TcpStream::connect_timeout(&to, Duration::from_millis(800))
-            .map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(1)))
-            .map_err(|e| e.to_string())?;
-        let mut b = Vec::new();
-        s.take(512).read_to_end(&mut b).map_err(|e| e.to_string())?;
-        Ok(String::from_utf8_lossy(&b).trim().to_string())
-    })
-    .join()
-    .unwrap_or_else(|_| Err("client thread panicked".into()))
 }
 
 fn wait_tcp(ns: &str, to: SocketAddr, want: &str) -> Result<String, String> {

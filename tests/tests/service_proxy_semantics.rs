@@ -20,20 +20,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use twill_tests::lab::Lab;
 use twill_tests::netns::spawn_in;
+use twill_tests::services::{NS, Servers, cluster_ip, node_addr, sa, service, tcp, udp_server};
 use twill_tests::{require_root, wait_until};
-
-const NS: &str = "lab";
-
-fn service(lab: &Lab, name: &str) -> Value {
-    lab.get_json("service", NS, name)
-}
-
-fn cluster_ip(lab: &Lab, name: &str) -> String {
-    service(lab, name)["spec"]["clusterIP"]
-        .as_str()
-        .unwrap_or_else(|| panic!("Service {name} has no cluster IP"))
-        .to_string()
-}
 
 /// An EndpointSlice for `svc`: `(address, node, ready, serving, terminating)`.
 fn slice(svc: &str, proto: &str, port: u16, eps: &[(&str, &str, bool, bool, bool)]) -> String {
@@ -70,33 +58,6 @@ fn svc(name: &str, extra: &str, proto: &str, port: u16, target: u16) -> String {
     )
 }
 
-/// One TCP exchange from the network namespace `ns`: the answer, or the
-/// error (`refused` for a reset, `timeout` for nothing).
-fn tcp(ns: &str, to: SocketAddr) -> Result<String, String> {
-    spawn_in(ns, move || {
-        let s = TcpStream::connect_timeout(&to, Duration::from_millis(800)).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::ConnectionRefused {
-                "refused".to_string()
-            } else if e.kind() == std::io::ErrorKind::TimedOut {
-                "timeout".to_string()
-            } else {
-                e.to_string()
-            }
-        })?;
-        s.set_read_timeout(Some(Duration::from_secs(1)))
-            .map_err(|e| e.to_string())?;
-        let mut b = Vec::new();
-        s.take(512).read_to_end(&mut b).map_err(|e| e.to_string())?;
-        Ok(String::from_utf8_lossy(&b).trim().to_string())
-    })
-    .join()
-    .unwrap_or_else(|_| Err("client thread panicked".into()))
-}
-
-fn sa(ip: &str, port: u16) -> SocketAddr {
-    SocketAddr::new(ip.parse().expect("an address"), port)
-}
-
 /// Waits until `to` answers from `ns` with something `ok` accepts.
 fn wait_answer(
     ns: &str,
@@ -109,15 +70,6 @@ fn wait_answer(
         ok(&last)
     });
     last
-}
-
-/// Servers a test runs inside pods' namespaces; stopped on drop.
-struct Servers(Arc<AtomicBool>);
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
 }
 
 /// A TCP server in `ns` on `port` answering with the client address it sees.
@@ -138,36 +90,6 @@ fn peer_server(ns: &str, port: u16, stop: Arc<AtomicBool>) {
         }
     });
     rx.recv().expect("peer server started");
-}
-
-/// A UDP server in `ns` on `port` answering every datagram with `tag`.
-fn udp_server(ns: &str, port: u16, tag: &'static str, stop: Arc<AtomicBool>) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    spawn_in(ns, move || {
-        let s = UdpSocket::bind(("0.0.0.0", port)).expect("bind UDP server");
-        s.set_read_timeout(Some(Duration::from_millis(100)))
-            .expect("timeout");
-        let _ = tx.send(());
-        let mut b = [0u8; 64];
-        while !stop.load(Ordering::Relaxed) {
-            if let Ok((_, from)) = s.recv_from(&mut b) {
-                let _ = s.send_to(tag.as_bytes(), from);
-            }
-        }
-    });
-    rx.recv().expect("UDP server started");
-}
-
-/// The lab's node addresses by name.
-fn node_addr(lab: &Lab, node: &str) -> String {
-    lab.state()["plan"]["nodes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|n| n["name"] == node)
-        .and_then(|n| n["addr"].as_str())
-        .unwrap_or_else(|| panic!("no node {node}"))
-        .to_string()
 }
 
 /// HTTP GET from `ns`: (status, body).
@@ -372,7 +294,7 @@ fn endpoint_conditions_affinity_hairpin_and_traffic_policies() {
     let hc_port = s["spec"]["healthCheckNodePort"]
         .as_u64()
         .unwrap_or_else(|| panic!("no healthCheckNodePort: {s}")) as u16;
-    let (n1, n2) = (node_addr(&lab, "n1"), node_addr(&lab, "n2"));
+    let (n1, n2) = (node_addr(&lab, "n1", "addr"), node_addr(&lab, "n2", "addr"));
     let tor = lab.ns("tor");
     let r = wait_answer(&tor, sa(&n1, node_port), |r| r.is_ok());
     assert_eq!(

@@ -127,9 +127,9 @@ pub(crate) async fn follow<K: Object>(store: Store, mut changed: impl FnMut(Vec<
 }
 
 /// [`follow`] with each object behind its own `Arc`: an event costs one
-/// reference per object, not a copy of every object (10,000
-/// EndpointSlices copied and dropped per event cost tens of ms), and an
-/// object that did not change is the same `Arc` from one call to the next.
+/// reference per object, not a copy of every object (a cost that grows
+/// with the objects, on every event), and an object that did not change
+/// is the same `Arc` from one call to the next.
 pub(crate) async fn follow_shared<K: Object>(
     store: Store,
     mut changed: impl FnMut(Vec<Arc<K>>) + Send,

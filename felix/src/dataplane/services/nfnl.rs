@@ -569,9 +569,9 @@ pub fn encode(tables: &[(String, Vec<Op>)], seq: u32) -> Result<Batch, String> {
 
 /// A `NETLINK_NETFILTER` socket in the network namespace of the thread
 /// that opened it, closed on drop. Keep one: closing it makes the kernel
-/// wait for an RCU grace period (about 10 ms here, more than a whole
-/// change at a thousand Services), so the service proxy holds its socket
-/// for as long as it runs ([`send_on`]).
+/// wait for an RCU grace period (longer than a whole small change), so
+/// the service proxy holds its socket for as long as it runs
+/// ([`send_on`]).
 pub struct Socket(std::os::fd::OwnedFd);
 
 impl Socket {

@@ -268,6 +268,21 @@ impl Lab {
             .collect()
     }
 
+    /// The last 60 lines of `node`'s twill-node log (without a backtrace),
+    /// for a failure message about its BGP sessions.
+    pub fn log_tail(&self, node: &str) -> String {
+        let path = self.dir.join(node).join("twill-node.log");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| format!("(cannot read {}: {e})", path.display()));
+        // An error's backtrace would push the error itself out of view.
+        let lines: Vec<&str> = text
+            .lines()
+            .take_while(|l| !l.contains("Stack backtrace:"))
+            .collect();
+        let from = lines.len().saturating_sub(60);
+        format!("--- {} ---\n{}", path.display(), lines[from..].join("\n"))
+    }
+
     /// Pings `dst` from `pod` at 100 packets a second for 12 s while n2's
     /// twill-node is killed (SIGKILL) and then n1's stopped (SIGTERM), each
     /// restarted by `lab restart`; returns (sent, received, ping's output).

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use super::host::{run_cmd, sibling, spawn_in, wait_for};
-use super::state::{alive, load, state_path};
+use super::state::{alive, exited, load, running_since, state_path};
 use crate::UsageError;
 
 pub(super) fn restart(dir: &Path, node: &str, kill: bool) -> anyhow::Result<ExitCode> {
@@ -28,33 +28,50 @@ pub(super) fn restart(dir: &Path, node: &str, kill: bool) -> anyhow::Result<Exit
         .into());
     };
     if let Some(p) = st.processes.iter().find(|p| p.what == what).cloned() {
-        if alive(&p) {
+        if alive(&p)
+            && let Some(since) = running_since(p.pid)
+        {
             let sig = if kill { libc::SIGKILL } else { libc::SIGTERM };
             // SAFETY: kill(2) on the PID we recorded, checked to still be twill-node.
             unsafe { libc::kill(p.pid, sig) };
+            // Until it has closed its sockets, the successor cannot bind
+            // the health port, and the old CNI socket still answers.
             wait_for(
                 &format!("{what} (PID {}) to exit", p.pid),
                 Duration::from_secs(10),
-                || !alive(&p),
+                || exited(p.pid, since),
             )?;
         }
         st.processes.retain(|q| q.what != what);
     }
     let ndir = dir.join(&n.name);
     let sock = ndir.join("cni.sock");
+    let log = ndir.join("twill-node.log");
     let started = Instant::now();
-    let pid = spawn_in(
-        &n.ns,
-        &sibling("twill-node"),
-        &args,
-        &ndir.join("twill-node.log"),
-    )?;
+    let pid = spawn_in(&n.ns, &sibling("twill-node"), &args, &log)?;
     st.add_proc(dir, &what, pid, "twill-node")?;
+    let since = running_since(pid);
     wait_for(
         &format!("{what} opening its CNI socket"),
         Duration::from_secs(30),
-        || std::os::unix::net::UnixStream::connect(&sock).is_ok(),
+        || {
+            std::os::unix::net::UnixStream::connect(&sock).is_ok()
+                || since.is_none_or(|s| exited(pid, s))
+        },
     )?;
+    if since.is_none_or(|s| exited(pid, s)) {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let why: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.trim_start().is_empty())
+            .take_while(|l| !l.contains("Stack backtrace:"))
+            .collect();
+        anyhow::bail!(
+            "{what} (PID {pid}) exited right after its start; the end of {}:\n{}",
+            log.display(),
+            why[why.len().saturating_sub(10)..].join("\n")
+        );
+    }
     println!(
         "{what} restarted ({}; PID {pid}); serving again after {} ms",
         if kill { "SIGKILL" } else { "SIGTERM" },
@@ -89,21 +106,23 @@ pub(super) fn down(dir: &Path) -> anyhow::Result<ExitCode> {
     let st = load(dir)?;
     let mut problems = Vec::new();
     // Processes first (newest first), by recorded PID, only if still ours.
+    let mut signalled = Vec::new();
     for p in st.processes.iter().rev() {
-        if !alive(p) {
+        let Some(since) = running_since(p.pid).filter(|_| alive(p)) else {
             continue;
-        }
+        };
         // SAFETY: kill(2) with a PID we started and just checked.
         unsafe { libc::kill(p.pid, libc::SIGTERM) };
+        signalled.push((p.pid, since));
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    for p in st.processes.iter().rev() {
-        while alive(p) && Instant::now() < deadline {
+    for &(pid, since) in &signalled {
+        while !exited(pid, since) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
-        if alive(p) {
-            // SAFETY: as above.
-            unsafe { libc::kill(p.pid, libc::SIGKILL) };
+        if !exited(pid, since) {
+            // SAFETY: as above; the same process (its start time is unchanged).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
     for ns in st.namespaces.iter().rev() {

@@ -136,3 +136,60 @@ pub(super) fn alive(p: &Proc) -> bool {
         .map(|c| String::from_utf8_lossy(&c).contains(&p.marker))
         .unwrap_or(false)
 }
+
+/// The start time of process `pid` (clock ticks since boot, field 22 of
+/// `/proc/PID/stat`) while it has not yet exited, None once it is a zombie
+/// or gone. A dying process loses its command line (what [`alive`] reads)
+/// before the kernel closes its files and sockets; only a zombie has
+/// closed them all, so this is what to wait for before a successor binds
+/// the same ports.
+pub(super) fn running_since(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?;
+    if matches!(state, "Z" | "X" | "x") {
+        return None;
+    }
+    // Field 3 was `state`; field 22 is 19 further on.
+    fields.nth(18)?.parse().ok()
+}
+
+/// Whether the process that was `pid`, started at `since`, has exited
+/// (its files closed); a new process reusing the PID does not count.
+pub(super) fn exited(pid: i32, since: u64) -> bool {
+    running_since(pid) != Some(since)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{exited, running_since};
+
+    #[test]
+    fn a_killed_process_has_exited_once_it_is_a_zombie_not_before_the_signal() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("start sleep");
+        let pid = child.id() as i32;
+        let since = running_since(pid).expect("a running child has a start time");
+        assert!(!exited(pid, since), "sleep is running");
+        assert!(
+            exited(pid, since + 1),
+            "another start time is another process"
+        );
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !exited(pid, since) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        // Not reaped yet: a zombie, which has closed all its files.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("zombie stat");
+        assert!(stat.contains(") Z "), "{stat}");
+        assert!(exited(pid, since));
+        child.wait().expect("reap sleep");
+        assert!(exited(pid, since));
+    }
+}

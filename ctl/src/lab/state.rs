@@ -138,11 +138,12 @@ pub(super) fn alive(p: &Proc) -> bool {
 }
 
 /// The start time of process `pid` (clock ticks since boot, field 22 of
-/// `/proc/PID/stat`) while it has not yet exited, None once it is a zombie
-/// or gone. A dying process loses its command line (what [`alive`] reads)
-/// before the kernel closes its files and sockets; only a zombie has
-/// closed them all, so this is what to wait for before a successor binds
-/// the same ports.
+/// `/proc/PID/stat`) while it has not yet exited, None once it is gone or
+/// a zombie without threads. A dying process loses its command line (what
+/// [`alive`] reads) before the kernel closes its files and sockets, and the
+/// main thread of a multi-threaded one is a zombie while other threads still
+/// hold the shared file table; only when no thread is left are its sockets
+/// closed, so this is what to wait for before a successor binds its ports.
 pub(super) fn running_since(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses.
@@ -150,7 +151,10 @@ pub(super) fn running_since(pid: i32) -> Option<u64> {
     let mut fields = rest.split_whitespace();
     let state = fields.next()?;
     if matches!(state, "Z" | "X" | "x") {
-        return None;
+        let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
+        if threads <= 1 {
+            return None;
+        }
     }
     // Field 3 was `state`; field 22 is 19 further on.
     fields.nth(18)?.parse().ok()

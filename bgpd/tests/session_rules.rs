@@ -352,7 +352,10 @@ async fn route_refresh_for_an_unknown_family_is_decoded_as_route_refresh() {
     }
     assert_eq!(announced, ["10.71.0.0/24"]);
     r.send(&l2vpn).await;
-    assert_eq!(r.next(Duration::from_millis(500)).await, None, "no answer");
+    // No answer: only the periodic KEEPALIVE may arrive meanwhile.
+    while let Some(m) = r.next(Duration::from_millis(500)).await {
+        assert!(matches!(m, Some((4, _))), "answered with {m:?}");
+    }
     assert_eq!(status(&a).state, State::Established);
     // IPv4 unicast: the table again.
     r.send(&msg(5, &[0, 1, 0, 1])).await;
@@ -584,6 +587,120 @@ async fn a_readvertisement_too_large_for_one_update_withdraws_the_prefix() {
         (vec![], vec!["10.73.0.0/24".into()])
     );
     assert_eq!(status(&a).state, State::Established);
+    a.shutdown().await;
+}
+
+/// With graceful restart, a second connection while Established gets our
+/// OPEN and decides nothing by itself. One that closes without an OPEN (the
+/// peer's abandoned attempt of a simultaneous start, accepted late) and one
+/// whose OPEN lacks the Restart State bit (a collision, Cease/7) leave the
+/// session alone. An OPEN with the Restart State bit means the peer
+/// restarted: the session moves to the new connection at once, and the
+/// peer's routes stay meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gr_session_moves_to_a_new_connection_only_for_a_restarted_peer() {
+    let port = free_port();
+    let a = speaker(
+        port,
+        Some(GracefulRestartConfig {
+            restart_time: 120,
+            state_file: None,
+            stale_time: Duration::from_secs(30),
+        }),
+    )
+    .await;
+    a.add_peer(peer("127.0.0.13")).unwrap();
+    let id = [127, 0, 0, 13];
+    let mut first = Raw::connect_until_open("127.0.0.13", port).await;
+    first.establish(id, Some(false)).await;
+    let attrs = [
+        &[0x40u8, 1, 1, 0][..],
+        &[0x40, 2, 6, 2, 1, 0, 0, 0xfd, 0xed],
+        &[0x40, 3, 4, 127, 0, 0, 13],
+    ]
+    .concat();
+    let mut body = vec![0, 0];
+    body.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+    body.extend_from_slice(&attrs);
+    body.extend_from_slice(&[24, 10, 76, 0]);
+    first.send(&msg(2, &body)).await;
+    let has = |r: &[(Prefix, twill_bgpd::rib::BestRoute)]| {
+        r.iter().any(|(p, _)| p.to_string() == "10.76.0.0/24")
+    };
+    assert!(wait_routes(&a, has, Duration::from_secs(3)).await);
+
+    // The first connection keeps carrying the session: no NOTIFICATION,
+    // no close, and no flap.
+    async fn undisturbed(first: &mut Raw, a: &Speaker, when: &str) {
+        first.send(&KEEPALIVE).await;
+        while let Some(m) = first.next(Duration::from_millis(300)).await {
+            match m {
+                Some((3, b)) => panic!("{when}: NOTIFICATION {}/{} on the session", b[0], b[1]),
+                Some(_) => {}
+                None => panic!("{when}: the session's connection was closed"),
+            }
+        }
+        let st = status(a);
+        assert_eq!(
+            (st.state, st.flaps),
+            (State::Established, 0),
+            "{when}: {st:?}"
+        );
+    }
+
+    // A stray connection: our OPEN, then it closes without one.
+    let mut stray = Raw::connect("127.0.0.13", port).await;
+    match stray.next(Duration::from_secs(5)).await {
+        Some(Some((1, _))) => {}
+        other => panic!("no OPEN on the stray connection: {other:?}"),
+    }
+    drop(stray);
+    undisturbed(&mut first, &a, "after a stray connection").await;
+
+    // A collision: an OPEN without the Restart State bit.
+    let mut second = Raw::connect("127.0.0.13", port).await;
+    match second.next(Duration::from_secs(5)).await {
+        Some(Some((1, _))) => {}
+        other => panic!("no OPEN on the second connection: {other:?}"),
+    }
+    second.send(&open(id, Some(false))).await;
+    assert_eq!(
+        second.notification(Duration::from_secs(5)).await,
+        Some((6, 7)),
+        "a colliding connection is closed with Cease/Connection Collision Resolution"
+    );
+    undisturbed(&mut first, &a, "after a collision").await;
+
+    // The peer restarted, and its old connection is not closed (no FIN
+    // reached us): its OPEN with the Restart State bit moves the session.
+    let mut again = Raw::connect("127.0.0.13", port).await;
+    match again.next(Duration::from_secs(5)).await {
+        Some(Some((1, _))) => {}
+        other => panic!("no OPEN on the restarted peer's connection: {other:?}"),
+    }
+    again.establish(id, Some(true)).await;
+    assert!(
+        wait(
+            || status(&a).state == State::Established && status(&a).flaps == 1,
+            Duration::from_secs(3)
+        )
+        .await,
+        "{:?}",
+        status(&a)
+    );
+    assert!(
+        has(&a.best_routes().await),
+        "the restarted peer's route went"
+    );
+    // The old connection is closed by us.
+    let closed = loop {
+        match first.next(Duration::from_secs(5)).await {
+            Some(Some(_)) => {}
+            Some(None) => break true,
+            None => break false,
+        }
+    };
+    assert!(closed, "the old connection stayed open");
     a.shutdown().await;
 }
 

@@ -269,7 +269,14 @@ fn restarting_twill_node_under_traffic_loses_no_packets() {
         .lines()
         .find(|l| l.contains("via 172.30.0.12"))
         .and_then(|l| l.split_whitespace().next())
-        .expect("n1 routes n2's block")
+        .unwrap_or_else(|| {
+            panic!(
+                "n1 routes no block via n2:\n{}\n{}\n{}",
+                lab.twill_routes("n1"),
+                lab.log_tail("n1"),
+                lab.log_tail("n2")
+            )
+        })
         .to_string();
     // 100 packets a second for 12 s, across nodes, both directions of the path.
     let (sent, got, text) = lab.ping_across_restarts("n1-p1", &dst);

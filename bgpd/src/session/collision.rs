@@ -6,8 +6,16 @@
 //! first session reached Established meanwhile: then it wins and the new
 //! one is closed with Cease/Connection Collision Resolution. A pending
 //! connection that sends no OPEN within `open_wait` is closed (the
-//! driver's timers). In Established, a new connection from a peer with GR
-//! means the peer restarted (RFC 4724 §4.2); without GR it is refused.
+//! driver's timers).
+//!
+//! In Established with graceful restart negotiated, a new connection is
+//! also kept as `pending` and sent our OPEN. Only an OPEN on it with the
+//! Restart State bit says that the peer restarted (RFC 4724 §4.2): the
+//! session moves to the new connection and the peer's routes stay stale
+//! until its End-of-RIB. Any other OPEN there is a collision with the
+//! Established session (Cease/7), and a connection that closes without an
+//! OPEN (the peer's abandoned attempt of a simultaneous start) changes
+//! nothing. Without GR, a new connection in Established is refused.
 //! GTSM (RFC 5082) checks the TTL of an accepted connection's SYN.
 
 use tokio::net::TcpStream;
@@ -15,7 +23,7 @@ use tokio::net::TcpStream;
 use super::adapt::peer_open;
 use super::conn::{Conn, ConnEvent};
 use super::driver::{REFUSAL_LOG_INTERVAL, Runner};
-use super::fsm::{self, Event as FsmEvent, State, Timer};
+use super::fsm::{self, Event as FsmEvent, State};
 use super::ratelog::Verdict;
 use crate::transport;
 use crate::wire::{Message, Notification};
@@ -71,20 +79,9 @@ impl Runner {
                     .negotiated()
                     .is_some_and(|n| n.graceful_restart.is_some())
                 {
-                    // RFC 4724 §4.2: a new connection from a peer we have a
-                    // GR session with means the peer restarted.
-                    self.set_error("peer reconnected: treating as graceful restart");
-                    self.event(FsmEvent::TcpClosed);
-                    self.event(FsmEvent::Start);
-                    self.event(FsmEvent::TimerExpired(Timer::IdleHold));
-                    self.generation += 1;
-                    if let Some(main) = self.main.take() {
-                        main.close();
-                    }
-                    if let Some(c) = Conn::new(stream, false, self.send_hold()) {
-                        self.main = Some(c);
-                        self.event(FsmEvent::TcpConnected);
-                    }
+                    // Perhaps the peer restarted (RFC 4724 §4.2); its OPEN
+                    // will say (`pending_event`).
+                    self.start_pending(stream, false);
                 } else if let Some(c) = Conn::new(stream, false, self.send_hold()) {
                     self.send_on(&c, &Message::Notification(Notification::cease(5)));
                     c.close();
@@ -107,9 +104,26 @@ impl Runner {
     pub(super) fn pending_event(&mut self, ev: ConnEvent) {
         if self.fsm.state() == State::Established
             && let ConnEvent::Msg(m, _) = &ev
-            && matches!(**m, Message::Open(_))
+            && let Message::Open(open) = &**m
             && let Some(p) = self.pending.take()
         {
+            let restarted = self
+                .fsm
+                .negotiated()
+                .is_some_and(|n| n.graceful_restart.is_some())
+                && open.graceful_restart().is_some_and(|g| g.restarting);
+            if restarted {
+                // RFC 4724 §4.2: the peer restarted; the old connection
+                // is dead even if no FIN or RST reached us.
+                self.set_error("the peer restarted (an OPEN with the Restart State bit on a new connection): graceful restart");
+                if let Some(old) = self.main.replace(p) {
+                    old.close();
+                }
+                let acts = self.fsm.adopt_connection();
+                self.apply(acts);
+                self.event(FsmEvent::OpenReceived(peer_open(open)));
+                return;
+            }
             // RFC 4271 §6.8: a collision with an Established session closes
             // the newer connection; the session stays.
             tracing::info!(peer = %self.name, "connection collision with the established session: closing the new connection");
@@ -140,7 +154,8 @@ impl Runner {
             self.send_on(&main, &cease);
             main.close();
             self.main = Some(p);
-            self.fsm.adopt_connection();
+            let acts = self.fsm.adopt_connection();
+            self.apply(acts);
             self.event(FsmEvent::OpenReceived(peer_open(&open)));
         } else {
             tracing::info!(peer = %self.name, "connection collision: keeping the existing connection");

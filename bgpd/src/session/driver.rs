@@ -381,7 +381,7 @@ impl Runner {
         self.apply(acts);
     }
 
-    fn apply(&mut self, acts: Vec<Action>) {
+    pub(super) fn apply(&mut self, acts: Vec<Action>) {
         for a in acts {
             match a {
                 Action::Connect => self.connect(),

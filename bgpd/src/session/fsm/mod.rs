@@ -198,12 +198,23 @@ impl Fsm {
         matches!(self.state, State::Connect | State::Active)
     }
 
-    /// Collision resolution picked a newer connection, whose OPEN arrived
-    /// already: continue on it as if in OpenSent (the driver sent our OPEN).
-    pub fn adopt_connection(&mut self) {
-        if matches!(self.state, State::OpenSent | State::OpenConfirm) {
-            self.state = State::OpenSent;
+    /// The driver moves to a newer connection whose OPEN arrived already
+    /// (collision resolution, or a restarted GR peer's new connection):
+    /// continue on it as in OpenSent, since the driver sent our OPEN there.
+    /// An Established session ends first as a lost connection, so that a
+    /// GR peer's routes stay (stale) until its new End-of-RIB.
+    pub fn adopt_connection(&mut self) -> Vec<Action> {
+        let mut out = Vec::new();
+        match self.state {
+            State::OpenSent | State::OpenConfirm => {}
+            State::Established => out.push(Action::SessionDown(DownReason::ConnectionLost)),
+            State::Idle | State::Connect | State::Active => return out,
         }
+        out.push(Action::StopTimer(Timer::Keepalive));
+        out.push(Action::StartTimer(Timer::Hold, self.params.open_hold));
+        self.negotiated = None;
+        self.state = State::OpenSent;
+        out
     }
 
     fn backoff(&self, base: Duration) -> Duration {

@@ -372,3 +372,37 @@ fn families_intersect_and_default_to_ipv4() {
     let n = negotiate(&params(), &o).unwrap();
     assert_eq!(n.families, vec![Afi::Ipv4]);
 }
+
+#[test]
+fn adopting_a_new_connection_ends_an_established_session_keeping_routes() {
+    let mut f = established(params());
+    let a = f.adopt_connection();
+    // A lost connection, not a NOTIFICATION: a GR peer's routes stay.
+    assert!(a.contains(&Action::SessionDown(DownReason::ConnectionLost)));
+    assert!(DownReason::ConnectionLost.keeps_routes());
+    assert!(a.contains(&Action::StopTimer(Timer::Keepalive)));
+    assert!(a.contains(&Action::StartTimer(Timer::Hold, Duration::from_secs(240))));
+    // No reconnect and no wait in Idle: the new connection carries on.
+    assert!(!a.iter().any(|a| matches!(
+        a,
+        Action::Connect | Action::Disconnect | Action::StartTimer(Timer::IdleHold, _)
+    )));
+    assert_eq!(f.state(), State::OpenSent);
+    assert!(f.negotiated().is_none());
+    // The peer's OPEN on it, then its KEEPALIVE: a new session.
+    f.handle(Event::OpenReceived(open()));
+    assert_eq!(f.state(), State::OpenConfirm);
+    let a = f.handle(Event::KeepaliveReceived);
+    assert!(a.iter().any(|a| matches!(a, Action::SessionUp(_))));
+    // From OpenConfirm no session ends; from Idle nothing is adopted.
+    let mut f = Fsm::new(params());
+    f.handle(Event::Start);
+    f.handle(Event::TcpConnected);
+    f.handle(Event::OpenReceived(open()));
+    let a = f.adopt_connection();
+    assert!(!a.iter().any(|a| matches!(a, Action::SessionDown(_))));
+    assert_eq!(f.state(), State::OpenSent);
+    let mut f = Fsm::new(params());
+    assert!(f.adopt_connection().is_empty());
+    assert_eq!(f.state(), State::Idle);
+}

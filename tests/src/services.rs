@@ -2,8 +2,8 @@
 //! lab's pod namespace `lab`), servers run inside pods' network namespaces
 //! (stopped by a guard), and one TCP exchange from a namespace.
 
-use std::io::Read;
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -71,6 +71,27 @@ pub fn udp_server(ns: &str, port: u16, tag: &'static str, stop: Arc<AtomicBool>)
         }
     });
     rx.recv().expect("UDP server started");
+}
+
+/// A TCP server in `ns` on `[::]:port` (both families) that writes each
+/// client's address as it sees it (IPv4 clients as IPv4), until `stop`.
+pub fn peer_server(ns: &str, port: u16, stop: Arc<AtomicBool>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    spawn_in(ns, move || {
+        let l = TcpListener::bind(("::", port)).expect("bind peer server");
+        l.set_nonblocking(true).expect("nonblocking");
+        let _ = tx.send(());
+        while !stop.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((mut s, peer)) => {
+                    let _ = s.set_nonblocking(false);
+                    let _ = s.write_all(format!("{}\n", peer.ip().to_canonical()).as_bytes());
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    });
+    rx.recv().expect("peer server started");
 }
 
 /// One TCP exchange from the network namespace `ns`: the first 512 bytes

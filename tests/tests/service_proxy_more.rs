@@ -19,7 +19,10 @@
 //!   answers TCP from the ToR; an IPv6 LoadBalancer address from the ToR
 //!   (refused without endpoints, then answered by the endpoint),
 //!   `loadBalancerSourceRanges` over IPv6 and SCTP over IPv6 — the IPv4
-//!   checks of ranges and SCTP are helpers taking the family.
+//!   checks of ranges and SCTP are helpers taking the family; an IPv6
+//!   external IP from the ToR, and `externalTrafficPolicy: Local` over IPv6
+//!   (the endpoint sees the ToR's own address through the LoadBalancer
+//!   address and its node's node port; the other node's node port drops).
 //!
 //! EndpointSlices are written by the test (the lab has no endpoint
 //! controller), pointing at the lab's pods.
@@ -31,7 +34,9 @@ use std::time::{Duration, Instant};
 
 use twill_tests::lab::Lab;
 use twill_tests::netns::spawn_in;
-use twill_tests::services::{NS, Servers, cluster_ip, node_addr, sa, service, tcp, udp_server};
+use twill_tests::services::{
+    NS, Servers, cluster_ip, node_addr, peer_server, sa, service, tcp, udp_server,
+};
 use twill_tests::{require_binary, require_root, wait_until};
 
 const LB_POOL: &str = "10.251.9.0/28";
@@ -45,6 +50,8 @@ const LB_POOL6: &str = "fd00:251:9::/124";
 /// the test gives it (inside the ranges) and its own (outside).
 const TOR_ALLOWED6: &str = "fd00:172:30::250";
 const TOR_OTHER6: &str = "fd00:172:30::1";
+/// An IPv6 external IP, inside the lab's `serviceExternalIPs`.
+const EXTERNAL_IP6: &str = "fd00:251:8::7";
 
 fn node_port(lab: &Lab, name: &str, i: usize) -> u16 {
     let s = service(lab, name);
@@ -991,4 +998,102 @@ fn ipv6_load_balancer_source_ranges_and_sctp_from_the_tor() {
 
     // --- SCTP over IPv6 through a cluster IP.
     sctp_through_a_cluster_ip(&lab, true);
+}
+
+#[test]
+fn ipv6_external_ips_and_the_local_policy_from_the_tor() {
+    let lab = dual_stack_lab();
+    let p1 = "n1-p1";
+    let a6 = lab.pod_ip6(p1);
+    let tor = lab.ns("tor");
+    let stop = Arc::new(AtomicBool::new(false));
+    let _servers = Servers(stop.clone());
+    peer_server(&lab.ns(p1), 8081, stop.clone());
+    lb_pools(&lab, &[LB_POOL6]);
+    let out = lab.twillctl(&[
+        "patch",
+        "bgpconfiguration",
+        "default",
+        "-p",
+        &format!(r#"{{"spec":{{"serviceExternalIPs":[{{"cidr":"{EXTERNAL_IP6}/128"}}]}}}}"#),
+    ]);
+    assert!(
+        out.status.success(),
+        "patch bgpconfiguration: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ext6: IpAddr = EXTERNAL_IP6.parse().expect("an address");
+    let route = |ip: &str| lab.sh("tor", &["ip", "-6", "route", "show", &format!("{ip}/128")]);
+
+    // --- An IPv6 external IP (Cluster policy), from the ToR: answered by
+    // the endpoint through whichever node the ToR picks.
+    lab.apply(&svc(
+        "ext6",
+        &format!("  externalIPs: ['{EXTERNAL_IP6}']\n{}", family_spec(true)),
+        &[("t", "TCP", 82, 8081)],
+    ));
+    lab.apply(&slice(
+        "ext6",
+        "IPv6",
+        &[("t", "TCP", 8081)],
+        &[(&a6, "n1")],
+    ));
+    let to_ext = SocketAddr::new(ext6, 82);
+    let mut last = Err("never tried".to_string());
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            last = tcp(&tor, to_ext);
+            last.is_ok()
+        }),
+        "{to_ext} from the ToR: {last:?}; the ToR's route: {}",
+        route(EXTERNAL_IP6)
+    );
+    for _ in 0..5 {
+        assert!(
+            tcp(&tor, to_ext).is_ok(),
+            "{to_ext} answered only sometimes"
+        );
+    }
+
+    // --- externalTrafficPolicy Local over IPv6: the endpoint (on n1) sees
+    // the ToR's own address, through the LoadBalancer address and n1's
+    // node port; n2 has no local endpoint and drops.
+    lab.apply(&svc(
+        "loc6",
+        &format!(
+            "  type: LoadBalancer\n  externalTrafficPolicy: Local\n{}",
+            family_spec(true)
+        ),
+        &[("t", "TCP", 81, 8081)],
+    ));
+    lab.apply(&slice(
+        "loc6",
+        "IPv6",
+        &[("t", "TCP", 8081)],
+        &[(&a6, "n1")],
+    ));
+    let lb = lb_ip(&lab, "loc6");
+    let np = node_port(&lab, "loc6", 0);
+    let (n1, n2) = (
+        node_addr(&lab, "n1", "addr6"),
+        node_addr(&lab, "n2", "addr6"),
+    );
+    for to in [sa(&lb, 81), sa(&n1, np)] {
+        assert_eq!(
+            wait_tcp(&tor, to, TOR_OTHER6).as_deref(),
+            Ok(TOR_OTHER6),
+            "{to} from the ToR under the Local policy: the pod must see the ToR's address; \
+             the ToR's route to {lb}: {}",
+            route(&lb)
+        );
+    }
+    let to_n2 = sa(&n2, np);
+    let mut last = Ok(String::new());
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            last = tcp(&tor, to_n2);
+            last.as_ref().err().map(String::as_str) == Some("timeout")
+        }),
+        "{to_n2}: n2 has no local endpoint and must drop, got {last:?}"
+    );
 }

@@ -12,15 +12,17 @@
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use twill_tests::lab::Lab;
 use twill_tests::netns::spawn_in;
-use twill_tests::services::{NS, Servers, cluster_ip, node_addr, sa, service, tcp, udp_server};
+use twill_tests::services::{
+    NS, Servers, cluster_ip, node_addr, peer_server, sa, service, tcp, udp_server,
+};
 use twill_tests::{require_root, wait_until};
 
 /// An EndpointSlice for `svc`: `(address, node, ready, serving, terminating)`.
@@ -70,26 +72,6 @@ fn wait_answer(
         ok(&last)
     });
     last
-}
-
-/// A TCP server in `ns` on `port` answering with the client address it sees.
-fn peer_server(ns: &str, port: u16, stop: Arc<AtomicBool>) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    spawn_in(ns, move || {
-        let l = TcpListener::bind(("0.0.0.0", port)).expect("bind peer server");
-        l.set_nonblocking(true).expect("nonblocking");
-        let _ = tx.send(());
-        while !stop.load(Ordering::Relaxed) {
-            match l.accept() {
-                Ok((mut s, peer)) => {
-                    let _ = s.set_nonblocking(false);
-                    let _ = s.write_all(format!("{}\n", peer.ip()).as_bytes());
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(10)),
-            }
-        }
-    });
-    rx.recv().expect("peer server started");
 }
 
 /// HTTP GET from `ns`: (status, body).

@@ -704,6 +704,69 @@ async fn a_gr_session_moves_to_a_new_connection_only_for_a_restarted_peer() {
     a.shutdown().await;
 }
 
+/// The peer's old connection closes only after its new one arrived (a
+/// restarted GR peer whose FIN came late): the session carries on on the
+/// new connection at once, instead of waiting in Idle and refusing it, and
+/// the peer's routes stay meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_connection_hands_the_session_to_the_peers_second_one() {
+    let port = free_port();
+    let a = speaker(
+        port,
+        Some(GracefulRestartConfig {
+            restart_time: 120,
+            state_file: None,
+            stale_time: Duration::from_secs(30),
+        }),
+    )
+    .await;
+    a.add_peer(peer("127.0.0.14")).unwrap();
+    let id = [127, 0, 0, 14];
+    let mut first = Raw::connect_until_open("127.0.0.14", port).await;
+    first.establish(id, Some(false)).await;
+    let attrs = [
+        &[0x40u8, 1, 1, 0][..],
+        &[0x40, 2, 6, 2, 1, 0, 0, 0xfd, 0xed],
+        &[0x40, 3, 4, 127, 0, 0, 14],
+    ]
+    .concat();
+    let mut body = vec![0, 0];
+    body.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+    body.extend_from_slice(&attrs);
+    body.extend_from_slice(&[24, 10, 77, 0]);
+    first.send(&msg(2, &body)).await;
+    let has = |r: &[(Prefix, twill_bgpd::rib::BestRoute)]| {
+        r.iter().any(|(p, _)| p.to_string() == "10.77.0.0/24")
+    };
+    assert!(wait_routes(&a, has, Duration::from_secs(3)).await);
+    let mut second = Raw::connect("127.0.0.14", port).await;
+    match second.next(Duration::from_secs(5)).await {
+        Some(Some((1, _))) => {}
+        other => panic!("no OPEN on the second connection: {other:?}"),
+    }
+    drop(first);
+    assert!(
+        wait(|| status(&a).flaps == 1, Duration::from_secs(3)).await,
+        "the closed connection did not end the session: {:?}",
+        status(&a)
+    );
+    assert!(has(&a.best_routes().await), "the peer's route went");
+    // Our KEEPALIVE answers the peer's OPEN on the second connection.
+    second.establish(id, Some(true)).await;
+    assert!(
+        wait(
+            || status(&a).state == State::Established,
+            Duration::from_secs(3)
+        )
+        .await,
+        "{:?}",
+        status(&a)
+    );
+    assert_eq!(status(&a).flaps, 1);
+    assert!(has(&a.best_routes().await), "the peer's route went");
+    a.shutdown().await;
+}
+
 /// Graceful restart helper: the peer's routes stay (stale) across its
 /// restart; when its session is back and it sends no End-of-RIB, they are
 /// dropped after the configured stale time (2 s here, not the 360 s that

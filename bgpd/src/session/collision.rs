@@ -16,6 +16,10 @@
 //! Established session (Cease/7), and a connection that closes without an
 //! OPEN (the peer's abandoned attempt of a simultaneous start) changes
 //! nothing. Without GR, a new connection in Established is refused.
+//!
+//! When the peer closes the main connection while a pending one is open,
+//! the session carries on there (`continue_on_pending`) instead of going
+//! Idle, which would refuse the peer's connections for the backoff.
 //! GTSM (RFC 5082) checks the TTL of an accepted connection's SYN.
 
 use tokio::net::TcpStream;
@@ -99,6 +103,23 @@ impl Runner {
             self.send_on(&c, &open);
             self.pending = Some(c);
         }
+    }
+
+    /// The peer closed the main connection while its second one is open
+    /// (a restarted peer whose old connection closes only now, or a peer
+    /// that dropped one of two simultaneous connections): carry on there in
+    /// OpenSent, as our OPEN went out on it and the peer's comes next,
+    /// instead of waiting in Idle and refusing the peer meanwhile.
+    pub(super) fn continue_on_pending(&mut self) {
+        let Some(p) = self.pending.take() else {
+            return;
+        };
+        tracing::info!(peer = %self.name, "connection closed by peer: continuing on its second connection");
+        if let Some(old) = self.main.replace(p) {
+            old.close();
+        }
+        let acts = self.fsm.adopt_connection();
+        self.apply(acts);
     }
 
     pub(super) fn pending_event(&mut self, ev: ConnEvent) {

@@ -307,6 +307,15 @@ impl Runner {
 
     fn main_event(&mut self, ev: ConnEvent) {
         match ev {
+            ConnEvent::Closed
+                if self.pending.is_some()
+                    && matches!(
+                        self.fsm.state(),
+                        State::OpenSent | State::OpenConfirm | State::Established
+                    ) =>
+            {
+                self.continue_on_pending();
+            }
             ConnEvent::Closed => self.event(FsmEvent::TcpClosed),
             ConnEvent::Error(n) => {
                 self.count_in("error");

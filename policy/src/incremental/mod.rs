@@ -255,8 +255,6 @@ impl Incremental {
 
     /// Whether an endpoint is in a selection (as [`crate::Model::selects`]).
     fn selects(&self, sel: &PodSel, ep: &Endpoint) -> bool {
-        sel.ns
-            .matches(&ep.namespace, self.ns_labels.get(&ep.namespace))
-            && sel.pods.matches(&ep.labels)
+        sel.ns.matches(&ep.namespace, &self.ns_labels) && sel.pods.matches(&ep.labels)
     }
 }

@@ -103,18 +103,21 @@ pub enum NsMatch {
 }
 
 impl NsMatch {
-    /// Whether namespace `ns` with these labels (None: unknown, so none)
-    /// matches. An endpoint of no namespace (`ns` empty: a CNI ADD without
-    /// `K8S_POD_NAMESPACE`) matches only [`NsMatch::Any`].
-    pub fn matches(&self, ns: &str, labels: Option<&Labels>) -> bool {
+    /// Whether namespace `ns` matches, its labels looked up in
+    /// `ns_labels` (unknown: no labels). An endpoint of no namespace (`ns`
+    /// empty: a CNI ADD without `K8S_POD_NAMESPACE`) matches only
+    /// [`NsMatch::Any`]. Only a selector looks the labels up: this runs for
+    /// every endpoint a selection is matched against, and a lookup per call
+    /// made the full render about a third dearer.
+    pub fn matches(&self, ns: &str, ns_labels: &BTreeMap<String, Labels>) -> bool {
         match self {
             NsMatch::Any => true,
             NsMatch::Exact(n) => n == ns,
             NsMatch::Selector(_) if ns.is_empty() => false,
-            NsMatch::Selector(s) => {
-                let empty = Labels::new();
-                s.matches(labels.unwrap_or(&empty))
-            }
+            NsMatch::Selector(s) => match ns_labels.get(ns) {
+                Some(l) => s.matches(l),
+                None => s.matches(&Labels::new()),
+            },
         }
     }
 }
@@ -343,7 +346,7 @@ impl Model {
     /// empty: a CNI ADD without `K8S_POD_NAMESPACE`) matches only
     /// [`NsMatch::Any`]: namespace selectors never match it.
     pub fn ns_matches(&self, m: &NsMatch, ns: &str) -> bool {
-        m.matches(ns, self.namespaces.get(ns))
+        m.matches(ns, &self.namespaces)
     }
 
     /// Whether an endpoint is in a selection.
@@ -377,4 +380,52 @@ fn err(policy: &str, field: &str, reason: impl Into<String>) -> CompileError {
 /// Whether an entity imposes nothing (used by explain's wording).
 pub fn entity_is_any(e: &Entity) -> bool {
     e.is_any()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sel(s: &str) -> NsMatch {
+        NsMatch::Selector(Selector::parse(s).expect("selector"))
+    }
+
+    #[test]
+    fn ns_match_looks_labels_up_only_for_a_selector_and_never_for_no_namespace() {
+        let labels: BTreeMap<String, Labels> = BTreeMap::from([
+            (
+                "a".to_string(),
+                Labels::from([("team".into(), "t1".into())]),
+            ),
+            ("b".to_string(), Labels::new()),
+            // A stray entry under the empty name must not make a selector match.
+            ("".to_string(), Labels::from([("team".into(), "t1".into())])),
+        ]);
+        let none = BTreeMap::new();
+        for ns in ["", "a", "b", "unknown"] {
+            assert!(NsMatch::Any.matches(ns, &labels), "{ns:?}");
+        }
+        let exact = NsMatch::Exact("a".into());
+        assert!(exact.matches("a", &none), "Exact needs no labels");
+        assert!(!exact.matches("b", &labels));
+        assert!(!exact.matches("", &labels));
+
+        let t1 = sel("team == 't1'");
+        assert!(t1.matches("a", &labels));
+        assert!(!t1.matches("b", &labels));
+        assert!(!t1.matches("unknown", &labels));
+        assert!(
+            !t1.matches("", &labels),
+            "no namespace never matches a selector"
+        );
+        // An unknown namespace is matched as one without labels.
+        let no_team = sel("!has(team)");
+        assert!(no_team.matches("unknown", &labels));
+        assert!(no_team.matches("b", &labels));
+        assert!(!no_team.matches("a", &labels));
+        assert!(
+            !no_team.matches("", &none),
+            "no namespace never matches a selector"
+        );
+    }
 }

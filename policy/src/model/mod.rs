@@ -107,8 +107,8 @@ impl NsMatch {
     /// `ns_labels` (unknown: no labels). An endpoint of no namespace (`ns`
     /// empty: a CNI ADD without `K8S_POD_NAMESPACE`) matches only
     /// [`NsMatch::Any`]. Only a selector looks the labels up: this runs for
-    /// every endpoint a selection is matched against, and a lookup per call
-    /// made the full render about a third dearer.
+    /// every endpoint a selection is matched against, so a lookup per call
+    /// shows in the full render's CPU (docs/benchmarks.md, policy control).
     pub fn matches(&self, ns: &str, ns_labels: &BTreeMap<String, Labels>) -> bool {
         match self {
             NsMatch::Any => true,

@@ -151,6 +151,14 @@ impl Raw {
         None
     }
 
+    /// The speaker's OPEN, first on a new connection (`what` names it).
+    async fn expect_open(&mut self, what: &str) {
+        match self.next(Duration::from_secs(5)).await {
+            Some(Some((1, _))) => {}
+            other => panic!("no OPEN on the {what}: {other:?}"),
+        }
+    }
+
     /// OPEN + KEEPALIVE after the speaker's OPEN; returns once its
     /// KEEPALIVE arrived (we are Established on both sides).
     async fn establish(&mut self, id: [u8; 4], gr: Option<bool>) {
@@ -169,6 +177,37 @@ impl Raw {
             }
         }
     }
+}
+
+/// Graceful restart on the speaker (restart time 120 s) with `stale_time`.
+fn gr(stale_time: Duration) -> Option<GracefulRestartConfig> {
+    Some(GracefulRestartConfig {
+        restart_time: 120,
+        state_file: None,
+        stale_time,
+    })
+}
+
+/// An UPDATE from AS 65005 announcing the /24 `prefix` via `next_hop`.
+fn update_24(next_hop: [u8; 4], prefix: [u8; 3]) -> Vec<u8> {
+    let attrs = [
+        &[0x40u8, 1, 1, 0][..],
+        &[0x40, 2, 6, 2, 1, 0, 0, 0xfd, 0xed],
+        &[0x40, 3, 4],
+        &next_hop,
+    ]
+    .concat();
+    let mut body = vec![0, 0];
+    body.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+    body.extend_from_slice(&attrs);
+    body.push(24);
+    body.extend_from_slice(&prefix);
+    msg(2, &body)
+}
+
+/// Whether the best routes hold `prefix`.
+fn has_route(prefix: &'static str) -> impl Fn(&[(Prefix, twill_bgpd::rib::BestRoute)]) -> bool {
+    move |r| r.iter().any(|(p, _)| p.to_string() == prefix)
 }
 
 /// IPv4 prefixes of an UPDATE body: (withdrawn, announced).
@@ -236,10 +275,7 @@ async fn a_late_collision_keeps_the_established_session() {
     // The second connection while the first is in OpenSent: we answer
     // with our OPEN and wait for the peer's.
     let mut second = Raw::connect("127.0.0.5", port).await;
-    match second.next(Duration::from_secs(5)).await {
-        Some(Some((1, _))) => {}
-        other => panic!("no OPEN on the second connection: {other:?}"),
-    }
+    second.expect_open("second connection").await;
     // A higher BGP identifier than ours, so only the Established rule can
     // keep the first connection.
     first.establish([127, 0, 0, 5], None).await;
@@ -419,17 +455,7 @@ async fn a_peer_that_stops_reading_is_dropped_after_the_send_hold_time() {
     let mut r = small_window("127.0.0.8", port).await;
     r.establish([127, 0, 0, 8], None).await;
     // A route from the peer, to see it withdrawn when the session drops.
-    let attrs = [
-        &[0x40u8, 1, 1, 0][..],
-        &[0x40, 2, 6, 2, 1, 0, 0, 0xfd, 0xed],
-        &[0x40, 3, 4, 127, 0, 0, 8],
-    ]
-    .concat();
-    let mut body = vec![0, 0];
-    body.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
-    body.extend_from_slice(&attrs);
-    body.extend_from_slice(&[24, 10, 72, 0]);
-    r.send(&msg(2, &body)).await;
+    r.send(&update_24([127, 0, 0, 8], [10, 72, 0])).await;
     assert!(wait_routes(&a, |r| !r.is_empty(), Duration::from_secs(3)).await);
     // Reading: 3 s > the send hold time, and 12,000 routes flow through.
     originate_many(&a, 12_000);
@@ -600,34 +626,14 @@ async fn a_readvertisement_too_large_for_one_update_withdraws_the_prefix() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gr_session_moves_to_a_new_connection_only_for_a_restarted_peer() {
     let port = free_port();
-    let a = speaker(
-        port,
-        Some(GracefulRestartConfig {
-            restart_time: 120,
-            state_file: None,
-            stale_time: Duration::from_secs(30),
-        }),
-    )
-    .await;
+    let a = speaker(port, gr(Duration::from_secs(30))).await;
     a.add_peer(peer("127.0.0.13")).unwrap();
     let id = [127, 0, 0, 13];
     let mut first = Raw::connect_until_open("127.0.0.13", port).await;
     first.establish(id, Some(false)).await;
-    let attrs = [
-        &[0x40u8, 1, 1, 0][..],
-        &[0x40, 2, 6, 2, 1, 0, 0, 0xfd, 0xed],
-        &[0x40, 3, 4, 127, 0, 0, 13],
-    ]
-    .concat();
-    let mut body = vec![0, 0];
-    body.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
-    body.extend_from_slice(&attrs);
-    body.extend_from_slice(&[24, 10, 76, 0]);
-    first.send(&msg(2, &body)).await;
-    let has = |r: &[(Prefix, twill_bgpd::rib::BestRoute)]| {
-        r.iter().any(|(p, _)| p.to_string() == "10.76.0.0/24")
-    };
-    assert!(wait_routes(&a, has, Duration::from_secs(3)).await);
+    first.send(&update_24([127, 0, 0, 13], [10, 76, 0])).await;
+    let has = has_route("10.76.0.0/24");
+    assert!(wait_routes(&a, &has, Duration::from_secs(3)).await);
 
     // The first connection keeps carrying the session: no NOTIFICATION,
     // no close, and no flap.
@@ -650,19 +656,13 @@ async fn a_gr_session_moves_to_a_new_connection_only_for_a_restarted_peer() {
 
     // A stray connection: our OPEN, then it closes without one.
     let mut stray = Raw::connect("127.0.0.13", port).await;
-    match stray.next(Duration::from_secs(5)).await {
-        Some(Some((1, _))) => {}
-        other => panic!("no OPEN on the stray connection: {other:?}"),
-    }
+    stray.expect_open("stray connection").await;
     drop(stray);
     undisturbed(&mut first, &a, "after a stray connection").await;
 
     // A collision: an OPEN without the Restart State bit.
     let mut second = Raw::connect("127.0.0.13", port).await;
-    match second.next(Duration::from_secs(5)).await {
-        Some(Some((1, _))) => {}
-        other => panic!("no OPEN on the second connection: {other:?}"),
-    }
+    second.expect_open("second connection").await;
     second.send(&open(id, Some(false))).await;
     assert_eq!(
         second.notification(Duration::from_secs(5)).await,
@@ -674,10 +674,7 @@ async fn a_gr_session_moves_to_a_new_connection_only_for_a_restarted_peer() {
     // The peer restarted, and its old connection is not closed (no FIN
     // reached us): its OPEN with the Restart State bit moves the session.
     let mut again = Raw::connect("127.0.0.13", port).await;
-    match again.next(Duration::from_secs(5)).await {
-        Some(Some((1, _))) => {}
-        other => panic!("no OPEN on the restarted peer's connection: {other:?}"),
-    }
+    again.expect_open("restarted peer's connection").await;
     again.establish(id, Some(true)).await;
     assert!(
         wait(
@@ -711,39 +708,16 @@ async fn a_gr_session_moves_to_a_new_connection_only_for_a_restarted_peer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_connection_hands_the_session_to_the_peers_second_one() {
     let port = free_port();
-    let a = speaker(
-        port,
-        Some(GracefulRestartConfig {
-            restart_time: 120,
-            state_file: None,
-            stale_time: Duration::from_secs(30),
-        }),
-    )
-    .await;
+    let a = speaker(port, gr(Duration::from_secs(30))).await;
     a.add_peer(peer("127.0.0.14")).unwrap();
     let id = [127, 0, 0, 14];
     let mut first = Raw::connect_until_open("127.0.0.14", port).await;
     first.establish(id, Some(false)).await;
-    let attrs = [
-        &[0x40u8, 1, 1, 0][..],
-        &[0x40, 2, 6, 2, 1, 0, 0, 0xfd, 0xed],
-        &[0x40, 3, 4, 127, 0, 0, 14],
-    ]
-    .concat();
-    let mut body = vec![0, 0];
-    body.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
-    body.extend_from_slice(&attrs);
-    body.extend_from_slice(&[24, 10, 77, 0]);
-    first.send(&msg(2, &body)).await;
-    let has = |r: &[(Prefix, twill_bgpd::rib::BestRoute)]| {
-        r.iter().any(|(p, _)| p.to_string() == "10.77.0.0/24")
-    };
-    assert!(wait_routes(&a, has, Duration::from_secs(3)).await);
+    first.send(&update_24([127, 0, 0, 14], [10, 77, 0])).await;
+    let has = has_route("10.77.0.0/24");
+    assert!(wait_routes(&a, &has, Duration::from_secs(3)).await);
     let mut second = Raw::connect("127.0.0.14", port).await;
-    match second.next(Duration::from_secs(5)).await {
-        Some(Some((1, _))) => {}
-        other => panic!("no OPEN on the second connection: {other:?}"),
-    }
+    second.expect_open("second connection").await;
     drop(first);
     assert!(
         wait(|| status(&a).flaps == 1, Duration::from_secs(3)).await,
@@ -774,33 +748,13 @@ async fn a_closed_connection_hands_the_session_to_the_peers_second_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_routes_go_after_the_configured_stale_time() {
     let port = free_port();
-    let a = speaker(
-        port,
-        Some(GracefulRestartConfig {
-            restart_time: 120,
-            state_file: None,
-            stale_time: Duration::from_secs(2),
-        }),
-    )
-    .await;
+    let a = speaker(port, gr(Duration::from_secs(2))).await;
     a.add_peer(peer("127.0.0.11")).unwrap();
     let mut r = Raw::connect_until_open("127.0.0.11", port).await;
     r.establish([127, 0, 0, 11], Some(false)).await;
-    let attrs = [
-        &[0x40u8, 1, 1, 0][..],
-        &[0x40, 2, 6, 2, 1, 0, 0, 0xfd, 0xed],
-        &[0x40, 3, 4, 127, 0, 0, 11],
-    ]
-    .concat();
-    let mut body = vec![0, 0];
-    body.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
-    body.extend_from_slice(&attrs);
-    body.extend_from_slice(&[24, 10, 74, 0]);
-    r.send(&msg(2, &body)).await;
-    let has = |r: &[(Prefix, twill_bgpd::rib::BestRoute)]| {
-        r.iter().any(|(p, _)| p.to_string() == "10.74.0.0/24")
-    };
-    assert!(wait_routes(&a, has, Duration::from_secs(3)).await);
+    r.send(&update_24([127, 0, 0, 11], [10, 74, 0])).await;
+    let has = has_route("10.74.0.0/24");
+    assert!(wait_routes(&a, &has, Duration::from_secs(3)).await);
     // The peer's process dies: TCP closes without a NOTIFICATION.
     drop(r);
     tokio::time::sleep(Duration::from_millis(300)).await;

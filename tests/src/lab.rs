@@ -283,6 +283,18 @@ impl Lab {
         format!("--- {} ---\n{}", path.display(), lines[from..].join("\n"))
     }
 
+    /// `node`'s status (as `twillctl node status -o json` prints it) and
+    /// the log tails of `logs_of`, for a failure message about sessions.
+    pub fn sessions_report(&self, node: &str, logs_of: &[&str]) -> String {
+        let status = self.twillctl(&["node", "status", node, "-o", "json"]);
+        let mut out = String::from_utf8_lossy(&status.stdout).into_owned();
+        for n in logs_of {
+            out.push('\n');
+            out.push_str(&self.log_tail(n));
+        }
+        out
+    }
+
     /// Pings `dst` from `pod` at 100 packets a second for 12 s while n2's
     /// twill-node is killed (SIGKILL) and then n1's stopped (SIGTERM), each
     /// restarted by `lab restart`; returns (sent, received, ping's output).

@@ -122,10 +122,8 @@ fn three_nodes_and_a_bird_tor_every_pod_reaches_every_pod() {
     assert_eq!(peers.len(), 3, "two mesh peers and the ToR: {v}");
     assert!(
         peers.iter().all(|p| p["state"] == "Established"),
-        "{v}\n{}\n{}\n{}",
-        lab.log_tail("n1"),
-        lab.log_tail("n2"),
-        lab.log_tail("n3")
+        "{}",
+        lab.sessions_report("n1", &["n1", "n2", "n3"])
     );
     // An Established session has a start time and no current error
     // (errors from before it came up are the last down reason).
@@ -271,10 +269,9 @@ fn restarting_twill_node_under_traffic_loses_no_packets() {
         .and_then(|l| l.split_whitespace().next())
         .unwrap_or_else(|| {
             panic!(
-                "n1 routes no block via n2:\n{}\n{}\n{}",
+                "n1 routes no block via n2:\n{}\n{}",
                 lab.twill_routes("n1"),
-                lab.log_tail("n1"),
-                lab.log_tail("n2")
+                lab.sessions_report("n1", &["n1", "n2"])
             )
         })
         .to_string();
@@ -301,10 +298,8 @@ fn restarting_twill_node_under_traffic_loses_no_packets() {
                 .unwrap_or_default();
             peers.len() == 2 && peers.iter().all(|p| p["state"] == "Established")
         }),
-        "sessions did not come back: {}\n{}\n{}",
-        String::from_utf8_lossy(&lab.twillctl(&["node", "status", "n1", "-o", "json"]).stdout),
-        lab.log_tail("n1"),
-        lab.log_tail("n2")
+        "sessions did not come back: {}",
+        lab.sessions_report("n1", &["n1", "n2"])
     );
     assert!(
         bird_bgp_prefixes(&lab).contains(&n2_block),

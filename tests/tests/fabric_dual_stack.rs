@@ -465,10 +465,8 @@ fn restarting_twill_node_under_ipv6_traffic_loses_no_packets() {
                 .unwrap_or_default();
             peers.len() == 3 && peers.iter().all(|p| p["state"] == "Established")
         }),
-        "sessions did not come back: {}\n{}\n{}",
-        String::from_utf8_lossy(&lab.twillctl(&["node", "status", "n1", "-o", "json"]).stdout),
-        lab.log_tail("n1"),
-        lab.log_tail("n2")
+        "sessions did not come back: {}",
+        lab.sessions_report("n1", &["n1", "n2"])
     );
     assert!(
         wait_until(Duration::from_secs(10), || lab

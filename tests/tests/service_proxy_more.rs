@@ -603,16 +603,18 @@ fn lb_pools(lab: &Lab, pools: &[&str]) {
         .iter()
         .map(|c| format!(r#"{{"cidr":"{c}"}}"#))
         .collect();
-    let out = lab.twillctl(&[
-        "patch",
-        "bgpconfiguration",
-        "default",
-        "-p",
+    patch_bgp(
+        lab,
         &format!(
             r#"{{"spec":{{"serviceLoadBalancerIPs":[{}]}}}}"#,
             cidrs.join(",")
         ),
-    ]);
+    );
+}
+
+/// A merge patch of the default BGPConfiguration.
+fn patch_bgp(lab: &Lab, patch: &str) {
+    let out = lab.twillctl(&["patch", "bgpconfiguration", "default", "-p", patch]);
     assert!(
         out.status.success(),
         "patch bgpconfiguration: {}",
@@ -1010,17 +1012,9 @@ fn ipv6_external_ips_and_the_local_policy_from_the_tor() {
     let _servers = Servers(stop.clone());
     peer_server(&lab.ns(p1), 8081, stop.clone());
     lb_pools(&lab, &[LB_POOL6]);
-    let out = lab.twillctl(&[
-        "patch",
-        "bgpconfiguration",
-        "default",
-        "-p",
+    patch_bgp(
+        &lab,
         &format!(r#"{{"spec":{{"serviceExternalIPs":[{{"cidr":"{EXTERNAL_IP6}/128"}}]}}}}"#),
-    ]);
-    assert!(
-        out.status.success(),
-        "patch bgpconfiguration: {}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let ext6: IpAddr = EXTERNAL_IP6.parse().expect("an address");
     let route = |ip: &str| lab.sh("tor", &["ip", "-6", "route", "show", &format!("{ip}/128")]);

@@ -115,6 +115,12 @@ impl Runner {
             return;
         };
         tracing::info!(peer = %self.name, "connection closed by peer: continuing on its second connection");
+        self.move_to(p);
+    }
+
+    /// The session continues on `p` (our OPEN went out on it) in OpenSent;
+    /// the old main connection, if any, is closed.
+    fn move_to(&mut self, p: Conn) {
         if let Some(old) = self.main.replace(p) {
             old.close();
         }
@@ -137,11 +143,7 @@ impl Runner {
                 // RFC 4724 §4.2: the peer restarted; the old connection
                 // is dead even if no FIN or RST reached us.
                 self.set_error("the peer restarted (an OPEN with the Restart State bit on a new connection): graceful restart");
-                if let Some(old) = self.main.replace(p) {
-                    old.close();
-                }
-                let acts = self.fsm.adopt_connection();
-                self.apply(acts);
+                self.move_to(p);
                 self.event(FsmEvent::OpenReceived(peer_open(open)));
                 return;
             }
@@ -174,9 +176,7 @@ impl Runner {
             tracing::info!(peer = %self.name, "connection collision: keeping the new connection");
             self.send_on(&main, &cease);
             main.close();
-            self.main = Some(p);
-            let acts = self.fsm.adopt_connection();
-            self.apply(acts);
+            self.move_to(p);
             self.event(FsmEvent::OpenReceived(peer_open(&open)));
         } else {
             tracing::info!(peer = %self.name, "connection collision: keeping the existing connection");

@@ -51,15 +51,13 @@ pub(super) fn restart(dir: &Path, node: &str, kill: bool) -> anyhow::Result<Exit
     let pid = spawn_in(&n.ns, &sibling("twill-node"), &args, &log)?;
     st.add_proc(dir, &what, pid, "twill-node")?;
     let since = running_since(pid);
+    let gone = || since.is_none_or(|s| exited(pid, s));
     wait_for(
         &format!("{what} opening its CNI socket"),
         Duration::from_secs(30),
-        || {
-            std::os::unix::net::UnixStream::connect(&sock).is_ok()
-                || since.is_none_or(|s| exited(pid, s))
-        },
+        || std::os::unix::net::UnixStream::connect(&sock).is_ok() || gone(),
     )?;
-    if since.is_none_or(|s| exited(pid, s)) {
+    if gone() {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         let why: Vec<&str> = text
             .lines()

@@ -172,11 +172,21 @@ mod tests {
 
     #[test]
     fn a_killed_process_has_exited_once_it_is_a_zombie_not_before_the_signal() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .expect("start sleep");
-        let pid = child.id() as i32;
+        /// Kills and reaps the child even when an assertion fails.
+        struct Reap(std::process::Child);
+        impl Drop for Reap {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let mut child = Reap(
+            std::process::Command::new("sleep")
+                .arg("30")
+                .spawn()
+                .expect("start sleep"),
+        );
+        let pid = child.0.id() as i32;
         let since = running_since(pid).expect("a running child has a start time");
         assert!(!exited(pid, since), "sleep is running");
         assert!(
@@ -193,7 +203,7 @@ mod tests {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("zombie stat");
         assert!(stat.contains(") Z "), "{stat}");
         assert!(exited(pid, since));
-        child.wait().expect("reap sleep");
+        child.0.wait().expect("reap sleep");
         assert!(exited(pid, since));
     }
 }

@@ -15,7 +15,10 @@
 //! address the Service holds (a duplicate two racing allocators made, or
 //! one it no longer asks for). A crash between any two writes leaves an
 //! allocation whose status is not written yet (the next pass publishes
-//! it) or an extra address (the next pass releases it).
+//! it) or an extra address (the next pass releases it). Nothing is released
+//! as "gone" on the strength of a read taken before the blocks: a name the
+//! blocks hold for another incarnation than the one read is read again
+//! first (`LbAllocator::settle`).
 //!
 //! One pass reconciles many Services against one reading of the pools and
 //! blocks ([`View`]), kept current with the pass's own writes; a write that
@@ -396,20 +399,21 @@ impl LbAllocator {
         }
         let mut out = Pass::default();
         let mut served = Vec::new();
-        for (key, svc) in items {
+        for (key, read) in items {
             let label = format!("{}/{}", key.0, key.1);
+            let (svc, gone) = self.settle(&view, &key, read).await?;
+            // Incarnations of the name that no longer exist hold nothing any more.
+            let stale = self
+                .release(&mut view, &key, |u, _| gone.contains(u))
+                .await?;
+            out.freed |= !stale.is_empty();
             let Some(svc) = svc else {
-                let released = self.release(&mut view, &key, |_, _| true).await?;
-                out.freed |= !released.is_empty();
                 out.outcomes
-                    .insert(label, LbOutcome::NotServed { released });
+                    .insert(label, LbOutcome::NotServed { released: stale });
                 out.seen.push((key, None));
                 continue;
             };
             let uid = svc.metadata.uid.clone().unwrap_or_default();
-            // Older incarnations of the name (deleted and created again) hold nothing any more.
-            let stale = self.release(&mut view, &key, |u, _| u != uid).await?;
-            out.freed |= !stale.is_empty();
             if !is_twill_lb(&svc) {
                 let p = self.publish(&mut view, svc, &Verdict::NotServed).await?;
                 let released = match p.fp {
@@ -459,6 +463,42 @@ impl LbAllocator {
             }
         }
         Ok(out)
+    }
+
+    /// The Service to reconcile under `key` and the uids of the
+    /// incarnations of its name that are gone (whose holdings go).
+    ///
+    /// `read` was read before the blocks. A holding of another incarnation
+    /// than the one read (of any, when none was read) may belong to one
+    /// created after that read and served by another allocator since: a
+    /// listing taken just before a create must not release the new
+    /// Service's address while its status shows it. So the Service is read
+    /// again, now after the blocks; every uid the blocks hold but the
+    /// current Service's is gone for good (uids are never reused), and a
+    /// holding written after the blocks were read is never released.
+    async fn settle(
+        &self,
+        view: &View,
+        key: &Key,
+        read: Option<Service>,
+    ) -> Result<(Option<Service>, BTreeSet<String>), LbError> {
+        let uid_of = |s: &Option<Service>| {
+            s.as_ref()
+                .map(|s| s.metadata.uid.clone().unwrap_or_default())
+        };
+        let others = |uid: Option<String>| -> BTreeSet<String> {
+            view.held(&key.0, &key.1)
+                .iter()
+                .filter(|h| uid.as_ref() != Some(&h.uid))
+                .map(|h| h.uid.clone())
+                .collect()
+        };
+        if others(uid_of(&read)).is_empty() {
+            return Ok((read, BTreeSet::new()));
+        }
+        let now = self.store.get::<Service>(Some(&key.0), &key.1).await?;
+        let gone = others(uid_of(&now));
+        Ok((now, gone))
     }
 
     /// Gives a served Service an address of every family it asks for, all
@@ -911,5 +951,160 @@ impl Batch {
             Some(Ok(_)) => self.all = true,
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Passes that read the Services before another allocator served a new
+    //! one: the reads a real pass takes, with the other allocator's writes
+    //! placed between them (the race a lab run showed: a resync listing
+    //! taken just before a create released the new Service's address).
+
+    use super::*;
+    use crate::lb::held_by;
+    use twill_api::resources::{AllowedUse, IPPoolSpec};
+    use twill_api::store::embedded::EmbeddedStore;
+
+    fn open(path: &std::path::Path) -> Store {
+        Store::new(EmbeddedStore::open(path).expect("open store"))
+    }
+
+    fn web() -> Service {
+        serde_json::from_value(serde_json::json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}}))
+        .expect("service")
+    }
+
+    /// A store with one LoadBalancer pool, and two allocators on it (each its
+    /// own connection, as two node agents).
+    async fn setup() -> (tempfile::TempDir, Store, LbAllocator, LbAllocator) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("lb.db");
+        let store = open(&path);
+        let pool = IPPool::new(
+            "lb",
+            IPPoolSpec {
+                cidr: "192.0.2.0/28".into(),
+                allowed_uses: vec![AllowedUse::LoadBalancer],
+                ..Default::default()
+            },
+        );
+        store.create(&pool).await.expect("pool");
+        let late = LbAllocator::new(open(&path));
+        let other = LbAllocator::new(open(&path));
+        (dir, store, late, other)
+    }
+
+    fn key() -> Key {
+        ("shop".into(), "web".into())
+    }
+
+    /// The addresses the blocks give to the Service of this uid.
+    async fn held(store: &Store, uid: &str) -> Vec<IpAddr> {
+        let blocks = store.list::<IPAMBlock>().await.expect("blocks").items;
+        held_by(&blocks, "shop", "web", uid)
+            .iter()
+            .map(|l| l.addr)
+            .collect()
+    }
+
+    /// The Service's uid and the addresses its status shows.
+    async fn shown(store: &Store) -> (String, Vec<IpAddr>) {
+        let s = store
+            .get::<Service>(Some("shop"), "web")
+            .await
+            .expect("get")
+            .expect("web exists");
+        let ips = s
+            .status
+            .iter()
+            .filter_map(|st| st.load_balancer.as_ref())
+            .flat_map(|lb| lb.ingress.iter().flatten())
+            .filter_map(|i| i.ip.as_deref()?.parse().ok())
+            .collect();
+        (s.metadata.uid.unwrap_or_default(), ips)
+    }
+
+    #[tokio::test]
+    async fn a_pass_that_read_before_a_service_existed_leaves_its_address_alone() {
+        let (_dir, store, late, other) = setup().await;
+        let first: IpAddr = "192.0.2.1".parse().expect("addr");
+
+        // A resync's listing and one event's read, both taken before the create.
+        let listing: BTreeMap<Key, Option<Service>> = BTreeMap::new();
+        let absent = late.read(&[key()]).await.expect("read");
+        assert_eq!(absent.get(&key()), Some(&None));
+        store.create(&web()).await.expect("create web");
+        let served = other.reconcile("shop", "web").await.expect("reconcile");
+        assert_eq!(served, LbOutcome::Allocated(vec![first]));
+        let (uid, ips) = shown(&store).await;
+        assert_eq!(ips, vec![first]);
+
+        // The late passes see the holding in the blocks: the Service is served, not gone.
+        for (what, items, all) in [("resync", listing.clone(), true), ("event", absent, false)] {
+            let p = late.pass(items, all).await.expect("late pass");
+            assert_eq!(
+                p.outcomes.get("shop/web"),
+                Some(&LbOutcome::Allocated(vec![first])),
+                "{what}"
+            );
+            assert_eq!(held(&store, &uid).await, vec![first], "{what}");
+            assert_eq!(shown(&store).await, (uid.clone(), vec![first]), "{what}");
+        }
+
+        // The same stale listing once the Service really is gone releases its address.
+        store
+            .delete::<Service>(Some("shop"), "web", None)
+            .await
+            .expect("delete");
+        let p = late.pass(listing, true).await.expect("pass after delete");
+        assert_eq!(
+            p.outcomes.get("shop/web"),
+            Some(&LbOutcome::NotServed {
+                released: vec![first]
+            })
+        );
+        assert!(held(&store, &uid).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_pass_that_read_an_old_incarnation_keeps_the_new_ones_address() {
+        let (_dir, store, late, other) = setup().await;
+
+        store.create(&web()).await.expect("create web");
+        let first = other.reconcile("shop", "web").await.expect("first");
+        assert!(
+            matches!(&first, LbOutcome::Allocated(a) if a.len() == 1),
+            "{first:?}"
+        );
+        let (old_uid, _) = shown(&store).await;
+        // `late` reads the first incarnation; then the name is deleted and
+        // created again, and another allocator serves the new one while the
+        // first one's holding is still in the blocks (its release not run yet).
+        let stale = late.read(&[key()]).await.expect("read");
+        store
+            .delete::<Service>(Some("shop"), "web", None)
+            .await
+            .expect("delete");
+        store.create(&web()).await.expect("create again");
+        let LbOutcome::Allocated(new_ips) = other.reconcile("shop", "web").await.expect("second")
+        else {
+            panic!("the second incarnation got no address");
+        };
+        let (new_uid, shown_ips) = shown(&store).await;
+        assert_ne!(old_uid, new_uid);
+        assert_eq!(shown_ips, new_ips);
+        // `other` released the first incarnation's address while serving the second.
+        assert!(held(&store, &old_uid).await.is_empty());
+
+        let p = late.pass(stale, false).await.expect("late pass");
+        assert_eq!(
+            p.outcomes.get("shop/web"),
+            Some(&LbOutcome::Allocated(new_ips.clone()))
+        );
+        assert_eq!(held(&store, &new_uid).await, new_ips);
+        assert_eq!(shown(&store).await, (new_uid, new_ips));
     }
 }

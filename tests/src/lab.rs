@@ -283,6 +283,21 @@ impl Lab {
         format!("--- {} ---\n{}", path.display(), lines[from..].join("\n"))
     }
 
+    /// The lines of `node`'s twill-node log that contain `needle`, for a
+    /// failure message about one subsystem (the LoadBalancer allocator's
+    /// "LoadBalancer address" lines, say).
+    pub fn log_lines(&self, node: &str, needle: &str) -> String {
+        let path = self.dir.join(node).join("twill-node.log");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| format!("(cannot read {}: {e})", path.display()));
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains(needle)).collect();
+        format!(
+            "--- {} ({needle}) ---\n{}",
+            path.display(),
+            lines.join("\n")
+        )
+    }
+
     /// `node`'s status (as `twillctl node status -o json` prints it) and
     /// the log tails of `logs_of`, for a failure message about sessions.
     pub fn sessions_report(&self, node: &str, logs_of: &[&str]) -> String {

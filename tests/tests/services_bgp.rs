@@ -302,6 +302,16 @@ fn frr_table(lab: &Lab) -> String {
     lab.tor(Flavor::Frr).table()
 }
 
+/// Every node's LoadBalancer allocator lines (what each allocated and
+/// released), for a failure message about a Service's address.
+fn lb_logs(lab: &Lab, nodes: &[(String, String, String)]) -> String {
+    nodes
+        .iter()
+        .map(|n| lab.log_lines(&n.0, "LoadBalancer address"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn patch_bgp(lab: &Lab, spec: &str) {
     let out = lab.twillctl(&[
         "patch",
@@ -409,9 +419,11 @@ fn frr_tor_learns_service_addresses_on_both_families_and_follows_endpoints() {
     assert!(
         wait_until(Duration::from_secs(15), || frr_next_hops(&lab, &web32)
             == all4),
-        "the ToR should reach {web32} via every node {all4:?}, has {:?}\n{}",
+        "the ToR should reach {web32} via every node {all4:?}, has {:?}\n{}\n{}\n{}",
         frr_next_hops(&lab, &web32),
-        frr_table(&lab)
+        frr_table(&lab),
+        service(&lab, "web"),
+        lb_logs(&lab, &nodes)
     );
     // The cluster IP range is not announced until serviceClusterIPs names it.
     const RANGE: &str = "10.96.0.0/12";

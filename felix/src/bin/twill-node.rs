@@ -85,6 +85,28 @@ fn parse_labels(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
         .collect()
 }
 
+/// glibc malloc arenas the agent may use (unless `MALLOC_ARENA_MAX` says
+/// otherwise). glibc's default, eight per core, lets memory a burst frees on
+/// one thread sit unused in its arena while another thread grows its own:
+/// after a burst of LoadBalancer Services the agent held much more memory
+/// than it used (docs/benchmarks.md, "LoadBalancer Services"). Two
+/// arenas serve the runtime's few threads without contention.
+const MALLOC_ARENAS: i32 = 2;
+
+/// Caps glibc's malloc arenas at [`MALLOC_ARENAS`]; before any thread
+/// starts, so every thread shares them. A user's `MALLOC_ARENA_MAX` wins.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; called before
+        // the runtime's threads exist.
+        let ok = unsafe { libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS) };
+        if ok != 1 {
+            tracing::warn!("cannot limit malloc arenas (mallopt refused)");
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     // TWILL_LOG: the level / filter (`info`, `twill_felix=debug,info`);
     // TWILL_LOG_FORMAT=json: one JSON object per line, for log collectors.
@@ -106,6 +128,7 @@ fn main() -> anyhow::Result<()> {
             .with_env_filter(filter)
             .init();
     }
+    limit_malloc_arenas();
     let args = Args::parse();
     let node_name = match args.node_name {
         Some(n) => n,

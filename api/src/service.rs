@@ -332,6 +332,16 @@ pub fn requested_lb_ips(s: &Service) -> Result<Vec<IpAddr>, String> {
     Ok(out)
 }
 
+/// The addresses `status.loadBalancer.ingress` shows (entries without an
+/// IP, or with one that does not parse, left out), in the status's order.
+pub fn ingress_ips(s: &Service) -> impl Iterator<Item = IpAddr> + '_ {
+    s.status
+        .iter()
+        .filter_map(|st| st.load_balancer.as_ref())
+        .flat_map(|lb| lb.ingress.iter().flatten())
+        .filter_map(|i| i.ip.as_deref()?.parse().ok())
+}
+
 /// The communities the [`ANN_BGP_COMMUNITIES`] annotation asks for (none
 /// without it); an entry that is no community is an error naming it and why.
 pub fn bgp_communities(
@@ -943,14 +953,7 @@ pub fn announced_prefixes(
             .map(|a| (a, adv.external_ips.as_slice()))
             .collect();
         if ty == "LoadBalancer" {
-            external.extend(
-                svc.status
-                    .iter()
-                    .filter_map(|s| s.load_balancer.as_ref())
-                    .flat_map(|lb| lb.ingress.iter().flatten())
-                    .filter_map(|i| i.ip.as_deref()?.parse().ok())
-                    .map(|a| (a, adv.load_balancer_ips.as_slice())),
-            );
+            external.extend(ingress_ips(svc).map(|a| (a, adv.load_balancer_ips.as_slice())));
         }
         for (a, cidrs) in external {
             if inside(cidrs, a) && (!external_local || local()) {

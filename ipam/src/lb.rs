@@ -715,13 +715,7 @@ pub fn check(pools: &[IPPool], blocks: &[IPAMBlock], services: &[Service]) -> Ve
     let mut shown: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
     for s in services {
         let k = key(s);
-        let ips = s
-            .status
-            .iter()
-            .filter_map(|st| st.load_balancer.as_ref())
-            .flat_map(|lb| lb.ingress.iter().flatten())
-            .filter_map(|i| i.ip.as_deref()?.parse::<IpAddr>().ok());
-        for a in ips {
+        for a in twill_api::service::ingress_ips(s) {
             shown.entry(a).or_default().push(k.clone());
             let in_lb_pool = lb_nets.iter().any(|n| n.contains(a));
             if in_lb_pool && !holders_of.get(&a).is_some_and(|h| h.contains(&k)) {

@@ -1017,13 +1017,7 @@ mod tests {
             .await
             .expect("get")
             .expect("web exists");
-        let ips = s
-            .status
-            .iter()
-            .filter_map(|st| st.load_balancer.as_ref())
-            .flat_map(|lb| lb.ingress.iter().flatten())
-            .filter_map(|i| i.ip.as_deref()?.parse().ok())
-            .collect();
+        let ips = twill_api::service::ingress_ips(&s).collect();
         (s.metadata.uid.unwrap_or_default(), ips)
     }
 

@@ -61,12 +61,7 @@ async fn get(s: &Store, ns: &str, name: &str) -> Service {
 }
 
 fn ingress(s: &Service) -> Vec<IpAddr> {
-    s.status
-        .iter()
-        .filter_map(|st| st.load_balancer.as_ref())
-        .flat_map(|lb| lb.ingress.iter().flatten())
-        .filter_map(|i| i.ip.as_deref()?.parse().ok())
-        .collect()
+    twill_api::service::ingress_ips(s).collect()
 }
 
 fn condition(s: &Service) -> Option<(String, String, String)> {

@@ -206,8 +206,27 @@ fn update_24(next_hop: [u8; 4], prefix: [u8; 3]) -> Vec<u8> {
 }
 
 /// Whether the best routes hold `prefix`.
-fn has_route(prefix: &'static str) -> impl Fn(&[(Prefix, twill_bgpd::rib::BestRoute)]) -> bool {
+fn has_route(prefix: &str) -> impl Fn(&[(Prefix, twill_bgpd::rib::BestRoute)]) -> bool + use<> {
+    let prefix = prefix.to_string();
     move |r| r.iter().any(|(p, _)| p.to_string() == prefix)
+}
+
+/// A speaker (graceful restart, `stale` stale time) with one passive peer,
+/// 127.0.0.`n`, Established on a raw connection (GR, not restarting) that
+/// has sent 10.`p`.0.0/24, already in the speaker's RIB. Returns the
+/// speaker, the port it listens on and the connection.
+async fn gr_peer_with_route(n: u8, p: u8, stale: Duration) -> (Speaker, u16, Raw) {
+    let port = free_port();
+    let a = speaker(port, gr(stale)).await;
+    let id = [127, 0, 0, n];
+    let addr = format!("127.0.0.{n}");
+    a.add_peer(peer(&addr)).unwrap();
+    let mut r = Raw::connect_until_open(&addr, port).await;
+    r.establish(id, Some(false)).await;
+    r.send(&update_24(id, [10, p, 0])).await;
+    let has = has_route(&format!("10.{p}.0.0/24"));
+    assert!(wait_routes(&a, &has, Duration::from_secs(3)).await);
+    (a, port, r)
 }
 
 /// IPv4 prefixes of an UPDATE body: (withdrawn, announced).
@@ -625,15 +644,9 @@ async fn a_readvertisement_too_large_for_one_update_withdraws_the_prefix() {
 /// peer's routes stay meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gr_session_moves_to_a_new_connection_only_for_a_restarted_peer() {
-    let port = free_port();
-    let a = speaker(port, gr(Duration::from_secs(30))).await;
-    a.add_peer(peer("127.0.0.13")).unwrap();
+    let (a, port, mut first) = gr_peer_with_route(13, 76, Duration::from_secs(30)).await;
     let id = [127, 0, 0, 13];
-    let mut first = Raw::connect_until_open("127.0.0.13", port).await;
-    first.establish(id, Some(false)).await;
-    first.send(&update_24([127, 0, 0, 13], [10, 76, 0])).await;
     let has = has_route("10.76.0.0/24");
-    assert!(wait_routes(&a, &has, Duration::from_secs(3)).await);
 
     // The first connection keeps carrying the session: no NOTIFICATION,
     // no close, and no flap.
@@ -707,15 +720,9 @@ async fn a_gr_session_moves_to_a_new_connection_only_for_a_restarted_peer() {
 /// the peer's routes stay meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_connection_hands_the_session_to_the_peers_second_one() {
-    let port = free_port();
-    let a = speaker(port, gr(Duration::from_secs(30))).await;
-    a.add_peer(peer("127.0.0.14")).unwrap();
+    let (a, port, first) = gr_peer_with_route(14, 77, Duration::from_secs(30)).await;
     let id = [127, 0, 0, 14];
-    let mut first = Raw::connect_until_open("127.0.0.14", port).await;
-    first.establish(id, Some(false)).await;
-    first.send(&update_24([127, 0, 0, 14], [10, 77, 0])).await;
     let has = has_route("10.77.0.0/24");
-    assert!(wait_routes(&a, &has, Duration::from_secs(3)).await);
     let mut second = Raw::connect("127.0.0.14", port).await;
     second.expect_open("second connection").await;
     drop(first);
@@ -747,14 +754,8 @@ async fn a_closed_connection_hands_the_session_to_the_peers_second_one() {
 /// used to be hard-coded) — and not before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_routes_go_after_the_configured_stale_time() {
-    let port = free_port();
-    let a = speaker(port, gr(Duration::from_secs(2))).await;
-    a.add_peer(peer("127.0.0.11")).unwrap();
-    let mut r = Raw::connect_until_open("127.0.0.11", port).await;
-    r.establish([127, 0, 0, 11], Some(false)).await;
-    r.send(&update_24([127, 0, 0, 11], [10, 74, 0])).await;
+    let (a, port, r) = gr_peer_with_route(11, 74, Duration::from_secs(2)).await;
     let has = has_route("10.74.0.0/24");
-    assert!(wait_routes(&a, &has, Duration::from_secs(3)).await);
     // The peer's process dies: TCP closes without a NOTIFICATION.
     drop(r);
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -268,12 +268,18 @@ impl Lab {
             .collect()
     }
 
-    /// The last 60 lines of `node`'s twill-node log (without a backtrace),
-    /// for a failure message about its BGP sessions.
-    pub fn log_tail(&self, node: &str) -> String {
+    /// `node`'s twill-node log: its path and text (or why it is unreadable).
+    fn log(&self, node: &str) -> (PathBuf, String) {
         let path = self.dir.join(node).join("twill-node.log");
         let text = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| format!("(cannot read {}: {e})", path.display()));
+        (path, text)
+    }
+
+    /// The last 60 lines of `node`'s twill-node log (without a backtrace),
+    /// for a failure message about its BGP sessions.
+    pub fn log_tail(&self, node: &str) -> String {
+        let (path, text) = self.log(node);
         // An error's backtrace would push the error itself out of view.
         let lines: Vec<&str> = text
             .lines()
@@ -287,9 +293,7 @@ impl Lab {
     /// failure message about one subsystem (the LoadBalancer allocator's
     /// "LoadBalancer address" lines, say).
     pub fn log_lines(&self, node: &str, needle: &str) -> String {
-        let path = self.dir.join(node).join("twill-node.log");
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| format!("(cannot read {}: {e})", path.display()));
+        let (path, text) = self.log(node);
         let lines: Vec<&str> = text.lines().filter(|l| l.contains(needle)).collect();
         format!(
             "--- {} ({needle}) ---\n{}",
